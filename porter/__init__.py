@@ -1,0 +1,1 @@
+"""porter: move PyTorch code bases to JAX (Flax NNX + Optax)."""

@@ -1,0 +1,31 @@
+"""Command line: porter convert | weights | check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from porter.check.cli import add_check_parser
+from porter.convert.cli import add_convert_parser
+from porter.weights.cli import add_weights_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="porter",
+        description="Move PyTorch code to JAX (Flax NNX): convert source, convert weights, check equivalence.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_convert_parser(commands)
+    add_weights_parser(commands)
+    add_check_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

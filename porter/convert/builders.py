@@ -1,0 +1,73 @@
+"""Structural rewrites that a rule's data cannot express, referenced by
+`builder = "porter.convert.builders.NAME"`. Each takes (rule, site) and
+returns an Application or raises Unsupported."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from porter.convert.apply import Application, Site, bind
+from porter.convert.context import code_of
+from porter.convert.transforms import keyword_arg, NO_VALUE, Unsupported, expr, literal
+from porter.rules.loader import Rule
+
+
+def identity_layer(rule: Rule, site: Site) -> Application:
+    return Application(expr("lambda x: x"))
+
+
+def tensor_size(rule: Rule, site: Site) -> Application:
+    """x.size() -> x.shape; x.size(d) -> x.shape[d]."""
+    bound = bind(rule, site.call)
+    shape = cst.Attribute(site.receiver, cst.Name("shape"))
+    if "dim" not in bound:
+        return Application(shape)
+    return Application(cst.Subscript(shape, [cst.SubscriptElement(cst.Index(bound["dim"]))]))
+
+
+def receiver_unchanged(rule: Rule, site: Site) -> Application:
+    """x.contiguous() -> x: JAX arrays have no memory layout to fix."""
+    bind(rule, site.call)
+    return Application(site.receiver)
+
+
+def tensor_split(rule: Rule, site: Site) -> Application:
+    """x.split(n, dim) cuts chunks of n; x.split([a, b], dim) cuts those sizes."""
+    bound = bind(rule, site.call)
+    sizes = bound["split_size_or_sections"]
+    axis = bound.get("dim", cst.Integer("0"))
+    axis_arg = keyword_arg("axis", axis)
+    value = literal(sizes)
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, int) for v in value):
+            raise Unsupported(f"split sizes {code_of(sizes)} must be ints")
+        cuts = [sum(value[: i + 1]) for i in range(len(value) - 1)]
+        return Application(cst.Call(expr("jnp.split"), [cst.Arg(site.receiver), cst.Arg(expr(repr(cuts))), axis_arg]))
+    if value is NO_VALUE and isinstance(sizes, (cst.List, cst.Tuple)):
+        raise Unsupported(f"split sizes {code_of(sizes)} must be literal ints")
+    site.ctx.need_helper("split_by_size")
+    return Application(cst.Call(cst.Name("split_by_size"), [cst.Arg(site.receiver), cst.Arg(sizes), axis_arg]))
+
+
+def functional_dropout(rule: Rule, site: Site) -> Application:
+    """F.dropout(x, p, training=self.training) -> an nnx.Dropout layer added to __init__.
+
+    NNX dropout needs an RNG stream and a train/eval flag, which a layer owns;
+    model.train()/model.eval() then switch it as torch's self.training does.
+    """
+    bound = bind(rule, site.call)
+    if site.owner_class is None:
+        raise Unsupported("F.dropout outside an nn.Module method needs an nnx.Dropout layer; convert by hand")
+    training = bound.get("training")
+    warnings = []
+    if training is not None and literal(training) is False:
+        return Application(bound["input"])
+    if training is None or literal(training) is True:
+        warnings.append("F.dropout without training=self.training is always active in torch; the converted "
+                        "layer follows model.train()/model.eval()")
+    elif code_of(training) != "self.training":
+        raise Unsupported(f"training={code_of(training)}: only self.training or a literal is understood")
+    rate = code_of(bound.get("p", cst.Float("0.5")))
+    name = site.ctx.inject_attribute(site.owner_class, "dropout", f"nnx.Dropout({rate}, rngs=rngs)")
+    layer = cst.Attribute(cst.Name("self"), cst.Name(name))
+    return Application(cst.Call(layer, [cst.Arg(bound["input"])]), warnings)

@@ -1,0 +1,90 @@
+"""State shared by the passes converting one file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from porter.convert.diagnostics import Change, Diagnostic, diagnostic
+from porter.rules.loader import RuleSet
+
+# Names the seed document (and much real code) uses without always importing.
+CONVENTIONAL_ALIASES = {
+    "torch": "torch",
+    "nn": "torch.nn",
+    "F": "torch.nn.functional",
+    "optim": "torch.optim",
+}
+
+_EMPTY_MODULE = cst.Module(body=[])
+
+
+def code_of(node: cst.CSTNode) -> str:
+    return _EMPTY_MODULE.code_for_node(node)
+
+
+@dataclass
+class ConversionContext:
+    rules: RuleSet
+    filename: str | None = None
+    # local name -> qualified name, for names bound by imports ("nn" -> "torch.nn")
+    imports: dict[str, str] = field(default_factory=dict)
+    # every name an import binds, torch or not (np, os, ...): such receivers are not tensors
+    bound_imports: set[str] = field(default_factory=set)
+    # conventional torch aliases used without an import; the file is converted as if imported
+    assumed_imports: dict[str, str] = field(default_factory=dict)
+    # classes in this file that subclass nn.Module (directly or through each other)
+    module_classes: set[str] = field(default_factory=set)
+    # class name -> attribute -> qualified torch name of the layer assigned in __init__
+    layer_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # class name -> statements (source) to append to __init__, e.g. injected dropout layers
+    injected_init_statements: dict[str, list[str]] = field(default_factory=dict)
+    # class name -> methods other than __init__ that construct layers and so need rngs
+    methods_needing_rngs: dict[str, set[str]] = field(default_factory=dict)
+    # module-level functions that build layers (factories such as `def conv_bn(...)`)
+    rngs_functions: set[str] = field(default_factory=set)
+    helpers: list[str] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    _reported: set[tuple[int, int]] = field(default_factory=set)
+
+    @property
+    def torch_aliases(self) -> dict[str, str]:
+        return {**self.assumed_imports, **self.imports}
+
+    def qualified_name(self, node: cst.BaseExpression) -> str | None:
+        """'nn.Conv2d' -> 'torch.nn.Conv2d' when nn is torch.nn; None if not a dotted name."""
+        parts: list[str] = []
+        while isinstance(node, cst.Attribute):
+            parts.append(node.attr.value)
+            node = node.value
+        if not isinstance(node, cst.Name):
+            return None
+        head = self.torch_aliases.get(node.value)
+        if head is None:
+            return None
+        return ".".join([head, *reversed(parts)])
+
+    def report(self, code: str, line: int, col: int, message: str) -> None:
+        self._reported.add((line, col))
+        self.diagnostics.append(diagnostic(code, line, col, message, self.filename))
+
+    def already_reported(self, line: int, col: int) -> bool:
+        return (line, col) in self._reported
+
+    def record_change(self, rule: str, line: int, col: int, before: cst.CSTNode, after: cst.CSTNode) -> None:
+        self.changes.append(Change(rule, line, col, code_of(before), code_of(after)))
+
+    def inject_attribute(self, class_name: str, base: str, source: str) -> str:
+        """Adds `self.NAME = source` to the class's __init__; returns the unused NAME chosen."""
+        taken = set(self.layer_attributes.get(class_name, {}))
+        statements = self.injected_init_statements.setdefault(class_name, [])
+        taken |= {s.split("=")[0].strip().removeprefix("self.") for s in statements}
+        name = base if base not in taken else next(f"{base}{i}" for i in range(1, 1000) if f"{base}{i}" not in taken)
+        statements.append(f"self.{name} = {source}")
+        return name
+
+    def need_helper(self, name: str) -> None:
+        if name not in self.helpers:
+            self.helpers.append(name)

@@ -1,0 +1,118 @@
+"""Calls, tensor methods and constants, converted with the rules in rules/."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from porter.convert.apply import Site, apply_rule
+from porter.convert.passes.scope import ScopedTransformer
+from porter.convert.transforms import keyword_arg, Unsupported, expr
+
+_STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
+
+
+class CallRewrite(ScopedTransformer):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._call_funcs: set[int] = set()  # ids of original nodes in call position
+        self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
+
+    # imports are the finalize pass's business
+    def visit_Import(self, node: cst.Import) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        return False
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self._call_funcs.add(id(node.func))
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        self._inner.add(id(node.value))
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        func = original_node.func
+        qualified = self.ctx.qualified_name(func)
+        if qualified and qualified.split(".")[0] == "torch":
+            return self._convert_torch_call(qualified, original_node, updated_node)
+        if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
+            return self._add_rngs(original_node, updated_node)
+        if isinstance(updated_node.func, cst.Attribute):
+            rule = self.ctx.rules.method(updated_node.func.attr.value)
+            if rule and self._looks_like_tensor(original_node):
+                return self._apply(rule, original_node, updated_node, receiver=updated_node.func.value)
+        return updated_node
+
+    def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute) -> cst.BaseExpression:
+        return self._convert_reference(original_node, updated_node)
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        if original_node.value not in self.ctx.imports:
+            return updated_node
+        return self._convert_reference(original_node, updated_node)
+
+    # --------------------------------------------------------------------
+    def _convert_torch_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        rule = self.ctx.rules.lookup(qualified)
+        if rule is None or rule.kind == "constant":
+            self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
+            return updated
+        return self._apply(rule, original, updated, receiver=None)
+
+    def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
+        rngs = self._rngs(original) if rule.uses_rngs else None
+        site = Site(updated, receiver, rngs, self.ctx, self.module_class)
+        try:
+            result = apply_rule(rule, site)
+        except Unsupported as exc:
+            self.report("PT004", original, f"{rule.source[0]} ({rule.id}): {exc}; left unchanged")
+            return updated
+        for warning in result.warnings:
+            self.report("PT005", original, f"{rule.source[0]} ({rule.id}): {warning}")
+        self.record(rule.id, original, result.node)
+        return result.node
+
+    def _add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
+            return updated
+        new = updated.with_changes(args=[*updated.args, keyword_arg("rngs", self._rngs(original))])
+        self.record("module-construct", original, new)
+        return new
+
+    def _rngs(self, node: cst.CSTNode) -> cst.BaseExpression:
+        """Inside a module's methods and layer factories the `rngs` argument; elsewhere a seeded Rngs."""
+        if self.module_class and self.method != "forward":
+            return cst.Name("rngs")
+        if self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions:
+            return cst.Name("rngs")
+        self.report("PT007", node, "layers built outside a module get their initial values from nnx.Rngs(0)")
+        return expr("nnx.Rngs(0)")
+
+    def _looks_like_tensor(self, call: cst.Call) -> bool:
+        receiver = call.func.value
+        if isinstance(receiver, _STRINGS) or any(isinstance(a.value, _STRINGS) for a in call.args):
+            return False
+        head = receiver  # os.path.split(p), np.split(a): a function of an imported module
+        while isinstance(head, cst.Attribute):
+            head = head.value
+        if isinstance(head, cst.Name) and head.value in self.ctx.bound_imports:
+            return False
+        return True
+
+    def _convert_reference(self, original, updated) -> cst.BaseExpression:
+        if id(original) in self._inner or id(original) in self._call_funcs:
+            return updated
+        qualified = self.ctx.qualified_name(original)
+        if not qualified or qualified.split(".")[0] != "torch":
+            return updated
+        rule = self.ctx.rules.lookup(qualified)
+        if rule is not None and rule.kind == "constant":
+            new = expr(rule.target)
+            self.record(rule.id, original, new)
+            for warning in rule.warn.values():
+                self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
+            return new
+        if qualified in ("torch.nn.Module", "torch.nn.modules.module.Module"):
+            return updated  # the module pass converts class bases; other uses are reported there
+        self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
+        return updated

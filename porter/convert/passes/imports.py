@@ -1,0 +1,167 @@
+"""Last pass: torch imports out (when nothing uses them any more), jax/flax
+imports and the emitted helpers in."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import re
+
+import libcst as cst
+
+from porter import emitted
+from porter.convert.context import ConversionContext
+
+# import statement -> what in the converted code needs it
+NEEDED_IMPORTS = [
+    ("import math", re.compile(r"\bmath\.")),
+    ("from functools import partial", re.compile(r"\bpartial\(")),
+    ("import jax", re.compile(r"\bjax\.")),
+    ("import jax.numpy as jnp", re.compile(r"\bjnp\.")),
+    ("from flax import nnx", re.compile(r"\bnnx\.")),
+]
+
+
+class FinalizeImports(cst.CSTTransformer):
+    def __init__(self, ctx: ConversionContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        body = list(updated_node.body)
+        used = _names_used(updated_node)
+        removed = {i for i, stmt in enumerate(body) if _torch_bindings_of(stmt) and not _torch_bindings_of(stmt) & used}
+        first_torch = next((i for i, stmt in enumerate(body) if _torch_bindings_of(stmt)), None)
+        insert_at = first_torch if first_torch is not None else _after_docstring_and_future(body)
+        new_imports = self._imports_to_add(updated_node)
+        out = []
+        for i, stmt in enumerate(body):
+            if i == insert_at and new_imports:
+                if i in removed:  # the new imports take the place (and spacing) of the torch import
+                    new_imports[0] = new_imports[0].with_changes(leading_lines=stmt.leading_lines)
+                out.extend(new_imports)
+            if i not in removed:
+                out.append(stmt)
+        if insert_at >= len(body):
+            out.extend(new_imports)
+        helpers = [cst.parse_statement(src) for src in helper_sources(self.ctx.helpers)]
+        if helpers:
+            spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
+            at = _after_imports(out)
+            if at < len(out) and len(out[at].leading_lines) < 2:
+                out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+            out[at:at] = spaced
+        return updated_node.with_changes(body=out)
+
+    def _imports_to_add(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
+        code = module.code + "\n".join(helper_sources(self.ctx.helpers))
+        present = {cst.Module([]).code_for_node(s).strip() for s in module.body if _is_import(s)}
+        return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
+                if pattern.search(code) and stmt not in present]
+
+
+class _NameCollector(cst.CSTVisitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        return False
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)  # jax.nn.relu uses jax, not nn
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+
+def _names_used(module: cst.Module) -> set[str]:
+    collector = _NameCollector()
+    module.visit(collector)
+    return collector.names
+
+
+def _torch_bindings_of(stmt: cst.CSTNode) -> set[str]:
+    if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1:
+        return _torch_bindings(stmt.body[0])
+    return set()
+
+
+def _torch_bindings(node: cst.CSTNode) -> set[str]:
+    """Local names a torch import binds; empty for other statements."""
+    if isinstance(node, cst.Import):
+        names = set()
+        for alias in node.names:
+            dotted = cst.Module([]).code_for_node(alias.name)
+            if dotted.split(".")[0] != "torch":
+                return set()
+            names.add(alias.asname.name.value if alias.asname else dotted.split(".")[0])
+        return names
+    if isinstance(node, cst.ImportFrom) and node.module is not None and not node.relative:
+        module = cst.Module([]).code_for_node(node.module)
+        if module.split(".")[0] != "torch" or isinstance(node.names, cst.ImportStar):
+            return set()
+        return {(a.asname.name.value if a.asname else a.name.value) for a in node.names}
+    return set()
+
+
+def _is_import(stmt) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and all(
+        isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body)
+
+
+def _is_docstring(stmt) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1
+            and isinstance(stmt.body[0], cst.Expr) and isinstance(stmt.body[0].value, cst.SimpleString))
+
+
+def _after_docstring_and_future(body) -> int:
+    i = 0
+    if i < len(body) and _is_docstring(body[i]):
+        i += 1
+    while i < len(body) and _is_import(body[i]) and isinstance(body[i].body[0], cst.ImportFrom) \
+            and cst.Module([]).code_for_node(body[i].body[0].module) == "__future__":
+        i += 1
+    return i
+
+
+def _after_imports(body) -> int:
+    """Index after the leading block of docstring and imports."""
+    i = 0
+    if i < len(body) and _is_docstring(body[i]):
+        i += 1
+    last = i
+    while i < len(body):
+        if _is_import(body[i]):
+            last = i + 1
+        elif not isinstance(body[i], cst.SimpleStatementLine) or not _is_docstring(body[i]):
+            break
+        i += 1
+    return last
+
+
+def helper_sources(names: list[str]) -> list[str]:
+    """Source of the emitted helpers, dependencies first, each once."""
+    ordered: list[str] = []
+
+    def add(name: str) -> None:
+        for dependency in emitted.DEPENDS.get(name, ()):
+            add(dependency)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in names:
+        add(name)
+    return [_helper_source(name) for name in ordered]
+
+
+@functools.cache
+def _helper_source(name: str) -> str:
+    source = inspect.getsource(getattr(emitted, name))
+    ast.parse(source)  # the emitted file must stay valid Python
+    return source

@@ -1,0 +1,145 @@
+"""nn.Module subclasses -> nnx.Module: bases, constructor signature (plus
+keyword-only rngs), super().__init__(), forward -> __call__, register_buffer,
+and state assignments outside the constructor."""
+
+from __future__ import annotations
+
+import libcst as cst
+import libcst.matchers as m
+
+from porter.convert.context import code_of
+from porter.convert.passes.calls import CallRewrite
+from porter.convert.transforms import keyword_arg, expr
+
+RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
+SUPER_INIT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
+REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("register_buffer")))
+SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
+
+
+class ModuleRewrite(CallRewrite):
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
+        name = original_node.name.value
+        if name in self.ctx.module_classes:
+            bases = [self._convert_base(o, u) for o, u in zip(original_node.bases, updated_node.bases)]
+            updated_node = updated_node.with_changes(bases=bases)
+            updated_node = self._inject_init_statements(name, updated_node)
+        return super().leave_ClassDef(original_node, updated_node)
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
+        cls, method = self.module_class, self.method
+        is_factory = not self.class_stack and len(self.function_stack) == 1 \
+            and original_node.name.value in self.ctx.rngs_functions
+        updated_node = super().leave_FunctionDef(original_node, updated_node)
+        if is_factory:
+            return self._add_rngs_param(original_node, updated_node)
+        if cls is None or len(self.function_stack) != 0:
+            return updated_node
+        if method == "__init__" or method in self.ctx.methods_needing_rngs.get(cls, ()):
+            updated_node = self._add_rngs_param(original_node, updated_node)
+        if method == "forward":
+            updated_node = updated_node.with_changes(name=cst.Name("__call__"))
+            self.record("module-forward", original_node.name, updated_node.name)
+        return updated_node
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        """Drops super().__init__(): an nnx.Module needs no base constructor call."""
+        if self.module_class and len(updated_node.body) == 1:
+            statement = updated_node.body[0]
+            if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
+                self.record("module-super", original_node, cst.Pass())
+                return cst.RemoveFromParent()
+        return updated_node
+
+    def leave_IndentedBlock(self, original_node, updated_node):
+        if not updated_node.body:  # the block held only super().__init__()
+            return updated_node.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])])
+        return updated_node
+
+    def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr):
+        if self.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
+            return self._register_buffer(original_node, updated_node)
+        return updated_node
+
+    def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        if self.module_class and m.matches(original_node, SELF_TRAINING):
+            self.report("PT006", original_node,
+                        "self.training does not exist on nnx modules; layers switch with model.train()/eval() "
+                        "(nnx.Dropout's deterministic, nnx.BatchNorm's use_running_average). Rewrite this test by hand")
+            return updated_node
+        return super().leave_Attribute(original_node, updated_node)
+
+    def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign):
+        """self.buf = expr outside __init__ updates the variable in place (nnx state)."""
+        if not self.module_class or self.method in (None, "__init__") or len(updated_node.targets) != 1:
+            return updated_node
+        target = updated_node.targets[0].target
+        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers():
+            new = updated_node.with_changes(targets=[cst.AssignTarget(cst.Subscript(
+                target, [cst.SubscriptElement(cst.Index(cst.Ellipsis()))]))])
+            self.record("module-state-update", original_node, new)
+            return new
+        return updated_node
+
+    # --------------------------------------------------------------------
+    def _add_rngs_param(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        new = updated.with_changes(params=_with_rngs(updated.params))
+        self.record("module-rngs", original.params, new.params)
+        return new
+
+    def _convert_base(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        if self.ctx.qualified_name(original.value) in ("torch.nn.Module", "torch.nn.modules.module.Module"):
+            new = updated.with_changes(value=expr("nnx.Module"))
+            self.record("module-base", original, new)
+            return new
+        return updated
+
+    def _register_buffer(self, original: cst.Expr, updated: cst.Expr):
+        call = updated.value
+        args = {a.keyword.value: a.value for a in call.args if a.keyword}
+        positional = [a.value for a in call.args if not a.keyword]
+        name = positional[0] if positional else args.get("name")
+        value = positional[1] if len(positional) > 1 else args.get("tensor")
+        persistent = positional[2] if len(positional) > 2 else args.get("persistent")
+        if not isinstance(name, cst.SimpleString) or value is None:
+            self.report("PT006", original, "register_buffer needs a literal name and a tensor to be converted")
+            return updated
+        attribute = name.evaluated_value
+        if code_of(value) == "None":
+            wrapped = value
+        else:
+            wrapped_args = [cst.Arg(value)]
+            if persistent is not None and code_of(persistent) != "True":
+                wrapped_args.append(keyword_arg("persistent", persistent))
+            self.ctx.need_helper("Buffer")
+            wrapped = cst.Call(cst.Name("Buffer"), wrapped_args)
+        self.ctx.layer_attributes.setdefault(self.module_class, {})[attribute] = "buffer"
+        new = cst.Assign([cst.AssignTarget(cst.Attribute(cst.Name("self"), cst.Name(attribute)))], wrapped)
+        self.record("module-buffer", original, new)
+        return new
+
+    def _buffers(self) -> set[str]:
+        attributes = self.ctx.layer_attributes.get(self.module_class, {})
+        return {n for n, kind in attributes.items() if kind in ("buffer", "torch.nn.Parameter")}
+
+    def _inject_init_statements(self, name: str, node: cst.ClassDef) -> cst.ClassDef:
+        statements = self.ctx.injected_init_statements.get(name)
+        if not statements:
+            return node
+        body = list(node.body.body)
+        for i, item in enumerate(body):
+            if isinstance(item, cst.FunctionDef) and item.name.value == "__init__":
+                extra = [cst.parse_statement(s) for s in statements]
+                body[i] = item.with_changes(body=item.body.with_changes(body=[*item.body.body, *extra]))
+                return node.with_changes(body=node.body.with_changes(body=body))
+        self.ctx.report("PT006", 0, 0, f"class {name} needs {statements} in an __init__ it does not define")
+        return node
+
+
+def _with_rngs(params: cst.Parameters) -> cst.Parameters:
+    if any(p.name.value == "rngs" for p in [*params.params, *params.kwonly_params]):
+        return params
+    star = params.star_arg
+    if isinstance(star, cst.MaybeSentinel) or star is None:
+        star = cst.ParamStar()
+    return params.with_changes(star_arg=star, kwonly_params=[*params.kwonly_params, RNGS_PARAM])

@@ -1,0 +1,232 @@
+"""Reads rules/*.toml, validates them, and indexes them by torch symbol.
+
+A rule is data: the torch symbol(s) it converts, the target, how each torch
+argument maps (keyword rename, position, value transform), what to emit
+always, and for layers the weight layout. Any torch argument the rule does not
+map is supported only at its default value: passing anything else makes the
+converter report PT004 and leave the call unchanged. That makes a rule safe by
+default; it can only be incomplete, not silently wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = ("layer", "activation", "function", "method", "constant")
+TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder")
+
+
+class RuleError(ValueError):
+    """A malformed rule file; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: str | None  # Python source of the default; None when required
+    keyword_only: bool = False
+    var_positional: bool = False
+
+
+@dataclass(frozen=True)
+class ArgMap:
+    keyword: str | None = None  # emit as this keyword argument
+    position: int | None = None  # or as the n-th positional argument
+    transform: str | None = None  # name in porter.convert.transforms.VALUE_TRANSFORMS
+    always: bool = False  # emit even when the torch call leaves it at its default
+
+
+@dataclass(frozen=True)
+class WeightMap:
+    flax_name: str
+    layout: str  # key in porter.weights.layouts.LAYOUTS
+
+
+@dataclass(frozen=True)
+class Example:
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    kind: str
+    source: tuple[str, ...]
+    target: str
+    signature: tuple[Param, ...]
+    args: dict[str, ArgMap]
+    drop: tuple[str, ...]
+    warn: dict[str, str]
+    emit: dict[str, str]
+    builder: str | None
+    receiver: int  # method rules with a function target: the tensor's position among the arguments
+    helpers: tuple[str, ...]
+    layout: dict[str, WeightMap]
+    ignored_weights: tuple[str, ...]
+    notes: str
+    examples: tuple[Example, ...]
+    file: str
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.signature if p.name == name), None)
+
+    @property
+    def uses_rngs(self) -> bool:
+        return "rngs" in self.emit
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule]
+    by_symbol: dict[str, Rule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            for symbol in rule.source:
+                self.by_symbol[symbol] = rule
+
+    def lookup(self, symbol: str) -> Rule | None:
+        return self.by_symbol.get(symbol)
+
+    def method(self, name: str) -> Rule | None:
+        return self.by_symbol.get(f"torch.Tensor.{name}")
+
+    def layouts_by_target(self) -> dict[str, Rule]:
+        """Layer rules with a weight layout, keyed by target (e.g. 'nnx.Linear')."""
+        return {r.target: r for r in self.rules if r.layout}
+
+
+def rules_dir() -> Path:
+    packaged = Path(__file__).resolve().parent.parent / "_rules"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "rules"
+
+
+@functools.cache
+def load_rules(directory: Path | None = None) -> RuleSet:
+    directory = directory or rules_dir()
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise RuleError(f"no rule files (*.toml) in {directory}")
+    rules = [rule for path in files for rule in _read_file(path)]
+    _check_unique(rules)
+    return RuleSet(rules)
+
+
+def _read_file(path: Path) -> list[Rule]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError(f"{path.name}: not valid TOML: {exc}") from exc
+    return [_parse_rule(raw, path.name) for raw in data.get("rule", [])]
+
+
+def _parse_rule(raw: dict, file: str) -> Rule:
+    rule_id = raw.get("id", "<no id>")
+
+    def fail(message: str) -> RuleError:
+        return RuleError(f"{file}: rule {rule_id}: {message}")
+
+    known = {"id", "kind", "source", "target", "signature", "args", "drop", "warn", "emit", "builder", "receiver",
+             "helpers", "layout", "ignored_weights", "notes", "examples"}
+    if unknown := set(raw) - known:
+        raise fail(f"unknown field(s) {sorted(unknown)}")
+    for required in ("id", "kind", "source", "target"):
+        if required not in raw:
+            raise fail(f"missing field '{required}'")
+    if raw["kind"] not in KINDS:
+        raise fail(f"kind must be one of {KINDS}, not {raw['kind']!r}")
+    if raw["target"].split(".")[0] not in TARGET_ROOTS:
+        raise fail(f"target {raw['target']!r} must start with one of {TARGET_ROOTS}")
+    if raw["target"].startswith("builder") != ("builder" in raw):
+        raise fail("target 'builder' and a 'builder' field go together")
+    signature = tuple(_parse_param(p, fail) for p in raw.get("signature", []) if p != "*")
+    signature = _mark_keyword_only(raw.get("signature", []), signature)
+    names = {p.name for p in signature}
+    args = {name: _parse_argmap(name, spec, fail) for name, spec in raw.get("args", {}).items()}
+    warned = raw.get("warn", {}) if raw["kind"] != "constant" else {}  # a constant's warn keys are labels
+    for name in [*args, *raw.get("drop", []), *warned]:
+        if name not in names:
+            raise fail(f"argument '{name}' is not in the signature {sorted(names)}")
+    layout = {}
+    for torch_name, spec in raw.get("layout", {}).items():
+        if "to" not in spec or "layout" not in spec:
+            raise fail(f"layout.{torch_name} needs 'to' and 'layout'")
+        layout[torch_name] = WeightMap(spec["to"], spec["layout"])
+    return Rule(
+        id=rule_id,
+        kind=raw["kind"],
+        source=tuple(raw["source"]),
+        target=raw["target"],
+        signature=signature,
+        args=args,
+        drop=tuple(raw.get("drop", [])),
+        warn=dict(raw.get("warn", {})),
+        emit=dict(raw.get("emit", {})),
+        builder=raw.get("builder"),
+        receiver=raw.get("receiver", 0),
+        helpers=tuple(raw.get("helpers", [])),
+        layout=layout,
+        ignored_weights=tuple(raw.get("ignored_weights", [])),
+        notes=raw.get("notes", ""),
+        examples=tuple(Example(e["before"], e["after"]) for e in raw.get("examples", [])),
+        file=file,
+    )
+
+
+def _parse_param(text: str, fail) -> Param:
+    name, _, default = text.partition("=")
+    name = name.strip()
+    var_positional = name.startswith("*")
+    name = name.lstrip("*")
+    if not name.isidentifier():
+        raise fail(f"bad signature entry {text!r}")
+    return Param(name, default.strip() or None, var_positional=var_positional)
+
+
+def _mark_keyword_only(entries: list[str], params: tuple[Param, ...]) -> tuple[Param, ...]:
+    """Parameters after a bare '*' or a '*args' entry are keyword-only."""
+    out, keyword_only = [], False
+    for param in params:
+        out.append(Param(param.name, param.default, keyword_only, param.var_positional))
+        if param.var_positional:
+            keyword_only = True
+    if "*" in entries:
+        star = entries.index("*")
+        after = {e.partition("=")[0].strip() for e in entries[star + 1:]}
+        out = [Param(p.name, p.default, p.keyword_only or p.name in after, p.var_positional) for p in out]
+    return tuple(out)
+
+
+def _parse_argmap(name: str, spec, fail) -> ArgMap:
+    if isinstance(spec, int):
+        return ArgMap(position=spec)
+    if isinstance(spec, str):
+        return ArgMap(keyword=spec)
+    if isinstance(spec, dict):
+        if set(spec) - {"to", "transform", "always"}:
+            raise fail(f"args.{name}: only 'to', 'transform' and 'always' are allowed")
+        to = spec.get("to", name)
+        return ArgMap(position=to if isinstance(to, int) else None,
+                      keyword=to if isinstance(to, str) else None,
+                      transform=spec.get("transform"), always=spec.get("always", False))
+    raise fail(f"args.{name}: expected a keyword name, a position or a table")
+
+
+def _check_unique(rules: list[Rule]) -> None:
+    seen_ids: dict[str, str] = {}
+    seen_symbols: dict[str, str] = {}
+    for rule in rules:
+        if rule.id in seen_ids:
+            raise RuleError(f"{rule.file}: rule id {rule.id} is also used in {seen_ids[rule.id]}")
+        seen_ids[rule.id] = rule.file
+        for symbol in rule.source:
+            if symbol in seen_symbols:
+                raise RuleError(f"{rule.file}: rule {rule.id}: {symbol} is already converted by rule "
+                                f"{seen_symbols[symbol]}")
+            seen_symbols[symbol] = rule.id

@@ -1,0 +1,59 @@
+"""Exact conversion of torch tensors (and numpy/jax arrays) to numpy arrays.
+
+numpy has no bfloat16 or float8; ml_dtypes (a jax dependency) provides them
+and jax understands them. torch's `Tensor.numpy()` refuses those dtypes, and
+going through float32 and back would be exact for bfloat16 but is easy to get
+wrong elsewhere, so these dtypes are reinterpreted bit for bit: the tensor is
+viewed as an integer of the same width, handed to numpy, and viewed back as
+the ml_dtypes type. No value ever passes through another float type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+
+def _bit_views() -> dict[Any, tuple[Any, Any]]:
+    import torch
+
+    views = {torch.bfloat16: (torch.int16, ml_dtypes.bfloat16)}
+    for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
+        if hasattr(torch, name) and hasattr(ml_dtypes, name):
+            views[getattr(torch, name)] = (torch.uint8, getattr(ml_dtypes, name))
+    return views
+
+
+_VIEWS: dict[Any, tuple[Any, Any]] | None = None
+
+
+def is_torch_tensor(value: Any) -> bool:
+    module = type(value).__module__ or ""
+    if not module.startswith("torch"):
+        return False
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array with exactly the values and dtype of `value` (torch, numpy, jax, scalar)."""
+    global _VIEWS
+    if is_torch_tensor(value):
+        tensor = value.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensor = tensor.contiguous()
+        if _VIEWS is None:
+            _VIEWS = _bit_views()
+        if tensor.dtype in _VIEWS:
+            int_type, np_type = _VIEWS[tensor.dtype]
+            return tensor.view(int_type).numpy().view(np_type).copy()
+        return tensor.numpy().copy()
+    return np.asarray(value)
+
+
+def torch_dtype_name(value: Any) -> str:
+    return str(value.dtype).removeprefix("torch.") if is_torch_tensor(value) else str(np.asarray(value).dtype)

@@ -1,0 +1,149 @@
+"""Write a converted model's state: safetensors (Flax dotted keys) or Orbax.
+
+Both hold every variable except RNG state (`nnx.Not(nnx.RngState)`): params,
+batch statistics, buffers. Both are written under a temporary name next to
+the target and renamed into place, so OUT is either the old file or the
+complete new one, never half written.
+
+Restoring needs no porter, only the converted model (here `Net`):
+
+Orbax (OUT must be an absolute path for Orbax)::
+
+    import orbax.checkpoint as ocp
+    model = Net(rngs=nnx.Rngs(0))
+    state = ocp.StandardCheckpointer().restore("/abs/OUT", nnx.state(model, nnx.Not(nnx.RngState)))
+    nnx.update(model, state)
+
+safetensors (keys are the variables' dotted NNX paths, e.g. `fc1.kernel`,
+`features.layers.0.kernel`)::
+
+    from safetensors.numpy import load_file
+    model, arrays = Net(rngs=nnx.Rngs(0)), load_file("OUT.safetensors")
+    paths = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))]
+    nnx.update(model, nnx.from_flat_state({p: arrays[".".join(map(str, p))] for p in paths}))
+
+The safetensors recipe looks each key up by the model's own paths, so a list
+index (`layers.0`, an int in the NNX path) and a dict key stay what they are.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+STATE_FILTER = nnx.Not(nnx.RngState)
+
+
+def model_state(model: nnx.Module) -> nnx.State:
+    """What porter writes: every variable but RNG state."""
+    return nnx.state(model, STATE_FILTER)
+
+
+def flat_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
+    """{dotted NNX path: numpy array} of model_state(model), dtypes kept."""
+    return {".".join(map(str, path)): np.ascontiguousarray(np.asarray(var.get_raw_value()))
+            for path, var in nnx.to_flat_state(model_state(model))}
+
+
+def _temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _replace(temp: Path, target: Path, *, force: bool) -> None:
+    """Rename temp to target; an existing target is replaced only with force."""
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise FileExistsError(f"{target} exists (use --force / force=True to replace it)")
+        if target.is_dir() and not target.is_symlink():
+            old = _temp_sibling(target)
+            os.replace(target, old)
+            os.replace(temp, target)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+    os.replace(temp, target)
+
+
+def write_safetensors(model: nnx.Module, path: str | Path, *, force: bool = False,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's state to `path` as safetensors keyed by dotted NNX paths."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (use --force / force=True to replace it)")
+    temp = _temp_sibling(path)
+    try:
+        save_file(flat_arrays(model), str(temp), metadata={"format": "flax-nnx", **(metadata or {})})
+        _replace(temp, path, force=force)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return path
+
+
+def write_orbax(model: nnx.Module, path: str | Path, *, force: bool = False) -> Path:
+    """Write the model's state to the directory `path` as an Orbax checkpoint; returns when written."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (use --force / force=True to replace it)")
+    temp = _temp_sibling(path)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        try:
+            checkpointer.save(temp, model_state(model))
+            checkpointer.wait_until_finished()
+        finally:
+            checkpointer.close()
+        _replace(temp, path, force=force)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+    return path
+
+
+def restore_orbax(model: nnx.Module, path: str | Path) -> nnx.Module:
+    """The Orbax restore recipe of the module docstring, as a function (for tests and scripts)."""
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        state = checkpointer.restore(Path(path).absolute(), model_state(model))
+    finally:
+        checkpointer.close()
+    nnx.update(model, state)
+    return model
+
+
+def restore_safetensors(model: nnx.Module, path: str | Path) -> nnx.Module:
+    """The safetensors restore recipe of the module docstring, as a function."""
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(path))
+    paths = [p for p, _ in nnx.to_flat_state(model_state(model))]
+    nnx.update(model, nnx.from_flat_state({p: arrays[".".join(map(str, p))] for p in paths}))
+    return model
+
+
+def restore_snippet(fmt: str, out: str | Path, constructor: str) -> str:
+    """The lines a user runs to load `out` into the converted model built by `constructor`."""
+    if fmt == "orbax":
+        return "\n".join([
+            "import orbax.checkpoint as ocp",
+            f"model = {constructor}",
+            f"state = ocp.StandardCheckpointer().restore({str(Path(out).absolute())!r}, "
+            "nnx.state(model, nnx.Not(nnx.RngState)))",
+            "nnx.update(model, state)",
+        ])
+    return "\n".join([
+        "from safetensors.numpy import load_file",
+        f"model, arrays = {constructor}, load_file({str(out)!r})",
+        "paths = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))]",
+        "nnx.update(model, nnx.from_flat_state({p: arrays['.'.join(map(str, p))] for p in paths}))",
+    ])

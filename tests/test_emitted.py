@@ -1,0 +1,413 @@
+"""porter.emitted: the helpers pasted into converted files match torch.
+
+The numerical tests run each helper as the converter would paste it: its own
+source (plus the helpers ``DEPENDS`` names) executed under nothing but the
+allowed module imports.  A helper that leans on anything else in porter fails.
+"""
+
+import ast
+import functools
+import inspect
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import porter.emitted as emitted
+
+SOURCE_PATH = Path(emitted.__file__)
+SOURCE = SOURCE_PATH.read_text()
+TREE = ast.parse(SOURCE)
+ALLOWED_IMPORTS = "import math\nimport jax\nimport jax.numpy as jnp\nfrom flax import nnx\n"
+HELPERS = [
+    node.name
+    for node in TREE.body
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+]
+RTOL, ATOL = 1e-5, 1e-6
+EXAMPLES = settings(max_examples=20, deadline=None)
+
+
+def helper_source(name: str) -> str:
+    """The exact text the converter would paste for one helper."""
+    node = next(n for n in TREE.body if getattr(n, "name", None) == name)
+    return ast.get_source_segment(SOURCE, node)
+
+
+def with_dependencies(name: str) -> list[str]:
+    """``name`` after everything it needs, transitively, each once."""
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        for dep in emitted.DEPENDS[n]:
+            visit(dep)
+        if n not in order:
+            order.append(n)
+
+    visit(name)
+    return order
+
+
+@functools.cache
+def standalone(name: str):
+    """The helper as it behaves pasted into a converted file."""
+    code = ALLOWED_IMPORTS + "\n\n".join(helper_source(n) for n in with_dependencies(name))
+    namespace: dict = {"__name__": "converted"}
+    exec(compile(code, f"<pasted {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def close(actual, expected: torch.Tensor) -> None:
+    actual = np.asarray(actual)
+    expected = expected.detach().numpy()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- the module
+
+
+def test_module_imports_only_the_allowed_modules():
+    imports = []
+    for node in TREE.body:
+        if isinstance(node, ast.Import):
+            imports += [("import", a.name, a.asname) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imports += [("from", f"{node.module}.{a.name}", a.asname) for a in node.names]
+    assert sorted(imports) == sorted(
+        [
+            ("import", "math", None),
+            ("import", "jax", None),
+            ("import", "jax.numpy", "jnp"),
+            ("from", "flax.nnx", None),
+        ]
+    )
+    # nothing nested imports either
+    nested = [
+        n
+        for n in ast.walk(TREE)
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in TREE.body
+    ]
+    assert nested == []
+
+
+def test_module_holds_only_docstring_imports_helpers_and_depends():
+    body = TREE.body
+    assert isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    last = body[-1]
+    assert isinstance(last, ast.AnnAssign) and last.target.id == "DEPENDS"
+    for node in body[1:-1]:
+        assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)), (
+            ast.dump(node)[:80]
+        )
+
+
+def test_depends_names_exactly_the_helpers():
+    assert set(emitted.DEPENDS) == set(HELPERS)
+    for deps in emitted.DEPENDS.values():
+        assert set(deps) <= set(HELPERS)
+
+
+@pytest.mark.parametrize("name", HELPERS)
+def test_each_helper_has_a_docstring_and_stands_alone(name):
+    assert inspect.getdoc(getattr(emitted, name))
+    assert standalone(name).__name__ == name
+
+
+# ---------------------------------------------------------------- Buffer
+
+
+def test_buffer_persistent_metadata():
+    Buffer = standalone("Buffer")
+    assert getattr(Buffer(jnp.ones(2)), "persistent", True) is True
+    assert Buffer(jnp.ones(2), persistent=False).persistent is False
+    assert getattr(Buffer(jnp.ones(2), persistent=False), "persistent", True) is False
+    np.testing.assert_array_equal(Buffer(jnp.arange(3.0))[...], [0.0, 1.0, 2.0])
+
+
+def test_buffer_is_state_but_not_a_param():
+    Buffer = standalone("Buffer")
+
+    class Model(nnx.Module):
+        def __init__(self, *, rngs):
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+            self.running = Buffer(jnp.zeros(3))
+            self.scratch = Buffer(jnp.ones(3), persistent=False)
+
+    model = Model(rngs=nnx.Rngs(0))
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    assert {path for path, _ in params} == {("linear", "kernel"), ("linear", "bias")}
+    buffers = nnx.to_flat_state(nnx.state(model, Buffer))
+    assert {path for path, _ in buffers} == {("running",), ("scratch",)}
+    persistent = {path: getattr(var, "persistent", True) for path, var in buffers}
+    assert persistent == {("running",): True, ("scratch",): False}
+
+    # and the gradient leaves it alone
+    grads = nnx.grad(lambda m: (m.linear(jnp.ones(2)) * m.running[...]).sum())(model)
+    assert {path for path, _ in nnx.to_flat_state(grads)} == {
+        ("linear", "kernel"),
+        ("linear", "bias"),
+    }
+
+
+# ---------------------------------------------------------------- conv
+
+
+def flax_conv_from_torch(conv: torch.nn.Module, padding):
+    ChannelsFirstConv = standalone("ChannelsFirstConv")
+    weight = conv.weight.detach().numpy()
+    nd = weight.ndim - 2
+    layer = ChannelsFirstConv(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=tuple(conv.kernel_size),
+        strides=tuple(conv.stride),
+        padding=padding,
+        kernel_dilation=tuple(conv.dilation),
+        feature_group_count=conv.groups,
+        use_bias=conv.bias is not None,
+        rngs=nnx.Rngs(0),
+    )
+    # torch (O, I/g, *k) -> flax (*k, I/g, O)
+    layer.kernel[...] = jnp.asarray(weight.transpose(*range(2, 2 + nd), 1, 0))
+    if conv.bias is not None:
+        layer.bias[...] = jnp.asarray(conv.bias.detach().numpy())
+    return layer
+
+
+@st.composite
+def conv_cases(draw):
+    nd = draw(st.sampled_from([1, 2]))
+    groups = draw(st.sampled_from([1, 2]))
+    in_ch = groups * draw(st.integers(1, 3))
+    out_ch = groups * draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    # (low, high) pairs; torch pads symmetrically, so asymmetric pairs are
+    # compared against F.pad followed by an unpadded torch conv
+    padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(nd))
+    spatial = tuple(
+        d * (k - 1) + 1 + draw(st.integers(0, 4)) for k, d in zip(kernel, dilation)
+    )
+    batch = draw(st.integers(1, 2))
+    bias = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return nd, groups, in_ch, out_ch, kernel, stride, dilation, padding, spatial, batch, bias, seed
+
+
+@EXAMPLES
+@given(conv_cases())
+def test_channels_first_conv_matches_torch(case):
+    nd, groups, in_ch, out_ch, kernel, stride, dilation, padding, spatial, batch, bias, seed = case
+    torch.manual_seed(seed)
+    conv_cls = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d}[nd]
+    conv = conv_cls(in_ch, out_ch, kernel, stride=stride, dilation=dilation, groups=groups, bias=bias)
+    x = randn(batch, in_ch, *spatial, seed=seed + 1)
+    torch_pad = [p for low, high in reversed(padding) for p in (low, high)]
+    expected = conv(F.pad(x, torch_pad))
+    layer = flax_conv_from_torch(conv, padding)
+    close(layer(jnp.asarray(x.numpy())), expected)
+
+
+def test_channels_first_conv_symmetric_padding_and_unbatched_input():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
+    layer = flax_conv_from_torch(conv, ((1, 1), (1, 1)))
+    x = randn(2, 4, 9, 7, seed=1)
+    close(layer(jnp.asarray(x.numpy())), conv(x))
+    close(layer(jnp.asarray(x[0].numpy())), conv(x[0]))
+
+
+def test_channels_first_conv_3d():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(2, 3, (2, 3, 1), stride=(1, 2, 1), padding=(1, 0, 1))
+    layer = flax_conv_from_torch(conv, ((1, 1), (0, 0), (1, 1)))
+    x = randn(2, 2, 4, 5, 3, seed=1)
+    close(layer(jnp.asarray(x.numpy())), conv(x))
+
+
+# ---------------------------------------------------------------- pooling
+
+
+@st.composite
+def pool_cases(draw):
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    spatial = tuple(k + draw(st.integers(0, 5)) for k in kernel)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial)
+    return kernel, stride, padding, shape, draw(st.integers(0, 2**16))
+
+
+def as_pairs(padding):
+    return tuple((p, p) for p in padding)
+
+
+@EXAMPLES
+@given(pool_cases())
+def test_max_pool_matches_torch(case):
+    kernel, stride, padding, shape, seed = case
+    x = randn(*shape, seed=seed) - 5.0  # all negative: zero padding would show
+    expected = F.max_pool2d(x, kernel, stride, padding)
+    max_pool_nchw = standalone("max_pool_nchw")
+    close(max_pool_nchw(jnp.asarray(x.numpy()), kernel, stride, as_pairs(padding)), expected)
+
+
+def test_max_pool_defaults_and_other_ranks():
+    max_pool_nchw = standalone("max_pool_nchw")
+    x = randn(2, 3, 7, seed=0)
+    close(max_pool_nchw(jnp.asarray(x.numpy()), (2,)), F.max_pool1d(x, 2))
+    x = randn(1, 2, 5, 6, 4, seed=1)
+    close(
+        max_pool_nchw(jnp.asarray(x.numpy()), (3, 2, 2), (2, 2, 1), ((1, 1), (0, 0), (1, 1))),
+        F.max_pool3d(x, (3, 2, 2), (2, 2, 1), (1, 0, 1)),
+    )
+    x = randn(3, 6, 6, seed=2)  # unbatched (C, H, W)
+    close(max_pool_nchw(jnp.asarray(x.numpy()), (2, 2)), F.max_pool2d(x, 2))
+
+
+@EXAMPLES
+@given(pool_cases(), st.booleans())
+def test_avg_pool_matches_torch(case, count_include_pad):
+    kernel, stride, padding, shape, seed = case
+    x = randn(*shape, seed=seed)
+    expected = F.avg_pool2d(x, kernel, stride, padding, count_include_pad=count_include_pad)
+    avg_pool_nchw = standalone("avg_pool_nchw")
+    actual = avg_pool_nchw(
+        jnp.asarray(x.numpy()), kernel, stride, as_pairs(padding), count_include_pad
+    )
+    close(actual, expected)
+
+
+def test_avg_pool_defaults_and_1d():
+    avg_pool_nchw = standalone("avg_pool_nchw")
+    x = randn(2, 3, 6, 6, seed=0)
+    close(avg_pool_nchw(jnp.asarray(x.numpy()), (2, 3)), F.avg_pool2d(x, (2, 3)))
+    x = randn(2, 3, 7, seed=1)
+    close(
+        avg_pool_nchw(jnp.asarray(x.numpy()), (3,), (2,), ((1, 1),), count_include_pad=False),
+        F.avg_pool1d(x, 3, 2, 1, count_include_pad=False),
+    )
+
+
+@EXAMPLES
+@given(
+    st.lists(st.tuples(st.one_of(st.none(), st.integers(1, 4)), st.integers(1, 3)), min_size=2, max_size=2),
+    st.integers(1, 2),
+    st.integers(0, 2**16),
+)
+def test_adaptive_avg_pool_matches_torch(dims, batch, seed):
+    # each dim: (output size or None, window); input size = output * window
+    output_size = tuple(out for out, _ in dims)
+    spatial = tuple((out or 3) * window for out, window in dims)
+    x = randn(batch, 3, *spatial, seed=seed)
+    adaptive_avg_pool_nchw = standalone("adaptive_avg_pool_nchw")
+    close(
+        adaptive_avg_pool_nchw(jnp.asarray(x.numpy()), output_size),
+        F.adaptive_avg_pool2d(x, output_size),
+    )
+
+
+def test_adaptive_avg_pool_global_and_1d():
+    adaptive_avg_pool_nchw = standalone("adaptive_avg_pool_nchw")
+    x = randn(2, 4, 7, 5, seed=0)
+    close(adaptive_avg_pool_nchw(jnp.asarray(x.numpy()), (1, 1)), F.adaptive_avg_pool2d(x, (1, 1)))
+    x = randn(2, 4, 12, seed=1)
+    close(adaptive_avg_pool_nchw(jnp.asarray(x.numpy()), (4,)), F.adaptive_avg_pool1d(x, 4))
+
+
+def test_adaptive_avg_pool_rejects_uneven_windows():
+    adaptive_avg_pool_nchw = standalone("adaptive_avg_pool_nchw")
+    with pytest.raises(ValueError, match=r"dim 1 has size 7.*output size 3.*not supported"):
+        adaptive_avg_pool_nchw(jnp.ones((1, 2, 6, 7)), (3, 3))
+
+
+# ---------------------------------------------------------------- attention
+
+
+@st.composite
+def attention_cases(draw):
+    rank = draw(st.sampled_from([3, 4]))
+    batch = (draw(st.integers(1, 2)),) + ((draw(st.integers(1, 3)),) if rank == 4 else ())
+    causal = draw(st.booleans())
+    L = draw(st.integers(1, 5))
+    S = L if causal else draw(st.integers(1, 5))
+    E = draw(st.integers(1, 6))
+    Ev = draw(st.sampled_from([E, draw(st.integers(1, 6))]))
+    # torch refuses an explicit mask together with is_causal
+    mask_kind = "none" if causal else draw(st.sampled_from(["none", "bool", "float"]))
+    # masks broadcast: drop leading dims or make them 1
+    mask_batch = tuple(draw(st.sampled_from([b, 1])) for b in batch)
+    mask_batch = mask_batch[draw(st.integers(0, len(mask_batch))):]
+    scale = draw(st.one_of(st.none(), st.floats(0.1, 2.0)))
+    return batch, L, S, E, Ev, causal, mask_kind, mask_batch + (L, S), scale, draw(st.integers(0, 2**16))
+
+
+@EXAMPLES
+@given(attention_cases())
+def test_scaled_dot_product_attention_matches_torch(case):
+    batch, L, S, E, Ev, causal, mask_kind, mask_shape, scale, seed = case
+    q = randn(*batch, L, E, seed=seed)
+    k = randn(*batch, S, E, seed=seed + 1)
+    v = randn(*batch, S, Ev, seed=seed + 2)
+    mask = None
+    if mask_kind == "bool":
+        # rows with nothing allowed are drawn too: torch returns zeros for them
+        mask = randn(*mask_shape, seed=seed + 3) > 0
+    elif mask_kind == "float":
+        mask = randn(*mask_shape, seed=seed + 3)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    sdpa = standalone("scaled_dot_product_attention")
+    j = lambda t: None if t is None else jnp.asarray(t.numpy())  # noqa: E731
+    close(sdpa(j(q), j(k), j(v), attn_mask=j(mask), is_causal=causal, scale=scale), expected)
+
+
+def test_scaled_dot_product_attention_masked_rows_and_other_ranks():
+    sdpa = standalone("scaled_dot_product_attention")
+    j = lambda t: jnp.asarray(t.numpy())  # noqa: E731
+    q, k, v = (randn(2, 3, 4, 5, seed=s) for s in range(3))
+    bool_mask = torch.ones(4, 4, dtype=torch.bool)
+    bool_mask[1] = False
+    float_mask = torch.zeros(4, 4)
+    float_mask[2] = float("-inf")
+    float_mask[3, :2] = float("-inf")
+    for mask in (bool_mask, float_mask):
+        close(sdpa(j(q), j(k), j(v), attn_mask=j(mask)), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    # 2-D and 5-D inputs, as torch's (..., L, E) allows
+    q2 = randn(4, 5, seed=4)
+    close(sdpa(j(q2), j(q2), j(q2), is_causal=True), F.scaled_dot_product_attention(q2, q2, q2, is_causal=True))
+    q5 = randn(2, 1, 3, 4, 5, seed=5)
+    close(sdpa(j(q5), j(q5), j(q5)), F.scaled_dot_product_attention(q5, q5, q5))
+
+
+# ---------------------------------------------------------------- split
+
+
+@EXAMPLES
+@given(
+    st.lists(st.integers(0, 7), min_size=1, max_size=3),
+    st.integers(1, 8),
+    st.data(),
+)
+def test_split_by_size_matches_torch(shape, split_size, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(shape)
+    expected = torch.split(x, split_size, dim=axis)
+    split_by_size = standalone("split_by_size")
+    actual = split_by_size(jnp.asarray(x.numpy()), split_size, axis)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        close(a, e)
+    # the default axis is 0
+    assert len(split_by_size(jnp.asarray(x.numpy()), split_size)) == len(torch.split(x, split_size))
