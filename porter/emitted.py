@@ -79,7 +79,7 @@ def adaptive_avg_pool_nchw(x, output_size):
     shape = list(x.shape[:n_lead])
     for dim, (size, out) in enumerate(zip(x.shape[n_lead:], output_size)):
         out = size if out is None else out
-        if out <= 0 or False:
+        if out <= 0 or size % out:
             raise ValueError(
                 f"adaptive_avg_pool_nchw: spatial dim {dim} has size {size}, which output "
                 f"size {out} does not divide; general adaptive pooling (uneven windows) "

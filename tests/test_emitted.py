@@ -10,6 +10,7 @@ import functools
 import inspect
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -389,6 +390,33 @@ def test_scaled_dot_product_attention_masked_rows_and_other_ranks():
     close(sdpa(j(q2), j(q2), j(q2), is_causal=True), F.scaled_dot_product_attention(q2, q2, q2, is_causal=True))
     q5 = randn(2, 1, 3, 4, 5, seed=5)
     close(sdpa(j(q5), j(q5), j(q5)), F.scaled_dot_product_attention(q5, q5, q5))
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "causal"])
+def test_scaled_dot_product_attention_gradients_match_torch(mask_kind):
+    """Masked-out rows must give torch's zero gradients, not NaN."""
+    q, k, v = (randn(2, 3, 4, 5, seed=s).requires_grad_() for s in range(3))
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.ones(4, 4, dtype=torch.bool)
+        mask[1] = False
+        mask[2, 1:] = False
+    elif mask_kind == "float":
+        mask = torch.zeros(4, 4)
+        mask[2] = float("-inf")
+        mask[3, :2] = float("-inf")
+    causal = mask_kind == "causal"
+    F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).pow(2).sum().backward()
+
+    sdpa = standalone("scaled_dot_product_attention")
+    jmask = None if mask is None else jnp.asarray(mask.numpy())
+
+    def loss(q, k, v):
+        return (sdpa(q, k, v, attn_mask=jmask, is_causal=causal) ** 2).sum()
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(*(jnp.asarray(t.detach().numpy()) for t in (q, k, v)))
+    for grad, t in zip(grads, (q, k, v)):
+        close(grad, t.grad)
 
 
 # ---------------------------------------------------------------- split

@@ -18,6 +18,22 @@ SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 
 
 class ModuleRewrite(CallRewrite):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._understood_training: set[int] = set()  # self.training nodes a rule consumes
+
+    def visit_Call(self, node: cst.Call) -> None:
+        """Marks `self.training` in arguments a rule consumes (F.dropout's training=...)."""
+        super().visit_Call(node)
+        qualified = self.ctx.qualified_name(node.func)
+        rule = self.ctx.rules.lookup(qualified) if qualified else None
+        if rule is None:
+            return
+        for arg in node.args:
+            name = arg.keyword.value if arg.keyword else None
+            if name == "training" or name in rule.drop or name in rule.warn:
+                self._understood_training |= {id(n) for n in m.findall(arg, SELF_TRAINING)}
+
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         name = original_node.name.value
         if name in self.ctx.module_classes:
@@ -62,7 +78,8 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
-        if self.module_class and m.matches(original_node, SELF_TRAINING):
+        if self.module_class and m.matches(original_node, SELF_TRAINING) \
+                and id(original_node) not in self._understood_training:
             self.report("PT006", original_node,
                         "self.training does not exist on nnx modules; layers switch with model.train()/eval() "
                         "(nnx.Dropout's deterministic, nnx.BatchNorm's use_running_average). Rewrite this test by hand")

@@ -1,0 +1,136 @@
+"""`porter check ORIGINAL.py:Class[(args)] CONVERTED.py:Class --input-shape 2,3,32,32`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "porter check"
+INPUT_DTYPES = ("float32", "int64", "int32")
+
+
+def add_check_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "check",
+        help="compare the original torch model and the converted flax model: outputs and gradients",
+        description=(
+            "Build the original (torch) and the converted (Flax NNX) model, copy the torch weights into the "
+            "converted one, run both in eval mode on the same random inputs, and compare outputs and the "
+            "gradients of a random projection of the outputs with respect to the float inputs and every "
+            "parameter. Exit status: 0 PASS, 1 FAIL, 2 usage error."
+        ),
+    )
+    parser.add_argument("original", metavar="ORIGINAL.py:Class[(args)]",
+                        help="the torch model and its constructor arguments (Python literals)")
+    parser.add_argument("converted", metavar="CONVERTED.py:Class[(args)]",
+                        help="the converted model; without (args) it gets the original's arguments "
+                             "(rngs=nnx.Rngs(SEED) is always added)")
+    parser.add_argument("--input-shape", action="append", required=True, metavar="D0,D1,...",
+                        help="shape of one input, e.g. 2,3,32,32; repeat for several inputs")
+    parser.add_argument("--input-dtype", action="append", choices=INPUT_DTYPES, metavar="DTYPE",
+                        help=f"dtype of each input ({', '.join(INPUT_DTYPES)}; default float32): "
+                             "one for all inputs or one per --input-shape")
+    parser.add_argument("--int-high", type=int, metavar="N",
+                        help="integer inputs (token ids) are drawn uniformly from [0, N)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance (default outputs 1e-5, gradients 1e-4)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance (default 1e-12)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for inputs, torch init and cotangents")
+    parser.add_argument("--no-grads", action="store_true", help="compare outputs only")
+    parser.set_defaults(run=run_check)
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--input-shape {text!r}: expected comma-separated integers like 2,3,32,32") from None
+    if not shape or any(d < 0 for d in shape):
+        raise ValueError(f"--input-shape {text!r}: expected comma-separated non-negative integers")
+    return shape
+
+
+def make_inputs(shapes, dtypes, int_high, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for shape, dtype in zip(shapes, dtypes):
+        if dtype.startswith("float"):
+            inputs.append(rng.standard_normal(shape).astype(dtype))
+        else:
+            inputs.append(rng.integers(0, int_high, size=shape, dtype=dtype))
+    return inputs
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from porter.check.modelspec import ModelSpecError, build_model, import_file, parse_model_spec
+
+    try:
+        shapes = [_parse_shape(s) for s in args.input_shape]
+    except ValueError as exc:
+        return _error(str(exc))
+    dtypes = args.input_dtype or ["float32"]
+    if len(dtypes) == 1:
+        dtypes = dtypes * len(shapes)
+    if len(dtypes) != len(shapes):
+        return _error(f"{len(dtypes)} --input-dtype for {len(shapes)} --input-shape; give one, or one per input")
+    if any(not d.startswith("float") for d in dtypes):
+        if args.int_high is None or args.int_high < 1:
+            return _error("integer inputs need --int-high N (values are drawn from [0, N), e.g. the vocab size)")
+    try:
+        original = parse_model_spec(args.original)
+        converted = parse_model_spec(args.converted)
+    except ModelSpecError as exc:
+        return _error(str(exc))
+
+    import torch
+    import torch.nn
+    import torch.nn.functional
+    from flax import nnx
+
+    from porter.check.equivalence import ModelRunError, check_equivalence
+    from porter.weights.loader import StateDictMismatch
+
+    conventions = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional}
+    try:
+        torch_module = import_file(original.path, preseed=conventions, warn=_warn)
+        torch.manual_seed(args.seed)
+        torch_model = build_model(original, module=torch_module)
+        flax_args = (converted.args, converted.kwargs) if converted.has_call else (original.args, original.kwargs)
+        flax_model = build_model(converted, args=flax_args[0], kwargs=flax_args[1],
+                                 extra_kwargs={"rngs": nnx.Rngs(args.seed)})
+    except ModelSpecError as exc:
+        return _error(str(exc))
+    if not isinstance(torch_model, torch.nn.Module):
+        return _error(f"{original.name} built a {type(torch_model).__name__}, not a torch.nn.Module")
+    if not isinstance(flax_model, nnx.Module):
+        return _error(f"{converted.name} built a {type(flax_model).__name__}, not an nnx.Module")
+
+    inputs = make_inputs(shapes, dtypes, args.int_high, args.seed)
+    try:
+        report = check_equivalence(torch_model, flax_model, *inputs, rtol=args.rtol, atol=args.atol,
+                                   seed=args.seed, grads=not args.no_grads)
+    except StateDictMismatch as exc:
+        print(f"{PROG}: the converted model's variables do not match the original's state_dict:\n{exc}")
+        print("FAIL")
+        return 1
+    except ModelRunError as exc:
+        if exc.side == "original":
+            return _error(f"{exc} (do the --input-shape/--input-dtype fit the model?)")
+        print(f"{PROG}: {exc}")
+        print("FAIL")
+        return 1
+    except ValueError as exc:
+        return _error(str(exc))
+    print(report.format())
+    return 0 if report.passed else 1
