@@ -47,9 +47,8 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
-        message = f"syntax error: {exc.message}"
-        return Conversion(source, [diagnostic("PT001", exc.raw_line, exc.raw_column + 1, message, filename)],
-                          filename=filename)
+        line, col, message = _syntax_error(source, exc)
+        return Conversion(source, [diagnostic("PT001", line, col, message, filename)], filename=filename)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
     MetadataWrapper(module, unsafe_skip_copy=True).visit(Analyze(ctx))
     if not ctx.torch_aliases:
@@ -59,6 +58,15 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     return Conversion(final.code, diagnostics, changes, filename)
+
+
+def _syntax_error(source: str, exc: cst.ParserSyntaxError) -> tuple[int, int, str]:
+    """Python's own message and position where it has one (users know those), else libcst's."""
+    try:
+        compile(source, "<input>", "exec", dont_inherit=True)
+    except SyntaxError as err:
+        return err.lineno or exc.raw_line, err.offset or 1, f"syntax error: {err.msg}"
+    return exc.raw_line, exc.raw_column + 1, f"syntax error: {exc.message}"
 
 
 def convert_file(path: Path, output: Path | None = None, *, force: bool = False) -> Conversion:

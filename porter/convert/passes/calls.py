@@ -37,6 +37,8 @@ class CallRewrite(ScopedTransformer):
             return self._convert_torch_call(qualified, original_node, updated_node)
         if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return self._add_rngs(original_node, updated_node)
+        if self._calls_method_needing_rngs(func):
+            return self._add_rngs(original_node, updated_node)
         if isinstance(updated_node.func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
@@ -78,6 +80,11 @@ class CallRewrite(ScopedTransformer):
         new = updated.with_changes(args=[*updated.args, keyword_arg("rngs", self._rngs(original))])
         self.record("module-construct", original, new)
         return new
+
+    def _calls_method_needing_rngs(self, func: cst.BaseExpression) -> bool:
+        return (self.module_class is not None and isinstance(func, cst.Attribute)
+                and isinstance(func.value, cst.Name) and func.value.value == "self"
+                and func.attr.value in self.ctx.methods_needing_rngs.get(self.module_class, ()))
 
     def _rngs(self, node: cst.CSTNode) -> cst.BaseExpression:
         """Inside a module's methods and layer factories the `rngs` argument; elsewhere a seeded Rngs."""

@@ -56,7 +56,7 @@ class FinalizeImports(cst.CSTTransformer):
 
     def _imports_to_add(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
         code = module.code + "\n".join(helper_sources(self.ctx.helpers))
-        present = {cst.Module([]).code_for_node(s).strip() for s in module.body if _is_import(s)}
+        present = {cst.Module([]).code_for_node(s.body[0]) for s in module.body if _is_import(s)}
         return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
                 if pattern.search(code) and stmt not in present]
 

@@ -1,0 +1,365 @@
+"""Each pass on before/after source pairs, including code that must be left alone."""
+
+import textwrap
+
+import pytest
+
+from porter import convert_source
+
+
+def convert(source: str):
+    return convert_source(textwrap.dedent(source), filename="m.py")
+
+
+def codes(conversion) -> list[str]:
+    return [d.code for d in conversion.diagnostics]
+
+
+def body(conversion) -> str:
+    """The converted code from the first class on (imports and helpers cut off)."""
+    code = conversion.code
+    return code[code.index("class ") if "class M" not in code else code.index("class M"):]
+
+
+# --- module classes --------------------------------------------------------
+
+def test_module_class_signature_super_and_forward():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self, d, hidden=8):
+                super(M, self).__init__()
+                self.fc = nn.Linear(d, hidden)
+
+            def forward(self, x):
+                return self.fc(x)
+        """)
+    assert body(c) == textwrap.dedent("""\
+        class M(nnx.Module):
+            def __init__(self, d, hidden=8, *, rngs: nnx.Rngs):
+                self.fc = nnx.Linear(d, hidden, rngs=rngs)
+
+            def __call__(self, x):
+                return self.fc(x)
+        """)
+    assert codes(c) == []
+
+
+def test_super_in_python3_spelling_and_existing_keyword_only_params():
+    c = convert("""
+        from torch import nn
+
+        class M(nn.Module):
+            def __init__(self, *, width):
+                super().__init__()
+                self.fc = nn.Linear(width, width)
+        """)
+    assert "def __init__(self, *, width, rngs: nnx.Rngs):" in c.code
+    assert "super()" not in c.code
+
+
+def test_init_with_only_super_keeps_a_body():
+    c = convert("""
+        import torch.nn as nn
+
+        class Empty(nn.Module):
+            def __init__(self):
+                super().__init__()
+
+            def forward(self, x):
+                return x
+        """)
+    assert "def __init__(self, *, rngs: nnx.Rngs):\n        pass\n" in c.code
+    compile(c.code, "m.py", "exec")
+
+
+def test_register_buffer_persistent_and_not():
+    c = convert("""
+        import torch
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self, n):
+                super().__init__()
+                self.register_buffer("mask", torch.ones(n, n))
+                self.register_buffer("cache", torch.zeros(n), persistent=False)
+        """)
+    assert "self.mask = Buffer(jnp.ones((n, n)))" in c.code
+    assert "self.cache = Buffer(jnp.zeros(n), persistent=False)" in c.code
+    assert "class Buffer(nnx.Variable):" in c.code
+
+
+def test_buffer_update_outside_init_writes_in_place():
+    c = convert("""
+        import torch
+        import torch.nn as nn
+
+        class Counter(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("count", torch.zeros(1))
+
+            def forward(self, x):
+                self.count = self.count + 1
+                return x
+        """)
+    assert "self.count[...] = self.count + 1" in c.code
+
+
+def test_parameter():
+    c = convert("""
+        import torch
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.scale = nn.Parameter(torch.ones(d))
+        """)
+    assert "self.scale = nnx.Param(jnp.ones(d))" in c.code
+
+
+def test_nested_modules_and_layer_factories_get_rngs():
+    c = convert("""
+        import torch.nn as nn
+
+        def make(d):
+            return nn.Sequential(nn.Linear(d, d), nn.ReLU())
+
+        class Inner(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.net = make(d)
+
+        class Outer(nn.Module):
+            def __init__(self, d, n):
+                super().__init__()
+                self.blocks = nn.ModuleList([Inner(d) for _ in range(n)])
+                self.extra = self._build(d)
+
+            def _build(self, d):
+                return nn.Linear(d, 1)
+        """)
+    assert "def make(d, *, rngs: nnx.Rngs):" in c.code
+    assert "nnx.Sequential(nnx.Linear(d, d, rngs=rngs), jax.nn.relu)" in c.code
+    assert "self.net = make(d, rngs=rngs)" in c.code
+    assert "nnx.List([Inner(d, rngs=rngs) for _ in range(n)])" in c.code
+    assert "def _build(self, d, *, rngs: nnx.Rngs):" in c.code
+    assert "self.extra = self._build(d, rngs=rngs)" in c.code
+
+
+def test_module_level_layer_uses_seeded_rngs_and_says_so():
+    c = convert("""
+        import torch
+
+        model = torch.nn.Linear(1, 1)
+        """)
+    assert "model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))" in c.code
+    assert codes(c) == ["PT007"]
+
+
+def test_functional_dropout_becomes_a_layer():
+    c = convert("""
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                return F.dropout(self.fc(x), p=0.1, training=self.training)
+        """)
+    assert "self.dropout = nnx.Dropout(0.1, rngs=rngs)" in c.code
+    assert "return self.dropout(self.fc(x))" in c.code
+    assert codes(c) == []
+
+
+def test_self_training_elsewhere_is_reported():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def forward(self, x):
+                if self.training:
+                    return x * 2
+                return x
+        """)
+    assert codes(c) == ["PT006"]
+    assert "if self.training:" in c.code
+
+
+# --- calls and methods ------------------------------------------------------
+
+@pytest.mark.parametrize("before,after", [
+    ("x.view(B, T, C)", "x.reshape(B, T, C)"),
+    ("x.size()", "x.shape"),
+    ("x.size(-1)", "x.shape[-1]"),
+    ("x.transpose(1, 2).contiguous()", "x.swapaxes(1, 2)"),
+    ("x.permute(0, 2, 1)", "x.transpose(0, 2, 1)"),
+    ("x.mean(dim=[1, 2], keepdim=True)", "x.mean(axis=(1, 2), keepdims=True)"),
+    ("x.sum()", "x.sum()"),
+    ("torch.cat((a, b), 1)", "jnp.concatenate((a, b), axis=1)"),
+    ("torch.flatten(x, 1, 2)", "jax.lax.collapse(x, 1, 3)"),
+    ("x.flatten()", "jax.lax.collapse(x, 0)"),
+    ("F.softmax(x, -1)", "jax.nn.softmax(x, axis=-1)"),
+    ("torch.arange(10)", "jnp.arange(10)"),
+    ("torch.zeros(2, 3, dtype=torch.float16)", "jnp.zeros((2, 3), dtype=jnp.float16)"),
+    ("q @ k.transpose(-2, -1)", "q @ k.swapaxes(-2, -1)"),
+    ("x.split([2, 3, 4], dim=-1)", "jnp.split(x, [2, 5], axis=-1)"),
+    ("F.scaled_dot_product_attention(q, k, v, attn_mask=m)", "scaled_dot_product_attention(q, k, v, attn_mask=m)"),
+])
+def test_forward_expressions(before, after):
+    c = convert(f"""
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class M(nn.Module):
+            def forward(self, x, a, b, q, k, v, m, B, T, C):
+                return {before}
+        """)
+    assert f"        return {after}\n" in c.code
+    assert [d for d in c.diagnostics if d.severity.value == "error"] == []
+
+
+@pytest.mark.parametrize("source", [
+    "name.split(',')",  # a str method
+    "os.path.split(path)",  # a function of another module
+    "np.transpose(a, (1, 0))",
+    "'a-b'.split('-')",
+])
+def test_non_tensor_methods_are_left_alone(source):
+    c = convert(f"""
+        import os
+        import numpy as np
+        import torch
+
+        def f(name, path, a, x):
+            y = torch.relu(x)
+            return {source}
+        """)
+    assert f"    return {source}\n" in c.code
+
+
+def test_unsupported_argument_is_reported_and_left_unchanged():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 8, 3, padding_mode="reflect")
+        """)
+    assert 'nn.Conv2d(3, 8, 3, padding_mode="reflect")' in c.code
+    assert "import torch.nn as nn" in c.code  # still used, so kept
+    [d] = c.diagnostics
+    assert (d.code, d.severity.value, d.line, d.col) == ("PT004", "error", 7, 21)
+    assert "padding_mode" in d.message
+
+
+def test_unknown_torch_api_is_reported_and_left_unchanged():
+    c = convert("""
+        import torch
+
+        def f(x):
+            return torch.special.erfcx(x)
+        """)
+    assert "return torch.special.erfcx(x)" in c.code
+    assert "import torch" in c.code
+    assert codes(c) == ["PT003"]
+    assert c.diagnostics[0].line == 5
+
+
+def test_gelu_default_is_exact_and_softmax_needs_dim():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.act = nn.GELU()
+                self.sm = nn.Softmax()
+        """)
+    assert "self.act = partial(jax.nn.gelu, approximate=False)" in c.code
+    assert "self.sm = nn.Softmax()" in c.code
+    assert codes(c) == ["PT004"]
+
+
+# --- imports, layout, files without torch -----------------------------------
+
+def test_comments_blank_lines_and_untouched_code_survive_byte_for_byte():
+    source = textwrap.dedent("""\
+        '''Docstring.'''
+        import math  # used below
+
+        import torch.nn as nn
+
+
+        CONSTANT = {"a": 1,   "b": 2}   # odd spacing kept
+
+
+        class M(nn.Module):
+            # a comment before __init__
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)  # trailing comment
+
+            def forward(self, x):
+                y = math.sqrt(2)    # odd spacing kept
+                return self.fc(x) * y
+        """)
+    c = convert_source(source)
+    for line in ['CONSTANT = {"a": 1,   "b": 2}   # odd spacing kept', "    # a comment before __init__",
+                 "        self.fc = nnx.Linear(2, 2, rngs=rngs)  # trailing comment",
+                 "        y = math.sqrt(2)    # odd spacing kept", "import math  # used below"]:
+        assert line in c.code.splitlines()
+    assert "import torch" not in c.code
+    assert c.code.startswith("'''Docstring.'''\nimport math  # used below\n\nfrom flax import nnx\n")
+
+
+def test_file_without_torch_is_unchanged():
+    source = "import numpy as np\n\n\ndef f(x):\n    return np.split(x, 2)  # untouched\n"
+    c = convert_source(source)
+    assert c.code == source and c.diagnostics == [] and c.changes == []
+
+
+def test_conversion_is_deterministic_and_idempotent():
+    source = textwrap.dedent("""\
+        import torch
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x):
+                return torch.relu(self.fc(x)).view(-1)
+        """)
+    first = convert_source(source).code
+    assert convert_source(source).code == first
+    again = convert_source(first)
+    assert again.code == first and again.diagnostics == []
+
+
+def test_syntax_error_is_a_diagnostic_with_line():
+    c = convert_source("import torch\ndef f(:\n    pass\n", filename="bad.py")
+    assert c.failed
+    [d] = c.diagnostics
+    assert (d.code, d.line, d.path) == ("PT001", 2, "bad.py")
+
+
+def test_every_change_is_logged_with_its_rule_and_line():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+        """)
+    logged = {(ch.rule, ch.line) for ch in c.changes}
+    assert {("module-base", 4), ("module-rngs", 5), ("module-super", 6), ("PT101", 7)} <= logged
