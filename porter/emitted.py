@@ -35,14 +35,16 @@ class ChannelsFirstConv(nnx.Conv):
 def max_pool_nchw(x, window_shape, strides=None, padding=None):
     """torch max pooling (``F.max_pool{1,2,3}d``, ceil_mode=False) on (N, C, *spatial) arrays.
 
-    ``padding`` is None or one (low, high) pair per spatial dim, filled with -inf as in torch.
+    ``padding`` is None or one (low, high) pair per spatial dim, filled with -inf
+    (the lowest integer for integer arrays) as in torch.
     """
     strides = window_shape if strides is None else strides
     padding = ((0, 0),) * len(window_shape) if padding is None else padding
     lead = (1,) * (x.ndim - len(window_shape))
+    lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return jax.lax.reduce_window(
         x,
-        -jnp.inf,
+        jnp.asarray(lowest, x.dtype),
         jax.lax.max,
         lead + tuple(window_shape),
         lead + tuple(strides),

@@ -363,3 +363,27 @@ def test_every_change_is_logged_with_its_rule_and_line():
         """)
     logged = {(ch.rule, ch.line) for ch in c.changes}
     assert {("module-base", 4), ("module-rngs", 5), ("module-super", 6), ("PT101", 7)} <= logged
+
+
+def test_star_layers_pass_through_sequential():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self, layers):
+                super().__init__()
+                self.body = nn.Sequential(*layers, nn.ReLU())
+        """)
+    assert "self.body = nnx.Sequential(*layers, jax.nn.relu)" in c.code
+    assert codes(c) == []
+
+
+def test_layer_class_used_as_value_is_reported_as_such():
+    c = convert("""
+        import torch.nn as nn
+
+        def block(norm_layer=nn.BatchNorm2d):
+            return norm_layer
+        """)
+    [d] = c.diagnostics
+    assert d.code == "PT003" and "used as a value" in d.message

@@ -40,6 +40,9 @@ def bind(rule: Rule, call: cst.Call) -> dict[str, Value]:
     positional = [p for p in rule.signature if not p.keyword_only or p.var_positional]
     index = 0
     for arg in call.args:
+        if arg.star == "*" and index < len(positional) and positional[index].var_positional:
+            bound.setdefault(positional[index].name, []).append(arg)  # *layers passes straight through
+            continue
         if arg.star:
             raise Unsupported(f"star arguments ({code_of(arg).strip(', ')}) cannot be matched to torch's signature")
         if arg.keyword is not None:
@@ -74,12 +77,18 @@ def _is_default(rule: Rule, name: str, value: Value) -> bool:
 
 def _map_value(rule: Rule, name: str, value: Value, site: Site) -> Value:
     transform = rule.args[name].transform
-    if transform == "pack":
-        return value[0] if len(value) == 1 else cst.Tuple([cst.Element(v) for v in value])
+    if transform == "pack":  # torch.ones(2, 3) -> jnp.ones((2, 3))
+        if not isinstance(value, list):
+            return value
+        if len(value) == 1 and not isinstance(value[0], cst.Arg):
+            return value[0]
+        return cst.Tuple([cst.StarredElement(v.value) if isinstance(v, cst.Arg) else cst.Element(v) for v in value])
     if transform is None:
         return value
     fn = VALUE_TRANSFORMS[transform]
-    return [fn(v, site.ctx) for v in value] if isinstance(value, list) else fn(value, site.ctx)
+    if isinstance(value, list):
+        return [v if isinstance(v, cst.Arg) else fn(v, site.ctx) for v in value]
+    return fn(value, site.ctx)
 
 
 def target_expression(rule: Rule, site: Site) -> cst.BaseExpression:
@@ -137,7 +146,7 @@ def _build(rule: Rule, site: Site, positional: dict[int, Value], keywords) -> cs
     args = []
     for position in sorted(positional):
         value = positional[position]
-        args.extend(cst.Arg(v) for v in (value if isinstance(value, list) else [value]))
+        args.extend(v if isinstance(v, cst.Arg) else cst.Arg(v) for v in (value if isinstance(value, list) else [value]))
     args.extend(keyword_arg(k, value) for k, value in keywords)
     if rule.kind == "constant":
         return target

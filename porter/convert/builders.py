@@ -13,7 +13,7 @@ from porter.rules.loader import Rule
 
 
 def identity_layer(rule: Rule, site: Site) -> Application:
-    return Application(expr("lambda x: x"))
+    return Application(expr("(lambda x: x)"))
 
 
 def tensor_size(rule: Rule, site: Site) -> Application:

@@ -121,22 +121,34 @@ def _read_sharded(path: Path) -> tuple[dict[str, np.ndarray], ReadInfo]:
 def _read_torch(path: Path, key: str | None) -> tuple[dict[str, np.ndarray], ReadInfo]:
     import torch
 
+    advice = ("Re-save the weights where they were made with torch.save(model.state_dict(), PATH), or as "
+              "safetensors (safetensors.torch.save_file(model.state_dict(), PATH)).")
+    try:
+        with open(path, "rb") as f:
+            header = f.read(2)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc}") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        reason = next((line.strip() for line in text.splitlines() if "global" in line.lower()), "")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "global" in line.lower()), "")
+        detail = next((line for line in reversed(lines) if "documentation" not in line
+                       and not line.startswith("Weights only") and "WeightsUnpickler" not in line), "")
         if reason:
             raise UnsafeCheckpointError(
-                f"{path}: refused: the file contains pickled code or objects (not only tensors), and "
-                f"porter will not run them{' (' + reason + ')' if reason else ''}. Re-save the weights "
-                f"where they were made with torch.save(model.state_dict(), PATH), or as safetensors "
-                f"(safetensors.torch.save_file(model.state_dict(), PATH))."
+                f"{path}: refused: the file contains pickled code or objects (not only tensors), and porter "
+                f"will not run them ({reason}). {advice}") from None
+        if header[:1] == b"\x80" or header == b"PK":
+            raise UnsafeCheckpointError(
+                f"{path}: refused: torch's weights-only unpickler cannot read this pickle ({detail}), and "
+                f"porter never unpickles any other way, since a pickle can run arbitrary code. {advice}"
             ) from None
-        detail = next((line.strip() for line in reversed(text.splitlines()[1:]) if line.strip()
-                       and "documentation" not in line), text.splitlines()[0] if text else type(exc).__name__)
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {detail}") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a torch checkpoint (neither torch.save's zip format nor a pickle)") \
+            from None
+    except EOFError:
+        raise CheckpointError(f"{path}: empty or truncated torch checkpoint") from None
+    except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {first}") from None
     return _select(obj, key, path)

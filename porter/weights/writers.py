@@ -24,6 +24,12 @@ safetensors (keys are the variables' dotted NNX paths, e.g. `fc1.kernel`,
 
 The safetensors recipe looks each key up by the model's own paths, so a list
 index (`layers.0`, an int in the NNX path) and a dict key stay what they are.
+
+Dtypes: both files keep the dtypes of the loaded model (with `porter weights`,
+the checkpoint's: a bfloat16 checkpoint gives bfloat16 arrays). Restoring,
+Orbax casts each array into the dtype of the target variable (a model built
+with float32 params gets exactly widened float32 values), while the
+safetensors recipe's `nnx.update` puts the file's arrays in as they are.
 """
 
 from __future__ import annotations

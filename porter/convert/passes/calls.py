@@ -121,5 +121,9 @@ class CallRewrite(ScopedTransformer):
             return new
         if qualified in ("torch.nn.Module", "torch.nn.modules.module.Module"):
             return updated  # the module pass converts class bases; other uses are reported there
+        if rule is not None:
+            self.report("PT003", original, f"{qualified} is used as a value (passed or stored, not called); "
+                                           f"rule {rule.id} converts calls only; left unchanged")
+            return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated
