@@ -154,4 +154,16 @@ def _build(rule: Rule, site: Site, positional: dict[int, Value], keywords) -> cs
         if not args:
             return target
         return cst.Call(cst.Name("partial"), [cst.Arg(target), *args])
-    return cst.Call(target, args)
+    return _keep_line_breaks(site.call, cst.Call(target, args))
+
+
+def _keep_line_breaks(original: cst.Call, new: cst.Call) -> cst.Call:
+    """A call written one argument per line stays that way."""
+    separators = [a.comma for a in original.args
+                  if isinstance(a.comma, cst.Comma) and isinstance(a.comma.whitespace_after, cst.ParenthesizedWhitespace)]
+    if not separators or not new.args:
+        return new
+    last = original.args[-1].comma
+    args = [a.with_changes(comma=separators[0]) for a in new.args[:-1]]
+    args.append(new.args[-1].with_changes(comma=last))
+    return new.with_changes(args=args, whitespace_before_args=original.whitespace_before_args)
