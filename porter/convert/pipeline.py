@@ -50,10 +50,11 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
         line, col, message = _syntax_error(source, exc)
         return Conversion(source, [diagnostic("PT001", line, col, message, filename)], filename=filename)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
-    MetadataWrapper(module, unsafe_skip_copy=True).visit(Analyze(ctx))
+    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)  # positions computed once, for both passes
+    wrapper.visit(Analyze(ctx))
     if not ctx.torch_aliases:
         return Conversion(source, ctx.diagnostics, filename=filename)  # no torch here: nothing to do
-    rewritten = MetadataWrapper(module, unsafe_skip_copy=True).visit(ModuleRewrite(ctx))
+    rewritten = wrapper.visit(ModuleRewrite(ctx))
     final = rewritten.visit(FinalizeImports(ctx))
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
