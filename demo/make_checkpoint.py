@@ -7,10 +7,11 @@ import sys
 
 import torch
 
-from porter.check.modelspec import build_torch_model
+from porter.check.modelspec import build_model, parse_model_spec
 
 spec, out = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
-model = build_torch_model(spec)
+conventional = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional}  # the seed's snippets omit imports
+model = build_model(parse_model_spec(spec), preseed=conventional)
 torch.save(model.state_dict(), out)
 print(f"saved {len(model.state_dict())} tensors of {spec} to {out}")

@@ -50,8 +50,11 @@ def _warn(message: str) -> None:
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = text.strip().split(",")
+    if len(parts) > 1 and not parts[-1].strip():  # "5," is the 1-D shape (5,)
+        parts = parts[:-1]
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in parts)
     except ValueError:
         raise ValueError(f"--input-shape {text!r}: expected comma-separated integers like 2,3,32,32") from None
     if not shape or any(d < 0 for d in shape):

@@ -5,7 +5,7 @@
 1. copies the torch model's state_dict into the flax model (strict,
    porter.weights.load_torch_state_dict), unless load_weights=False;
 2. puts both in eval mode (`torch_model.eval()`, `flax_model.eval()`; both are
-   left in eval mode afterwards);
+   left in eval mode afterwards, and the torch parameters' `.grad` filled);
 3. runs both on the same inputs (numpy arrays or torch tensors; float inputs
    as float32, integer inputs such as token ids as integers) and compares
    every output array (a tensor, or tuples/lists/dicts of them);
@@ -106,7 +106,7 @@ class EquivalenceReport:
         lines.append(f"  tolerances: outputs rtol {self.output_rtol:g} atol {self.output_atol:g}; "
                      f"gradients rtol {self.grad_rtol:g} atol {self.grad_atol:g} "
                      f"(rel = max|a-b| / max|torch|)")
-        table = [("kind", "name", "shape", "max_abs", "rel", "")]
+        table = [("kind", "name", "shape", "max_abs", "rel", "result")]
         for row in self.rows:
             shape = "-" if row.shape is None else str(tuple(row.shape))
             verdict = "ok" if row.ok else "FAIL"
@@ -334,7 +334,13 @@ def check_equivalence(
     flat_grads = {path: value for path, value in nnx.to_flat_state(param_grads)}
     canonical = {id(var): path for path, var in nnx.to_flat_state(nnx.state(flax_model, nnx.Param))}
     mapping = build_mapping(flax_model)
+    frozen = [name for name, p in torch_model.named_parameters(remove_duplicate=False) if not p.requires_grad]
+    if frozen:
+        notes.append(f"gradients not compared for frozen torch parameters (requires_grad=False): "
+                     f"{', '.join(frozen)}")
     for name, p in torch_model.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            continue
         ref = p.grad if p.grad is not None else torch.zeros_like(p)
         entry = mapping.entries.get(name)
         if entry is None:

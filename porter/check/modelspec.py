@@ -120,8 +120,10 @@ def import_file(path: str | Path, *, preseed: dict[str, Any] | None = None,
         for name in undefined_conventional_names(source, preseed):
             module.__dict__[name] = preseed[name]
             if warn:
-                warn(f"{path.name} uses {name!r} without importing it; providing {name} = "
-                     f"{getattr(preseed[name], '__name__', preseed[name])}")
+                target = getattr(preseed[name], "__name__", str(preseed[name]))
+                statement = f"import {target}" if target == name else f"import {target} as {name}"
+                warn(f"{path.name} uses {name!r} without importing it; running it as if it began "
+                     f"with '{statement}'")
     directory = str(path.resolve().parent)
     sys.modules[module_name] = module
     sys.path.insert(0, directory)

@@ -54,6 +54,3 @@ def to_numpy(value: Any) -> np.ndarray:
         return tensor.numpy().copy()
     return np.asarray(value)
 
-
-def torch_dtype_name(value: Any) -> str:
-    return str(value.dtype).removeprefix("torch.") if is_torch_tensor(value) else str(np.asarray(value).dtype)

@@ -201,5 +201,5 @@ def flax_to_torch_state_dict(model: nnx.Module, *, include_non_persistent: bool 
     for entry in build_mapping(model):
         if entry.persistent or include_non_persistent:
             array = np.asarray(entry.variable.get_raw_value())
-            out[entry.torch_key] = np.ascontiguousarray(entry.layout.to_torch(array))
+            out[entry.torch_key] = np.array(entry.layout.to_torch(array), order="C", copy=True)
     return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,9 @@ def _read_torch(path: Path, key: str | None) -> tuple[dict[str, np.ndarray], Rea
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc}") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch notes pickle protocols it was not written with
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = next((line for line in lines if "global" in line.lower()), "")

@@ -142,6 +142,7 @@ def restore_snippet(fmt: str, out: str | Path, constructor: str) -> str:
     if fmt == "orbax":
         return "\n".join([
             "import orbax.checkpoint as ocp",
+            "from flax import nnx",
             f"model = {constructor}",
             f"state = ocp.StandardCheckpointer().restore({str(Path(out).absolute())!r}, "
             "nnx.state(model, nnx.Not(nnx.RngState)))",
@@ -149,6 +150,7 @@ def restore_snippet(fmt: str, out: str | Path, constructor: str) -> str:
         ])
     return "\n".join([
         "from safetensors.numpy import load_file",
+        "from flax import nnx",
         f"model, arrays = {constructor}, load_file({str(out)!r})",
         "paths = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))]",
         "nnx.update(model, nnx.from_flat_state({p: arrays['.'.join(map(str, p))] for p in paths}))",
