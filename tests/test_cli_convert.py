@@ -1,0 +1,102 @@
+"""`porter convert` as a user runs it: outputs, exit codes, bad input."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from porter.cli import main
+
+GOOD = textwrap.dedent("""\
+    import torch.nn as nn
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+    """)
+
+
+def test_converts_a_file_to_the_output(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text(GOOD)
+    assert main(["convert", str(src), "-o", str(tmp_path / "out.py")]) == 0
+    assert "nnx.Linear(2, 2, rngs=rngs)" in (tmp_path / "out.py").read_text()
+    assert src.read_text() == GOOD
+
+
+def test_without_output_prints_the_code(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text(GOOD)
+    assert main(["convert", str(src)]) == 0
+    assert "class M(nnx.Module):" in capsys.readouterr().out
+
+
+def test_syntax_error_names_file_and_line_writes_nothing(tmp_path, capsys):
+    src = tmp_path / "bad.py"
+    text = "import torch\n\ndef f(x:\n    return x\n"
+    src.write_text(text)
+    out = tmp_path / "out.py"
+    assert main(["convert", str(src), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:3:" in err and "PT001" in err and "syntax error" in err
+    assert not out.exists()
+    assert src.read_text() == text
+
+
+def test_error_diagnostics_give_exit_code_1_and_still_write(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text("import torch\n\ny = torch.special.erfcx(torch.zeros(2))\n")
+    out = tmp_path / "out.py"
+    assert main(["convert", str(src), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:3:5 PT003 error torch.special.erfcx" in err
+    assert "hint:" in err
+    assert "torch.special.erfcx" in out.read_text()
+
+
+def test_existing_output_is_not_overwritten_without_force(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text(GOOD)
+    out = tmp_path / "out.py"
+    out.write_text("mine")
+    assert main(["convert", str(src), "-o", str(out)]) == 2
+    assert out.read_text() == "mine"
+    assert main(["convert", str(src), "-o", str(out), "--force"]) == 0
+    assert "nnx" in out.read_text()
+
+
+def test_missing_input_is_a_usage_error(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nope.py")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_a_tree_keeps_going_past_a_bad_file(tmp_path, capsys):
+    tree = tmp_path / "pkg"
+    tree.mkdir()
+    (tree / "__init__.py").write_text("")
+    (tree / "model.py").write_text(GOOD)
+    (tree / "broken.py").write_text("def f(:\n")
+    (tree / "notes.txt").write_text("data")
+    out = tmp_path / "out"
+    assert main(["convert", str(tree), "-o", str(out)]) == 1
+    assert "nnx.Linear" in (out / "model.py").read_text()
+    assert (out / "notes.txt").read_text() == "data"
+    assert not (out / "broken.py").exists()
+    assert "broken.py:1:" in capsys.readouterr().err
+
+
+def test_log_lists_every_change(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text(GOOD)
+    main(["convert", str(src), "--log", "-o", str(tmp_path / "o.py")])
+    err = capsys.readouterr().err
+    assert f"{src}:6:19 PT101 'nn.Linear(2, 2)' -> 'nnx.Linear(2, 2, rngs=rngs)'" in err
+
+
+@pytest.mark.parametrize("args", [["-m", "porter", "--help"], ["-m", "porter", "convert", "--help"]])
+def test_python_dash_m_porter(args):
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert result.returncode == 0 and "porter" in result.stdout
