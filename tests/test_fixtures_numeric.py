@@ -41,6 +41,7 @@ CASES = [
     Case("transformer_block.py", "TinyGPT", token_ids(2, 12, high=50),
          dict(vocab_size=50, n_embd=32, n_head=4, n_layer=2, block_size=16)),
     Case("conv_bn_net.py", "ConvBNNet", floats(2, 3, 16, 16)),
+    Case("op_zoo.py", "Zoo", lambda rng: (*floats(2, 3, 8, 8)(rng), *floats(2, 6, 8)(rng))),
 ]
 
 

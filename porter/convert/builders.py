@@ -68,6 +68,8 @@ def functional_dropout(rule: Rule, site: Site) -> Application:
     elif code_of(training) != "self.training":
         raise Unsupported(f"training={code_of(training)}: only self.training or a literal is understood")
     rate = code_of(bound.get("p", cst.Float("0.5")))
+    if literal(bound.get("p", cst.Float("0.5"))) is NO_VALUE and not rate.startswith("self."):
+        raise Unsupported(f"p={rate}: the rate must be a literal or a self attribute to move it into __init__")
     name = site.ctx.inject_attribute(site.owner_class, "dropout", f"nnx.Dropout({rate}, rngs=rngs)")
     layer = cst.Attribute(cst.Name("self"), cst.Name(name))
     return Application(cst.Call(layer, [cst.Arg(bound["input"])]), warnings)
