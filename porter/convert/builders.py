@@ -73,3 +73,20 @@ def functional_dropout(rule: Rule, site: Site) -> Application:
     name = site.ctx.inject_attribute(site.owner_class, "dropout", f"nnx.Dropout({rate}, rngs=rngs)")
     layer = cst.Attribute(cst.Name("self"), cst.Name(name))
     return Application(cst.Call(layer, [cst.Arg(bound["input"])]), warnings)
+
+
+def tensor_to(rule: Rule, site: Site) -> Application:
+    """x.to(device) -> x; x.to(dtype) -> x.astype(dtype)."""
+    values = [a.value for a in site.call.args if a.keyword is None or a.keyword.value == "dtype"]
+    dtypes = [v for v in values if code_of(v).startswith("jnp.")]  # dtype constants are converted first
+    if dtypes:
+        return Application(cst.Call(cst.Attribute(site.receiver, cst.Name("astype")), [cst.Arg(dtypes[0])]))
+    return Application(site.receiver)
+
+
+def default_device(rule: Rule, site: Site) -> Application:
+    return Application(expr("jax.devices()[0]"))
+
+
+def gpu_available(rule: Rule, site: Site) -> Application:
+    return Application(expr("jax.default_backend() == 'gpu'"))

@@ -25,6 +25,16 @@ def code_of(node: cst.CSTNode) -> str:
 
 
 @dataclass
+class OptimizerInfo:
+    """A torch optimizer found in a training script (filled by the training analysis)."""
+
+    name: str  # the variable it is assigned to ("optimizer")
+    model: str  # source of the model whose parameters it trains ("net")
+    scheduled: bool = False  # an lr_scheduler wraps it: the tx needs optax.inject_hyperparams
+    clip: str | None = None  # e.g. "optax.clip_by_global_norm(1.0)", from clip_grad_norm_ before step()
+
+
+@dataclass
 class ConversionContext:
     rules: RuleSet
     filename: str | None = None
@@ -44,6 +54,12 @@ class ConversionContext:
     methods_needing_rngs: dict[str, set[str]] = field(default_factory=dict)
     # module-level functions that build layers (factories such as `def conv_bn(...)`)
     rngs_functions: set[str] = field(default_factory=set)
+    # the argument of the last module-level torch.manual_seed(...) seen, seeding nnx.Rngs
+    seed: str | None = None
+    # names of the train_step functions the training pass emitted
+    training_steps: list[str] = field(default_factory=list)
+    # model source ("net") -> the optimizer training it
+    optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
     helpers: list[str] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)

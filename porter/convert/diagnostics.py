@@ -42,6 +42,13 @@ CODES: dict[str, Code] = {
              "Left unchanged. Convert this part of the nn.Module by hand."),
         Code("PT007", Severity.INFO, "assumption made",
              "porter made the choice the message names; change it by hand if it does not fit."),
+        Code("PT010", Severity.ERROR, "training loop not converted",
+             "Left unchanged. porter converts loops with one loss.backward() followed by one optimizer.step(), "
+             "the forward pass as plain assignments; write the train_step by hand for other shapes."),
+        Code("PT011", Severity.INFO, "torch kept for data loading",
+             "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
+             "original; batches become jax arrays at the train_step call. Swap in a numpy or grain loader "
+             "to drop torch."),
     ]
 }
 

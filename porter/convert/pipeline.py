@@ -1,7 +1,7 @@
 """Converts one file: parse, analyse, rewrite, fix imports.
 
-The rewrite of calls and of module classes runs as one traversal over the
-original tree (ModuleRewrite extends CallRewrite), so every diagnostic and
+The rewrite of calls, module classes and training loops runs as one traversal
+over the original tree (TrainingRewrite extends ModuleRewrite extends CallRewrite), so every diagnostic and
 change carries the line and column of the user's original code.
 """
 
@@ -19,7 +19,7 @@ from porter.convert.context import ConversionContext
 from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
-from porter.convert.passes.modules import ModuleRewrite
+from porter.convert.passes.training import TrainingRewrite
 from porter.rules.loader import load_rules
 
 
@@ -54,7 +54,7 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
     wrapper.visit(Analyze(ctx))
     if not ctx.torch_aliases:
         return Conversion(source, ctx.diagnostics, filename=filename)  # no torch here: nothing to do
-    rewritten = wrapper.visit(ModuleRewrite(ctx))
+    rewritten = wrapper.visit(TrainingRewrite(ctx))
     final = rewritten.visit(FinalizeImports(ctx))
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))

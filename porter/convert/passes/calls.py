@@ -9,6 +9,8 @@ from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.transforms import keyword_arg, Unsupported, expr
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
+# torch APIs the converted code keeps on purpose, arguments and all
+KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_seed")
 
 
 class CallRewrite(ScopedTransformer):
@@ -16,6 +18,7 @@ class CallRewrite(ScopedTransformer):
         super().__init__(ctx)
         self._call_funcs: set[int] = set()  # ids of original nodes in call position
         self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
+        self._kept_depth = 0  # > 0 inside a call of a KEPT_TORCH API
 
     # imports are the finalize pass's business
     def visit_Import(self, node: cst.Import) -> bool:
@@ -26,11 +29,24 @@ class CallRewrite(ScopedTransformer):
 
     def visit_Call(self, node: cst.Call) -> None:
         self._call_funcs.add(id(node.func))
+        if self._is_kept(node):
+            self._kept_depth += 1
+
+    def _is_kept(self, call: cst.Call) -> bool:
+        return (self.ctx.qualified_name(call.func) or "").startswith(KEPT_TORCH)
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
         self._inner.add(id(node.value))
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        if self._is_kept(original_node):
+            self._kept_depth -= 1
+            if not any(d.code == "PT011" for d in self.ctx.diagnostics):
+                self.report("PT011", original_node, "torch's data loading and seeding are kept: the same batches "
+                                                    "in the same order as the original")
+            return updated_node
+        if self._kept_depth:
+            return updated_node
         func = original_node.func
         qualified = self.ctx.qualified_name(func)
         if qualified and qualified.split(".")[0] == "torch":
@@ -92,8 +108,10 @@ class CallRewrite(ScopedTransformer):
             return cst.Name("rngs")
         if self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions:
             return cst.Name("rngs")
-        self.report("PT007", node, "layers built outside a module get their initial values from nnx.Rngs(0)")
-        return expr("nnx.Rngs(0)")
+        seed = self.ctx.seed or "0"
+        self.report("PT007", node, f"layers built outside a module get their initial values from nnx.Rngs({seed}) "
+                                   "(JAX's generator: not the numbers torch would draw)")
+        return expr(f"nnx.Rngs({seed})")
 
     def _looks_like_tensor(self, call: cst.Call) -> bool:
         receiver = call.func.value
@@ -107,7 +125,7 @@ class CallRewrite(ScopedTransformer):
         return True
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
-        if id(original) in self._inner or id(original) in self._call_funcs:
+        if id(original) in self._inner or id(original) in self._call_funcs or self._kept_depth:
             return updated
         qualified = self.ctx.qualified_name(original)
         if not qualified or qualified.split(".")[0] != "torch":

@@ -1,0 +1,352 @@
+"""Training loops: zero_grad / forward / backward / step -> a jitted train_step.
+
+A loop body like
+
+    optimizer.zero_grad()
+    outputs = net(inputs)
+    loss = criterion(outputs, labels)
+    loss.backward()
+    optimizer.step()
+
+becomes a `train_step(net, optimizer, inputs, labels)` defined before the
+outermost loop (forward inside `nnx.value_and_grad`, `optimizer.update`),
+called through `nnx.cached_partial` so the per-step cost is the compiled
+step, not graph bookkeeping. The loop keeps everything else. A loop the pass
+does not fully understand is left as it is and reported (PT010).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+import libcst.matchers as m
+
+from porter.convert.context import OptimizerInfo, code_of
+from porter.convert.passes.modules import ModuleRewrite
+
+ZERO_GRAD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("zero_grad"))))
+BACKWARD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("backward")), args=[]))
+STEP = m.Expr(value=m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("step")), args=[]))
+CLIP_FUNCTIONS = ("torch.nn.utils.clip_grad_norm_", "torch.nn.utils.clip_grad_value_",
+                  "torch.nn.utils.clip_grad.clip_grad_norm_", "torch.nn.utils.clip_grad.clip_grad_value_")
+OPTIMIZER_PREFIX = "torch.optim."
+SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
+GRAD_CONTEXTS = ("torch.no_grad", "torch.inference_mode", "torch.enable_grad", "torch.set_grad_enabled")
+PLACEMENT_METHODS = ("to", "cuda", "cpu")
+
+
+def small(statement: cst.CSTNode) -> cst.BaseSmallStatement | None:
+    """The single small statement of a simple line (None for compound statements)."""
+    if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+        return statement.body[0]
+    return None
+
+
+class _Names(cst.CSTVisitor):
+    """Names a piece of code reads and names it assigns (plain names only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+        self.loaded_counts: dict[str, int] = {}
+        self.assigned: list[str] = []
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> bool:
+        self._targets(node.target)
+        return False
+
+    def visit_Assign(self, node: cst.Assign) -> bool:
+        for target in node.targets:
+            target.visit(self)
+        node.value.visit(self)
+        return False
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> bool:
+        node.target.visit(self)  # reads it too
+        self._targets(node.target)
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)  # a keyword's name is not a read
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.loaded_counts[node.value] = self.loaded_counts.get(node.value, 0) + 1
+        if node.value not in self.loaded:
+            self.loaded.append(node.value)
+
+    def _targets(self, target: cst.BaseExpression) -> None:
+        if isinstance(target, cst.Name):
+            if target.value not in self.assigned:
+                self.assigned.append(target.value)
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                self._targets(element.value)
+        else:
+            target.visit(self)
+
+
+def names_in(*nodes: cst.CSTNode) -> _Names:
+    collector = _Names()
+    for node in nodes:
+        node.visit(collector)
+    return collector
+
+
+@dataclass
+class TrainingLoop:
+    """The parts of one loop body, by statement index."""
+
+    optimizer: str
+    model: str
+    forward: list[cst.BaseStatement]
+    objective: cst.BaseExpression
+    first: int  # index of the first statement the train_step call replaces
+    last: int  # index of optimizer.step()
+    removed: set[int] = field(default_factory=set)
+
+
+class TrainingRewrite(ModuleRewrite):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._loop_depth = 0
+        self._pending_steps: list[cst.BaseStatement] = []
+        self._loop_targets: list[set[str]] = []
+        self._step_names: set[str] = set()
+        self._grad_contexts: set[int] = set()  # ids of torch.no_grad() & co. (call or decorator)
+
+    def visit_Module(self, node: cst.Module) -> None:
+        """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
+        and how often each name is read (to know which forward results the rest of the file uses)."""
+        for assign in m.findall(node, m.Assign(targets=[m.AssignTarget(target=m.Name())], value=m.Call())):
+            qualified = self.ctx.qualified_name(assign.value.func) or ""
+            model = _model_of_params(assign.value)
+            if qualified.startswith(OPTIMIZER_PREFIX) and not qualified.startswith(SCHEDULER_PREFIX) and model:
+                self.ctx.optimizers.setdefault(model, OptimizerInfo(assign.targets[0].target.value, model))
+        by_name = {info.name: info for info in self.ctx.optimizers.values()}
+        for call in m.findall(node, m.Call()):
+            qualified = self.ctx.qualified_name(call.func) or ""
+            if qualified.startswith(SCHEDULER_PREFIX) and call.args and code_of(call.args[0].value) in by_name:
+                by_name[code_of(call.args[0].value)].scheduled = True
+            if qualified in CLIP_FUNCTIONS and call.args:
+                info = self.ctx.optimizers.get(_model_of_params(call) or "")
+                if info is not None:
+                    info.clip = _clip_transform(call, self.ctx)
+        self._reads = names_in(node).loaded_counts
+
+    # torch.no_grad(): JAX computes gradients only where asked, so the context goes
+    def visit_With(self, node: cst.With) -> None:
+        for item in node.items:
+            if self._is_grad_context(item.item):
+                self._grad_contexts.add(id(item.item))
+
+    def leave_With(self, original_node: cst.With, updated_node: cst.With):
+        if len(original_node.items) == 1 and id(original_node.items[0].item) in self._grad_contexts \
+                and original_node.items[0].asname is None and isinstance(updated_node.body, cst.IndentedBlock):
+            self.record("no-grad", original_node, cst.Pass())
+            body = list(updated_node.body.body)
+            body[0] = body[0].with_changes(leading_lines=[*updated_node.leading_lines, *body[0].leading_lines])
+            return cst.FlattenSentinel(body)
+        return updated_node
+
+    def visit_Decorator(self, node: cst.Decorator) -> None:
+        if self._is_grad_context(node.decorator):
+            self._grad_contexts.add(id(node.decorator))
+
+    def leave_Decorator(self, original_node: cst.Decorator, updated_node: cst.Decorator):
+        if id(original_node.decorator) in self._grad_contexts:
+            self.record("no-grad", original_node, cst.Pass())
+            return cst.RemoveFromParent()
+        return updated_node
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
+        if id(original_node) in self._grad_contexts or id(original_node.func) in self._grad_contexts:
+            return updated_node
+        qualified = self.ctx.qualified_name(original_node.func) or ""
+        if qualified in ("torch.manual_seed", "torch.random.manual_seed") and not self.function_stack \
+                and original_node.args:
+            self.ctx.seed = code_of(original_node.args[0].value)
+        return super().leave_Call(original_node, updated_node)
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        """`model.to(device)` as a statement: nothing left to do once placement is dropped."""
+        statement = small(original_node)
+        if isinstance(statement, cst.Expr) and m.matches(statement.value, m.Call(func=m.Attribute(
+                attr=m.OneOf(*[m.Name(n) for n in PLACEMENT_METHODS])))) \
+                and isinstance(small(updated_node), cst.Expr) and isinstance(small(updated_node).value, cst.Name):
+            self.record("device-placement", original_node, cst.Pass())
+            return cst.RemoveFromParent()
+        return super().leave_SimpleStatementLine(original_node, updated_node)
+
+    def _is_grad_context(self, node: cst.BaseExpression) -> bool:
+        target = node.func if isinstance(node, cst.Call) else node
+        return (self.ctx.qualified_name(target) or "") in GRAD_CONTEXTS
+
+    def visit_For(self, node: cst.For) -> None:
+        self._loop_depth += 1
+        self._loop_targets.append(set(names_in(node.target).loaded))
+
+    def leave_For(self, original_node: cst.For, updated_node: cst.For):
+        self._loop_depth -= 1
+        self._loop_targets.pop()
+        updated_node = self._convert_loop_body(original_node, updated_node)
+        if self._loop_depth == 0 and self._pending_steps:
+            steps, self._pending_steps = self._pending_steps, []
+            return cst.FlattenSentinel([*steps, updated_node])
+        return updated_node
+
+    # --------------------------------------------------------------------
+    def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
+        body = list(updated.body.body)
+        loop = self._find_training_loop(original, body)
+        if loop is None:
+            return updated
+        step_name = self._unique_step_name()
+        batch = self._batch_arguments(original, loop)
+        outputs = self._outputs(loop)
+        self._pending_steps.extend(self._train_step(step_name, loop, batch, outputs))
+        call = self._step_call(step_name, batch, outputs)
+        new_body = []
+        for i, statement in enumerate(body):
+            if i == loop.first:
+                new_body.append(call.with_changes(leading_lines=statement.leading_lines))
+            if loop.first <= i <= loop.last or i in loop.removed:
+                continue
+            new_body.append(statement)
+        self.record("train-step", original, cst.SimpleStatementLine([cst.Pass()]))
+        return updated.with_changes(body=updated.body.with_changes(body=new_body))
+
+    def _find_training_loop(self, original: cst.For, body: list[cst.BaseStatement]) -> TrainingLoop | None:
+        steps = [i for i, s in enumerate(body) if m.matches(small(s), STEP) and self._is_optimizer(small(s))]
+        backwards = [i for i, s in enumerate(body) if m.matches(small(s), BACKWARD)]
+        if not steps and not backwards:
+            return None
+        if len(steps) != 1 or len(backwards) != 1 or backwards[0] > steps[0]:
+            self.report("PT010", original, "a training loop porter does not understand (it handles one "
+                                           "loss.backward() followed by one optimizer.step() in the same loop "
+                                           "body); left unchanged")
+            return None
+        backward, step = backwards[0], steps[0]
+        optimizer = small(body[step]).value.func.value.value
+        model = next((info.model for info in self.ctx.optimizers.values() if info.name == optimizer), None)
+        zero_grads = [i for i, s in enumerate(body) if m.matches(small(s), ZERO_GRAD)]
+        start = max([i + 1 for i in zero_grads if i < backward], default=self._forward_start(body, backward))
+        forward = body[start:backward]
+        problem = model is None and f"the model that {optimizer} trains is not known (expected "\
+                                    f"{optimizer} = torch.optim.X(model.parameters(), ...))"
+        problem = problem or self._forward_problem(forward)
+        if problem:
+            self.report("PT010", original, f"training loop left unchanged: {problem}")
+            return None
+        objective = small(body[backward]).value.func.value
+        removed = {i for i in zero_grads} | {i for i in range(backward, step) if self._is_clip(body[i])}
+        if any(i for i in range(backward + 1, step) if i not in removed):
+            self.report("PT010", original, "statements between backward() and step() other than gradient "
+                                           "clipping; training loop left unchanged")
+            return None
+        first = min([start, *[i for i in zero_grads if i < backward]])
+        return TrainingLoop(optimizer, model, forward, objective, first, step, removed)
+
+    def _forward_start(self, body, backward: int) -> int:
+        """Without a zero_grad before it, the forward pass is the run of assignments before backward()."""
+        start = backward
+        while start > 0 and isinstance(small(body[start - 1]), (cst.Assign, cst.AugAssign, cst.AnnAssign)):
+            start -= 1
+        return start
+
+    def _forward_problem(self, forward: list[cst.BaseStatement]) -> str | None:
+        for statement in forward:
+            if not isinstance(small(statement), (cst.Assign, cst.AnnAssign)):
+                return f"`{code_of(statement).strip()}` in the forward pass is not an assignment"
+        if not forward:
+            return "no forward computation before backward()"
+        return None
+
+    def _is_optimizer(self, statement: cst.Expr) -> bool:
+        name = statement.value.func.value.value
+        return any(info.name == name for info in self.ctx.optimizers.values())
+
+    def _is_clip(self, statement: cst.BaseStatement) -> bool:
+        expression = small(statement)
+        return isinstance(expression, cst.Expr) and isinstance(expression.value, cst.Call) and \
+            (self.ctx.qualified_name(expression.value.func) or "") in CLIP_FUNCTIONS
+
+    def _batch_arguments(self, original: cst.For, loop: TrainingLoop) -> list[str]:
+        """Names the forward reads that the loop binds (the batch), in order of use."""
+        read = names_in(*loop.forward).loaded
+        assigned_in_forward = set(names_in(*loop.forward).assigned)
+        bound_by_loop = set(names_in(original.target).loaded)
+        bound_by_loop |= set(names_in(*original.body.body[:loop.first]).assigned)
+        return [n for n in read if n in bound_by_loop and n not in assigned_in_forward and n != loop.model]
+
+    def _outputs(self, loop: TrainingLoop) -> list[str]:
+        """Forward results the rest of the file reads (e.g. `loss` for logging)."""
+        inside = names_in(*loop.forward, loop.objective).loaded_counts
+        return [n for n in names_in(*loop.forward).assigned if self._reads.get(n, 0) > inside.get(n, 0)]
+
+    def _train_step(self, name: str, loop: TrainingLoop, batch: list[str], outputs: list[str]):
+        model, optimizer = loop.model, loop.optimizer
+        forward = "".join("        " + code_of(s).strip() + "\n" for s in loop.forward)
+        objective = code_of(loop.objective)
+        value = objective if objective.isidentifier() else "loss_value"
+        aux = [o for o in outputs if o != objective]
+        if aux:
+            returns = f"{objective}, ({', '.join(aux)},)"
+            unpack = f"({value}, ({', '.join(aux)},)), grads = nnx.value_and_grad(loss_fn, has_aux=True)({model})"
+        else:
+            returns = objective
+            unpack = f"{value}, grads = nnx.value_and_grad(loss_fn)({model})"
+        results = [value if o == objective else o for o in outputs] or [value]
+        source = (
+            f"@nnx.jit\n"
+            f"def {name}({', '.join([model, optimizer, *batch])}):\n"
+            f"    def loss_fn({model}):\n"
+            f"{forward}"
+            f"        return {returns}\n"
+            f"\n"
+            f"    {unpack}\n"
+            f"    {optimizer}.update({model}, grads)\n"
+            f"    return {', '.join(results)}\n"
+        )
+        fast = f"{name}_fast = nnx.cached_partial({name}, {model}, {optimizer})  # skips nnx.jit's per-call graph walk\n"
+        self.ctx.training_steps.append(name)
+        top_level = not self.function_stack
+        blank = [cst.EmptyLine()] * (2 if top_level else 1)
+        return [cst.parse_statement(source).with_changes(leading_lines=blank),
+                cst.parse_statement(fast).with_changes(leading_lines=blank)]
+
+    def _step_call(self, name: str, batch: list[str], outputs: list[str]) -> cst.SimpleStatementLine:
+        args = ", ".join(f"jnp.asarray({b})" for b in batch)
+        if not outputs:
+            return cst.parse_statement(f"{name}_fast({args})\n")
+        return cst.parse_statement(f"{', '.join(outputs)} = {name}_fast({args})\n")
+
+    def _unique_step_name(self) -> str:
+        name = "train_step" if "train_step" not in self._step_names else f"train_step{len(self._step_names) + 1}"
+        self._step_names.add(name)
+        return name
+
+
+def _clip_transform(call: cst.Call, ctx) -> str | None:
+    """The optax transform for a clip_grad_*_ call, from the optimizer rules' module when present."""
+    try:
+        from porter.convert.training_builders import clip_transform
+    except ImportError:
+        return None
+    return clip_transform(call, ctx)
+
+
+def _model_of_params(call: cst.Call) -> str | None:
+    """`optim.SGD(net.parameters(), ...)` -> 'net'."""
+    if not call.args:
+        return None
+    params = call.args[0].value
+    if m.matches(params, m.Call(func=m.Attribute(attr=m.Name("parameters")))):
+        return code_of(params.func.value)
+    return None
