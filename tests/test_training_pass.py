@@ -1,0 +1,141 @@
+"""The training-loop pass on before/after sources, and loops it must leave alone."""
+
+import textwrap
+
+from porter import convert_source
+
+PRELUDE = """\
+import torch
+import torch.nn as nn
+
+model = nn.Linear(4, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+"""
+
+
+def convert(body: str):
+    return convert_source(PRELUDE + textwrap.dedent(body), filename="train.py")
+
+
+def codes(c):
+    return [d.code for d in c.diagnostics if d.code not in ("PT003", "PT007")]  # optimizer rules: separate tests
+
+
+def test_loop_becomes_a_train_step_and_a_call():
+    c = convert("""
+        for x, y in batches:
+            optimizer.zero_grad()
+            out = model(x)
+            loss = ((out - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            print(loss.item())
+        """)
+    assert textwrap.dedent("""\
+        @nnx.jit
+        def train_step(model, optimizer, x, y):
+            def loss_fn(model):
+                out = model(x)
+                loss = ((out - y) ** 2).mean()
+                return loss
+
+            loss, grads = nnx.value_and_grad(loss_fn)(model)
+            optimizer.update(model, grads)
+            return loss
+        """) in c.code
+    assert "train_step_fast = nnx.cached_partial(train_step, model, optimizer)" in c.code
+    assert "for x, y in batches:\n    loss = train_step_fast(jnp.asarray(x), jnp.asarray(y))\n    print(loss.item())\n" \
+        in c.code
+    assert "zero_grad" not in c.code and "backward" not in c.code and ".step()" not in c.code
+    assert codes(c) == []
+
+
+def test_zero_grad_after_step_and_outputs_used_later():
+    c = convert("""
+        for epoch in range(3):
+            for x, y in batches:
+                out = model(x)
+                loss = ((out - y) ** 2).mean()
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                correct = (out.argmax(-1) == y).sum()
+        """)
+    assert "return loss, (out,)" in c.code
+    assert "(loss, (out,)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)" in c.code
+    assert "        out = train_step_fast(jnp.asarray(x), jnp.asarray(y))\n" \
+           "        correct = (out.argmax(-1) == y).sum()\n" in c.code
+    # defined once, before the outermost loop
+    assert c.code.index("def train_step") < c.code.index("for epoch in range(3):")
+
+
+def test_objective_expression_and_closure_over_globals():
+    c = convert("""
+        for step in range(100):
+            optimizer.zero_grad()
+            pred = model(x)
+            loss = (pred - y) ** 2
+            loss.mean().backward()
+            optimizer.step()
+        print(loss.mean())
+        """)
+    assert "def train_step(model, optimizer):" in c.code
+    assert "return loss.mean(), (loss,)" in c.code
+    assert "    loss = train_step_fast()\n" in c.code
+
+
+def test_gradient_accumulation_is_reported_and_left_unchanged():
+    c = convert("""
+        for i, (x, y) in enumerate(batches):
+            loss = model(x).sum() / 4
+            loss.backward()
+            if (i + 1) % 4 == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+        """)
+    assert "loss.backward()" in c.code and "optimizer.step()" in c.code
+    assert "PT010" in codes(c)
+    [d] = [d for d in c.diagnostics if d.code == "PT010"]
+    assert d.line == 7  # the for statement
+
+
+def test_side_effects_in_the_forward_pass_are_reported():
+    c = convert("""
+        for x, y in batches:
+            optimizer.zero_grad()
+            out = model(x)
+            print(out.shape)
+            loss = (out - y).sum()
+            loss.backward()
+            optimizer.step()
+        """)
+    assert "PT010" in codes(c) and "loss.backward()" in c.code
+
+
+def test_no_grad_device_placement_and_data_loading():
+    c = convert_source(textwrap.dedent("""\
+        import torch
+        from torch.utils.data import DataLoader
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = torch.nn.Linear(4, 2)
+        model.to(device)
+        loader = DataLoader(torch.utils.data.TensorDataset(torch.zeros(8, 4)), batch_size=2)
+
+
+        @torch.no_grad()
+        def evaluate(x):
+            return model(x.to(device))
+
+
+        with torch.no_grad():
+            y = model(torch.ones(1, 4).cuda())
+        """))
+    code = c.code
+    assert 'device = jax.devices()[0]' in code
+    assert "model.to(device)" not in code
+    assert "DataLoader(torch.utils.data.TensorDataset(torch.zeros(8, 4)), batch_size=2)" in code
+    assert "@torch.no_grad()" not in code and "def evaluate(x):\n    return model(x)\n" in code
+    assert "\ny = model(jnp.ones((1, 4)))\n" in code
+    assert "import torch" in code  # still needed for the data
+    assert [d.code for d in c.diagnostics] == ["PT007", "PT011"]
