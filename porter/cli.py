@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from porter.check.bench_cli import add_bench_parser
 from porter.check.cli import add_check_parser
 from porter.convert.cli import add_convert_parser
+from porter.rules.scan import add_scan_parser
+from porter.rules.table import add_rules_parser
 from porter.weights.cli import add_weights_parser
 
 
@@ -19,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(commands)
     add_weights_parser(commands)
     add_check_parser(commands)
+    add_bench_parser(commands)
+    add_rules_parser(commands)
+    add_scan_parser(commands)
     return parser
 
 

@@ -32,15 +32,25 @@ class ChannelsFirstConv(nnx.Conv):
         return jnp.moveaxis(y, -1, channel_axis)
 
 
-def max_pool_nchw(x, window_shape, strides=None, padding=None):
-    """torch max pooling (``F.max_pool{1,2,3}d``, ceil_mode=False) on (N, C, *spatial) arrays.
+def max_pool_nchw(x, window_shape, strides=None, padding=None, ceil_mode=False):
+    """torch max pooling (``F.max_pool{1,2,3}d``) on (N, C, *spatial) arrays.
 
     ``padding`` is None or one (low, high) pair per spatial dim, filled with -inf
-    (the lowest integer for integer arrays) as in torch.
+    (the lowest integer for integer arrays) as in torch. ``ceil_mode`` rounds the
+    output size up as torch does (a last window must start inside the input or
+    its left padding).
     """
     strides = window_shape if strides is None else strides
     padding = ((0, 0),) * len(window_shape) if padding is None else padding
     lead = (1,) * (x.ndim - len(window_shape))
+    if ceil_mode:
+        padding = list(padding)
+        for i, (size, k, s) in enumerate(zip(x.shape[len(lead):], window_shape, strides)):
+            low, high = padding[i]
+            out = -(-(size + low + high - k) // s) + 1
+            if (out - 1) * s >= size + low:
+                out -= 1
+            padding[i] = (low, high + max((out - 1) * s + k - (size + low + high), 0))
     lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return jax.lax.reduce_window(
         x,
@@ -52,23 +62,36 @@ def max_pool_nchw(x, window_shape, strides=None, padding=None):
     )
 
 
-def avg_pool_nchw(x, window_shape, strides=None, padding=None, count_include_pad=True):
-    """torch average pooling (``F.avg_pool{1,2,3}d``, ceil_mode=False) on (N, C, *spatial) arrays.
+def avg_pool_nchw(x, window_shape, strides=None, padding=None, count_include_pad=True, ceil_mode=False):
+    """torch average pooling (``F.avg_pool{1,2,3}d``) on (N, C, *spatial) arrays.
 
     With ``count_include_pad=False`` each window is divided by its number of real
-    (unpadded) elements instead of the full window size, as in torch.
+    (unpadded) elements instead of the full window size, as in torch. With
+    ``ceil_mode`` the output size rounds up; a window reaching past the padding
+    is divided by the part of it inside the (padded) input, as in torch.
     """
     strides = window_shape if strides is None else strides
-    padding = ((0, 0),) * len(window_shape) if padding is None else padding
+    padding = ((0, 0),) * len(window_shape) if padding is None else tuple(padding)
     lead = (1,) * (x.ndim - len(window_shape))
+    extra = [0] * len(window_shape)
+    if ceil_mode:
+        for i, (size, k, s) in enumerate(zip(x.shape[len(lead):], window_shape, strides)):
+            low, high = padding[i]
+            out = -(-(size + low + high - k) // s) + 1
+            if (out - 1) * s >= size + low:
+                out -= 1
+            extra[i] = max((out - 1) * s + k - (size + low + high), 0)
     window = lead + tuple(window_shape)
     strides = lead + tuple(strides)
-    padding = ((0, 0),) * len(lead) + tuple(padding)
-    sums = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
-    if count_include_pad:
+    full = ((0, 0),) * len(lead) + tuple((low, high + e) for (low, high), e in zip(padding, extra))
+    sums = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, full)
+    if count_include_pad and not any(extra):
         return sums / math.prod(window_shape)
     ones = jnp.ones(lead + x.shape[len(lead):], x.dtype)
-    counts = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
+    if count_include_pad:  # the explicit padding counts, the ceil_mode overhang does not
+        ones = jnp.pad(ones, ((0, 0),) * len(lead) + padding, constant_values=1)
+        full = ((0, 0),) * len(lead) + tuple((0, e) for e in extra)
+    counts = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, full)
     return sums / counts
 
 
@@ -118,6 +141,555 @@ def split_by_size(x, split_size, axis=0):
     return tuple(jnp.split(x, list(range(split_size, x.shape[axis], split_size)), axis=axis))
 
 
+class ChannelsFirstConvTranspose(nnx.ConvTranspose):
+    """nnx.ConvTranspose that takes and returns torch's channels-first (N, C, *spatial) arrays.
+
+    Built with ``transpose_kernel=True``, the kernel is torch's ConvTranspose
+    weight (in, out, *spatial) stored as (*spatial, out, in); torch's padding p
+    and output_padding op become the pair (d*(k-1) - p, d*(k-1) - p + op) per
+    spatial dim.
+    """
+
+    def __call__(self, x):
+        channel_axis = -1 - len(self.kernel_size)
+        y = super().__call__(jnp.moveaxis(x, channel_axis, -1))
+        return jnp.moveaxis(y, -1, channel_axis)
+
+
+class ChannelsFirstGroupNorm(nnx.GroupNorm):
+    """nnx.GroupNorm on torch's channels-first (N, C, *spatial) arrays: the channels are axis 1."""
+
+    def __call__(self, x):
+        y = super().__call__(jnp.moveaxis(x, 1, -1))
+        return jnp.moveaxis(y, -1, 1)
+
+
+def pad_nchw(x, padding, mode="constant", value=0.0):
+    """torch's ``F.pad(x, padding, mode, value)``: ``padding`` holds (low, high) pairs from the last dim backwards.
+
+    Modes 'constant' (a negative padding crops, as in torch), 'reflect',
+    'replicate' and 'circular'.
+    """
+    pairs = [(padding[i], padding[i + 1]) for i in range(0, len(padding), 2)]
+    widths = [(0, 0)] * (x.ndim - len(pairs)) + pairs[::-1]
+    if mode == "constant":
+        return jax.lax.pad(x, jnp.asarray(value, x.dtype), [(low, high, 0) for low, high in widths])
+    numpy_modes = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+    if mode not in numpy_modes:
+        raise ValueError(f"pad_nchw: unknown padding mode {mode!r}")
+    return jnp.pad(x, widths, mode=numpy_modes[mode])
+
+
+def interpolate_nchw(x, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """torch's ``F.interpolate`` / ``nn.Upsample`` on (N, C, *spatial) arrays, with torch's index arithmetic.
+
+    Modes 'nearest', 'nearest-exact', 'linear', 'bilinear', 'trilinear' (one
+    linear pass per spatial dim, no antialiasing). As in torch, a given
+    ``scale_factor`` (not the size ratio) scales the source coordinates, and
+    the output size is floor(size * scale_factor).
+    """
+    spatial = x.ndim - 2
+    in_sizes = x.shape[2:]
+    if size is not None:
+        sizes = (size,) * spatial if isinstance(size, int) else tuple(size)
+        factors = (None,) * spatial
+    else:
+        factors = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+        sizes = tuple(int(math.floor(n * float(f))) for n, f in zip(in_sizes, factors))
+    linear = mode in ("linear", "bilinear", "trilinear")
+    if not linear and mode not in ("nearest", "nearest-exact"):
+        raise ValueError(f"interpolate_nchw: mode {mode!r} is not supported")
+    for axis, (n_in, n_out, factor) in enumerate(zip(in_sizes, sizes, factors), start=2):
+        if n_out == n_in:
+            continue  # torch copies the axis unchanged
+        out = jnp.arange(n_out, dtype=jnp.float32)
+        if linear and align_corners:
+            scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            scale = 1.0 / float(factor) if factor is not None and factor > 0 else n_in / n_out
+        scale = jnp.float32(scale)
+        if not linear:
+            source = out * scale if mode == "nearest" else (out + 0.5) * scale
+            index = jnp.minimum(jnp.floor(source).astype(jnp.int32), n_in - 1)
+            x = jnp.take(x, index, axis=axis)
+            continue
+        source = out * scale if align_corners else jnp.maximum((out + 0.5) * scale - 0.5, 0.0)
+        low = jnp.minimum(jnp.floor(source).astype(jnp.int32), n_in - 1)
+        high = jnp.minimum(low + 1, n_in - 1)
+        weight = jnp.clip(source - low, 0.0, 1.0).astype(x.dtype)
+        shape = [1] * x.ndim
+        shape[axis] = n_out
+        weight = weight.reshape(shape)
+        x = jnp.take(x, low, axis=axis) * (1 - weight) + jnp.take(x, high, axis=axis) * weight
+    return x
+
+
+def pixel_shuffle(x, upscale_factor):
+    """torch's ``F.pixel_shuffle`` / ``nn.PixelShuffle``: (*, C*r*r, H, W) -> (*, C, H*r, W*r)."""
+    r = upscale_factor
+    *lead, channels, height, width = x.shape
+    n = len(lead)
+    x = x.reshape(*lead, channels // (r * r), r, r, height, width)
+    x = x.transpose(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+    return x.reshape(*lead, channels // (r * r), height * r, width * r)
+
+
+def pixel_unshuffle(x, downscale_factor):
+    """torch's ``F.pixel_unshuffle`` / ``nn.PixelUnshuffle``: (*, C, H*r, W*r) -> (*, C*r*r, H, W)."""
+    r = downscale_factor
+    *lead, channels, height, width = x.shape
+    n = len(lead)
+    x = x.reshape(*lead, channels, height // r, r, width // r, r)
+    x = x.transpose(*range(n), n, n + 2, n + 4, n + 1, n + 3)
+    return x.reshape(*lead, channels * r * r, height // r, width // r)
+
+
+def unflatten(x, dim, sizes):
+    """torch's ``x.unflatten(dim, sizes)`` / ``nn.Unflatten``: axis ``dim`` split into ``sizes`` (one may be -1)."""
+    dim = dim % x.ndim
+    return x.reshape(*x.shape[:dim], *sizes, *x.shape[dim + 1:])
+
+
+def adaptive_max_pool_nchw(x, output_size):
+    """torch adaptive max pooling on (N, C, *spatial) arrays, with torch's windows.
+
+    ``output_size`` has one entry per spatial dim (None keeps the size); output
+    i of a dim of size n takes the max over [floor(i*n/out), ceil((i+1)*n/out)).
+    """
+    n_lead = x.ndim - len(output_size)
+    for axis, out in enumerate(output_size, start=n_lead):
+        size = x.shape[axis]
+        out = size if out is None else out
+        if size % out == 0:  # equal windows: one reshape
+            shape = x.shape[:axis] + (out, size // out) + x.shape[axis + 1:]
+            x = x.reshape(shape).max(axis=axis + 1)
+            continue
+        windows = [
+            jax.lax.slice_in_dim(x, (i * size) // out, -((-(i + 1) * size) // out), axis=axis).max(axis=axis)
+            for i in range(out)
+        ]
+        x = jnp.stack(windows, axis=axis)
+    return x
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """torch's ``F.softplus(x, beta, threshold)``: log(1 + exp(beta*x)) / beta, and x itself where beta*x > threshold."""
+    scaled = beta * x
+    return jnp.where(scaled > threshold, x, jax.nn.softplus(scaled) / beta)
+
+
+class TorchPReLU(nnx.Module):
+    """torch's ``nn.PReLU``: a learned negative slope, one per channel (axis 1) or one shared; parameter ``weight``."""
+
+    def __init__(self, num_parameters=1, init=0.25, *, rngs=None):
+        self.weight = nnx.Param(jnp.full((num_parameters,), init, dtype=jnp.float32))
+
+    def __call__(self, x):
+        weight = self.weight[...]
+        if weight.shape[0] > 1 and x.ndim > 1:
+            weight = weight.reshape((-1,) + (1,) * (x.ndim - 2))
+        return jnp.where(x > 0, x, weight * x)
+
+
+class TorchBilinear(nnx.Module):
+    """torch's ``nn.Bilinear``: y = x1 W x2 + b, parameters ``weight`` (out, in1, in2) and ``bias`` (out,) as in torch."""
+
+    def __init__(self, in1_features, in2_features, out_features, bias=True, *, rngs):
+        bound = 1 / math.sqrt(in1_features)
+        shape = (out_features, in1_features, in2_features)
+        self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, minval=-bound, maxval=bound))
+        self.bias = None
+        if bias:
+            self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_features,), minval=-bound, maxval=bound))
+
+    def __call__(self, input1, input2):
+        y = jnp.einsum("...i,oij,...j->...o", input1, self.weight[...], input2)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class TorchEmbeddingBag(nnx.Module):
+    """torch's ``nn.EmbeddingBag``: the sum, mean or max of embedding rows per bag; parameter ``weight``.
+
+    ``input`` is 2-D (one bag per row) or 1-D with ``offsets`` (where each bag
+    starts). ``per_sample_weights`` scale the rows (mode 'sum'); entries equal
+    to ``padding_idx`` are left out of bags and counts. Empty bags give zeros,
+    as in torch.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, mode="mean", padding_idx=None, include_last_offset=False,
+                 *, rngs):
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += num_embeddings
+        weight = jax.random.normal(rngs.params(), (num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            weight = weight.at[padding_idx].set(0.0)
+        self.weight = nnx.Param(weight)
+        self.mode = mode
+        self.padding_idx = padding_idx
+        self.include_last_offset = include_last_offset
+
+    def __call__(self, input, offsets=None, per_sample_weights=None):
+        if input.ndim == 2:
+            n_bags, length = input.shape
+            ids = input.reshape(-1)
+            bag = jnp.repeat(jnp.arange(n_bags), length)
+            if per_sample_weights is not None:
+                per_sample_weights = per_sample_weights.reshape(-1)
+        else:
+            n_bags = offsets.shape[0] - (1 if self.include_last_offset else 0)
+            ids = input
+            bag = jnp.searchsorted(offsets, jnp.arange(ids.shape[0]), side="right") - 1
+        rows = self.weight[...][ids]
+        if per_sample_weights is not None:
+            rows = rows * per_sample_weights[:, None]
+        keep = jnp.ones(ids.shape, bool) if self.padding_idx is None else ids != self.padding_idx
+        counts = jax.ops.segment_sum(keep.astype(rows.dtype), bag, num_segments=n_bags)[:, None]
+        if self.mode == "max":
+            top = jax.ops.segment_max(jnp.where(keep[:, None], rows, -jnp.inf), bag, num_segments=n_bags)
+            return jnp.where(counts > 0, top, 0.0)
+        sums = jax.ops.segment_sum(jnp.where(keep[:, None], rows, 0.0), bag, num_segments=n_bags)
+        if self.mode == "sum":
+            return sums
+        return sums / jnp.maximum(counts, 1.0)
+
+
+class TorchMultiheadAttention(nnx.Module):
+    """torch's ``nn.MultiheadAttention``: same parameters, same call, same masks.
+
+    Called as ``(query, key, value, key_padding_mask=None, need_weights=True,
+    attn_mask=None, average_attn_weights=True, is_causal=False)``; returns
+    ``(output, weights)`` (weights None unless need_weights). Inputs are
+    (L, N, E), or (N, L, E) with ``batch_first``, or unbatched (L, E). A boolean
+    mask is True where attention is *blocked*; a float mask is added to the
+    scores. Parameters keep torch's names and layouts: ``in_proj_weight``
+    (3E, E), packed q/k/v (``q_proj_weight``, ``k_proj_weight``,
+    ``v_proj_weight`` when kdim/vdim differ from E), ``in_proj_bias`` and
+    ``out_proj`` (an nnx.Linear). Attention dropout follows model.train()/eval().
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None, batch_first=False,
+                 *, rngs):
+        kdim = embed_dim if kdim is None else kdim
+        vdim = embed_dim if vdim is None else vdim
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim, self.num_heads, self.batch_first = embed_dim, num_heads, batch_first
+        xavier = jax.nn.initializers.xavier_uniform()
+        self.in_proj_weight = self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
+        if kdim == embed_dim and vdim == embed_dim:
+            self.in_proj_weight = nnx.Param(xavier(rngs.params(), (3 * embed_dim, embed_dim)))
+        else:
+            self.q_proj_weight = nnx.Param(xavier(rngs.params(), (embed_dim, embed_dim)))
+            self.k_proj_weight = nnx.Param(xavier(rngs.params(), (embed_dim, kdim)))
+            self.v_proj_weight = nnx.Param(xavier(rngs.params(), (embed_dim, vdim)))
+        self.in_proj_bias = nnx.Param(jnp.zeros((3 * embed_dim,))) if bias else None
+        self.out_proj = nnx.Linear(embed_dim, embed_dim, use_bias=bias, bias_init=jax.nn.initializers.zeros,
+                                   rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                 average_attn_weights=True, is_causal=False):
+        if is_causal and attn_mask is None:
+            raise ValueError("is_causal is only a hint in torch's MultiheadAttention: pass attn_mask as well")
+        unbatched = query.ndim == 2
+        if unbatched:
+            query, key, value = query[None], key[None], value[None]
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask[None]
+        elif not self.batch_first:
+            query, key, value = (jnp.swapaxes(t, 0, 1) for t in (query, key, value))
+        if self.in_proj_weight is not None:
+            w_q, w_k, w_v = jnp.split(self.in_proj_weight[...], 3)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight[...], self.k_proj_weight[...], self.v_proj_weight[...]
+        b_q, b_k, b_v = (0.0, 0.0, 0.0) if self.in_proj_bias is None else jnp.split(self.in_proj_bias[...], 3)
+        batch, length, heads = query.shape[0], query.shape[1], self.num_heads
+        head_dim = self.embed_dim // heads
+
+        def split_heads(t):  # (N, L, E) -> (N, H, L, D)
+            return t.reshape(t.shape[0], t.shape[1], heads, head_dim).transpose(0, 2, 1, 3)
+
+        q = split_heads(query @ w_q.T + b_q)
+        k = split_heads(key @ w_k.T + b_k)
+        v = split_heads(value @ w_v.T + b_v)
+        scores = (q * math.sqrt(1.0 / head_dim)) @ jnp.swapaxes(k, -1, -2)
+        for mask, shape in ((attn_mask, (batch, heads) + scores.shape[-2:]),
+                            (key_padding_mask, (batch, 1, 1, scores.shape[-1]))):
+            if mask is None:
+                continue
+            if mask.dtype == jnp.bool_:
+                mask = jnp.where(mask, -jnp.inf, 0.0).astype(scores.dtype)
+            scores = scores + (mask if mask.ndim == 2 else mask.reshape(shape))
+        weights = self.dropout(jax.nn.softmax(scores, axis=-1))
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, self.embed_dim)
+        out = self.out_proj(out)
+        if need_weights:
+            weights = weights.mean(axis=1) if average_attn_weights else weights
+            weights = weights[0] if unbatched else weights
+        else:
+            weights = None
+        if unbatched:
+            out = out[0]
+        elif not self.batch_first:
+            out = jnp.swapaxes(out, 0, 1)
+        return out, weights
+
+
+class TorchRNNBase(nnx.Module):
+    """torch's recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``): same parameters, same call.
+
+    Parameters keep torch's names and layouts (``weight_ih_l{k}``
+    (gates*H, in), ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``,
+    ``_reverse`` for the backward direction) and torch's gate order (LSTM
+    i, f, g, o; GRU r, z, n). Inputs are (L, N, H_in), (N, L, H_in) with
+    ``batch_first``, or unbatched (L, H_in). Dropout between layers follows
+    model.train()/eval().
+    """
+
+    mode = "RNN_TANH"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, rngs):
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        gates = {"LSTM": 4, "GRU": 3}.get(self.mode, 1) * hidden_size
+        directions = 2 if bidirectional else 1
+        bound = 1 / math.sqrt(hidden_size)
+
+        def uniform(*shape):
+            return nnx.Param(jax.random.uniform(rngs.params(), shape, minval=-bound, maxval=bound))
+
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * directions
+            for suffix in ("", "_reverse")[:directions]:
+                setattr(self, f"weight_ih_l{layer}{suffix}", uniform(gates, layer_input))
+                setattr(self, f"weight_hh_l{layer}{suffix}", uniform(gates, hidden_size))
+                if bias:
+                    setattr(self, f"bias_ih_l{layer}{suffix}", uniform(gates))
+                    setattr(self, f"bias_hh_l{layer}{suffix}", uniform(gates))
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def _cell(self, xw, hw, h, c):
+        """One step from the input and hidden projections (biases included): the new (h, c)."""
+        if self.mode == "LSTM":
+            i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            return jax.nn.sigmoid(o) * jnp.tanh(c), c
+        if self.mode == "GRU":
+            x_r, x_z, x_n = jnp.split(xw, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(hw, 3, axis=-1)
+            r = jax.nn.sigmoid(x_r + h_r)
+            z = jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + r * h_n)
+            return (1 - z) * n + z * h, c
+        activation = jax.nn.relu if self.mode == "RNN_RELU" else jnp.tanh
+        return activation(xw + hw), c
+
+    def __call__(self, input, hx=None):
+        unbatched = input.ndim == 2
+        x = input[:, None] if unbatched else (jnp.swapaxes(input, 0, 1) if self.batch_first else input)
+        directions = 2 if self.bidirectional else 1
+        shape = (self.num_layers * directions, x.shape[1], self.hidden_size)
+        h0 = c0 = jnp.zeros(shape, x.dtype)
+        if hx is not None and self.mode == "LSTM":
+            h0, c0 = (hx[0][:, None], hx[1][:, None]) if unbatched else hx
+        elif hx is not None:
+            h0 = hx[:, None] if unbatched else hx
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction, suffix in enumerate(("", "_reverse")[:directions]):
+                w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")[...]
+                w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")[...]
+                b_ih = getattr(self, f"bias_ih_l{layer}{suffix}")[...] if self.bias else 0.0
+                b_hh = getattr(self, f"bias_hh_l{layer}{suffix}")[...] if self.bias else 0.0
+                sequence = x[::-1] if direction else x
+                projected = sequence @ w_ih.T + b_ih  # all time steps at once
+
+                def step(carry, xw, w_hh=w_hh, b_hh=b_hh):
+                    h, c = self._cell(xw, carry[0] @ w_hh.T + b_hh, *carry)
+                    return (h, c), h
+
+                index = layer * directions + direction
+                (h, c), ys = jax.lax.scan(step, (h0[index], c0[index]), projected)
+                outputs.append(ys[::-1] if direction else ys)
+                h_n.append(h)
+                c_n.append(c)
+            x = jnp.concatenate(outputs, axis=-1) if directions == 2 else outputs[0]
+            if layer < self.num_layers - 1:
+                x = self.dropout(x)
+        output = x[:, 0] if unbatched else (jnp.swapaxes(x, 0, 1) if self.batch_first else x)
+        h_n, c_n = jnp.stack(h_n), jnp.stack(c_n)
+        if unbatched:
+            h_n, c_n = h_n[:, 0], c_n[:, 0]
+        return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
+
+
+class TorchRNN(TorchRNNBase):
+    """torch's ``nn.RNN`` (an Elman RNN, ``nonlinearity`` 'tanh' or 'relu'); see TorchRNNBase."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, rngs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"unknown nonlinearity {nonlinearity!r}")
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, rngs=rngs)
+
+
+class TorchLSTM(TorchRNNBase):
+    """torch's ``nn.LSTM`` (gates i, f, g, o; returns ``(output, (h_n, c_n))``); see TorchRNNBase."""
+
+    mode = "LSTM"
+
+
+class TorchGRU(TorchRNNBase):
+    """torch's ``nn.GRU`` (gates r, z, n; returns ``(output, h_n)``); see TorchRNNBase."""
+
+    mode = "GRU"
+
+
+def squeeze_dims(x, dim):
+    """torch's ``x.squeeze(dim)``: removes the given dims that have size 1; a dim of another size stays
+    (``jnp.squeeze`` raises there)."""
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return jnp.squeeze(x, tuple(d for d in dims if x.shape[d] == 1))
+
+
+def div_trunc(a, b):
+    """torch's ``torch.div(a, b, rounding_mode='trunc')``: the quotient rounded toward zero, in a and b's dtype."""
+    if jnp.issubdtype(jnp.result_type(a, b), jnp.integer):
+        quotient = jnp.abs(a) // jnp.abs(b)
+        return jnp.where((a < 0) != (b < 0), -quotient, quotient)
+    return jnp.trunc(a / b)
+
+
+def gather(x, dim, index):
+    """torch's ``torch.gather(x, dim, index)``: out[i][j] = x[i][index[i][j]] along dim.
+
+    ``index`` may be smaller than ``x`` in the other dims (torch reads only that
+    corner of ``x``). Indices must be in range: torch raises, JAX does not check.
+    """
+    dim = dim % x.ndim
+    x = x[tuple(slice(None) if d == dim else slice(0, n) for d, n in enumerate(index.shape))]
+    return jnp.take_along_axis(x, index, axis=dim)
+
+
+def scatter(x, dim, index, src, reduce=None):
+    """torch's ``x.scatter(dim, index, src)`` and ``scatter_add`` / ``scatter_reduce`` (out of place).
+
+    ``reduce`` is None (write; with repeated indices torch keeps an unspecified
+    one), 'sum', 'prod', 'amax', 'amin' or 'mean' (include_self=True). ``src`` may
+    be a scalar or larger than ``index`` (torch reads only that corner).
+    """
+    dim = dim % x.ndim
+    grid = list(jnp.indices(index.shape, sparse=True))
+    grid[dim] = index
+    position = tuple(grid)
+    if jnp.ndim(src) > 0:
+        src = src[tuple(slice(0, n) for n in index.shape)]
+    at = x.at[position]
+    if reduce is None:
+        return at.set(src)
+    if reduce == "sum":
+        return at.add(src)
+    if reduce == "prod":
+        return at.multiply(src)
+    if reduce == "amax":
+        return at.max(src)
+    if reduce == "amin":
+        return at.min(src)
+    if reduce == "mean":
+        counts = jnp.ones(x.shape, x.dtype).at[position].add(jnp.ones(index.shape, x.dtype))
+        return at.add(src) / counts
+    raise ValueError(f"scatter: reduce={reduce!r}")
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """torch's ``F.layer_norm``: normalises over the last len(normalized_shape) dims (biased variance)."""
+    count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    axes = tuple(range(x.ndim - count, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axis=axes, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """torch's ``F.group_norm`` on (N, C, *) arrays: statistics per sample over each group of C // num_groups
+    channels (biased variance), then a per-channel scale and shift."""
+    n, c = x.shape[0], x.shape[1]
+    grouped = x.reshape((n, num_groups, -1))
+    mean = grouped.mean(axis=-1, keepdims=True)
+    var = jnp.square(grouped - mean).mean(axis=-1, keepdims=True)
+    y = ((grouped - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+    channel = (c,) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = y * weight.reshape(channel)
+    if bias is not None:
+        y = y + bias.reshape(channel)
+    return y
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    """torch's ``F.rms_norm``: x / sqrt(mean(x**2) + eps) over the last len(normalized_shape) dims; eps None
+    means the dtype's machine epsilon, as in torch."""
+    count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    axes = tuple(range(x.ndim - count, x.ndim))
+    eps = jnp.finfo(x.dtype).eps if eps is None else eps
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(axis=axes, keepdims=True) + eps)
+    return y if weight is None else y * weight
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, eps=1e-5):
+    """torch's ``F.batch_norm`` on (N, C, *) arrays: the running statistics (training=False) or the batch's
+    (training=True, biased variance); it does not update running statistics."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    channel = (-1,) + (1,) * (x.ndim - 2)
+    if training:
+        mean = x.mean(axis=axes)
+        var = jnp.square(x - x.mean(axis=axes, keepdims=True)).mean(axis=axes)
+    else:
+        mean, var = running_mean, running_var
+    y = (x - mean.reshape(channel)) * jax.lax.rsqrt(var.reshape(channel) + eps)
+    if weight is not None:
+        y = y * weight.reshape(channel)
+    if bias is not None:
+        y = y + bias.reshape(channel)
+    return y
+
+
+def unfold_nchw(x, kernel_size, dilation=1, padding=0, stride=1):
+    """torch's ``F.unfold`` (im2col) on (N, C, H, W): (N, C * kh * kw, L) in torch's (channel, kh, kw) order."""
+    kernel, dilation, padding, stride = (
+        tuple(v) if isinstance(v, (tuple, list)) else (v, v) for v in (kernel_size, dilation, padding, stride))
+    patches = jax.lax.conv_general_dilated_patches(
+        x, kernel, stride, [(p, p) for p in padding], rhs_dilation=dilation,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"), precision=jax.lax.Precision.HIGHEST)
+    return patches.reshape(x.shape[0], patches.shape[1], -1)
+
+
+def fold_nchw(x, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """torch's ``F.fold`` (col2im): sums (N, C * kh * kw, L) blocks into (N, C, H, W), overlaps added."""
+    (oh, ow), (kh, kw), (dh, dw), (ph, pw), (sh, sw) = (
+        tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        for v in (output_size, kernel_size, dilation, padding, stride))
+    bh = (oh + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    bw = (ow + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    n, c = x.shape[0], x.shape[1] // (kh * kw)
+    blocks = x.reshape(n, c, kh, kw, bh, bw)
+    out = jnp.zeros((n, c, oh + 2 * ph, ow + 2 * pw), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (bh - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (bw - 1) + 1, sw)
+            out = out.at[:, :, rows, cols].add(blocks[:, :, i, j])
+    return out[:, :, ph:ph + oh, pw:pw + ow]
+
+
 DEPENDS: dict[str, tuple[str, ...]] = {
     "Buffer": (),
     "ChannelsFirstConv": (),
@@ -126,4 +698,38 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "adaptive_avg_pool_nchw": (),
     "scaled_dot_product_attention": (),
     "split_by_size": (),
+    "ChannelsFirstConvTranspose": (),
+    "ChannelsFirstGroupNorm": (),
+    "pad_nchw": (),
+    "interpolate_nchw": (),
+    "pixel_shuffle": (),
+    "pixel_unshuffle": (),
+    "unflatten": (),
+    "adaptive_max_pool_nchw": (),
+    "softplus": (),
+    "TorchPReLU": (),
+    "TorchBilinear": (),
+    "TorchEmbeddingBag": (),
+    "TorchMultiheadAttention": (),
+    "TorchRNNBase": (),
+    "TorchRNN": ("TorchRNNBase",),
+    "TorchLSTM": ("TorchRNNBase",),
+    "TorchGRU": ("TorchRNNBase",),
+    "squeeze_dims": (),
+    "div_trunc": (),
+    "gather": (),
+    "scatter": (),
+    "layer_norm": (),
+    "group_norm": (),
+    "rms_norm": (),
+    "batch_norm": (),
+    "unfold_nchw": (),
+    "fold_nchw": (),
 }
+
+# Training helpers (losses, optimizers, gradient clipping, learning-rate schedulers) live in
+# porter/emitted_training.py, under the same contract; they are emitted from here like the rest.
+from porter.emitted_training import *  # noqa: E402,F401,F403
+from porter.emitted_training import DEPENDS as _TRAINING_DEPENDS  # noqa: E402
+
+DEPENDS.update(_TRAINING_DEPENDS)

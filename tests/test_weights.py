@@ -50,7 +50,7 @@ def test_mapping_names_every_torch_key(torch_net):
     torch_keys = set(torch_net.state_dict())
     persistent = {k for k, e in mapping.entries.items() if e.persistent}
     assert persistent == torch_keys - {"features.1.num_batches_tracked"}
-    assert mapping.ignored == {"features.1.num_batches_tracked": "PT105"}
+    assert list(mapping.ignored) == ["features.1.num_batches_tracked"]  # by a BatchNorm rule
     assert mapping["features.0.weight"].nnx_path == ("features", "layers", 0, "kernel")
     assert mapping["features.0.weight"].layout.name == "conv_kernel"
     assert mapping["features.1.running_var"].nnx_path == ("features", "layers", 1, "var")
@@ -138,10 +138,24 @@ def test_strict_mismatch_names_every_key_and_loads_nothing(torch_net):
     assert "proj.bias" in report.format()
 
 
-def test_data_parallel_prefix_hint(torch_net):
+def test_data_parallel_prefix(torch_net):
     sd = {f"module.{k}": v for k, v in torch_net.state_dict().items()}
-    with pytest.raises(StateDictMismatch, match="module."):
-        load_torch_state_dict(M.FNet(rngs=nnx.Rngs(0)), sd)
+    model = M.FNet(rngs=nnx.Rngs(0))
+    report = load_torch_state_dict(model, sd)  # stripped automatically: then every key matches
+    assert report.ok and "stripped prefix 'module.'" in report.prefix[0]
+    np.testing.assert_array_equal(np.asarray(model.proj.kernel[...]), sd["module.proj.weight"].numpy().T)
+    with pytest.raises(StateDictMismatch, match="--strip-prefix module.") as info:
+        load_torch_state_dict(M.FNet(rngs=nnx.Rngs(0)), sd, strip_prefix=[])  # automatic handling off
+    assert "module.proj.weight" in str(info.value)
+    # torch.compile inside DataParallel: both wrappers go
+    sd2 = {f"module._orig_mod.{k}": v for k, v in torch_net.state_dict().items()}
+    report = load_torch_state_dict(M.FNet(rngs=nnx.Rngs(0)), sd2)
+    assert report.ok and len(report.prefix) == 2
+    # explicit: strip one, add another
+    sd3 = {f"net.{k}": v for k, v in torch_net.state_dict().items()}
+    assert load_torch_state_dict(M.FNet(rngs=nnx.Rngs(0)), sd3, strip_prefix=["net."]).ok
+    with pytest.raises(StateDictMismatch):
+        load_torch_state_dict(M.FNet(rngs=nnx.Rngs(0)), sd3)  # 'net.' is no known wrapper
 
 
 def test_non_persistent_buffer_loads_when_present(torch_net):

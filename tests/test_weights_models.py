@@ -69,6 +69,33 @@ class TTok(nn.Module):
         return self.out(h), h
 
 
+class TTied(nn.Module):
+    """A language-model head tied to the embedding (`head.weight = embed.weight`, as GPT-2 does)."""
+
+    def __init__(self, vocab=40, d=12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.norm(self.embed(ids)))
+
+
+class TShared(nn.Module):
+    """Two Linear layers sharing one weight (an autoencoder with tied encoder/decoder)."""
+
+    def __init__(self, d=6):
+        super().__init__()
+        self.enc = nn.Linear(d, d)
+        self.dec = nn.Linear(d, d)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x):
+        return self.dec(torch.tanh(self.enc(x)))
+
+
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random values in every parameter and buffer (BatchNorm/LayerNorm defaults are too regular)."""
     gen = torch.Generator().manual_seed(seed)
@@ -134,6 +161,29 @@ class FTok(nnx.Module):
     def __call__(self, ids):
         h = self.norm(self.embed(ids))
         return self.out(h), h
+
+
+class FTied(nnx.Module):
+    """The converted TTied: the head is the embedding's transpose (`embed.attend`), one variable."""
+
+    def __init__(self, vocab=40, d=12, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, d, rngs=rngs)
+        self.norm = nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)
+
+    def __call__(self, ids):
+        return self.embed.attend(self.norm(self.embed(ids)))
+
+
+class FShared(nnx.Module):
+    """The converted TShared: one nnx.Param shared by both layers."""
+
+    def __init__(self, d=6, *, rngs: nnx.Rngs):
+        self.enc = nnx.Linear(d, d, rngs=rngs)
+        self.dec = nnx.Linear(d, d, rngs=rngs)
+        self.dec.kernel = self.enc.kernel
+
+    def __call__(self, x):
+        return self.dec(jnp.tanh(self.enc(x)))
 
 
 def net_input(seed=0, batch=2):

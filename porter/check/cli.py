@@ -6,7 +6,10 @@ import argparse
 import sys
 
 PROG = "porter check"
-INPUT_DTYPES = ("float32", "int64", "int32")
+INPUT_DTYPES = ("float32", "int64", "int32", "bool")
+DTYPES = ("float32", "bfloat16", "float16")  # = porter.check.equivalence.DTYPES (not imported: no jax for --help)
+MODES = ("eval", "train")
+DEVICES = ("cpu", "gpu")
 
 
 def add_check_parser(subparsers) -> argparse.ArgumentParser:
@@ -15,9 +18,10 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
         help="compare the original torch model and the converted flax model: outputs and gradients",
         description=(
             "Build the original (torch) and the converted (Flax NNX) model, copy the torch weights into the "
-            "converted one, run both in eval mode on the same random inputs, and compare outputs and the "
+            "converted one, run both on the same random inputs on the same hardware, and compare outputs, "
+            "every submodule's output in execution order (naming the first that diverges), and the "
             "gradients of a random projection of the outputs with respect to the float inputs and every "
-            "parameter. Exit status: 0 PASS, 1 FAIL, 2 usage error."
+            "parameter; optionally the state after K training steps. Exit status: 0 PASS, 1 FAIL, 2 usage error."
         ),
     )
     parser.add_argument("original", metavar="ORIGINAL.py:Class[(args)]",
@@ -25,17 +29,38 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("converted", metavar="CONVERTED.py:Class[(args)]",
                         help="the converted model; without (args) it gets the original's arguments "
                              "(rngs=nnx.Rngs(SEED) is always added)")
-    parser.add_argument("--input-shape", action="append", required=True, metavar="D0,D1,...",
-                        help="shape of one input, e.g. 2,3,32,32; repeat for several inputs")
+    parser.add_argument("--input-shape", action="append", required=True, metavar="[NAME=]D0,D1,...",
+                        help="shape of one input, e.g. 2,3,32,32; repeat for several inputs; NAME=2,16 passes "
+                             "that input as the keyword argument NAME")
     parser.add_argument("--input-dtype", action="append", choices=INPUT_DTYPES, metavar="DTYPE",
                         help=f"dtype of each input ({', '.join(INPUT_DTYPES)}; default float32): "
                              "one for all inputs or one per --input-shape")
     parser.add_argument("--int-high", type=int, metavar="N",
                         help="integer inputs (token ids) are drawn uniformly from [0, N)")
-    parser.add_argument("--rtol", type=float, help="relative tolerance (default outputs 1e-5, gradients 1e-4)")
+    parser.add_argument("--rtol", type=float,
+                        help="relative tolerance for outputs, layers, gradients and state (default per --dtype: "
+                             "float32 outputs 1e-5 gradients 1e-4; bfloat16 2^-5/2^-4; float16 2^-8/2^-7)")
     parser.add_argument("--atol", type=float, help="absolute tolerance (default 1e-12)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for inputs, torch init and cotangents")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for inputs, torch init (torch.manual_seed), flax init (nnx.Rngs) and cotangents")
     parser.add_argument("--no-grads", action="store_true", help="compare outputs only")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="run both models in this floating-point dtype (parameters, buffers, float inputs)")
+    parser.add_argument("--mode", choices=MODES,
+                        help="eval (default), or train: batch norm on batch statistics, dropout off on both "
+                             "sides (default with --train-steps)")
+    parser.add_argument("--train-steps", type=int, default=0, metavar="K",
+                        help="take K SGD steps on both sides, then compare every parameter and buffer "
+                             "(batch-norm running statistics included)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate for --train-steps (default 0.01)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="run both models on the CPU (default) or both on the GPU")
+    parser.add_argument("--allow-tf32", action="store_true",
+                        help="on a GPU, keep TF32 matmuls/convolutions on both sides (default: off on both); "
+                             "default tolerances become float16's")
+    parser.add_argument("--layers", choices=("all", "first", "none"), default="all",
+                        help="per-module comparison: the first diverging module and a table of all (all), the "
+                             "first only (first), or none")
     parser.set_defaults(run=run_check)
     return parser
 
@@ -47,6 +72,17 @@ def _error(message: str) -> int:
 
 def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _parse_input(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """'2,3,8,8' -> (None, (2, 3, 8, 8)); 'mask=2,16' -> ('mask', (2, 16))."""
+    name, sep, shape = text.partition("=")
+    if not sep:
+        return None, _parse_shape(text)
+    name = name.strip()
+    if not name.isidentifier():
+        raise ValueError(f"--input-shape {text!r}: {name!r} is not a keyword argument name")
+    return name, _parse_shape(shape)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -70,6 +106,8 @@ def make_inputs(shapes, dtypes, int_high, seed):
     for shape, dtype in zip(shapes, dtypes):
         if dtype.startswith("float"):
             inputs.append(rng.standard_normal(shape).astype(dtype))
+        elif dtype == "bool":
+            inputs.append(rng.integers(0, 2, size=shape).astype(bool))
         else:
             inputs.append(rng.integers(0, int_high, size=shape, dtype=dtype))
     return inputs
@@ -79,15 +117,25 @@ def run_check(args: argparse.Namespace) -> int:
     from porter.check.modelspec import ModelSpecError, build_model, import_file, parse_model_spec
 
     try:
-        shapes = [_parse_shape(s) for s in args.input_shape]
+        parsed = [_parse_input(s) for s in args.input_shape]
     except ValueError as exc:
         return _error(str(exc))
+    names = [name for name, _ in parsed]
+    shapes = [shape for _, shape in parsed]
+    keywords = [n for n in names if n is not None]
+    if len(set(keywords)) != len(keywords):
+        return _error("the same keyword input is given twice")
+    if any(n is None for n in names[names.index(keywords[0]):]) if keywords else False:
+        return _error("positional --input-shape after a keyword one: give positional inputs first")
+    if args.train_steps < 0:
+        return _error("--train-steps must be >= 0")
+    mode = args.mode or ("train" if args.train_steps else "eval")
     dtypes = args.input_dtype or ["float32"]
     if len(dtypes) == 1:
         dtypes = dtypes * len(shapes)
     if len(dtypes) != len(shapes):
         return _error(f"{len(dtypes)} --input-dtype for {len(shapes)} --input-shape; give one, or one per input")
-    if any(not d.startswith("float") for d in dtypes):
+    if any(d.startswith("int") for d in dtypes):
         if args.int_high is None or args.int_high < 1:
             return _error("integer inputs need --int-high N (values are drawn from [0, N), e.g. the vocab size)")
     try:
@@ -120,9 +168,14 @@ def run_check(args: argparse.Namespace) -> int:
         return _error(f"{converted.name} built a {type(flax_model).__name__}, not an nnx.Module")
 
     inputs = make_inputs(shapes, dtypes, args.int_high, args.seed)
+    positional = [a for n, a in zip(names, inputs) if n is None]
+    keyword = {n: a for n, a in zip(names, inputs) if n is not None}
     try:
-        report = check_equivalence(torch_model, flax_model, *inputs, rtol=args.rtol, atol=args.atol,
-                                   seed=args.seed, grads=not args.no_grads)
+        report = check_equivalence(torch_model, flax_model, *positional, kw_inputs=keyword, rtol=args.rtol,
+                                   atol=args.atol, seed=args.seed, grads=not args.no_grads, mode=mode,
+                                   train_steps=args.train_steps, lr=args.lr, dtype=args.dtype,
+                                   device=args.device, allow_tf32=args.allow_tf32,
+                                   layers=args.layers != "none")
     except StateDictMismatch as exc:
         print(f"{PROG}: the converted model's variables do not match the original's state_dict:\n{exc}")
         print("FAIL")
@@ -135,5 +188,6 @@ def run_check(args: argparse.Namespace) -> int:
         return 1
     except ValueError as exc:
         return _error(str(exc))
+    report.layer_rows = args.layers
     print(report.format())
     return 0 if report.passed else 1

@@ -1,54 +1,101 @@
 """Numerical equivalence of a torch model and its Flax NNX conversion.
 
-`check_equivalence(torch_model, flax_model, *inputs)`:
+`check_equivalence(torch_model, flax_model, *inputs, kw_inputs=None, ...)`:
 
 1. copies the torch model's state_dict into the flax model (strict,
-   porter.weights.load_torch_state_dict), unless load_weights=False;
-2. puts both in eval mode (`torch_model.eval()`, `flax_model.eval()`; both are
-   left in eval mode afterwards, and the torch parameters' `.grad` filled);
-3. runs both on the same inputs (numpy arrays or torch tensors; float inputs
-   as float32, integer inputs such as token ids as integers) and compares
-   every output array (a tensor, or tuples/lists/dicts of them);
+   porter.weights.load_torch_state_dict), unless load_weights=False; then
+   casts both models' floating-point parameters and buffers to `dtype`
+   (float32, bfloat16 or float16) and puts both on the same device (CPU by
+   default);
+2. puts both in eval mode, or with mode="train" in train mode with dropout
+   switched off on both sides (torch: every `nn.Dropout*` and
+   `nn.MultiheadAttention` module in eval; flax:
+   `set_attributes(deterministic=True)`), so batch norm normalises with batch
+   statistics and updates its running statistics. Both are left in eval mode
+   afterwards, with the torch parameters' `.grad` filled. (A functional
+   `F.dropout(x, training=self.training)` in the original cannot be switched
+   off from outside: check such a model in eval mode.);
+3. runs both on the same inputs (numpy arrays or torch tensors, positional and
+   keyword; float inputs cast to `dtype`, integer inputs such as token ids kept
+   integer) and compares every output array (a tensor, or tuples/lists/dicts of
+   them). With layers=True (default) every submodule's output is captured on
+   both sides (porter.check.layers) and compared in execution order: the first
+   module out of tolerance is the first divergence, reported with its path
+   and where both classes are defined and assigned;
 4. takes the gradient of loss = sum_i sum(output_i * c_i), where each
-   cotangent c_i is drawn from numpy's default_rng(seed), with respect to
-   every float input and every torch parameter; the flax gradients are mapped
-   back to torch names and layouts (the layout's to_torch) and compared.
+   cotangent c_i is drawn from numpy's default_rng(seed) (rounded to `dtype`),
+   with respect to every float input and every torch parameter; the flax
+   gradients are mapped back to torch names and layouts (the layout's
+   to_torch) and compared, one row per parameter;
+5. with train_steps=k > 0, takes k plain SGD steps (p -= lr * grad of that
+   loss, the same inputs each step) on both sides and compares every
+   state_dict entry afterwards: parameters and buffers, batch-norm running
+   statistics included (`num_batches_tracked` has no flax counterpart).
 
 Metric, per array: max_abs = max|a - b| and rel = max_abs / max(max|ref|, tiny),
 ref being the torch value and tiny the smallest normal float32. That is a
-norm-wise (infinity-norm) relative error, not an elementwise one: float32
-sums round relative to the magnitude of the whole computation, so an element
-that happens to be near zero (a cancelling sum, a ReLU edge) carries an
-absolute error of order eps*max|ref| and would fail any elementwise relative
-test although both frameworks are right. Norm-wise, errors are judged
-against the scale of the array, which is what an acceptance criterion such as
-"outputs within 1e-5" means.
+norm-wise (infinity-norm) relative error, not an elementwise one: float sums
+round relative to the magnitude of the whole computation, so an element that
+happens to be near zero (a cancelling sum, a ReLU edge) carries an absolute
+error of order eps*max|ref| and would fail any elementwise relative test
+although both frameworks are right. Norm-wise, errors are judged against the
+scale of the array, which is what an acceptance criterion such as "outputs
+within 1e-5" means.
 
-An array passes when rel <= rtol or max_abs <= atol. Defaults for float32
-(the project's acceptance criteria): outputs rtol 1e-5, gradients rtol 1e-4;
-atol 1e-12 for both, only there so that arrays that are all (near) zero in
-both frameworks, such as the gradient of an unused parameter, pass. Integer
-and boolean outputs must be equal. NaNs must sit in the same places.
+An array passes when rel <= rtol or max_abs <= atol. Default tolerances per
+dtype (TOLERANCES; rtol/atol/grad_rtol/grad_atol override them), eps being
+the dtype's machine epsilon (float32 2^-23, bfloat16 2^-7, float16 2^-10):
 
-Precision: on the CPU backend jax computes float32 matmuls and convolutions
-in full float32, so nothing is changed. On GPU/TPU jax defaults to TF32-like
-matmuls; the check then runs the flax side under
-`jax.default_matmul_precision("highest")` and turns torch's TF32 flags off
-for the duration, and the report says so.
+| dtype    | outputs, layers     | gradients, state after k steps |
+|----------|---------------------|--------------------------------|
+| float32  | 1e-5 (84 eps)       | 1e-4 (840 eps)                 |
+| bfloat16 | 2^-5 = 0.031 (4 eps)| 2^-4 = 0.0625 (8 eps)          |
+| float16  | 2^-8 = 0.0039 (4 eps)| 2^-7 = 0.0078 (8 eps)         |
+
+float32's are the project's acceptance criteria. In 16 bits the two
+frameworks round at different places (torch's CPU kernels accumulate 16-bit
+matmuls and reductions in float32; XLA:CPU accumulates a 16-bit reduction such
+as a bias gradient in 16 bits and fuses elementwise chains), and a
+saturating op (tanh) or a tie (max-pool, ReLU at 0) can turn a rounding
+difference into a large one. So for bfloat16/float16 a float32 copy of the
+original runs on the same (16-bit-rounded) inputs as the yardstick, and an
+array out of tolerance still passes when the converted model's error against
+that float32 result is at most LOWP_FACTOR (2) times the original's own
+16-bit error: the converted model is then as accurate as the original in
+that dtype. The row's note gives both figures ("vs float32 converted X,
+torch Y"). (Measured on the fixtures, tests/test_check_modes.py: outputs
+within the table in both dtypes; LeNet's bfloat16 bias gradients are ~10x
+less accurate in JAX than in torch because of the 16-bit accumulation, and
+fail.) atol is 1e-12 for all, only there so that arrays that are all (near)
+zero in both frameworks, such as the gradient of an unused parameter, pass.
+Integer and boolean outputs must be equal. NaNs must sit in the same places.
+
+Precision and hardware: device="cpu" (default) runs both on the CPU, where
+jax computes float32 matmuls and convolutions in full float32, so nothing is
+changed. device="gpu" runs both on the GPU (torch "cuda", jax's first gpu
+device) and, unless allow_tf32=True, turns TF32 off on both sides for the
+check: torch's matmul and cuDNN fp32 precision "ieee" (the legacy allow_tf32
+flags on an older torch), cuDNN deterministic, and the flax side under
+`jax.default_matmul_precision("highest")`. With allow_tf32=True both keep
+TF32 and the default tolerances become float16's (TF32 keeps float16's
+10-bit mantissa). The report says which precision was used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from porter.check import layers as layerlib
 from porter.weights.arrays import is_torch_tensor, to_numpy
 from porter.weights.loader import load_torch_state_dict
 from porter.weights.mapping import build_mapping
@@ -59,17 +106,34 @@ DEFAULT_ATOL = 1e-12
 TINY = float(np.finfo(np.float32).tiny)
 
 
+@dataclass(frozen=True)
+class Tolerance:
+    output: float  # outputs and per-layer outputs
+    grad: float  # gradients, and the state after k training steps
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "float32": Tolerance(OUTPUT_RTOL, GRAD_RTOL),
+    "bfloat16": Tolerance(2.0**-5, 2.0**-4),
+    "float16": Tolerance(2.0**-8, 2.0**-7),
+}
+TF32_TOLERANCE = TOLERANCES["float16"]
+DTYPES = tuple(TOLERANCES)
+MODES = ("eval", "train")
+DEVICES = ("cpu", "gpu")
+
+
 class ModelRunError(RuntimeError):
     """One of the two models raised while running; `.side` is 'original' or 'converted'."""
 
-    def __init__(self, side: str, exc: BaseException):
+    def __init__(self, side: str, exc: BaseException, where: str = ""):
         self.side = side
-        super().__init__(f"the {side} model raised {type(exc).__name__}: {exc}")
+        super().__init__(f"the {side} model raised {type(exc).__name__}{' ' + where if where else ''}: {exc}")
 
 
 @dataclass
 class Row:
-    kind: str  # "output", "grad input", "grad param"
+    kind: str  # "output", "grad input", "grad param", "state", "layer"
     name: str
     shape: tuple[int, ...] | None
     max_abs: float
@@ -88,6 +152,13 @@ class EquivalenceReport:
     grad_rtol: float = GRAD_RTOL
     output_atol: float = DEFAULT_ATOL
     grad_atol: float = DEFAULT_ATOL
+    mode: str = "eval"
+    dtype: str = "float32"
+    train_steps: int = 0
+    layers: layerlib.LayerReport | None = None
+    layer_rows: str = "all"
+    warnings: list[str] = field(default_factory=list)
+    jit_ok: bool | None = None  # how format() shows the layer table: "all", "first", "none"
 
     @property
     def passed(self) -> bool:
@@ -97,15 +168,20 @@ class EquivalenceReport:
     def failures(self) -> list[Row]:
         return [row for row in self.rows if not row.ok]
 
+    @property
+    def first_divergence(self) -> layerlib.Divergence | None:
+        return None if self.layers is None else self.layers.first
+
     def row(self, name: str, kind: str | None = None) -> Row:
         return next(r for r in self.rows if r.name == name and (kind is None or r.kind == kind))
 
     def format(self) -> str:
-        lines = [f"porter check: {self.torch_name} (torch) vs {self.flax_name} (flax nnx)"]
+        lines = [f"porter check: {self.torch_name} (torch) vs {self.flax_name} (flax nnx), "
+                 f"{self.mode} mode, {self.dtype}"]
         lines += [f"  {note}" for note in self.notes]
         lines.append(f"  tolerances: outputs rtol {self.output_rtol:g} atol {self.output_atol:g}; "
-                     f"gradients rtol {self.grad_rtol:g} atol {self.grad_atol:g} "
-                     f"(rel = max|a-b| / max|torch|)")
+                     f"gradients{' and state' if self.train_steps else ''} rtol {self.grad_rtol:g} "
+                     f"atol {self.grad_atol:g} (rel = max|a-b| / max|torch|)")
         table = [("kind", "name", "shape", "max_abs", "rel", "result")]
         for row in self.rows:
             shape = "-" if row.shape is None else str(tuple(row.shape))
@@ -116,12 +192,22 @@ class EquivalenceReport:
         widths = [max(len(r[i]) for r in table) for i in range(5)]
         for r in table:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        if self.layers is not None and self.layer_rows != "none":
+            lines += self.layers.format(limit=0 if self.layer_rows == "first" else None)
+        lines += [f"WARNING: {w}" for w in self.warnings]
         failed = len(self.failures)
         if self.passed:
-            lines.append(f"PASS: all {len(self.rows)} arrays within tolerance")
+            verdict = f"PASS: all {len(self.rows)} arrays within tolerance"
+            if self.layers is not None and self.layers.failures:
+                verdict += (f" (but {len(self.layers.failures)} module outputs differ: "
+                            f"first {self.layers.first.row.label})")
+        elif self.rows:
+            verdict = f"FAIL: {failed} of {len(self.rows)} arrays out of tolerance"
+            if self.first_divergence is not None:
+                verdict += f"; first diverging module: {self.first_divergence.row.label}"
         else:
-            lines.append(f"FAIL: {failed} of {len(self.rows)} arrays out of tolerance"
-                         if self.rows else "FAIL: nothing was compared")
+            verdict = "FAIL: nothing was compared"
+        lines.append(verdict)
         return "\n".join(lines)
 
 
@@ -169,52 +255,170 @@ def compare(kind: str, name: str, ref: Any, got: Any, rtol: float, atol: float) 
     return Row(kind, name, tuple(ref_a.shape), max_abs, rel, rel <= rtol or max_abs <= atol)
 
 
-@contextlib.contextmanager
-def _precision(notes: list[str], torch_model: Any):
+# ---------------------------------------------------------------- hardware and precision
+
+
+def _devices(device: str) -> tuple[Any, Any]:
+    """(torch device, jax device) for 'cpu' or 'gpu'; ValueError when a side has no GPU."""
     import torch
 
-    backend = jax.default_backend()
-    if backend == "cpu":
+    if device == "cpu":
+        return torch.device("cpu"), jax.devices("cpu")[0]
+    if device != "gpu":
+        raise ValueError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append(f"torch {torch.__version__} sees no CUDA device")
+    try:
+        jax_gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        jax_gpu = None
+        missing.append(f"jax {jax.__version__} has no gpu backend (install jax[cuda12])")
+    if missing:
+        raise ValueError("--device gpu: " + "; ".join(missing))
+    return torch.device("cuda"), jax_gpu
+
+
+def _torch_fp32_flags(torch: Any) -> list[tuple[Any, str]]:
+    """(object, attribute) pairs that choose TF32 for float32 matmuls/convolutions on a GPU."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(getattr(b.cudnn, "conv", None), "fp32_precision"):
+        return [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision")]
+    return [(b.cuda.matmul, "allow_tf32"), (b.cudnn, "allow_tf32")]
+
+
+@contextlib.contextmanager
+def precision(platform: str, allow_tf32: bool, notes: list[str]):
+    """Same float32 precision on both sides for the check; a note says which."""
+    import torch
+
+    if platform == "cpu":
         notes.append("precision: jax backend cpu computes float32 matmuls/convolutions in full float32; "
-                     "no precision setting changed")
+                     "no precision setting changed (both models on the CPU)")
         yield
         return
-    notes.append(f"precision: jax backend {backend}: flax side run under "
-                 f"jax.default_matmul_precision('highest'); torch TF32 disabled for the check")
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    flags = _torch_fp32_flags(torch)
+    saved = [(obj, name, getattr(obj, name)) for obj, name in flags]
+    saved += [(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic),
+              (torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)]
+    legacy = flags[0][1] == "allow_tf32"
+    value = (True if legacy else "tf32") if allow_tf32 else (False if legacy else "ieee")
     try:
-        with jax.default_matmul_precision("highest"):
+        for obj, name in flags:
+            setattr(obj, name, value)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        if allow_tf32:
+            notes.append(f"precision: both models on the {platform}; TF32 allowed on both sides (torch fp32 "
+                         f"precision {value!r}, jax default matmul precision)")
             yield
+        else:
+            notes.append(f"precision: both models on the {platform}; TF32 off on both sides (torch fp32 precision "
+                         f"{value!r}, jax.default_matmul_precision('highest')), cuDNN deterministic")
+            with jax.default_matmul_precision("highest"):
+                yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        for obj, name, old in saved:
+            setattr(obj, name, old)
 
 
-def _prepare_inputs(inputs: tuple[Any, ...], notes: list[str]) -> list[np.ndarray]:
-    arrays = []
-    for i, x in enumerate(inputs):
+# ---------------------------------------------------------------- dtypes and inputs
+
+
+def _np_dtype(dtype: str) -> Any:
+    return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _prepare_inputs(items: list[tuple[Any, Any]], dtype: str, notes: list[str]) -> list[tuple[Any, np.ndarray]]:
+    out = []
+    target = np.dtype(_np_dtype(dtype))
+    for key, x in items:
         a = to_numpy(x)
         if _is_float(a):
-            if a.dtype != np.float32:
-                notes.append(f"input {i}: {a.dtype} cast to float32")
-            a = a.astype(np.float32)
-        arrays.append(a)
-    return arrays
+            if a.dtype != target:
+                notes.append(f"input {_input_name(key)}: {a.dtype} cast to {dtype}")
+            a = a.astype(target)
+        out.append((key, a))
+    return out
 
 
-def _jax_input(a: np.ndarray) -> jax.Array:
+def _input_name(key: Any) -> str:
+    return f"input[{key!r}]"
+
+
+def _to_torch(a: np.ndarray, device: Any) -> Any:
+    import torch
+
+    if a.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(a.astype(np.float32)).to(device=device, dtype=torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a).copy()).to(device)
+
+
+def _jax_input(a: np.ndarray, device: Any = None) -> jax.Array:
     if a.dtype == np.int64 and not jax.config.jax_enable_x64:
         if a.size and (a.max() > np.iinfo(np.int32).max or a.min() < np.iinfo(np.int32).min):
             raise ValueError("an int64 input does not fit int32 (jax runs with 64-bit types off)")
         a = a.astype(np.int32)
-    return jnp.asarray(a)
+    return jax.device_put(jnp.asarray(a), device) if device is not None else jnp.asarray(a)
+
+
+def _split_args(values: list[tuple[Any, Any]]) -> tuple[list[Any], dict[str, Any]]:
+    return [v for k, v in values if isinstance(k, int)], {k: v for k, v in values if isinstance(k, str)}
+
+
+def _cast_flax_state(model: nnx.Module, dtype: str, device: Any) -> None:
+    """Floating-point variables to `dtype`, every array onto `device`."""
+    target = jnp.dtype(_np_dtype(dtype))
+
+    def cast(x):
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target:
+            x = x.astype(target)
+        return jax.device_put(x, device) if isinstance(x, jax.Array) else x
+
+    nnx.update(model, jax.tree.map(cast, nnx.state(model)))
+
+
+def _set_torch_mode(torch_model: Any, mode: str) -> int:
+    """eval, or train with every dropout (and attention-dropout) module in eval; returns how many."""
+    import torch
+
+    if mode == "eval":
+        torch_model.eval()
+        return 0
+    torch_model.train()
+    switched = 0
+    for module in torch_model.modules():
+        if isinstance(module, (torch.nn.modules.dropout._DropoutNd, torch.nn.MultiheadAttention)):
+            module.eval()
+            switched += 1
+    return switched
+
+
+def _set_mode(torch_model: Any, flax_model: nnx.Module, mode: str, notes: list[str]) -> None:
+    switched = _set_torch_mode(torch_model, mode)
+    if mode == "eval":
+        flax_model.eval()
+        return
+    flax_model.train()
+    flax_model.set_attributes(deterministic=True, raise_if_not_found=False)
+    notes.append(f"mode: train (batch norm uses batch statistics and updates its running statistics); "
+                 f"dropout off on both sides ({switched} torch dropout/attention modules in eval, flax "
+                 f"deterministic=True)")
+
+
+# ---------------------------------------------------------------- the check
 
 
 def check_equivalence(
     torch_model: Any,
     flax_model: nnx.Module,
     *inputs: Any,
+    kw_inputs: Mapping[str, Any] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     grad_rtol: float | None = None,
@@ -222,122 +426,300 @@ def check_equivalence(
     load_weights: bool = True,
     grads: bool = True,
     seed: int = 0,
+    mode: str = "eval",
+    train_steps: int = 0,
+    lr: float = 1e-2,
+    dtype: str = "float32",
+    device: str = "cpu",
+    allow_tf32: bool = False,
+    layers: bool = True,
 ) -> EquivalenceReport:
-    """Compare outputs and gradients of `torch_model` and `flax_model` (see the module docstring).
+    """Compare outputs, per-layer outputs, gradients (and the state after k steps) of the two models.
 
-    rtol/atol apply to outputs and, unless grad_rtol/grad_atol are given, to
-    gradients too; left None they are the float32 defaults (outputs 1e-5,
-    gradients 1e-4, atol 1e-12).
+    See the module docstring. rtol/atol apply to outputs and per-layer outputs
+    and, unless grad_rtol/grad_atol are given, to gradients and state too; left
+    None they are the defaults for `dtype` (TOLERANCES).
     """
     import torch
 
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if dtype not in TOLERANCES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if train_steps < 0:
+        raise ValueError("train_steps must be >= 0")
+    torch_device, jax_device = _devices(device)
+    tf32 = allow_tf32 and device == "gpu"
+    tol = TOLERANCES[dtype] if not (tf32 and dtype == "float32") else TF32_TOLERANCE
     report = EquivalenceReport(
         torch_name=type(torch_model).__name__, flax_name=type(flax_model).__name__,
-        output_rtol=OUTPUT_RTOL if rtol is None else rtol,
-        grad_rtol=grad_rtol if grad_rtol is not None else (GRAD_RTOL if rtol is None else rtol),
+        output_rtol=tol.output if rtol is None else rtol,
+        grad_rtol=grad_rtol if grad_rtol is not None else (tol.grad if rtol is None else rtol),
         output_atol=DEFAULT_ATOL if atol is None else atol,
         grad_atol=grad_atol if grad_atol is not None else (DEFAULT_ATOL if atol is None else atol),
+        mode=mode, dtype=dtype, train_steps=train_steps,
     )
     notes = report.notes
     if load_weights:
         loaded = load_torch_state_dict(flax_model, torch_model.state_dict(), strict=True)
         notes.append(f"weights: {len(loaded.loaded)} torch state_dict entries loaded into the flax model "
                      f"({len(loaded.transposed)} transposed, {len(loaded.ignored)} ignored)")
-    torch_model.eval()
-    flax_model.eval()
-    arrays = _prepare_inputs(inputs, notes)
-    notes.append("inputs: " + ", ".join(f"{a.dtype}{tuple(a.shape)}" for a in arrays))
-    params = list(torch_model.parameters())
-    device = params[0].device if params else torch.device("cpu")
+    torch_model.to(device=torch_device)
+    reference = None
+    if dtype != "float32":
+        reference = copy.deepcopy(torch_model)  # float32, the yardstick for both 16-bit runs
+        _set_torch_mode(reference, mode)
+        torch_model.to(dtype=_torch_dtype(dtype))
+        notes.append(f"dtype: both models' floating-point parameters and buffers cast to {dtype}; a float32 "
+                     f"copy of the original is the reference for rows out of tolerance (see 'vs float32')")
+    _cast_flax_state(flax_model, dtype, jax_device)
+    _set_mode(torch_model, flax_model, mode, notes)
 
-    with _precision(notes, torch_model):
-        # --- torch: forward, then backward of the cotangent loss
-        torch_inputs = []
-        for a in arrays:
-            t = torch.from_numpy(a.copy()).to(device)
-            if _is_float(a) and grads:
-                t.requires_grad_(True)
-            torch_inputs.append(t)
-        torch_model.zero_grad(set_to_none=True)
-        try:
-            torch_out = torch_model(*torch_inputs)
-        except Exception as exc:
-            raise ModelRunError("original", exc) from exc
-        torch_leaves = _flatten(torch_out)
-        jax_inputs = [_jax_input(a) for a in arrays]
-        try:
-            flax_out = flax_model(*jax_inputs)
-        except Exception as exc:
-            raise ModelRunError("converted", exc) from exc
-        flax_leaves = dict(_flatten(flax_out))
+    items = [(i, x) for i, x in enumerate(inputs)] + list((kw_inputs or {}).items())
+    arrays = _prepare_inputs(items, dtype, notes)
+    notes.append("inputs: " + ", ".join(
+        (f"{k}=" if isinstance(k, str) else "") + f"{a.dtype}{tuple(a.shape)}" for k, a in arrays))
 
-        # --- outputs
-        same_structure = [n for n, _ in torch_leaves] == list(flax_leaves) or \
-            {n for n, _ in torch_leaves} == set(flax_leaves)
-        for name, t in torch_leaves:
-            if name not in flax_leaves:
-                report.rows.append(Row("output", name, tuple(getattr(t, "shape", ())), float("inf"),
-                                       float("inf"), False, "missing from the flax output"))
-                continue
-            report.rows.append(compare("output", name, t, flax_leaves[name], report.output_rtol,
-                                       report.output_atol))
-        torch_names = {n for n, _ in torch_leaves}
-        for name in flax_leaves:
-            if name not in torch_names:
-                report.rows.append(Row("output", name, None, float("inf"), float("inf"), False,
-                                       "only in the flax output"))
-        if not grads:
-            return report
-        if not same_structure:
-            notes.append("gradients not compared: the outputs differ in structure")
-            return report
+    try:
+        with precision(jax_device.platform, tf32, notes), jax.default_device(jax_device):
+            _run(report, torch_model, flax_model, arrays, torch_device, jax_device, grads=grads, seed=seed,
+                 layers=layers, train_steps=train_steps, lr=lr, dtype=dtype, reference=reference)
+    finally:
+        torch_model.eval()
+        flax_model.eval()
+    return report
 
-        # --- cotangents, from the torch outputs' shapes, in output order
-        rng = np.random.default_rng(seed)
-        cotangents: dict[str, np.ndarray] = {}
-        for name, t in torch_leaves:
-            if is_torch_tensor(t) and t.is_floating_point() and t.requires_grad:
-                cotangents[name] = rng.standard_normal(tuple(t.shape)).astype(np.float32)
-        if not cotangents:
-            notes.append("gradients not compared: no differentiable float output")
-            return report
-        leaves = dict(torch_leaves)
-        loss = sum((leaves[n] * torch.from_numpy(c).to(leaves[n].device).to(leaves[n].dtype)).sum()
-                   for n, c in cotangents.items())
-        loss.backward()
 
-        # --- flax: the same loss, differentiated w.r.t. float inputs and nnx.Param variables
-        float_idx = [i for i, a in enumerate(arrays) if _is_float(a)]
-        graphdef, param_state, rest = nnx.split(flax_model, nnx.Param, ...)
+LOWP_FACTOR = 2.0  # 16-bit dtypes: the converted model may be up to this much less accurate than torch
 
-        def loss_fn(p, float_args):
-            model = nnx.merge(graphdef, p, rest)
-            args = list(jax_inputs)
-            for i, a in zip(float_idx, float_args):
-                args[i] = a
-            out = dict(_flatten(model(*args)))
-            return sum(jnp.sum(out[n].astype(jnp.float32) * jnp.asarray(c)) for n, c in cotangents.items())
 
-        try:
-            param_grads, input_grads = jax.grad(loss_fn, argnums=(0, 1))(
-                param_state, [jax_inputs[i] for i in float_idx])
-        except Exception as exc:
-            raise ModelRunError("converted", exc) from exc
+@dataclass
+class _Reference:
+    """The float32 original's results, keyed (kind, name) / (path, call)."""
 
-    # inputs
-    for i, g in zip(float_idx, input_grads):
-        ref = torch_inputs[i].grad
-        ref = torch.zeros_like(torch_inputs[i]) if ref is None else ref
-        report.rows.append(compare("grad input", f"input[{i}]", ref, g, report.grad_rtol, report.grad_atol))
+    arrays: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    layers: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
 
-    # parameters: flax gradient -> torch name and layout
+
+def _run_reference(model: Any, arrays, torch_device, cotangents: dict[str, np.ndarray] | None,
+                   layers: bool) -> _Reference:
+    import torch
+
+    ref = _Reference()
+    items = []
+    for key, a in arrays:
+        t = _to_torch(a.astype(np.float32) if _is_float(a) else a, torch_device)
+        if _is_float(a) and cotangents:
+            t.requires_grad_(True)
+        items.append((key, t))
+    args, kwargs = _split_args(items)
+    capture = layerlib.capture_torch(model) if layers else contextlib.nullcontext([])
+    with capture as calls:
+        out = model(*args, **kwargs)
+    leaves = dict(_flatten(out))
+    ref.arrays.update({("output", n): to_numpy(v) for n, v in leaves.items()})
+    ref.layers = {(c.path, c.index): dict(c.leaves) for c in calls}
+    if cotangents and all(n in leaves for n in cotangents):
+        sum((leaves[n] * torch.from_numpy(c).to(torch_device)).sum() for n, c in cotangents.items()).backward()
+        for key, t in items:
+            if t.requires_grad:
+                ref.arrays[("grad input", _input_name(key))] = to_numpy(
+                    t.grad if t.grad is not None else torch.zeros_like(t))
+        for name, p in model.named_parameters(remove_duplicate=False):
+            ref.arrays[("grad param", name)] = to_numpy(p.grad if p.grad is not None else torch.zeros_like(p))
+    return ref
+
+
+def _judge(row: Row, ref: np.ndarray | None, torch_value: Any, flax_value: Any, dtype: str) -> None:
+    """16-bit dtypes: a row out of tolerance passes if the converted model, measured against the float32
+    original, is at most LOWP_FACTOR times less accurate than the original in the same dtype."""
+    if row.ok or ref is None or row.rel != row.rel or row.rel == float("inf"):
+        return
+    e_torch = compare("", "", ref, torch_value, 0.0, 0.0).rel
+    e_flax = compare("", "", ref, flax_value, 0.0, 0.0).rel
+    if e_flax <= LOWP_FACTOR * e_torch:
+        row.ok = True
+        row.note = f"as accurate as torch in {dtype}: vs float32 converted {e_flax:.3g}, torch {e_torch:.3g}"
+    else:
+        row.note = (row.note + "; " if row.note else "") + \
+            f"vs float32 converted {e_flax:.3g}, torch {e_torch:.3g}"
+
+
+def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, arrays, torch_device,
+         jax_device, *, grads: bool, seed: int, layers: bool, train_steps: int, lr: float, dtype: str,
+         reference: Any = None) -> None:
+    import torch
+
+    notes = report.notes
+    # --- torch forward, every submodule's output captured
+    torch_items = []
+    for key, a in arrays:
+        t = _to_torch(a, torch_device)
+        if _is_float(a) and grads:
+            t.requires_grad_(True)
+        torch_items.append((key, t))
+    t_args, t_kwargs = _split_args(torch_items)
+    torch_model.zero_grad(set_to_none=True)
+    capture_t = layerlib.capture_torch(torch_model) if layers else contextlib.nullcontext([])
+    try:
+        with capture_t as torch_calls:
+            torch_out = torch_model(*t_args, **t_kwargs)
+    except Exception as exc:
+        raise ModelRunError("original", exc) from exc
+    torch_leaves = _flatten(torch_out)
+
+    # --- cotangents, from the torch outputs' shapes, in output order, rounded to the dtype
+    rng = np.random.default_rng(seed)
+    cotangents: dict[str, np.ndarray] = {}
+    for name, t in torch_leaves:
+        if grads and is_torch_tensor(t) and t.is_floating_point() and t.requires_grad:
+            c = rng.standard_normal(tuple(t.shape)).astype(np.float32)
+            cotangents[name] = c.astype(_np_dtype(dtype)).astype(np.float32)
+    ref = _run_reference(reference, arrays, torch_device, cotangents, layers) if reference is not None else None
+
+    # --- flax forward, eagerly, the objects at the same paths captured
+    jax_items = [(k, _jax_input(a, jax_device)) for k, a in arrays]
+    j_args, j_kwargs = _split_args(jax_items)
+    paths = list(dict.fromkeys(c.path for c in torch_calls))
+    capture_f = layerlib.capture_flax(flax_model, paths) if layers else contextlib.nullcontext(([], {}))
+    try:
+        with capture_f as (flax_calls, found):
+            flax_out = flax_model(*j_args, **j_kwargs)
+    except Exception as exc:
+        raise ModelRunError("converted", exc) from exc
+    flax_leaves = dict(_flatten(flax_out))
+
+    def add(kind: str, name: str, t: Any, f: Any, rtol: float, atol: float) -> None:
+        row = compare(kind, name, t, f, rtol, atol)
+        if ref is not None:
+            _judge(row, ref.arrays.get((kind, name)), t, f, dtype)
+        report.rows.append(row)
+
+    # --- outputs
+    same_structure = {n for n, _ in torch_leaves} == set(flax_leaves)
+    for name, t in torch_leaves:
+        if name not in flax_leaves:
+            report.rows.append(Row("output", name, tuple(getattr(t, "shape", ())), float("inf"),
+                                   float("inf"), False, "missing from the flax output"))
+            continue
+        add("output", name, t, flax_leaves[name], report.output_rtol, report.output_atol)
+    torch_names = {n for n, _ in torch_leaves}
+    for name in flax_leaves:
+        if name not in torch_names:
+            report.rows.append(Row("output", name, None, float("inf"), float("inf"), False,
+                                   "only in the flax output"))
+
+    # --- layers
+    if layers:
+        lrep = layerlib.compare_layers(torch_calls, flax_calls, found, compare,
+                                       report.output_rtol, report.output_atol)
+        if ref is not None:
+            _judge_layers(lrep, torch_calls, flax_calls, ref, dtype, report.output_rtol, report.output_atol)
+        layerlib.rerun_locally(lrep, torch_calls, flax_model, compare, report.output_rtol,
+                               report.output_atol, lambda a: _jax_input(a, jax_device))
+        layerlib.locate(lrep, torch_model, flax_model, found)
+        report.layers = lrep
+
+    if not grads:
+        return
+    if not same_structure:
+        notes.append("gradients not compared: the outputs differ in structure")
+        return
+    if not cotangents:
+        notes.append("gradients not compared: no differentiable float output")
+        return
+    torch_cot = {n: torch.from_numpy(c).to(torch_device) for n, c in cotangents.items()}
+    jax_cot = {n: jax.device_put(jnp.asarray(c), jax_device) for n, c in cotangents.items()}
+
+    def torch_loss(out):
+        leaves = dict(_flatten(out))
+        return sum((leaves[n] * c.to(leaves[n].dtype)).sum() for n, c in torch_cot.items())
+
+    torch_loss(torch_out).backward()
+
+    # --- flax: the same loss, differentiated w.r.t. float inputs and nnx.Param variables
+    float_keys = [k for k, a in arrays if _is_float(a)]
+    graphdef, param_state, rest = nnx.split(flax_model, nnx.Param, ...)
+
+    def flax_loss(model, float_values):
+        values = dict(jax_items)
+        values.update(zip(float_keys, float_values))
+        args, kwargs = _split_args(list(values.items()))
+        out = dict(_flatten(model(*args, **kwargs)))
+        return sum(jnp.sum(out[n].astype(jnp.float32) * c) for n, c in jax_cot.items())
+
+    def loss_fn(p, float_values, rest):
+        # copy=True: merge would otherwise reuse rest's Variable objects (jax.grad passes a
+        # non-differentiated argument through as is), and in train mode batch norm writes its
+        # statistics into them from inside the trace, which nnx refuses.
+        return flax_loss(nnx.merge(graphdef, p, rest, copy=True), float_values)
+
+    grad_fn = jax.grad(loss_fn, argnums=(0, 1))
+    grad_args = (param_state, [dict(jax_items)[k] for k in float_keys], rest)
+    try:
+        param_grads, input_grads = grad_fn(*grad_args)
+    except Exception as exc:
+        raise ModelRunError("converted", exc) from exc
+    # The same gradients under jax.jit, as training will run them: catches code that works eagerly
+    # but not compiled (e.g. a reduce_window whose init value jit cannot see as a constant has no
+    # reverse-mode rule). Not a numerical failure, so a warning; the figures compared are eager's.
+    report.jit_ok = _try_jit(report, grad_fn, grad_args, "jax.jit(jax.grad(loss))")
+    torch_inputs = dict(torch_items)
+    for key, g in zip(float_keys, input_grads):
+        t_grad = torch_inputs[key].grad
+        t_grad = torch.zeros_like(torch_inputs[key]) if t_grad is None else t_grad
+        add("grad input", _input_name(key), t_grad, g, report.grad_rtol, report.grad_atol)
+
+    mapping = build_mapping(flax_model)
+    _compare_param_grads(report, torch_model, flax_model, param_grads, mapping, add)
+
+    if train_steps:
+        _train_steps(report, torch_model, flax_model, graphdef, param_state, param_grads, torch_items,
+                     torch_loss, flax_loss, float_keys, jax_items, mapping, train_steps, lr)
+
+
+def _try_jit(report: EquivalenceReport, fn, args, what: str) -> bool:
+    try:
+        jax.block_until_ready(jax.jit(fn)(*args))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        report.warnings.append(f"the converted model runs eagerly but fails under {what}: "
+                               f"{type(exc).__name__}: {first}")
+        return False
+    report.notes.append(f"jit: {what} runs (gradients compared: eager)")
+    return True
+
+
+def _judge_layers(lrep: layerlib.LayerReport, torch_calls, flax_calls, ref: _Reference, dtype: str,
+                  rtol: float, atol: float) -> None:
+    flax_by_key = {(c.path, c.index): dict(c.leaves) for c in flax_calls}
+    for row, tc in zip(lrep.rows, torch_calls):  # compare_layers keeps torch's order first
+        if row.status != "FAIL" or (row.path, row.call) != (tc.path, tc.index):
+            continue
+        refs, got = ref.layers.get((tc.path, tc.index)), flax_by_key.get((tc.path, tc.index))
+        if refs is None or got is None:
+            continue
+        verdicts = []
+        for name, t in tc.leaves:
+            if name not in got:
+                break
+            r = compare("layer", name, t, got[name], rtol, atol)
+            _judge(r, refs.get(name), t, got[name], dtype)
+            verdicts.append(r)
+        if len(verdicts) == len(tc.leaves) and verdicts and all(v.ok for v in verdicts):
+            row.status, row.note = "ok", next((v.note for v in verdicts if v.note), "")
+    lrep.first = next((layerlib.Divergence(r) for r in lrep.rows if r.status == "FAIL"), None)
+
+
+def _compare_param_grads(report, torch_model, flax_model, param_grads, mapping, add) -> None:
+    import torch
+
     flat_grads = {path: value for path, value in nnx.to_flat_state(param_grads)}
     canonical = {id(var): path for path, var in nnx.to_flat_state(nnx.state(flax_model, nnx.Param))}
-    mapping = build_mapping(flax_model)
     frozen = [name for name, p in torch_model.named_parameters(remove_duplicate=False) if not p.requires_grad]
     if frozen:
-        notes.append(f"gradients not compared for frozen torch parameters (requires_grad=False): "
-                     f"{', '.join(frozen)}")
+        report.notes.append(f"gradients not compared for frozen torch parameters (requires_grad=False): "
+                            f"{', '.join(frozen)}")
     for name, p in torch_model.named_parameters(remove_duplicate=False):
         if not p.requires_grad:
             continue
@@ -355,6 +737,60 @@ def check_equivalence(
             continue
         grad = flat_grads[path]
         grad = getattr(grad, "get_raw_value", lambda: grad)()
-        report.rows.append(compare("grad param", name, ref,
-                                   entry.layout.to_torch(np.asarray(grad)), report.grad_rtol, report.grad_atol))
-    return report
+        add("grad param", name, ref, entry.layout.to_torch(np.asarray(grad)), report.grad_rtol, report.grad_atol)
+
+
+def _train_steps(report, torch_model, flax_model, graphdef, param_state, param_grads, torch_items,
+                 torch_loss, flax_loss, float_keys, jax_items, mapping, steps: int, lr: float) -> None:
+    """k SGD steps on both sides (the first one's gradients are already there), then every state_dict entry."""
+    import torch
+
+    t_args, t_kwargs = _split_args([(k, t.detach()) for k, t in torch_items])
+    float_values = [dict(jax_items)[k] for k in float_keys]
+
+    def torch_update():
+        with torch.no_grad():
+            for p in torch_model.parameters():
+                if p.grad is not None:
+                    p.sub_(lr * p.grad)
+
+    def flax_update(params, grads, rest):
+        params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+        nnx.update(flax_model, params, rest)
+
+    def loss_and_state(p, rest):
+        model = nnx.merge(graphdef, p, rest, copy=True)
+        loss = flax_loss(model, float_values)
+        return loss, nnx.split(model, nnx.Param, ...)[2]
+
+    step = jax.value_and_grad(loss_and_state, has_aux=True)
+    step = jax.jit(step) if report.jit_ok else step
+    torch_update()
+    flax_update(param_state, param_grads, nnx.split(flax_model, nnx.Param, ...)[2])
+    for _ in range(steps - 1):
+        torch_model.zero_grad(set_to_none=True)
+        try:
+            torch_loss(torch_model(*t_args, **t_kwargs)).backward()
+        except Exception as exc:
+            raise ModelRunError("original", exc) from exc
+        _, params, rest = nnx.split(flax_model, nnx.Param, ...)
+        try:
+            (_, rest), grads = step(params, rest)
+        except Exception as exc:
+            raise ModelRunError("converted", exc) from exc
+        torch_update()
+        flax_update(params, grads, rest)
+
+    report.notes.append(f"train steps: {steps} SGD steps (lr {lr:g}) on the cotangent loss, same inputs each "
+                        f"step; then every state_dict entry compared (kind 'state')")
+    for key, ref in torch_model.state_dict().items():
+        entry = mapping.entries.get(key)
+        if entry is None:
+            if key in mapping.ignored:
+                continue
+            report.rows.append(Row("state", key, tuple(ref.shape), float("inf"), float("inf"), False,
+                                   "no such variable in the flax model"))
+            continue
+        value = np.asarray(entry.variable.get_raw_value())
+        report.rows.append(compare("state", key, ref, entry.layout.to_torch(value),
+                                   report.grad_rtol, report.grad_atol))

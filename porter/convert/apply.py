@@ -4,6 +4,7 @@ signature, map each, and build the target expression."""
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -21,6 +22,8 @@ class Application:
 
     node: cst.BaseExpression
     warnings: list[str] = field(default_factory=list)
+    infos: list[str] = field(default_factory=list)  # assumptions, reported as PT007
+    rebind: cst.Name | None = None  # an in-place method: the statement becomes `rebind = node`
 
 
 @dataclass
@@ -32,6 +35,10 @@ class Site:
     rngs: cst.BaseExpression | None  # set when the rule emits rngs
     ctx: ConversionContext
     owner_class: str | None = None  # the nn.Module class whose method holds the call
+    statement: bool = False  # the call is a whole expression statement (`x.add_(y)`)
+    rngs_in_scope: bool = False  # an `rngs: nnx.Rngs` argument is in scope (constructors, layer factories)
+    method: str | None = None  # the owner class's method holding the call
+    original: cst.Call | None = None  # the call as the user wrote it (before its arguments were converted)
 
 
 def bind(rule: Rule, call: cst.Call) -> dict[str, Value]:
@@ -104,9 +111,168 @@ def target_expression(rule: Rule, site: Site) -> cst.BaseExpression:
 
 def apply_rule(rule: Rule, site: Site) -> Application:
     """The converted expression for `site.call`; raises Unsupported to leave it unchanged."""
+    rebind = _inplace_target(site)
+    site = as_function_call(rule, site)
     if rule.builder:
         module, _, function = rule.builder.rpartition(".")
-        return getattr(importlib.import_module(module), function)(rule, site)
+        application = getattr(importlib.import_module(module), function)(rule, site)
+    elif rule.templates:
+        application = _apply_template(rule, site)
+    else:
+        application = _apply_mapping(rule, site)
+    if rule.assume:
+        application.infos.append(rule.assume)
+    application.rebind = rebind
+    return application
+
+
+def _inplace_target(site: Site) -> cst.Name | None:
+    """`x.add_(y)` as a statement on a local name becomes `x = x + y`; elsewhere it is not converted.
+
+    torch mutates the tensor; a JAX array is immutable, so the in-place form
+    converts only where rebinding the name means the same thing to the code
+    that follows.
+    """
+    func = site.call.func
+    if site.receiver is None or not isinstance(func, cst.Attribute):
+        return None
+    name = func.attr.value
+    if not name.endswith("_") or name.startswith("_"):
+        return None
+    original = site.original.func.value if site.original is not None and isinstance(
+        site.original.func, cst.Attribute) else None
+    if original is not None and _fresh_temporary(original, site):
+        return None  # x.new_empty(shape).bernoulli_(p): nothing else sees the tensor, so the value is all
+    if not site.statement:
+        raise Unsupported(f"in-place {name}() whose result is used as a value; write it out of place")
+    if not isinstance(site.receiver, cst.Name):
+        raise Unsupported(f"in-place {name}() on {code_of(site.receiver)}: only a plain local name can be "
+                          "rebound (an attribute or element would need its owner updated)")
+    return site.receiver
+
+
+# calls whose result is a new tensor nobody else holds
+FRESH_METHODS = {"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor", "clone"}
+FRESH_FUNCTIONS = {"torch.empty", "torch.zeros", "torch.ones", "torch.full", "torch.empty_like", "torch.zeros_like",
+                   "torch.ones_like", "torch.full_like", "torch.rand", "torch.randn", "torch.tensor", "torch.arange"}
+
+
+def _fresh_temporary(node: cst.BaseExpression, site: Site) -> bool:
+    if isinstance(node, cst.BinaryOperation):
+        return True
+    if isinstance(node, cst.Call):
+        if isinstance(node.func, cst.Attribute) and node.func.attr.value in FRESH_METHODS \
+                and site.ctx.qualified_name(node.func) is None:
+            return True
+        return site.ctx.qualified_name(node.func) in FRESH_FUNCTIONS
+    return False
+
+
+def as_function_call(rule: Rule, site: Site) -> Site:
+    """`x.abs()` under a rule whose signature starts with `input` binds as `torch.abs(x)`."""
+    if site.receiver is None or rule.kind == "method" or not rule.signature or rule.signature[0].name != "input":
+        return site
+    call = site.call.with_changes(args=[cst.Arg(site.receiver), *site.call.args])
+    return Site(call, None, site.rngs, site.ctx, site.owner_class, site.statement, site.rngs_in_scope, site.method,
+                site.original)
+
+
+_ATOMS = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString,
+          cst.Tuple, cst.List, cst.Dict, cst.Set, cst.ListComp)
+
+
+def fill_template(template: str, values: dict[str, cst.BaseExpression]) -> cst.BaseExpression:
+    """The template's expression with each {name} replaced by values[name], parenthesised where needed."""
+    sentinels = {f"__porter_{name}__": value for name, value in values.items()}
+    text = template
+    for name in values:
+        text = text.replace("{" + name + "}", f"__porter_{name}__")
+    tree = cst.parse_expression(text)
+    return tree.visit(_Fill(sentinels))
+
+
+class _Fill(cst.CSTTransformer):
+    def __init__(self, values: dict[str, cst.BaseExpression]) -> None:
+        super().__init__()
+        self.values = values
+        self._operators: list[bool] = []  # per open node: is it an operator (its operands may need parentheses)
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        operator = isinstance(node, (cst.BinaryOperation, cst.UnaryOperation, cst.Comparison, cst.ComparisonTarget,
+                                     cst.BooleanOperation, cst.IfExp, cst.Await))
+        self._operators.append(operator)
+        return super().on_visit(node)
+
+    def on_leave(self, original_node, updated_node):
+        self._operators.pop()
+        return super().on_leave(original_node, updated_node)
+
+    def leave_Attribute(self, original_node, updated_node):
+        value = updated_node.value
+        if not isinstance(value, _ATOMS) and not value.lpar:
+            updated_node = updated_node.with_changes(value=_parenthesized(value))
+        return updated_node
+
+    def leave_Subscript(self, original_node, updated_node):
+        value = updated_node.value
+        if not isinstance(value, _ATOMS) and not value.lpar:
+            updated_node = updated_node.with_changes(value=_parenthesized(value))
+        return updated_node
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        value = self.values.get(original_node.value)
+        if value is None:
+            return updated_node
+        in_operator = len(self._operators) > 1 and self._operators[-2]
+        if in_operator and not isinstance(value, _ATOMS) and not value.lpar:
+            return _parenthesized(value)
+        return value
+
+
+def _parenthesized(node: cst.BaseExpression) -> cst.BaseExpression:
+    return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+
+def _apply_template(rule: Rule, site: Site) -> Application:
+    """target = "expr": the first template that uses every argument the call passes with a non-default value."""
+    bound = bind(rule, site.call)
+    warnings = []
+    explicit = set()
+    for name, value in bound.items():
+        if name in rule.drop:
+            continue
+        if name in rule.warn:
+            if not _is_default(rule, name, value):
+                warnings.append(rule.warn[name])
+            continue
+        if not _is_default(rule, name, value):
+            explicit.add(name)
+    for template in rule.templates:
+        used = set(re.findall(r"{(\w+)}", template))
+        if not explicit <= used:
+            continue
+        values = {}
+        for name in used:
+            if name == "self":
+                values[name] = site.receiver
+                continue
+            value = bound[name] if name in bound else cst.parse_expression(rule.param(name).default)
+            if name in rule.args:
+                value = _map_value(rule, name, value, site)
+            if isinstance(value, list):
+                value = cst.Tuple([cst.Element(v) for v in value]) if len(value) != 1 else value[0]
+            values[name] = value
+        return Application(fill_template(template, values), warnings)
+    extra = sorted(explicit - set().union(*(set(re.findall(r"{(\w+)}", t)) for t in rule.templates)))
+    raise Unsupported(f"{', '.join(f'{n}={_code(bound[n])}' for n in extra) or 'this combination of arguments'} "
+                      f"is not supported (only the default)")
+
+
+def _code(value: Value) -> str:
+    return "..." if isinstance(value, list) else code_of(value)
+
+
+def _apply_mapping(rule: Rule, site: Site) -> Application:
     bound = bind(rule, site.call)
     warnings = []
     positional: dict[int, Value] = {}

@@ -202,3 +202,9 @@ VALUE_TRANSFORMS: dict[str, Callable[[cst.BaseExpression, ConversionContext], cs
     "empty_list_default": empty_list_default,
     "empty_dict_default": empty_dict_default,
 }
+
+
+# Layer rules' transforms live in their own module (conv3d padding, padding layers, interpolation modes, ...).
+from porter.convert.layer_transforms import LAYER_TRANSFORMS  # noqa: E402
+
+VALUE_TRANSFORMS.update(LAYER_TRANSFORMS)

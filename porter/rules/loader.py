@@ -11,12 +11,15 @@ default; it can only be incomplete, not silently wrong.
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("layer", "activation", "function", "method", "constant")
-TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder")
+TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder", "expr")
+# [[rule.verify]] keys that are options, not values to draw (see porter/rules/verify.py)
+VERIFY_OPTIONS = ("code", "rtol", "atol", "compare", "check", "jit", "expect", "symbols")
 
 
 class RuleError(ValueError):
@@ -52,6 +55,20 @@ class Example:
 
 
 @dataclass(frozen=True)
+class VerifyCase:
+    """One property test of a rule: torch code, how to draw its inputs, how to compare.
+
+    `code` is a torch expression (or function body with `return`); `{name}` in it
+    is replaced by the drawn value's literal, a bare `name` is passed as an
+    argument. `draws` are (name, strategy expression) pairs drawn in order.
+    """
+
+    code: str
+    draws: tuple[tuple[str, object], ...]
+    options: dict
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     kind: str
@@ -70,6 +87,9 @@ class Rule:
     notes: str
     examples: tuple[Example, ...]
     file: str
+    templates: tuple[str, ...] = ()  # target "expr": Python expressions with {argument} placeholders
+    assume: str = ""  # reported (PT007 info) wherever the rule is applied
+    verify: tuple[VerifyCase, ...] = ()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.signature if p.name == name), None)
@@ -133,7 +153,7 @@ def _parse_rule(raw: dict, file: str) -> Rule:
         return RuleError(f"{file}: rule {rule_id}: {message}")
 
     known = {"id", "kind", "source", "target", "signature", "args", "drop", "warn", "emit", "builder", "receiver",
-             "helpers", "layout", "ignored_weights", "notes", "examples"}
+             "helpers", "layout", "ignored_weights", "notes", "examples", "template", "assume", "verify"}
     if unknown := set(raw) - known:
         raise fail(f"unknown field(s) {sorted(unknown)}")
     for required in ("id", "kind", "source", "target"):
@@ -143,8 +163,14 @@ def _parse_rule(raw: dict, file: str) -> Rule:
         raise fail(f"kind must be one of {KINDS}, not {raw['kind']!r}")
     if raw["target"].split(".")[0] not in TARGET_ROOTS:
         raise fail(f"target {raw['target']!r} must start with one of {TARGET_ROOTS}")
-    if raw["target"].startswith("builder") != ("builder" in raw):
-        raise fail("target 'builder' and a 'builder' field go together")
+    # A builder converts the call; a layer rule's builder may still name its class as the target
+    # (e.g. "emitted.ChannelsFirstConvTranspose"), which is what the weight loader looks layouts up by.
+    if raw["target"] == "builder" and "builder" not in raw:
+        raise fail("target 'builder' needs a 'builder' field")
+    if "builder" in raw and raw["target"] != "builder" and not raw.get("layout"):
+        raise fail("a rule with a 'builder' field has target 'builder' (or names its layer class and a layout)")
+    if (raw["target"] == "expr") != ("template" in raw):
+        raise fail("target 'expr' and a 'template' field go together")
     signature = tuple(_parse_param(p, fail) for p in raw.get("signature", []) if p != "*")
     signature = _mark_keyword_only(raw.get("signature", []), signature)
     names = {p.name for p in signature}
@@ -158,6 +184,13 @@ def _parse_rule(raw: dict, file: str) -> Rule:
         if "to" not in spec or "layout" not in spec:
             raise fail(f"layout.{torch_name} needs 'to' and 'layout'")
         layout[torch_name] = WeightMap(spec["to"], spec["layout"])
+    templates = raw.get("template", ())
+    templates = (templates,) if isinstance(templates, str) else tuple(templates)
+    for template in templates:
+        for placeholder in _placeholders(template):
+            if placeholder != "self" and placeholder not in names:
+                raise fail(f"template placeholder {{{placeholder}}} is not in the signature {sorted(names)}")
+    verify = tuple(_parse_verify(case, fail) for case in raw.get("verify", []))
     return Rule(
         id=rule_id,
         kind=raw["kind"],
@@ -176,7 +209,27 @@ def _parse_rule(raw: dict, file: str) -> Rule:
         notes=raw.get("notes", ""),
         examples=tuple(Example(e["before"], e["after"]) for e in raw.get("examples", [])),
         file=file,
+        templates=templates,
+        assume=raw.get("assume", ""),
+        verify=verify,
     )
+
+
+def _placeholders(template: str) -> list[str]:
+    return re.findall(r"{(\w+)}", template)
+
+
+def _parse_verify(raw, fail) -> VerifyCase:
+    if not isinstance(raw, dict) or not isinstance(raw.get("code"), str):
+        raise fail("each [[rule.verify]] needs a 'code' string")
+    options = {k: v for k, v in raw.items() if k in VERIFY_OPTIONS}
+    draws = tuple((k, v) for k, v in raw.items() if k not in VERIFY_OPTIONS)
+    for name, _ in draws:
+        if not name.isidentifier():
+            raise fail(f"verify: {name!r} is not a name")
+    if options.get("compare", "values") not in ("values", "shape"):
+        raise fail("verify: compare must be 'values' or 'shape'")
+    return VerifyCase(raw["code"], draws, options)
 
 
 def _parse_param(text: str, fail) -> Param:

@@ -38,8 +38,12 @@ def is_torch_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def to_numpy(value: Any) -> np.ndarray:
-    """A numpy array with exactly the values and dtype of `value` (torch, numpy, jax, scalar)."""
+def to_numpy(value: Any, *, copy: bool = True) -> np.ndarray:
+    """A numpy array with exactly the values and dtype of `value` (torch, numpy, jax, scalar).
+
+    copy=False returns a view of a contiguous CPU torch tensor's memory where it can (the
+    streaming converter reads memory-mapped checkpoints that way, without a copy).
+    """
     global _VIEWS
     if is_torch_tensor(value):
         tensor = value.detach()
@@ -50,7 +54,9 @@ def to_numpy(value: Any) -> np.ndarray:
             _VIEWS = _bit_views()
         if tensor.dtype in _VIEWS:
             int_type, np_type = _VIEWS[tensor.dtype]
-            return tensor.view(int_type).numpy().view(np_type).copy()
-        return tensor.numpy().copy()
+            array = tensor.view(int_type).numpy().view(np_type)
+        else:
+            array = tensor.numpy()
+        return array.copy() if copy else array
     return np.asarray(value)
 

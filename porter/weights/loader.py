@@ -20,8 +20,7 @@ every key that fits and reports the rest (a mis-shaped key is never loaded).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,99 +28,12 @@ import numpy as np
 from flax import nnx
 
 from porter.weights.arrays import to_numpy
-from porter.weights.mapping import WeightEntry, build_mapping
+from porter.weights.plan import KeyMeta, Target, identity_of, meta_of, plan_load, targets_from_model
+from porter.weights.report import LoadReport, ShapeMismatch, StateDictMismatch
+
+__all__ = ["LoadReport", "ShapeMismatch", "StateDictMismatch", "load_torch_state_dict", "flax_to_torch_state_dict"]
 
 DtypePolicy = Literal["model", "checkpoint"]
-
-
-@dataclass(frozen=True)
-class ShapeMismatch:
-    key: str
-    torch_shape: tuple[int, ...]  # as found in the state_dict
-    after_layout: tuple[int, ...]  # what that becomes through the layout
-    expected: tuple[int, ...]  # the model variable's shape
-    expected_torch: tuple[int, ...]  # the state_dict shape that would have fitted
-    layout: str
-    nnx_name: str
-
-    def describe(self) -> str:
-        if self.layout == "same":
-            return (f"{self.key}: state_dict has {self.torch_shape}, model {self.nnx_name} "
-                    f"expects {self.expected}")
-        return (f"{self.key}: state_dict has {self.torch_shape} -> {self.layout} -> {self.after_layout}, "
-                f"model {self.nnx_name} expects {self.expected} (torch shape {self.expected_torch})")
-
-
-@dataclass
-class LoadReport:
-    model: str = ""
-    loaded: list[str] = field(default_factory=list)
-    transposed: dict[str, str] = field(default_factory=dict)  # key -> layout name (subset of loaded)
-    ignored: list[str] = field(default_factory=list)  # e.g. num_batches_tracked
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[ShapeMismatch] = field(default_factory=list)
-    cast: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (checkpoint dtype, model dtype)
-    missing_info: dict[str, str] = field(default_factory=dict)  # key -> what the model expected
-    unexpected_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def format(self, *, verbose: bool = False) -> str:
-        lines = [f"loaded {len(self.loaded)} key(s) into {self.model}: {len(self.transposed)} transposed, "
-                 f"{len(self.ignored)} ignored, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                 f"{len(self.mismatched)} mis-shaped"]
-        if verbose and self.transposed:
-            lines.append("  transposed: " + ", ".join(f"{k} ({v})" for k, v in self.transposed.items()))
-        if self.ignored:
-            lines.append("  ignored: " + ", ".join(self.ignored))
-        if self.cast:
-            lines.append("  dtype cast: " + ", ".join(f"{k} ({a} -> {b})" for k, (a, b) in self.cast.items()))
-        lines.extend(_problem_lines(self))
-        return "\n".join(lines)
-
-
-def _problem_lines(report: LoadReport) -> list[str]:
-    lines = []
-    if report.missing:
-        lines.append("  missing (in the model, not in the state_dict):")
-        lines += [f"    {k}  ({report.missing_info.get(k, '')})" for k in report.missing]
-    if report.unexpected:
-        lines.append("  unexpected (in the state_dict, not in the model):")
-        lines += [f"    {k}  {report.unexpected_shapes.get(k, '')}" for k in report.unexpected]
-    if report.mismatched:
-        lines.append("  mis-shaped:")
-        lines += [f"    {m.describe()}" for m in report.mismatched]
-    hint = _prefix_hint(report)
-    if hint:
-        lines.append(f"  hint: {hint}")
-    return lines
-
-
-def _prefix_hint(report: LoadReport) -> str | None:
-    """A common prefix (DataParallel's 'module.') that explains the mismatch."""
-    if not report.missing or not report.unexpected:
-        return None
-    first = report.unexpected[0].split(".")[0] + "."
-    if all(k.startswith(first) for k in report.unexpected):
-        stripped = {k[len(first):] for k in report.unexpected}
-        if stripped & set(report.missing):
-            return (f"every unexpected key starts with {first!r} (as DataParallel/DDP checkpoints do); "
-                    f"strip it: {{k.removeprefix({first!r}): v for k, v in state_dict.items()}}")
-    return None
-
-
-class StateDictMismatch(ValueError):
-    """Strict loading found missing, unexpected or mis-shaped keys; `.report` has them all."""
-
-    def __init__(self, report: LoadReport):
-        self.report = report
-        counts = (f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, "
-                  f"{len(report.mismatched)} mis-shaped key(s)")
-        super().__init__("\n".join([f"state_dict does not match {report.model}: {counts}; nothing was loaded",
-                                    *_problem_lines(report)]))
 
 
 def load_torch_state_dict(
@@ -130,6 +42,8 @@ def load_torch_state_dict(
     *,
     strict: bool = True,
     dtype: DtypePolicy = "model",
+    strip_prefix: Iterable[str] | None = None,
+    add_prefix: str | None = None,
 ) -> LoadReport:
     """Load a torch-style state_dict (torch tensors or numpy arrays) into `model` in place.
 
@@ -138,45 +52,55 @@ def load_torch_state_dict(
     StateDictMismatch naming every missing, unexpected and mis-shaped key, before
     changing anything; strict=False loads what fits and reports the rest.
     Non-persistent buffers load when present and are never "missing".
+
+    Prefixes: by default a known wrapper prefix (`module.`, `_orig_mod.`,
+    `model.`) is stripped or added when that makes the keys match the model;
+    `strip_prefix=[...]` / `add_prefix=` choose exactly (strip_prefix=[] turns
+    the automatic handling off). Tied weights (one variable under two names in
+    the model, or one tensor under two names in the state_dict) load once and
+    stay one variable; the report's `tied` says which.
     """
     if dtype not in ("model", "checkpoint"):
         raise ValueError(f"dtype must be 'model' or 'checkpoint', not {dtype!r}")
-    mapping = build_mapping(model)
-    report = LoadReport(model=type(model).__name__)
-    planned: list[tuple[WeightEntry, np.ndarray]] = []
+    targets, ignored = targets_from_model(model)
+    metas: dict[str, KeyMeta] = {}
+    seen: dict[tuple, str] = {}
     for key, value in state_dict.items():
-        entry = mapping.entries.get(key)
-        if entry is None:
-            if key in mapping.ignored:
-                report.ignored.append(key)
-            else:
-                report.unexpected.append(key)
-                report.unexpected_shapes[key] = tuple(np.shape(value))
-            continue
-        array = to_numpy(value)
-        converted = entry.layout.to_flax(array)
-        if tuple(converted.shape) != entry.flax_shape:
-            report.mismatched.append(ShapeMismatch(
-                key, tuple(array.shape), tuple(converted.shape), entry.flax_shape, entry.torch_shape,
-                entry.layout.name, entry.nnx_name))
-            continue
-        planned.append((entry, converted))
-    for key, entry in mapping.entries.items():
-        if entry.persistent and key not in state_dict:
-            report.missing.append(key)
-            report.missing_info[key] = f"-> {entry.nnx_name}, torch shape {entry.torch_shape}"
+        meta = meta_of(value)
+        identity = identity_of(value)
+        alias = seen.setdefault(identity, key) if identity is not None else key
+        metas[key] = KeyMeta(meta.shape, meta.dtype, alias if alias != key else None)
+    try:
+        plan = plan_load(targets, ignored, metas, model_name=type(model).__name__, strip=strip_prefix,
+                         add=add_prefix)
+    except ValueError as exc:  # prefix handling made two keys one
+        raise StateDictMismatch(LoadReport(model=type(model).__name__, prefix=[str(exc)])) from None
+    report = plan.report
+    converted = []
+    for item in plan.items:
+        array = to_numpy(state_dict[item.source_key])
+        for other in item.tied_keys:
+            if not _same_values(array, to_numpy(state_dict[other])):
+                report.tied_conflicts.append(f"{plan.renamed[other]} differs from {item.key} (one variable "
+                                             f"{item.target.flax_key} in the model); {item.key} is loaded")
+        converted.append((item, item.target.layout.to_flax(array)))
     if strict and not report.ok:
         raise StateDictMismatch(report)
-    for entry, converted in planned:
-        _assign(entry, converted, dtype, report)
-        report.loaded.append(entry.torch_key)
-        if entry.transposed:
-            report.transposed[entry.torch_key] = entry.layout.name
+    for item, array in converted:
+        _assign(item.target, item.key, array, dtype, report)
     return report
 
 
-def _assign(entry: WeightEntry, array: np.ndarray, policy: DtypePolicy, report: LoadReport) -> None:
-    old = entry.variable.get_raw_value()
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit (tied tensors are copies of one another, NaNs and -0.0 included)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+    return bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
+
+
+def _assign(target: Target, key: str, array: np.ndarray, policy: DtypePolicy, report: LoadReport) -> None:
+    old = target.variable.get_raw_value()
     source_dtype = array.dtype
     if policy == "model" and array.dtype != np.dtype(old.dtype):
         array = array.astype(old.dtype)
@@ -187,8 +111,8 @@ def _assign(entry: WeightEntry, array: np.ndarray, policy: DtypePolicy, report: 
     else:
         value = jnp.asarray(array)
     if np.dtype(value.dtype) != source_dtype:  # cast by policy, or by jax (64-bit off)
-        report.cast[entry.torch_key] = (str(source_dtype), str(value.dtype))
-    entry.variable.set_value(value)
+        report.cast[key] = (str(source_dtype), str(value.dtype))
+    target.variable.set_value(value)
 
 
 def flax_to_torch_state_dict(model: nnx.Module, *, include_non_persistent: bool = False) -> dict[str, np.ndarray]:
@@ -197,6 +121,8 @@ def flax_to_torch_state_dict(model: nnx.Module, *, include_non_persistent: bool 
     Ignored torch entries (BatchNorm's num_batches_tracked) are not produced;
     torch's BatchNorm fills that one in itself when loading.
     """
+    from porter.weights.mapping import build_mapping
+
     out: dict[str, np.ndarray] = {}
     for entry in build_mapping(model):
         if entry.persistent or include_non_persistent:

@@ -1,13 +1,27 @@
-"""Read a torch checkpoint into a flat {key: numpy array} state_dict, safely.
+"""Read torch checkpoints safely, one tensor at a time.
 
-- `.pt`, `.pth`, `.bin`, `.ckpt`: `torch.load(path, map_location="cpu", weights_only=True)`.
+`open_checkpoint(path, key=None)` returns a `Source`: every tensor's name,
+shape and dtype known up front (`source.tensors`), the data read on demand
+(`source.read(name)`) and released after use (`source.release(name)`), so a
+conversion holds about one tensor in memory, not the checkpoint.
+
+- `.pt`, `.pth`, `.bin`, `.ckpt` (torch.save's zip format):
+  `torch.load(path, map_location="cpu", weights_only=True, mmap=True)`.
   torch's weights-only unpickler rebuilds tensors and plain containers only;
   a pickle that names any other global (a class, `os.system`, ...) is refused
-  with UnsafeCheckpointError. porter never retries with weights_only=False:
-  that would run whatever code the file carries.
-- `.safetensors`: the safetensors library (no code, just arrays).
+  with UnsafeCheckpointError and nothing in it runs. porter never retries with
+  weights_only=False. With mmap the tensors are views of the file; after each
+  tensor is copied out its pages are handed back to the kernel
+  (`madvise(MADV_DONTNEED)`: the mapping is private and never written, so
+  this only drops cached file pages), so resident memory stays near one tensor.
+- legacy (pre-1.6, non-zip) torch files: torch.load reads them with
+  weights_only=True, but cannot map them: they are read whole (said in the info).
+- `.safetensors`: the header is read and checked by porter, each tensor
+  memory-mapped on its own (see safetensors_io).
 - `*.index.json` (sharded Hugging Face checkpoints): the `weight_map` names the
-  shard of every key; each shard is read as above.
+  shard of every key; every shard must exist before anything is read.
+- a directory: the one index, else the one `.safetensors` file, else the one
+  torch file in it (safetensors preferred over pickles when both are there).
 
 Training checkpoints often nest the weights: `{"model": sd, "optimizer": ...,
 "epoch": 3}`. The reader takes the one mapping of str -> tensor it finds (at
@@ -20,9 +34,13 @@ float8 included (ml_dtypes), bit for bit.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import pickle
+import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +48,13 @@ from typing import Any
 
 import numpy as np
 
+from porter.weights import safetensors_io
 from porter.weights.arrays import is_torch_tensor, to_numpy
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
+RESAVE_ADVICE = ("Re-save the weights where they were made with torch.save(model.state_dict(), PATH), or as "
+                 "safetensors (safetensors.torch.save_file(model.state_dict(), PATH)).")
 
 
 class CheckpointError(ValueError):
@@ -47,83 +68,299 @@ class UnsafeCheckpointError(CheckpointError):
 @dataclass
 class ReadInfo:
     path: str
-    format: str  # "torch", "safetensors", "sharded"
+    format: str  # "torch", "torch-legacy", "safetensors", "sharded"
     key: str | None = None  # where in a nested checkpoint the state_dict was found
     other_keys: list[str] = field(default_factory=list)  # what else the checkpoint held at that level
     dtypes: dict[str, int] = field(default_factory=dict)  # dtype name -> number of tensors
     files: list[str] = field(default_factory=list)  # shards read
+    notes: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__
 
     def describe(self) -> str:
         where = f" (state_dict under key {self.key!r})" if self.key else ""
+        shards = f", {len(self.files)} shard(s)" if self.files else ""
         dtypes = ", ".join(f"{n} {d}" for d, n in self.dtypes.items())
-        return f"{self.path}: {self.format} checkpoint{where}; {sum(self.dtypes.values())} tensors: {dtypes}"
+        return f"{self.path}: {self.format} checkpoint{where}{shards}; {sum(self.dtypes.values())} tensors: {dtypes}"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    file: str
+    alias_of: str | None = None  # the same tensor (same storage, offset, shape, strides) as an earlier key
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class Source:
+    """A checkpoint's tensors: metadata up front, data one tensor at a time."""
+
+    info: ReadInfo
+    tensors: dict[str, TensorMeta]
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor's values (the checkpoint's dtype, exact); may be a read-only view of the file."""
+        raise NotImplementedError
+
+    def release(self, key: str) -> None:
+        """Done with `key`: give its memory back (no-op where nothing is held)."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _count_dtypes(self) -> None:
+        self.info.dtypes = {}
+        for meta in self.tensors.values():
+            name = str(meta.dtype)
+            self.info.dtypes[name] = self.info.dtypes.get(name, 0) + 1
 
 
 def read_state_dict(path: str | Path, key: str | None = None) -> tuple[dict[str, np.ndarray], ReadInfo]:
-    """Read `path` into ({torch key: numpy array}, info). Raises CheckpointError (a ValueError)."""
+    """Read `path` whole into ({torch key: numpy array}, info). Raises CheckpointError (a ValueError)."""
+    with open_checkpoint(path, key) as source:
+        flat = {}
+        for name in source.tensors:
+            flat[name] = np.array(source.read(name), copy=True)
+            source.release(name)
+        return flat, source.info
+
+
+def open_checkpoint(path: str | Path, key: str | None = None) -> Source:
+    """A Source over a checkpoint file, a sharded index or a directory. Raises CheckpointError."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such file or directory")
+    notes = []
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file "
-                              f"({', '.join(TORCH_SUFFIXES + SAFETENSORS_SUFFIXES)} or *.index.json)")
+        path, note = resolve_directory(path)
+        if note:
+            notes.append(note)
     name = path.name.lower()
     if name.endswith(".index.json"):
-        flat, info = _read_sharded(path)
+        source: Source = ShardedSource(path)
     elif path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        flat, info = _read_safetensors(path), ReadInfo(str(path), "safetensors")
+        source = SafetensorsSource(path)
     elif path.suffix.lower() in TORCH_SUFFIXES:
-        flat, info = _read_torch(path, key)
+        source = TorchSource(path, key)
     else:
         raise CheckpointError(
             f"{path}: unknown checkpoint type {path.suffix or '(no extension)'!r}; expected "
-            f"{', '.join(TORCH_SUFFIXES)} (torch.save), .safetensors, or a sharded *.index.json")
-    if key is not None and info.format != "torch":
+            f"{', '.join(TORCH_SUFFIXES)} (torch.save), .safetensors, a sharded *.index.json, or a directory "
+            f"holding one of them")
+    if key is not None and not isinstance(source, TorchSource):
+        source.close()
         raise CheckpointError(f"{path}: --key/key= selects inside a nested torch checkpoint; "
-                              f"a {info.format} file is flat")
-    for array in flat.values():
-        info.dtypes[str(array.dtype)] = info.dtypes.get(str(array.dtype), 0) + 1
-    return flat, info
+                              f"a {source.info.format} file is flat")
+    source.info.notes[:0] = notes
+    source._count_dtypes()
+    return source
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def resolve_directory(directory: Path) -> tuple[Path, str | None]:
+    """The checkpoint a directory holds: its index, else its one safetensors file, else its one torch file."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
 
+    def pick(kind: str, found: list[Path]) -> Path:
+        if len(found) > 1:
+            raise CheckpointError(f"{directory}: several {kind} in the directory ({', '.join(p.name for p in found)});"
+                                  f" name the one to convert")
+        return found[0]
+
+    indexes = [p for p in files if p.name.lower().endswith(".index.json")]
+    st_indexes = [p for p in indexes if p.name.lower().endswith(".safetensors.index.json")]
+    if indexes:
+        chosen = pick("sharded indexes", st_indexes or indexes)
+        note = (f"using {chosen.name} (safetensors preferred over pickled shards)"
+                if st_indexes and len(indexes) > len(st_indexes) else f"using {chosen.name}")
+        return chosen, note
+    safetensors = [p for p in files if p.suffix.lower() in SAFETENSORS_SUFFIXES]
+    torch_files = [p for p in files if p.suffix.lower() in TORCH_SUFFIXES]
+    if safetensors:
+        chosen = pick(".safetensors files and no *.index.json", safetensors)
+        extra = " (safetensors preferred over the pickled " + ", ".join(p.name for p in torch_files) + ")" \
+            if torch_files else ""
+        return chosen, f"using {chosen.name}{extra}"
+    if torch_files:
+        chosen = pick("torch checkpoints", torch_files)
+        return chosen, f"using {chosen.name}"
+    raise CheckpointError(f"{directory}: no checkpoint in the directory (looked for *.index.json, *.safetensors, "
+                          f"{', '.join('*' + s for s in TORCH_SUFFIXES)})")
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+class SafetensorsSource(Source):
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            infos, metadata = safetensors_io.read_header(path)
+        except safetensors_io.SafetensorsFormatError as exc:
+            raise CheckpointError(f"{exc}. Re-download or re-save the file.") from None
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read: {exc}") from None
+        self.infos = infos
+        self.info = ReadInfo(str(path), "safetensors", metadata=metadata)
+        self.tensors = {k: TensorMeta(k, i.shape, i.dtype, str(path)) for k, i in infos.items()}
+
+    def read(self, key: str) -> np.ndarray:
+        try:
+            return safetensors_io.map_tensor(self.path, self.infos[key])
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------- sharded
+
+
+class ShardedSource(Source):
+    def __init__(self, path: Path):
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            weight_map = index["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to shard file names")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: not a sharded checkpoint index (a JSON file with 'weight_map'): "
+                                  f"{exc}") from None
+        shards = list(dict.fromkeys(weight_map.values()))
+        missing = [s for s in shards if not (path.parent / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: shard(s) missing: {', '.join(missing)} (looked in {path.parent}); "
+                                  f"download every shard the index names")
+        self.info = ReadInfo(str(path), "sharded", files=shards)
+        self.parts: dict[str, Source] = {}
+        self.owner: dict[str, Source] = {}
+        self.tensors = {}
+        try:
+            for shard in shards:
+                shard_path = path.parent / shard
+                if shard_path.suffix.lower() in SAFETENSORS_SUFFIXES:
+                    part: Source = SafetensorsSource(shard_path)
+                elif shard_path.suffix.lower() in TORCH_SUFFIXES:
+                    part = TorchSource(shard_path, None)
+                else:
+                    raise CheckpointError(f"{path}: shard {shard} is neither .safetensors nor a torch file")
+                self.parts[shard] = part
+                wanted = [k for k, s in weight_map.items() if s == shard]
+                absent = [k for k in wanted if k not in part.tensors]
+                if absent:
+                    raise CheckpointError(f"{path}: shard {shard} does not hold key(s) the index assigns to it: "
+                                          f"{', '.join(absent[:10])}")
+                for k in wanted:
+                    self.tensors[k] = part.tensors[k]
+                    self.owner[k] = part
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, key: str) -> np.ndarray:
+        return self.owner[key].read(key)
+
+    def release(self, key: str) -> None:
+        self.owner[key].release(key)
+
+    def close(self) -> None:
+        for part in self.parts.values():
+            part.close()
+
+
+# ---------------------------------------------------------------- torch.save
+
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+_libc: Any = None
+
+
+def _drop_pages(address: int, nbytes: int) -> None:
+    """madvise(MADV_DONTNEED) the pages of a private, read-only file mapping (Linux; elsewhere a no-op)."""
+    global _libc
+    if not sys.platform.startswith("linux") or nbytes <= 0:
+        return
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return
+    start = address - address % _PAGE
+    _libc.madvise(start, address + nbytes - start, _MADV_DONTNEED)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
     try:
-        return dict(load_file(str(path)))
-    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
-def _read_sharded(path: Path) -> tuple[dict[str, np.ndarray], ReadInfo]:
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a sharded checkpoint index (a JSON file with 'weight_map'): {exc}") \
-            from exc
-    shards = sorted(set(weight_map.values()))
-    flat: dict[str, np.ndarray] = {}
-    for shard in shards:
-        shard_path = path.parent / shard
-        if shard_path.suffix.lower() in SAFETENSORS_SUFFIXES:
-            part = _read_safetensors(shard_path) if shard_path.exists() else None
-        else:
-            part = _read_torch(shard_path, None)[0] if shard_path.exists() else None
-        if part is None:
-            raise CheckpointError(f"{path}: shard {shard} is missing (looked for {shard_path})")
-        flat.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
-    absent = sorted(set(weight_map) - set(flat))
-    if absent:
-        raise CheckpointError(f"{path}: the index names key(s) its shards do not hold: {', '.join(absent[:10])}")
-    return flat, ReadInfo(str(path), "sharded", files=shards)
-
-
-def _read_torch(path: Path, key: str | None) -> tuple[dict[str, np.ndarray], ReadInfo]:
+def _torch_np_dtype(dtype: Any) -> np.dtype:
     import torch
 
-    advice = ("Re-save the weights where they were made with torch.save(model.state_dict(), PATH), or as "
-              "safetensors (safetensors.torch.save_file(model.state_dict(), PATH)).")
+    return to_numpy(torch.empty(0, dtype=dtype)).dtype
+
+
+class TorchSource(Source):
+    def __init__(self, path: Path, key: str | None):
+        self.path = path
+        self.mapped = zipfile.is_zipfile(path)
+        if not self.mapped and _starts_with(path, b"PK"):
+            raise CheckpointError(f"{path}: a zip archive (torch.save's format) without its central directory: "
+                                  f"the file is truncated or corrupt; re-save or re-download it")
+        obj = _torch_load(path, mmap_file=self.mapped)
+        self.state_dict, self.info = _select(obj, key, path)
+        if not self.mapped:
+            self.info.format = "torch-legacy"
+            self.info.notes.append("legacy (pre-zip) torch file: read whole into memory (torch cannot map it); "
+                                   "re-save it with torch.save or as safetensors to convert in bounded memory")
+        self.tensors = {}
+        seen: dict[tuple, str] = {}
+        dtypes: dict[Any, np.dtype] = {}
+        for k, t in self.state_dict.items():
+            if is_torch_tensor(t):
+                if t.dtype not in dtypes:
+                    dtypes[t.dtype] = _torch_np_dtype(t.dtype)
+                dtype = dtypes[t.dtype]
+                identity = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
+                            t.dtype)
+            else:
+                dtype = np.asarray(t).dtype
+                identity = (id(t),)
+            alias = seen.setdefault(identity, k)
+            self.tensors[k] = TensorMeta(k, tuple(t.shape), dtype, str(path), alias if alias != k else None)
+
+    def read(self, key: str) -> np.ndarray:
+        return to_numpy(self.state_dict[key], copy=False)
+
+    def release(self, key: str) -> None:
+        if not self.mapped:
+            return
+        tensor = self.state_dict[key]
+        if is_torch_tensor(tensor):
+            storage = tensor.untyped_storage()
+            _drop_pages(storage.data_ptr(), storage.nbytes())
+
+    def close(self) -> None:
+        self.state_dict = {}
+
+
+def _torch_load(path: Path, *, mmap_file: bool) -> Any:
+    import torch
+
     try:
         with open(path, "rb") as f:
             header = f.read(2)
@@ -132,7 +369,7 @@ def _read_torch(path: Path, key: str | None) -> tuple[dict[str, np.ndarray], Rea
     try:
         with warnings.catch_warnings():  # torch notes pickle protocols it was not written with
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap_file)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = next((line for line in lines if "global" in line.lower()), "")
@@ -141,20 +378,20 @@ def _read_torch(path: Path, key: str | None) -> tuple[dict[str, np.ndarray], Rea
         if reason:
             raise UnsafeCheckpointError(
                 f"{path}: refused: the file contains pickled code or objects (not only tensors), and porter "
-                f"will not run them ({reason}). {advice}") from None
+                f"will not run them ({reason}). {RESAVE_ADVICE}") from None
         if header[:1] == b"\x80" or header == b"PK":
             raise UnsafeCheckpointError(
                 f"{path}: refused: torch's weights-only unpickler cannot read this pickle ({detail}), and "
-                f"porter never unpickles any other way, since a pickle can run arbitrary code. {advice}"
+                f"porter never unpickles any other way, since a pickle can run arbitrary code. {RESAVE_ADVICE}"
             ) from None
         raise CheckpointError(f"{path}: not a torch checkpoint (neither torch.save's zip format nor a pickle)") \
             from None
     except EOFError:
-        raise CheckpointError(f"{path}: empty or truncated torch checkpoint") from None
+        raise CheckpointError(f"{path}: empty or truncated torch checkpoint; re-save or re-download it") from None
     except (RuntimeError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {first}") from None
-    return _select(obj, key, path)
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first}): the file is truncated or corrupt; "
+                              f"re-save or re-download it") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -187,7 +424,7 @@ def _lookup(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def _select(obj: Any, key: str | None, path: Path) -> tuple[dict[str, np.ndarray], ReadInfo]:
+def _select(obj: Any, key: str | None, path: Path) -> tuple[dict[str, Any], ReadInfo]:
     info = ReadInfo(str(path), "torch")
     if key is not None:
         try:
@@ -216,4 +453,4 @@ def _select(obj: Any, key: str | None, path: Path) -> tuple[dict[str, np.ndarray
         chosen = _lookup(obj, candidates[0])
     if info.key is not None and isinstance(obj, Mapping):
         info.other_keys = sorted(str(k) for k in obj if str(k) != info.key.split(".")[0])
-    return {k: to_numpy(v) for k, v in chosen.items()}, info
+    return dict(chosen), info

@@ -3,10 +3,12 @@ subclasses and the layers their constructors create."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import libcst as cst
-from libcst.metadata import PositionProvider
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
+from porter.convert.source_index import SourceIndex, StatementFilter
 
 
 def dotted(node: cst.BaseExpression) -> str:
@@ -17,16 +19,24 @@ def dotted(node: cst.BaseExpression) -> str:
     return ""
 
 
-class Analyze(cst.CSTVisitor):
-    METADATA_DEPENDENCIES = (PositionProvider,)
+class Analyze(StatementFilter, cst.CSTVisitor):
+    """Skips statements without an import, a torch name, a module class or a layer factory in them
+    (the statement prefilter of porter/convert/source_index.py): nothing else matters here."""
 
-    def __init__(self, ctx: ConversionContext) -> None:
+    def __init__(self, ctx: ConversionContext, index: SourceIndex, *, skip: bool = True) -> None:
         super().__init__()
         self.ctx = ctx
+        self.attach(index, skip=skip)
         self.bound_names: set[str] = set()
         self.used_names: dict[str, cst.Name] = {}
         self.class_stack: list[str] = []
         self.function_stack: list[str] = []
+
+    def trigger_words(self) -> Iterable[str]:
+        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions}
+
+    def trigger_state(self) -> object:
+        return len(self.ctx.imports), len(self.ctx.module_classes), len(self.ctx.rngs_functions)
 
     # imports ---------------------------------------------------------------
     def visit_Import(self, node: cst.Import) -> bool:
@@ -146,9 +156,9 @@ class Analyze(cst.CSTVisitor):
                 continue
             qualified = CONVENTIONAL_ALIASES[name]
             self.ctx.assumed_imports[name] = qualified
-            pos = self.get_metadata(PositionProvider, node).start
+            line, col = self._index.start(node)
             self.ctx.report(
-                "PT002", pos.line, pos.column + 1,
+                "PT002", line, col,
                 f"'{name}' is used but never imported; assumed `import {qualified} as {name}`"
                 if name != "torch" else "'torch' is used but never imported; assumed `import torch`",
             )

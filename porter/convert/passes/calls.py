@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import libcst as cst
 
+from porter.convert import inplace
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.scope import ScopedTransformer
+from porter.convert.context import code_of
 from porter.convert.transforms import keyword_arg, Unsupported, expr
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
@@ -19,6 +21,47 @@ class CallRewrite(ScopedTransformer):
         self._call_funcs: set[int] = set()  # ids of original nodes in call position
         self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
         self._kept_depth = 0  # > 0 inside a call of a KEPT_TORCH API
+        self._statement_calls: set[int] = set()  # ids of calls that are whole expression statements
+        self._rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
+        self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
+
+    # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
+    # the subclasses' own leave_Assign/leave_Expr stay as they are.
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.FunctionDef):
+            self._tensor_names.append(inplace.analyse_function(node, self.ctx))
+        elif isinstance(node, cst.Expr):
+            self._statement_calls.add(id(node.value))
+        return super().on_visit(node)
+
+    def on_leave(self, original_node, updated_node):
+        updated_node = super().on_leave(original_node, updated_node)
+        if isinstance(original_node, cst.FunctionDef):
+            self._tensor_names.pop()
+        elif isinstance(original_node, cst.Expr) and isinstance(updated_node, cst.Expr) \
+                and id(original_node.value) in self._rebinds:
+            updated_node = inplace.rebind(updated_node, self._rebinds.pop(id(original_node.value)))
+        elif isinstance(original_node, (cst.Assign, cst.AugAssign)) and type(updated_node) is type(original_node):
+            result = inplace.setitem(original_node, updated_node,
+                                     self._tensor_names[-1] if self._tensor_names else None)
+            if result is not None:
+                updated_node, warning = result
+                if warning:
+                    self.report("PT005", original_node, f"torch.Tensor.__setitem__: {warning}")
+                self.record("setitem", original_node, updated_node)
+        elif isinstance(original_node, (cst.Subscript, cst.Attribute)):
+            updated_node = inplace.pick_item(updated_node)
+        return updated_node
+
+    def trigger_words(self):
+        """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
+        words = set(super().trigger_words())
+        if self._tensor_names:
+            words.update(self._tensor_names[-1].tensors)
+        return words
+
+    def trigger_state(self):
+        return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None
 
     # imports are the finalize pass's business
     def visit_Import(self, node: cst.Import) -> bool:
@@ -79,7 +122,11 @@ class CallRewrite(ScopedTransformer):
 
     def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
         rngs = self._rngs(original) if rule.uses_rngs else None
-        site = Site(updated, receiver, rngs, self.ctx, self.module_class)
+        rngs_in_scope = bool(self.module_class and (self.method == "__init__" or self.method in
+                                                    self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
+            or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
+        site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,
+                    rngs_in_scope=rngs_in_scope, method=self.method, original=original)
         try:
             result = apply_rule(rule, site)
         except Unsupported as exc:
@@ -87,6 +134,13 @@ class CallRewrite(ScopedTransformer):
             return updated
         for warning in result.warnings:
             self.report("PT005", original, f"{rule.source[0]} ({rule.id}): {warning}")
+        for info in result.infos:
+            self.report("PT007", original, f"{rule.source[0]} ({rule.id}): {info}")
+        if result.rebind is not None:
+            self._rebinds[id(original)] = result.rebind
+            warning = inplace.shared_warning(result.rebind.value, self._tensor_names[-1] if self._tensor_names else None)
+            if warning:
+                self.report("PT005", original, f"{code_of(original.func)}: {warning}")
         self.record(rule.id, original, result.node)
         return result.node
 
@@ -117,6 +171,13 @@ class CallRewrite(ScopedTransformer):
         receiver = call.func.value
         if isinstance(receiver, _STRINGS) or any(isinstance(a.value, _STRINGS) for a in call.args):
             return False
+        if isinstance(receiver, cst.Name) and receiver.value == "self":
+            return False  # self.norm(x), self.flatten(x): the module's own layers and methods
+        if isinstance(receiver, cst.Attribute) and isinstance(receiver.value, cst.Name) \
+                and receiver.value.value == "self" and self.module_class \
+                and self.ctx.layer_attributes.get(self.module_class, {}).get(receiver.attr.value, "buffer") \
+                not in ("buffer", "torch.nn.Parameter", "torch.nn.parameter.Parameter"):
+            return False  # self.block.mean(...): a submodule's method
         head = receiver  # os.path.split(p), np.split(a): a function of an imported module
         while isinstance(head, cst.Attribute):
             head = head.value

@@ -12,6 +12,7 @@ import libcst as cst
 
 from porter import emitted
 from porter.convert.context import ConversionContext
+from porter.convert.source_index import StatementCode
 
 # import statement -> what in the converted code needs it
 NEEDED_IMPORTS = [
@@ -20,17 +21,31 @@ NEEDED_IMPORTS = [
     ("import jax", re.compile(r"\bjax\.")),
     ("import jax.numpy as jnp", re.compile(r"\bjnp\.")),
     ("from flax import nnx", re.compile(r"\bnnx\.")),
+    ("import optax", re.compile(r"\boptax\.")),
 ]
 
 
 class FinalizeImports(cst.CSTTransformer):
-    def __init__(self, ctx: ConversionContext) -> None:
+    """Works on the module's top-level statements only (it never descends into them).
+
+    `code` gives a top-level statement's code; the pipeline passes one that reads
+    statements the rewrite left alone from the source text instead of generating them.
+    """
+
+    def __init__(self, ctx: ConversionContext, code: StatementCode | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        self.code = code or StatementCode(None)
+
+    def visit_Module(self, node: cst.Module) -> bool:
+        return False  # all the work is in leave_Module, on the top-level statements
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         body = list(updated_node.body)
-        used = _names_used(updated_node)
+        candidates = set().union(*(_torch_bindings_of(stmt) for stmt in body))
+        # a torch import binding an emitted helper's name (`from torch.optim.lr_scheduler import StepLR`)
+        # goes: the converted code calls the helper
+        used = _names_used(updated_node, candidates, self.code) - set(self.ctx.helpers)
         removed = {i for i, stmt in enumerate(body) if _torch_bindings_of(stmt) and not _torch_bindings_of(stmt) & used}
         first_torch = next((i for i, stmt in enumerate(body) if _torch_bindings_of(stmt)), None)
         insert_at = first_torch if first_torch is not None else _after_docstring_and_future(body)
@@ -55,7 +70,7 @@ class FinalizeImports(cst.CSTTransformer):
         return updated_node.with_changes(body=out)
 
     def _imports_to_add(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
-        code = module.code + "\n".join(helper_sources(self.ctx.helpers))
+        code = self.code.module_code(module) + "\n".join(helper_sources(self.ctx.helpers))
         present = {cst.Module([]).code_for_node(s.body[0]) for s in module.body if _is_import(s)}
         return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
                 if pattern.search(code) and stmt not in present]
@@ -80,10 +95,17 @@ class _NameCollector(cst.CSTVisitor):
         self.names.add(node.value)
 
 
-def _names_used(module: cst.Module) -> set[str]:
+def _names_used(module: cst.Module, candidates: set[str], code: StatementCode) -> set[str]:
+    """Which of `candidates` the module uses as names (imports aside). Only statements whose
+    text holds a candidate word are walked: a name cannot occur without its text."""
+    if not candidates:
+        return set()
+    words = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(candidates))) + r")(?!\w)")
     collector = _NameCollector()
-    module.visit(collector)
-    return collector.names
+    for statement in module.body:
+        if words.search(code(module, statement)):
+            statement.visit(collector)
+    return collector.names & candidates
 
 
 def _torch_bindings_of(stmt: cst.CSTNode) -> set[str]:

@@ -18,6 +18,9 @@ SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 
 
 class ModuleRewrite(CallRewrite):
+    # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
+    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__"})
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes

@@ -113,6 +113,9 @@ class TrainingLoop:
 
 
 class TrainingRewrite(ModuleRewrite):
+    # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
+    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", *PLACEMENT_METHODS})
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._loop_depth = 0
@@ -124,6 +127,9 @@ class TrainingRewrite(ModuleRewrite):
     def visit_Module(self, node: cst.Module) -> None:
         """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
         and how often each name is read (to know which forward results the rest of the file uses)."""
+        self._reads = {}
+        if not self.mentions("optim"):
+            return  # no torch.optim name in the file: no optimizer, so no loop to convert (a cheap text test)
         for assign in m.findall(node, m.Assign(targets=[m.AssignTarget(target=m.Name())], value=m.Call())):
             qualified = self.ctx.qualified_name(assign.value.func) or ""
             model = _model_of_params(assign.value)
@@ -321,8 +327,12 @@ class TrainingRewrite(ModuleRewrite):
         return [cst.parse_statement(source).with_changes(leading_lines=blank),
                 cst.parse_statement(fast).with_changes(leading_lines=blank)]
 
+    def batch_argument(self, name: str) -> str:
+        """How a batch variable is handed to the train step (a subclass may shard it)."""
+        return f"jnp.asarray({name})"
+
     def _step_call(self, name: str, batch: list[str], outputs: list[str]) -> cst.SimpleStatementLine:
-        args = ", ".join(f"jnp.asarray({b})" for b in batch)
+        args = ", ".join(self.batch_argument(b) for b in batch)
         if not outputs:
             return cst.parse_statement(f"{name}_fast({args})\n")
         return cst.parse_statement(f"{', '.join(outputs)} = {name}_fast({args})\n")

@@ -1,0 +1,463 @@
+"""`porter bench`: the original (torch eager, torch.compile) against the converted model (jax.jit).
+
+`bench_models(torch_model, flax_model, *inputs)` times, in this process, on the CPU:
+
+- forward: inference (torch: eval mode under `torch.inference_mode()`; flax:
+  eval mode, a jitted `nnx.merge(graphdef, state)(*inputs)`);
+- train step: train mode (dropout and batch norm as in training), forward,
+  loss = sum_i sum(output_i * c_i) over the float outputs with fixed random
+  cotangents c_i, backward, and a plain SGD update (torch.optim.SGD /
+  optax.sgd, the same learning rate).
+
+Variants: torch eager; `torch.compile(model)` (the default inductor backend,
+`dynamic=False`; forward and backward compiled, the optimizer step eager;
+reported as failed, with the reason, where it does not work on the machine);
+the converted model under `jax.jit`, written the low-overhead way the design
+notes ask for: `nnx.split` once, a function of the flat list of state arrays
+that `nnx.merge`s inside the trace, compiled ahead of time
+(`jax.jit(...).lower(...).compile()`), the train step's state donated. No
+`nnx.jit` (about 1.8 ms of graph bookkeeping per call).
+
+Each timing is the median of `repeats` calls after `warmup` calls, each call
+waited for (torch is synchronous on the CPU; jax results are blocked on), all
+in one process. Compile time is reported separately: jax's lower+compile,
+torch.compile's first call (tracing, inductor code generation and one run).
+Peak memory, where measurable, is what one call allocates beyond what
+exists before it: for torch the peak of the allocator events `torch.profiler`
+records (profile_memory=True) during one extra call, for jax XLA's buffer
+assignment of the compiled executable (temporaries + outputs,
+`Compiled.memory_analysis()`); parameters and inputs are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+VARIANTS = ("torch eager", "torch.compile", "jax.jit (converted)")
+
+
+@dataclass
+class Measurement:
+    median_ms: float | None = None
+    spread_ms: tuple[float, float] | None = None  # (25th, 75th percentile)
+    compile_s: float | None = None
+    peak_bytes: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    forward: Measurement = field(default_factory=Measurement)
+    train: Measurement = field(default_factory=Measurement)
+
+
+@dataclass
+class BenchResult:
+    name: str
+    inputs: list[str]
+    results: list[VariantResult]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def result(self, variant: str) -> VariantResult:
+        return next(r for r in self.results if r.variant == variant)
+
+    def ratio(self, variant: str, what: str) -> float | None:
+        """How many times faster than torch eager (eager time / this time)."""
+        base = getattr(self.result("torch eager"), what).median_ms
+        mine = getattr(self.result(variant), what).median_ms
+        if base is None or mine is None or mine <= 0:
+            return None
+        return base / mine
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "inputs": self.inputs, "settings": self.settings, "machine": self.machine,
+               "notes": self.notes, "results": []}
+        for r in self.results:
+            row = {"variant": r.variant}
+            for what in ("forward", "train"):
+                m = asdict(getattr(r, what))
+                m["speedup_vs_torch_eager"] = self.ratio(r.variant, what)
+                row[what] = m
+            out["results"].append(row)
+        return out
+
+    def format(self) -> str:
+        s = self.settings
+        lines = [f"porter bench: {self.name}, inputs {', '.join(self.inputs)}",
+                 f"  {self.machine['cpu']}, torch {self.machine['torch']} ({self.machine['torch_threads']} "
+                 f"threads), jax {self.machine['jax']} ({self.machine['jax_backend']}); median of "
+                 f"{s['repeats']} calls after {s['warmup']} warm-up calls, one process"]
+        lines += [f"  {note}" for note in self.notes]
+        head = ("variant", "forward ms", "x eager", "train step ms", "x eager", "compile s (fwd/train)",
+                "peak MB (fwd/train)")
+        table = [head]
+        for r in self.results:
+            def ms(m: Measurement) -> str:
+                return "-" if m.median_ms is None else f"{m.median_ms:.3f}"
+
+            def ratio(what: str) -> str:
+                x = self.ratio(r.variant, what)
+                return "-" if x is None else f"{x:.2f}"
+
+            def pair(a, b, fmt) -> str:
+                return f"{fmt(a)} / {fmt(b)}"
+
+            compile_s = pair(r.forward.compile_s, r.train.compile_s, lambda v: "-" if v is None else f"{v:.2f}")
+            peak = pair(r.forward.peak_bytes, r.train.peak_bytes,
+                        lambda v: "-" if v is None else f"{v / 2**20:.1f}")
+            if r.variant == "torch eager":
+                compile_s = "-"
+            table.append((r.variant, ms(r.forward), ratio("forward"), ms(r.train), ratio("train"), compile_s, peak))
+        widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+        for row in table:
+            lines.append("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                                          enumerate(zip(row, widths))))
+        for r in self.results:
+            for what in ("forward", "train"):
+                err = getattr(r, what).error
+                if err:
+                    lines.append(f"  {r.variant} {what}: not measured: {err}")
+        lines.append("  x eager: torch eager time / this time (above 1: faster than torch eager)")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- timing helpers
+
+
+def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, tuple[float, float]]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return statistics.median(samples), (q[0], q[2])
+
+
+def _torch_peak(fn: Callable[[], Any]) -> int | None:
+    """Peak bytes allocated during one call of fn, from the profiler's allocator events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except Exception:  # profiler internals differ between torch versions: then not measurable
+        return None
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _flatten(obj: Any) -> list[Any]:
+    if isinstance(obj, Mapping):
+        return [leaf for v in obj.values() for leaf in _flatten(v)]
+    if isinstance(obj, (tuple, list)):
+        return [leaf for v in obj for leaf in _flatten(v)]
+    return [] if obj is None else [obj]
+
+
+# ---------------------------------------------------------------- torch
+
+
+def _torch_variant(name: str, model: Any, call_model: Callable, args, kwargs, cotangents, lr: float,
+                   repeats: int, warmup: int, train: bool, compiled: bool) -> VariantResult:
+    import torch
+
+    result = VariantResult(name)
+    # forward: eval, inference mode
+    model.eval()
+
+    def forward():
+        with torch.inference_mode():
+            return call_model(*args, **kwargs)
+
+    try:
+        t0 = time.perf_counter()
+        forward()
+        first = time.perf_counter() - t0
+        result.forward.median_ms, result.forward.spread_ms = _time_calls(forward, repeats, warmup)
+        result.forward.compile_s = first if compiled else None
+        result.forward.peak_bytes = _torch_peak(forward)
+    except Exception as exc:
+        result.forward.error = _error_text(exc)
+    if not train:
+        result.train.error = "no train step (--no-train, or no float output to build a loss from)"
+        return result
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        outs = [o for o in _flatten(call_model(*args, **kwargs)) if o.is_floating_point()]
+        loss = sum((o * c).sum() for o, c in zip(outs, cotangents))
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    try:
+        t0 = time.perf_counter()
+        step()
+        first = time.perf_counter() - t0
+        result.train.median_ms, result.train.spread_ms = _time_calls(step, repeats, warmup)
+        result.train.compile_s = first if compiled else None
+        result.train.peak_bytes = _torch_peak(step)
+    except Exception as exc:
+        result.train.error = _error_text(exc)
+    finally:
+        model.eval()
+    return result
+
+
+# ---------------------------------------------------------------- jax
+
+
+def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: int, warmup: int,
+                 train: bool) -> VariantResult:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    result = VariantResult("jax.jit (converted)")
+
+    # forward: eval mode; one jitted function of the flat state arrays
+    flax_model.eval()
+    graphdef, state = nnx.split(flax_model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    def forward_fn(leaves, args, kwargs):
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        return model(*args, **kwargs)
+
+    try:
+        t0 = time.perf_counter()
+        compiled = jax.jit(forward_fn).lower(leaves, args, kwargs).compile()
+        result.forward.compile_s = time.perf_counter() - t0
+        result.forward.peak_bytes = _xla_peak(compiled)
+        result.forward.median_ms, result.forward.spread_ms = _time_calls(
+            lambda: jax.block_until_ready(compiled(leaves, args, kwargs)), repeats, warmup)
+    except Exception as exc:
+        result.forward.error = _error_text(exc)
+    if not train:
+        result.train.error = "no train step (--no-train, or no float output to build a loss from)"
+        return result
+
+    # train step: train mode; params, the rest (batch stats, RNG state) and the optimizer state as flat
+    # lists of arrays, donated, so a step reuses the previous step's buffers
+    flax_model.train()
+    graphdef, params, rest = nnx.split(flax_model, nnx.Param, ...)
+    tx = optax.sgd(lr)
+    opt_state = tx.init(params)
+    carry, carry_def = jax.tree.flatten((params, rest, opt_state))
+    carry = [jnp.array(x, copy=True) for x in carry]  # donated: must not be the model's own buffers
+    cots = [jnp.asarray(c) for c in cotangents]
+
+    def step_fn(carry, args, kwargs, cots):
+        params, rest, opt_state = jax.tree.unflatten(carry_def, carry)
+
+        def loss_fn(params):
+            # copy=True: rest's Variables belong to the jit trace; batch norm writes them under grad's
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            outs = [o for o in _flatten(model(*args, **kwargs)) if jnp.issubdtype(o.dtype, jnp.floating)]
+            loss = sum(jnp.sum(o.astype(jnp.float32) * c) for o, c in zip(outs, cots))
+            return loss, nnx.split(model, nnx.Param, ...)[2]
+
+        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return jax.tree.leaves((params, new_rest, opt_state)), loss
+
+    try:
+        t0 = time.perf_counter()
+        compiled = jax.jit(step_fn, donate_argnums=0).lower(carry, args, kwargs, cots).compile()
+        result.train.compile_s = time.perf_counter() - t0
+        result.train.peak_bytes = _xla_peak(compiled)
+        box = [carry]
+
+        def step():
+            box[0], loss = compiled(box[0], args, kwargs, cots)
+            return jax.block_until_ready(loss)
+
+        result.train.median_ms, result.train.spread_ms = _time_calls(step, repeats, warmup)
+    except Exception as exc:
+        result.train.error = _error_text(exc)
+    finally:
+        flax_model.eval()
+    return result
+
+
+def _xla_peak(compiled: Any) -> int | None:
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:
+        return None
+    if stats is None:
+        return None
+    return int(stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def machine_info() -> dict[str, Any]:
+    import jax
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": f"{cpu}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
+            "jax_backend": jax.default_backend(), "python": platform.python_version()}
+
+
+def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Mapping[str, Any] | None = None,
+                 name: str | None = None, repeats: int = 20, warmup: int = 3, compile: bool = True,
+                 train: bool = True, lr: float = 1e-3, seed: int = 0, load_weights: bool = True) -> BenchResult:
+    """Time forward and train step of torch eager, torch.compile and the converted model under jax.jit."""
+    import jax
+    import torch
+
+    from porter.weights.arrays import to_numpy
+    from porter.weights.loader import load_torch_state_dict
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    notes: list[str] = []
+    if load_weights:
+        load_torch_state_dict(flax_model, torch_model.state_dict(), strict=True)
+    cpu = jax.devices("cpu")[0]
+    items = [(i, to_numpy(x)) for i, x in enumerate(inputs)] + [(k, to_numpy(v)) for k, v in
+                                                                  (kw_inputs or {}).items()]
+    t_args = [torch.from_numpy(a.copy()) for k, a in items if isinstance(k, int)]
+    t_kwargs = {k: torch.from_numpy(a.copy()) for k, a in items if isinstance(k, str)}
+
+    def to_jax(a: np.ndarray):
+        if a.dtype == np.int64 and not jax.config.jax_enable_x64:
+            a = a.astype(np.int32)
+        return jax.device_put(a, cpu)
+
+    j_args = [to_jax(a) for k, a in items if isinstance(k, int)]
+    j_kwargs = {k: to_jax(a) for k, a in items if isinstance(k, str)}
+
+    torch_model.eval()
+    with torch.no_grad():
+        outs = [o for o in _flatten(torch_model(*t_args, **t_kwargs)) if o.is_floating_point()]
+    rng = np.random.default_rng(seed)
+    cotangents = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in outs]
+    do_train = train and bool(cotangents)
+    t_cots = [torch.from_numpy(c) for c in cotangents]
+    state_before = {k: v.clone() for k, v in torch_model.state_dict().items()}
+
+    results = [_torch_variant("torch eager", torch_model, torch_model, t_args, t_kwargs, t_cots, lr, repeats,
+                              warmup, do_train, compiled=False)]
+    torch_model.load_state_dict(state_before)  # every variant trains from the same weights
+    if compile:
+        torch._dynamo.reset()
+        try:
+            compiled_model = torch.compile(torch_model, dynamic=False)
+        except Exception as exc:
+            failed = VariantResult("torch.compile")
+            failed.forward.error = failed.train.error = f"torch.compile failed: {_error_text(exc)}"
+            results.append(failed)
+        else:
+            res = _torch_variant("torch.compile", torch_model, compiled_model, t_args, t_kwargs, t_cots, lr,
+                                 repeats, warmup, do_train, compiled=True)
+            for m in (res.forward, res.train):
+                if m.error and not m.error.startswith("no train"):
+                    m.error = f"torch.compile does not work here: {m.error}"
+            results.append(res)
+        torch_model.load_state_dict(state_before)
+    else:
+        skipped = VariantResult("torch.compile")
+        skipped.forward.error = skipped.train.error = "skipped (--no-compile)"
+        results.append(skipped)
+    with jax.default_device(cpu):
+        results.append(_jax_variant(flax_model, j_args, j_kwargs, cotangents, lr, repeats, warmup, do_train))
+
+    if not do_train and train:
+        notes.append("no float output: no train step")
+    shown = [f"{a.dtype}{tuple(a.shape)}" if isinstance(k, int) else f"{k}={a.dtype}{tuple(a.shape)}"
+             for k, a in items]
+    settings = {"repeats": repeats, "warmup": warmup, "lr": lr, "seed": seed, "optimizer": "SGD",
+                "loss": "sum(output * fixed random cotangent)", "torch_compile": compile}
+    return BenchResult(name or type(torch_model).__name__, shown, results, settings, machine_info(), notes)
+
+
+def write_json(results: list[BenchResult], path: str) -> None:
+    data = [r.to_json() for r in results]
+    text = json.dumps(data if len(data) != 1 else data[0], indent=2, default=_json_default)
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def plot(results: list[BenchResult], path: str) -> None:
+    """Grouped bars: forward and train-step time per variant, one panel per benchmark (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        xs = np.arange(2)
+        width = 0.8 / len(res.results)
+        for i, r in enumerate(res.results):
+            values = [r.forward.median_ms or 0.0, r.train.median_ms or 0.0]
+            ax.bar(xs + (i - (len(res.results) - 1) / 2) * width, values, width, label=r.variant)
+        ax.set_xticks(xs, ["forward", "train step"])
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"{res.name}\n{', '.join(res.inputs)}", fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""Runs a layer rule's `[[rule.verify]]` case the way a user meets the rule:
+inside an nn.Module, converted by porter, with the torch weights loaded.
+
+A layer case's `code` is a torch expression that builds a layer and calls it,
+`nn.Conv2d({cin}, {cout}, {k})(x)` (or indexes a container first,
+`nn.ModuleList([...])[0](x)`). Values drawn for `{name}` become literals in the
+source; drawn arrays are the forward's arguments. The case becomes
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Conv2d(3, 4, 2)
+
+        def forward(self, x):
+            return self.layer(x)
+
+which porter converts; the torch layer's parameters and float buffers are
+drawn at random (so a wrong layout cannot hide behind ones and zeros), its
+state_dict is loaded into the converted layer with
+porter.load_torch_state_dict (strict), and porter.check_equivalence compares
+outputs and the gradients w.r.t. every float input and parameter, in eval
+mode, at the default float32 tolerances (outputs 1e-5, gradients 1e-4).
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+import numpy as np
+
+from porter import convert_source
+from porter.check.equivalence import check_equivalence
+from porter.rules.verify import _literal, draw_values
+
+PRELUDE = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+EINOPS = "from einops.layers.torch import Rearrange, Reduce\n"
+
+
+def substitute(code: str, values: dict) -> str:
+    for name, value in values.items():
+        if not isinstance(value, np.ndarray):
+            code = code.replace("{" + name + "}", _literal(value))
+    return code
+
+
+def split_layer(code: str) -> tuple[str, str]:
+    """`nn.X(a)(x, y)` -> ('nn.X(a)', 'self.layer(x, y)'): the layer's constructor and the forward expression."""
+    tree = ast.parse(code, mode="eval").body
+    node = tree
+    while True:
+        inner = node.func if isinstance(node, ast.Call) else node.value if isinstance(node, ast.Subscript) else None
+        if inner is None:
+            raise ValueError(f"layer case {code!r}: expected nn.Layer(...)(inputs)")
+        if isinstance(inner, ast.Call) and not isinstance(inner.func, (ast.Call, ast.Subscript)):
+            constructor = ast.get_source_segment(code, inner)
+            start = _offset(code, inner.lineno, inner.col_offset)
+            end = _offset(code, inner.end_lineno, inner.end_col_offset)
+            return constructor, code[:start] + "self.layer" + code[end:]
+        node = inner
+
+
+def _offset(code: str, line: int, col: int) -> int:
+    lines = code.splitlines(keepends=True)
+    return sum(len(l) for l in lines[: line - 1]) + len(lines[line - 1].encode()[:col].decode())
+
+
+def module_source(code: str, values: dict) -> str:
+    constructor, call = split_layer(substitute(code, values))
+    arrays = [name for name, value in values.items() if isinstance(value, np.ndarray)]
+    prelude = PRELUDE + (EINOPS if "Rearrange(" in code or "Reduce(" in code else "")
+    return prelude + textwrap.dedent(f"""\
+
+
+        class Layer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layer = {constructor}
+
+            def forward(self, {", ".join(arrays)}):
+                return {call}
+        """)
+
+
+def randomize(model, seed: int) -> None:
+    """Every float parameter and buffer drawn at random; variances and counts positive."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            values = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            if name.endswith("running_var"):
+                values = values.abs() + 0.5
+            tensor.copy_(values)
+
+
+def convert_layer(source: str, rule_id: str):
+    conversion = convert_source(source)
+    errors = [d.format() for d in conversion.diagnostics if d.severity.value == "error"]
+    assert not errors, f"{rule_id}: conversion reported errors\n{source}\n" + "\n".join(errors)
+    applied = {change.rule for change in conversion.changes}
+    assert rule_id in applied, f"{rule_id} was not applied\n{source}\n{conversion.code}"
+    return conversion
+
+
+def build(source: str, code: str, rule_id: str, seed: int = 0):
+    """(torch model, flax model) for one module source."""
+    import torch
+    from flax import nnx
+
+    namespace: dict = {}
+    exec(compile(source, f"<torch {rule_id}>", "exec"), namespace)
+    torch.manual_seed(seed)
+    torch_model = namespace["Layer"]()
+    randomize(torch_model, seed)
+    converted: dict = {}
+    exec(compile(code, f"<converted {rule_id}>", "exec"), converted)
+    flax_model = converted["Layer"](rngs=nnx.Rngs(0))
+    return torch_model, flax_model
+
+
+def run_layer_case(rule, case, data) -> None:
+    values = draw_values(case, data)
+    source = module_source(case.code, values)
+    conversion = convert_layer(source, rule.id)
+    torch_model, flax_model = build(source, conversion.code, rule.id)
+    inputs = [value for value in values.values() if isinstance(value, np.ndarray)]
+    report = check_equivalence(torch_model, flax_model, *inputs, rtol=case.options.get("rtol"),
+                               atol=case.options.get("atol"))
+    assert report.passed, f"{rule.id}\n--- torch\n{source}\n--- converted\n{conversion.code}\n{report.format()}"

@@ -1,0 +1,34 @@
+"""Every layer rule (rules/torch_nn.toml, rules/einops.toml) against torch, driven by its
+`[[rule.verify]]` cases: the argument domain is data in the rule; see tests/layer_harness.py.
+
+Adding a layer is data: a rule with a verify case. The same cases are plain
+functions of their inputs for stateless layers (`nn.ReLU()(x)`), so the
+function harness can run those too; layers with parameters need the weights
+loaded, which is what this harness adds.
+"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from layer_harness import run_layer_case
+from porter.rules.loader import load_rules
+
+LAYER_FILES = ("torch_nn.toml", "einops.toml")
+RULES = [rule for rule in load_rules().rules if rule.file in LAYER_FILES]
+CASES = [(rule, i, case) for rule in RULES for i, case in enumerate(rule.verify)]
+# a few examples per case keep CI in budget: every rule is exercised on every run, more locally
+EXAMPLES = max(3, settings().max_examples // 3)
+
+
+def test_every_layer_rule_has_a_verify_case():
+    assert [rule.id for rule in RULES if not rule.verify] == []
+
+
+@pytest.mark.parametrize("rule,index,case", CASES, ids=[f"{r.id}-{i}:{r.source[0].rsplit('.', 1)[-1]}"
+                                                        for r, i, _ in CASES])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                        HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_layer_rule_matches_torch(rule, index, case, data):
+    run_layer_case(rule, case, data)

@@ -1,0 +1,24 @@
+"""Every rule's [[rule.verify]] cases, run against torch (porter/rules/verify.py).
+
+Adding a rule means adding data: its verify cases become tests here. The
+hypothesis profile (tests/conftest.py) sets how many examples each case draws.
+"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from porter.rules.loader import load_rules
+from porter.rules.verify import run_case
+
+RULES = load_rules()
+BY_ID = {rule.id: rule for rule in RULES.rules}
+CASES = [(rule.id, i, rule.source[0]) for rule in RULES.rules for i in range(len(rule.verify))]
+
+
+@pytest.mark.parametrize("rule_id,index", [c[:2] for c in CASES], ids=[f"{r}-{i}:{s}" for r, i, s in CASES])
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_rule_matches_torch(rule_id, index, data):
+    rule = BY_ID[rule_id]
+    run_case(rule, rule.verify[index], data)
