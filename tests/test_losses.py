@@ -61,7 +61,7 @@ def check(body: str, inputs: dict, differentiate: tuple[str, ...] = ("input",), 
 
     diff = {k: jnp.asarray(inputs[k]) for k in differentiate}
     rest = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in inputs.items() if k not in differentiate}
-    grads, actual = jax.grad(objective, has_aux=True)(diff, rest)
+    grads, actual = jax.jit(jax.grad(objective, has_aux=True))(diff, rest)  # one compilation, not one per op
     _close(np.asarray(actual), expected.detach().numpy(), "value")
     for name in differentiate:
         _close(np.asarray(grads[name]), torch_inputs[name].grad.numpy(), f"d/d{name}")

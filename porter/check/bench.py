@@ -116,8 +116,7 @@ class BenchResult:
                 return f"{fmt(a)} / {fmt(b)}"
 
             compile_s = pair(r.forward.compile_s, r.train.compile_s, lambda v: "-" if v is None else f"{v:.2f}")
-            peak = pair(r.forward.peak_bytes, r.train.peak_bytes,
-                        lambda v: "-" if v is None else f"{v / 2**20:.1f}")
+            peak = pair(r.forward.peak_bytes, r.train.peak_bytes, _mb)
             if r.variant == "torch eager":
                 compile_s = "-"
             table.append((r.variant, ms(r.forward), ratio("forward"), ms(r.train), ratio("train"), compile_s, peak))
@@ -135,6 +134,12 @@ class BenchResult:
 
 
 # ---------------------------------------------------------------- timing helpers
+
+
+def _mb(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 2**20:.3g}"
 
 
 def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, tuple[float, float]]:

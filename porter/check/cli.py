@@ -58,6 +58,8 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--allow-tf32", action="store_true",
                         help="on a GPU, keep TF32 matmuls/convolutions on both sides (default: off on both); "
                              "default tolerances become float16's")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="do not also run the converted model's gradients under jax.jit")
     parser.add_argument("--layers", choices=("all", "first", "none"), default="all",
                         help="per-module comparison: the first diverging module and a table of all (all), the "
                              "first only (first), or none")
@@ -175,7 +177,7 @@ def run_check(args: argparse.Namespace) -> int:
                                    atol=args.atol, seed=args.seed, grads=not args.no_grads, mode=mode,
                                    train_steps=args.train_steps, lr=args.lr, dtype=args.dtype,
                                    device=args.device, allow_tf32=args.allow_tf32,
-                                   layers=args.layers != "none")
+                                   layers=args.layers != "none", jit=not args.no_jit)
     except StateDictMismatch as exc:
         print(f"{PROG}: the converted model's variables do not match the original's state_dict:\n{exc}")
         print("FAIL")

@@ -87,8 +87,8 @@ def _map_value(rule: Rule, name: str, value: Value, site: Site) -> Value:
     if transform == "pack":  # torch.ones(2, 3) -> jnp.ones((2, 3))
         if not isinstance(value, list):
             return value
-        if len(value) == 1 and not isinstance(value[0], cst.Arg):
-            return value[0]
+        if len(value) == 1:
+            return value[0].value if isinstance(value[0], cst.Arg) else value[0]  # ones(*x.shape) -> ones(x.shape)
         return cst.Tuple([cst.StarredElement(v.value) if isinstance(v, cst.Arg) else cst.Element(v) for v in value])
     if transform is None:
         return value

@@ -49,7 +49,86 @@ CODES: dict[str, Code] = {
              "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
              "original; batches become jax arrays at the train_step call. Swap in a numpy or grain loader "
              "to drop torch."),
+        Code("PT020", Severity.INFO, "distributed training mapped to JAX's runtime",
+             "One JAX process per host drives all of that host's devices; a Mesh made current with "
+             "jax.set_mesh holds them all. Ranks become jax.process_index(), the world size "
+             "jax.device_count(). See the README, 'Distributed training', for the launch commands."),
+        Code("PT021", Severity.INFO, "collective removed: the value is already global",
+             "The converted step runs on the global batch (every process's rows), so what it returns and "
+             "what is computed from the batch already covers all devices; the all_reduce has nothing to add."),
+        Code("PT022", Severity.WARNING, "distributed option without a JAX counterpart, dropped",
+             "XLA partitions the step and schedules its collectives itself (gradient buckets, prefetching, "
+             "wrapping units); the numbers are unchanged. Tune the mesh or the shardings instead if needed."),
+        Code("PT023", Severity.ERROR, "distributed construct not converted",
+             "Left unchanged. Rewrite it with jax.sharding (Mesh, NamedSharding, jax.jit shardings), "
+             "jax.shard_map and its collectives (jax.lax.psum, all_gather), or "
+             "jax.experimental.multihost_utils for host-side exchanges."),
+        Code("PT024", Severity.WARNING, "per-device semantics differ on the global batch",
+             "torch's DDP/FSDP compute some things per device (BatchNorm statistics, a summed loss "
+             "averaged over ranks); the converted step computes them over the global batch. Check the message."),
+        Code("PT025", Severity.INFO, "checkpoint written by every process",
+             "Orbax saves from every process (each writes the pieces it holds, process 0 the metadata): "
+             "a save under a rank-0 test moved out of it."),
     ]
+}
+
+
+# Whole-file outcomes of a tree conversion (porter/convert/tree.py). Kept apart from the list above
+# so the codes of the conversion passes can grow there; numbers still only ever grow.
+CODES.update({
+    c.code: c
+    for c in [
+        Code("PT030", Severity.ERROR, "file could not be read",
+             "Not converted, nothing written. porter reads Python files as UTF-8 (PEP 3120): re-save the "
+             "file as UTF-8 (or fix the bytes the message names), then convert it again."),
+        Code("PT031", Severity.ERROR, "internal error: porter failed on this file",
+             "Not converted, nothing written; the rest of the tree converted. This is a bug in porter: "
+             "please report it with the traceback summary and, if you can, the smallest code that triggers "
+             "it. Meanwhile convert this file by hand."),
+        Code("PT032", Severity.ERROR, "notebook could not be read",
+             "Not converted, nothing written. The .ipynb file is not a JSON notebook (nbformat 4) with a "
+             "list of cells; open and save it in Jupyter to repair it."),
+        Code("PT033", Severity.INFO, "notebook cell left alone",
+             "The cell runs a cell magic whose body is not Python (%%bash, %%writefile, ...): porter "
+             "leaves it as it is. Check by hand whether it refers to torch."),
+    ]
+})
+
+# Longer documentation for `porter explain CODE` (the title and hint above are always shown).
+DOCS: dict[str, str] = {
+    "PT001": "Python could not parse the file. porter converts only files that parse: the file is not "
+             "converted and nothing is written for it (in a tree, the other files still convert).\n\n"
+             "Example:\n    def f(x:\n        return x\n    -> PT001 error syntax error: '(' was never closed",
+    "PT002": "The file uses torch, nn, F or optim without importing it (common in snippets and notebooks "
+             "that import elsewhere). porter converts as if `import torch`, `import torch.nn as nn`, "
+             "`import torch.nn.functional as F` or `import torch.optim as optim` were there.",
+    "PT003": "A torch function, layer or attribute porter has no rule for, or a layer class used as a value "
+             "(passed around instead of called). The code is left exactly as it was, so the converted file "
+             "still mentions torch there.\n\nExample:\n    y = torch.special.erfcx(x)\n"
+             "    -> PT003 error torch.special.erfcx has no conversion rule; left unchanged\n\n"
+             "`porter rules` lists what is converted.",
+    "PT004": "A rule exists for the API, but not for an argument value this call passes: the rule would "
+             "change the meaning, so the call is left unchanged.\n\nExample:\n"
+             "    nn.Conv2d(3, 8, 3, padding_mode='reflect')\n"
+             "    -> PT004 error torch.nn.Conv2d (PT103): padding_mode='reflect' is not supported",
+    "PT005": "Converted, but the result differs from torch in a way the message states (for example a "
+             "dropout inside attention that nnx does not apply). Read the message and check that the "
+             "difference does not matter to you.",
+    "PT006": "A part of an nn.Module porter does not convert (for example `if self.training:`, which nnx "
+             "modules do not have). Left unchanged; convert it by hand.",
+    "PT007": "porter made a choice the message names (for example: a layer built outside any module is "
+             "initialised from nnx.Rngs(0)). Nothing to do unless the choice does not fit.",
+    "PT030": "The file's bytes are not valid UTF-8 (or it could not be read at all). Python source is UTF-8 "
+             "unless it declares another encoding; porter reads UTF-8 only.",
+    "PT031": "A conversion pass raised an exception on this file. The report carries a traceback summary "
+             "(the innermost frames and the exception). The file is not written; every other file is "
+             "converted as usual and the exit code is 1.",
+    "PT032": "A .ipynb file that is not valid JSON, or whose JSON has no list of cells. Nothing is written "
+             "for it.",
+    "PT033": "Cells that start with a cell magic whose body is another language (%%bash, %%sh, %%writefile, "
+             "%%html, %%javascript, ...) are kept as they are. Cells under %%time, %%timeit, %%capture and "
+             "%%prun are Python and are converted; line magics (%...) and shell lines (!...) inside Python "
+             "cells are kept as they are.",
 }
 
 

@@ -111,9 +111,10 @@ def _classify(value: cst.BaseExpression, verdicts: dict, ctx: ConversionContext)
             if rule is None or rule.kind not in ("function",):
                 return None
             return "shared" if qualified.rsplit(".", 1)[-1] in VIEWS else "fresh"
-        if isinstance(value.func, cst.Attribute) and known(value.func.value):
+        if isinstance(value.func, cst.Attribute) and not (isinstance(value.func.value, cst.Name)
+                                                         and value.func.value.value == "self"):
             method = value.func.attr.value
-            if ctx.rules.method(method) is None:
+            if ctx.rules.method(method) is None or ctx.qualified_name(value.func) is not None:
                 return None
             return "shared" if method in VIEWS else "fresh"
         return None

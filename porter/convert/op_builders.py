@@ -27,6 +27,12 @@ def _simple(node: cst.BaseExpression) -> bool:
     return isinstance(node, cst.Name)
 
 
+def _called(site: Site) -> str:
+    """The name the call used: `torch.rand_like(x)` -> 'rand_like'."""
+    func = site.call.func
+    return func.attr.value if isinstance(func, cst.Attribute) else code_of(func)
+
+
 def _int(node: cst.BaseExpression | None) -> int | None:
     value = literal(node) if node is not None else NO_VALUE
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -98,6 +104,59 @@ def max_min(rule: Rule, site: Site) -> Application:
 def _looks_like_dim(node: cst.BaseExpression) -> bool:
     code = code_of(node)
     return code in ("dim", "axis") or code.endswith((".dim", "_dim", ".axis"))
+
+
+def std_var(rule: Rule, site: Site) -> Application:
+    """torch.std/var (and std_mean/var_mean): ddof from correction or unbiased (default 1), always written."""
+    name = _called(site)
+    args = site.call.args
+    if any(a.star for a in args):
+        raise Unsupported("star arguments")
+    positional = [a.value for a in args if a.keyword is None]
+    keywords = {a.keyword.value: a.value for a in args if a.keyword is not None}
+    if set(keywords) - {"input", "dim", "unbiased", "keepdim", "correction"}:
+        raise Unsupported(f"keyword(s) {sorted(set(keywords) - {'input', 'dim', 'unbiased', 'keepdim', 'correction'})}")
+    x = keywords.get("input") or (positional.pop(0) if positional else None)
+    if x is None:
+        raise Unsupported("no input")
+    names = ["unbiased"] if positional and isinstance(literal(positional[0]), bool) else ["dim", "unbiased", "keepdim"]
+    if len(positional) > len(names):
+        raise Unsupported("more positional arguments than torch's signature takes")
+    values = dict(zip(names, positional))
+    for key, value in keywords.items():
+        if key in values:
+            raise Unsupported(f"{key} given twice")
+        values[key] = value
+    if "correction" in values and "unbiased" in values:
+        raise Unsupported("both unbiased and correction")
+    if "correction" in values:
+        ddof = values["correction"]
+        if literal(ddof) is None:
+            ddof = cst.Integer("1")
+    elif "unbiased" in values:
+        unbiased = literal(values["unbiased"])
+        if unbiased not in (True, False):
+            raise Unsupported(f"unbiased={code_of(values['unbiased'])} must be a literal")
+        ddof = cst.Integer("1" if unbiased else "0")
+    else:
+        ddof = cst.Integer("1")
+    dim = values.get("dim")
+    if dim is not None and literal(dim) is None:
+        dim = None
+    if isinstance(dim, cst.List):
+        dim = cst.Tuple(dim.elements)
+    keep = _given(values, "keepdim", False)
+    fn = "std" if name.startswith("std") else "var"
+    keywords_out = {"axis": dim} if dim is not None else {}
+    keywords_out["ddof"] = ddof
+    if keep is not None:
+        keywords_out["keepdims"] = keep
+    spread = _call(f"jnp.{fn}", x, **keywords_out)
+    if not name.endswith("_mean"):
+        return Application(spread)
+    if not _simple(x):
+        raise Unsupported(f"({fn}, mean) of {code_of(x)}: assign it to a name first")
+    return Application(_pair(spread, _call("jnp.mean", x, **_axis_args(dim, keep))))
 
 
 def sort(rule: Rule, site: Site) -> Application:
@@ -188,9 +247,12 @@ def expand(rule: Rule, site: Site) -> Application:
     """x.expand(b, -1, n) -> jnp.broadcast_to(x, (b, x.shape[1], n)): -1 keeps the size."""
     if site.receiver is None:
         raise Unsupported("expand is a tensor method")
-    sizes = [a.value for a in site.call.args if a.keyword is None and not a.star]
-    if any(a.keyword is not None or a.star for a in site.call.args):
-        raise Unsupported("expand(*sizes) with keywords or star arguments")
+    args = site.call.args
+    if len(args) == 1 and args[0].star == "*":
+        return Application(_call("jnp.broadcast_to", site.receiver, args[0].value))  # x.expand(*y.shape)
+    sizes = [a.value for a in args if a.keyword is None and not a.star]
+    if any(a.keyword is not None or a.star for a in args):
+        raise Unsupported("expand(*sizes) mixing star arguments with sizes (a -1 must be written out)")
     if len(sizes) == 1 and (isinstance(sizes[0], (cst.Tuple, cst.List)) or literal(sizes[0]) is NO_VALUE
                             and not _int(sizes[0])):
         if isinstance(sizes[0], (cst.Tuple, cst.List)):
@@ -523,7 +585,12 @@ def _key(site: Site) -> tuple[cst.BaseExpression, list[str], list[str]]:
                                        "numbers on every run and call; thread a key through for fresh ones"], []
 
 
-def _size(values: list[cst.BaseExpression]) -> cst.BaseExpression:
+def _size(values: list) -> cst.BaseExpression:
+    """torch's *size as one shape expression: (2, 3), a given tuple, or x.shape from *x.shape."""
+    if len(values) == 1 and isinstance(values[0], cst.Arg):
+        return values[0].value
+    if any(isinstance(v, cst.Arg) for v in values):
+        return cst.Tuple([cst.StarredElement(v.value) if isinstance(v, cst.Arg) else cst.Element(v) for v in values])
     if len(values) == 1 and (isinstance(values[0], (cst.Tuple, cst.List)) or _int(values[0]) is None):
         return values[0]
     return cst.Tuple([cst.Element(v) for v in values]) if len(values) != 1 else \
@@ -564,7 +631,7 @@ def random_like(rule: Rule, site: Site) -> Application:
     x = bound["input"]
     if not _simple(x):
         raise Unsupported(f"{rule.source[0]} of {code_of(x)}: assign it to a name first")
-    fn = {"torch.rand_like": "uniform", "torch.randn_like": "normal"}[rule.source[0]]
+    fn = {"rand_like": "uniform", "randn_like": "normal"}[_called(site)]
     dtype = _dtype(bound["dtype"], site) if "dtype" in bound and literal(bound["dtype"]) is not None \
         else expr(f"{code_of(x)}.dtype")
     call = cst.Call(expr(f"jax.random.{fn}"), [cst.Arg(cst.Name("KEY")), cst.Arg(expr(f"{code_of(x)}.shape")),
@@ -620,14 +687,28 @@ def bernoulli(rule: Rule, site: Site) -> Application:
     """torch.bernoulli(p) -> jax.random.bernoulli(key, p).astype(p.dtype); x.bernoulli_(p) fills x."""
     bound = bind(rule, site.call)
     x = bound["input"]
+    p = bound.get("p")
+    creation = _creation_parts(x)
+    if p is not None and creation is not None:  # x.new_empty(shape).bernoulli_(p): only x's shape and dtype count
+        shape, dtype = creation
+        return _random_application(site, expr(f"jax.random.bernoulli(KEY, {code_of(p)}, {code_of(shape)})"
+                                              f".astype({code_of(dtype)})"))
     if not _simple(x):
         raise Unsupported(f"bernoulli of {code_of(x)}: assign it to a name first")
-    p = bound.get("p")
     if p is None:
         call = expr(f"jax.random.bernoulli(KEY, {code_of(x)}).astype({code_of(x)}.dtype)")
     else:
         call = expr(f"jax.random.bernoulli(KEY, {code_of(p)}, {code_of(x)}.shape).astype({code_of(x)}.dtype)")
     return _random_application(site, call)
+
+
+def _creation_parts(node: cst.BaseExpression):
+    """(shape, dtype) of a converted jnp.zeros/ones(shape, dtype=...) call, else None."""
+    if not isinstance(node, cst.Call) or code_of(node.func) not in ("jnp.zeros", "jnp.ones") or not node.args \
+            or node.args[0].keyword is not None or node.args[0].star:
+        return None
+    dtype = next((a.value for a in node.args if a.keyword is not None and a.keyword.value == "dtype"), None)
+    return node.args[0].value, dtype if dtype is not None else expr("jnp.float32")
 
 
 def new_tensor(rule: Rule, site: Site) -> Application:
@@ -722,6 +803,36 @@ def scatter(rule: Rule, site: Site) -> Application:
     args = [bound["input"], bound["dim"], bound["index"], src]
     keywords = {"reduce": expr(reduce)} if reduce else {}
     return Application(_call("scatter", *args, **keywords))
+
+
+def where(rule: Rule, site: Site) -> Application:
+    """torch.where(c, x, y) -> jnp.where(c, x, y); torch.where(c) -> jnp.nonzero(c) (not jittable: reported)."""
+    bound = bind(rule, site.call)
+    if "input" in bound and "other" in bound:
+        return Application(_call("jnp.where", bound["condition"], bound["input"], bound["other"]))
+    if "input" in bound or "other" in bound:
+        raise Unsupported("torch.where needs both x and y, or neither")
+    return Application(_call("jnp.nonzero", bound["condition"]), [NOT_JITTABLE])
+
+
+NOT_JITTABLE = "the result's size depends on the values: it runs eagerly but not under jit (pass size= there)"
+
+
+def nonzero(rule: Rule, site: Site) -> Application:
+    """torch.nonzero(x) -> jnp.argwhere(x) ((n, ndim) indices); as_tuple=True -> jnp.nonzero(x)."""
+    bound = bind(rule, site.call)
+    as_tuple = literal(bound.get("as_tuple", cst.Name("False")))
+    if as_tuple not in (True, False):
+        raise Unsupported("as_tuple must be a literal")
+    return Application(_call("jnp.nonzero" if as_tuple else "jnp.argwhere", bound["input"]), [NOT_JITTABLE])
+
+
+def same_name(rule: Rule, site: Site) -> Application:
+    """torch.NAME(*args) -> jnp.NAME(*args) for functions numpy spells the same way."""
+    name = site.call.func.attr.value if isinstance(site.call.func, cst.Attribute) else code_of(site.call.func)
+    if any(a.keyword is not None for a in site.call.args):
+        raise Unsupported("keyword arguments")
+    return Application(cst.Call(expr(f"jnp.{name}"), [cst.Arg(a.value, star=a.star) for a in site.call.args]))
 
 
 def setitem_statement(rule: Rule, site: Site) -> Application:

@@ -19,7 +19,7 @@ from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
-from porter.convert.passes.training import TrainingRewrite
+from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.source_index import SourceIndex, StatementCode, filtered
 from porter.rules.loader import load_rules
 
@@ -51,7 +51,7 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
     return _convert(source, filename, fast=True)
 
 
-def _convert(source: str, filename: str | None, *, fast: bool) -> Conversion:
+def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter. The output must be identical."""
     try:
@@ -66,11 +66,11 @@ def _convert(source: str, filename: str | None, *, fast: bool) -> Conversion:
     module.visit(Analyze(ctx, index, skip=fast))
     if not ctx.torch_aliases:
         return Conversion(source, ctx.diagnostics, filename=filename)  # no torch here: nothing to do
-    rewrite = (filtered(TrainingRewrite) if fast else TrainingRewrite)(ctx)
+    rewrite = (filtered(DistributedRewrite) if fast else DistributedRewrite)(ctx)
     rewrite.attach(index)
     rewritten = module.visit(rewrite)
     code = StatementCode(index if fast else None)
-    final = rewritten.visit(FinalizeImports(ctx, code))
+    final = rewritten.visit(FinalizeImports(ctx, code, helpers_after_new_imports=notebook))
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     return Conversion(code.module_code(final) if fast else final.code, diagnostics, changes, filename)

@@ -90,6 +90,8 @@ def _transform(rule: Rule, torch_name: str, values: dict, scheduled: bool, ctx: 
         mapping = rule.args[name]
         if not given and not mapping.always:
             continue
+        if name == "momentum" and given and literal(values[name]) == 0:
+            continue  # torch's momentum=0 is no momentum: optax's None
         keywords.append((mapping.keyword, code_of(values[name]) if given else param.default))
     keywords.extend(rule.emit.items())
     if "betas" in values:

@@ -184,6 +184,24 @@ def empty_dict_default(node: cst.BaseExpression, ctx: ConversionContext) -> cst.
     return expr("{}") if literal(node) is None else node
 
 
+def vector_ord(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:
+    """torch.norm's p as jnp.linalg.vector_norm's ord: 'fro' is the 2-norm of the elements; 'nuc' has none."""
+    value = literal(node)
+    if value == "fro":
+        return cst.Integer("2")
+    if isinstance(value, str):
+        raise Unsupported(f"p={value!r}: only numbers and 'fro' (a vector norm of the elements)")
+    return node
+
+
+def side_from_right(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:
+    """bucketize/searchsorted's right=True as jnp.searchsorted's side='right'."""
+    value = literal(node)
+    if value in (True, False):
+        return cst.SimpleString("'right'" if value else "'left'")
+    return expr(f"'right' if {code_of(node)} else 'left'")
+
+
 VALUE_TRANSFORMS: dict[str, Callable[[cst.BaseExpression, ConversionContext], cst.BaseExpression]] = {
     "tuple1": _ntuple(1),
     "tuple2": _ntuple(2),
@@ -201,6 +219,8 @@ VALUE_TRANSFORMS: dict[str, Callable[[cst.BaseExpression, ConversionContext], cs
     "not_dtype": not_dtype,
     "empty_list_default": empty_list_default,
     "empty_dict_default": empty_dict_default,
+    "vector_ord": vector_ord,
+    "side_from_right": side_from_right,
 }
 
 

@@ -127,14 +127,22 @@ def perm(x):
     return st.permutations(list(range(x.ndim))).map(tuple)
 
 
-def index(x, axis, low=0, size=None):
-    """An int64 index array for gather/scatter along axis: shape <= x's, values in [0, x.shape[axis])."""
+def index(x, axis, low=0, size=None, unique=False):
+    """An int64 index array for gather/scatter along axis: shape <= x's, values in [0, x.shape[axis]).
+    unique: no value repeats along axis (scatter writes then have one winner, as torch needs)."""
     axis = axis % x.ndim
 
     def make(args):
         shape, seed = args
-        return np.random.default_rng(seed).integers(low, x.shape[axis], shape).astype("int64")
-    sides = [st.integers(1, s) if i != axis else st.integers(1, size or 4) for i, s in enumerate(x.shape)]
+        rng = np.random.default_rng(seed)
+        if not unique:
+            return rng.integers(low, x.shape[axis], shape).astype("int64")
+        moved = (shape[axis],) + shape[:axis] + shape[axis + 1:]
+        fibres = [rng.permutation(x.shape[axis])[:shape[axis]] for _ in range(int(np.prod(moved[1:])))]
+        values = np.stack(fibres, axis=-1).reshape(moved) if fibres else np.zeros(moved)
+        return np.moveaxis(values, 0, axis).astype("int64")
+    limit = x.shape[axis] if unique else (size or 4)
+    sides = [st.integers(1, s) if i != axis else st.integers(1, limit) for i, s in enumerate(x.shape)]
     return st.tuples(st.tuples(*sides), st.integers(0, 2**32 - 1)).map(make)
 
 

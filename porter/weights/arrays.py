@@ -60,3 +60,29 @@ def to_numpy(value: Any, *, copy: bool = True) -> np.ndarray:
         return array.copy() if copy else array
     return np.asarray(value)
 
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of a strided view (a transposed kernel), or the array itself if it is one.
+
+    numpy copies a transposed view element by element (about 150 MB/s for 2-byte types here);
+    torch's blocked copy is several times faster, so it does the work when torch is importable.
+    Values are moved bit for bit (bfloat16/float8 as same-width integers), never converted.
+    """
+    if array.flags.c_contiguous:
+        return array
+    if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
+        return np.ascontiguousarray(array)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of porter
+        return np.ascontiguousarray(array)
+    bits = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}.get(array.dtype.itemsize)
+    if bits is None or array.dtype.kind not in "biufV" or array.dtype.byteorder == ">":
+        return np.ascontiguousarray(array)
+    import warnings
+
+    with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(array.view(bits))
+    return tensor.contiguous().numpy().view(array.dtype)

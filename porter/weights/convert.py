@@ -174,9 +174,11 @@ class OrbaxSink:
                 "Orbax checkpoint was written in one save, holding every tensor in memory")
 
     def add(self, name: str, path: tuple, array: np.ndarray, dtype: np.dtype, release) -> None:
+        from porter.weights.arrays import contiguous
+
+        array = contiguous(array)
         if np.dtype(array.dtype) != dtype:
             array = array.astype(dtype)
-        array = np.ascontiguousarray(array)
         if not self.partial:
             self.everything.append((path, np.array(array, copy=True)))
             release()

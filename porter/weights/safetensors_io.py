@@ -137,22 +137,25 @@ def map_tensor(path: str | Path, info: TensorInfo) -> np.ndarray:
 def iter_blocks(array: np.ndarray, *, dtype: np.dtype | None = None, block_bytes: int = 16 << 20):
     """C-ordered, little-endian, contiguous pieces of `array` (cast to `dtype`), in order.
 
-    A contiguous array with the right dtype comes back whole (no copy); anything else is
-    copied (and cast) a block of leading-axis rows at a time.
+    A contiguous array with the right dtype comes back whole (no copy); a strided view is
+    copied once (arrays.contiguous); a cast is done a block of leading-axis rows at a time.
     """
+    from porter.weights.arrays import contiguous
+
     target = np.dtype(dtype) if dtype is not None else np.dtype(array.dtype)
     if target.byteorder == ">":
         target = target.newbyteorder("<")
     if array.ndim == 0:
         yield np.ascontiguousarray(array, dtype=target).reshape(1)
         return
-    if array.flags.c_contiguous and np.dtype(array.dtype) == target:
+    array = contiguous(array)  # a transposed view: one copy, by torch's fast blocked transpose
+    if np.dtype(array.dtype) == target:
         yield array
         return
     row = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * max(target.itemsize, array.dtype.itemsize))
     step = max(1, block_bytes // row)
     for start in range(0, array.shape[0], step):
-        yield np.ascontiguousarray(array[start:start + step]).astype(target, copy=False)
+        yield array[start:start + step].astype(target)
 
 
 class SafetensorsWriter:
@@ -187,8 +190,7 @@ class SafetensorsWriter:
 
     def write(self, name: str, array: np.ndarray, *, dtype: np.dtype | None = None,
               block_bytes: int = 16 << 20) -> None:
-        """Write `name` (cast to `dtype` if given). A non-contiguous array (a transposed view of a
-        memory-mapped tensor) is copied block by block along its first axis, never whole."""
+        """Write `name` (cast to `dtype` if given); a transposed view is copied once, a cast done by blocks."""
         if self.next >= len(self.order) or self.order[self.next] != name:
             expected = self.order[self.next] if self.next < len(self.order) else "nothing"
             raise ValueError(f"safetensors writer: got {name!r}, expected {expected!r}")

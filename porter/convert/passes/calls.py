@@ -22,7 +22,7 @@ class CallRewrite(ScopedTransformer):
         self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
         self._kept_depth = 0  # > 0 inside a call of a KEPT_TORCH API
         self._statement_calls: set[int] = set()  # ids of calls that are whole expression statements
-        self._rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
+        self._inplace_rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
         self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
@@ -39,8 +39,8 @@ class CallRewrite(ScopedTransformer):
         if isinstance(original_node, cst.FunctionDef):
             self._tensor_names.pop()
         elif isinstance(original_node, cst.Expr) and isinstance(updated_node, cst.Expr) \
-                and id(original_node.value) in self._rebinds:
-            updated_node = inplace.rebind(updated_node, self._rebinds.pop(id(original_node.value)))
+                and id(original_node.value) in self._inplace_rebinds:
+            updated_node = inplace.rebind(updated_node, self._inplace_rebinds.pop(id(original_node.value)))
         elif isinstance(original_node, (cst.Assign, cst.AugAssign)) and type(updated_node) is type(original_node):
             result = inplace.setitem(original_node, updated_node,
                                      self._tensor_names[-1] if self._tensor_names else None)
@@ -48,17 +48,16 @@ class CallRewrite(ScopedTransformer):
                 updated_node, warning = result
                 if warning:
                     self.report("PT005", original_node, f"torch.Tensor.__setitem__: {warning}")
-                self.record("setitem", original_node, updated_node)
+                rule = self.ctx.rules.method("__setitem__")
+                self.record(rule.id if rule else "setitem", original_node, updated_node)
         elif isinstance(original_node, (cst.Subscript, cst.Attribute)):
             updated_node = inplace.pick_item(updated_node)
         return updated_node
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
-        words = set(super().trigger_words())
-        if self._tensor_names:
-            words.update(self._tensor_names[-1].tensors)
-        return words
+        words = super().trigger_words()
+        return words | self._tensor_names[-1].tensors if self._tensor_names else words
 
     def trigger_state(self):
         return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None
@@ -137,7 +136,7 @@ class CallRewrite(ScopedTransformer):
         for info in result.infos:
             self.report("PT007", original, f"{rule.source[0]} ({rule.id}): {info}")
         if result.rebind is not None:
-            self._rebinds[id(original)] = result.rebind
+            self._inplace_rebinds[id(original)] = result.rebind
             warning = inplace.shared_warning(result.rebind.value, self._tensor_names[-1] if self._tensor_names else None)
             if warning:
                 self.report("PT005", original, f"{code_of(original.func)}: {warning}")
@@ -169,7 +168,8 @@ class CallRewrite(ScopedTransformer):
 
     def _looks_like_tensor(self, call: cst.Call) -> bool:
         receiver = call.func.value
-        if isinstance(receiver, _STRINGS) or any(isinstance(a.value, _STRINGS) for a in call.args):
+        positional = [a for a in call.args if a.keyword is None]
+        if isinstance(receiver, _STRINGS) or (positional and isinstance(positional[0].value, _STRINGS)):
             return False
         if isinstance(receiver, cst.Name) and receiver.value == "self":
             return False  # self.norm(x), self.flatten(x): the module's own layers and methods

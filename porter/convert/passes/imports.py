@@ -4,6 +4,7 @@ imports and the emitted helpers in."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import inspect
 import re
@@ -12,7 +13,7 @@ import libcst as cst
 
 from porter import emitted
 from porter.convert.context import ConversionContext
-from porter.convert.source_index import StatementCode
+from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerSet
 
 # import statement -> what in the converted code needs it
 NEEDED_IMPORTS = [
@@ -22,6 +23,11 @@ NEEDED_IMPORTS = [
     ("import jax.numpy as jnp", re.compile(r"\bjnp\.")),
     ("from flax import nnx", re.compile(r"\bnnx\.")),
     ("import optax", re.compile(r"\boptax\.")),
+    # what porter/emitted_distributed.py's helpers use
+    ("import os", re.compile(r"\bos\.")),
+    ("import numpy as np", re.compile(r"\bnp\.")),
+    ("import orbax.checkpoint as ocp", re.compile(r"\bocp\.")),
+    ("from jax.experimental import multihost_utils", re.compile(r"\bmultihost_utils\.")),
 ]
 
 
@@ -32,10 +38,14 @@ class FinalizeImports(cst.CSTTransformer):
     statements the rewrite left alone from the source text instead of generating them.
     """
 
-    def __init__(self, ctx: ConversionContext, code: StatementCode | None = None) -> None:
+    def __init__(self, ctx: ConversionContext, code: StatementCode | None = None, *,
+                 helpers_after_new_imports: bool = False) -> None:
         super().__init__()
         self.ctx = ctx
         self.code = code or StatementCode(None)
+        # notebooks: the helpers go right after the imports porter adds (in the cell that imported torch),
+        # not after the file's leading import block (the first cell), which may run before jax is imported
+        self.helpers_after_new_imports = helpers_after_new_imports
 
     def visit_Module(self, node: cst.Module) -> bool:
         return False  # all the work is in leave_Module, on the top-level statements
@@ -51,7 +61,10 @@ class FinalizeImports(cst.CSTTransformer):
         insert_at = first_torch if first_torch is not None else _after_docstring_and_future(body)
         new_imports = self._imports_to_add(updated_node)
         out = []
+        imports_at = 0  # where the new imports went in `out`
         for i, stmt in enumerate(body):
+            if i == insert_at:
+                imports_at = len(out)
             if i == insert_at and new_imports:
                 if i in removed:  # the new imports take the place (and spacing) of the torch import
                     new_imports[0] = new_imports[0].with_changes(leading_lines=stmt.leading_lines)
@@ -63,7 +76,7 @@ class FinalizeImports(cst.CSTTransformer):
         helpers = [cst.parse_statement(src) for src in helper_sources(self.ctx.helpers)]
         if helpers:
             spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
-            at = _after_imports(out)
+            at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
             if at < len(out) and len(out[at].leading_lines) < 2:
                 out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
             out[at:at] = spaced
@@ -77,9 +90,17 @@ class FinalizeImports(cst.CSTTransformer):
 
 
 class _NameCollector(cst.CSTVisitor):
-    def __init__(self) -> None:
+    def __init__(self, triggers: TriggerSet | None = None) -> None:
         super().__init__()
         self.names: set[str] = set()
+        self._triggers = triggers  # set: skip statements of the original module without these words
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        triggers = self._triggers
+        if triggers is not None and type(node) in STATEMENT_TYPES and triggers.index.contains(node) \
+                and not triggers.any_within(*triggers.index.span(node)):
+            return False  # left as it was in the source, and no candidate name in its code
+        return super().on_visit(node)
 
     def visit_Import(self, node: cst.Import) -> bool:
         return False
@@ -96,16 +117,59 @@ class _NameCollector(cst.CSTVisitor):
 
 
 def _names_used(module: cst.Module, candidates: set[str], code: StatementCode) -> set[str]:
-    """Which of `candidates` the module uses as names (imports aside). Only statements whose
-    text holds a candidate word are walked: a name cannot occur without its text."""
+    """Which of `candidates` the module uses as names, as _NameCollector counts them (imports
+    aside, attribute names aside). Only statements whose text holds a candidate word are walked
+    (a name cannot occur without its text), and inside them, statements left as they were in the
+    source only when their code does."""
     if not candidates:
         return set()
     words = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(candidates))) + r")(?!\w)")
-    collector = _NameCollector()
+    triggers = None
+    if code.index is not None:
+        triggers = TriggerSet(code.index)
+        triggers.update(candidates)
+    names: set[str] = set()
     for statement in module.body:
         if words.search(code(module, statement)):
-            statement.visit(collector)
-    return collector.names & candidates
+            _collect_names(statement, names, triggers)
+    return names & candidates
+
+
+def _collect_names(node: cst.CSTNode, names: set[str], triggers: TriggerSet | None) -> None:
+    """_NameCollector's walk without libcst's visitor machinery (which rebuilds every node)."""
+    kind = type(node)
+    if kind is cst.Name:
+        names.add(node.value)
+        return
+    if kind is cst.Attribute:
+        _collect_names(node.value, names, triggers)  # jax.nn.relu uses jax, not nn
+        return
+    if kind is cst.Import or kind is cst.ImportFrom:
+        return
+    if triggers is not None and kind in STATEMENT_TYPES and triggers.index.contains(node) \
+            and not triggers.any_within(*triggers.index.span(node)):
+        return  # as it was in the source, and no candidate name in its code
+    for name in _child_fields(kind):
+        child = getattr(node, name)
+        if isinstance(child, cst.CSTNode):
+            _collect_names(child, names, triggers)
+        elif isinstance(child, (list, tuple)):
+            for item in child:
+                if isinstance(item, cst.CSTNode):
+                    _collect_names(item, names, triggers)
+
+
+# fields that hold only whitespace, punctuation or strings, never a Name
+_NO_NAMES = frozenset({"lpar", "rpar", "comma", "semicolon", "leading_lines", "lines_after_decorators", "header",
+                       "footer", "newline", "trailing_whitespace", "colon", "equal", "dot", "star", "operator",
+                       "asynchronous"})
+
+
+@functools.cache
+def _child_fields(kind: type) -> tuple[str, ...]:
+    """Fields of a node type that can hold a Name (whitespace and punctuation cannot)."""
+    return tuple(f.name for f in dataclasses.fields(kind)
+                 if f.name not in _NO_NAMES and not f.name.startswith("whitespace"))
 
 
 def _torch_bindings_of(stmt: cst.CSTNode) -> set[str]:
@@ -152,9 +216,9 @@ def _after_docstring_and_future(body) -> int:
     return i
 
 
-def _after_imports(body) -> int:
-    """Index after the leading block of docstring and imports."""
-    i = 0
+def _after_imports(body, start: int = 0) -> int:
+    """Index after the leading block of docstring and imports (from `start` on)."""
+    i = start
     if i < len(body) and _is_docstring(body[i]):
         i += 1
     last = i
@@ -172,7 +236,7 @@ def helper_sources(names: list[str]) -> list[str]:
     ordered: list[str] = []
 
     def add(name: str) -> None:
-        for dependency in emitted.DEPENDS.get(name, ()):
+        for dependency in _helper_module(name).DEPENDS.get(name, ()):
             add(dependency)
         if name not in ordered:
             ordered.append(name)
@@ -184,6 +248,15 @@ def helper_sources(names: list[str]) -> list[str]:
 
 @functools.cache
 def _helper_source(name: str) -> str:
-    source = inspect.getsource(getattr(emitted, name))
+    source = inspect.getsource(getattr(_helper_module(name), name))
     ast.parse(source)  # the emitted file must stay valid Python
     return source
+
+
+def _helper_module(name: str):
+    """porter/emitted.py, or porter/emitted_distributed.py for the distributed-training helpers
+    (imported only then: it imports orbax)."""
+    if name in emitted.DEPENDS:
+        return emitted
+    from porter import emitted_distributed
+    return emitted_distributed

@@ -23,6 +23,18 @@ from porter.convert.source_index import SourceIndex
 TENSOR_METHOD_PREFIX = "torch.Tensor."
 
 
+_TENSOR_METHODS: dict[int, tuple[object, frozenset[str]]] = {}
+
+
+def _tensor_methods(rules) -> frozenset[str]:
+    """Names of the tensor methods the rules convert (x.view(...), x.sum(...)), once per rule set."""
+    found = _TENSOR_METHODS.get(id(rules))
+    if found is None or found[0] is not rules:
+        found = _TENSOR_METHODS[id(rules)] = (rules, frozenset(
+            symbol[len(TENSOR_METHOD_PREFIX):] for symbol in rules.by_symbol if symbol.startswith(TENSOR_METHOD_PREFIX)))
+    return found[1]
+
+
 class ScopedTransformer(cst.CSTTransformer):
     METADATA_DEPENDENCIES = ()
     # identifiers this class's leave_/visit_ methods react to beyond the torch names, module classes,
@@ -35,6 +47,7 @@ class ScopedTransformer(cst.CSTTransformer):
         self.class_stack: list[str] = []
         self.function_stack: list[str] = []
         self._index: SourceIndex | None = None
+        self._base_words: tuple[object, frozenset[str]] | None = None
 
     def attach(self, index: SourceIndex) -> None:
         """The positions (and text) of the module this pass will visit."""
@@ -46,6 +59,12 @@ class ScopedTransformer(cst.CSTTransformer):
 
     # the statement prefilter (porter/convert/source_index.py) --------------------
     def trigger_words(self) -> Iterable[str]:
+        state = self._base_trigger_state()
+        if self._base_words is None or state != self._base_words[0]:
+            self._base_words = (state, frozenset(self._base_trigger_words()))
+        return self._base_words[1]
+
+    def _base_trigger_words(self) -> set[str]:
         ctx = self.ctx
         words = set(CONVENTIONAL_ALIASES)
         for cls in type(self).__mro__:
@@ -58,15 +77,18 @@ class ScopedTransformer(cst.CSTTransformer):
             words.update(methods)
         for attributes in ctx.layer_attributes.values():  # buffers and parameters: `self.buf = ...` updates
             words.update(name for name, kind in attributes.items() if kind == "buffer" or kind.endswith("Parameter"))
-        words.update(symbol[len(TENSOR_METHOD_PREFIX):] for symbol in ctx.rules.by_symbol
-                     if symbol.startswith(TENSOR_METHOD_PREFIX))
+        words.update(_tensor_methods(ctx.rules))
         return words
 
-    def trigger_state(self) -> object:
+    def _base_trigger_state(self) -> object:
         ctx = self.ctx
         return (len(ctx.imports), len(ctx.assumed_imports), len(ctx.module_classes), len(ctx.rngs_functions),
                 sum(map(len, ctx.methods_needing_rngs.values())), sum(map(len, ctx.layer_attributes.values())))
 
+    def trigger_state(self) -> object:
+        return self._base_trigger_state()
+
+    # where we are --------------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.class_stack.append(node.name.value)
 

@@ -302,17 +302,20 @@ class TrainingRewrite(ModuleRewrite):
         objective = code_of(loop.objective)
         value = objective if objective.isidentifier() else "loss_value"
         aux = [o for o in outputs if o != objective]
+        # the forward may read a criterion called loss_fn (the DDP tutorial's): the inner function yields
+        read = set(names_in(*loop.forward).loaded)
+        loss_fn = next(n for n in ("loss_fn", "compute_loss", "loss_of") if n not in read)
         if aux:
             returns = f"{objective}, ({', '.join(aux)},)"
-            unpack = f"({value}, ({', '.join(aux)},)), grads = nnx.value_and_grad(loss_fn, has_aux=True)({model})"
+            unpack = f"({value}, ({', '.join(aux)},)), grads = nnx.value_and_grad({loss_fn}, has_aux=True)({model})"
         else:
             returns = objective
-            unpack = f"{value}, grads = nnx.value_and_grad(loss_fn)({model})"
+            unpack = f"{value}, grads = nnx.value_and_grad({loss_fn})({model})"
         results = [value if o == objective else o for o in outputs] or [value]
         source = (
             f"@nnx.jit\n"
             f"def {name}({', '.join([model, optimizer, *batch])}):\n"
-            f"    def loss_fn({model}):\n"
+            f"    def {loss_fn}({model}):\n"
             f"{forward}"
             f"        return {returns}\n"
             f"\n"

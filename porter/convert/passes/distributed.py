@@ -1,0 +1,706 @@
+"""Distributed training: torch.distributed, DDP and FSDP -> JAX's own runtime.
+
+A torchrun/DDP script runs one process per GPU; each process builds the
+model, wraps it, reads its share of every batch and averages gradients with
+the others. The converted script is JAX's usual layout: one process per host
+drives all of the host's devices, a device Mesh made current with
+`jax.set_mesh` holds every device of every process, and one jitted step runs
+on the global batch:
+
+- `initialize_distributed()` (JAX's multi-process runtime, a no-op for one
+  process) at the top of the file, before anything touches JAX;
+  `init_process_group(...)` becomes the mesh: axis "data" for DDP, axes
+  ("data", "fsdp") for FSDP (full sharding: data 1, fsdp all devices; hybrid:
+  data over processes, fsdp over each host's devices);
+- `DDP(model, ...)` -> `replicate_params(model)`, `FSDP(model, ...)` ->
+  `shard_params(model)` (each variable split over "fsdp" along its largest
+  divisible axis, annotated with nnx's `out_sharding`); `X.module` -> `X`;
+- the batch of a converted training loop becomes the global batch before the
+  step: `inputs = shard_batch(inputs, "data")`
+  (jax.make_array_from_process_local_data), so the step jits with the
+  batch split along the mesh and the parameters replicated or sharded, and
+  everything the loop computes afterwards is global;
+- `DistributedSampler` keeps torch's data order with one replica per
+  process (`num_replicas=jax.process_count(), rank=jax.process_index()`)
+  and its DataLoader reads batch_size x jax.local_device_count() samples: the
+  union of the processes' k-th batches is the same contiguous chunk of the
+  sampler's permutation as the union of torch's per-GPU k-th batches;
+- `dist.all_reduce` of a metric goes (with a `/= world_size` right after it):
+  the values are already global; `get_rank()` -> `jax.process_index()`,
+  `get_world_size()` -> `jax.device_count()`, LOCAL_RANK/RANK/WORLD_SIZE reads
+  likewise; `barrier()` -> `multihost_utils.sync_global_devices`;
+- `torch.save` -> `save_checkpoint` (Orbax, written by every process: a save
+  under a rank-0 test moves out of it); `X.state_dict()` -> `nnx.state(X, ...)`.
+
+What is not understood (process groups, no_sync, pipeline and tensor
+parallelism, other collectives) is left unchanged and reported (PT023).
+Everything here applies only to files that use torch.distributed or
+torch.nn.parallel: other files convert exactly as TrainingRewrite does.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+import libcst.matchers as m
+
+from porter.convert.context import code_of
+from porter.convert.passes.training import TrainingRewrite, names_in, small
+from porter.convert.transforms import expr, keyword_arg
+
+DIST = "torch.distributed."
+DDP = ("torch.nn.parallel.DistributedDataParallel", "torch.nn.parallel.distributed.DistributedDataParallel")
+FSDP = ("torch.distributed.fsdp.FullyShardedDataParallel",
+        "torch.distributed.fsdp.fully_sharded_data_parallel.FullyShardedDataParallel")
+SAMPLER = ("torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler")
+DATALOADER = ("torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader")
+SPAWN = ("torch.multiprocessing.spawn", "torch.multiprocessing.spawn.spawn")
+SAVE = ("torch.save", "torch.serialization.save")
+SYNC_BN = ("torch.nn.SyncBatchNorm.convert_sync_batchnorm",
+           "torch.nn.modules.batchnorm.SyncBatchNorm.convert_sync_batchnorm")
+SET_DEVICE = ("torch.cuda.set_device",)
+DEVICE_COUNT = ("torch.cuda.device_count",)
+
+# calls whose arguments this pass rewrites or drops itself: the rules leave what is inside them alone
+OWN_CALLS = ("torch.distributed.init_process_group", "torch.distributed.all_reduce", *DDP, *FSDP, *SPAWN, *SYNC_BN)
+
+SIMPLE = {  # torch.distributed.X() -> expression, when called without arguments
+    "get_rank": "jax.process_index()",
+    "get_world_size": "jax.device_count()",
+    "get_node_local_rank": "0",
+    "is_available": "True",
+    "barrier": 'multihost_utils.sync_global_devices("barrier")',
+    "destroy_process_group": "jax.distributed.shutdown()",
+}
+
+# environment variables torchrun sets -> (as an int, as a string)
+ENVIRONMENT = {
+    "LOCAL_RANK": ("0", '"0"'),
+    "RANK": ("jax.process_index()", "str(jax.process_index())"),
+    "WORLD_SIZE": ("jax.device_count()", "str(jax.device_count())"),
+    "LOCAL_WORLD_SIZE": ("jax.local_device_count()", "str(jax.local_device_count())"),
+}
+
+# DDP(...) keywords: dropped as they are, dropped with a warning (performance knobs XLA owns)
+DDP_DROPPED = {"device_ids", "output_device"}
+DDP_KNOBS = {"bucket_cap_mb", "gradient_as_bucket_view", "static_graph", "find_unused_parameters",
+             "broadcast_buffers", "init_sync", "check_reduction"}
+FSDP_DROPPED = {"device_id", "sync_module_states", "use_orig_params"}
+FSDP_KNOBS = {"auto_wrap_policy", "backward_prefetch", "forward_prefetch", "limit_all_gathers"}
+
+AUTO = "axis_types=(jax.sharding.AxisType.Auto,)"
+MESHES = {  # wrapper kind -> (mesh shape, axis names, axis types, batch axes)
+    "ddp": ("(jax.device_count(),)", '("data",)', AUTO, '"data"'),
+    "fsdp": ("(1, jax.device_count())", '("data", "fsdp")', AUTO + " * 2", '("data", "fsdp")'),
+    "hybrid": ("(jax.process_count(), jax.local_device_count())", '("data", "fsdp")', AUTO + " * 2",
+               '("data", "fsdp")'),
+}
+
+UNSUPPORTED_HINTS = {  # torch.distributed family -> what to say
+    "new_group": "custom process groups have no JAX counterpart: name mesh axes and reduce over them "
+                 "(jax.lax.psum(x, 'axis') inside jax.shard_map)",
+    "new_subgroups": "custom process groups have no JAX counterpart: name mesh axes instead",
+    "pipelining": "pipeline parallelism is not converted: split the model by hand (stages on mesh axes, "
+                  "or jax.lax.ppermute between stages inside jax.shard_map)",
+    "pipeline": "pipeline parallelism is not converted: split the model by hand",
+    "tensor": "DTensor / tensor parallelism is not converted: annotate the weights with a 'model' mesh axis "
+              "(nnx.with_partitioning) instead",
+    "device_mesh": "init_device_mesh is not converted: build the mesh with jax.make_mesh",
+    "rpc": "torch.distributed.rpc has no JAX counterpart",
+    "checkpoint": "torch.distributed.checkpoint is not converted: Orbax saves and restores sharded states "
+                  "(ocp.StandardCheckpointer)",
+    "algorithms": "DDP communication hooks and join contexts are not converted: XLA schedules the "
+                  "gradient reduction itself",
+}
+
+
+def _normal(qualified: str | None) -> str:
+    return (qualified or "").replace(".distributed_c10d.", ".")
+
+
+def _keyword(call: cst.Call, name: str) -> cst.BaseExpression | None:
+    return next((a.value for a in call.args if a.keyword and a.keyword.value == name), None)
+
+
+def _positional(call: cst.Call) -> list[cst.BaseExpression]:
+    return [a.value for a in call.args if a.keyword is None and not a.star]
+
+
+def _string(node: cst.BaseExpression | None) -> str | None:
+    return node.evaluated_value if isinstance(node, cst.SimpleString) else None
+
+
+def _is_world_size_name(node: cst.BaseExpression, names: set[str]) -> bool:
+    return isinstance(node, cst.Name) and (node.value in names or "world_size" in node.value.lower())
+
+
+def _parenthesized(node: cst.BaseExpression) -> cst.BaseExpression:
+    if isinstance(node, (cst.Name, cst.Integer, cst.Attribute, cst.Call, cst.Subscript)) or node.lpar:
+        return node
+    return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+
+class DistributedRewrite(TrainingRewrite):
+    TRIGGER_WORDS = frozenset({"environ", "getenv", "module", "state_dict"})
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._active = False
+        self._kind: str | None = None  # "ddp", "fsdp" or "hybrid": the mesh
+        self._wrapped: set[str] = set()  # names bound to DDP(...)/FSDP(...)
+        self._models: set[str] = set()  # those and the models they wrap
+        self._samplers: set[str] = set()
+        self._world_sizes: set[str] = set()
+        self._rank_flags: set[str] = set()  # `is_main = rank == 0`
+        self._divisions: set[int] = set()  # `x /= world_size` right after all_reduce(x): removed too
+        self._means: set[int] = set()  # the all_reduce statements those follow
+        self._elifs: set[int] = set()
+        self._policies: set[int] = set()  # `policy = partial(size_based_auto_wrap_policy, ...)`: removed
+        self._has_init = False
+        self._mesh_placed = False
+        self._words: set[str] = set()
+        self._int_env: set[int] = set()  # env reads inside int(...)
+        self._reported_env: set[str] = set()
+        self._rank0: list[set[int] | None] = []  # per enclosing if: its body's statements when it tests rank 0
+        self._hoisted: set[int] = set()  # converted saves to move out of their rank-0 test
+        self._last_batch: list[str] = []
+        self._rebinds: list[str] = []
+
+    # analysis -------------------------------------------------------------------
+    def visit_Module(self, node: cst.Module) -> None:
+        super().visit_Module(node)
+        uses = [v for v in self.ctx.torch_aliases.values() if v.startswith((DIST, "torch.nn.parallel"))]
+        if not uses and not (self.mentions("distributed") or self.mentions("parallel")):
+            return
+        kinds = set()
+        for call in m.findall(node, m.Call()):
+            qualified = _normal(self.ctx.qualified_name(call.func))
+            if qualified.startswith((DIST, "torch.nn.parallel")):
+                self._active = True
+            if qualified == "torch.distributed.init_process_group":
+                self._has_init = True
+            if qualified in DDP:
+                kinds.add("ddp")
+            elif qualified in FSDP:
+                kinds.add(self._fsdp_kind(call))
+            if qualified in (*DDP, *FSDP) and call.args:
+                self._models.add(code_of(call.args[0].value))
+                policy = _keyword(call, "auto_wrap_policy")
+                if isinstance(policy, cst.Name):
+                    self._words.add(policy.value)
+                    self._policies |= {id(s) for s in self._assignments_to(node, policy.value)}
+        if not self._active:
+            return
+        self._kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
+        for assign in m.findall(node, m.Assign(targets=[m.AssignTarget(target=m.Name())])):
+            target = assign.targets[0].target.value
+            value = assign.value
+            qualified = _normal(self.ctx.qualified_name(value.func)) if isinstance(value, cst.Call) else ""
+            if qualified in (*DDP, *FSDP):
+                self._wrapped.add(target)
+            elif qualified in SAMPLER:
+                self._samplers.add(target)
+            elif qualified == "torch.distributed.get_world_size" or self._env_name(value) == "WORLD_SIZE":
+                self._world_sizes.add(target)
+            elif m.matches(value, m.Comparison()) and self._is_rank0_test(value):
+                self._rank_flags.add(target)
+        self._models |= self._wrapped
+        for block in [node, *m.findall(node, m.IndentedBlock())]:
+            body = list(block.body)
+            for first, second in zip(body, body[1:]):
+                reduced = self._reduced_name(first)
+                if reduced and self._divides(second, reduced):
+                    self._divisions.add(id(second))
+                    self._means.add(id(first))
+                    self._words.add(reduced)
+        self._words |= self._models | self._rank_flags | {i.name for i in self.ctx.optimizers.values()}
+
+    def trigger_words(self):
+        return {*super().trigger_words(), *self._words}
+
+    def trigger_state(self):
+        return super().trigger_state(), len(self._words)
+
+    def _fsdp_kind(self, call: cst.Call) -> str:
+        strategy = _keyword(call, "sharding_strategy")
+        name = code_of(strategy).rsplit(".", 1)[-1] if strategy is not None else "FULL_SHARD"
+        if name in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+            return "hybrid"
+        return "ddp" if name == "NO_SHARD" else "fsdp"
+
+    @staticmethod
+    def _assignments_to(node: cst.Module, name: str) -> list[cst.SimpleStatementLine]:
+        return [s for s in m.findall(node, m.SimpleStatementLine(body=[m.Assign(targets=[
+            m.AssignTarget(target=m.Name(name))])]))]
+
+    def _reduced_name(self, statement: cst.CSTNode) -> str | None:
+        """`dist.all_reduce(x, op=SUM)` as a statement -> 'x'."""
+        call = small(statement)
+        if not (isinstance(call, cst.Expr) and isinstance(call.value, cst.Call)):
+            return None
+        call = call.value
+        if _normal(self.ctx.qualified_name(call.func)) != "torch.distributed.all_reduce":
+            return None
+        args = _positional(call)
+        op = _keyword(call, "op") or (args[1] if len(args) > 1 else None)
+        if args and isinstance(args[0], cst.Name) and (op is None or code_of(op).endswith(".SUM")):
+            return args[0].value
+        return None
+
+    def _divides(self, statement: cst.CSTNode, name: str) -> bool:
+        """`x /= world_size` or `x = x / world_size`."""
+        line = small(statement)
+        if isinstance(line, cst.AugAssign) and m.matches(line, m.AugAssign(target=m.Name(name), operator=m.DivideAssign())):
+            divisor = line.value
+        elif isinstance(line, cst.Assign) and m.matches(line, m.Assign(targets=[m.AssignTarget(m.Name(name))],
+                                                                       value=m.BinaryOperation(left=m.Name(name), operator=m.Divide()))):
+            divisor = line.value.right
+        else:
+            return False
+        return _is_world_size_name(divisor, self._world_sizes) or \
+            _normal(self.ctx.qualified_name(divisor.func) if isinstance(divisor, cst.Call) else None) \
+            == "torch.distributed.get_world_size"
+
+    def _is_rank0_test(self, test: cst.BaseExpression) -> bool:
+        if isinstance(test, cst.Name):
+            return test.value in self._rank_flags
+        if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1
+                and isinstance(test.comparisons[0].operator, cst.Equal)):
+            return False
+        left, right = test.left, test.comparisons[0].comparator
+        if m.matches(left, m.Integer("0")):
+            left, right = right, left
+        if not m.matches(right, m.Integer("0")):
+            return False
+        if isinstance(left, cst.Name):
+            return "rank" in left.value.lower()
+        if isinstance(left, cst.Call):
+            return _normal(self.ctx.qualified_name(left.func)) == "torch.distributed.get_rank"
+        return False
+
+    def _env_name(self, node: cst.BaseExpression) -> str | None:
+        """The torchrun variable an environment read names: os.environ["X"], os.environ.get("X", d), os.getenv("X")."""
+        if isinstance(node, cst.Subscript) and code_of(node.value) in ("os.environ", "environ") \
+                and len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+            name = _string(node.slice[0].slice.value)
+        elif isinstance(node, cst.Call) and code_of(node.func) in ("os.environ.get", "environ.get", "os.getenv",
+                                                                   "getenv") and node.args:
+            name = _string(node.args[0].value)
+        else:
+            return None
+        return name if name in ENVIRONMENT else None
+
+    # calls ----------------------------------------------------------------------
+    def visit_Call(self, node: cst.Call) -> None:
+        super().visit_Call(node)
+        if not self._active:
+            return
+        if _normal(self.ctx.qualified_name(node.func)) in OWN_CALLS:
+            self._kept_depth += 1  # the arguments are this pass's business
+        if m.matches(node.func, m.Name("int")) and len(node.args) == 1 and self._env_name(node.args[0].value):
+            self._int_env.add(id(node.args[0].value))
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
+        if not self._active:
+            return super().leave_Call(original_node, updated_node)
+        qualified = _normal(self.ctx.qualified_name(original_node.func))
+        if qualified in OWN_CALLS:
+            self._kept_depth -= 1
+        if qualified in SAMPLER or qualified in DATALOADER:
+            updated_node = super().leave_Call(original_node, updated_node)  # kept: torch's data loading
+            return self._sampler(original_node, updated_node) if qualified in SAMPLER \
+                else self._loader(original_node, updated_node)
+        if qualified in DDP or qualified in FSDP:
+            return self._wrap(qualified, original_node, updated_node)
+        if qualified in SPAWN:
+            return self._spawn(original_node, updated_node)
+        if qualified in SAVE:
+            return self._save(original_node, updated_node)
+        if qualified in SYNC_BN and len(updated_node.args) == 1:
+            self.report("PT020", original_node, "SyncBatchNorm: the converted step computes batch statistics over "
+                                                "the global batch already; the conversion is dropped")
+            return self._changed("sync-batchnorm", original_node, updated_node.args[0].value)
+        if qualified in DEVICE_COUNT:
+            return self._changed("device-count", original_node, expr("jax.local_device_count()"))
+        if qualified in SET_DEVICE or qualified in ("torch.distributed.init_process_group",
+                                                    "torch.distributed.all_reduce"):
+            return updated_node  # statements: leave_SimpleStatementLine
+        if qualified.startswith(DIST):
+            return self._dist_call(qualified, original_node, updated_node)
+        if m.matches(original_node.func, m.Name("int")) and original_node.args \
+                and id(original_node.args[0].value) in self._int_env:
+            return updated_node.args[0].value  # the read already became an int expression
+        name = self._env_name(original_node)
+        if name:
+            return self._env(name, original_node)
+        if m.matches(updated_node.func, m.Attribute(value=m.Name(), attr=m.Name("state_dict"))) \
+                and not updated_node.args and updated_node.func.value.value in self._state_owners():
+            owner = updated_node.func.value.value  # `ddp_model.module.state_dict()`: .module went already
+            new = expr(f"nnx.state({owner}, nnx.Not(nnx.RngState))") if owner in self._models \
+                else expr(f"nnx.state({owner})")
+            return self._changed("state-dict", original_node, new)
+        if m.matches(original_node.func, m.Attribute(value=m.Name(), attr=m.Name("no_sync"))) \
+                and original_node.func.value.value in self._models:
+            self.report("PT023", original_node, "no_sync() (gradient accumulation without reduction) is not "
+                                                "converted: accumulate gradients in the step (optax.MultiSteps) "
+                                                "and drop the context; left unchanged")
+            return updated_node
+        return super().leave_Call(original_node, updated_node)
+
+    def _state_owners(self) -> set[str]:
+        return self._models | {i.name for i in self.ctx.optimizers.values()}
+
+    def _changed(self, rule: str, original: cst.CSTNode, new: cst.CSTNode) -> cst.CSTNode:
+        self.record(rule, original, new)
+        return new
+
+    def _dist_call(self, qualified: str, original: cst.Call, updated: cst.Call):
+        name = qualified[len(DIST):]
+        if name in SIMPLE and not original.args:
+            return self._changed(f"dist-{name}", original, expr(SIMPLE[name]))
+        family = name.split(".")[0]
+        hint = UNSUPPORTED_HINTS.get(family) or (
+            f"{qualified} with a process group is not converted" if original.args and name in SIMPLE else
+            f"{qualified}: only all_reduce of metrics (SUM or AVG) is converted among the collectives; "
+            "exchange host values with jax.experimental.multihost_utils (process_allgather, "
+            "broadcast_one_to_all), device values inside the jitted step")
+        self.report("PT023", original, f"{hint}; left unchanged")
+        return updated
+
+    def _env(self, name: str, original: cst.BaseExpression):
+        as_int, as_str = ENVIRONMENT[name]
+        new = expr(as_int if id(original) in self._int_env else as_str)
+        if name not in self._reported_env:
+            self._reported_env.add(name)
+            meaning = {"LOCAL_RANK": "one JAX process drives all of its host's devices, so its local rank is 0",
+                       "RANK": "the rank of a process is jax.process_index()",
+                       "WORLD_SIZE": "torchrun's world size counts devices (one process each): jax.device_count()",
+                       "LOCAL_WORLD_SIZE": "the devices of this host: jax.local_device_count()"}[name]
+            self.report("PT020", original, f"{name} from torchrun's environment: {meaning}")
+        return self._changed("dist-environment", original, new)
+
+    def leave_Subscript(self, original_node: cst.Subscript, updated_node: cst.Subscript):
+        name = self._env_name(original_node) if self._active else None
+        if name:
+            return self._env(name, original_node)
+        return updated_node
+
+    def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        updated = super().leave_Attribute(original_node, updated_node)
+        if self._active and m.matches(original_node, m.Attribute(value=m.Name(), attr=m.Name("module"))) \
+                and original_node.value.value in self._wrapped and isinstance(updated, cst.Attribute):
+            return self._changed("ddp-module", original_node, updated.value)
+        return updated
+
+    # DDP / FSDP -------------------------------------------------------------------
+    def _wrap(self, qualified: str, original: cst.Call, updated: cst.Call):
+        fsdp = qualified in FSDP
+        kind = "FullyShardedDataParallel" if fsdp else "DistributedDataParallel"
+        positional = _positional(original)
+        if not positional or len(positional) > (1 if fsdp else 2) or any(a.star for a in original.args):
+            self.report("PT023", original, f"{kind}: only the module positionally and keyword options are "
+                                           "converted; left unchanged")
+            return updated
+        dropped, knobs = (FSDP_DROPPED, FSDP_KNOBS) if fsdp else (DDP_DROPPED, DDP_KNOBS)
+        helper = "shard_params" if fsdp else "replicate_params"
+        for arg in original.args[1:]:
+            if arg.keyword is None:
+                continue  # DDP's device_ids
+            key = arg.keyword.value
+            if key in dropped:
+                continue
+            if key in knobs:
+                what = "its auto-wrap policy (which submodules FSDP flattens and gathers as one unit)" \
+                    if key == "auto_wrap_policy" else f"{key}={code_of(arg.value)}"
+                self.report("PT022", arg, f"{kind}: {what} is dropped: every variable is sharded on its own and "
+                                          "XLA schedules the gathers and reductions")
+            elif fsdp and key == "sharding_strategy":
+                strategy = code_of(arg.value).rsplit(".", 1)[-1]
+                if strategy not in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2",
+                                    "NO_SHARD"):
+                    self.report("PT023", arg, f"{kind}: sharding_strategy={code_of(arg.value)} is not understood; "
+                                              "left unchanged")
+                    return updated
+                if strategy == "NO_SHARD":
+                    helper = "replicate_params"
+                if strategy in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2"):
+                    self.report("PT020", arg, f"{kind}: {strategy} keeps whole parameters between forward and "
+                                              "backward; the converted parameters stay sharded (less memory, "
+                                              "same numbers)")
+            elif fsdp and key == "cpu_offload" and m.matches(arg.value, m.Call(args=[m.Arg(
+                    keyword=m.Name("offload_params"), value=m.Name("False"))])):
+                continue
+            else:
+                self.report("PT023", arg, f"{kind}: {key}= is not converted (process groups, mixed precision, "
+                                          "offloading, ignored modules have no direct counterpart); left unchanged")
+                return updated
+        if not fsdp:
+            self._batch_norm_warning(original)
+        self.ctx.need_helper(helper)
+        new = cst.Call(cst.Name(helper), [cst.Arg(updated.args[0].value)])
+        return self._changed("ddp" if not fsdp else "fsdp", original, new)
+
+    def _batch_norm_warning(self, original: cst.Call) -> None:
+        layers = {q for attrs in self.ctx.layer_attributes.values() for q in attrs.values()}
+        if any("BatchNorm" in q and "SyncBatchNorm" not in q for q in layers) and not self.mentions("SyncBatchNorm"):
+            self.report("PT024", original, "BatchNorm under DDP normalises with each device's batch statistics; "
+                                           "the converted step uses the global batch's (as SyncBatchNorm does)")
+
+    # data loading ---------------------------------------------------------------------
+    def _sampler(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        """One replica per process: the process's share of the permutation, loaded for all its devices."""
+        values = {"num_replicas": "jax.process_count()", "rank": "jax.process_index()"}
+        args = list(updated.args)
+        for position, key in ((1, "num_replicas"), (2, "rank")):
+            value = expr(values[key])
+            index = next((i for i, a in enumerate(args) if a.keyword and a.keyword.value == key), None)
+            if index is None and len([a for a in args if a.keyword is None]) > position:
+                index = [i for i, a in enumerate(args) if a.keyword is None][position]
+            if index is None:
+                args.append(keyword_arg(key, value))
+            else:
+                args[index] = args[index].with_changes(value=value)
+        new = updated.with_changes(args=_with_commas(args))
+        self.report("PT020", original, "DistributedSampler: one replica per JAX process (each process loads the "
+                                       "rows of all its devices), torch's permutation and seed kept")
+        return self._changed("distributed-sampler", original, new)
+
+    def _loader(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        sampler = _keyword(original, "sampler")
+        distributed = (isinstance(sampler, cst.Name) and sampler.value in self._samplers) or \
+            (isinstance(sampler, cst.Call) and _normal(self.ctx.qualified_name(sampler.func)) in SAMPLER)
+        if not distributed:
+            return updated
+        args = list(updated.args)
+        index = next((i for i, a in enumerate(args) if a.keyword and a.keyword.value == "batch_size"), None)
+        if index is None and len([a for a in args if a.keyword is None]) > 1:
+            index = [i for i, a in enumerate(args) if a.keyword is None][1]
+        if index is None:
+            args.append(keyword_arg("batch_size", expr("jax.local_device_count()")))
+        else:
+            size = args[index].value
+            args[index] = args[index].with_changes(value=cst.BinaryOperation(
+                _parenthesized(size), cst.Multiply(), expr("jax.local_device_count()")))
+        self.report("PT020", original, "DataLoader: torch's batch_size was per GPU process; a JAX process loads "
+                                       "it for each of its devices (a last, smaller batch must still divide "
+                                       "among them: drop_last=True if the dataset is not a multiple of the "
+                                       "global batch)")
+        return self._changed("distributed-loader", original, updated.with_changes(args=_with_commas(args)))
+
+    def _spawn(self, original: cst.Call, updated: cst.Call):
+        positional = _positional(original)
+        spawn_args = _keyword(original, "args") or (positional[1] if len(positional) > 1 else None)
+        if not positional:
+            self.report("PT023", original, "torch.multiprocessing.spawn without a function; left unchanged")
+            return updated
+        call_args = [cst.Arg(expr("jax.process_index()"))]
+        if isinstance(spawn_args, cst.Tuple):
+            call_args += [cst.Arg(e.value) for e in spawn_args.elements]
+        elif spawn_args is not None:
+            call_args.append(cst.Arg(spawn_args, star="*"))
+        self.report("PT020", original, "torch.multiprocessing.spawn: one process per host drives all of its "
+                                       "devices, so the function runs once, with the process index as its rank")
+        new = cst.Call(positional[0], _with_commas(call_args))
+        if isinstance(positional[0], cst.Name) and positional[0].value in self.ctx.rngs_functions:
+            new = self._add_rngs(original, new)  # the function builds layers: it takes rngs now
+        return self._changed("spawn", original, new)
+
+    def _save(self, original: cst.Call, updated: cst.Call):
+        positional = _positional(updated)
+        obj = positional[0] if positional else _keyword(updated, "obj")
+        path = positional[1] if len(positional) > 1 else _keyword(updated, "f")
+        if obj is None or path is None or len(updated.args) > 2:
+            self.report("PT023", original, "torch.save with options is not converted; left unchanged")
+            return updated
+        if sum(1 for f in self._rank0 if f is not None) and not self._direct_rank0_child:
+            self.report("PT024", original, "save_checkpoint must run on every process (Orbax coordinates them); "
+                                           "this one sits under a rank test: move it out by hand")
+        self.ctx.need_helper("save_checkpoint")
+        return self._changed("orbax-save", original, cst.Call(cst.Name("save_checkpoint"),
+                                                               _with_commas([cst.Arg(path), cst.Arg(obj)])))
+
+    # statements ---------------------------------------------------------------------
+    _direct_rank0_child = False
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
+        frame = self._rank0[-1] if self._rank0 else None
+        self._direct_rank0_child = frame is not None and id(node) in frame
+        if self._active and id(node) in self._policies:
+            self._kept_depth += 1
+
+    def leave_SimpleStatementLine(self, original_node, updated_node):
+        if not self._active:
+            return super().leave_SimpleStatementLine(original_node, updated_node)
+        if id(original_node) in self._policies:
+            self._kept_depth -= 1
+            self.record("fsdp-policy", original_node, cst.Pass())
+            return cst.RemoveFromParent()
+        if id(original_node) in self._divisions:
+            self.record("all-reduce-mean", original_node, cst.Pass())
+            return cst.RemoveFromParent()
+        statement = small(original_node)
+        call = statement.value if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call) else None
+        qualified = _normal(self.ctx.qualified_name(call.func)) if call is not None else ""
+        if qualified == "torch.distributed.init_process_group":
+            return self._mesh(original_node, updated_node, replace=True)
+        if qualified in SET_DEVICE:
+            self.record("set-device", original_node, cst.Pass())
+            return cst.RemoveFromParent()
+        if qualified == "torch.distributed.all_reduce":
+            return self._all_reduce(original_node, call, updated_node)
+        updated = super().leave_SimpleStatementLine(original_node, updated_node)
+        if isinstance(updated, cst.SimpleStatementLine) and _self_assignment(small(updated)) \
+                and not _self_assignment(statement):
+            self.record("self-assignment", original_node, cst.Pass())  # `model = model.cuda()` once placement went
+            return cst.RemoveFromParent()
+        if isinstance(updated, cst.SimpleStatementLine) and self._direct_rank0_child and m.findall(
+                updated, m.Call(func=m.Name("save_checkpoint"))):
+            self._hoisted.add(id(updated))
+        if not self._has_init and not self._mesh_placed and isinstance(updated, cst.SimpleStatementLine) \
+                and m.findall(updated, m.Call(func=m.Name("replicate_params") | m.Name("shard_params"))):
+            return self._mesh(original_node, updated, replace=False)
+        return updated
+
+    def _mesh(self, original, updated, *, replace: bool):
+        """init_process_group -> the device mesh, made current (the process group itself starts at the top)."""
+        shape, names, types, _ = MESHES[self._kind or "ddp"]
+        name = "mesh" if not self.mentions("mesh") else "device_mesh"
+        statements = [
+            cst.parse_statement(f"{name} = jax.make_mesh({shape}, {names}, {types})\n"),
+            cst.parse_statement(f"jax.set_mesh({name})  # where shard_batch and {self._placement()} place arrays\n"),
+        ]
+        self._mesh_placed = True
+        self.report("PT020", original, self._mesh_message(replace))
+        self.record("mesh", original, statements[0])
+        statements[0] = statements[0].with_changes(leading_lines=updated.leading_lines)
+        if not replace:
+            statements.append(updated.with_changes(leading_lines=[]))
+        return cst.FlattenSentinel(statements)
+
+    def _placement(self) -> str:
+        return "shard_params" if self._kind in ("fsdp", "hybrid") else "replicate_params"
+
+    def _mesh_message(self, replace: bool) -> str:
+        where = "init_process_group" if replace else "no init_process_group in this file: here"
+        layout = {"ddp": 'one axis "data" over every device of every process',
+                  "fsdp": 'axes ("data", "fsdp"): every device on "fsdp", where parameters are sharded and '
+                          "the batch split",
+                  "hybrid": 'axes ("data", "fsdp"): processes on "data" (replicas), each host\'s devices on '
+                            '"fsdp" (shards)'}[self._kind or "ddp"]
+        return f"{where} -> a device mesh with {layout}; JAX's multi-process runtime starts at the top of the file"
+
+    def _all_reduce(self, original, call: cst.Call, updated):
+        args = _positional(call)
+        op = _keyword(call, "op") or (args[1] if len(args) > 1 else None)
+        op_name = code_of(op).rsplit(".", 1)[-1] if op is not None else "SUM"
+        extra = [a.keyword.value for a in call.args if a.keyword and a.keyword.value != "op"]
+        if op_name not in ("SUM", "AVG") or extra or len(args) > 2 or not args:
+            self.report("PT023", call, "all_reduce with this op or a process group is not converted (SUM and "
+                                       "AVG of metrics are); left unchanged")
+            return updated
+        self.report("PT021", call, f"all_reduce of {code_of(args[0])} removed: computed from the step's results "
+                                   "and the global batch, it already covers every device"
+                                   + (" (the division by the world size after it goes too)"
+                                      if id(original) in self._means else ""))
+        self.record("all-reduce", original, cst.Pass())
+        return cst.RemoveFromParent()
+
+    # rank-0 blocks -------------------------------------------------------------------
+    def visit_If(self, node: cst.If) -> None:
+        if isinstance(node.orelse, cst.If):
+            self._elifs.add(id(node.orelse))
+        self._rank0.append({id(s) for s in node.body.body} if self._active and self._is_rank0_test(node.test)
+                           else None)
+
+    def leave_If(self, original_node: cst.If, updated_node: cst.If):
+        frame = self._rank0.pop()
+        if not self._active or id(original_node) in self._elifs:
+            return updated_node
+        body = list(updated_node.body.body)
+        hoisted = [s for s in body if id(s) in self._hoisted] if frame is not None else []
+        if hoisted:
+            body = [s for s in body if id(s) not in self._hoisted]
+            self.report("PT025", original_node, "Orbax saves from every process: the save moved out of the "
+                                                "rank-0 test")
+        emptied = not body or (len(body) == 1 and m.matches(body[0], m.SimpleStatementLine([m.Pass()]))
+                               and not m.matches(original_node.body.body[0], m.SimpleStatementLine([m.Pass()])))
+        if emptied and updated_node.orelse is None:
+            self.record("empty-if", original_node, cst.Pass())
+            if not hoisted:
+                return cst.RemoveFromParent()
+            first = hoisted[0].with_changes(leading_lines=updated_node.leading_lines)
+            return cst.FlattenSentinel([first, *hoisted[1:]])
+        if not hoisted:
+            return updated_node
+        if not body:
+            body = [cst.SimpleStatementLine([cst.Pass()])]
+        new_if = updated_node.with_changes(body=updated_node.body.with_changes(body=body))
+        return cst.FlattenSentinel([new_if, *[h.with_changes(leading_lines=[]) for h in hoisted]])
+
+    # training loops --------------------------------------------------------------------
+    def batch_argument(self, name: str) -> str:
+        return name if self._active else super().batch_argument(name)
+
+    def _batch_arguments(self, original, loop):
+        batch = super()._batch_arguments(original, loop)
+        self._last_batch = batch
+        return batch
+
+    def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
+        steps = len(self.ctx.training_steps)
+        converted = super()._convert_loop_body(original, updated)
+        if not self._active or len(self.ctx.training_steps) == steps or not self._last_batch:
+            return converted
+        step = f"{self.ctx.training_steps[-1]}_fast"
+        body = list(converted.body.body)
+        at = next(i for i, s in enumerate(body) if m.findall(s, m.Call(func=m.Name(step))))
+        axes = MESHES[self._kind or "ddp"][3]
+        batch = self._last_batch
+        targets = ", ".join(batch)
+        values = ", ".join(f"shard_batch({b}, {axes})" for b in batch)
+        rebind = cst.parse_statement(f"{targets} = {values}  # this process's rows -> the global batch\n")
+        rebind = rebind.with_changes(leading_lines=body[at].leading_lines)
+        body[at:at + 1] = [rebind, body[at].with_changes(leading_lines=[])]
+        self.ctx.need_helper("shard_batch")
+        self.record("shard-batch", original, rebind)
+        return converted.with_changes(body=converted.body.with_changes(body=body))
+
+    # the process group starts before anything touches JAX --------------------------------
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        if not self._active:
+            return updated_node
+        body = list(updated_node.body)
+        at = _after_leading_imports(body)
+        start = cst.parse_statement("initialize_distributed()  # JAX's multi-process runtime (nothing to start "
+                                    "for a single process)\n")
+        body.insert(at, start.with_changes(leading_lines=[cst.EmptyLine()]))
+        self.ctx.need_helper("initialize_distributed")
+        return updated_node.with_changes(body=body)
+
+
+def _self_assignment(statement) -> bool:
+    return isinstance(statement, cst.Assign) and len(statement.targets) == 1 \
+        and code_of(statement.targets[0].target) == code_of(statement.value)
+
+
+def _with_commas(args: list[cst.Arg]) -> list[cst.Arg]:
+    """Arguments re-joined with `, ` (a replaced or appended one may have lost its comma)."""
+    out = []
+    for i, arg in enumerate(args):
+        last = i == len(args) - 1
+        comma = cst.MaybeSentinel.DEFAULT if last else (
+            arg.comma if isinstance(arg.comma, cst.Comma) else cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        out.append(arg.with_changes(comma=comma))
+    return out
+
+
+def _after_leading_imports(body: list[cst.CSTNode]) -> int:
+    """Index after the leading docstring and import statements."""
+    def is_import(s):
+        return isinstance(s, cst.SimpleStatementLine) and all(isinstance(b, (cst.Import, cst.ImportFrom))
+                                                              for b in s.body)
+    i = 1 if body and m.matches(body[0], m.SimpleStatementLine([m.Expr(m.SimpleString())])) else 0
+    last = i
+    while i < len(body) and is_import(body[i]):
+        i += 1
+        last = i
+    return last
