@@ -8,6 +8,7 @@ import sys
 from porter.check.bench_cli import add_bench_parser
 from porter.check.cli import add_check_parser
 from porter.convert.cli import add_convert_parser
+from porter.convert.explain import add_explain_parser
 from porter.rules.scan import add_scan_parser
 from porter.rules.table import add_rules_parser
 from porter.weights.cli import add_weights_parser
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(commands)
+    add_explain_parser(commands)
     add_weights_parser(commands)
     add_check_parser(commands)
     add_bench_parser(commands)

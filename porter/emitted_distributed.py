@@ -26,19 +26,23 @@ def initialize_distributed():
     devices: on a single host nothing needs to start and this does nothing.
     With several processes it calls ``jax.distributed.initialize``, reading a
     torchrun-style launch from the environment (MASTER_ADDR, MASTER_PORT,
-    WORLD_SIZE, RANK; with LOCAL_WORLD_SIZE > 1 each process takes the device
-    LOCAL_RANK) and leaving SLURM and Open MPI launches to JAX's own
-    detection. It must run before anything else uses JAX.
+    WORLD_SIZE, RANK; under torchrun itself the coordinator takes the port
+    after MASTER_PORT, or JAX_COORDINATOR_PORT; with LOCAL_WORLD_SIZE > 1 each
+    process takes the device LOCAL_RANK) and leaving SLURM and Open MPI
+    launches to JAX's own detection. It must run before anything else uses JAX.
     """
     env = os.environ
     if jax.distributed.is_initialized():
         return
     if int(env.get("WORLD_SIZE", "1")) > 1:
+        port = int(env["MASTER_PORT"])
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            port += 1  # torchrun's agent holds MASTER_PORT itself
         local_device_ids = None
         if int(env.get("LOCAL_WORLD_SIZE", "1")) > 1:
             local_device_ids = [int(env["LOCAL_RANK"])]
         jax.distributed.initialize(
-            coordinator_address=f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+            coordinator_address=f"{env['MASTER_ADDR']}:{env.get('JAX_COORDINATOR_PORT', port)}",
             num_processes=int(env["WORLD_SIZE"]),
             process_id=int(env["RANK"]),
             local_device_ids=local_device_ids,

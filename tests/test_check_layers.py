@@ -199,7 +199,7 @@ def test_planted_wrong_epsilon_is_named_first_with_its_line(tmp_path, capsys):
 
 def test_same_models_without_the_bug_pass(tmp_path):
     torch_model, flax_model = build(tmp_path)
-    report = check_equivalence(torch_model, flax_model, x_input(), jit=False)
+    report = check_equivalence(torch_model, flax_model, x_input())
     assert report.passed, report.format()
     layers = report.layers
     assert layers.first is None and layers.culprit is None and not layers.failures
@@ -275,7 +275,7 @@ def test_a_different_internal_layout_is_reported_but_does_not_fail(tmp_path):
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
-    report = check_equivalence(TNet(), FNet(rngs=nnx.Rngs(0)), x, jit=False)
+    report = check_equivalence(TNet(), FNet(rngs=nnx.Rngs(0)), x)
     assert report.passed, report.format()
     row = report.layers.row("conv")
     assert row.status == "FAIL" and "shape: torch (2, 4, 5, 5), flax (2, 5, 5, 4)" in row.note

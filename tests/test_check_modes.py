@@ -96,7 +96,7 @@ def test_keyword_and_integer_inputs_nested_outputs(multi):
     M = import_file(multi)
     (x, ids), kw = multi_inputs()
     torch.manual_seed(0)
-    report = check_equivalence(randomize(M.TMulti()), M.FMulti(rngs=nnx.Rngs(0)), x, ids, kw_inputs=kw, jit=False)
+    report = check_equivalence(randomize(M.TMulti()), M.FMulti(rngs=nnx.Rngs(0)), x, ids, kw_inputs=kw)
     assert report.passed, report.format()
     outputs = [r.name for r in report.rows if r.kind == "output"]
     assert outputs == ["output['h']", "output['pair'][0]", "output['pair'][1]"]
@@ -113,7 +113,7 @@ def test_an_ignored_keyword_input_fails(multi):
     (x, ids), kw = multi_inputs()
     torch.manual_seed(0)
     report = check_equivalence(randomize(M.TMulti()), M.FMulti(rngs=nnx.Rngs(0), ignore_mask=True), x, ids,
-                               kw_inputs=kw, jit=False)
+                               kw_inputs=kw)
     assert not report.row("output['h']").ok and not report.row("input['mask']", "grad input").ok
 
 
@@ -195,7 +195,7 @@ def test_train_mode_with_batch_statistics_after_three_steps():
     torch.manual_seed(0)
     torch_model = randomize(TBN())
     report = check_equivalence(torch_model, loaded_fbn(torch_model), bn_input(), mode="train", train_steps=3,
-                               lr=0.05, jit=False, load_weights=False)
+                               lr=0.05, load_weights=False)
     assert report.passed, report.format()
     state = {r.name: r for r in report.rows if r.kind == "state"}
     assert set(state) == set(torch_model.state_dict())
@@ -214,7 +214,7 @@ def test_nnx_batchnorm_running_var_differs_from_torch_after_steps():
     unbiased one (n / (n - 1), 16/15 here): outputs and gradients agree, the running_var does not."""
     torch.manual_seed(0)
     report = check_equivalence(randomize(TBN()), FBN(rngs=nnx.Rngs(0), torch_style=False), bn_input(),
-                               mode="train", train_steps=2, lr=0.05, jit=False)
+                               mode="train", train_steps=2, lr=0.05)
     assert [r.name for r in report.failures] == ["bn.running_var"], report.format()
     assert report.row("bn.running_mean").ok and report.row("output").ok
 
@@ -255,7 +255,7 @@ def block_input():
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_transformer_block_in_16_bit(tmp_path, dtype):
-    report = check_equivalence(*transformer_pair(tmp_path), block_input(), dtype=dtype, jit=False)
+    report = check_equivalence(*transformer_pair(tmp_path), block_input(), dtype=dtype)
     assert report.passed, report.format()
     assert report.output_rtol == TOLERANCES[dtype].output and report.grad_rtol == TOLERANCES[dtype].grad
     assert report.row("output").rel <= TOLERANCES[dtype].output  # the output within the table itself
@@ -265,7 +265,7 @@ def test_transformer_block_in_16_bit(tmp_path, dtype):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_16_bit_tolerances_still_catch_a_wrong_attention_scale(tmp_path, dtype):
-    report = check_equivalence(*transformer_pair(tmp_path, bug=True), block_input(), dtype=dtype, jit=False)
+    report = check_equivalence(*transformer_pair(tmp_path, bug=True), block_input(), dtype=dtype)
     assert not report.row("output").ok
     assert "vs float32 converted" in report.row("output").note
     # the first module after the wrong scale (in attn's forward) is the attention dropout
@@ -377,7 +377,7 @@ def test_seeded_runs_are_identical():
     def once():
         torch.manual_seed(0)
         report = check_equivalence(randomize(TBN()), FBN(rngs=nnx.Rngs(0)), bn_input(), mode="train",
-                                   train_steps=2, jit=False, layers=False)
+                                   train_steps=2, layers=False)
         return [(r.name, r.max_abs) for r in report.rows]
 
     assert once() == once()

@@ -236,7 +236,13 @@ def runs(tmp_path_factory):
     for devices in (1, 8):
         started[f"fsdp_{devices}"] = _start(["jax", str(fsdp), "out.json"], base / f"fsdp_{devices}",
                                             _env(XLA_FLAGS=_devices(devices)))
-    outputs = {key: _finish(process, key) for key, process in started.items()}
+    try:
+        outputs = {key: _finish(process, key) for key, process in started.items()}
+    finally:
+        for process in started.values():  # a failed or hung run does not leave the others behind
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     results = {}
     for key in ("torch", "ddp_1", "ddp_2", "ddp_8", "ddp_2proc", "fsdp_1", "fsdp_8"):
         results[key] = json.loads((base / key / "out.json").read_text())

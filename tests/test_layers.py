@@ -16,7 +16,8 @@ from porter.rules.loader import load_rules
 
 LAYER_FILES = ("torch_nn.toml", "einops.toml")
 RULES = [rule for rule in load_rules().rules if rule.file in LAYER_FILES]
-CASES = [(rule, i, case) for rule in RULES for i, case in enumerate(rule.verify)]
+BY_ID = {rule.id: rule for rule in RULES}
+CASES = [(rule.id, i) for rule in RULES for i in range(len(rule.verify))]
 # a few examples per case keep CI in budget: every rule is exercised on every run, more locally
 EXAMPLES = max(3, settings().max_examples // 3)
 
@@ -25,10 +26,11 @@ def test_every_layer_rule_has_a_verify_case():
     assert [rule.id for rule in RULES if not rule.verify] == []
 
 
-@pytest.mark.parametrize("rule,index,case", CASES, ids=[f"{r.id}-{i}:{r.source[0].rsplit('.', 1)[-1]}"
-                                                        for r, i, _ in CASES])
+@pytest.mark.parametrize("rule_id,index", CASES, ids=[f"{r}-{i}:{BY_ID[r].source[0].rsplit('.', 1)[-1]}"
+                                                      for r, i in CASES])
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_layer_rule_matches_torch(rule, index, case, data):
-    run_layer_case(rule, case, data)
+def test_layer_rule_matches_torch(rule_id, index, data):
+    rule = BY_ID[rule_id]
+    run_layer_case(rule, rule.verify[index], data)

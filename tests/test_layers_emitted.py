@@ -135,6 +135,8 @@ def test_unflatten_matches_torch():
 def test_adaptive_max_pool_matches_torch_with_uneven_windows(dims, seed):
     sizes = tuple(n for n, _ in dims)
     output = tuple(out if out is None else min(out, n) for n, out in dims)
+    if len(sizes) == 1:  # torch's 1-d form takes an int only
+        output = (output[0] or sizes[0],)
     x = randn(2, 2, *sizes, seed=seed)
     pool = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.adaptive_max_pool3d}[len(sizes)]
     close(standalone("adaptive_max_pool_nchw")(j(x), output), pool(x, output))
@@ -182,9 +184,11 @@ def test_fast_variance_trap():
     expected = F.layer_norm(x, (64,))
     fast = nnx.LayerNorm(64, epsilon=1e-5, rngs=nnx.Rngs(0))(j(x))
     exact = nnx.LayerNorm(64, epsilon=1e-5, use_fast_variance=False, rngs=nnx.Rngs(0))(j(x))
-    rel = np.abs(np.asarray(fast) - expected.numpy()).max() / np.abs(expected.numpy()).max()
-    assert rel > 1e-5
-    close(exact, expected)
+    def rel(y):  # norm-wise, as porter check measures
+        return np.abs(np.asarray(y) - expected.numpy()).max() / np.abs(expected.numpy()).max()
+
+    assert rel(fast) > 1e-5
+    assert rel(exact) <= 1e-5
 
 
 def _load_rnn(layer, torch_rnn):
@@ -214,23 +218,21 @@ def test_rnn_matches_torch_with_states_and_gradients(kind):
 
 
 def test_gru_is_not_nnx_gru_cell():
-    """The trap: torch's GRU applies the reset gate to (W_hn h + b_hn); nnx.GRUCell to h before the projection."""
+    """The trap: torch's GRU has a hidden bias b_hn inside the reset product r * (W_hn h + b_hn);
+    nnx.GRUCell's hidden projection has no bias, so torch's weights do not fit it."""
     torch.manual_seed(0)
     gru = torch.nn.GRU(2, 3)
     cell = nnx.GRUCell(2, 3, rngs=nnx.Rngs(0))
     w_ih, w_hh = gru.weight_ih_l0.detach().numpy(), gru.weight_hh_l0.detach().numpy()
     b_ih, b_hh = gru.bias_ih_l0.detach().numpy(), gru.bias_hh_l0.detach().numpy()
-    for i, gate in enumerate(["r", "z", "n"]):
-        rows = slice(3 * i, 3 * i + 3)
-        getattr(cell, f"i{gate}").kernel[...] = jnp.asarray(w_ih[rows].T)
-        getattr(cell, f"i{gate}").bias[...] = jnp.asarray(b_ih[rows] + (b_hh[rows] if gate != "n" else 0))
-        getattr(cell, f"h{gate}").kernel[...] = jnp.asarray(w_hh[rows].T)
-        if gate == "n":
-            cell.hn.bias[...] = jnp.asarray(b_hh[rows]) if hasattr(cell.hn, "bias") and cell.hn.bias is not None \
-                else None
+    cell.dense_i.kernel[...] = jnp.asarray(w_ih.T)
+    cell.dense_i.bias[...] = jnp.asarray(b_ih + np.concatenate([b_hh[:6], np.zeros(3, np.float32)]))  # b_hn: nowhere
+    cell.dense_h.kernel[...] = jnp.asarray(w_hh.T)
     x = randn(1, 1, 2, seed=4)
     h0 = randn(1, 1, 3, seed=5)
     expected = gru(x, h0)[1][0]
+    naive, _ = cell(j(h0[0]), j(x[0]))
+    assert not np.allclose(np.asarray(naive), expected.detach().numpy(), atol=1e-4)
     ours = standalone("TorchGRU")(2, 3, rngs=nnx.Rngs(0))
     _load_rnn(ours, gru)
     close(ours(j(x), j(h0))[1][0], expected)

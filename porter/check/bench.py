@@ -102,7 +102,7 @@ class BenchResult:
                  f"{s['repeats']} calls after {s['warmup']} warm-up calls, one process"]
         lines += [f"  {note}" for note in self.notes]
         head = ("variant", "forward ms", "x eager", "train step ms", "x eager", "compile s (fwd/train)",
-                "peak MB (fwd/train)")
+                "peak mem (fwd/train)")
         table = [head]
         for r in self.results:
             def ms(m: Measurement) -> str:
@@ -139,7 +139,9 @@ class BenchResult:
 def _mb(value: int | None) -> str:
     if value is None:
         return "-"
-    return f"{value / 2**20:.3g}"
+    if value < 2**20:
+        return f"{value / 2**10:.0f}K"
+    return f"{value / 2**20:.1f}M"
 
 
 def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, tuple[float, float]]:
@@ -271,9 +273,38 @@ def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: 
         result.train.error = "no train step (--no-train, or no float output to build a loss from)"
         return result
 
-    # train step: train mode; params, the rest (batch stats, RNG state) and the optimizer state as flat
-    # lists of arrays, donated, so a step reuses the previous step's buffers
     flax_model.train()
+    try:
+        t0 = time.perf_counter()
+        compiled, carry, unflatten = jax_train_step(flax_model, args, kwargs, cotangents, lr)
+        result.train.compile_s = time.perf_counter() - t0
+        result.train.peak_bytes = _xla_peak(compiled)
+        box = [carry]
+
+        def step():
+            box[0], loss = compiled(box[0], args, kwargs)
+            return jax.block_until_ready(loss)
+
+        result.train.median_ms, result.train.spread_ms = _time_calls(step, repeats, warmup)
+    except Exception as exc:
+        result.train.error = _error_text(exc)
+    finally:
+        flax_model.eval()
+    return result
+
+
+def jax_train_step(flax_model: Any, args, kwargs, cotangents, lr: float):
+    """(compiled step, initial carry, unflatten): step(carry, args, kwargs) -> (carry, loss).
+
+    The carry is the flat list of the parameters, the rest of the state (batch statistics, RNG
+    counters) and the optimizer state, donated, so a step reuses the previous step's buffers; it
+    starts as a copy of the model's arrays. unflatten(carry) -> (params, rest, opt_state).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
     graphdef, params, rest = nnx.split(flax_model, nnx.Param, ...)
     tx = optax.sgd(lr)
     opt_state = tx.init(params)
@@ -281,7 +312,7 @@ def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: 
     carry = [jnp.array(x, copy=True) for x in carry]  # donated: must not be the model's own buffers
     cots = [jnp.asarray(c) for c in cotangents]
 
-    def step_fn(carry, args, kwargs, cots):
+    def step_fn(carry, args, kwargs):
         params, rest, opt_state = jax.tree.unflatten(carry_def, carry)
 
         def loss_fn(params):
@@ -296,23 +327,8 @@ def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: 
         params = optax.apply_updates(params, updates)
         return jax.tree.leaves((params, new_rest, opt_state)), loss
 
-    try:
-        t0 = time.perf_counter()
-        compiled = jax.jit(step_fn, donate_argnums=0).lower(carry, args, kwargs, cots).compile()
-        result.train.compile_s = time.perf_counter() - t0
-        result.train.peak_bytes = _xla_peak(compiled)
-        box = [carry]
-
-        def step():
-            box[0], loss = compiled(box[0], args, kwargs, cots)
-            return jax.block_until_ready(loss)
-
-        result.train.median_ms, result.train.spread_ms = _time_calls(step, repeats, warmup)
-    except Exception as exc:
-        result.train.error = _error_text(exc)
-    finally:
-        flax_model.eval()
-    return result
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(carry, args, kwargs).compile()
+    return compiled, carry, lambda leaves: jax.tree.unflatten(carry_def, leaves)
 
 
 def _xla_peak(compiled: Any) -> int | None:

@@ -656,17 +656,29 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
         # statistics into them from inside the trace, which nnx refuses.
         return flax_loss(nnx.merge(graphdef, p, rest, copy=True), float_values)
 
+    # Compiled, as training will run them (one compilation is also far cheaper than eager jax's
+    # op-by-op dispatch). Code that runs eagerly but not under jit (a reduce_window whose init value
+    # jit cannot see as a constant has no reverse-mode rule) gets a warning and the eager figures.
     grad_fn = jax.grad(loss_fn, argnums=(0, 1))
     grad_args = (param_state, [dict(jax_items)[k] for k in float_keys], rest)
-    try:
-        param_grads, input_grads = grad_fn(*grad_args)
-    except Exception as exc:
-        raise ModelRunError("converted", exc) from exc
-    # The same gradients under jax.jit, as training will run them: catches code that works eagerly
-    # but not compiled (e.g. a reduce_window whose init value jit cannot see as a constant has no
-    # reverse-mode rule). Not a numerical failure, so a warning; the figures compared are eager's.
+    grads_out = None
     if jit:
-        report.jit_ok = _try_jit(report, grad_fn, grad_args, "jax.jit(jax.grad(loss))")
+        try:
+            grads_out = jax.jit(grad_fn)(*grad_args)
+            report.jit_ok = True
+            notes.append("gradients: torch autograd; flax jax.jit(jax.grad(loss)) over nnx.split/nnx.merge")
+        except Exception as exc:
+            report.jit_ok = False
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            report.warnings.append(f"the converted model runs eagerly but fails under jax.jit(jax.grad(loss)): "
+                                   f"{type(exc).__name__}: {first} (gradients below computed eagerly)")
+    if grads_out is None:
+        try:
+            grads_out = grad_fn(*grad_args)
+        except Exception as exc:
+            raise ModelRunError("converted", exc) from exc
+        notes.append("gradients: torch autograd; flax jax.grad(loss), eagerly")
+    param_grads, input_grads = grads_out
     torch_inputs = dict(torch_items)
     for key, g in zip(float_keys, input_grads):
         t_grad = torch_inputs[key].grad
@@ -699,18 +711,6 @@ def _gradient_noise_floor(report: EquivalenceReport, dtype: str) -> None:
         if not r.ok and not r.note and r.max_abs <= floor:
             r.ok = True
             r.note = f"rounding noise: max_abs <= {NOISE_EPS} eps x largest gradient ({floor:.3g})"
-
-
-def _try_jit(report: EquivalenceReport, fn, args, what: str) -> bool:
-    try:
-        jax.block_until_ready(jax.jit(fn)(*args))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        report.warnings.append(f"the converted model runs eagerly but fails under {what}: "
-                               f"{type(exc).__name__}: {first}")
-        return False
-    report.notes.append(f"jit: {what} runs (gradients compared: eager)")
-    return True
 
 
 def _judge_layers(lrep: layerlib.LayerReport, torch_calls, flax_calls, ref: _Reference, dtype: str,
@@ -787,7 +787,7 @@ def _train_steps(report, torch_model, flax_model, graphdef, param_state, param_g
         return loss, nnx.split(model, nnx.Param, ...)[2]
 
     step = jax.value_and_grad(loss_and_state, has_aux=True)
-    step = jax.jit(step) if report.jit_ok else step
+    step = jax.jit(step) if report.jit_ok is not False else step
     torch_update()
     flax_update(param_state, param_grads, nnx.split(flax_model, nnx.Param, ...)[2])
     for _ in range(steps - 1):

@@ -376,8 +376,9 @@ def compare_layers(torch_calls: list[Call], flax_calls: list[Call], found: dict[
             continue
         seen.add(key)
         report.rows.append(_compare_call(base, tc, fc, compare, rtol, atol))
+    torch_keys = {(t.path, t.index) for t in torch_calls}
     for order, fc in enumerate(flax_calls, len(torch_calls) + 1):
-        if (fc.path, fc.index) not in seen and (fc.path, fc.index) not in {(t.path, t.index) for t in torch_calls}:
+        if (fc.path, fc.index) not in seen and (fc.path, fc.index) not in torch_keys:
             report.rows.append(LayerRow(order, fc.path, fc.index, "-", _class_name(found.get(fc.path)), None,
                                         np.inf, np.inf, "FAIL", "called more often in the converted model"))
     report.first = next((Divergence(r) for r in report.rows if r.status == "FAIL"), None)

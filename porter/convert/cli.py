@@ -1,28 +1,45 @@
-"""`porter convert SRC [-o OUT]`: a file, or a package directory."""
+"""`porter convert SRC [-o OUT]`: a file, a notebook, or a package directory."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
+from porter.convert import report as reports
 from porter.convert.diagnostics import Severity
-from porter.convert.pipeline import Conversion, convert_source, write_atomically
+from porter.convert.tree import (
+    FileResult, ProgressBar, Task, backup_dir, convert_paths, kind_of, plan, write_bytes_atomically,
+    write_inplace, write_tree,
+)
 
 
 def add_convert_parser(commands) -> None:
     parser = commands.add_parser(
         "convert",
         help="convert PyTorch source to Flax NNX",
-        description="Convert a PyTorch file (or a package directory) to Flax NNX. Diagnostics go to "
-                    "stderr as path:line:col CODE severity message; the exit code is 1 when an error-level "
-                    "diagnostic exists.",
+        description="Convert a PyTorch file, notebook (.ipynb) or package directory to Flax NNX. "
+                    "Diagnostics go to stderr as path:line:col CODE severity message (`porter explain CODE` "
+                    "says more); a directory's report is also written as porter_report.txt and "
+                    "porter_report.json. Exit code: 1 when a file failed or an error-level diagnostic "
+                    "exists, 2 for usage errors, else 0.",
     )
-    parser.add_argument("source", type=Path, help="a .py file or a directory")
+    parser.add_argument("source", type=Path, help="a .py file, a .ipynb notebook or a directory")
     parser.add_argument("-o", "--output", type=Path,
-                        help="where to write (a file for a file, a directory for a directory); "
-                             "without it a converted file is printed to stdout")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+                        help="where to write (a file for a file, a directory for a directory: the layout is "
+                             "kept, other files are copied); without it a converted file is printed to stdout")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an existing output (files porter writes are replaced, others left)")
+    parser.add_argument("--inplace", action="store_true",
+                        help="rewrite the files where they are; the originals of the files changed are first "
+                             "copied to SRC.porter-backup/ (a fresh name each run), with the report")
+    parser.add_argument("--diff", action="store_true", help="print a unified diff of what would change; write nothing")
+    parser.add_argument("--annotate", action="store_true",
+                        help="leave a `# porter: CODE message` comment above each statement that needs a person")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="write porter_report.txt/.json into DIR (default: OUT for a directory, the backup "
+                             "directory with --inplace, none otherwise)")
+    parser.add_argument("-j", "--jobs", type=int, default=None,
+                        help="processes to convert with (default: every core)")
     parser.add_argument("--log", action="store_true", help="also print every change made (rule, line, before -> after)")
     parser.set_defaults(run=run_convert)
 
@@ -31,70 +48,134 @@ def run_convert(args) -> int:
     source: Path = args.source
     if not source.exists():
         return _usage_error(f"{source}: no such file or directory")
+    if args.inplace and (args.output is not None or args.diff):
+        return _usage_error("--inplace rewrites the sources: it takes neither -o nor --diff")
+    if args.diff and args.output is not None:
+        return _usage_error("--diff writes nothing: drop -o")
+    if args.jobs is not None and args.jobs < 1:
+        return _usage_error("--jobs must be at least 1")
     if source.is_dir():
         return _convert_tree(source, args)
-    if args.output is not None and args.output.exists() and not args.force:
-        return _usage_error(f"{args.output} exists; pass --force to overwrite it")
-    conversion = _convert_path(source)
-    if conversion is None:
-        return 1
-    _print_report(conversion, args.log)
-    if conversion.failed:
-        print(f"porter: {source}: not converted, nothing written", file=sys.stderr)
-        return 1
-    if args.output is None:
-        sys.stdout.write(conversion.code)
-    else:
-        write_atomically(args.output, conversion.code)
-        print(f"porter: wrote {args.output}", file=sys.stderr)
-    return 1 if conversion.has_errors else 0
+    return _convert_file(source, args)
 
 
+# ---------------------------------------------------------------------------- a directory
 def _convert_tree(source: Path, args) -> int:
-    if args.output is None:
-        return _usage_error("converting a directory needs -o OUT_DIR")
-    if args.output.exists() and not args.force:
-        return _usage_error(f"{args.output} exists; pass --force to write into it")
-    failed = errors = 0
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        target = args.output / path.relative_to(source)
-        if path.suffix != ".py":
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            continue
-        conversion = _convert_path(path)
-        if conversion is None or conversion.failed:
-            failed += 1
-            if conversion is not None:
-                _print_report(conversion, args.log)
-            continue
-        _print_report(conversion, args.log)
-        errors += conversion.has_errors
-        write_atomically(target, conversion.code)
-    print(f"porter: wrote {args.output} ({failed} file(s) failed, {errors} with errors)", file=sys.stderr)
-    return 1 if failed or errors else 0
+    output: Path | None = args.output
+    if output is None and not (args.inplace or args.diff):
+        return _usage_error("converting a directory needs -o OUT_DIR (or --inplace, or --diff)")
+    if output is not None:
+        if output.exists() and not output.is_dir():
+            return _usage_error(f"{output} exists and is not a directory")
+        if output.exists() and not args.force:
+            return _usage_error(f"{output} exists; pass --force to write into it")
+        src, out = source.resolve(), output.resolve()
+        if out == src or src in out.parents or out in src.parents:
+            return _usage_error(f"{output} and {source} overlap; pick an output outside the source (or --inplace)")
+    tasks, copies = plan(source, annotate=args.annotate, diff=args.diff)
+    if args.inplace:
+        print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
+              f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
+    results = _run(tasks, args)
+    _print_diagnostics(results, args.log)
+    report_dir = args.report
+    if args.diff:
+        _print_diffs(results)
+    elif args.inplace:
+        backup = backup_dir(source)
+        written = write_inplace(results, source, backup)
+        report_dir = report_dir or backup
+        print(f"porter: rewrote {len(written)} file(s) under {source}; originals in {backup}", file=sys.stderr)
+    else:
+        write_tree(results, copies, source, output)
+        report_dir = report_dir or output
+    mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
+    _write_report(results, source, output, mode, [relative for _, relative in copies], report_dir)
+    return _finish(results, f"{source}")
 
 
-def _convert_path(path: Path) -> Conversion | None:
+# ---------------------------------------------------------------------------- one file
+def _convert_file(source: Path, args) -> int:
+    kind = kind_of(source) or "python"  # a file given by name is Python unless it is a notebook
+    output: Path | None = args.output
+    if output is not None and output.exists() and not args.force:
+        return _usage_error(f"{output} exists; pass --force to overwrite it")
+    if output is not None and output.resolve() == source.resolve():
+        return _usage_error(f"{output} is the source; use --inplace to rewrite it")
+    task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff)
+    results = _run([task], args)
+    result = results[0]
+    _print_diagnostics(results, args.log)
+    changes = len(result.changes)
+    errors = sum(d.severity is Severity.ERROR for d in result.diagnostics)
+    warnings = sum(d.severity is Severity.WARNING for d in result.diagnostics)
+    print(f"porter: {source}: {changes} change(s), {errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    report_dir = args.report
+    if result.status == "failed":
+        print(f"porter: {source}: not converted, nothing written", file=sys.stderr)
+    elif args.diff:
+        _print_diffs(results)
+    elif args.inplace:
+        backup = backup_dir(source)
+        if write_inplace(results, source, backup, root_is_file=True):
+            print(f"porter: rewrote {source}; the original is in {backup}", file=sys.stderr)
+    elif output is None:
+        sys.stdout.buffer.write(result.code) if hasattr(sys.stdout, "buffer") else \
+            sys.stdout.write(result.code.decode("utf-8"))
+        sys.stdout.flush()
+    else:
+        write_bytes_atomically(output, result.code, mode_from=source)
+        print(f"porter: wrote {output}", file=sys.stderr)
+    mode = "diff" if args.diff else "inplace" if args.inplace else "file"
+    _write_report(results, source, output, mode, [], report_dir)
+    return 1 if result.status == "failed" or result.has_errors else 0
+
+
+# ---------------------------------------------------------------------------- shared
+def _run(tasks: list[Task], args) -> list[FileResult]:
+    bar = ProgressBar(sys.stderr)
     try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"{path}: error: cannot read: {exc}", file=sys.stderr)
-        return None
-    return convert_source(source, filename=str(path))
+        return convert_paths(tasks, jobs=args.jobs, progress=bar if len(tasks) > 1 else None)
+    finally:
+        bar.close()
 
 
-def _print_report(conversion: Conversion, log: bool) -> None:
-    for d in conversion.diagnostics:
-        print(d.format(), file=sys.stderr)
-        if d.severity is not Severity.INFO:
-            print(f"    hint: {d.hint}", file=sys.stderr)
-    if log:
-        for change in conversion.changes:
-            print(change.format(conversion.filename), file=sys.stderr)
-    counts = {s: sum(d.severity is s for d in conversion.diagnostics) for s in Severity}
-    print(f"porter: {conversion.filename}: {len(conversion.changes)} change(s), "
-          f"{counts[Severity.ERROR]} error(s), {counts[Severity.WARNING]} warning(s)", file=sys.stderr)
+def _print_diagnostics(results: list[FileResult], log: bool) -> None:
+    for result in results:
+        for d in result.diagnostics:
+            print(d.format(), file=sys.stderr)
+            if d.severity is not Severity.INFO:
+                print(f"    hint: {d.hint}", file=sys.stderr)
+        if log:
+            for where, change in result.changes:
+                print(change.format(where), file=sys.stderr)
+
+
+def _print_diffs(results: list[FileResult]) -> None:
+    for result in results:
+        if result.diff:
+            sys.stdout.write(result.diff)
+    sys.stdout.flush()
+
+
+def _write_report(results, source: Path, output: Path | None, mode: str, copied: list[str],
+                  directory: Path | None) -> None:
+    if directory is None:
+        return
+    data = reports.build(results, source=str(source), output=str(output) if output else None, mode=mode,
+                         copied=copied, version=reports.porter_version())
+    written = reports.write(data, directory)
+    print(f"porter: report in {written[0]} and {written[1].name}", file=sys.stderr)
+
+
+def _finish(results: list[FileResult], where: str) -> int:
+    failed = sum(r.status == "failed" for r in results)
+    issues = sum(r.status == "issues" for r in results)
+    clean = sum(r.status == "clean" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    print(f"porter: {where}: {clean} converted cleanly, {issues} with issues, {skipped} skipped, "
+          f"{failed} failed", file=sys.stderr)
+    return 1 if failed or any(r.has_errors for r in results) else 0
 
 
 def _usage_error(message: str) -> int:

@@ -9,7 +9,7 @@ from typing import Callable
 import libcst as cst
 
 from porter.convert.context import ConversionContext, code_of
-from porter.convert.transforms import NO_VALUE, Unsupported, _conv_padding, _pool_padding, expr, literal
+from porter.convert.transforms import NO_VALUE, Unsupported, _conv_padding, _ntuple, _pool_padding, expr, literal
 
 FLOAT32_EPS = "1.1920928955078125e-07"  # torch.finfo(torch.float32).eps
 
@@ -51,6 +51,16 @@ def rms_epsilon(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExp
     return expr(FLOAT32_EPS) if literal(node) is None else node
 
 
+def _pool_stride(n: int) -> Callable:
+    """A pooling stride: None (torch's "the kernel size") stays None, anything else becomes n ints."""
+    tuple_n = _ntuple(n)
+
+    def transform(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:
+        return node if literal(node) is None else tuple_n(node, ctx)
+
+    return transform
+
+
 LAYER_TRANSFORMS: dict[str, Callable[[cst.BaseExpression, ConversionContext], cst.BaseExpression]] = {
     "conv_padding3": _conv_padding(3),
     "pool_padding1": _pool_padding(1),
@@ -58,6 +68,9 @@ LAYER_TRANSFORMS: dict[str, Callable[[cst.BaseExpression, ConversionContext], cs
     "torch_pad1": _torch_pad(1),
     "torch_pad2": _torch_pad(2),
     "torch_pad3": _torch_pad(3),
+    "pool_stride1": _pool_stride(1),
+    "pool_stride2": _pool_stride(2),
+    "pool_stride3": _pool_stride(3),
     "interpolation_mode": interpolation_mode,
     "rms_epsilon": rms_epsilon,
 }

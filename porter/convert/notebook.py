@@ -49,10 +49,7 @@ class NotebookConversion:
     changes: list[Change] = field(default_factory=list)
     filename: str | None = None
     cell_changes: list[tuple[str, Change]] = field(default_factory=list)  # (path#cellN, change)
-
-    @property
-    def failed(self) -> bool:
-        return any(d.code == "PT032" for d in self.diagnostics)
+    failed: bool = False  # not a notebook, or its cells together do not parse: nothing converted
 
 
 @dataclass
@@ -120,11 +117,11 @@ def convert_notebook(text: str, *, filename: str | None = None, convert=None) ->
         notebook = json.loads(text)
     except json.JSONDecodeError as exc:
         return NotebookConversion(text, [diagnostic("PT032", exc.lineno, exc.colno, f"not JSON: {exc.msg}", path)],
-                                  filename=filename)
+                                  filename=filename, failed=True)
     cells = notebook.get("cells") if isinstance(notebook, dict) else None
     if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
         return NotebookConversion(text, [diagnostic("PT032", 1, 1, "no list of cells (nbformat 4) in the JSON", path)],
-                                  filename=filename)
+                                  filename=filename, failed=True)
     diagnostics: list[Diagnostic] = []
     program: list[_Cell] = []
     for number, cell in enumerate(cells, start=1):
@@ -183,7 +180,7 @@ def convert_notebook(text: str, *, filename: str | None = None, convert=None) ->
         if d.code == "PT001":  # the joined program did not parse although every cell did
             where, in_cell = locate(d.line)
             diagnostics.append(replace(d, path=where, line=in_cell))
-            return NotebookConversion(text, sorted(diagnostics, key=_order), filename=filename)
+            return NotebookConversion(text, sorted(diagnostics, key=_order), filename=filename, failed=True)
         where, in_cell = locate(d.line) if d.line > 0 else (path, d.line)
         diagnostics.append(replace(d, path=where, line=in_cell))
     cell_changes = []

@@ -403,8 +403,12 @@ def pad(rule: Rule, site: Site) -> Application:
         value = None
     if value is not None and mode != "constant":
         raise Unsupported("value with a mode other than 'constant'")
-    if not isinstance(widths, (cst.Tuple, cst.List)):
-        raise Unsupported(f"pad={code_of(widths)}: write the pad widths out as a tuple")
+    if not isinstance(widths, (cst.Tuple, cst.List)):  # F.pad(x, self.padding): the helper reads the pairs
+        site.ctx.need_helper("pad_nchw")
+        keywords = {"mode": bound["mode"]} if mode != "constant" else {}
+        if value is not None:
+            keywords["value"] = value
+        return Application(_call("pad_nchw", x, widths, **keywords))
     items = [e.value for e in widths.elements]
     if len(items) % 2 or any(isinstance(e, cst.StarredElement) for e in widths.elements):
         raise Unsupported("pad needs an even number of widths")
@@ -444,7 +448,11 @@ def conv(rule: Rule, site: Site) -> Application:
     if bias is not None and literal(bias) is not None:
         index = ", ".join([":"] + ["None"] * n)
         bias_code = code_of(bias) if _simple(bias) else f"({code_of(bias)})"
-        out = cst.BinaryOperation(out, cst.Add(), expr(f"{bias_code}[{index}]"))
+        if isinstance(bias, (cst.Name, cst.Attribute)):  # self.bias may be None (a layer without bias)
+            added = expr(f"({bias_code}[{index}] if {bias_code} is not None else 0)")
+        else:
+            added = expr(f"{bias_code}[{index}]")
+        out = cst.BinaryOperation(out, cst.Add(), added)
     return Application(out)
 
 
@@ -719,12 +727,13 @@ def new_tensor(rule: Rule, site: Site) -> Application:
     target = {"new_zeros": "jnp.zeros", "new_ones": "jnp.ones", "new_empty": "jnp.zeros", "new_full": "jnp.full"}[name]
     args = site.call.args
     keywords = {a.keyword.value: a.value for a in args if a.keyword is not None}
-    positional = [a.value for a in args if a.keyword is None and not a.star]
-    if any(a.star for a in args) or set(keywords) - {"size", "fill_value", "dtype", "device", "requires_grad"}:
+    positional = [a if a.star == "*" else a.value for a in args if a.keyword is None]
+    if any(a.star == "**" for a in args) or set(keywords) - {"size", "fill_value", "dtype", "device", "requires_grad"}:
         raise Unsupported(f"keyword(s) {sorted(keywords)}")
     fill = None
     if name == "new_full":
-        fill = keywords.get("fill_value") or (positional.pop() if len(positional) == 2 else None)
+        fill = keywords.get("fill_value") or (positional.pop() if len(positional) == 2
+                                              and not isinstance(positional[1], cst.Arg) else None)
         if fill is None:
             raise Unsupported("new_full needs a fill value")
     size = keywords.get("size") or _size(positional) if positional or "size" in keywords else None

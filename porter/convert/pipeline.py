@@ -20,7 +20,8 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
-from porter.convert.source_index import SourceIndex, StatementCode, filtered
+from porter.convert import traverse
+from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
 
 # Without one of these identifiers a file cannot import or use torch: it comes out unchanged.
@@ -63,12 +64,13 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
         return Conversion(source, [], filename=filename)  # no torch name anywhere, not even unimported
     ctx = ConversionContext(rules=load_rules(), filename=filename)
     index = SourceIndex(module)  # positions of the original nodes, for both passes
-    module.visit(Analyze(ctx, index, skip=fast))
+    analyze = Analyze(ctx, index)
+    traverse.visit(module, analyze, Prefilter(index, analyze) if fast else None)
     if not ctx.torch_aliases:
         return Conversion(source, ctx.diagnostics, filename=filename)  # no torch here: nothing to do
-    rewrite = (filtered(DistributedRewrite) if fast else DistributedRewrite)(ctx)
+    rewrite = DistributedRewrite(ctx)
     rewrite.attach(index)
-    rewritten = module.visit(rewrite)
+    rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite)) if fast else module.visit(rewrite)
     code = StatementCode(index if fast else None)
     final = rewritten.visit(FinalizeImports(ctx, code, helpers_after_new_imports=notebook))
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))

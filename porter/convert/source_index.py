@@ -1,4 +1,4 @@
-"""Positions and text of the original nodes, computed cheaply; statement prefilter.
+"""Positions and text of the original nodes, computed cheaply; the prefilter.
 
 libcst's PositionProvider runs a full code generation that records a
 CodeRange per node through a context manager and a regex per token: on real
@@ -8,27 +8,25 @@ indices per node (plus the syntactic ranges libcst's own provider records),
 and turns them into line/column on demand. The positions are exactly
 PositionProvider's (tests compare them over all fixtures).
 
-The same index gives each statement's source text for free, which drives the
-statement prefilter: a pass declares the identifiers it reacts to (its
-`trigger_words()`); a statement whose text contains none of them is skipped
-(not visited, returned unchanged). Skipping is only an optimisation: with
-`SKIP_STATEMENTS = False` every statement is visited, and tests check that the
-output and diagnostics are identical either way.
+The same index gives each node's source text for free, which drives the
+prefilter (`Prefilter`): a pass declares the identifiers it reacts to (its
+`trigger_words()`); a node whose code holds none of them is skipped by
+porter/convert/traverse.py (not visited, returned unchanged). Skipping is only
+an optimisation: the pipeline's reference mode (`_convert(..., fast=False)`)
+visits everything, and tests check that the output and diagnostics are
+identical either way.
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from itertools import accumulate
 from typing import Iterable
 
 import libcst as cst
 from libcst._nodes.internal import CodegenState
 from libcst._position import CodePosition, CodeRange
-
-# Turned off by tests (and by anyone debugging a pass) to visit every statement.
-SKIP_STATEMENTS = True
 
 NEWLINE_RE = re.compile(r"\r\n?|\n")
 WORD_RE = re.compile(r"\w+")
@@ -117,6 +115,7 @@ class SourceIndex:
         counted = self.text + "".join(state.popped)
         self._line_starts = [m.end() for m in NEWLINE_RE.finditer(counted)]
         self._word_offsets: dict[str, list[int]] = {}
+        self._words: dict[str, list[int]] | None = None
         self.code_text = self._without_prose(state.prose)
 
     def _without_prose(self, prose: list[tuple[int, int]]) -> str:
@@ -170,6 +169,15 @@ class SourceIndex:
         start, end = self.span(node)
         return self.text[start:end]
 
+    def word_occurrences(self) -> dict[str, list[int]]:
+        """Identifier -> sorted offsets where it occurs in the code (comments and strings aside)."""
+        if self._words is None:
+            words: dict[str, list[int]] = {}
+            for match in WORD_RE.finditer(self.code_text):
+                words.setdefault(match.group(), []).append(match.start())
+            self._words = words
+        return self._words
+
     def mentions(self, word: str) -> bool:
         """True when the identifier occurs in the file's code (comments and strings aside)."""
         return bool(self._occurrences(word))
@@ -196,64 +204,75 @@ class TriggerSet:
         return not self.words.isdisjoint(WORD_RE.findall(self.index.code_text, start, end))
 
 
-class StatementFilter:
-    """Mixin for a libcst visitor or transformer: skips statements that cannot matter to it.
+# Node types whose code holds no identifier: a pass can only react to them through a hook of
+# their own (visit_Comma...), which the prefilter checks for.
+NO_IDENTIFIERS = frozenset({
+    cst.SimpleWhitespace, cst.ParenthesizedWhitespace, cst.Newline, cst.TrailingWhitespace, cst.EmptyLine,
+    cst.Comment, cst.Comma, cst.Dot, cst.Colon, cst.Semicolon, cst.AssignEqual, cst.LeftParen, cst.RightParen,
+    cst.LeftSquareBracket, cst.RightSquareBracket, cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.SimpleString,
+    cst.Integer, cst.Float, cst.Imaginary, cst.Ellipsis, cst.Add, cst.Subtract, cst.Multiply, cst.Divide,
+    cst.FloorDivide, cst.Modulo, cst.Power, cst.MatrixMultiply, cst.LeftShift, cst.RightShift, cst.BitAnd,
+    cst.BitOr, cst.BitXor, cst.Plus, cst.Minus, cst.BitInvert, cst.Not, cst.And, cst.Or, cst.Equal,
+    cst.NotEqual, cst.LessThan, cst.LessThanEqual, cst.GreaterThan, cst.GreaterThanEqual, cst.In, cst.NotIn,
+    cst.Is, cst.IsNot, cst.AddAssign, cst.SubtractAssign, cst.MultiplyAssign, cst.DivideAssign,
+    cst.FloorDivideAssign, cst.ModuloAssign, cst.PowerAssign, cst.MatrixMultiplyAssign, cst.LeftShiftAssign,
+    cst.RightShiftAssign, cst.BitAndAssign, cst.BitOrAssign, cst.BitXorAssign, cst.FormattedStringText,
+    cst.Pass, cst.Break, cst.Continue,
+})
 
-    The pass supplies `trigger_words()` (identifiers it reacts to) and
-    `trigger_state()` (a cheap value that changes whenever the words may have
-    changed). A statement of the original module whose text (comments and
-    strings included: a superset) holds none of the words is neither visited
-    nor left: it comes back unchanged, identical object and all.
+
+class Prefilter:
+    """`skip(node)` for porter/convert/traverse.py: True for a node of the original module whose code
+    (comments and strings aside) holds none of the pass's trigger words.
+
+    The pass supplies `trigger_words()` (identifiers it reacts to) and `trigger_state()` (a cheap
+    value that changes whenever the words may have changed; read at each statement). The words only
+    ever grow. Skipping is an optimisation only: tests hold the output to the one of a full visit.
     """
 
-    _index: SourceIndex | None = None
-    _triggers: TriggerSet | None = None
-    _trigger_state: object = None
-    _skipping: cst.CSTNode | None = None
+    def __init__(self, index: SourceIndex, visitor) -> None:
+        self.index = index
+        self.visitor = visitor
+        hooked = {t for t in NO_IDENTIFIERS
+                  if hasattr(visitor, f"visit_{t.__name__}") or hasattr(visitor, f"leave_{t.__name__}")}
+        self.never = NO_IDENTIFIERS - hooked
+        self.words: set[str] = set()
+        self.offsets: list[int] = []  # where the words occur, sorted
+        self.state: object = object()
 
-    def attach(self, index: SourceIndex, *, skip: bool = True) -> None:
-        self._index = index
-        self._triggers = TriggerSet(index) if skip and SKIP_STATEMENTS else None
-        parent = super()
-        if hasattr(parent, "attach"):
-            parent.attach(index)
+    def _refresh(self) -> None:
+        state = self.visitor.trigger_state()
+        if state == self.state:
+            return
+        self.state = state
+        new = [w for w in self.visitor.trigger_words() if w not in self.words]
+        if not new:
+            return
+        self.words.update(new)
+        occurrences = self.index.word_occurrences()
+        found = [o for w in new for o in occurrences.get(w, ())]
+        if not found:
+            return
+        if len(found) < 32:
+            for offset in found:
+                insort(self.offsets, offset)
+        else:
+            self.offsets = sorted(self.offsets + found)
 
-    # The pass defines trigger_words() -> Iterable[str] and trigger_state() -> object (found
-    # further along the MRO: `filtered(cls)` puts this mixin first).
-
-    def _wanted(self, node: cst.CSTNode) -> bool:
-        triggers = self._triggers
-        if triggers is None or not self._index.contains(node):
+    def __call__(self, node: cst.CSTNode) -> bool:
+        kind = type(node)
+        if kind in self.never:
             return True
-        state = self.trigger_state()
-        if state != self._trigger_state or not triggers.words:  # the words may have changed
-            self._trigger_state = state
-            triggers.update(self.trigger_words())
-        return triggers.any_within(*self._index.span(node))
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if type(node) in STATEMENT_TYPES and self._triggers is not None and not self._wanted(node):
-            self._skipping = node
-            return False
-        return super().on_visit(node)
-
-    def on_leave(self, original_node, *updated):
-        if original_node is self._skipping:
-            self._skipping = None
-            return updated[0] if updated else None
-        return super().on_leave(original_node, *updated)
-
-
-_FILTERED: dict[type, type] = {}
-
-
-def filtered(cls: type) -> type:
-    """`cls` with the statement prefilter in front of all its own visit/leave hooks."""
-    if issubclass(cls, StatementFilter):
-        return cls
-    if cls not in _FILTERED:
-        _FILTERED[cls] = type(f"Filtered{cls.__name__}", (StatementFilter, cls), {"__module__": cls.__module__})
-    return _FILTERED[cls]
+        span = self.index._inclusive.get(id(node))
+        if span is None:
+            return False  # not from the original module
+        if kind in STATEMENT_TYPES:
+            self._refresh()
+        offsets = self.index._offsets
+        start, end = offsets[span[0]], offsets[span[1]]
+        found = self.offsets
+        i = bisect_left(found, start)
+        return not (i < len(found) and found[i] < end)
 
 
 class StatementCode:

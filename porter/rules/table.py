@@ -36,6 +36,9 @@ def case_symbols(case: VerifyCase) -> set[str]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(isinstance(t, ast.Subscript) for t in targets):
                 symbols.add("torch.Tensor.__setitem__")
+    for _, spec in case.draws:  # raw('torch.float16', ...) values are written into the code as they are
+        if isinstance(spec, str) and "raw(" in spec:
+            symbols.update(re.findall(r"['\"](torch\.[\w.]+)['\"]", spec))
     return symbols
 
 

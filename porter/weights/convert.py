@@ -612,11 +612,5 @@ def _restore_orbax_flat(path: Path, model: Any) -> dict[str, np.ndarray]:
     return {".".join(map(str, p)): np.asarray(v.get_raw_value()) for p, v in nnx.to_flat_state(state)}
 
 
-def check_source(path: str | Path) -> None:
-    """Raise CheckpointError if `path` cannot be opened (used before importing a model file)."""
-    with open_checkpoint(path):
-        pass
-
-
 __all__ = ["convert_checkpoint", "convert_to_torch", "ConversionError", "ConversionResult", "CheckpointError",
            "make_plan", "output_format"]

@@ -38,7 +38,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from porter.weights.layouts import LAYOUTS, Layout
+from porter.weights.layouts import Layout
 from porter.weights.report import LoadReport, ShapeMismatch
 
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -291,6 +291,3 @@ def _after_layout(layout: Layout, shape: tuple[int, ...]) -> tuple[int, ...] | N
     except (ValueError, IndexError, np.exceptions.AxisError):
         return None
 
-
-def layout(name: str) -> Layout:
-    return LAYOUTS[name]

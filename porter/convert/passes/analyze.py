@@ -8,7 +8,7 @@ from typing import Iterable
 import libcst as cst
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
-from porter.convert.source_index import SourceIndex, StatementFilter
+from porter.convert.source_index import SourceIndex
 
 
 def dotted(node: cst.BaseExpression) -> str:
@@ -19,14 +19,14 @@ def dotted(node: cst.BaseExpression) -> str:
     return ""
 
 
-class Analyze(StatementFilter, cst.CSTVisitor):
-    """Skips statements without an import, a torch name, a module class or a layer factory in them
-    (the statement prefilter of porter/convert/source_index.py): nothing else matters here."""
+class Analyze(cst.CSTVisitor):
+    """Reacts only to imports, torch names, module classes and layer factories: the pipeline skips
+    the code without any of them (the prefilter of porter/convert/source_index.py)."""
 
-    def __init__(self, ctx: ConversionContext, index: SourceIndex, *, skip: bool = True) -> None:
+    def __init__(self, ctx: ConversionContext, index: SourceIndex) -> None:
         super().__init__()
         self.ctx = ctx
-        self.attach(index, skip=skip)
+        self._index = index
         self.bound_names: set[str] = set()
         self.used_names: dict[str, cst.Name] = {}
         self.class_stack: list[str] = []

@@ -40,15 +40,19 @@ torch.nn.parallel: other files convert exactly as TrainingRewrite does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import code_of
-from porter.convert.passes.training import TrainingRewrite, names_in, small
+from porter.convert.passes.training import TrainingRewrite, _model_of_params, small
 from porter.convert.transforms import expr, keyword_arg
 
 DIST = "torch.distributed."
-DDP = ("torch.nn.parallel.DistributedDataParallel", "torch.nn.parallel.distributed.DistributedDataParallel")
+DDP = ("torch.nn.parallel.DistributedDataParallel", "torch.nn.parallel.distributed.DistributedDataParallel",
+       # single-process DataParallel is JAX's own model already: the model replicated, the batch split
+       "torch.nn.DataParallel", "torch.nn.parallel.DataParallel", "torch.nn.parallel.data_parallel.DataParallel")
 FSDP = ("torch.distributed.fsdp.FullyShardedDataParallel",
         "torch.distributed.fsdp.fully_sharded_data_parallel.FullyShardedDataParallel")
 SAMPLER = ("torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler")
@@ -110,6 +114,19 @@ UNSUPPORTED_HINTS = {  # torch.distributed family -> what to say
                   "(ocp.StandardCheckpointer)",
     "algorithms": "DDP communication hooks and join contexts are not converted: XLA schedules the "
                   "gradient reduction itself",
+    "fsdp": "FSDP2's fully_shard is not converted: shard_params(model) shards the whole model once "
+            "(FullyShardedDataParallel is converted)",
+    "is_initialized": "is_initialized() is not converted: JAX's runtime starts at the top of the converted file "
+                      "(initialize_distributed) and a mesh is current once init_process_group's replacement ran; "
+                      "decide the test by hand",
+}
+
+# methods of a DDP/FSDP-wrapped model that have no counterpart
+WRAPPER_METHODS = {
+    "no_sync": "no_sync() (gradient accumulation without reduction) is not converted: accumulate in the step "
+               "(optax.MultiSteps) and drop the context",
+    "register_comm_hook": "DDP communication hooks are not converted: XLA schedules the gradient reduction",
+    "join": "DDP's join() (uneven inputs) is not converted: give every process the same number of batches",
 }
 
 
@@ -139,86 +156,115 @@ def _parenthesized(node: cst.BaseExpression) -> cst.BaseExpression:
     return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
 
+@dataclass
+class _State:
+    """What DistributedRewrite knows about the file (filled by visit_Module) and where it is in it."""
+
+    active: bool = False  # the file uses torch.distributed / torch.nn.parallel: nothing changes otherwise
+    kind: str | None = None  # "ddp", "fsdp" or "hybrid": the mesh
+    wrapped: set[str] = field(default_factory=set)  # names bound to DDP(...)/FSDP(...)
+    models: set[str] = field(default_factory=set)  # those and the models they wrap
+    samplers: set[str] = field(default_factory=set)
+    world_sizes: set[str] = field(default_factory=set)
+    rank_flags: set[str] = field(default_factory=set)  # `is_main = rank == 0`
+    divisions: set[int] = field(default_factory=set)  # `x /= world_size` right after all_reduce(x): removed too
+    means: set[int] = field(default_factory=set)  # the all_reduce statements those follow
+    elifs: set[int] = field(default_factory=set)
+    policies: set[int] = field(default_factory=set)  # `policy = partial(size_based_auto_wrap_policy, ...)`
+    has_init: bool = False
+    mesh_placed: bool = False
+    words: set[str] = field(default_factory=set)  # trigger words beyond the torch names
+    int_env: set[int] = field(default_factory=set)  # environment reads inside int(...)
+    reported_env: set[str] = field(default_factory=set)
+    rank0: list = field(default_factory=list)  # per enclosing if: its body's statements when it tests rank 0
+    direct_rank0_child: bool = False  # the statement being converted sits right in a rank-0 if
+    hoisted: set[int] = field(default_factory=set)  # converted saves to move out of their rank-0 test
+    last_batch: list[str] = field(default_factory=list)
+    summed: set[str] = field(default_factory=set)  # optimizers whose loop's loss sums over the batch
+    summed_statements: set[int] = field(default_factory=set)  # the statements of those loops
+    orphans: dict = field(default_factory=dict)  # id of a removed statement -> its blank lines and comments
+    converted: dict = field(default_factory=dict)  # id of an original statement -> what it became
+    stores: set[int] = field(default_factory=set)  # assignment and del targets
+
+
 class DistributedRewrite(TrainingRewrite):
     TRIGGER_WORDS = frozenset({"environ", "getenv", "module", "state_dict"})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        self._active = False
-        self._kind: str | None = None  # "ddp", "fsdp" or "hybrid": the mesh
-        self._wrapped: set[str] = set()  # names bound to DDP(...)/FSDP(...)
-        self._models: set[str] = set()  # those and the models they wrap
-        self._samplers: set[str] = set()
-        self._world_sizes: set[str] = set()
-        self._rank_flags: set[str] = set()  # `is_main = rank == 0`
-        self._divisions: set[int] = set()  # `x /= world_size` right after all_reduce(x): removed too
-        self._means: set[int] = set()  # the all_reduce statements those follow
-        self._elifs: set[int] = set()
-        self._policies: set[int] = set()  # `policy = partial(size_based_auto_wrap_policy, ...)`: removed
-        self._has_init = False
-        self._mesh_placed = False
-        self._words: set[str] = set()
-        self._int_env: set[int] = set()  # env reads inside int(...)
-        self._reported_env: set[str] = set()
-        self._rank0: list[set[int] | None] = []  # per enclosing if: its body's statements when it tests rank 0
-        self._hoisted: set[int] = set()  # converted saves to move out of their rank-0 test
-        self._last_batch: list[str] = []
-        self._rebinds: list[str] = []
+        self.dist = _State()  # one attribute: the base classes' own state stays out of the way
 
     # analysis -------------------------------------------------------------------
     def visit_Module(self, node: cst.Module) -> None:
         super().visit_Module(node)
         uses = [v for v in self.ctx.torch_aliases.values() if v.startswith((DIST, "torch.nn.parallel"))]
-        if not uses and not (self.mentions("distributed") or self.mentions("parallel")):
+        if not uses and not any(self.mentions(w) for w in ("distributed", "parallel", "DataParallel")):
             return
         kinds = set()
         for call in m.findall(node, m.Call()):
             qualified = _normal(self.ctx.qualified_name(call.func))
-            if qualified.startswith((DIST, "torch.nn.parallel")):
-                self._active = True
+            if qualified.startswith((DIST, "torch.nn.parallel")) or qualified in DDP:
+                self.dist.active = True
             if qualified == "torch.distributed.init_process_group":
-                self._has_init = True
+                self.dist.has_init = True
             if qualified in DDP:
                 kinds.add("ddp")
             elif qualified in FSDP:
                 kinds.add(self._fsdp_kind(call))
             if qualified in (*DDP, *FSDP) and call.args:
-                self._models.add(code_of(call.args[0].value))
+                self.dist.models.add(code_of(call.args[0].value))
                 policy = _keyword(call, "auto_wrap_policy")
                 if isinstance(policy, cst.Name):
-                    self._words.add(policy.value)
-                    self._policies |= {id(s) for s in self._assignments_to(node, policy.value)}
-        if not self._active:
+                    self.dist.words.add(policy.value)
+                    self.dist.policies |= {id(s) for s in self._assignments_to(node, policy.value)}
+        if not self.dist.active:
             return
-        self._kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
+        self.dist.kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
         for assign in m.findall(node, m.Assign(targets=[m.AssignTarget(target=m.Name())])):
             target = assign.targets[0].target.value
             value = assign.value
             qualified = _normal(self.ctx.qualified_name(value.func)) if isinstance(value, cst.Call) else ""
             if qualified in (*DDP, *FSDP):
-                self._wrapped.add(target)
+                self.dist.wrapped.add(target)
             elif qualified in SAMPLER:
-                self._samplers.add(target)
+                self.dist.samplers.add(target)
             elif qualified == "torch.distributed.get_world_size" or self._env_name(value) == "WORLD_SIZE":
-                self._world_sizes.add(target)
+                self.dist.world_sizes.add(target)
             elif m.matches(value, m.Comparison()) and self._is_rank0_test(value):
-                self._rank_flags.add(target)
-        self._models |= self._wrapped
+                self.dist.rank_flags.add(target)
+        self.dist.models |= self.dist.wrapped
+        self._find_summed_losses(node)
         for block in [node, *m.findall(node, m.IndentedBlock())]:
             body = list(block.body)
             for first, second in zip(body, body[1:]):
                 reduced = self._reduced_name(first)
-                if reduced and self._divides(second, reduced):
-                    self._divisions.add(id(second))
-                    self._means.add(id(first))
-                    self._words.add(reduced)
-        self._words |= self._models | self._rank_flags | {i.name for i in self.ctx.optimizers.values()}
+                if reduced and self._divides(second, reduced) and id(first) not in self.dist.summed_statements:
+                    self.dist.divisions.add(id(second))
+                    self.dist.means.add(id(first))
+                    self.dist.words.add(reduced)
+        self.dist.words |= self.dist.models | self.dist.rank_flags | {i.name for i in self.ctx.optimizers.values()}
+
+    def _find_summed_losses(self, node: cst.Module) -> None:
+        """Optimizers stepped in a loop whose loss has reduction="sum" (a call's keyword or its criterion's)."""
+        def sums(call: cst.Call) -> bool:
+            return _string(_keyword(call, "reduction")) == "sum"
+        criteria = {a.targets[0].target.value for a in m.findall(node, m.Assign(targets=[m.AssignTarget(m.Name())],
+                                                                                 value=m.Call()))
+                    if sums(a.value)}
+        optimizers = {i.name for i in self.ctx.optimizers.values()}
+        for loop in m.findall(node, m.For()):
+            calls = m.findall(loop.body, m.Call())
+            stepped = {c.func.value.value for c in calls if m.matches(c.func, m.Attribute(
+                value=m.Name(), attr=m.Name("step")))} & optimizers
+            if stepped and any(sums(c) or (isinstance(c.func, cst.Name) and c.func.value in criteria) for c in calls):
+                self.dist.summed |= stepped
+                self.dist.summed_statements |= {id(s) for s in m.findall(loop.body, m.SimpleStatementLine())}
 
     def trigger_words(self):
-        return {*super().trigger_words(), *self._words}
+        return {*super().trigger_words(), *self.dist.words}
 
     def trigger_state(self):
-        return super().trigger_state(), len(self._words)
+        return super().trigger_state(), len(self.dist.words)
 
     def _fsdp_kind(self, call: cst.Call) -> str:
         strategy = _keyword(call, "sharding_strategy")
@@ -256,13 +302,13 @@ class DistributedRewrite(TrainingRewrite):
             divisor = line.value.right
         else:
             return False
-        return _is_world_size_name(divisor, self._world_sizes) or \
+        return _is_world_size_name(divisor, self.dist.world_sizes) or \
             _normal(self.ctx.qualified_name(divisor.func) if isinstance(divisor, cst.Call) else None) \
             == "torch.distributed.get_world_size"
 
     def _is_rank0_test(self, test: cst.BaseExpression) -> bool:
         if isinstance(test, cst.Name):
-            return test.value in self._rank_flags
+            return test.value in self.dist.rank_flags
         if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1
                 and isinstance(test.comparisons[0].operator, cst.Equal)):
             return False
@@ -292,15 +338,15 @@ class DistributedRewrite(TrainingRewrite):
     # calls ----------------------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> None:
         super().visit_Call(node)
-        if not self._active:
+        if not self.dist.active:
             return
         if _normal(self.ctx.qualified_name(node.func)) in OWN_CALLS:
             self._kept_depth += 1  # the arguments are this pass's business
         if m.matches(node.func, m.Name("int")) and len(node.args) == 1 and self._env_name(node.args[0].value):
-            self._int_env.add(id(node.args[0].value))
+            self.dist.int_env.add(id(node.args[0].value))
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
-        if not self._active:
+        if not self.dist.active:
             return super().leave_Call(original_node, updated_node)
         qualified = _normal(self.ctx.qualified_name(original_node.func))
         if qualified in OWN_CALLS:
@@ -323,11 +369,14 @@ class DistributedRewrite(TrainingRewrite):
             return self._changed("device-count", original_node, expr("jax.local_device_count()"))
         if qualified in SET_DEVICE or qualified in ("torch.distributed.init_process_group",
                                                     "torch.distributed.all_reduce"):
+            if id(original_node) not in self._statement_calls:
+                self.report("PT023", original_node, f"{qualified} is converted as a statement of its own only; "
+                                                    "left unchanged")
             return updated_node  # statements: leave_SimpleStatementLine
         if qualified.startswith(DIST):
             return self._dist_call(qualified, original_node, updated_node)
         if m.matches(original_node.func, m.Name("int")) and original_node.args \
-                and id(original_node.args[0].value) in self._int_env:
+                and id(original_node.args[0].value) in self.dist.int_env:
             return updated_node.args[0].value  # the read already became an int expression
         name = self._env_name(original_node)
         if name:
@@ -335,19 +384,35 @@ class DistributedRewrite(TrainingRewrite):
         if m.matches(updated_node.func, m.Attribute(value=m.Name(), attr=m.Name("state_dict"))) \
                 and not updated_node.args and updated_node.func.value.value in self._state_owners():
             owner = updated_node.func.value.value  # `ddp_model.module.state_dict()`: .module went already
-            new = expr(f"nnx.state({owner}, nnx.Not(nnx.RngState))") if owner in self._models \
+            new = expr(f"nnx.state({owner}, nnx.Not(nnx.RngState))") if owner in self.dist.models \
                 else expr(f"nnx.state({owner})")
             return self._changed("state-dict", original_node, new)
-        if m.matches(original_node.func, m.Attribute(value=m.Name(), attr=m.Name("no_sync"))) \
-                and original_node.func.value.value in self._models:
-            self.report("PT023", original_node, "no_sync() (gradient accumulation without reduction) is not "
-                                                "converted: accumulate gradients in the step (optax.MultiSteps) "
-                                                "and drop the context; left unchanged")
+        if m.matches(original_node.func, m.Attribute(value=m.Name(), attr=m.Name())) \
+                and original_node.func.value.value in self.dist.models \
+                and original_node.func.attr.value in WRAPPER_METHODS:
+            self.report("PT023", original_node, f"{WRAPPER_METHODS[original_node.func.attr.value]}; left unchanged")
             return updated_node
-        return super().leave_Call(original_node, updated_node)
+        result = super().leave_Call(original_node, updated_node)
+        if qualified.startswith("torch.optim.") and m.matches(result, m.Call(
+                func=m.Attribute(value=m.Name("nnx"), attr=m.Name("Optimizer")))) and len(result.args) >= 2:
+            info = self.ctx.optimizers.get(_model_of_params(original_node) or "")
+            if info is not None and info.name in self.dist.summed and info.model in self.dist.models:
+                return self._average_gradients(original_node, result)
+        return result
+
+    def _average_gradients(self, original: cst.Call, optimizer: cst.Call) -> cst.Call:
+        """DDP/FSDP average the ranks' gradients. With a loss summed over the batch, the global batch's
+        gradient is world-size times that average: the optimizer scales it back first."""
+        args = list(optimizer.args)
+        args[1] = args[1].with_changes(value=expr(
+            f"optax.chain(optax.scale(1 / jax.device_count()), {code_of(args[1].value)})"))
+        self.report("PT024", original, "the loss sums over the batch (reduction='sum') and DDP/FSDP average the "
+                                       "ranks' gradients: over the global batch the gradient is jax.device_count() "
+                                       "times that average, so the optimizer divides it first")
+        return self._changed("ddp-gradient-average", original, optimizer.with_changes(args=args))
 
     def _state_owners(self) -> set[str]:
-        return self._models | {i.name for i in self.ctx.optimizers.values()}
+        return self.dist.models | {i.name for i in self.ctx.optimizers.values()}
 
     def _changed(self, rule: str, original: cst.CSTNode, new: cst.CSTNode) -> cst.CSTNode:
         self.record(rule, original, new)
@@ -368,9 +433,9 @@ class DistributedRewrite(TrainingRewrite):
 
     def _env(self, name: str, original: cst.BaseExpression):
         as_int, as_str = ENVIRONMENT[name]
-        new = expr(as_int if id(original) in self._int_env else as_str)
-        if name not in self._reported_env:
-            self._reported_env.add(name)
+        new = expr(as_int if id(original) in self.dist.int_env else as_str)
+        if name not in self.dist.reported_env:
+            self.dist.reported_env.add(name)
             meaning = {"LOCAL_RANK": "one JAX process drives all of its host's devices, so its local rank is 0",
                        "RANK": "the rank of a process is jax.process_index()",
                        "WORLD_SIZE": "torchrun's world size counts devices (one process each): jax.device_count()",
@@ -378,23 +443,30 @@ class DistributedRewrite(TrainingRewrite):
             self.report("PT020", original, f"{name} from torchrun's environment: {meaning}")
         return self._changed("dist-environment", original, new)
 
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.dist.stores.add(id(node.target))  # `os.environ["RANK"] = ...` is a write: left alone
+
+    def visit_Del(self, node: cst.Del) -> None:
+        self.dist.stores.add(id(node.target))
+
     def leave_Subscript(self, original_node: cst.Subscript, updated_node: cst.Subscript):
-        name = self._env_name(original_node) if self._active else None
+        name = self._env_name(original_node) if self.dist.active and id(original_node) not in self.dist.stores \
+            else None
         if name:
             return self._env(name, original_node)
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
         updated = super().leave_Attribute(original_node, updated_node)
-        if self._active and m.matches(original_node, m.Attribute(value=m.Name(), attr=m.Name("module"))) \
-                and original_node.value.value in self._wrapped and isinstance(updated, cst.Attribute):
+        if self.dist.active and m.matches(original_node, m.Attribute(value=m.Name(), attr=m.Name("module"))) \
+                and original_node.value.value in self.dist.wrapped and isinstance(updated, cst.Attribute):
             return self._changed("ddp-module", original_node, updated.value)
         return updated
 
     # DDP / FSDP -------------------------------------------------------------------
     def _wrap(self, qualified: str, original: cst.Call, updated: cst.Call):
         fsdp = qualified in FSDP
-        kind = "FullyShardedDataParallel" if fsdp else "DistributedDataParallel"
+        kind = qualified.rsplit(".", 1)[-1]
         positional = _positional(original)
         if not positional or len(positional) > (1 if fsdp else 2) or any(a.star for a in original.args):
             self.report("PT023", original, f"{kind}: only the module positionally and keyword options are "
@@ -466,7 +538,7 @@ class DistributedRewrite(TrainingRewrite):
 
     def _loader(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         sampler = _keyword(original, "sampler")
-        distributed = (isinstance(sampler, cst.Name) and sampler.value in self._samplers) or \
+        distributed = (isinstance(sampler, cst.Name) and sampler.value in self.dist.samplers) or \
             (isinstance(sampler, cst.Call) and _normal(self.ctx.qualified_name(sampler.func)) in SAMPLER)
         if not distributed:
             return updated
@@ -511,7 +583,7 @@ class DistributedRewrite(TrainingRewrite):
         if obj is None or path is None or len(updated.args) > 2:
             self.report("PT023", original, "torch.save with options is not converted; left unchanged")
             return updated
-        if sum(1 for f in self._rank0 if f is not None) and not self._direct_rank0_child:
+        if sum(1 for f in self.dist.rank0 if f is not None) and not self.dist.direct_rank0_child:
             self.report("PT024", original, "save_checkpoint must run on every process (Orbax coordinates them); "
                                            "this one sits under a rank test: move it out by hand")
         self.ctx.need_helper("save_checkpoint")
@@ -519,24 +591,22 @@ class DistributedRewrite(TrainingRewrite):
                                                                _with_commas([cst.Arg(path), cst.Arg(obj)])))
 
     # statements ---------------------------------------------------------------------
-    _direct_rank0_child = False
-
     def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
-        frame = self._rank0[-1] if self._rank0 else None
-        self._direct_rank0_child = frame is not None and id(node) in frame
-        if self._active and id(node) in self._policies:
+        frame = self.dist.rank0[-1] if self.dist.rank0 else None
+        self.dist.direct_rank0_child = frame is not None and id(node) in frame
+        if self.dist.active and id(node) in self.dist.policies:
             self._kept_depth += 1
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
-        if not self._active:
+        if not self.dist.active:
             return super().leave_SimpleStatementLine(original_node, updated_node)
-        if id(original_node) in self._policies:
+        if id(original_node) in self.dist.policies:
             self._kept_depth -= 1
             self.record("fsdp-policy", original_node, cst.Pass())
-            return cst.RemoveFromParent()
-        if id(original_node) in self._divisions:
+            return self._remove(original_node)
+        if id(original_node) in self.dist.divisions:
             self.record("all-reduce-mean", original_node, cst.Pass())
-            return cst.RemoveFromParent()
+            return self._remove(original_node)
         statement = small(original_node)
         call = statement.value if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call) else None
         qualified = _normal(self.ctx.qualified_name(call.func)) if call is not None else ""
@@ -544,31 +614,31 @@ class DistributedRewrite(TrainingRewrite):
             return self._mesh(original_node, updated_node, replace=True)
         if qualified in SET_DEVICE:
             self.record("set-device", original_node, cst.Pass())
-            return cst.RemoveFromParent()
+            return self._remove(original_node)
         if qualified == "torch.distributed.all_reduce":
             return self._all_reduce(original_node, call, updated_node)
         updated = super().leave_SimpleStatementLine(original_node, updated_node)
         if isinstance(updated, cst.SimpleStatementLine) and _self_assignment(small(updated)) \
                 and not _self_assignment(statement):
             self.record("self-assignment", original_node, cst.Pass())  # `model = model.cuda()` once placement went
-            return cst.RemoveFromParent()
-        if isinstance(updated, cst.SimpleStatementLine) and self._direct_rank0_child and m.findall(
+            return self._remove(original_node)
+        if isinstance(updated, cst.SimpleStatementLine) and self.dist.direct_rank0_child and m.findall(
                 updated, m.Call(func=m.Name("save_checkpoint"))):
-            self._hoisted.add(id(updated))
-        if not self._has_init and not self._mesh_placed and isinstance(updated, cst.SimpleStatementLine) \
+            self.dist.hoisted.add(id(updated))
+        if not self.dist.has_init and not self.dist.mesh_placed and isinstance(updated, cst.SimpleStatementLine) \
                 and m.findall(updated, m.Call(func=m.Name("replicate_params") | m.Name("shard_params"))):
             return self._mesh(original_node, updated, replace=False)
         return updated
 
     def _mesh(self, original, updated, *, replace: bool):
         """init_process_group -> the device mesh, made current (the process group itself starts at the top)."""
-        shape, names, types, _ = MESHES[self._kind or "ddp"]
+        shape, names, types, _ = MESHES[self.dist.kind or "ddp"]
         name = "mesh" if not self.mentions("mesh") else "device_mesh"
         statements = [
             cst.parse_statement(f"{name} = jax.make_mesh({shape}, {names}, {types})\n"),
             cst.parse_statement(f"jax.set_mesh({name})  # where shard_batch and {self._placement()} place arrays\n"),
         ]
-        self._mesh_placed = True
+        self.dist.mesh_placed = True
         self.report("PT020", original, self._mesh_message(replace))
         self.record("mesh", original, statements[0])
         statements[0] = statements[0].with_changes(leading_lines=updated.leading_lines)
@@ -577,7 +647,7 @@ class DistributedRewrite(TrainingRewrite):
         return cst.FlattenSentinel(statements)
 
     def _placement(self) -> str:
-        return "shard_params" if self._kind in ("fsdp", "hybrid") else "replicate_params"
+        return "shard_params" if self.dist.kind in ("fsdp", "hybrid") else "replicate_params"
 
     def _mesh_message(self, replace: bool) -> str:
         where = "init_process_group" if replace else "no init_process_group in this file: here"
@@ -585,7 +655,7 @@ class DistributedRewrite(TrainingRewrite):
                   "fsdp": 'axes ("data", "fsdp"): every device on "fsdp", where parameters are sharded and '
                           "the batch split",
                   "hybrid": 'axes ("data", "fsdp"): processes on "data" (replicas), each host\'s devices on '
-                            '"fsdp" (shards)'}[self._kind or "ddp"]
+                            '"fsdp" (shards)'}[self.dist.kind or "ddp"]
         return f"{where} -> a device mesh with {layout}; JAX's multi-process runtime starts at the top of the file"
 
     def _all_reduce(self, original, call: cst.Call, updated):
@@ -597,28 +667,66 @@ class DistributedRewrite(TrainingRewrite):
             self.report("PT023", call, "all_reduce with this op or a process group is not converted (SUM and "
                                        "AVG of metrics are); left unchanged")
             return updated
+        summed = id(original) in self.dist.summed_statements
+        if summed and op_name == "AVG":  # the ranks' mean of their sums: the global sum over the world size
+            name = code_of(args[0])
+            new = cst.parse_statement(f"{name} = {name} / jax.device_count()\n").with_changes(
+                leading_lines=updated.leading_lines)
+            self.report("PT021", call, f"all_reduce(AVG) of {name}: the loss here sums over the global batch, "
+                                       "torch's average over the ranks is that sum over the world size")
+            return self._changed("all-reduce-avg", original, new)
+        note = " (the division by the world size after it goes too)" if id(original) in self.dist.means else \
+            " (the loss here sums over the batch: a division by the world size after it still gives torch's " \
+            "mean over the ranks)" if summed else ""
         self.report("PT021", call, f"all_reduce of {code_of(args[0])} removed: computed from the step's results "
-                                   "and the global batch, it already covers every device"
-                                   + (" (the division by the world size after it goes too)"
-                                      if id(original) in self._means else ""))
+                                   "and the global batch, it already covers every device" + note)
         self.record("all-reduce", original, cst.Pass())
+        return self._remove(original)
+
+    # removed statements leave their blank lines and comments to the next one ---------------
+    def _remove(self, original: cst.CSTNode):
+        if original.leading_lines:
+            self.dist.orphans[id(original)] = original.leading_lines
         return cst.RemoveFromParent()
+
+    def on_leave(self, original_node, updated_node):
+        result = super().on_leave(original_node, updated_node)
+        if self.dist.active and isinstance(original_node, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
+            self.dist.converted[id(original_node)] = result
+        return result
+
+    def leave_IndentedBlock(self, original_node, updated_node):
+        return super().leave_IndentedBlock(original_node, self._adopt_orphans(original_node.body, updated_node))
+
+    def _adopt_orphans(self, original_body, updated):
+        if not self.dist.orphans:
+            return updated
+        body = list(updated.body)
+        for statement, following in zip(original_body, original_body[1:]):
+            lines = self.dist.orphans.pop(id(statement), None)
+            if lines is None:
+                continue
+            target = self.dist.converted.get(id(following), following)
+            index = next((i for i, s in enumerate(body) if s is target), None)
+            if index is not None and hasattr(body[index], "leading_lines"):
+                body[index] = body[index].with_changes(leading_lines=[*lines, *body[index].leading_lines])
+        return updated.with_changes(body=body)
 
     # rank-0 blocks -------------------------------------------------------------------
     def visit_If(self, node: cst.If) -> None:
         if isinstance(node.orelse, cst.If):
-            self._elifs.add(id(node.orelse))
-        self._rank0.append({id(s) for s in node.body.body} if self._active and self._is_rank0_test(node.test)
+            self.dist.elifs.add(id(node.orelse))
+        self.dist.rank0.append({id(s) for s in node.body.body} if self.dist.active and self._is_rank0_test(node.test)
                            else None)
 
     def leave_If(self, original_node: cst.If, updated_node: cst.If):
-        frame = self._rank0.pop()
-        if not self._active or id(original_node) in self._elifs:
+        frame = self.dist.rank0.pop()
+        if not self.dist.active or id(original_node) in self.dist.elifs:
             return updated_node
         body = list(updated_node.body.body)
-        hoisted = [s for s in body if id(s) in self._hoisted] if frame is not None else []
+        hoisted = [s for s in body if id(s) in self.dist.hoisted] if frame is not None else []
         if hoisted:
-            body = [s for s in body if id(s) not in self._hoisted]
+            body = [s for s in body if id(s) not in self.dist.hoisted]
             self.report("PT025", original_node, "Orbax saves from every process: the save moved out of the "
                                                 "rank-0 test")
         emptied = not body or (len(body) == 1 and m.matches(body[0], m.SimpleStatementLine([m.Pass()]))
@@ -626,7 +734,7 @@ class DistributedRewrite(TrainingRewrite):
         if emptied and updated_node.orelse is None:
             self.record("empty-if", original_node, cst.Pass())
             if not hoisted:
-                return cst.RemoveFromParent()
+                return self._remove(original_node)
             first = hoisted[0].with_changes(leading_lines=updated_node.leading_lines)
             return cst.FlattenSentinel([first, *hoisted[1:]])
         if not hoisted:
@@ -638,23 +746,23 @@ class DistributedRewrite(TrainingRewrite):
 
     # training loops --------------------------------------------------------------------
     def batch_argument(self, name: str) -> str:
-        return name if self._active else super().batch_argument(name)
+        return name if self.dist.active else super().batch_argument(name)
 
     def _batch_arguments(self, original, loop):
         batch = super()._batch_arguments(original, loop)
-        self._last_batch = batch
+        self.dist.last_batch = batch
         return batch
 
     def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
         steps = len(self.ctx.training_steps)
         converted = super()._convert_loop_body(original, updated)
-        if not self._active or len(self.ctx.training_steps) == steps or not self._last_batch:
+        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.dist.last_batch:
             return converted
         step = f"{self.ctx.training_steps[-1]}_fast"
         body = list(converted.body.body)
         at = next(i for i, s in enumerate(body) if m.findall(s, m.Call(func=m.Name(step))))
-        axes = MESHES[self._kind or "ddp"][3]
-        batch = self._last_batch
+        axes = MESHES[self.dist.kind or "ddp"][3]
+        batch = self.dist.last_batch
         targets = ", ".join(batch)
         values = ", ".join(f"shard_batch({b}, {axes})" for b in batch)
         rebind = cst.parse_statement(f"{targets} = {values}  # this process's rows -> the global batch\n")
@@ -666,9 +774,9 @@ class DistributedRewrite(TrainingRewrite):
 
     # the process group starts before anything touches JAX --------------------------------
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self._active:
+        if not self.dist.active:
             return updated_node
-        body = list(updated_node.body)
+        body = list(self._adopt_orphans(original_node.body, updated_node).body)
         at = _after_leading_imports(body)
         start = cst.parse_statement("initialize_distributed()  # JAX's multi-process runtime (nothing to start "
                                     "for a single process)\n")

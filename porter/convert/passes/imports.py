@@ -11,7 +11,6 @@ import re
 
 import libcst as cst
 
-from porter import emitted
 from porter.convert.context import ConversionContext
 from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerSet
 
@@ -255,7 +254,9 @@ def _helper_source(name: str) -> str:
 
 def _helper_module(name: str):
     """porter/emitted.py, or porter/emitted_distributed.py for the distributed-training helpers
-    (imported only then: it imports orbax)."""
+    (imported only then: it imports orbax). Imported on first use: they import jax, which a file
+    that needs no helper (and a worker process converting such files) should not pay for."""
+    from porter import emitted
     if name in emitted.DEPENDS:
         return emitted
     from porter import emitted_distributed

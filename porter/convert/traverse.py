@@ -1,0 +1,252 @@
+"""A faster `module.visit(visitor)`: the same callbacks in the same order, less machinery.
+
+libcst's traversal rebuilds every node it enters (even for a read-only
+visitor), runs a generator and two attribute hooks per field, and looks each
+`visit_X`/`leave_X` up by name per node. `visit(module, visitor, skip=...)`
+calls `on_visit`/`on_leave` exactly as libcst does, in the order libcst's own
+`_visit_and_replace_children` visits the fields (read from libcst's source
+once), with the same handling of RemovalSentinel and FlattenSentinel, but:
+
+- a node whose children all came back unchanged is kept as it is (libcst
+  builds an equal copy); only nodes with a changed child are rebuilt;
+- attribute hooks (`visit_Call_func`, ...) are called only when the visitor
+  defines one;
+- `skip(node)` may say that a node needs no visit: it is neither visited nor
+  left, its subtree untouched, as if `on_visit` had returned False and
+  `on_leave` had returned it unchanged.
+
+A node type whose `_visit_and_replace_children` is not the plain
+`Node(field=visit_x(self, "field", self.field, visitor), ...)` shape falls back
+to libcst's own method (its subtree is then visited the libcst way, without
+`skip`).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+import re
+from typing import Callable
+
+import libcst as cst
+from libcst import CSTNode, CSTTransformer, FlattenSentinel, MaybeSentinel, RemovalSentinel
+
+REQUIRED, OPTIONAL, SENTINEL, SEQUENCE, BODY = "required", "optional", "sentinel", "sequence", "body"
+AUTO = "auto"  # by the value: None stays None, a sequence is a sequence, a node is required
+_KINDS = {"visit_required": REQUIRED, "visit_optional": OPTIONAL, "visit_sentinel": SENTINEL,
+          "visit_sequence": SEQUENCE, "visit_body_sequence": BODY}
+_NODE_MODULES = ("module", "statement", "expression", "whitespace", "op", "base")
+_FALLBACK = None  # spec of a node type visited through libcst's own method
+_ATTRIBUTE_HOOK = re.compile(r"^(visit|leave)_[A-Z]\w*?_[a-z]\w*$")
+
+
+@functools.cache
+def _own_specs() -> dict[type, tuple[tuple[str, str], ...] | None]:
+    """Node class -> ((field, kind), ...) in visiting order, from its own _visit_and_replace_children."""
+    specs: dict[type, tuple[tuple[str, str], ...] | None] = {}
+    for stem in _NODE_MODULES:
+        module = importlib.import_module(f"libcst._nodes.{stem}")
+        try:
+            tree = ast.parse(inspect.getsource(module))
+        except (OSError, TypeError, SyntaxError):  # pragma: no cover - no source installed
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            cls = getattr(module, node.name, None)
+            if not isinstance(cls, type):
+                continue
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "_visit_and_replace_children":
+                    specs[cls] = _spec_of(item)
+    return specs
+
+
+def _spec_of(function: ast.FunctionDef) -> tuple[tuple[str, str], ...] | None:
+    """The fields visited, in order. Understood shapes: `return Node(field=visit_x(self, "field",
+    self.field, visitor), other=self.other, ...)`, with local aliases (`names = self.names`), a
+    `ret = Node(...); return ret`, and `visit_a(...) if test else visit_b(...)/None` (AUTO)."""
+    aliases: dict[str, str] = {}
+    built: dict[str, ast.expr] = {}
+    result = None
+    for statement in function.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            continue  # docstring
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 \
+                and isinstance(statement.targets[0], ast.Name):
+            value, name = statement.value, statement.targets[0].id
+            if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name) and value.value.id == "self":
+                aliases[name] = value.attr
+            else:
+                built[name] = value
+            continue
+        if isinstance(statement, ast.Return) and result is None:
+            result = statement.value
+            continue
+        return _FALLBACK
+    if isinstance(result, ast.Name) and result.id in built:
+        result = built[result.id]
+    if isinstance(result, ast.Name) and result.id == "self":
+        return ()  # a leaf
+    if not isinstance(result, ast.Call) or result.args:
+        return _FALLBACK
+
+    def visited(field: str, v: ast.expr) -> str | None:
+        if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in _KINDS and len(v.args) == 4 \
+                and isinstance(v.args[1], ast.Constant) and v.args[1].value == field \
+                and (ast.unparse(v.args[2]) == f"self.{field}" or aliases.get(ast.unparse(v.args[2])) == field):
+            return _KINDS[v.func.id]
+        return None
+
+    spec = []
+    for keyword in result.keywords:
+        field, v = keyword.arg, keyword.value
+        if (isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name) and v.value.id == "self"
+                and v.attr == field) or (isinstance(v, ast.Name) and aliases.get(v.id) == field):
+            continue  # copied as it is
+        kind = visited(field, v)
+        if kind is None and isinstance(v, ast.IfExp):
+            branches = [b for b in (v.body, v.orelse) if not (isinstance(b, ast.Constant) and b.value is None)]
+            if branches and all(visited(field, b) is not None for b in branches):
+                kind = AUTO
+        if kind is None:
+            return _FALLBACK
+        spec.append((field, kind))
+    return tuple(spec)
+
+
+@functools.cache
+def spec(cls: type) -> tuple[tuple[str, str], ...] | None:
+    own = _own_specs()
+    for base in cls.__mro__:
+        if base in own:
+            return own[base]
+    return _FALLBACK
+
+
+@functools.cache
+def _has_attribute_hooks(cls: type) -> bool:
+    if cls.on_visit_attribute is not cst.CSTVisitor.on_visit_attribute and \
+            cls.on_visit_attribute is not CSTTransformer.on_visit_attribute:
+        return True
+    if cls.on_leave_attribute is not cst.CSTVisitor.on_leave_attribute and \
+            cls.on_leave_attribute is not CSTTransformer.on_leave_attribute:
+        return True
+    return any(_ATTRIBUTE_HOOK.match(name) for name in dir(cls))
+
+
+def visit(module: cst.Module, visitor, skip: Callable[[CSTNode], bool] | None = None):
+    """`module.visit(visitor)`, faster; see the module docstring."""
+    walker = _Walker(visitor, skip)
+    result = walker.walk(module)
+    if isinstance(visitor, CSTTransformer) and isinstance(result, RemovalSentinel):
+        return module.with_changes(body=(), header=(), footer=())
+    return result if isinstance(visitor, CSTTransformer) else module
+
+
+class _Walker:
+    def __init__(self, visitor, skip) -> None:
+        self.visitor = visitor
+        self.skip = skip
+        self.transformer = isinstance(visitor, CSTTransformer)
+        self.hooks = _has_attribute_hooks(type(visitor))
+
+    def walk(self, node: CSTNode):
+        skip = self.skip
+        if skip is not None and skip(node):
+            return node
+        visitor = self.visitor
+        updated = node
+        if visitor.on_visit(node):
+            kinds = spec(type(node))
+            if kinds is _FALLBACK:
+                updated = node._visit_and_replace_children(visitor)
+            elif kinds:
+                updated = self._children(node, kinds)
+        if self.transformer:
+            result = visitor.on_leave(node, updated)
+            if not isinstance(result, (CSTNode, RemovalSentinel, FlattenSentinel)):
+                raise cst.CSTValidationError(
+                    f"Expected a node of type CSTNode or a RemovalSentinel, but got a return value of "
+                    f"{type(result).__name__}")
+            return result
+        visitor.on_leave(node)
+        return node
+
+    def _children(self, node: CSTNode, kinds) -> CSTNode:
+        changes = None
+        hooks = self.hooks
+        visitor = self.visitor
+        for field, kind in kinds:
+            old = getattr(node, field)
+            if hooks:
+                visitor.on_visit_attribute(node, field)
+            if kind is AUTO:
+                kind = SEQUENCE if isinstance(old, (list, tuple)) else OPTIONAL if old is None else REQUIRED
+            if kind is SEQUENCE or kind is BODY:
+                new = self._sequence(old, kind is BODY)
+            elif kind is REQUIRED:
+                new = self.walk(old)
+                if isinstance(new, RemovalSentinel):
+                    raise TypeError(f"We got a RemovalSentinel while visiting a {type(old).__name__}. This "
+                                    "node's parent does not allow it to be removed.")
+                if isinstance(new, FlattenSentinel):
+                    raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
+                                    "node's parent does not allow for it to be it to be replaced with a sequence.")
+            elif kind is OPTIONAL:
+                if old is None:
+                    new = None
+                else:
+                    new = self.walk(old)
+                    if isinstance(new, FlattenSentinel):
+                        raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
+                                        "node's parent does not allow for it to be it to be replaced with a "
+                                        "sequence.")
+                    if isinstance(new, RemovalSentinel):
+                        new = None
+            else:  # SENTINEL
+                if isinstance(old, MaybeSentinel):
+                    new = old  # MaybeSentinel.DEFAULT, its only value
+                else:
+                    new = self.walk(old)
+                    if isinstance(new, FlattenSentinel):
+                        raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
+                                        "node's parent does not allow for it to be it to be replaced with a "
+                                        "sequence.")
+                    if isinstance(new, RemovalSentinel):
+                        new = MaybeSentinel.DEFAULT
+            if hooks:
+                visitor.on_leave_attribute(node, field)
+            if new is not old:
+                if changes is None:
+                    changes = {}
+                changes[field] = new
+        if changes is None or not self.transformer:
+            return node
+        return node.with_changes(**changes)
+
+    def _sequence(self, children, body: bool):
+        out = None  # built only once something changed
+        walk = self.walk
+        for i, child in enumerate(children):
+            new = walk(child)
+            if new is child:
+                if out is not None:
+                    out.append(child)
+                continue
+            if out is None:
+                out = list(children[:i])
+            if isinstance(new, RemovalSentinel):
+                continue
+            if isinstance(new, FlattenSentinel):
+                for item in new:
+                    if body and not child._is_removable() and item._is_removable():
+                        continue
+                    out.append(item)
+            else:
+                if body and not child._is_removable() and new._is_removable():
+                    continue
+                out.append(new)
+        return children if out is None else tuple(out)

@@ -1,0 +1,350 @@
+"""Converting many files: a file or a package tree, in parallel, each file on its own.
+
+`plan(source)` lists what a tree holds (Python files and notebooks to
+convert, other files to copy); `convert_paths(tasks, jobs=...)` converts
+them across processes, one result per file in a fixed order whatever the
+scheduling; `write_tree`/`write_inplace` put the results on disk, every file
+atomically. A file that cannot be read, does not parse or makes a pass fail is
+a failed result (PT030, PT001, PT031, PT032): reported, not written, and the
+rest converts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import tokenize
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
+
+# directories never entered (version control, caches, environments' byproducts)
+SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".mypy_cache",
+                          ".pytest_cache", ".ruff_cache", ".tox", ".nox", ".eggs"})
+SKIPPED_SUFFIXES = (".pyc", ".pyo")
+FAILURE_CODES = frozenset({"PT001", "PT030", "PT031", "PT032"})
+REPORT_NAMES = ("porter_report.txt", "porter_report.json")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One file to convert: where it is, the path reports show, where it goes relative to the root."""
+
+    path: str
+    display: str
+    relative: str
+    kind: str  # "python" | "notebook"
+    annotate: bool = False
+    diff: bool = False
+
+
+@dataclass
+class FileResult:
+    display: str
+    relative: str
+    kind: str
+    status: str  # "clean" | "issues" | "skipped" | "failed"
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    changes: list[tuple[str, Change]] = field(default_factory=list)  # (where, change)
+    code: bytes | None = None  # what to write (None: nothing, the file failed)
+    changed: bool = False  # the output differs from the input
+    error: str | None = None  # PT031's traceback summary
+    diff: str | None = None
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity is Severity.ERROR for d in self.diagnostics)
+
+
+def kind_of(path: Path) -> str | None:
+    if path.suffix == ".py":
+        return "python"
+    if path.suffix == ".ipynb":
+        return "notebook"
+    return None
+
+
+def plan(source: Path, *, annotate: bool = False, diff: bool = False,
+         exclude: Iterable[Path] = ()) -> tuple[list[Task], list[tuple[Path, str]]]:
+    """The files of a tree: tasks for Python files and notebooks, (path, relative) pairs to copy."""
+    excluded = {p.resolve() for p in exclude}
+    tasks: list[Task] = []
+    copies: list[tuple[Path, str]] = []
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and (Path(root) / d).resolve() not in excluded)
+        for name in sorted(files):
+            path = Path(root) / name
+            if name.endswith(SKIPPED_SUFFIXES) or path.resolve() in excluded:
+                continue
+            relative = path.relative_to(source).as_posix()
+            kind = kind_of(path)
+            if kind is None:
+                copies.append((path, relative))
+            else:
+                tasks.append(Task(str(path), str(path), relative, kind, annotate, diff))
+    return tasks, copies
+
+
+# ---------------------------------------------------------------------------- one file
+def read_source(data: bytes) -> tuple[str, str]:
+    """(text, encoding): the PEP 263 cookie or BOM if there is one, else UTF-8. Newlines untouched."""
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    return data.decode(encoding), encoding
+
+
+def _decode_error(exc: UnicodeDecodeError, data: bytes) -> tuple[int, int, str]:
+    start = exc.start
+    line = data.count(b"\n", 0, start) + 1
+    col = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    return line, col, f"cannot decode byte 0x{data[start]:02x} as {exc.encoding}: {exc.reason}"
+
+
+def _summary(exc: BaseException) -> str:
+    """The exception and its innermost frames, one line: what a bug report needs."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__}: {exc} (at {where})" if where else f"{type(exc).__name__}: {exc}"
+
+
+def convert_task(task: Task) -> FileResult:
+    """Converts one file; never raises (a failure is a failed result)."""
+    try:
+        return _convert_task(task)
+    except Exception as exc:  # a pass crashing on this file: report it, keep the tree going
+        error = _summary(exc)
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
+
+
+def _convert_task(task: Task) -> FileResult:
+    try:
+        data = Path(task.path).read_bytes()
+    except OSError as exc:
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT030", 1, 1, f"cannot read: {exc.strerror or exc}", task.display)])
+    try:
+        if task.kind == "notebook":
+            text, encoding = data.decode("utf-8"), "utf-8"
+        else:
+            text, encoding = read_source(data)
+    except UnicodeDecodeError as exc:
+        line, col, message = _decode_error(exc, data)
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT030", line, col, message, task.display)])
+    except SyntaxError as exc:  # from the encoding detection: bad bytes in the first lines, or an unknown cookie
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            line, col, message = _decode_error(bad, data)
+        else:
+            line, col, message = exc.lineno or 1, 1, f"cannot read: {exc.msg}"
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT030", line, col, message, task.display)])
+    if task.kind == "notebook":
+        from porter.convert.notebook import convert_notebook
+        conversion = convert_notebook(text, filename=task.display, convert=_notebook_converter(task.annotate))
+        changes = list(conversion.cell_changes)
+    else:
+        conversion = convert_python(text, task.display, annotate=task.annotate)
+        changes = [(task.display, c) for c in conversion.changes]
+    diagnostics = list(conversion.diagnostics)
+    if conversion.failed:  # did not parse (PT001) or not a notebook (PT032): nothing to write
+        return FileResult(task.display, task.relative, task.kind, "failed", diagnostics, changes)
+    changed = conversion.code != text
+    if any(d.severity is not Severity.INFO for d in diagnostics):
+        status = "issues"
+    else:
+        status = "clean" if changed else "skipped"
+    code = conversion.code.encode(encoding) if changed else data
+    diff = None
+    if task.diff and changed:
+        diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), conversion.code.splitlines(keepends=True),
+                                            f"a/{task.relative}", f"b/{task.relative}"))
+    return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff)
+
+
+def convert_python(text: str, filename: str, *, annotate: bool = False):
+    from porter.convert.pipeline import convert_source
+    if not annotate:
+        return convert_source(text, filename=filename)
+    from porter.convert.annotate import convert_annotated
+    return convert_annotated(text, filename, lambda source, name: convert_source(source, filename=name))
+
+
+def _notebook_converter(annotate: bool):
+    from porter.convert.pipeline import _convert
+
+    def convert(source: str, name: str):
+        return _convert(source, name, fast=True, notebook=True)
+
+    if not annotate:
+        return convert
+    from porter.convert.annotate import convert_annotated
+    return lambda source, name: convert_annotated(source, name, convert)
+
+
+# ---------------------------------------------------------------------------- many files
+def default_jobs() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _start_method() -> str:
+    """fork where it is safe (nothing multithreaded imported: the command line), else spawn."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if "torch" in sys.modules or (bridge is not None and getattr(bridge, "_backends", None)) \
+            or threading.active_count() > 1:
+        return "spawn"
+    return "fork"
+
+
+def _warm() -> None:
+    """Run once in each worker: the rules and the passes loaded before the first file."""
+    from porter.convert.pipeline import convert_source
+    convert_source("import torch\n")
+
+
+def convert_paths(tasks: list[Task], *, jobs: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
+    """Converts every task, across `jobs` processes (all cores by default); results in task order."""
+    jobs = default_jobs() if jobs is None else max(jobs, 1)
+    total = len(tasks)
+    results: list[FileResult | None] = [None] * total
+    if progress:
+        progress(0, total)
+    if jobs == 1 or total < 2:
+        for i, task in enumerate(tasks):
+            results[i] = convert_task(task)
+            if progress:
+                progress(i + 1, total)
+        return results  # type: ignore[return-value]
+    # biggest files first, so no worker is left with a large file at the end
+    order = sorted(range(total), key=lambda i: -_size(tasks[i].path))
+    context = multiprocessing.get_context(_start_method())
+    with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context, initializer=_warm) as pool:
+        futures = {pool.submit(convert_task, tasks[i]): i for i in order}
+        done = 0
+        from concurrent.futures import as_completed
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # the worker itself died (out of memory, killed)
+                error = _summary(exc)
+                task = tasks[i]
+                results[i] = FileResult(task.display, task.relative, task.kind, "failed",
+                                        [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)],
+                                        error=error)
+            done += 1
+            if progress:
+                progress(done, total)
+    return results  # type: ignore[return-value]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+# ---------------------------------------------------------------------------- writing
+def write_bytes_atomically(path: Path, data: bytes, *, mode_from: Path | None = None) -> None:
+    """Writes through a temporary file in the same directory and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if mode_from is not None:
+            shutil.copymode(mode_from, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path) -> None:
+    """Converted files (failed ones aside) and the copied files under `output`, the layout kept."""
+    for result in results:
+        if result.code is not None:
+            write_bytes_atomically(output / result.relative, result.code, mode_from=source / result.relative)
+    for path, relative in copies:
+        copy_atomically(path, output / relative)
+
+
+def backup_dir(source: Path) -> Path:
+    """A fresh sibling of `source` for the originals: SRC.porter-backup, SRC.porter-backup-2, ..."""
+    base = source.parent / f"{source.name}.porter-backup"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def write_inplace(results: list[FileResult], source: Path, backup: Path, *, root_is_file: bool = False) -> list[str]:
+    """Replaces each changed file under `source` with its conversion, after copying the original to
+    `backup` (same relative path). Returns the relative paths rewritten."""
+    written = []
+    for result in results:
+        if result.code is None or not result.changed:
+            continue
+        original = source if root_is_file else source / result.relative
+        saved = backup if root_is_file else backup / result.relative
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(original, saved)
+        write_bytes_atomically(original, result.code, mode_from=original)
+        written.append(result.relative)
+    return written
+
+
+class ProgressBar:
+    """`porter: [#####-----] 12/40 files` on a terminal; nothing otherwise."""
+
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        filled = self.width * done // total
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\rporter: [{bar}] {done}/{total} files")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\r" + " " * (self.width + 40) + "\r")
+            self.stream.flush()
+            self._shown = False

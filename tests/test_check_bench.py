@@ -1,0 +1,140 @@
+"""porter bench: the measurement machinery (not the numbers, which depend on the machine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from porter.check import bench
+from porter.check.bench_cli import add_bench_parser
+
+ORIGINAL = '''
+import torch.nn as nn
+
+
+class MLP(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.drop = nn.Dropout(0.1)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
+'''
+
+CONVERTED = '''
+import jax
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    def __init__(self, d=8, *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(d, 16, rngs=rngs)
+        self.bn = nnx.BatchNorm(16, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.fc2 = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(self.drop(jax.nn.relu(self.bn(self.fc1(x)))))
+'''
+
+
+@pytest.fixture()
+def files(tmp_path):
+    (tmp_path / "mlp.py").write_text(ORIGINAL)
+    (tmp_path / "mlp_flax.py").write_text(CONVERTED)
+    return tmp_path
+
+
+def run_bench(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="porter")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *argv])
+    return args.run(args)
+
+
+def pair(files):
+    from porter.check.modelspec import import_file
+
+    torch_module = import_file(files / "mlp.py", preseed={"torch": torch})
+    torch.manual_seed(0)
+    return torch_module.MLP(), import_file(files / "mlp_flax.py").MLP(rngs=nnx.Rngs(0))
+
+
+def test_bench_models_measures_every_variant(files, monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    torch_model, flax_model = pair(files)
+    weights = {k: v.clone() for k, v in torch_model.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    result = bench.bench_models(torch_model, flax_model, x, repeats=3, warmup=1)
+    eager, compiled, jax_ = (result.result(v) for v in bench.VARIANTS)
+    for m in (eager.forward, eager.train, jax_.forward, jax_.train):
+        assert m.error is None and m.median_ms > 0
+    assert jax_.forward.compile_s > 0 and jax_.train.compile_s > 0
+    assert eager.forward.compile_s is None
+    assert result.ratio("torch eager", "forward") == 1.0
+    assert compiled.forward.median_ms is None and "torch.compile failed: RuntimeError: no C++ compiler" in \
+        compiled.forward.error
+    text = result.format()
+    assert "torch.compile forward: not measured: torch.compile failed" in text
+    assert all(v in text for v in bench.VARIANTS) and "x eager" in text
+    data = json.loads(json.dumps(result.to_json()))
+    assert [r["variant"] for r in data["results"]] == list(bench.VARIANTS)
+    assert data["results"][2]["train"]["speedup_vs_torch_eager"] > 0
+    # the original's weights and statistics are back where they were; the flax model still works
+    assert all(torch.equal(v, torch_model.state_dict()[k]) for k, v in weights.items())
+    flax_model.eval()
+    assert np.isfinite(np.asarray(flax_model(x))).all()
+
+
+def test_jax_train_step_is_torchs_sgd_step():
+    """The timed jax step really trains: two steps on a small model give torch's two SGD steps."""
+    from porter.weights.loader import load_torch_state_dict
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    flin = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    load_torch_state_dict(flin, lin.state_dict())
+    x = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32)
+    c = np.random.default_rng(2).standard_normal((5, 2)).astype(np.float32)
+    kernel_before = np.asarray(flin.kernel[...]).copy()
+    compiled, carry, unflatten = bench.jax_train_step(flin, [x], {}, [c], 0.1)
+    for _ in range(2):
+        carry, _ = compiled(carry, [x], {})
+    params, _, _ = unflatten(carry)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (lin(torch.from_numpy(x)) * torch.from_numpy(c)).sum().backward()
+        opt.step()
+    np.testing.assert_allclose(np.asarray(params["kernel"][...]).T, lin.weight.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(params["bias"][...]), lin.bias.detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(flin.kernel[...]), kernel_before)  # the model is untouched
+
+
+def test_cli_text_and_json(files, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    code = run_bench(f"{files / 'mlp.py'}:MLP", f"{files / 'mlp_flax.py'}:MLP", "--input-shape", "4,8",
+                     "--repeats", "2", "--warmup", "1", "--no-compile", "--json", str(out_json))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "porter bench: MLP()" in out and "skipped (--no-compile)" in out
+    data = json.loads(out_json.read_text())
+    assert data["settings"]["repeats"] == 2 and len(data["results"]) == 3
+
+
+def test_cli_plot_needs_matplotlib(files, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "have_matplotlib", lambda: False)
+    code = run_bench(f"{files / 'mlp.py'}:MLP", f"{files / 'mlp_flax.py'}:MLP", "--input-shape", "4,8",
+                     "--plot", "x.png")
+    assert code == 2 and "needs matplotlib" in capsys.readouterr().err
