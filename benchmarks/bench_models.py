@@ -82,11 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--expected", action="store_true", help="use fixtures/expected/ instead of converting now")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="the statistic of the x-eager ratios (min resists a busy machine)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="intra-op threads for both frameworks (default: their own defaults)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--plot", metavar="PATH.png")
     args = parser.parse_args(argv)
 
-    from porter.check.bench import bench_models, have_matplotlib, plot, write_json
+    from porter.check.bench import bench_models, have_matplotlib, limit_threads, plot, write_json
+
+    if args.threads:
+        limit_threads(args.threads)
 
     if args.plot and not have_matplotlib():
         parser.error("--plot needs matplotlib (pip install matplotlib)")
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 x = make_input(model, batch, np.random.default_rng(batch))
                 res = bench_models(torch_model, flax_model, x, name=f"{key} ({model.file}:{model.cls})",
-                                   repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile)
+                                   repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,
+                                   stat=args.stat)
                 print(res.format() + "\n", flush=True)
                 results.append(res)
                 summary.append((key, batch, res))
@@ -125,7 +133,7 @@ def summary_table(summary) -> str:
             continue
 
         def ms(variant, what):
-            m = getattr(res.result(variant), what).median_ms
+            m = getattr(getattr(res.result(variant), what), f"{res.settings['stat']}_ms")
             return "-" if m is None else f"{m:.3f}"
 
         def x(variant, what):
@@ -136,7 +144,8 @@ def summary_table(summary) -> str:
                      x("jax.jit (converted)", "forward"), ms("torch eager", "train"),
                      x("torch.compile", "train"), x("jax.jit (converted)", "train")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["summary (x: times faster than torch eager)"]
+    stat = summary[0][2].settings["stat"] if summary and summary[0][2] else "median"
+    lines = [f"summary (ms: {stat}; x: times faster than torch eager, on the {stat})"]
     lines += ["  " + "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
               for r in rows]
     return "\n".join(lines)

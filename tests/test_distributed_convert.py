@@ -220,3 +220,18 @@ def test_environment_writes_are_left_alone():
     """)
     assert 'os.environ["RANK"] = str(rank)' in conversion.code and 'del os.environ["WORLD_SIZE"]' in conversion.code
     assert "rank = jax.process_index()" in conversion.code
+
+
+def test_emitted_helpers_use_only_imports_the_converter_adds():
+    import inspect
+
+    from porter import emitted_distributed
+    from porter.convert.passes.imports import NEEDED_IMPORTS
+
+    tree = ast.parse(inspect.getsource(emitted_distributed))
+    imports = {ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))}
+    assert imports <= {statement for statement, _ in NEEDED_IMPORTS}
+    helpers = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert helpers == set(emitted_distributed.DEPENDS)
+    nested = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in tree.body]
+    assert nested == []

@@ -28,9 +28,15 @@ PRELUDE = textwrap.dedent("""\
 
 @pytest.mark.parametrize("rule_id,before,after", EXAMPLES, ids=[f"{r}:{b}" for r, b, _ in EXAMPLES])
 def test_rule_example_converts_as_documented(rule_id, before, after):
-    conversion = convert_source(PRELUDE.format(before=before))
-    line = [l for l in conversion.code.splitlines() if l.startswith("        y = ")][-1]
-    assert line.strip() == f"y = {after}"
+    if "\n" in before:  # statements (x[i] = v): the method body ends with the converted statements
+        body = textwrap.indent(before, " " * 8).lstrip()
+        conversion = convert_source(PRELUDE.format(before="None\n        " + body))
+        lines = [l.strip() for l in conversion.code.splitlines() if l.startswith("        ")]
+        assert lines[-len(after.splitlines()):] == after.splitlines()
+    else:
+        conversion = convert_source(PRELUDE.format(before=before))
+        line = [l for l in conversion.code.splitlines() if l.startswith("        y = ")][-1]
+        assert line.strip() == f"y = {after}"
     assert not [d for d in conversion.diagnostics if d.severity.value == "error"]
 
 

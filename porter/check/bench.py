@@ -46,10 +46,25 @@ import numpy as np
 VARIANTS = ("torch eager", "torch.compile", "jax.jit (converted)")
 
 
+def limit_threads(n: int) -> None:
+    """Both frameworks on n intra-op threads. Call before jax is imported (XLA reads its flags once)."""
+    import sys
+
+    if "jax" in sys.modules:
+        raise RuntimeError("limit_threads must run before jax is imported")
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}"
+    os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
+    import torch
+
+    torch.set_num_threads(n)
+
+
 @dataclass
 class Measurement:
     median_ms: float | None = None
     spread_ms: tuple[float, float] | None = None  # (25th, 75th percentile)
+    min_ms: float | None = None
     compile_s: float | None = None
     peak_bytes: int | None = None
     error: str | None = None
@@ -74,10 +89,11 @@ class BenchResult:
     def result(self, variant: str) -> VariantResult:
         return next(r for r in self.results if r.variant == variant)
 
-    def ratio(self, variant: str, what: str) -> float | None:
-        """How many times faster than torch eager (eager time / this time)."""
-        base = getattr(self.result("torch eager"), what).median_ms
-        mine = getattr(self.result(variant), what).median_ms
+    def ratio(self, variant: str, what: str, stat: str | None = None) -> float | None:
+        """How many times faster than torch eager (eager time / this time), on the median or the min."""
+        attr = f"{stat or self.settings.get('stat', 'median')}_ms"
+        base = getattr(getattr(self.result("torch eager"), what), attr)
+        mine = getattr(getattr(self.result(variant), what), attr)
         if base is None or mine is None or mine <= 0:
             return None
         return base / mine
@@ -89,24 +105,29 @@ class BenchResult:
             row = {"variant": r.variant}
             for what in ("forward", "train"):
                 m = asdict(getattr(r, what))
-                m["speedup_vs_torch_eager"] = self.ratio(r.variant, what)
+                m["speedup_vs_torch_eager"] = self.ratio(r.variant, what, "median")
+                m["speedup_vs_torch_eager_min"] = self.ratio(r.variant, what, "min")
                 row[what] = m
             out["results"].append(row)
         return out
 
     def format(self) -> str:
         s = self.settings
+        m = self.machine
+        xla = " " + m["xla_flags"] if m.get("xla_flags") else ""
+        load = f", load average {m['load_average_1min']:.1f}" if m.get("load_average_1min") is not None else ""
         lines = [f"porter bench: {self.name}, inputs {', '.join(self.inputs)}",
-                 f"  {self.machine['cpu']}, torch {self.machine['torch']} ({self.machine['torch_threads']} "
-                 f"threads), jax {self.machine['jax']} ({self.machine['jax_backend']}); median of "
-                 f"{s['repeats']} calls after {s['warmup']} warm-up calls, one process"]
+                 f"  {m['cpu']}{load}, torch {m['torch']} ({m['torch_threads']} threads), jax {m['jax']} "
+                 f"({m['jax_backend']}{xla}); median of {s['repeats']} calls after {s['warmup']} warm-up calls, "
+                 f"one process"]
         lines += [f"  {note}" for note in self.notes]
-        head = ("variant", "forward ms", "x eager", "train step ms", "x eager", "compile s (fwd/train)",
-                "peak mem (fwd/train)")
+        stat = s.get("stat", "median")
+        head = ("variant", "forward ms", "min", f"x eager", "train step ms", "min", "x eager",
+                "compile s (fwd/train)", "peak mem (fwd/train)")
         table = [head]
         for r in self.results:
-            def ms(m: Measurement) -> str:
-                return "-" if m.median_ms is None else f"{m.median_ms:.3f}"
+            def ms(v: float | None) -> str:
+                return "-" if v is None else f"{v:.3f}"
 
             def ratio(what: str) -> str:
                 x = self.ratio(r.variant, what)
@@ -119,7 +140,8 @@ class BenchResult:
             peak = pair(r.forward.peak_bytes, r.train.peak_bytes, _mb)
             if r.variant == "torch eager":
                 compile_s = "-"
-            table.append((r.variant, ms(r.forward), ratio("forward"), ms(r.train), ratio("train"), compile_s, peak))
+            table.append((r.variant, ms(r.forward.median_ms), ms(r.forward.min_ms), ratio("forward"),
+                          ms(r.train.median_ms), ms(r.train.min_ms), ratio("train"), compile_s, peak))
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
         for row in table:
             lines.append("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
@@ -129,7 +151,8 @@ class BenchResult:
                 err = getattr(r, what).error
                 if err:
                     lines.append(f"  {r.variant} {what}: not measured: {err}")
-        lines.append("  x eager: torch eager time / this time (above 1: faster than torch eager)")
+        lines.append(f"  ms: median, and min, of the timed calls; x eager: torch eager's {stat} time / this "
+                     f"variant's (above 1: faster than torch eager)")
         return "\n".join(lines)
 
 
@@ -144,7 +167,8 @@ def _mb(value: int | None) -> str:
     return f"{value / 2**20:.1f}M"
 
 
-def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, tuple[float, float]]:
+def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float, tuple[float, float, float]]:
+    """(median, (25th percentile, 75th percentile, min)) in ms."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -153,7 +177,12 @@ def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return statistics.median(samples), (q[0], q[2])
+    return statistics.median(samples), (q[0], q[2], min(samples))
+
+
+def _store(m: Measurement, timed: tuple[float, tuple[float, float, float]]) -> None:
+    m.median_ms, (q1, q3, m.min_ms) = timed[0], timed[1]
+    m.spread_ms = (q1, q3)
 
 
 def _torch_peak(fn: Callable[[], Any]) -> int | None:
@@ -205,7 +234,7 @@ def _torch_variant(name: str, model: Any, call_model: Callable, args, kwargs, co
         t0 = time.perf_counter()
         forward()
         first = time.perf_counter() - t0
-        result.forward.median_ms, result.forward.spread_ms = _time_calls(forward, repeats, warmup)
+        _store(result.forward, _time_calls(forward, repeats, warmup))
         result.forward.compile_s = first if compiled else None
         result.forward.peak_bytes = _torch_peak(forward)
     except Exception as exc:
@@ -229,7 +258,7 @@ def _torch_variant(name: str, model: Any, call_model: Callable, args, kwargs, co
         t0 = time.perf_counter()
         step()
         first = time.perf_counter() - t0
-        result.train.median_ms, result.train.spread_ms = _time_calls(step, repeats, warmup)
+        _store(result.train, _time_calls(step, repeats, warmup))
         result.train.compile_s = first if compiled else None
         result.train.peak_bytes = _torch_peak(step)
     except Exception as exc:
@@ -265,8 +294,8 @@ def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: 
         compiled = jax.jit(forward_fn).lower(leaves, args, kwargs).compile()
         result.forward.compile_s = time.perf_counter() - t0
         result.forward.peak_bytes = _xla_peak(compiled)
-        result.forward.median_ms, result.forward.spread_ms = _time_calls(
-            lambda: jax.block_until_ready(compiled(leaves, args, kwargs)), repeats, warmup)
+        _store(result.forward, _time_calls(lambda: jax.block_until_ready(compiled(leaves, args, kwargs)),
+                                           repeats, warmup))
     except Exception as exc:
         result.forward.error = _error_text(exc)
     if not train:
@@ -285,7 +314,7 @@ def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: 
             box[0], loss = compiled(box[0], args, kwargs)
             return jax.block_until_ready(loss)
 
-        result.train.median_ms, result.train.spread_ms = _time_calls(step, repeats, warmup)
+        _store(result.train, _time_calls(step, repeats, warmup))
     except Exception as exc:
         result.train.error = _error_text(exc)
     finally:
@@ -357,14 +386,17 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpu": f"{cpu}, {os.cpu_count()} cores", "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
-            "jax_backend": jax.default_backend(), "python": platform.python_version()}
+            "jax_backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "load_average_1min": load, "python": platform.python_version()}
 
 
 def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Mapping[str, Any] | None = None,
                  name: str | None = None, repeats: int = 20, warmup: int = 3, compile: bool = True,
-                 train: bool = True, lr: float = 1e-3, seed: int = 0, load_weights: bool = True) -> BenchResult:
+                 train: bool = True, lr: float = 1e-3, seed: int = 0, load_weights: bool = True,
+                 stat: str = "median") -> BenchResult:
     """Time forward and train step of torch eager, torch.compile and the converted model under jax.jit."""
     import jax
     import torch
@@ -374,6 +406,8 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
 
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
+    if stat not in ("median", "min"):
+        raise ValueError("stat must be 'median' or 'min'")
     notes: list[str] = []
     if load_weights:
         load_torch_state_dict(flax_model, torch_model.state_dict(), strict=True)
@@ -431,7 +465,7 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
     shown = [f"{a.dtype}{tuple(a.shape)}" if isinstance(k, int) else f"{k}={a.dtype}{tuple(a.shape)}"
              for k, a in items]
     settings = {"repeats": repeats, "warmup": warmup, "lr": lr, "seed": seed, "optimizer": "SGD",
-                "loss": "sum(output * fixed random cotangent)", "torch_compile": compile}
+                "loss": "sum(output * fixed random cotangent)", "torch_compile": compile, "stat": stat}
     return BenchResult(name or type(torch_model).__name__, shown, results, settings, machine_info(), notes)
 
 

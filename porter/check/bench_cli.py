@@ -37,6 +37,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for inputs, init and cotangents")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it takes a while)")
     parser.add_argument("--no-train", action="store_true", help="forward only")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="the statistic the x-eager ratios use (default median; min resists a busy machine)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="intra-op threads for both frameworks (default: each framework's own default)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (- for stdout)")
     parser.add_argument("--plot", metavar="PATH.png", help="also draw the times as a PNG (needs matplotlib)")
     parser.set_defaults(run=run_bench)
@@ -66,7 +70,15 @@ def run_bench(args: argparse.Namespace) -> int:
         return _error("integer inputs need --int-high N (values are drawn from [0, N))")
     if args.repeats < 1 or args.warmup < 0:
         return _error("--repeats must be >= 1 and --warmup >= 0")
-    from porter.check.bench import bench_models, have_matplotlib, plot, write_json
+    from porter.check.bench import bench_models, have_matplotlib, limit_threads, plot, write_json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            return _error("--threads must be >= 1")
+        try:
+            limit_threads(args.threads)
+        except RuntimeError as exc:
+            return _error(str(exc))
 
     if args.plot and not have_matplotlib():
         return _error("--plot needs matplotlib, which is not installed (pip install matplotlib)")
@@ -99,7 +111,7 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         result = bench_models(torch_model, flax_model, *positional, kw_inputs=keyword, name=original.call_text(),
                               repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,
-                              train=not args.no_train, lr=args.lr, seed=args.seed)
+                              train=not args.no_train, lr=args.lr, seed=args.seed, stat=args.stat)
     except StateDictMismatch as exc:
         print(f"{PROG}: the converted model's variables do not match the original's state_dict:\n{exc}")
         return 1

@@ -447,7 +447,8 @@ def conv(rule: Rule, site: Site) -> Application:
     bias = bound.get("bias")
     if bias is not None and literal(bias) is not None:
         index = ", ".join([":"] + ["None"] * n)
-        bias_code = code_of(bias) if _simple(bias) else f"({code_of(bias)})"
+        atom = isinstance(bias, (cst.Name, cst.Attribute, cst.Call, cst.Subscript))
+        bias_code = code_of(bias) if atom else f"({code_of(bias)})"
         if isinstance(bias, (cst.Name, cst.Attribute)):  # self.bias may be None (a layer without bias)
             added = expr(f"({bias_code}[{index}] if {bias_code} is not None else 0)")
         else:

@@ -20,6 +20,7 @@ identical either way.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from bisect import bisect_left, bisect_right, insort
 from itertools import accumulate
 from typing import Iterable
@@ -36,6 +37,8 @@ STATEMENT_TYPES = frozenset({
     cst.SimpleStatementLine, cst.If, cst.For, cst.While, cst.With, cst.Try, cst.TryStar,
     cst.FunctionDef, cst.ClassDef, cst.Match,
 })
+_PROSE_NODE, _STATEMENT_NODE = "prose", "statement"
+_SPECIAL = {**{t: _PROSE_NODE for t in _PROSE}, **{t: _STATEMENT_NODE for t in STATEMENT_TYPES}}
 
 
 class _NullContext:
@@ -77,6 +80,7 @@ class _IndexingState(CodegenState):
         self._stack: list[int] = []
         self.popped: list[str] = []
         self.prose: list[tuple[int, int]] = []  # token ranges of comments and string literals
+        self.indents: dict[int, str] = {}  # nested statements: the indentation they were generated at
 
     def before_codegen(self, node: cst.CSTNode) -> None:
         self._stack.append(len(self.tokens))
@@ -84,8 +88,11 @@ class _IndexingState(CodegenState):
     def after_codegen(self, node: cst.CSTNode) -> None:
         start = self._stack.pop()
         self.inclusive[id(node)] = (start, len(self.tokens))
-        if type(node) in _PROSE:
+        special = _SPECIAL.get(type(node))
+        if special is _PROSE_NODE:
             self.prose.append((start, len(self.tokens)))
+        elif special is _STATEMENT_NODE and self.indent_tokens:
+            self.indents[id(node)] = "".join(self.indent_tokens)
 
     def record_syntactic_position(self, node, *, start_node=None, end_node=None):
         return _Syntactic(self, node, start_node, end_node)
@@ -109,12 +116,12 @@ class SourceIndex:
         module._codegen(state)
         self.module = module  # keeps the nodes (and so their ids) alive
         self._inclusive = state.inclusive
+        self._indents = state.indents
         self._syntactic = state.syntactic
         self._offsets = [0, *accumulate(map(len, [*state.tokens, *state.popped]))]
         self.text = "".join(state.tokens)
         counted = self.text + "".join(state.popped)
         self._line_starts = [m.end() for m in NEWLINE_RE.finditer(counted)]
-        self._word_offsets: dict[str, list[int]] = {}
         self._words: dict[str, list[int]] | None = None
         self.code_text = self._without_prose(state.prose)
 
@@ -123,8 +130,10 @@ class SourceIndex:
         if not prose:
             return self.text
         pieces, at = [], 0
-        for first, last in prose:  # in order, and never nested (none of these contains another)
-            start, end = self._offsets[first], self._offsets[last]
+        for first, last in prose:  # in the order they ended: a comment inside a string's parentheses first
+            start, end = max(self._offsets[first], at), self._offsets[last]
+            if end <= start:
+                continue
             pieces.append(self.text[at:start])
             pieces.append(" " * (end - start))
             at = end
@@ -180,14 +189,7 @@ class SourceIndex:
 
     def mentions(self, word: str) -> bool:
         """True when the identifier occurs in the file's code (comments and strings aside)."""
-        return bool(self._occurrences(word))
-
-    def _occurrences(self, word: str) -> list[int]:
-        found = self._word_offsets.get(word)
-        if found is None:
-            found = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", self.code_text)]
-            self._word_offsets[word] = found
-        return found
+        return word in self.word_occurrences()
 
 
 class TriggerSet:
@@ -233,8 +235,10 @@ class Prefilter:
     def __init__(self, index: SourceIndex, visitor) -> None:
         self.index = index
         self.visitor = visitor
+        from porter.convert.traverse import hook
+        cls = type(visitor)
         hooked = {t for t in NO_IDENTIFIERS
-                  if hasattr(visitor, f"visit_{t.__name__}") or hasattr(visitor, f"leave_{t.__name__}")}
+                  if hook(cls, f"visit_{t.__name__}") or hook(cls, f"leave_{t.__name__}")}
         self.never = NO_IDENTIFIERS - hooked
         self.words: set[str] = set()
         self.offsets: list[int] = []  # where the words occur, sorted
@@ -263,6 +267,9 @@ class Prefilter:
         kind = type(node)
         if kind in self.never:
             return True
+        if kind is cst.Module:
+            self._refresh()
+            return False  # its visit and leave hooks always run
         span = self.index._inclusive.get(id(node))
         if span is None:
             return False  # not from the original module
@@ -273,6 +280,35 @@ class Prefilter:
         found = self.offsets
         i = bisect_left(found, start)
         return not (i < len(found) and found[i] < end)
+
+
+# containers of statements -> their fields that hold statements or clauses holding statements
+_STATEMENT_FIELDS: dict[type, tuple[str, ...]] = {
+    cst.IndentedBlock: ("body",), cst.If: ("body", "orelse"), cst.Else: ("body",),
+    cst.For: ("body", "orelse"), cst.While: ("body", "orelse"), cst.With: ("body",),
+    cst.Try: ("body", "handlers", "orelse", "finalbody"), cst.TryStar: ("body", "handlers", "orelse", "finalbody"),
+    cst.ExceptHandler: ("body",), cst.ExceptStarHandler: ("body",), cst.Finally: ("body",),
+    cst.FunctionDef: ("body",), cst.ClassDef: ("body",), cst.Match: ("cases",), cst.MatchCase: ("body",),
+}
+
+
+@dataclass(frozen=True)
+class _Verbatim(cst.BaseStatement):
+    """Code generation only: an unchanged statement of the source as its text, when it is generated
+    at the indentation it had (else generated as usual)."""
+
+    original: cst.BaseStatement
+    text: str
+    indent: str
+
+    def _visit_and_replace_children(self, visitor):  # pragma: no cover - never visited
+        return self
+
+    def _codegen_impl(self, state, **kwargs) -> None:
+        if "".join(state.indent_tokens) == self.indent:
+            state.add_token(self.text)
+        else:
+            self.original._codegen(state, **kwargs)
 
 
 class StatementCode:
@@ -294,8 +330,36 @@ class StatementCode:
             return self.index.code_of(statement)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = (statement, module.code_for_node(statement))
+            spliced = self._splice(statement) if self.index is not None else statement
+            found = self._cache[key] = (statement, module.code_for_node(spliced))
         return found[1]
+
+    def _splice(self, node: cst.CSTNode) -> cst.CSTNode:
+        """`node` with each statement inside it that is an original one (unchanged) standing in as
+        its source text, generated again only where its indentation changed."""
+        fields = _STATEMENT_FIELDS.get(type(node))
+        if not fields:
+            return node
+        changes = {}
+        for name in fields:
+            child = getattr(node, name)
+            if isinstance(child, (list, tuple)):
+                new = [self._stand_in(item) for item in child]
+                if any(a is not b for a, b in zip(new, child)):
+                    changes[name] = new
+            elif type(child) is cst.If:  # an elif: generated by its If, which must see an If
+                new = self._splice(child)
+            elif child is not None:
+                new = self._stand_in(child)
+                if new is not child:
+                    changes[name] = new
+        return node.with_changes(**changes) if changes else node
+
+    def _stand_in(self, node):
+        index = self.index
+        if type(node) in STATEMENT_TYPES and index.contains(node):
+            return _Verbatim(node, index.code_of(node), index._indents.get(id(node), ""))
+        return self._splice(node)
 
     def module_code(self, module: cst.Module) -> str:
         if not module.has_trailing_newline:

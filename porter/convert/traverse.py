@@ -137,6 +137,47 @@ def _has_attribute_hooks(cls: type) -> bool:
     return any(_ATTRIBUTE_HOOK.match(name) for name in dir(cls))
 
 
+@functools.cache
+def hook(cls: type, name: str):
+    """The visitor class's `visit_X`/`leave_X` function, or None when it has none of its own
+    (libcst's typed stubs, marked `_is_no_op`, do nothing)."""
+    fn = getattr(cls, name, None)
+    if fn is None or getattr(fn, "_is_no_op", False):
+        return None
+    return fn
+
+
+_VISIT: dict[tuple[type, type], object] = {}
+_LEAVE: dict[tuple[type, type], object] = {}
+
+
+class FastDispatch:
+    """on_visit/on_leave as libcst's, with the hook looked up once per (visitor class, node type)
+    and libcst's no-op stubs not called. Put it before CSTVisitor/CSTTransformer in the bases."""
+
+    def on_visit(self, node: CSTNode) -> bool:
+        key = (type(self), type(node))
+        fn = _VISIT.get(key, _VISIT)
+        if fn is _VISIT:
+            fn = _VISIT[key] = hook(key[0], f"visit_{key[1].__name__}")
+        if fn is None:
+            return True
+        return fn(self, node) is not False
+
+    def on_leave(self, original_node: CSTNode, *updated):
+        key = (type(self), type(original_node))
+        fn = _LEAVE.get(key, _LEAVE)
+        if fn is _LEAVE:
+            fn = _LEAVE[key] = hook(key[0], f"leave_{key[1].__name__}")
+        if updated:  # a transformer
+            if fn is None:
+                return updated[0]
+            return fn(self, original_node, updated[0])
+        if fn is not None:
+            fn(self, original_node)
+        return None
+
+
 def visit(module: cst.Module, visitor, skip: Callable[[CSTNode], bool] | None = None):
     """`module.visit(visitor)`, faster; see the module docstring."""
     walker = _Walker(visitor, skip)

@@ -10,6 +10,7 @@ the ml_dtypes type. No value ever passes through another float type.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import ml_dtypes
@@ -62,16 +63,19 @@ def to_numpy(value: Any, *, copy: bool = True) -> np.ndarray:
 
 
 
-def contiguous(array: np.ndarray) -> np.ndarray:
+def contiguous(array: np.ndarray, *, use_torch: bool = True) -> np.ndarray:
     """A C-contiguous copy of a strided view (a transposed kernel), or the array itself if it is one.
 
     numpy copies a transposed view element by element (about 150 MB/s for 2-byte types here);
-    torch's blocked copy is several times faster, so it does the work when torch is importable.
-    Values are moved bit for bit (bfloat16/float8 as same-width integers), never converted.
+    torch's blocked copy is several times faster, so it does the work when use_torch is set
+    (importing torch costs about 250 MB of resident memory; use_torch=False uses torch only if
+    it is already imported). Values move bit for bit (bfloat16/float8 as same-width integers).
     """
     if array.flags.c_contiguous:
         return array
     if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
+        return np.ascontiguousarray(array)
+    if not use_torch and "torch" not in sys.modules:
         return np.ascontiguousarray(array)
     try:
         import torch

@@ -176,18 +176,19 @@ class OrbaxSink:
     def add(self, name: str, path: tuple, array: np.ndarray, dtype: np.dtype, release) -> None:
         from porter.weights.arrays import contiguous
 
-        array = contiguous(array)
+        # Orbax's own buffers dominate this path's memory: no torch import just for faster transposes
+        array = contiguous(array, use_torch=False)
         if np.dtype(array.dtype) != dtype:
             array = array.astype(dtype)
         if not self.partial:
             self.everything.append((path, np.array(array, copy=True)))
             release()
             return
+        if self.batch and self.pending + array.nbytes > self.batch_bytes:
+            self._flush()  # a batch holds at most batch_bytes, or one larger tensor alone
         self.batch.append((path, array))
         self.releases.append(release)
         self.pending += array.nbytes
-        if self.pending >= self.batch_bytes:
-            self._flush()
 
     def _flush(self) -> None:
         if not self.batch:

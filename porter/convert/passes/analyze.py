@@ -9,6 +9,7 @@ import libcst as cst
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.source_index import SourceIndex
+from porter.convert.traverse import FastDispatch
 
 
 def dotted(node: cst.BaseExpression) -> str:
@@ -19,7 +20,7 @@ def dotted(node: cst.BaseExpression) -> str:
     return ""
 
 
-class Analyze(cst.CSTVisitor):
+class Analyze(FastDispatch, cst.CSTVisitor):
     """Reacts only to imports, torch names, module classes and layer factories: the pipeline skips
     the code without any of them (the prefilter of porter/convert/source_index.py)."""
 

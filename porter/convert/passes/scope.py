@@ -19,6 +19,7 @@ from libcst.metadata import PositionProvider
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.source_index import SourceIndex
+from porter.convert.traverse import FastDispatch
 
 TENSOR_METHOD_PREFIX = "torch.Tensor."
 
@@ -35,7 +36,7 @@ def _tensor_methods(rules) -> frozenset[str]:
     return found[1]
 
 
-class ScopedTransformer(cst.CSTTransformer):
+class ScopedTransformer(FastDispatch, cst.CSTTransformer):
     METADATA_DEPENDENCIES = ()
     # identifiers this class's leave_/visit_ methods react to beyond the torch names, module classes,
     # layer factories and tensor methods every pass sees (union over the class hierarchy)
