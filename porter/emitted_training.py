@@ -10,6 +10,7 @@ Converted code never imports porter.
 """
 
 import math
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -365,16 +366,12 @@ class LRScheduler:
     @staticmethod
     def record(optimizer):
         """What the schedulers of `optimizer` share (torch keeps it in the optimizer's param_groups)."""
-        import weakref
-
         if LRScheduler._optimizers is None:
             LRScheduler._optimizers = weakref.WeakKeyDictionary()
         return LRScheduler._optimizers.setdefault(optimizer, {})
 
     def claim(self):
         """Only one live scheduler may step an optimizer: torch would compound two, these do not."""
-        import weakref
-
         record = self.record(self.optimizer)
         stepping = record.get("stepping")
         if stepping is None or stepping() is None:

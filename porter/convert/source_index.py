@@ -71,28 +71,41 @@ class _Syntactic:
 
 
 class _IndexingState(CodegenState):
-    """Code generation that records, per node id, the token range it produced."""
+    """Code generation that records, per node id, the token range it produced.
+
+    The per-node hooks are closures over local variables (no attribute lookups): they run for
+    every node of the file."""
 
     def __init__(self, module: cst.Module) -> None:
         super().__init__(default_indent=module.default_indent, default_newline=module.default_newline)
-        self.inclusive: dict[int, tuple[int, int]] = {}  # whitespace-inclusive ranges
+        self.inclusive: dict[int, tuple[int, int]] = {}  # whitespace-inclusive ranges (first write wins)
         self.syntactic: dict[int, tuple[int, int]] = {}  # ranges libcst's PositionProvider prefers
-        self._stack: list[int] = []
         self.popped: list[str] = []
         self.prose: list[tuple[int, int]] = []  # token ranges of comments and string literals
         self.indents: dict[int, str] = {}  # nested statements: the indentation they were generated at
+        tokens, indent_tokens = self.tokens, self.indent_tokens
+        stack: list[int] = []
+        push, pop = stack.append, stack.pop
+        remember = self.inclusive.setdefault
+        special_of = _SPECIAL.get
+        prose, indents = self.prose, self.indents
 
-    def before_codegen(self, node: cst.CSTNode) -> None:
-        self._stack.append(len(self.tokens))
+        def before_codegen(node) -> None:
+            push(len(tokens))
 
-    def after_codegen(self, node: cst.CSTNode) -> None:
-        start = self._stack.pop()
-        self.inclusive[id(node)] = (start, len(self.tokens))
-        special = _SPECIAL.get(type(node))
-        if special is _PROSE_NODE:
-            self.prose.append((start, len(self.tokens)))
-        elif special is _STATEMENT_NODE and self.indent_tokens:
-            self.indents[id(node)] = "".join(self.indent_tokens)
+        def after_codegen(node) -> None:
+            start = pop()
+            end = len(tokens)
+            remember(id(node), (start, end))
+            special = special_of(type(node))
+            if special is not None:
+                if special is _PROSE_NODE:
+                    prose.append((start, end))
+                elif indent_tokens:
+                    indents[id(node)] = "".join(indent_tokens)
+
+        self.before_codegen = before_codegen
+        self.after_codegen = after_codegen
 
     def record_syntactic_position(self, node, *, start_node=None, end_node=None):
         return _Syntactic(self, node, start_node, end_node)
@@ -124,6 +137,7 @@ class SourceIndex:
         self._line_starts = [m.end() for m in NEWLINE_RE.finditer(counted)]
         self._words: dict[str, list[int]] | None = None
         self.code_text = self._without_prose(state.prose)
+        assert len(self.code_text) == len(self.text), "the code text must keep every offset"
 
     def _without_prose(self, prose: list[tuple[int, int]]) -> str:
         """The text with every comment and string literal blanked out (same length, same offsets)."""
@@ -186,6 +200,18 @@ class SourceIndex:
                 words.setdefault(match.group(), []).append(match.start())
             self._words = words
         return self._words
+
+    def one_line_code(self, node: cst.CSTNode) -> "CodeText | None":
+        """For an expression (or other non-statement) whose code is one line: its code as a node
+        that generates exactly that text, which is what generating it in isolation would give (no
+        newline, so no indentation and no newline style enters it). None otherwise."""
+        if type(node) in STATEMENT_TYPES:
+            return None
+        start, end = self.span(node)
+        text = self.text[start:end]
+        if "\n" in text or "\r" in text:
+            return None
+        return CodeText(text)
 
     def mentions(self, word: str) -> bool:
         """True when the identifier occurs in the file's code (comments and strings aside)."""
@@ -290,6 +316,19 @@ _STATEMENT_FIELDS: dict[type, tuple[str, ...]] = {
     cst.ExceptHandler: ("body",), cst.ExceptStarHandler: ("body",), cst.Finally: ("body",),
     cst.FunctionDef: ("body",), cst.ClassDef: ("body",), cst.Match: ("cases",), cst.MatchCase: ("body",),
 }
+
+
+@dataclass(frozen=True)
+class CodeText(cst.CSTNode):
+    """Code generation only: a fixed piece of code."""
+
+    text: str
+
+    def _visit_and_replace_children(self, visitor):  # pragma: no cover - never visited
+        return self
+
+    def _codegen_impl(self, state, **kwargs) -> None:
+        state.add_token(self.text)
 
 
 @dataclass(frozen=True)

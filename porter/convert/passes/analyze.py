@@ -66,7 +66,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             local = alias.asname.name.value if alias.asname else name
             self.bound_names.add(local)
             self.ctx.bound_imports.add(local)
-            if module.split(".")[0] == "torch":
+            if module.split(".")[0] == "torch" or module == "einops.layers.torch":  # einops: rules/einops.toml
                 self.ctx.imports[local] = f"{module}.{name}"
         return False
 

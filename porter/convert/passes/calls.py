@@ -91,7 +91,7 @@ class CallRewrite(ScopedTransformer):
             return updated_node
         func = original_node.func
         qualified = self.ctx.qualified_name(func)
-        if qualified and qualified.split(".")[0] == "torch":
+        if qualified and qualified.split(".")[0] in ("torch", "einops"):
             return self._convert_torch_call(qualified, original_node, updated_node)
         if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return self._add_rngs(original_node, updated_node)
@@ -189,7 +189,7 @@ class CallRewrite(ScopedTransformer):
         if id(original) in self._inner or id(original) in self._call_funcs or self._kept_depth:
             return updated
         qualified = self.ctx.qualified_name(original)
-        if not qualified or qualified.split(".")[0] != "torch":
+        if not qualified or qualified.split(".")[0] not in ("torch", "einops"):
             return updated
         rule = self.ctx.rules.lookup(qualified)
         if rule is not None and rule.kind == "constant":

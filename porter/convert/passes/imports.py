@@ -22,6 +22,8 @@ NEEDED_IMPORTS = [
     ("import jax.numpy as jnp", re.compile(r"\bjnp\.")),
     ("from flax import nnx", re.compile(r"\bnnx\.")),
     ("import optax", re.compile(r"\boptax\.")),
+    ("import einops", re.compile(r"\beinops\.")),  # einops.layers.torch layers become einops functions
+    ("import weakref", re.compile(r"\bweakref\.")),  # porter/emitted_training.py's schedulers
     # what porter/emitted_distributed.py's helpers use
     ("import os", re.compile(r"\bos\.")),
     ("import numpy as np", re.compile(r"\bnp\.")),
@@ -72,7 +74,7 @@ class FinalizeImports(cst.CSTTransformer):
                 out.append(stmt)
         if insert_at >= len(body):
             out.extend(new_imports)
-        helpers = [cst.parse_statement(src) for src in helper_sources(self.ctx.helpers)]
+        helpers = [_parsed_helper(src) for src in helper_sources(self.ctx.helpers)]
         if helpers:
             spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
@@ -189,7 +191,7 @@ def _torch_bindings(node: cst.CSTNode) -> set[str]:
         return names
     if isinstance(node, cst.ImportFrom) and node.module is not None and not node.relative:
         module = cst.Module([]).code_for_node(node.module)
-        if module.split(".")[0] != "torch" or isinstance(node.names, cst.ImportStar):
+        if (module.split(".")[0] != "torch" and module != "einops.layers.torch") or isinstance(node.names, cst.ImportStar):
             return set()
         return {(a.asname.name.value if a.asname else a.name.value) for a in node.names}
     return set()
@@ -243,6 +245,12 @@ def helper_sources(names: list[str]) -> list[str]:
     for name in names:
         add(name)
     return [_helper_source(name) for name in ordered]
+
+
+@functools.cache
+def _parsed_helper(source: str) -> cst.BaseStatement:
+    """A helper's statement, parsed once (nodes are immutable: every converted file can share it)."""
+    return cst.parse_statement(source)
 
 
 @functools.cache

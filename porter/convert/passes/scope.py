@@ -132,4 +132,9 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         self.ctx.report(code, *self.position(node), message)
 
     def record(self, rule: str, original: cst.CSTNode, updated: cst.CSTNode) -> None:
-        self.ctx.record_change(rule, *self.position(original), original, updated)
+        # the change log prints `original` as code: an original one-line expression is its source text
+        # (what code_of would generate, without generating it)
+        before = original
+        if self._index is not None and self._index.contains(original):
+            before = self._index.one_line_code(original) or original
+        self.ctx.record_change(rule, *self.position(original), before, updated)
