@@ -54,7 +54,7 @@ LAYERS = [
     ("nn.LayerNorm({b})", "x = self.{n}(x)"),
     ("nn.Dropout(p=0.{p})", "x = self.{n}(x)"),
     ("nn.GELU()", "x = self.{n}(x)"),
-    ("nn.Embedding({a}, {b})", "x = self.{n}(x)"),
+    ("nn.Identity()", "x = self.{n}(x)"),
 ]
 OPS = [
     "x = F.relu(x)",
@@ -65,60 +65,128 @@ OPS = [
     "x = torch.cat([x, x], dim=-1)",
     "x = x.mean(dim=1, keepdim=True)",
     "x = F.softmax(x, dim=-1)",
-    "attn = (q @ k.transpose(-2, -1)) * self.scale",
     "x = torch.flatten(x, 1)",
-    "x = x + residual",
-    "x = x.sum(dim=-1)",
     "x = F.gelu(x)",
-    "x = torch.matmul(x, x.transpose(-1, -2))",
 ]
 PLAIN = [
     "total = sum(sizes) // max(len(sizes), 1)",
     "names = [name.lower() for name in names if name]",
     "if verbose:\n        print(f\"step {{step}}: {{value:.3f}}\")",
     "config = dict(width=width, depth=depth, drop=drop)",
-    "for key, value in sorted(options.items()):\n        setattr(self, key, value)",
-    "return {{\"width\": width, \"depth\": depth}}",
+    "for key, value in sorted(options.items()):\n        options[key.replace('.', '_')] = value",
+    "prefix = '.'.join(part for part in names[:depth] if part)",
+    "if not sizes:\n        raise ValueError(f'no sizes given for {{names}}')",
+    "widths = [int(round(width * (1 + i * drop))) for i in range(depth)]",
+    "lookup = {{name: index for index, name in enumerate(names)}}",
+    "step = min(step, depth - 1) if depth else 0",
 ]
 
 
 def generated_module(rng: random.Random, index: int) -> str:
-    """A model file in the style of real ones: docstrings, layers, forward passes, plain helpers."""
-    out = [f'"""Generated model family {index}: blocks, a head and the helpers around them."""',
-           "import math", "from dataclasses import dataclass", "from typing import Optional", "",
-           "import torch", "import torch.nn as nn", "import torch.nn.functional as F", "", ""]
-    out += ["@dataclass", f"class Config{index}:", '    """Sizes of the model."""',
-            f"    width: int = {rng.choice([64, 128, 256])}", f"    depth: int = {rng.randint(2, 12)}",
-            "    drop: float = 0.1", "    name: Optional[str] = None", "", ""]
-    for k in range(rng.randint(3, 6)):
+    """A model file in the style of real ones (timm, torchvision): docstrings, configuration,
+    registries and plain helpers around the modules, torch in about one code line in ten."""
+    out = [f'""" Generated model family {index}',
+           "",
+           "Blocks, a stem and a head in the usual layout, with the configuration, checkpoint",
+           "helpers and model registry real model files carry.",
+           "",
+           "Hacked together for a benchmark; the numbers mean nothing.",
+           '"""',
+           "import math", "from functools import partial", "from typing import Any, Dict, List, Optional, Tuple", "",
+           "import torch", "import torch.nn as nn", "import torch.nn.functional as F", "",
+           f"__all__ = ['Family{index}', 'family{index}_small', 'family{index}_base']", "", ""]
+    out += ["def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:",
+            '    """Default pretrained configuration: input size, crop, normalisation, classifier."""',
+            "    return {",
+            "        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),",
+            "        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': True,",
+            "        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),",
+            "        'first_conv': 'stem.proj', 'classifier': 'head.fc',",
+            "        **kwargs,",
+            "    }", "", ""]
+    out.append("default_cfgs = {")
+    for k in range(rng.randint(4, 10)):
+        out.append(f"    'family{index}_{k}.in1k': _cfg(url='https://example.org/{index}/{k}.pth', "
+                   f"crop_pct={rng.choice(['0.9', '0.95', '1.0'])}),")
+    out += ["}", "", ""]
+    for k in range(rng.randint(3, 5)):
         name = f"Block{index}_{k}"
-        out += [f"class {name}(nn.Module):", f'    """Block {k}: {rng.choice(["conv", "mlp", "attention"])} and a residual."""',
-                "", "    def __init__(self, dim, hidden=None, drop=0.0):", "        super().__init__()",
-                "        hidden = hidden or dim * 4", "        self.scale = dim ** -0.5"]
+        out += [f"class {name}(nn.Module):",
+                f'    """Block {k}: {rng.choice(["convolution", "MLP", "attention"])} with a residual path.',
+                "",
+                "    Args:",
+                "        dim: Number of input channels.",
+                "        hidden: Hidden width; four times `dim` when not given.",
+                "        drop: Dropout rate after the activation.",
+                "        layer_scale: Initial value of the residual scale, None for no scale.",
+                '    """',
+                "",
+                "    def __init__(", "            self,", "            dim: int,", "            hidden: Optional[int] = None,",
+                "            drop: float = 0.0,", "            layer_scale: Optional[float] = None,", "    ):",
+                "        super().__init__()",
+                "        hidden = hidden or dim * 4",
+                "        if layer_scale is not None and layer_scale <= 0:",
+                "            raise ValueError(f'layer_scale must be positive, got {layer_scale}')",
+                "        self.dim = dim",
+                "        self.hidden = hidden",
+                "        self.scale = dim ** -0.5",
+                "        self.grad_checkpointing = False"]
         layers = []
-        for j in range(rng.randint(3, 7)):
+        for j in range(rng.randint(3, 5)):
             make, use = rng.choice(LAYERS)
             n = f"layer{j}"
-            out.append(f"        self.{n} = " + make.format(a=rng.choice(["dim", "hidden", 64]), b=rng.choice(["dim", 32, 128]),
+            out.append(f"        self.{n} = " + make.format(a=rng.choice(["dim", "hidden"]), b=rng.choice(["dim", "hidden"]),
                                                             p=rng.randint(1, 5)))
             layers.append(use.format(n=n))
-        out += ["", "    def forward(self, x, mask=None):", "        # the residual path keeps the input",
-                "        residual = x", "        b = x.shape[0]", "        q = k = x"]
-        for j in range(rng.randint(4, 10)):
+        out += ["",
+                "    def extra_repr(self) -> str:",
+                "        return f'dim={self.dim}, hidden={self.hidden}, scale={self.scale:.3f}'",
+                "",
+                "    def set_grad_checkpointing(self, enable: bool = True) -> None:",
+                '        """Trade compute for memory in training (kept for API compatibility)."""',
+                "        self.grad_checkpointing = enable",
+                "",
+                "    def forward(self, x):",
+                "        # the residual path keeps the input",
+                "        shortcut = x",
+                "        b = x.shape[0]"]
+        for j in range(rng.randint(3, 6)):
             out.append("        " + (layers[j % len(layers)] if j % 2 == 0 else
                                      rng.choice(OPS).format(a=rng.choice([8, 16, 32]))))
-        out += ["        return x", ""]
-        out += [f"    def extra_repr(self):", '        return f"dim={self.scale}"', "", ""]
-    for k in range(rng.randint(2, 5)):
-        out += [f"def helper_{index}_{k}(sizes, names, width=8, depth=2, drop=0.0, options=None, verbose=False,",
-                "             step=0, value=0.0):", '    """A plain helper: no torch in it."""',
+        out += ["        return x + shortcut", "", ""]
+    out += [f"def checkpoint_filter_fn_{index}(state_dict: Dict[str, Any], model: Any) -> Dict[str, Any]:",
+            '    """Remap the keys of an original checkpoint to this implementation\'s names."""',
+            "    out_dict = {}",
+            "    for key, value in state_dict.items():",
+            "        if key.startswith('module.'):",
+            "            key = key[len('module.'):]",
+            "        if 'attn.qkv' in key:",
+            "            key = key.replace('attn.qkv', 'attn.in_proj')",
+            "        elif key.endswith('.gamma'):",
+            "            key = key[:-len('gamma')] + 'weight'",
+            "        out_dict[key] = value",
+            "    return out_dict", "", ""]
+    for k in range(rng.randint(3, 6)):
+        out += [f"def helper_{index}_{k}(sizes: List[int], names: List[str], width: int = 8, depth: int = 2,",
+                "             drop: float = 0.0, options: Optional[Dict[str, Any]] = None, verbose: bool = False,",
+                "             step: int = 0, value: float = 0.0) -> List[int]:",
+                '    """A plain helper: no torch in it."""',
                 "    options = options or {}"]
-        out += ["    " + rng.choice(PLAIN) for _ in range(rng.randint(2, 5))]
+        out += ["    " + rng.choice(PLAIN) for _ in range(rng.randint(4, 8))]
         out += ["    return sizes", "", ""]
-    out += [f"def build_{index}(cfg: Config{index}):",
-            f"    blocks = [Block{index}_0(cfg.width) for _ in range(cfg.depth)]",
-            "    return nn.Sequential(*blocks)", ""]
-    return "\n".join(out)
+    out += [f"def _create_family{index}(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:",
+            "    if kwargs.get('features_only', False):",
+            "        raise RuntimeError(f'features_only not implemented for {variant}')",
+            "    depth = kwargs.pop('depth', 4)",
+            f"    blocks = [Block{index}_0(kwargs.get('dim', 64)) for _ in range(depth)]",
+            "    return nn.Sequential(*blocks)", "", ""]
+    for size, depth, dim in (("small", 8, 384), ("base", 12, 768)):
+        out += [f"def family{index}_{size}(pretrained: bool = False, **kwargs) -> nn.Module:",
+                f'    """Family {index}, {size}: {depth} blocks of width {dim}."""',
+                f"    model_args = dict(depth={depth}, dim={dim})",
+                f"    return _create_family{index}('family{index}_{size}', pretrained=pretrained, "
+                f"**dict(model_args, **kwargs))", "", ""]
+    return "\n".join(out).rstrip() + "\n"
 
 
 def build_corpus(extra: list[Path], lines_wanted: int, workdir: Path) -> list[Path]:
