@@ -212,18 +212,25 @@ def _lines(path: Path) -> int:
 
 
 # ---------------------------------------------------------------------------- measuring
-def floor(sources: list[str]) -> float:
-    start = time.perf_counter()
+def floor(sources: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of parse + code generation of every source."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for source in sources:
         libcst.parse_module(source).code
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def porter(tasks: list[Task], jobs: int) -> tuple[float, int]:
-    start = time.perf_counter()
+def porter(tasks: list[Task], jobs: int) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds of all the conversions, CPU seconds of the busiest process,
+    files that failed with an internal error)."""
+    wall = time.perf_counter()
     results = convert_paths(tasks, jobs=jobs)
-    return time.perf_counter() - start, sum(r.status == "failed" and any(d.code == "PT031" for d in r.diagnostics)
-                                            for r in results)
+    wall = time.perf_counter() - wall
+    per_worker: dict[int, float] = {}
+    for r in results:
+        per_worker[r.worker] = per_worker.get(r.worker, 0.0) + r.cpu_seconds
+    crashed = sum(any(d.code == "PT031" for d in r.diagnostics) for r in results)
+    return wall, sum(per_worker.values()), max(per_worker.values()), crashed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs per figure")
     parser.add_argument("--jobs", type=int, default=None, help="'all cores' means this many (default: every core)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal (0.5x floor, 1.6x with 2) is missed")
+    parser.add_argument("--cpu", action="store_true",
+                        help="judge the goals by CPU time (for a shared, busy machine: wall time there measures "
+                             "the neighbours); the 2-process figure is then 1-process CPU / busiest worker CPU")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="porter-bench-") as work:
@@ -243,26 +253,43 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [Task(str(p), str(p), p.name, "python") for p in files]
         convert_paths(tasks[:3], jobs=1)  # warm: rules loaded, helpers imported
         cores = args.jobs or default_jobs()
-        best = {"floor": float("inf"), 1: float("inf"), 2: float("inf"), cores: float("inf")}
+        inf = float("inf")
+        best = {key: [inf, inf, inf] for key in ("floor", 1, 2, cores)}
         crashed = 0
         for _ in range(args.repeat):
-            best["floor"] = min(best["floor"], floor(sources))
+            wall, cpu = floor(sources)
+            best["floor"] = [min(best["floor"][0], wall), min(best["floor"][1], cpu), inf]
             for jobs in sorted({1, 2, cores}):
-                seconds, crashed = porter(tasks, jobs)
-                best[jobs] = min(best[jobs], seconds)
+                wall, cpu, busiest, crashed = porter(tasks, jobs)
+                old = best[jobs]
+                best[jobs] = [min(old[0], wall), min(old[1], cpu), min(old[2], busiest)]
 
-    rate = {key: lines / seconds for key, seconds in best.items()}
-    print(f"corpus: {len(files)} files, {lines} lines "
-          f"(torch/nn/modules + torch/optim{' + ' + ', '.join(map(str, args.corpus)) if args.corpus else ''}"
-          f" + generated); {os.cpu_count()} cores; python {sys.version.split()[0]}, libcst {libcst.__version__ if hasattr(libcst, '__version__') else ''}")
-    print(f"floor  libcst parse+codegen, 1 process: {rate['floor']:9.0f} lines/s")
-    print(f"porter 1 process:                      {rate[1]:9.0f} lines/s   {rate[1] / rate['floor']:.2f} x floor (goal >= 0.5)")
-    print(f"porter 2 processes:                    {rate[2]:9.0f} lines/s   {rate[2] / rate[1]:.2f} x 1 process (goal >= 1.6)")
-    if cores not in (1, 2):
-        print(f"porter {cores} processes (all cores):       {rate[cores]:9.0f} lines/s   {rate[cores] / rate[1]:.2f} x 1 process")
+    def rate(seconds: float) -> float:
+        return lines / seconds
+
+    fw, fc = rate(best["floor"][0]), rate(best["floor"][1])
+    w1, c1 = rate(best[1][0]), rate(best[1][1])
+    print(f"corpus: {len(files)} files, {lines} lines (torch/nn/modules + torch/optim"
+          f"{' + ' + ', '.join(map(str, args.corpus)) if args.corpus else ''} + generated); "
+          f"{os.cpu_count()} cores; python {sys.version.split()[0]}")
+    print(f"{'':34} {'wall lines/s':>13} {'CPU lines/s':>12}")
+    print(f"{'floor: libcst parse+codegen, 1 proc':34} {fw:13.0f} {fc:12.0f}")
+    print(f"{'porter, 1 process':34} {w1:13.0f} {c1:12.0f}   {w1 / fw:.2f} x floor wall, "
+          f"{c1 / fc:.2f} x floor CPU (goal >= 0.5)")
+    for jobs in sorted({2, cores}):
+        if jobs == 1:
+            continue
+        wall, _, busiest = best[jobs]
+        print(f"{f'porter, {jobs} processes':34} {rate(wall):13.0f} {'':12}   {rate(wall) / w1:.2f} x 1 process wall; "
+              f"busiest process {best[1][1] / busiest:.2f} x less CPU than 1 process"
+              + (" (goal >= 1.6)" if jobs == 2 else ""))
     if crashed:
         print(f"note: {crashed} file(s) failed with an internal error (PT031)")
-    ok = rate[1] / rate["floor"] >= 0.5 and rate[2] / rate[1] >= 1.6
+    single = (c1 / fc) if args.cpu else (w1 / fw)
+    double = (best[1][1] / best[2][2]) if args.cpu else (rate(best[2][0]) / w1)
+    ok = single >= 0.5 and double >= 1.6
+    print(f"goals ({'CPU' if args.cpu else 'wall'} time): 1 process {single:.2f} x floor, 2 processes {double:.2f} x "
+          f"1 process: {'met' if ok else 'NOT met'}")
     return 0 if ok or not args.check else 1
 
 

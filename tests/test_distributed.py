@@ -6,8 +6,8 @@ The converted scripts run in subprocesses: XLA_FLAGS=--xla_force_host_platform_d
 must be set before jax starts (this test process has one device). This
 file is also the runner those subprocesses execute:
 
-    python tests/test_distributed.py jax CONVERTED.py OUT.json [WEIGHTS.npz]
-    python tests/test_distributed.py torch ORIGINAL.py OUT.json   # one rank, torchrun's env set
+    python tests/test_distributed.py jax CONVERTED.py[:WEIGHTS.npz] ...   # writes CONVERTED's stem + .json
+    python tests/test_distributed.py torch ORIGINAL.py OUT.json          # one rank, torchrun's env set
 
 The runner executes the script's `if __name__ == "__main__":` block itself,
 keeping the value of its last call: the list of losses the training function
@@ -55,7 +55,14 @@ def _run_main_block(script: str):
     return eval(compile(ast.Expression(last.value), script, "eval"), namespace)
 
 
-def _run_jax(script: str, out: str, weights: str | None = None) -> None:
+def _run_jax(*scripts: str) -> None:
+    """Runs each converted script in turn (same device count: one process start for several runs)."""
+    for script in scripts:
+        path, _, weights = script.partition(":")
+        _run_converted(path, weights or None)
+
+
+def _run_converted(script: str, weights: str | None) -> None:
     import jax
     import numpy as np
     from flax import nnx
@@ -76,6 +83,7 @@ def _run_jax(script: str, out: str, weights: str | None = None) -> None:
 
     nnx.Optimizer.__init__ = init
     losses = _run_main_block(script)
+    nnx.Optimizer.__init__ = original_init
     model = models[0]
     params = nnx.state(model, nnx.Param)
     result = {
@@ -90,7 +98,7 @@ def _run_jax(script: str, out: str, weights: str | None = None) -> None:
                             jax.tree_util.tree_leaves_with_path(nnx.get_partition_spec(params))},
     }
     if jax.process_index() == 0:
-        Path(out).write_text(json.dumps(result))
+        Path(Path(script).stem + ".json").write_text(json.dumps(result))
 
 
 def _run_torch(script: str, out: str) -> None:
@@ -222,20 +230,17 @@ def runs(tmp_path_factory):
     weights = base / "initial.npz"
     _torch_initial_weights(weights)
     ddp, fsdp = _write_converted("ddp_train", base), _write_converted("fsdp_train", base)
+    ddp_run = f"{ddp}:{weights}"
     torch_port, jax_port = _free_port(), _free_port()
     started = {}
     for rank in range(2):
         started[f"torch_rank{rank}"] = _start(["torch", str(FIXTURES / "ddp_train.py"), "out.json"], base / "torch",
                                               _torchrun_env(torch_port, rank, 2))
-    for devices in (1, 2, 8):
-        started[f"ddp_{devices}"] = _start(["jax", str(ddp), "out.json", str(weights)], base / f"ddp_{devices}",
-                                           _env(XLA_FLAGS=_devices(devices)))
+    for devices, scripts in ((1, [ddp_run, str(fsdp)]), (2, [ddp_run]), (8, [ddp_run, str(fsdp)])):
+        started[f"jax_{devices}"] = _start(["jax", *scripts], base / f"jax_{devices}", _env(XLA_FLAGS=_devices(devices)))
     for rank in range(2):
-        started[f"ddp_2proc_rank{rank}"] = _start(["jax", str(ddp), "out.json", str(weights)], base / "ddp_2proc",
+        started[f"jax_2proc_rank{rank}"] = _start(["jax", ddp_run], base / "jax_2proc",
                                                   _torchrun_env(jax_port, rank, 2, XLA_FLAGS=_devices(1)))
-    for devices in (1, 8):
-        started[f"fsdp_{devices}"] = _start(["jax", str(fsdp), "out.json"], base / f"fsdp_{devices}",
-                                            _env(XLA_FLAGS=_devices(devices)))
     try:
         outputs = {key: _finish(process, key) for key, process in started.items()}
     finally:
@@ -243,14 +248,17 @@ def runs(tmp_path_factory):
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    results = {}
-    for key in ("torch", "ddp_1", "ddp_2", "ddp_8", "ddp_2proc", "fsdp_1", "fsdp_8"):
-        results[key] = json.loads((base / key / "out.json").read_text())
-        results[key]["output"] = outputs.get(key) or outputs[f"{key}_rank0"]
+    results = {"torch": json.loads((base / "torch" / "out.json").read_text())}
+    for run in ("1", "2", "8", "2proc"):
+        for name in ("ddp", "fsdp"):
+            out = base / f"jax_{run}" / f"{name}_train_jax.json"
+            if out.exists():
+                results[f"{name}_{run}"] = json.loads(out.read_text())
     results["torch"]["initial"] = dict(np.load(base / "torch" / "out.npz"))
     results["initial"] = dict(np.load(weights))
-    results["checkpoints"] = {key: base / key / name for key, name in
-                              (("ddp_2proc", "toy_model.checkpoint"), ("fsdp_8", "mnist_mlp.checkpoint"))}
+    results["checkpoints"] = {"ddp_2proc": base / "jax_2proc" / "toy_model.checkpoint",
+                              "fsdp_8": base / "jax_8" / "mnist_mlp.checkpoint"}
+    results["outputs"] = outputs
     return results
 
 

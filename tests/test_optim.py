@@ -370,3 +370,53 @@ def test_clip_by_global_norm_torch_matches_torch():
 ])
 def test_model_of_params(source, model):
     assert model_of_params(cst.parse_expression(source)) == model
+
+
+# ----------------------------------------------------------------------------
+# End to end with the training pass: clipping folded into the optimizer, the scheduler stepped in the loop
+
+LOOP = textwrap.dedent("""\
+    criterion = nn.MSELoss()
+    optimizer = optim.{optimizer}
+    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=20)
+
+
+    def train(batches):
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = criterion(net(x), y)
+            loss.backward()
+            {clip}
+            optimizer.step()
+            scheduler.step()
+    """)
+
+
+@pytest.mark.parametrize("optimizer,clip,emitted", [
+    ("SGD(net.parameters(), lr=0.05, momentum=0.9)", "torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)",
+     "clip_by_global_norm_torch(0.5)"),
+    ("Adam(net.parameters(), lr=0.01)", "torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=1.0)",
+     "optax.clip_by_global_norm(1.0)"),
+    ("AdamW(net.parameters(), lr=0.01)", "torch.nn.utils.clip_grad_value_(net.parameters(), 0.05)",
+     "optax.clip(0.05)"),
+])
+def test_clipped_scheduled_training_loop_matches_torch(optimizer, clip, emitted):
+    source = MODEL + LOOP.format(optimizer=optimizer, clip=clip)
+    torch.manual_seed(0)
+    t, j = {}, {}
+    exec(compile(source, "<torch>", "exec"), t)
+    code = convert_source(source).code
+    assert emitted in code and "optax.inject_hyperparams(" in code, code
+    exec(compile(code, "<converted>", "exec"), j)
+    load_torch_state_dict(j["net"], t["net"].state_dict())
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((16, 4)).astype(np.float32), 4 * rng.standard_normal((16, 4)).astype(np.float32))
+               for _ in range(STEPS)]
+    t["train"]([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
+    j["train"](batches)
+    for name, value in t["net"].state_dict().items():
+        layer, kind = name.split(".")
+        module = getattr(j["net"], layer)
+        actual = np.asarray(module.kernel[...]).T if kind == "weight" else np.asarray(module.bias[...])
+        assert _rel(actual, value.numpy()) <= RTOL, (name, _rel(actual, value.numpy()))
+    assert t["scheduler"].get_last_lr() == pytest.approx(j["scheduler"].get_last_lr(), rel=LR_RTOL)

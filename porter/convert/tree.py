@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import tokenize
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -60,6 +61,8 @@ class FileResult:
     changed: bool = False  # the output differs from the input
     error: str | None = None  # PT031's traceback summary
     diff: str | None = None
+    cpu_seconds: float = 0.0  # CPU time the conversion took, and the process it ran in (benchmarks)
+    worker: int = 0
 
     @property
     def has_errors(self) -> bool:
@@ -118,12 +121,16 @@ def _summary(exc: BaseException) -> str:
 
 def convert_task(task: Task) -> FileResult:
     """Converts one file; never raises (a failure is a failed result)."""
+    start = time.process_time()
     try:
-        return _convert_task(task)
+        result = _convert_task(task)
     except Exception as exc:  # a pass crashing on this file: report it, keep the tree going
         error = _summary(exc)
-        return FileResult(task.display, task.relative, task.kind, "failed",
-                          [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
+        result = FileResult(task.display, task.relative, task.kind, "failed",
+                            [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
+    result.cpu_seconds = time.process_time() - start
+    result.worker = os.getpid()
+    return result
 
 
 def _convert_task(task: Task) -> FileResult:

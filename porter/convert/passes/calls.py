@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from porter.convert import inplace
+from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
@@ -201,8 +202,7 @@ class CallRewrite(ScopedTransformer):
         if qualified in ("torch.nn.Module", "torch.nn.modules.module.Module"):
             return updated  # the module pass converts class bases; other uses are reported there
         if rule is not None:
-            self.report("PT003", original, f"{qualified} is used as a value (passed or stored, not called); "
-                                           f"rule {rule.id} converts calls only; left unchanged")
+            self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated

@@ -1,0 +1,62 @@
+"""Layer classes used as values (`norm_layer=nn.BatchNorm2d`, `act_layer = nn.GELU`).
+
+Such a reference is left unchanged and reported (PT003): the class reaches a
+call site (`norm_layer(planes)`) that cannot be converted without knowing
+which layer arrives there, and the same name is also what `isinstance(m,
+nn.BatchNorm2d)` needs. The report shows what a call of the class converts to,
+computed from the rule itself, so the person converting sees exactly the
+constructor to pass instead (a function with torch's signature building it).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import libcst as cst
+
+from porter.convert.apply import Site, apply_rule
+from porter.convert.context import ConversionContext, code_of
+from porter.convert.transforms import Unsupported
+from porter.rules.loader import Rule
+
+
+def example_call(rule: Rule, qualified: str, helpers: list[str] | None = None) -> str | None:
+    """What `Class(<its required arguments>)` converts to under the rule, or None if nothing sensible."""
+    required = [p.name for p in rule.signature if p.default is None and not p.var_positional and not p.keyword_only]
+    call = cst.parse_expression(f"{qualified}({', '.join(required)})")
+    scratch = copy.copy(_SCRATCH_CONTEXT)
+    scratch.rules = None
+    scratch.helpers = []
+    site = Site(call, None, cst.Name("rngs") if rule.uses_rngs else None, scratch)
+    try:
+        node = apply_rule(rule, site).node
+    except (Unsupported, AttributeError, KeyError, TypeError):
+        return None
+    if helpers is not None:
+        helpers.extend(scratch.helpers)
+    return code_of(node)
+
+
+def value_message(rule: Rule, qualified: str) -> str:
+    """The PT003 message for a layer class used as a value."""
+    message = (f"{qualified} is used as a value (passed or stored, not called); rule {rule.id} converts calls "
+               f"only; left unchanged")
+    if rule.target in ("nnx.Sequential", "nnx.List", "nnx.Dict"):
+        return message
+    helpers: list[str] = []
+    example = example_call(rule, qualified, helpers)
+    if example is None:
+        return message
+    short = qualified.removeprefix("torch.nn.").removeprefix("torch.")
+    if rule.kind == "activation":
+        return (f"{message}. `{short}()` converts to `{example}`, a function rather than a layer: pass "
+                f"`lambda *args, **kwargs: {example}` where the class is passed, and keep calling it as before")
+    rngs = " and an rngs keyword" if rule.uses_rngs else ""
+    sites = ", and give the call sites rngs=rngs" if rule.uses_rngs else ""
+    pasted = (f" ({', '.join(helpers)}: porter/emitted.py, pasted into files that call the class)"
+              if helpers else "")
+    return (f"{message}. A call `{short}(...)` converts to `{example}`{pasted}: pass a function with torch's "
+            f"arguments{rngs} that builds that where the class is passed{sites}")
+
+
+_SCRATCH_CONTEXT = ConversionContext(rules=None)  # type: ignore[arg-type]  # only helpers are touched

@@ -1,0 +1,242 @@
+"""`porter convert DIR`: a package converted as a whole, the report, --inplace, --diff, --annotate."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from porter.cli import main
+from porter.convert.tree import Task, convert_paths, convert_task
+
+MODEL = textwrap.dedent("""\
+    import torch
+    import torch.nn as nn
+
+    from .utils import hidden_size
+    from pkg.layers import scale
+
+
+    class Net(nn.Module):
+        def __init__(self, d=4):
+            super().__init__()
+            self.fc = nn.Linear(d, hidden_size(d))
+            self.head = nn.Linear(hidden_size(d), 2)
+
+        def forward(self, x):
+            x = torch.relu(self.fc(x))
+            return scale(self.head(x))
+
+
+    def unconvertible(x):
+        return torch.special.erfcx(x)
+    """)
+LAYERS = textwrap.dedent("""\
+    import torch.nn as nn
+
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc = nn.Linear(d, d)
+
+        def forward(self, x):
+            return self.fc(x)
+
+
+    def scale(x):
+        return 2 * x
+    """)
+UTILS = "def hidden_size(d):\n    return 2 * d\n"
+INIT = "from .model import Net\nfrom pkg.layers import Block, scale\n"
+BROKEN = "import torch\n\ndef f(x:\n    return x\n"
+
+
+@pytest.fixture
+def project(tmp_path):
+    """proj/pkg: __init__.py, relative and absolute imports, a syntax error, a no-torch file, data."""
+    pkg = tmp_path / "proj" / "pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(INIT)
+    (pkg / "model.py").write_text(MODEL)
+    (pkg / "layers.py").write_text(LAYERS)
+    (pkg / "utils.py").write_text(UTILS)
+    (pkg / "broken.py").write_text(BROKEN)
+    (pkg / "data" / "config.json").write_bytes(b'{"lr": 0.1}\n')
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0junk")
+    return tmp_path / "proj"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_acceptance_a_package_converts_with_its_layout_report_and_exit_code(project, tmp_path, capsys):
+    before = snapshot(project)
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out), "-j", "2"]) == 1  # the syntax error fails
+    err = capsys.readouterr().err
+
+    # layout kept; the failed file not written; data copied; caches not copied; no torch: unchanged
+    written = snapshot(out)
+    assert set(written) == {"pkg/__init__.py", "pkg/model.py", "pkg/layers.py", "pkg/utils.py",
+                            "pkg/data/config.json", "porter_report.txt", "porter_report.json"}
+    assert written["pkg/data/config.json"] == b'{"lr": 0.1}\n'
+    assert written["pkg/utils.py"] == UTILS.encode()
+    assert written["pkg/__init__.py"] == INIT.encode()
+    assert b"nnx.Linear(d, hidden_size(d), rngs=rngs)" in written["pkg/model.py"]
+    assert b"class Block(nnx.Module):" in written["pkg/layers.py"]
+    assert snapshot(project) == before  # the input is never modified
+
+    # the report lists exactly the expected diagnostics
+    report = json.loads(written["porter_report.json"])
+    found = [(d["path"], d["line"], d["col"], d["code"]) for f in report["files"] for d in f["diagnostics"]]
+    pkg = project / "pkg"
+    assert found == [(str(pkg / "broken.py"), 3, 6, "PT001"), (str(pkg / "model.py"), 20, 12, "PT003")]
+    assert report["summary"] | {} == report["summary"]
+    summary = report["summary"]
+    assert (summary["files"], summary["clean"], summary["issues"], summary["skipped"], summary["failed"],
+            summary["copied"]) == (5, 1, 1, 2, 1, 1)
+    assert summary["by_code"] == {"PT001": 1, "PT003": 1}
+    statuses = {f["relative"]: f["status"] for f in report["files"]}
+    assert statuses == {"pkg/__init__.py": "skipped", "pkg/broken.py": "failed", "pkg/layers.py": "clean",
+                        "pkg/model.py": "issues", "pkg/utils.py": "skipped"}
+    text = written["porter_report.txt"].decode()
+    assert text.index("Summary") < text.index("Warnings and errors") < text.index("Changes")
+    assert f"{pkg / 'model.py'}:20:12 PT003 error torch.special.erfcx has no conversion rule" in text
+    assert "    hint: Left unchanged." in text
+    assert f"{pkg / 'broken.py'}:3:6 PT001 error" in err
+
+    # relative and absolute intra-package imports keep working: the converted package runs
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "import jax.numpy as jnp\nfrom flax import nnx\nimport pkg\n"
+         "net = pkg.Net(rngs=nnx.Rngs(0))\nprint(net(jnp.ones((3, 4))).shape, pkg.Block, pkg.scale(1))"],
+        cwd=out, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(out)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("(3, 2) <class 'pkg.layers.Block'> 2")
+
+
+def test_an_existing_output_is_refused_without_force(project, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert main(["convert", str(project), "-o", str(out)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    assert main(["convert", str(project), "-o", str(out), "--force"]) == 1
+    assert (out / "mine.txt").read_text() == "keep" and (out / "pkg" / "model.py").exists()
+
+
+def test_an_output_inside_the_source_is_refused(project, capsys):
+    assert main(["convert", str(project), "-o", str(project / "jax")]) == 2
+    assert "overlap" in capsys.readouterr().err
+
+
+def test_undecodable_bytes_and_a_crashing_pass_are_reported_and_skipped(project, tmp_path, monkeypatch, capsys):
+    (project / "pkg" / "latin.py").write_bytes(b"import torch\nname = 'caf\xe9'\n")
+    import porter.convert.tree as tree
+
+    real = tree.convert_python
+
+    def crash_on_layers(text, filename, *, annotate=False):
+        if filename.endswith("layers.py"):
+            raise IndexError("list index out of range")
+        return real(text, filename, annotate=annotate)
+
+    monkeypatch.setattr(tree, "convert_python", crash_on_layers)
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out), "-j", "1"]) == 1
+    report = json.loads((out / "porter_report.json").read_text())
+    by_file = {f["relative"]: f for f in report["files"]}
+    assert [(d["code"], d["line"], d["col"]) for d in by_file["pkg/latin.py"]["diagnostics"]] == [("PT030", 2, 13)]
+    crash = by_file["pkg/layers.py"]
+    assert crash["status"] == "failed" and [d["code"] for d in crash["diagnostics"]] == ["PT031"]
+    assert "IndexError: list index out of range" in crash["error"] and "crash_on_layers" in crash["error"]
+    assert not (out / "pkg" / "layers.py").exists() and not (out / "pkg" / "latin.py").exists()
+    assert (out / "pkg" / "model.py").exists()  # the rest converted
+    assert report["summary"]["failed"] == 3
+
+
+def test_inplace_rewrites_the_sources_after_backing_them_up(project, capsys):
+    original = (project / "pkg" / "model.py").read_text()
+    assert main(["convert", str(project), "--inplace"]) == 1
+    err = capsys.readouterr().err
+    backup = project.parent / "proj.porter-backup"
+    assert "--inplace rewrites the files" in err and str(backup) in err
+    assert "nnx.Module" in (project / "pkg" / "model.py").read_text()
+    assert (backup / "pkg" / "model.py").read_text() == original
+    assert (project / "pkg" / "utils.py").read_text() == UTILS  # unchanged files untouched, not backed up
+    assert not (backup / "pkg" / "utils.py").exists()
+    assert (project / "pkg" / "broken.py").read_text() == BROKEN
+    assert (backup / "porter_report.json").exists()
+    # a second run never overwrites the first backup
+    assert main(["convert", str(project), "--inplace"]) == 1
+    assert (backup / "pkg" / "model.py").read_text() == original
+    assert (project.parent / "proj.porter-backup-2" / "porter_report.txt").exists()
+
+
+def test_diff_prints_a_unified_diff_and_writes_nothing(project, capsys):
+    before = snapshot(project)
+    assert main(["convert", str(project), "--diff"]) == 1
+    out = capsys.readouterr().out
+    assert "--- a/pkg/model.py\n+++ b/pkg/model.py\n" in out
+    assert "-class Net(nn.Module):\n" in out and "+class Net(nnx.Module):\n" in out
+    assert "utils.py" not in out
+    assert snapshot(project) == before
+
+
+def test_annotate_comments_each_spot_once(project, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out), "--annotate"]) == 1
+    converted = (out / "pkg" / "model.py").read_text()
+    comment = "    # porter: PT003 torch.special.erfcx has no conversion rule; left unchanged\n"
+    assert comment + "    return torch.special.erfcx(x)\n" in converted
+    again = tmp_path / "again"
+    assert main(["convert", str(out / "pkg" / "model.py"), "-o", str(again), "--annotate"]) == 1
+    assert again.read_text() == converted  # porter on its own annotated output: nothing added
+
+
+def test_single_file_report_diff_and_inplace(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text("import torch.nn as nn\n\nlayer = nn.Linear(2, 2)\n")
+    assert main(["convert", str(src), "--diff"]) == 0
+    assert "+layer = nnx.Linear(2, 2, rngs=nnx.Rngs(0))" in capsys.readouterr().out
+    assert main(["convert", str(src), "-o", str(tmp_path / "o.py"), "--report", str(tmp_path / "rep")]) == 0
+    report = json.loads((tmp_path / "rep" / "porter_report.json").read_text())
+    assert report["schema"] == "porter-report/1" and report["mode"] == "file"
+    assert [d["code"] for d in report["files"][0]["diagnostics"]] == ["PT007"]
+    assert main(["convert", str(src), "--inplace"]) == 0
+    assert "nnx.Linear" in src.read_text()
+    assert "nn.Linear(2, 2)" in (tmp_path / "m.py.porter-backup").read_text()
+
+
+def test_parallel_and_sequential_runs_agree(project):
+    tasks = [Task(str(p), str(p), p.name, "python") for p in sorted((project / "pkg").glob("*.py"))]
+    one = convert_paths(tasks, jobs=1)
+    two = convert_paths(tasks, jobs=2)
+    strip = lambda rs: [(r.relative, r.status, r.code, r.diagnostics, r.changes) for r in rs]  # noqa: E731
+    assert strip(one) == strip(two)
+
+
+def test_a_file_that_cannot_be_read_is_a_failed_result(tmp_path):
+    result = convert_task(Task(str(tmp_path / "gone.py"), "gone.py", "gone.py", "python"))
+    assert result.status == "failed" and result.diagnostics[0].code == "PT030"
+
+
+def test_explain_prints_a_codes_and_a_rules_documentation(capsys):
+    assert main(["explain", "PT003"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("PT003 (error): torch API without a conversion rule") and "What to do:" in out
+    assert main(["explain", "pt031"]) == 0
+    assert "internal error" in capsys.readouterr().out
+    assert main(["explain", "PT101"]) == 0
+    out = capsys.readouterr().out
+    assert "torch.nn.Linear" in out and "nnx.Linear" in out and "example:" in out
+    assert main(["explain"]) == 0
+    assert "PT030" in capsys.readouterr().out
+    assert main(["explain", "PT999"]) == 2
