@@ -11,8 +11,10 @@ committed.
 Measured in the same run, on the same files:
 - the floor: `libcst.parse_module(src).code` per file (parse + code
   generation, what any libcst tool pays), one process;
-- porter: the tree runner (porter/convert/tree.py, what `porter convert DIR`
-  runs, minus writing) with 1 process, 2 processes and every core.
+- porter: the tree runner (`convert_tree` in porter/convert/tree.py, what
+  `porter convert DIR` runs, minus writing: files that use a module class of
+  another file are converted a second time, knowing it) with 1 process,
+  2 processes and every core.
 
 It prints lines per second and the ratios: porter 1-process / floor (goal
 >= 0.5) and porter 2-process / 1-process (goal >= 1.6). `--check` exits 1 when
@@ -33,7 +35,7 @@ import libcst
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from porter.convert.tree import Task, convert_paths, default_jobs  # noqa: E402
+from porter.convert.tree import Task, convert_paths, convert_tree, default_jobs  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- the corpus
@@ -206,6 +208,16 @@ def build_corpus(extra: list[Path], lines_wanted: int, workdir: Path) -> list[Pa
     return files
 
 
+def _relative(path: Path, work: Path) -> str:
+    """Where the file sits in the tree porter is given: torch's own layout, generated/, or the corpus's."""
+    parts = path.parts
+    if path.is_relative_to(work):
+        return f"generated/{path.name}"
+    if "torch" in parts:
+        return "/".join(parts[len(parts) - 1 - parts[::-1].index("torch"):])
+    return "/".join(parts[-3:])
+
+
 def _lines(path: Path) -> int:
     with open(path, "rb") as f:
         return f.read().count(b"\n")
@@ -224,7 +236,7 @@ def porter(tasks: list[Task], jobs: int) -> tuple[float, float, float, int]:
     """(wall seconds, CPU seconds of all the conversions, CPU seconds of the busiest process,
     files that failed with an internal error)."""
     wall = time.perf_counter()
-    results = convert_paths(tasks, jobs=jobs)
+    results = convert_tree(tasks, jobs=jobs)
     wall = time.perf_counter() - wall
     per_worker: dict[int, float] = {}
     for r in results:
@@ -250,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         files = build_corpus(args.corpus, args.lines, Path(work))
         sources = [p.read_text(encoding="utf-8") for p in files]
         lines = sum(s.count("\n") for s in sources)
-        tasks = [Task(str(p), str(p), p.name, "python") for p in files]
+        tasks = [Task(str(p), str(p), _relative(p, Path(work)), "python") for p in files]
         convert_paths(tasks[:3], jobs=1)  # warm: rules loaded, helpers imported
         cores = args.jobs or default_jobs()
         inf = float("inf")

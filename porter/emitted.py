@@ -54,7 +54,7 @@ def max_pool_nchw(x, window_shape, strides=None, padding=None, ceil_mode=False):
     lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return jax.lax.reduce_window(
         x,
-        jnp.asarray(lowest, x.dtype),
+        lowest,  # a Python scalar: a traced init value has no gradient rule under jit
         jax.lax.max,
         lead + tuple(window_shape),
         lead + tuple(strides),
@@ -298,9 +298,8 @@ class TorchBilinear(nnx.Module):
         bound = 1 / math.sqrt(in1_features)
         shape = (out_features, in1_features, in2_features)
         self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, minval=-bound, maxval=bound))
-        self.bias = None
-        if bias:
-            self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_features,), minval=-bound, maxval=bound))
+        bias_value = jax.random.uniform(rngs.params(), (out_features,), minval=-bound, maxval=bound)
+        self.bias = nnx.Param(bias_value) if bias else None
 
     def __call__(self, input1, input2):
         y = jnp.einsum("...i,oij,...j->...o", input1, self.weight[...], input2)
@@ -375,13 +374,15 @@ class TorchMultiheadAttention(nnx.Module):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim, self.num_heads, self.batch_first = embed_dim, num_heads, batch_first
         xavier = jax.nn.initializers.xavier_uniform()
-        self.in_proj_weight = self.q_proj_weight = self.k_proj_weight = self.v_proj_weight = None
-        if kdim == embed_dim and vdim == embed_dim:
-            self.in_proj_weight = nnx.Param(xavier(rngs.params(), (3 * embed_dim, embed_dim)))
-        else:
-            self.q_proj_weight = nnx.Param(xavier(rngs.params(), (embed_dim, embed_dim)))
-            self.k_proj_weight = nnx.Param(xavier(rngs.params(), (embed_dim, kdim)))
-            self.v_proj_weight = nnx.Param(xavier(rngs.params(), (embed_dim, vdim)))
+        packed = kdim == embed_dim and vdim == embed_dim  # one (3E, E) matrix, as torch packs it
+
+        def weight(*shape):
+            return nnx.Param(xavier(rngs.params(), shape))
+
+        self.in_proj_weight = weight(3 * embed_dim, embed_dim) if packed else None
+        self.q_proj_weight = None if packed else weight(embed_dim, embed_dim)
+        self.k_proj_weight = None if packed else weight(embed_dim, kdim)
+        self.v_proj_weight = None if packed else weight(embed_dim, vdim)
         self.in_proj_bias = nnx.Param(jnp.zeros((3 * embed_dim,))) if bias else None
         self.out_proj = nnx.Linear(embed_dim, embed_dim, use_bias=bias, bias_init=jax.nn.initializers.zeros,
                                    rngs=rngs)

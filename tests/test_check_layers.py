@@ -12,7 +12,6 @@ import re
 
 import jax
 import numpy as np
-import pytest
 import torch
 from flax import nnx
 

@@ -17,18 +17,20 @@ MODEL = textwrap.dedent("""\
     import torch.nn as nn
 
     from .utils import hidden_size
-    from pkg.layers import scale
+    from .layers import Block
+    from pkg.layers import make_head, scale
 
 
     class Net(nn.Module):
         def __init__(self, d=4):
             super().__init__()
             self.fc = nn.Linear(d, hidden_size(d))
-            self.head = nn.Linear(hidden_size(d), 2)
+            self.block = Block(hidden_size(d))
+            self.head = make_head(hidden_size(d))
 
         def forward(self, x):
             x = torch.relu(self.fc(x))
-            return scale(self.head(x))
+            return scale(self.head(self.block(x)))
 
 
     def unconvertible(x):
@@ -45,6 +47,10 @@ LAYERS = textwrap.dedent("""\
 
         def forward(self, x):
             return self.fc(x)
+
+
+    def make_head(d):
+        return nn.Linear(d, 2)
 
 
     def scale(x):
@@ -90,13 +96,17 @@ def test_acceptance_a_package_converts_with_its_layout_report_and_exit_code(proj
     assert written["pkg/__init__.py"] == INIT.encode()
     assert b"nnx.Linear(d, hidden_size(d), rngs=rngs)" in written["pkg/model.py"]
     assert b"class Block(nnx.Module):" in written["pkg/layers.py"]
+    # what other files of the tree define is known where it is used: Block and make_head get rngs
+    assert b"self.block = Block(hidden_size(d), rngs=rngs)" in written["pkg/model.py"]
+    assert b"self.head = make_head(hidden_size(d), rngs=rngs)" in written["pkg/model.py"]
+    assert b"def make_head(d, *, rngs: nnx.Rngs):" in written["pkg/layers.py"]
     assert snapshot(project) == before  # the input is never modified
 
     # the report lists exactly the expected diagnostics
     report = json.loads(written["porter_report.json"])
     found = [(d["path"], d["line"], d["col"], d["code"]) for f in report["files"] for d in f["diagnostics"]]
     pkg = project / "pkg"
-    assert found == [(str(pkg / "broken.py"), 3, 6, "PT001"), (str(pkg / "model.py"), 20, 12, "PT003")]
+    assert found == [(str(pkg / "broken.py"), 3, 6, "PT001"), (str(pkg / "model.py"), 22, 12, "PT003")]
     assert report["summary"] | {} == report["summary"]
     summary = report["summary"]
     assert (summary["files"], summary["clean"], summary["issues"], summary["skipped"], summary["failed"],
@@ -107,7 +117,7 @@ def test_acceptance_a_package_converts_with_its_layout_report_and_exit_code(proj
                         "pkg/model.py": "issues", "pkg/utils.py": "skipped"}
     text = written["porter_report.txt"].decode()
     assert text.index("Summary") < text.index("Warnings and errors") < text.index("Changes")
-    assert f"{pkg / 'model.py'}:20:12 PT003 error torch.special.erfcx has no conversion rule" in text
+    assert f"{pkg / 'model.py'}:22:12 PT003 error torch.special.erfcx has no conversion rule" in text
     assert "    hint: Left unchanged." in text
     assert f"{pkg / 'broken.py'}:3:6 PT001 error" in err
 
@@ -143,17 +153,17 @@ def test_undecodable_bytes_and_a_crashing_pass_are_reported_and_skipped(project,
 
     real = tree.convert_python
 
-    def crash_on_layers(text, filename, *, annotate=False):
+    def crash_on_layers(text, filename, **options):
         if filename.endswith("layers.py"):
             raise IndexError("list index out of range")
-        return real(text, filename, annotate=annotate)
+        return real(text, filename, **options)
 
     monkeypatch.setattr(tree, "convert_python", crash_on_layers)
     out = tmp_path / "out"
     assert main(["convert", str(project), "-o", str(out), "-j", "1"]) == 1
     report = json.loads((out / "porter_report.json").read_text())
     by_file = {f["relative"]: f for f in report["files"]}
-    assert [(d["code"], d["line"], d["col"]) for d in by_file["pkg/latin.py"]["diagnostics"]] == [("PT030", 2, 13)]
+    assert [(d["code"], d["line"], d["col"]) for d in by_file["pkg/latin.py"]["diagnostics"]] == [("PT030", 2, 12)]
     crash = by_file["pkg/layers.py"]
     assert crash["status"] == "failed" and [d["code"] for d in crash["diagnostics"]] == ["PT031"]
     assert "IndexError: list index out of range" in crash["error"] and "crash_on_layers" in crash["error"]

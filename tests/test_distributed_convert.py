@@ -165,7 +165,7 @@ def test_spawn_runs_the_function_once_per_host():
         world_size = torch.cuda.device_count()
         mp.spawn(run, args=(world_size, 3), nprocs=world_size, join=True)
     """)
-    assert "world_size = jax.local_device_count()" in conversion.code
+    assert "world_size = jax.device_count()" in conversion.code
     assert "run(jax.process_index(), world_size, 3)" in conversion.code
     assert not conversion.has_errors, codes(conversion)
 

@@ -540,3 +540,12 @@ def test_pooling_with_ceil_mode_matches_torch(size, kernel, stride, padding):
         close(standalone("avg_pool_nchw")(jx, (kernel, kernel), (stride, stride), pads, count_include_pad=include,
                                           ceil_mode=True),
               F.avg_pool2d(x, kernel, stride, padding, ceil_mode=True, count_include_pad=include))
+
+
+def test_max_pool_differentiates_under_jit():
+    """Regression: a traced reduce_window init value has no gradient rule under jax.jit."""
+    from porter.emitted import max_pool_nchw
+
+    x = jax.numpy.arange(2 * 3 * 4 * 4, dtype=jax.numpy.float32).reshape(2, 3, 4, 4)
+    grad = jax.jit(jax.grad(lambda a: max_pool_nchw(a, (2, 2)).sum()))(x)
+    assert float(grad.sum()) == 2 * 3 * 2 * 2  # one winner per window

@@ -17,6 +17,7 @@ PRELUDE = textwrap.dedent("""\
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
+    from einops.layers.torch import Rearrange, Reduce
 
 
     class M(nn.Module):

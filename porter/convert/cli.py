@@ -8,7 +8,7 @@ from pathlib import Path
 from porter.convert import report as reports
 from porter.convert.diagnostics import Severity
 from porter.convert.tree import (
-    FileResult, ProgressBar, Task, backup_dir, convert_paths, kind_of, plan, write_bytes_atomically,
+    FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, plan, write_bytes_atomically,
     write_inplace, write_tree,
 )
 
@@ -76,7 +76,7 @@ def _convert_tree(source: Path, args) -> int:
     if args.inplace:
         print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
-    results = _run(tasks, args)
+    results = _run(tasks, args, root=source)
     _print_diagnostics(results, args.log)
     report_dir = args.report
     if args.diff:
@@ -132,10 +132,12 @@ def _convert_file(source: Path, args) -> int:
 
 
 # ---------------------------------------------------------------------------- shared
-def _run(tasks: list[Task], args) -> list[FileResult]:
+def _run(tasks: list[Task], args, root: Path | None = None) -> list[FileResult]:
     bar = ProgressBar(sys.stderr)
     try:
-        return convert_paths(tasks, jobs=args.jobs, progress=bar if len(tasks) > 1 else None)
+        if root is None:
+            return convert_paths(tasks, jobs=args.jobs)
+        return convert_tree(tasks, root_name=root.resolve().name, jobs=args.jobs, progress=bar)
     finally:
         bar.close()
 

@@ -38,6 +38,11 @@ class Conversion:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     filename: str | None = None
+    # for a tree (porter/convert/tree.py): what this file defines that others may construct
+    # (name -> "module" for nn.Module subclasses, "factory" for functions that build layers), and its
+    # `from X import Y [as Z]` statements at the top level, as (dots, module, name, local name)
+    exports: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    imports: list[tuple[int, str, str, str]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -55,6 +60,15 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
         return _convert(source, filename, fast=True)
 
 
+def convert_in_tree(source: str, *, filename: str | None = None,
+                    known: dict[str, str] | None = None, notebook: bool = False) -> Conversion:
+    """convert_source for a file of a tree: `known` names what this file imports from the others of
+    the tree that are nn.Module subclasses ("module") or layer factories ("factory"), so that
+    `Block(d)` gets its rngs as it would were Block defined here."""
+    with _no_cyclic_gc():
+        return _convert(source, filename, fast=True, notebook=notebook, known=known)
+
+
 @contextlib.contextmanager
 def _no_cyclic_gc():
     """The cyclic garbage collector off while one file converts: the syntax trees are large and
@@ -70,7 +84,8 @@ def _no_cyclic_gc():
             gc.enable()
 
 
-def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False) -> Conversion:
+def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
+             known: dict[str, str] | None = None) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter. The output must be identical."""
     try:
@@ -78,14 +93,18 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     except cst.ParserSyntaxError as exc:
         line, col, message = _syntax_error(source, exc)
         return Conversion(source, [diagnostic("PT001", line, col, message, filename)], filename=filename)
-    if fast and not _TORCH_WORDS.search(source):
-        return Conversion(source, [], filename=filename)  # no torch name anywhere, not even unimported
+    imports = _from_imports(module)
+    if fast and not _TORCH_WORDS.search(source):  # no torch name anywhere, not even unimported
+        return Conversion(source, [], filename=filename, imports=imports)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
+    for name, kind in (known or {}).items():
+        (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
     index = SourceIndex(module)  # positions of the original nodes, for both passes
     analyze = Analyze(ctx, index)
     traverse.visit(module, analyze, Prefilter(index, analyze) if fast else None)
-    if not ctx.torch_aliases:
-        return Conversion(source, ctx.diagnostics, filename=filename)  # no torch here: nothing to do
+    exports = _exports(module, ctx)
+    if not ctx.torch_aliases:  # no torch here: nothing to do
+        return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
     rewrite = DistributedRewrite(ctx)
     rewrite.attach(index)
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite)) if fast else module.visit(rewrite)
@@ -93,7 +112,35 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     final = rewritten.visit(FinalizeImports(ctx, code, helpers_after_new_imports=notebook))
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
-    return Conversion(code.module_code(final) if fast else final.code, diagnostics, changes, filename)
+    return Conversion(code.module_code(final) if fast else final.code, diagnostics, changes, filename,
+                      exports, imports)
+
+
+def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:
+    found = []
+    for statement in module.body:
+        if not isinstance(statement, cst.SimpleStatementLine):
+            continue
+        for small in statement.body:
+            if isinstance(small, cst.ImportFrom) and not isinstance(small.names, cst.ImportStar):
+                where = cst.Module([]).code_for_node(small.module) if small.module is not None else ""
+                for alias in small.names:
+                    if isinstance(alias.name, cst.Name):
+                        local = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) \
+                            else alias.name.value
+                        found.append((len(small.relative), where, alias.name.value, local))
+    return found
+
+
+def _exports(module: cst.Module, ctx: ConversionContext) -> dict[str, str]:
+    """The top-level classes that are nn.Module subclasses and the top-level layer factories."""
+    exports = {}
+    for statement in module.body:
+        if isinstance(statement, cst.ClassDef) and statement.name.value in ctx.module_classes:
+            exports[statement.name.value] = "module"
+        elif isinstance(statement, cst.FunctionDef) and statement.name.value in ctx.rngs_functions:
+            exports[statement.name.value] = "factory"
+    return exports
 
 
 def _syntax_error(source: str, exc: cst.ParserSyntaxError) -> tuple[int, int, str]:

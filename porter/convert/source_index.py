@@ -51,6 +51,9 @@ class _NullContext:
         return False
 
 
+_NULL_CONTEXT = _NullContext()
+
+
 class _Syntactic:
     """PositionProvidingCodegenState.record_syntactic_position, without a generator."""
 
@@ -108,6 +111,9 @@ class _IndexingState(CodegenState):
         self.after_codegen = after_codegen
 
     def record_syntactic_position(self, node, *, start_node=None, end_node=None):
+        if start_node is None and end_node is None and not getattr(node, "lpar", True):
+            # an expression without parentheses: its syntactic range is its whole range
+            return _NULL_CONTEXT
         return _Syntactic(self, node, start_node, end_node)
 
     def pop_trailing_newline(self) -> None:

@@ -23,7 +23,7 @@ import time
 import tokenize
 import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -47,6 +47,7 @@ class Task:
     kind: str  # "python" | "notebook"
     annotate: bool = False
     diff: bool = False
+    known: tuple[tuple[str, str], ...] = ()  # imported names of the tree: (local name, "module" | "factory")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class FileResult:
     diff: str | None = None
     cpu_seconds: float = 0.0  # CPU time the conversion took, and the process it ran in (benchmarks)
     worker: int = 0
+    exports: dict[str, str] = field(default_factory=dict)  # see pipeline.Conversion
+    imports: list[tuple[int, str, str, str]] = field(default_factory=list)
 
     @property
     def has_errors(self) -> bool:
@@ -162,7 +165,7 @@ def _convert_task(task: Task) -> FileResult:
         conversion = convert_notebook(text, filename=task.display, convert=_notebook_converter(task.annotate))
         changes = list(conversion.cell_changes)
     else:
-        conversion = convert_python(text, task.display, annotate=task.annotate)
+        conversion = convert_python(text, task.display, annotate=task.annotate, known=dict(task.known))
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
     if conversion.failed:  # did not parse (PT001) or not a notebook (PT032): nothing to write
@@ -177,15 +180,20 @@ def _convert_task(task: Task) -> FileResult:
     if task.diff and changed:
         diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), conversion.code.splitlines(keepends=True),
                                             f"a/{task.relative}", f"b/{task.relative}"))
-    return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff)
+    return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff,
+                      exports=getattr(conversion, "exports", {}), imports=getattr(conversion, "imports", []))
 
 
-def convert_python(text: str, filename: str, *, annotate: bool = False):
-    from porter.convert.pipeline import convert_source
+def convert_python(text: str, filename: str, *, annotate: bool = False, known: dict[str, str] | None = None):
+    from porter.convert.pipeline import convert_in_tree
+
+    def convert(source: str, name: str):
+        return convert_in_tree(source, filename=name, known=known)
+
     if not annotate:
-        return convert_source(text, filename=filename)
+        return convert(text, filename)
     from porter.convert.annotate import convert_annotated
-    return convert_annotated(text, filename, lambda source, name: convert_source(source, filename=name))
+    return convert_annotated(text, filename, convert)
 
 
 def _notebook_converter(annotate: bool):
@@ -260,6 +268,91 @@ def convert_paths(tasks: list[Task], *, jobs: int | None = None,
             if progress:
                 progress(done, total)
     return results  # type: ignore[return-value]
+
+
+def convert_tree(tasks: list[Task], *, root_name: str | None = None, jobs: int | None = None,
+                 progress: Callable[[int, int], None] | None = None, rounds: int = 3) -> list[FileResult]:
+    """convert_paths over the files of one tree, then again for the files that construct an
+    nn.Module subclass or call a layer factory imported from another file of the tree, now knowing it
+    (until nothing new is learnt, at most `rounds` more times). `root_name`: the name of the tree's
+    directory (absolute imports may start with it)."""
+    tasks = list(tasks)
+    results = convert_paths(tasks, jobs=jobs, progress=progress)
+    for _ in range(rounds):
+        known = cross_file_knowledge(tasks, results, root_name)
+        redo = [i for i, task in enumerate(tasks)
+                if task.kind == "python" and results[i].status != "failed" and known.get(i, ()) != task.known]
+        if not redo:
+            break
+        again = [replace(tasks[i], known=known.get(i, ())) for i in redo]
+        for i, task, result in zip(redo, again, convert_paths(again, jobs=jobs, progress=progress)):
+            tasks[i], results[i] = task, result
+    return results
+
+
+def _module_key(relative: str) -> tuple[str, ...]:
+    parts = tuple(relative[:-len(".py")].split("/")) if relative.endswith(".py") else tuple(relative.split("/"))
+    return parts[:-1] if parts and parts[-1] == "__init__" else parts
+
+
+def cross_file_knowledge(tasks: list[Task], results: list[FileResult],
+                         root_name: str | None) -> dict[int, tuple[tuple[str, str], ...]]:
+    """For each file (by index): the names it imports from the tree that are module classes or layer
+    factories there (following re-exports such as a package's __init__.py)."""
+    by_key: dict[tuple[str, ...], FileResult] = {}
+    is_package: dict[int, bool] = {}
+    package_keys: set[tuple[str, ...]] = set()
+    for i, (task, result) in enumerate(zip(tasks, results)):
+        if task.kind == "python":
+            by_key[_module_key(task.relative)] = result
+            is_package[i] = task.relative == "__init__.py" or task.relative.endswith("/__init__.py")
+            if is_package[i]:
+                package_keys.add(_module_key(task.relative))
+
+    def targets(importer: tuple[str, ...], package: bool, dots: int, module: str) -> list[tuple[str, ...]]:
+        parts = tuple(module.split(".")) if module else ()
+        if dots:
+            base = importer if package else importer[:-1]
+            if dots - 1 > len(base):
+                return []
+            base = base[:len(base) - (dots - 1)]
+            return [base + parts]
+        found = [parts]
+        if root_name and parts and parts[0] == root_name:
+            found.append(parts[1:])
+        return found
+
+    def kind_of_name(key: tuple[str, ...], name: str, seen: set) -> str | None:
+        if (key, name) in seen or key not in by_key:
+            return None
+        seen.add((key, name))
+        result = by_key[key]
+        if name in result.exports:
+            return result.exports[name]
+        package = key in package_keys
+        for dots, module, imported, local in result.imports:
+            if local == name:
+                for target in targets(key, package, dots, module):
+                    found = kind_of_name(target, imported, seen)
+                    if found:
+                        return found
+        return None
+
+    knowledge: dict[int, tuple[tuple[str, str], ...]] = {}
+    for i, (task, result) in enumerate(zip(tasks, results)):
+        if task.kind != "python" or not result.imports:
+            continue
+        key = _module_key(task.relative)
+        names = {}
+        for dots, module, imported, local in result.imports:
+            for target in targets(key, is_package[i], dots, module):
+                found = kind_of_name(target, imported, set())
+                if found:
+                    names[local] = found
+                    break
+        if names:
+            knowledge[i] = tuple(sorted(names.items()))
+    return knowledge
 
 
 def _size(path: str) -> int:

@@ -74,16 +74,16 @@ def contiguous(array: np.ndarray, *, use_torch: bool = True) -> np.ndarray:
     if array.flags.c_contiguous:
         return array
     if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
-        return np.ascontiguousarray(array)
+        return np.require(array, requirements="C")
     if not use_torch and "torch" not in sys.modules:
-        return np.ascontiguousarray(array)
+        return np.require(array, requirements="C")
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency of porter
-        return np.ascontiguousarray(array)
+        return np.require(array, requirements="C")
     bits = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}.get(array.dtype.itemsize)
     if bits is None or array.dtype.kind not in "biufV" or array.dtype.byteorder == ">":
-        return np.ascontiguousarray(array)
+        return np.require(array, requirements="C")
     import warnings
 
     with warnings.catch_warnings():  # a read-only memory map: torch only reads it here

@@ -523,7 +523,7 @@ def _write_pt(source: Source, order: list, temp: Path, bar: Progress) -> None:
     made: dict[str, Any] = {}
     for flax_key, torch_key, layout in order:
         if flax_key not in made or layout.name != made[flax_key][1]:
-            array = np.ascontiguousarray(layout.to_torch(np.asarray(source.read(flax_key))))
+            array = np.require(layout.to_torch(np.asarray(source.read(flax_key))), requirements="C")
             if array.dtype in views:
                 torch_type, int_type = views[array.dtype]
                 int_np = {torch.int16: np.int16, torch.uint8: np.uint8}[int_type]

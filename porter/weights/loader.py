@@ -104,7 +104,7 @@ def _assign(target: Target, key: str, array: np.ndarray, policy: DtypePolicy, re
     source_dtype = array.dtype
     if policy == "model" and array.dtype != np.dtype(old.dtype):
         array = array.astype(old.dtype)
-    array = np.ascontiguousarray(array)
+    array = np.require(array, requirements="C")
     sharding = getattr(old, "sharding", None)
     if isinstance(old, jax.Array) and sharding is not None:
         value = jax.device_put(array, sharding)

@@ -52,7 +52,7 @@ def model_state(model: nnx.Module) -> nnx.State:
 
 def flat_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
     """{dotted NNX path: numpy array} of model_state(model), dtypes kept."""
-    return {".".join(map(str, path)): np.ascontiguousarray(np.asarray(var.get_raw_value()))
+    return {".".join(map(str, path)): np.require(np.asarray(var.get_raw_value()), requirements="C")
             for path, var in nnx.to_flat_state(model_state(model))}
 
 

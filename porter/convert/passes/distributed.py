@@ -185,6 +185,7 @@ class _State:
     orphans: dict = field(default_factory=dict)  # id of a removed statement -> its blank lines and comments
     converted: dict = field(default_factory=dict)  # id of an original statement -> what it became
     stores: set[int] = field(default_factory=set)  # assignment and del targets
+    world_counts: set[int] = field(default_factory=set)  # torch.cuda.device_count() calls giving spawn's nprocs
 
 
 class DistributedRewrite(TrainingRewrite):
@@ -234,6 +235,7 @@ class DistributedRewrite(TrainingRewrite):
                 self.dist.rank_flags.add(target)
         self.dist.models |= self.dist.wrapped
         self._find_summed_losses(node)
+        self._find_spawned_world_sizes(node)
         for block in [node, *m.findall(node, m.IndentedBlock())]:
             body = list(block.body)
             for first, second in zip(body, body[1:]):
@@ -259,6 +261,21 @@ class DistributedRewrite(TrainingRewrite):
             if stepped and any(sums(c) or (isinstance(c.func, cst.Name) and c.func.value in criteria) for c in calls):
                 self.dist.summed |= stepped
                 self.dist.summed_statements |= {id(s) for s in m.findall(loop.body, m.SimpleStatementLine())}
+
+    def _find_spawned_world_sizes(self, node: cst.Module) -> None:
+        """`n = torch.cuda.device_count(); mp.spawn(fn, nprocs=n)`: n counts the processes, that is the devices."""
+        names = set()
+        for call in m.findall(node, m.Call()):
+            if _normal(self.ctx.qualified_name(call.func)) in SPAWN:
+                positional = _positional(call)
+                nprocs = _keyword(call, "nprocs") or (positional[2] if len(positional) > 2 else None)
+                if isinstance(nprocs, cst.Name):
+                    names.add(nprocs.value)
+        for name in names:
+            for statement in self._assignments_to(node, name):
+                value = statement.body[0].value
+                if isinstance(value, cst.Call) and _normal(self.ctx.qualified_name(value.func)) in DEVICE_COUNT:
+                    self.dist.world_counts.add(id(value))
 
     def trigger_words(self):
         return {*super().trigger_words(), *self.dist.words}
@@ -295,10 +312,10 @@ class DistributedRewrite(TrainingRewrite):
     def _divides(self, statement: cst.CSTNode, name: str) -> bool:
         """`x /= world_size` or `x = x / world_size`."""
         line = small(statement)
-        if isinstance(line, cst.AugAssign) and m.matches(line, m.AugAssign(target=m.Name(name), operator=m.DivideAssign())):
+        if m.matches(line, m.AugAssign(target=m.Name(name), operator=m.DivideAssign())):
             divisor = line.value
-        elif isinstance(line, cst.Assign) and m.matches(line, m.Assign(targets=[m.AssignTarget(m.Name(name))],
-                                                                       value=m.BinaryOperation(left=m.Name(name), operator=m.Divide()))):
+        elif m.matches(line, m.Assign(targets=[m.AssignTarget(m.Name(name))],
+                                      value=m.BinaryOperation(left=m.Name(name), operator=m.Divide()))):
             divisor = line.value.right
         else:
             return False
@@ -365,6 +382,10 @@ class DistributedRewrite(TrainingRewrite):
             self.report("PT020", original_node, "SyncBatchNorm: the converted step computes batch statistics over "
                                                 "the global batch already; the conversion is dropped")
             return self._changed("sync-batchnorm", original_node, updated_node.args[0].value)
+        if qualified in DEVICE_COUNT and id(original_node) in self.dist.world_counts:
+            self.report("PT020", original_node, "torch.cuda.device_count() gives the number of processes "
+                                                "mp.spawn starts, one per GPU: the world size, jax.device_count()")
+            return self._changed("device-count", original_node, expr("jax.device_count()"))
         if qualified in DEVICE_COUNT:
             return self._changed("device-count", original_node, expr("jax.local_device_count()"))
         if qualified in SET_DEVICE or qualified in ("torch.distributed.init_process_group",

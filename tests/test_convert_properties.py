@@ -1,0 +1,138 @@
+"""Properties users rely on, over every fixture: deterministic, idempotent, no-torch files untouched,
+inputs never modified, atomic writes; and the fast path equal to the plain one it replaces."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import libcst as cst
+import pytest
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from porter import convert_source
+from porter.cli import main
+from porter.convert import traverse
+from porter.convert.annotate import annotate_source
+from porter.convert.pipeline import _convert
+from porter.convert.source_index import SourceIndex, StatementCode
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = sorted(p for p in (ROOT / "fixtures").rglob("*.py") if "expected" not in p.parts)
+IDS = [f"{p.parent.name}/{p.stem}" for p in FIXTURES]
+# porter's own sources that never import torch (some name it in strings or comments)
+NO_TORCH = [ROOT / "porter" / "convert" / name for name in ("tree.py", "report.py", "notebook.py", "annotate.py")]
+
+
+def key(conversion):
+    return conversion.code, conversion.diagnostics, conversion.changes
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=IDS)
+def test_deterministic_and_equal_to_the_plain_path(path):
+    source = path.read_text()
+    first = convert_source(source, filename=str(path))
+    assert key(convert_source(source, filename=str(path))) == key(first)
+    # the prefilter, the traversal engine and the spliced code generation change nothing
+    assert key(_convert(source, str(path), fast=False)) == key(first)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=IDS)
+def test_porter_on_its_own_output_changes_nothing_and_reports_nothing_new(path):
+    once = convert_source(path.read_text(), filename="x.py")
+    twice = convert_source(once.code, filename="x.py")
+    assert twice.code == once.code
+    assert {(d.code, d.message) for d in twice.diagnostics} <= {(d.code, d.message) for d in once.diagnostics}
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=IDS)
+def test_annotating_twice_adds_nothing(path):
+    source = path.read_text()
+    spots = convert_source(source).diagnostics
+    once = annotate_source(source, spots)
+    assert annotate_source(once, convert_source(once).diagnostics) == once
+
+
+@pytest.mark.parametrize("path", NO_TORCH, ids=[p.name for p in NO_TORCH])
+def test_files_without_torch_come_out_unchanged(path):
+    source = path.read_text()
+    conversion = convert_source(source)
+    assert conversion.code == source and conversion.diagnostics == [] and conversion.changes == []
+
+
+@pytest.mark.parametrize("path", FIXTURES[:4] + NO_TORCH[:1], ids=IDS[:4] + ["tree"])
+def test_positions_are_libcsts(path):
+    """SourceIndex's positions are PositionProvider's, node for node."""
+    module = cst.parse_module(path.read_text())
+    expected = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    index = SourceIndex(module)
+    for node, position in expected.items():
+        assert index.code_range(node) == position, type(node).__name__
+    # and every top-level statement's text is its code
+    code = StatementCode(index)
+    assert all(code(module, s) == module.code_for_node(s) for s in module.body)
+
+
+def test_the_traversal_engine_visits_like_libcst():
+    """Same callbacks in the same order as libcst, and nothing rebuilt when nothing changed."""
+    module = cst.parse_module((ROOT / "fixtures" / "models" / "transformer_block.py").read_text())
+    calls = {}
+    for engine in ("libcst", "porter"):
+        seen = calls[engine] = []
+
+        class Record(cst.CSTTransformer):
+            def on_visit(self, node):
+                seen.append(("visit", type(node).__name__))
+                return True
+
+            def on_leave(self, original_node, updated_node):
+                seen.append(("leave", type(original_node).__name__))
+                return updated_node
+
+        result = module.visit(Record()) if engine == "libcst" else traverse.visit(module, Record())
+    assert calls["porter"] == calls["libcst"]
+    assert result is module
+
+
+def test_inputs_are_never_modified_and_writes_are_atomic(tmp_path, monkeypatch, capsys):
+    tree = tmp_path / "fixtures"
+    shutil.copytree(ROOT / "fixtures", tree, ignore=shutil.ignore_patterns("expected"))
+    before = {p: p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    main(["convert", str(tree), "-o", str(out), "-j", "1"])
+    assert {p: p.read_bytes() for p in tree.rglob("*") if p.is_file()} == before
+
+    # a write that fails half-way leaves the old file whole and no temporary file behind
+    target = out / "models" / "seed_mlp.py"
+    old = target.read_bytes()
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("seed_mlp.py"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        main(["convert", str(tree), "-o", str(out), "--force", "-j", "1"])
+    assert target.read_bytes() == old
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_the_report_json_follows_its_schema(tmp_path, capsys):
+    tree = tmp_path / "models"
+    shutil.copytree(ROOT / "fixtures" / "models", tree)
+    main(["convert", str(tree), "-o", str(tmp_path / "out"), "-j", "1"])
+    report = json.loads((tmp_path / "out" / "porter_report.json").read_text())
+    assert set(report) == {"schema", "porter_version", "mode", "source", "output", "summary", "codes", "files",
+                           "copied"}
+    assert set(report["summary"]) == {"files", "clean", "issues", "skipped", "failed", "copied", "changes",
+                                      "by_severity", "by_code"}
+    for f in report["files"]:
+        assert set(f) == {"path", "relative", "kind", "status", "changed", "error", "diagnostics", "changes"}
+        assert f["status"] in ("clean", "issues", "skipped", "failed")
+        for d in f["diagnostics"]:
+            assert set(d) == {"code", "severity", "line", "col", "message", "path", "hint"}
+        for c in f["changes"]:
+            assert set(c) == {"path", "rule", "line", "col", "before", "after"}
+    assert sum(report["summary"][s] for s in ("clean", "issues", "skipped", "failed")) == report["summary"]["files"]
