@@ -356,6 +356,21 @@ class _Verbatim(cst.BaseStatement):
             self.original._codegen(state, **kwargs)
 
 
+class _PlainState(CodegenState):
+    """libcst's CodegenState without the generator-based context manager it enters for every
+    expression (it records nothing here): the same tokens, a quarter faster."""
+
+    def record_syntactic_position(self, node, *, start_node=None, end_node=None):
+        return _NULL_CONTEXT
+
+
+def code_for_node(module: cst.Module, node: cst.CSTNode) -> str:
+    """`module.code_for_node(node)`, faster."""
+    state = _PlainState(default_indent=module.default_indent, default_newline=module.default_newline)
+    node._codegen(state)
+    return "".join(state.tokens)
+
+
 class StatementCode:
     """Code of top-level statements, from the source text where the statement is an original one.
 
@@ -376,7 +391,7 @@ class StatementCode:
         found = self._cache.get(key)
         if found is None:
             spliced = self._splice(statement) if self.index is not None else statement
-            found = self._cache[key] = (statement, module.code_for_node(spliced))
+            found = self._cache[key] = (statement, code_for_node(module, spliced))
         return found[1]
 
     def _splice(self, node: cst.CSTNode) -> cst.CSTNode:
@@ -409,7 +424,7 @@ class StatementCode:
     def module_code(self, module: cst.Module) -> str:
         if not module.has_trailing_newline:
             return module.code  # the last token goes: leave that to libcst
-        parts = [module.code_for_node(line) for line in module.header]
+        parts = [code_for_node(module, line) for line in module.header]
         parts.extend(self(module, statement) for statement in module.body)
-        parts.extend(module.code_for_node(line) for line in module.footer)
+        parts.extend(code_for_node(module, line) for line in module.footer)
         return "".join(parts) or module.default_newline
