@@ -96,7 +96,7 @@ def generated_module(rng: random.Random, index: int) -> str:
            '"""',
            "import math", "from functools import partial", "from typing import Any, Dict, List, Optional, Tuple", "",
            "import torch", "import torch.nn as nn", "import torch.nn.functional as F", "",
-           f"__all__ = ['Family{index}', 'family{index}_small', 'family{index}_base']", "", ""]
+           f"__all__ = ['Block{index}_0', 'family{index}_small', 'family{index}_base']", "", ""]
     out += ["def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:",
             '    """Default pretrained configuration: input size, crop, normalisation, classifier."""',
             "    return {",

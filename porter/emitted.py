@@ -137,7 +137,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
 
 
 def split_by_size(x, split_size, axis=0):
-    """torch's ``x.split(split_size, dim)``: pieces of split_size along axis, the last one smaller if needed."""
+    """torch's ``x.split(split_size, dim)``: pieces of split_size along axis, the last one smaller if needed;
+    a list of sizes cuts pieces of those sizes."""
+    if isinstance(split_size, (list, tuple)):
+        cuts, total = [], 0
+        for size in split_size[:-1]:
+            total += size
+            cuts.append(total)
+        return tuple(jnp.split(x, cuts, axis=axis))
     return tuple(jnp.split(x, list(range(split_size, x.shape[axis], split_size)), axis=axis))
 
 

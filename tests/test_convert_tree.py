@@ -250,3 +250,30 @@ def test_explain_prints_a_codes_and_a_rules_documentation(capsys):
     assert main(["explain"]) == 0
     assert "PT030" in capsys.readouterr().out
     assert main(["explain", "PT999"]) == 2
+
+
+class _Stream:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_the_progress_bar_shows_on_a_terminal_only():
+    from porter.convert.tree import ProgressBar
+
+    quiet, shown = _Stream(False), _Stream(True)
+    for stream in (quiet, shown):
+        bar = ProgressBar(stream, width=10)
+        for done in range(3):
+            bar(done, 2)
+        bar.close()
+    assert quiet.text == ""
+    assert "\rporter: [#####-----] 1/2 files" in shown.text and shown.text.endswith("\r")

@@ -549,3 +549,13 @@ def test_max_pool_differentiates_under_jit():
     x = jax.numpy.arange(2 * 3 * 4 * 4, dtype=jax.numpy.float32).reshape(2, 3, 4, 4)
     grad = jax.jit(jax.grad(lambda a: max_pool_nchw(a, (2, 2)).sum()))(x)
     assert float(grad.sum()) == 2 * 3 * 2 * 2  # one winner per window
+
+
+def test_split_by_size_takes_a_list_of_sizes_as_torch():
+    x = randn(2, 7, seed=12)
+    for sizes in ([2, 5], (1, 1, 5), [7]):
+        actual = standalone("split_by_size")(jnp.asarray(x.numpy()), sizes, 1)
+        expected = x.split(list(sizes), 1)
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            close(a, e)

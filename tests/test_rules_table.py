@@ -39,6 +39,22 @@ def test_at_least_200_function_and_method_symbols_are_verified():
     assert len(verified) >= 200, len(verified)
 
 
+def test_reexported_names_are_the_same_objects():
+    """porter rules counts torch.nn.modules.X.Y as verified with torch.nn.Y: they must be one object."""
+    import importlib
+
+    from porter.rules.table import reexported
+
+    def resolve(name):
+        module, _, attr = name.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+
+    aliases = [(s, reexported(s)) for s in RULES.by_symbol if reexported(s) != s and reexported(s) in RULES.by_symbol]
+    assert aliases
+    for alias, public in aliases:
+        assert resolve(alias) is resolve(public), alias
+
+
 def test_case_symbols_reads_functions_methods_and_item_assignment():
     rule = RULES.lookup("torch.Tensor.__setitem__")
     symbols = case_symbols(rule.verify[0])

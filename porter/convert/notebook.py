@@ -163,10 +163,10 @@ def convert_notebook(text: str, *, filename: str | None = None, convert=None) ->
         line += body.count("\n")
     joined = "".join(pieces)
     if convert is None:
-        from porter.convert.pipeline import _convert
+        from porter.convert.pipeline import convert_in_tree
 
         def convert(source, name):
-            return _convert(source, name, fast=True, notebook=True)
+            return convert_in_tree(source, filename=name, notebook=True)
     conversion = convert(joined, path)
 
     def locate(line_number: int) -> tuple[str, int]:

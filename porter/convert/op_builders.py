@@ -9,6 +9,7 @@ the function call (`x.max(1)` as `torch.max(x, 1)`: see apply.as_function_call).
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert.apply import Application, Site, bind
 from porter.convert.context import code_of
@@ -25,6 +26,11 @@ def _simple(node: cst.BaseExpression) -> bool:
     while isinstance(node, cst.Attribute):
         node = node.value
     return isinstance(node, cst.Name)
+
+
+def _pure(node: cst.BaseExpression) -> bool:
+    """Names, attributes and subscripts (no calls): cheap and safe to write twice."""
+    return not m.findall(node, m.Call())
 
 
 def _called(site: Site) -> str:
@@ -261,7 +267,7 @@ def expand(rule: Rule, site: Site) -> Application:
             return _expand_variable(site, sizes[0])
     x = site.receiver
     needs_shape = [i for i, s in enumerate(sizes) if literal(s) == -1]
-    if needs_shape and not _simple(x):
+    if needs_shape and not _pure(x):
         raise Unsupported(f"expand(-1, ...) of {code_of(x)}: assign it to a name first")
     lead = len(sizes)
     elements = []
@@ -510,6 +516,9 @@ def _pool_pairs(node: cst.BaseExpression, n: int) -> cst.BaseExpression:
         items = [repr(v) for v in value]
     elif value is NO_VALUE and not isinstance(node, (cst.Tuple, cst.List)):
         items = [code_of(node)] * n
+    elif isinstance(node, (cst.Tuple, cst.List)) and len(node.elements) == n \
+            and not any(isinstance(e, cst.StarredElement) for e in node.elements):
+        items = [code_of(e.value) for e in node.elements]  # (kh // 2, kw // 2)
     else:
         raise Unsupported(f"padding={code_of(node)}")
     pairs = ", ".join(f"({p}, {p})" for p in items)
@@ -521,10 +530,11 @@ def interpolate(rule: Rule, site: Site) -> Application:
     bound = bind(rule, site.call)
     if literal(bound.get("antialias", cst.Name("False"))) is not False:
         raise Unsupported("antialias=True")
-    mode = literal(bound.get("mode", cst.SimpleString("'nearest'")))
-    modes = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
-    if mode not in modes:
-        raise Unsupported(f"mode={code_of(bound['mode'])}: only a literal {modes}")
+    mode_node = bound.get("mode", cst.SimpleString("'nearest'"))
+    mode = literal(mode_node)
+    modes = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear")
+    if mode is not NO_VALUE and mode not in modes:
+        raise Unsupported(f"mode={code_of(mode_node)}: only {modes}")
     size, scale = bound.get("size"), bound.get("scale_factor")
     if (size is None or literal(size) is None) == (scale is None or literal(scale) is None):
         raise Unsupported("exactly one of size and scale_factor must be given")
@@ -538,16 +548,14 @@ def interpolate(rule: Rule, site: Site) -> Application:
         raise Unsupported("recompute_scale_factor must be a literal")
     if recompute is True and "scale_factor" in keywords:
         keywords["recompute_scale_factor"] = cst.Name("True")
-    if mode != "nearest":
-        keywords["mode"] = cst.SimpleString(repr(mode))
+    if mode != "nearest":  # a mode held in a variable goes through: the helper raises on one it lacks
+        keywords["mode"] = mode_node
     align = bound.get("align_corners")
     if align is not None and literal(align) is not None:
-        if mode in ("nearest", "nearest-exact", "area"):
+        if mode in ("nearest", "nearest-exact"):
             raise Unsupported(f"align_corners with mode={mode!r}")
-        if literal(align) not in (True, False):
-            raise Unsupported("align_corners must be a literal")
-        if literal(align):
-            keywords["align_corners"] = cst.Name("True")
+        if literal(align) is not False:
+            keywords["align_corners"] = align
     site.ctx.need_helper("interpolate_nchw")
     return Application(_call("interpolate_nchw", bound["input"], **keywords))
 
@@ -587,7 +595,10 @@ def _key(site: Site) -> tuple[cst.BaseExpression, list[str], list[str]]:
     if site.rngs_in_scope:
         return expr("rngs.params()"), [], []
     if site.owner_class is not None and site.method is not None:
-        name = site.ctx.inject_attribute(site.owner_class, "rngs", "rngs")
+        injected = site.ctx.injected_init_statements.get(site.owner_class, [])
+        name = next((line.split("=")[0].strip().removeprefix("self.") for line in injected
+                     if line.split("=", 1)[1].strip() == "rngs"), None) \
+            or site.ctx.inject_attribute(site.owner_class, "rngs", "rngs")
         return expr(f"self.{name}()"), [f"self.{name} = rngs is added to __init__: random numbers come from "
                                         "its default stream, new ones on every call"], []
     return expr("jax.random.key(0)"), ["random numbers outside a module use jax.random.key(0): the same "

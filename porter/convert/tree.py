@@ -197,10 +197,10 @@ def convert_python(text: str, filename: str, *, annotate: bool = False, known: d
 
 
 def _notebook_converter(annotate: bool):
-    from porter.convert.pipeline import _convert
+    from porter.convert.pipeline import convert_in_tree
 
     def convert(source: str, name: str):
-        return _convert(source, name, fast=True, notebook=True)
+        return convert_in_tree(source, filename=name, notebook=True)
 
     if not annotate:
         return convert

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import textwrap
+import warnings
 
 import numpy as np
 from hypothesis import strategies as st
@@ -249,7 +250,9 @@ def run_case(rule: Rule, case: VerifyCase, data) -> None:
     passed = [v for v in values.values() if not isinstance(v, Code)]
     torch_args = [torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for v in passed]
     jax_args = [_jax_array(v, jnp) if isinstance(v, np.ndarray) else v for v in passed]
-    expected = torch_namespace["f"](*torch_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notes (torch.cholesky, F.upsample, ...)
+        expected = torch_namespace["f"](*torch_args)
     context = f"{rule.id}\n--- torch\n{source}\n--- converted\n{conversion.code}\n--- values\n{values}"
     actual = jax_namespace["f"](*jax_args)
     compare(actual, expected, case, values, context)
