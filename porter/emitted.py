@@ -148,6 +148,26 @@ def split_by_size(x, split_size, axis=0):
     return tuple(jnp.split(x, list(range(split_size, x.shape[axis], split_size)), axis=axis))
 
 
+class TorchBatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm whose running variance follows torch's: updated with the unbiased batch variance.
+
+    flax updates it with the biased one (a factor (n-1)/n, n values per channel);
+    the output, normalised with the biased batch variance, is the same in both.
+    """
+
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        running = self.use_running_average if use_running_average is None else use_running_average
+        previous = self.var[...]
+        y = super().__call__(x, use_running_average=use_running_average, mask=mask)
+        if not running:
+            axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+            n = x.size // math.prod(x.shape[a] for a in axes)
+            m = self.momentum
+            unbiased = (self.var[...] - m * previous) * (n / max(n - 1, 1))
+            self.var[...] = jax.lax.stop_gradient(m * previous + unbiased)
+        return y
+
+
 class ChannelsFirstConvTranspose(nnx.ConvTranspose):
     """nnx.ConvTranspose that takes and returns torch's channels-first (N, C, *spatial) arrays.
 
@@ -421,13 +441,13 @@ class TorchMultiheadAttention(nnx.Module):
         k = split_heads(key @ w_k.T + b_k)
         v = split_heads(value @ w_v.T + b_v)
         scores = (q * math.sqrt(1.0 / head_dim)) @ jnp.swapaxes(k, -1, -2)
-        for mask, shape in ((attn_mask, (batch, heads) + scores.shape[-2:]),
-                            (key_padding_mask, (batch, 1, 1, scores.shape[-1]))):
-            if mask is None:
-                continue
-            if mask.dtype == jnp.bool_:
-                mask = jnp.where(mask, -jnp.inf, 0.0).astype(scores.dtype)
-            scores = scores + (mask if mask.ndim == 2 else mask.reshape(shape))
+        if attn_mask is not None:  # (L, S), or (N * H, L, S)
+            attn_mask = attn_mask if attn_mask.ndim == 2 else attn_mask.reshape(scores.shape)
+        if key_padding_mask is not None:  # (N, S): the same for every head and query
+            key_padding_mask = key_padding_mask.reshape(batch, 1, 1, scores.shape[-1])
+        for mask in (attn_mask, key_padding_mask):
+            if mask is not None:
+                scores = scores + (jnp.where(mask, -jnp.inf, 0.0) if mask.dtype == jnp.bool_ else mask)
         weights = self.dropout(jax.nn.softmax(scores, axis=-1))
         out = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, self.embed_dim)
         out = self.out_proj(out)
@@ -706,6 +726,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "adaptive_avg_pool_nchw": (),
     "scaled_dot_product_attention": (),
     "split_by_size": (),
+    "TorchBatchNorm": (),
     "ChannelsFirstConvTranspose": (),
     "ChannelsFirstGroupNorm": (),
     "pad_nchw": (),

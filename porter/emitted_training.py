@@ -492,6 +492,8 @@ class CosineAnnealingLR(LRScheduler):
 class CosineAnnealingWarmRestarts(LRScheduler):
     """torch's ``CosineAnnealingWarmRestarts``: a cosine over T_i steps, then a restart; T_i grows by T_mult."""
 
+    follows_current_lr = False
+
     def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
         self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
         super().__init__(optimizer)

@@ -53,6 +53,7 @@ class Builder:
     classes: list[str] = field(default_factory=list)
     used: set[str] = field(default_factory=set)
     count: int = 0
+    transposed: bool = False  # a transpose/permute happened: torch's .view may refuse the strides
 
     def attr(self, source: str, used: str) -> str:
         name = f"l{self.count}"
@@ -181,17 +182,21 @@ def step(b: Builder, s: Shape, x: str = "x") -> Shape:
             f = s.dims[0]
             splits = [l for l in (1, 2, 3, 4) if f % l == 0]
             length = b.pick(splits)
-            b.forward.append(f"{x} = {x}.view({x}.shape[0], {length}, {f // length})")
+            b.forward.append(f"{x} = {x}.view({x}.shape[0], {length}, {f // length})" if not b.transposed
+                             else f"{x} = {x}.reshape({x}.shape[0], {length}, {f // length})")
             return Shape("seq", (length, f // length))
         # sig (N, C, L) -> seq (N, L, C)
         b.forward.append(b.pick([f"{x} = {x}.transpose(1, 2)", f"{x} = {x}.permute(0, 2, 1)"]))
+        b.transposed = True
         return Shape("seq", (s.dims[1], s.dims[0]))
     if move == "to_sig":
         if kind == "seq":
             b.forward.append(f"{x} = {x}.transpose(1, 2)")
+            b.transposed = True
             return Shape("sig", (s.dims[1], s.dims[0]))
         c, h, w = s.dims  # img -> sig: merge H, W
         b.forward.append(b.pick([f"{x} = {x}.flatten(2)", f"{x} = {x}.reshape({x}.shape[0], {c}, {h * w})"]))
+        b.transposed = True  # flatten of a permuted tensor copies; keep it simple: no .view after this
         return Shape("sig", (c, h * w))
     if move == "to_vec":
         size = int(np.prod(s.dims))
@@ -199,8 +204,10 @@ def step(b: Builder, s: Shape, x: str = "x") -> Shape:
             pool = b.attr("nn.AdaptiveAvgPool2d((1, 1))", "nn.AdaptiveAvgPool2d")
             b.forward.append(f"{x} = torch.flatten({pool}({x}), 1)")
             return Shape("vec", (s.dims[0],))
-        how = b.pick([f"{x} = {x}.view({x}.size(0), -1)", f"{x} = torch.flatten({x}, 1)",
-                      f"{x} = {x}.reshape({x}.shape[0], {size})", "flatten_layer"])
+        ways = [f"{x} = torch.flatten({x}, 1)", f"{x} = {x}.reshape({x}.shape[0], {size})", "flatten_layer"]
+        if not b.transposed:
+            ways.append(f"{x} = {x}.view({x}.size(0), -1)")
+        how = b.pick(ways)
         if how == "flatten_layer":
             layer = b.attr("nn.Flatten()", "nn.Flatten")
             how = f"{x} = {layer}({x})"
@@ -322,6 +329,7 @@ def step(b: Builder, s: Shape, x: str = "x") -> Shape:
             return s
         norm = b.attr(f"nn.LayerNorm({c}, eps=1e-6)", "nn.LayerNorm")
         b.forward.append(f"{x} = {norm}({x}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)")
+        b.transposed = True
         return s
     if move == "modulelist":
         depth = b.int(1, 3)

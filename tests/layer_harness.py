@@ -84,7 +84,13 @@ def module_source(code: str, values: dict) -> str:
 
 
 def randomize(model, seed: int) -> None:
-    """Every float parameter and buffer drawn at random; variances and counts positive."""
+    """Every float parameter and buffer drawn at random; variances positive.
+
+    Matrices and kernels are N(0, 1/fan_in), like torch's own initialisation, so activations stay of
+    order one through a stack of layers (N(0, 1) weights grow them by sqrt(fan_in) per layer until
+    softmaxes saturate and rounding differences are amplified past any tolerance); vectors (biases,
+    norm scales, running statistics) are N(0, 1).
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -93,6 +99,8 @@ def randomize(model, seed: int) -> None:
             if not tensor.is_floating_point():
                 continue
             values = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            if tensor.dim() >= 2:
+                values = values / max(1, tensor[0].numel()) ** 0.5
             if name.endswith("running_var"):
                 values = values.abs() + 0.5
             tensor.copy_(values)
@@ -154,7 +162,7 @@ def concretize(model, seed: int) -> None:
 _BUILT_FOR_REAL: set[tuple[str, str]] = set()
 
 
-def run_layer_case(rule, case, data) -> None:
+def run_layer_case(rule, case, data, **check_options) -> None:
     values = draw_values(case, data)
     source = module_source(case.code, values)
     conversion = convert_layer(source, rule.id)
@@ -165,5 +173,5 @@ def run_layer_case(rule, case, data) -> None:
     torch_model, flax_model = build(source, conversion.code, rule.id, abstract=abstract)
     inputs = [value for value in values.values() if isinstance(value, np.ndarray)]
     report = check_equivalence(torch_model, flax_model, *inputs, rtol=case.options.get("rtol"),
-                               atol=case.options.get("atol"), layers=False)
+                               atol=case.options.get("atol"), layers=False, **check_options)
     assert report.passed, f"{rule.id}\n--- torch\n{source}\n--- converted\n{conversion.code}\n{report.format()}"

@@ -34,3 +34,19 @@ def test_every_layer_rule_has_a_verify_case():
 def test_layer_rule_matches_torch(rule_id, index, data):
     rule = BY_ID[rule_id]
     run_layer_case(rule, rule.verify[index], data)
+
+
+# Normalisation layers also in train mode: batch statistics in the output, and the running statistics
+# after one training forward and SGD step (porter.check_equivalence(mode="train", train_steps=1) compares
+# every state_dict entry). The rules' own verify cases give the domain.
+TRAIN_MODE_RULES = ["PT104", "PT105", "PT127", "PT106", "PT128", "PT129", "PT130", "PT131", "PT132"]
+TRAIN_CASES = [(rule_id, i) for rule_id in TRAIN_MODE_RULES for i in range(len(BY_ID[rule_id].verify))]
+
+
+@pytest.mark.parametrize("rule_id,index", TRAIN_CASES, ids=[f"{r}-{i}:{BY_ID[r].source[0].rsplit('.', 1)[-1]}"
+                                                            for r, i in TRAIN_CASES])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_normalisation_layer_matches_torch_in_train_mode(rule_id, index, data):
+    rule = BY_ID[rule_id]
+    run_layer_case(rule, rule.verify[index], data, mode="train", train_steps=1)

@@ -8,7 +8,7 @@ from porter import convert_source
 
 
 def _convert(body: str, params: str = "x, y"):
-    source = "import torch\nimport torch.nn as nn\n\n\ndef f(" + params + "):\n" + textwrap.indent(body, "    ") + "\n"
+    source = "import numpy as np\nimport torch\nimport torch.nn as nn\n\n\ndef f(" + params + "):\n" + textwrap.indent(body, "    ") + "\n"
     conversion = convert_source(source)
     lines = [line.strip() for line in conversion.code.splitlines()[conversion.code.splitlines().index(
         next(l for l in conversion.code.splitlines() if l.startswith("def f("))) + 1:] if line.strip()]
@@ -21,7 +21,7 @@ def _codes(diagnostics):
 
 def test_inplace_on_a_fresh_local_tensor_rebinds_it_quietly():
     lines, diagnostics = _convert("z = torch.zeros(3)\nz.add_(y)\nz.clamp_(0, 1)\nz.masked_fill_(z > 0.5, 0.0)\nreturn z")
-    assert lines == ["z = jnp.zeros(3)", "z = z + y", "z = jnp.clip(z, 0, 1)", "z = jnp.where(z > 0.5, 0.0, z)",
+    assert lines == ["z = jnp.zeros(3)", "z = z + y", "z = jnp.clip(z, min=0, max=1)", "z = jnp.where(z > 0.5, 0.0, z)",
                      "return z"]
     assert diagnostics == []
 

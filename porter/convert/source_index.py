@@ -305,7 +305,7 @@ class Prefilter:
         span = self.index._inclusive.get(id(node))
         if span is None:
             return False  # not from the original module
-        if kind in STATEMENT_TYPES:
+        if kind in STATEMENT_TYPES or kind is cst.IndentedBlock:  # a function's visit hook may add words
             self._refresh()
         offsets = self.index._offsets
         start, end = offsets[span[0]], offsets[span[1]]

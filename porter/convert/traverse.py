@@ -191,6 +191,8 @@ class _Walker:
     def __init__(self, visitor, skip) -> None:
         self.visitor = visitor
         self.skip = skip
+        # node types `skip` always skips (whitespace, punctuation): not even walked to
+        self.never = frozenset(getattr(skip, "never", ()))
         self.transformer = isinstance(visitor, CSTTransformer)
         self.hooks = _has_attribute_hooks(type(visitor))
 
@@ -220,8 +222,11 @@ class _Walker:
         changes = None
         hooks = self.hooks
         visitor = self.visitor
+        never = self.never
         for field, kind in kinds:
             old = getattr(node, field)
+            if type(old) in never and not hooks:
+                continue
             if hooks:
                 visitor.on_visit_attribute(node, field)
             if kind is AUTO:
@@ -271,7 +276,12 @@ class _Walker:
     def _sequence(self, children, body: bool):
         out = None  # built only once something changed
         walk = self.walk
+        never = self.never
         for i, child in enumerate(children):
+            if type(child) in never:
+                if out is not None:
+                    out.append(child)
+                continue
             new = walk(child)
             if new is child:
                 if out is not None:

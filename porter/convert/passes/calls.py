@@ -28,21 +28,25 @@ class CallRewrite(ScopedTransformer):
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
+    # (type(...) is: libcst's node classes have no subclasses, and isinstance on them goes through
+    # ABCMeta, which these hooks, run for every node visited, made a tenth of the conversion)
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, cst.FunctionDef):
+        kind = type(node)
+        if kind is cst.FunctionDef:
             self._tensor_names.append(inplace.analyse_function(node, self.ctx))
-        elif isinstance(node, cst.Expr):
+        elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
         updated_node = super().on_leave(original_node, updated_node)
-        if isinstance(original_node, cst.FunctionDef):
+        kind = type(original_node)
+        if kind is cst.FunctionDef:
             self._tensor_names.pop()
-        elif isinstance(original_node, cst.Expr) and isinstance(updated_node, cst.Expr) \
+        elif kind is cst.Expr and isinstance(updated_node, cst.Expr) \
                 and id(original_node.value) in self._inplace_rebinds:
             updated_node = inplace.rebind(updated_node, self._inplace_rebinds.pop(id(original_node.value)))
-        elif isinstance(original_node, (cst.Assign, cst.AugAssign)) and type(updated_node) is type(original_node):
+        elif (kind is cst.Assign or kind is cst.AugAssign) and type(updated_node) is kind:
             result = inplace.setitem(original_node, updated_node,
                                      self._tensor_names[-1] if self._tensor_names else None)
             if result is not None:
@@ -51,7 +55,7 @@ class CallRewrite(ScopedTransformer):
                     self.report("PT005", original_node, f"torch.Tensor.__setitem__: {warning}")
                 rule = self.ctx.rules.method("__setitem__")
                 self.record(rule.id if rule else "setitem", original_node, updated_node)
-        elif isinstance(original_node, (cst.Subscript, cst.Attribute)):
+        elif kind is cst.Subscript or kind is cst.Attribute:
             updated_node = inplace.pick_item(updated_node)
         return updated_node
 
