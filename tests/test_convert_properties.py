@@ -136,3 +136,15 @@ def test_the_report_json_follows_its_schema(tmp_path, capsys):
         for c in f["changes"]:
             assert set(c) == {"path", "rule", "line", "col", "before", "after"}
     assert sum(report["summary"][s] for s in ("clean", "issues", "skipped", "failed")) == report["summary"]["files"]
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=IDS)
+def test_the_name_walk_finds_what_libcsts_visitor_finds(path):
+    from porter.convert.passes.imports import _collect_names, _NameCollector
+
+    module = cst.parse_module(path.read_text())
+    visitor = _NameCollector()
+    module.visit(visitor)
+    names: set[str] = set()
+    _collect_names(module, names, None)
+    assert names == visitor.names

@@ -88,13 +88,13 @@ def text(report: dict) -> str:
         lines.append(f"  {STATUS_TEXT[status]:<{width}}  {summary[status]}")
     lines.append(f"  {'changes made':<{width}}  {summary['changes']}")
     if summary["by_code"]:
-        lines += ["", "Issues by code:"]
+        lines += ["", "Diagnostics by code (errors, warnings, then notes):"]
         codes = report["codes"]
         for code, count in sorted(summary["by_code"].items(),
                                   key=lambda kv: (_SEVERITY_ORDER[Severity(codes[kv[0]]["severity"])], kv[0])):
             lines.append(f"  {code} {codes[code]['severity']:<7} {count:>5}  {codes[code]['title']}")
     else:
-        lines += ["", "No issues."]
+        lines += ["", "No diagnostics."]
     diagnostics = [d for f in report["files"] for d in f["diagnostics"]]
     serious = [d for d in diagnostics if d["severity"] != "info"]
     lines += ["", "Warnings and errors", "-------------------"]

@@ -91,17 +91,12 @@ class FinalizeImports(cst.CSTTransformer):
 
 
 class _NameCollector(cst.CSTVisitor):
-    def __init__(self, triggers: TriggerSet | None = None) -> None:
+    """The names a module uses (imports aside, attribute names aside), the libcst way: the
+    definition _collect_names below is held to (tests/test_convert_properties.py)."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.names: set[str] = set()
-        self._triggers = triggers  # set: skip statements of the original module without these words
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        triggers = self._triggers
-        if triggers is not None and type(node) in STATEMENT_TYPES and triggers.index.contains(node) \
-                and not triggers.any_within(*triggers.index.span(node)):
-            return False  # left as it was in the source, and no candidate name in its code
-        return super().on_visit(node)
 
     def visit_Import(self, node: cst.Import) -> bool:
         return False
