@@ -103,12 +103,13 @@ def same_shape_layer(b: Builder, s: Shape) -> str | None:
     """A layer source that keeps shape s (None when none fits)."""
     if s.kind == "vec":
         f = s.dims[0]
-        options = [f"nn.Linear({f}, {f})", f"nn.BatchNorm1d({f})", f"nn.RMSNorm({f})", "nn.PReLU()"]
+        options = [f"nn.Linear({f}, {f})", f"nn.BatchNorm1d({f})", "nn.PReLU()"] + (
+            [f"nn.RMSNorm({f})"] if f >= 2 else [])  # RMS over one value is its sign: degenerate as above
         if f >= MIN_NORMALIZED:
             options += [f"nn.LayerNorm({f})", f"nn.LayerNorm({f}, elementwise_affine=False)"]
     elif s.kind == "seq":
         f = s.dims[1]
-        options = [f"nn.Linear({f}, {f})", f"nn.RMSNorm({f}, eps=1e-6)"]
+        options = [f"nn.Linear({f}, {f})"] + ([f"nn.RMSNorm({f}, eps=1e-6)"] if f >= 2 else [])
         if f >= MIN_NORMALIZED:
             options += [f"nn.LayerNorm({f}, eps=1e-6)", f"nn.LayerNorm({f}, bias=False)"]
     elif s.kind == "sig":
@@ -350,7 +351,7 @@ def block(b: Builder, s: Shape, x: str) -> Shape:
     hidden = b.int(1, 8)
     name = f"Block{len(b.classes)}"
     norm = b.pick(["nn.LayerNorm(dim)", "nn.RMSNorm(dim)", "nn.Identity()"] if f >= MIN_NORMALIZED
-                  else ["nn.RMSNorm(dim)", "nn.Identity()"])
+                  else ["nn.RMSNorm(dim)", "nn.Identity()"] if f >= 2 else ["nn.Identity()"])
     act = b.pick(["nn.GELU()", "nn.ReLU()", "nn.SiLU()"])
     b.classes.append(textwrap.dedent(f"""\
         class {name}(nn.Module):

@@ -31,6 +31,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="write the failing programs here")
     args = parser.parse_args(argv)
 
+    # read every helper's source now: a long run must not see porter/emitted.py half-edited
+    from porter import emitted
+    from porter.convert.passes.imports import helper_sources
+    helper_sources(list(emitted.DEPENDS))
+
     failures: list[tuple[str, str, str]] = []
     count = 0
     start = time.time()

@@ -236,3 +236,34 @@ def test_gru_is_not_nnx_gru_cell():
     ours = standalone("TorchGRU")(2, 3, rngs=nnx.Rngs(0))
     _load_rnn(ours, gru)
     close(ours(j(x), j(h0))[1][0], expected)
+
+
+def test_multihead_attention_mask_polarity_and_packed_projection():
+    """The traps: torch's boolean masks are True where attention is *blocked* (flax's: where it is
+    allowed), and torch packs q/k/v into one (3E, E) in_proj_weight."""
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+    q = randn(2, 3, 4, seed=6)
+    mask = torch.tensor([[False, True, True], [False, False, True], [False, False, False]])  # causal
+    expected = mha(q, q, q, attn_mask=mask)
+    ours = standalone("TorchMultiheadAttention")(4, 2, batch_first=True, rngs=nnx.Rngs(0))
+    ours.in_proj_weight[...] = j(mha.in_proj_weight)
+    ours.in_proj_bias[...] = j(mha.in_proj_bias)
+    ours.out_proj.kernel[...] = j(mha.out_proj.weight).T
+    ours.out_proj.bias[...] = j(mha.out_proj.bias)
+    out, weights = ours(j(q), j(q), j(q), attn_mask=j(mask))
+    close(out, expected[0])
+    close(weights, expected[1])
+    flipped, _ = ours(j(q), j(q), j(q), attn_mask=~j(mask))  # flax's polarity: attends to the future
+    assert not np.allclose(np.asarray(flipped), expected[0].detach().numpy(), atol=1e-3)
+    # nnx.MultiHeadAttention takes the same weights as q/k/v kernels W[i].T.reshape(E, H, D)
+    # and an out kernel W_o.T.reshape(H, D, E), with the mask inverted
+    flax_mha = nnx.MultiHeadAttention(2, 4, decode=False, rngs=nnx.Rngs(0))
+    w = mha.in_proj_weight.detach().numpy()
+    b = mha.in_proj_bias.detach().numpy()
+    for i, name in enumerate(["query", "key", "value"]):
+        getattr(flax_mha, name).kernel[...] = jnp.asarray(w[4 * i:4 * i + 4].T.reshape(4, 2, 2))
+        getattr(flax_mha, name).bias[...] = jnp.asarray(b[4 * i:4 * i + 4].reshape(2, 2))
+    flax_mha.out.kernel[...] = jnp.asarray(mha.out_proj.weight.detach().numpy().T.reshape(2, 2, 4))
+    flax_mha.out.bias[...] = j(mha.out_proj.bias)
+    close(flax_mha(j(q), mask=~j(mask)), expected[0])

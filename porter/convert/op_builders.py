@@ -259,12 +259,8 @@ def expand(rule: Rule, site: Site) -> Application:
     sizes = [a.value for a in args if a.keyword is None and not a.star]
     if any(a.keyword is not None or a.star for a in args):
         raise Unsupported("expand(*sizes) mixing star arguments with sizes (a -1 must be written out)")
-    if len(sizes) == 1 and (isinstance(sizes[0], (cst.Tuple, cst.List)) or literal(sizes[0]) is NO_VALUE
-                            and not _int(sizes[0])):
-        if isinstance(sizes[0], (cst.Tuple, cst.List)):
-            sizes = [e.value for e in sizes[0].elements]
-        else:
-            return _expand_variable(site, sizes[0])
+    if len(sizes) == 1 and isinstance(sizes[0], (cst.Tuple, cst.List)):
+        sizes = [e.value for e in sizes[0].elements]  # x.expand((b, -1))
     x = site.receiver
     needs_shape = [i for i, s in enumerate(sizes) if literal(s) == -1]
     if needs_shape and not _pure(x):
@@ -280,10 +276,6 @@ def expand(rule: Rule, site: Site) -> Application:
     shape = cst.Tuple([cst.Element(e) for e in elements]) if len(elements) != 1 else \
         cst.Tuple([cst.Element(elements[0], comma=cst.Comma())])
     return Application(_call("jnp.broadcast_to", x, shape))
-
-
-def _expand_variable(site: Site, sizes: cst.BaseExpression) -> Application:
-    raise Unsupported(f"expand({code_of(sizes)}): the sizes must be written out (a -1 keeps a size)")
 
 
 def unflatten(rule: Rule, site: Site) -> Application:
@@ -785,11 +777,6 @@ def index_update(rule: Rule, site: Site) -> Application:
         return Application(expr(f"{at}.add({source})"))
     value = bound["source"] if name == "index_copy" else bound["value"]
     return Application(expr(f"{at}.set({code_of(value)})"))
-
-
-def index_select(rule: Rule, site: Site) -> Application:
-    bound = bind(rule, site.call)
-    return Application(_call("jnp.take", bound["input"], bound["index"], axis=bound["dim"]))
 
 
 def gather(rule: Rule, site: Site) -> Application:
