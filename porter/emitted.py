@@ -463,6 +463,70 @@ class TorchMultiheadAttention(nnx.Module):
         return out, weights
 
 
+class TorchTransformerEncoderLayer(nnx.Module):
+    """torch's ``nn.TransformerEncoderLayer``: self-attention, then a feed-forward block, each added back
+    and layer-normed (after, or before with ``norm_first``); torch's parameter names.
+
+    Called as ``(src, src_mask=None, src_key_padding_mask=None, is_causal=False)`` with
+    torch's masks (see TorchMultiheadAttention). ``activation`` is 'relu', 'gelu' (exact)
+    or a function. Dropout follows model.train()/eval().
+    """
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu", layer_norm_eps=1e-5,
+                 batch_first=False, norm_first=False, bias=True, *, rngs):
+        self.self_attn = TorchMultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
+                                                 rngs=rngs)
+        self.linear1 = nnx.Linear(d_model, dim_feedforward, use_bias=bias, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.linear2 = nnx.Linear(dim_feedforward, d_model, use_bias=bias, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(d_model, epsilon=layer_norm_eps, use_bias=bias, use_fast_variance=False,
+                                   rngs=rngs)
+        self.norm2 = nnx.LayerNorm(d_model, epsilon=layer_norm_eps, use_bias=bias, use_fast_variance=False,
+                                   rngs=rngs)
+        self.dropout1 = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout2 = nnx.Dropout(dropout, rngs=rngs)
+        self.norm_first = norm_first
+        if activation == "relu":
+            activation = jax.nn.relu
+        elif activation == "gelu":
+            activation = lambda x: jax.nn.gelu(x, approximate=False)  # noqa: E731 - torch's exact gelu
+        elif isinstance(activation, str):
+            raise ValueError(f"activation should be relu/gelu, not {activation}")
+        self.activation = activation
+
+    def __call__(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        x = src
+        if self.norm_first:
+            x = x + self._self_attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
+            return x + self._feed_forward(self.norm2(x))
+        x = self.norm1(x + self._self_attention(x, src_mask, src_key_padding_mask, is_causal))
+        return self.norm2(x + self._feed_forward(x))
+
+    def _self_attention(self, x, mask, key_padding_mask, is_causal):
+        out, _ = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=key_padding_mask, need_weights=False,
+                                is_causal=is_causal)
+        return self.dropout1(out)
+
+    def _feed_forward(self, x):
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+class TorchTransformerEncoder(nnx.Module):
+    """torch's ``nn.TransformerEncoder``: ``num_layers`` copies of ``encoder_layer`` (identical at first, as
+    torch's deep copies are) under ``layers``, then ``norm`` if given; ``(src, mask=None,
+    src_key_padding_mask=None, is_causal=None)``."""
+
+    def __init__(self, encoder_layer, num_layers, norm=None):
+        self.layers = nnx.List([nnx.clone(encoder_layer) for _ in range(num_layers)])
+        self.norm = norm
+
+    def __call__(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        return x if self.norm is None else self.norm(x)
+
+
 class TorchRNNBase(nnx.Module):
     """torch's recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``): same parameters, same call.
 
@@ -740,6 +804,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "TorchBilinear": (),
     "TorchEmbeddingBag": (),
     "TorchMultiheadAttention": (),
+    "TorchTransformerEncoderLayer": ("TorchMultiheadAttention",),
+    "TorchTransformerEncoder": (),
     "TorchRNNBase": (),
     "TorchRNN": ("TorchRNNBase",),
     "TorchLSTM": ("TorchRNNBase",),
