@@ -148,7 +148,7 @@ def step(b: Builder, s: Shape, x: str = "x") -> Shape:
     kind = s.kind
     moves = ["layer", "activation", "residual", "sequential"]
     moves += {"vec": ["linear", "to_seq", "bilinear", "block"],
-              "seq": ["linear", "attention", "rnn", "to_sig", "to_vec", "block"],
+              "seq": ["linear", "attention", "rnn", "to_sig", "to_vec", "block", "transformer"],
               "sig": ["conv", "pool", "upsample", "to_seq", "to_vec", "conv_transpose", "modulelist"],
               "img": ["conv", "pool", "upsample", "to_vec", "pad", "pixel_shuffle", "conv_transpose",
                       "channels_last_norm", "modulelist", "to_sig"]}[kind]
@@ -229,6 +229,20 @@ def step(b: Builder, s: Shape, x: str = "x") -> Shape:
         else:
             b.forward.append(f"attended, weights = {layer}({x}, {x}, {x})")
             b.forward.append(f"{x} = attended + weights.sum(-1, keepdim=True)")
+        return s
+    if move == "transformer":
+        length, f = s.dims
+        if f < MIN_NORMALIZED:
+            return s
+        heads = b.pick([h for h in (1, 2) if f % h == 0])
+        layer = (f"nn.TransformerEncoderLayer({f}, {heads}, dim_feedforward={b.int(1, 8)}, batch_first=True, "
+                 f"norm_first={b.bool()}, activation={b.pick(['relu', 'gelu'])!r})")
+        if b.bool():
+            encoder = b.attr(f"nn.TransformerEncoder({layer}, {b.int(1, 2)})", "nn.TransformerEncoder")
+        else:
+            encoder = b.attr(layer, "nn.TransformerEncoderLayer")
+        b.used.add("nn.TransformerEncoderLayer")
+        b.forward.append(f"{x} = {encoder}({x})")
         return s
     if move == "rnn":
         length, f = s.dims

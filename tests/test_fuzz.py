@@ -38,5 +38,5 @@ def test_generator_covers_every_kind_of_step():
     collect()
     for name in ["nn.Conv2d", "nn.Conv1d", "nn.ConvTranspose2d", "nn.MultiheadAttention", "nn.LSTM", "nn.GRU",
                  "nn.Linear", "nn.LayerNorm", "nn.BatchNorm2d", "nn.GroupNorm", "nn.Sequential", "nn.ModuleList",
-                 "nn.Upsample", "nn.PixelShuffle", "nn.Bilinear", "class"]:
+                 "nn.Upsample", "nn.PixelShuffle", "nn.Bilinear", "nn.TransformerEncoderLayer", "class"]:
         assert name in seen, name

@@ -22,6 +22,10 @@ TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder", "ex
 VERIFY_OPTIONS = ("code", "rtol", "atol", "compare", "check", "jit", "expect", "symbols")
 
 
+# emitted layer classes and the flax class each extends (same parameters, same layout)
+EMITTED_BASES = {"emitted.TorchBatchNorm": "nnx.BatchNorm", "emitted.ChannelsFirstConv": "nnx.Conv"}
+
+
 class RuleError(ValueError):
     """A malformed rule file; the message names the file and the rule."""
 
@@ -116,8 +120,13 @@ class RuleSet:
         return self.by_symbol.get(f"torch.Tensor.{name}")
 
     def layouts_by_target(self) -> dict[str, Rule]:
-        """Layer rules with a weight layout, keyed by target (e.g. 'nnx.Linear')."""
-        return {r.target: r for r in self.rules if r.layout}
+        """Layer rules with a weight layout, keyed by target (e.g. 'nnx.Linear'). An emitted
+        subclass's layout also serves its flax base class (a hand-written nnx.BatchNorm loads too)."""
+        layouts = {r.target: r for r in self.rules if r.layout}
+        for emitted, base in EMITTED_BASES.items():
+            if emitted in layouts:
+                layouts.setdefault(base, layouts[emitted])
+        return layouts
 
 
 def rules_dir() -> Path:
