@@ -282,20 +282,24 @@ def adaptive_max_pool_nchw(x, output_size):
 
     ``output_size`` has one entry per spatial dim (None keeps the size); output
     i of a dim of size n takes the max over [floor(i*n/out), ceil((i+1)*n/out)).
+    The maximum is picked with argmax and gathered, so its gradient goes to that
+    one element, as torch's saved index does (jnp.max's gradient compares the
+    input with the result, which fails under jit when XLA recomputes the input
+    in two fusions with different rounding).
     """
     n_lead = x.ndim - len(output_size)
     for axis, out in enumerate(output_size, start=n_lead):
         size = x.shape[axis]
         out = size if out is None else out
-        if size % out == 0:  # equal windows: one reshape
-            shape = x.shape[:axis] + (out, size // out) + x.shape[axis + 1:]
-            x = x.reshape(shape).max(axis=axis + 1)
-            continue
-        windows = [
-            jax.lax.slice_in_dim(x, (i * size) // out, -((-(i + 1) * size) // out), axis=axis).max(axis=axis)
-            for i in range(out)
-        ]
-        x = jnp.stack(windows, axis=axis)
+        starts = [(i * size) // out for i in range(out)]
+        ends = [-((-(i + 1) * size) // out) for i in range(out)]
+        width = max(e - s for s, e in zip(starts, ends))
+        # each window's elements, a short window padded with its own last one (the max is unchanged)
+        index = jnp.asarray([[min(s + j, e - 1) for j in range(width)] for s, e in zip(starts, ends)])
+        windows = jnp.take(x, index.reshape(-1), axis=axis)
+        windows = windows.reshape(x.shape[:axis] + (out, width) + x.shape[axis + 1:])
+        best = jnp.argmax(windows, axis=axis + 1, keepdims=True)
+        x = jnp.take_along_axis(windows, best, axis=axis + 1).squeeze(axis + 1)
     return x
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
-from fuzz_programs import programs, run_program  # noqa: E402
+from fuzz_programs import IllConditioned, programs, run_program  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     helper_sources(list(emitted.DEPENDS))
 
     failures: list[tuple[str, str, str]] = []
+    ill_conditioned: list[str] = []
     count = 0
     start = time.time()
 
@@ -49,21 +50,28 @@ def main(argv=None) -> int:
         count += 1
         try:
             run_program(program, seed=count)
+        except IllConditioned:
+            ill_conditioned.append(program.source)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            failures.append((f"{type(exc).__name__}: {message}", program.source, traceback.format_exc()))
+            failures.append((f"{type(exc).__name__}: {message}", f"# seed {count}\n{program.source}",
+                             traceback.format_exc()))
         if count % 50 == 0:
-            print(f"{count} programs, {len(failures)} failures, {time.time() - start:.0f}s", flush=True)
+            print(f"{count} programs, {len(failures)} failures, {len(ill_conditioned)} ill-conditioned, "
+                  f"{time.time() - start:.0f}s", flush=True)
 
     run()
     groups = collections.Counter(key for key, _, _ in failures)
-    print(f"\n{count} programs in {time.time() - start:.0f}s: {len(failures)} failed, {len(groups)} distinct")
+    print(f"\n{count} programs in {time.time() - start:.0f}s: {len(failures)} failed ({len(groups)} distinct), "
+          f"{len(ill_conditioned)} ill-conditioned (every difference within float32's own error on them)")
     for key, n in groups.most_common():
         print(f"  {n:4d}  {key[:160]}")
     if args.out:
         with args.out.open("w") as f:
             for key, source, tb in failures:
                 f.write(f"=== {key}\n{source}\n{tb}\n")
+            for source in ill_conditioned:
+                f.write(f"=== ill-conditioned\n{source}\n")
     return 1 if failures else 0
 
 

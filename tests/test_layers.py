@@ -20,6 +20,8 @@ BY_ID = {rule.id: rule for rule in RULES}
 CASES = [(rule.id, i) for rule in RULES for i in range(len(rule.verify))]
 # a few examples per case keep CI in budget: every rule is exercised on every run, more locally
 EXAMPLES = max(3, settings().max_examples // 3)
+# torch's own advice (padding='same' with even kernels, dropout with one RNN layer) is not a finding here
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def test_every_layer_rule_has_a_verify_case():
@@ -51,3 +53,26 @@ TRAIN_CASES = [(rule_id, i) for rule_id in TRAIN_MODE_RULES for i, case in enume
 def test_normalisation_layer_matches_torch_in_train_mode(rule_id, index, data):
     rule = BY_ID[rule_id]
     run_layer_case(rule, rule.verify[index], data, mode="train", train_steps=1)
+
+
+def test_layer_class_used_as_a_value_is_reported_with_its_converted_form():
+    """`norm_layer=nn.BatchNorm2d` stays (the call site `norm_layer(c)` and `isinstance(m, nn.BatchNorm2d)`
+    cannot be converted without knowing which class arrives there); the report shows what a call of the
+    class becomes, from the rule itself."""
+    from porter import convert_source
+
+    source = (
+        "import torch.nn as nn\n\n\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, c, norm_layer=nn.BatchNorm2d, act_layer=nn.GELU):\n"
+        "        super().__init__()\n"
+        "        self.norm = norm_layer(c)\n"
+        "        self.act = act_layer()\n"
+    )
+    conversion = convert_source(source)
+    assert "norm_layer=nn.BatchNorm2d, act_layer=nn.GELU" in conversion.code
+    messages = {d.message.split(" is used")[0]: d for d in conversion.diagnostics if d.code == "PT003"}
+    assert "`BatchNorm2d(num_features)` converts to `TorchBatchNorm(num_features, epsilon=1e-05, momentum=0.9, " \
+        "axis=1, use_fast_variance=False, rngs=rngs)`" in messages["torch.nn.BatchNorm2d"].message
+    assert "`GELU()` converts to `partial(jax.nn.gelu, approximate=False)`, a function, not a layer" in \
+        messages["torch.nn.GELU"].message

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from test_emitted import standalone
 
-EXAMPLES = settings(max_examples=max(5, settings().max_examples), deadline=None)
+EXAMPLES = settings(max_examples=max(5, settings().max_examples // 2), deadline=None)
 
 
 def close(actual, expected, rtol=1e-5, atol=1e-6):
@@ -267,3 +267,36 @@ def test_multihead_attention_mask_polarity_and_packed_projection():
     flax_mha.out.kernel[...] = jnp.asarray(mha.out_proj.weight.detach().numpy().T.reshape(2, 2, 4))
     flax_mha.out.bias[...] = j(mha.out_proj.bias)
     close(flax_mha(j(q), mask=~j(mask)), expected[0])
+
+
+def test_adaptive_max_pool_gradient_under_jit():
+    """Fuzzing bug 1 (regression): jnp.max's gradient marks the inputs equal to the result; under jit
+    XLA computed the pooled input in two fusions with different rounding, the comparison failed and the
+    gradient of `pool(x + norm(x))` was wrong (off by 100% in 191 of 300 draws). argmax + gather fixes it."""
+    import jax
+
+    pool = standalone("adaptive_max_pool_nchw")
+    for seed in range(20):
+        x = randn(2, 2, 3, seed=seed)
+        c = randn(2, 2, 2, seed=seed + 100)
+        xt = x.clone().requires_grad_(True)
+        norm = torch.nn.functional.layer_norm(xt, (3,))
+        (F.adaptive_max_pool1d(xt + 0.7 * norm, 2) * c).sum().backward()
+
+        def loss(a):
+            mean = a.mean(-1, keepdims=True)
+            normed = (a - mean) / jnp.sqrt(((a - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+            return (pool(a + 0.7 * normed, (2,)) * j(c)).sum()
+
+        close(jax.jit(jax.grad(loss))(j(x)), xt.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_adaptive_max_pool_ties_pick_the_first_maximum_like_torch():
+    """torch's saved index is the first maximum of a window: the whole gradient goes there (jnp.max
+    would split it between tied elements)."""
+    import jax
+
+    x = torch.tensor([[[0.0, 0.0, 1.0, 1.0, -1.0]]], requires_grad=True)
+    F.adaptive_max_pool1d(x, 2).sum().backward()
+    grad = jax.grad(lambda a: standalone("adaptive_max_pool_nchw")(a, (2,)).sum())(j(x))
+    close(grad, x.grad)

@@ -41,22 +41,21 @@ def value_message(rule: Rule, qualified: str) -> str:
     """The PT003 message for a layer class used as a value."""
     message = (f"{qualified} is used as a value (passed or stored, not called); rule {rule.id} converts calls "
                f"only; left unchanged")
-    if rule.target in ("nnx.Sequential", "nnx.List", "nnx.Dict"):
+    if rule.kind not in ("layer", "activation") or rule.target in ("nnx.Sequential", "nnx.List", "nnx.Dict"):
         return message
     helpers: list[str] = []
     example = example_call(rule, qualified, helpers)
     if example is None:
         return message
-    short = qualified.removeprefix("torch.nn.").removeprefix("torch.")
-    if rule.kind == "activation":
-        return (f"{message}. `{short}()` converts to `{example}`, a function rather than a layer: pass "
-                f"`lambda *args, **kwargs: {example}` where the class is passed, and keep calling it as before")
-    rngs = " and an rngs keyword" if rule.uses_rngs else ""
-    sites = ", and give the call sites rngs=rngs" if rule.uses_rngs else ""
+    required = [p.name for p in rule.signature if p.default is None and not p.var_positional and not p.keyword_only]
+    call = f"{qualified.rsplit('.', 1)[-1]}({', '.join(required)})"
     pasted = (f" ({', '.join(helpers)}: porter/emitted.py, pasted into files that call the class)"
               if helpers else "")
-    return (f"{message}. A call `{short}(...)` converts to `{example}`{pasted}: pass a function with torch's "
-            f"arguments{rngs} that builds that where the class is passed{sites}")
+    what = "a function, not a layer" if rule.kind == "activation" else "a layer"
+    rngs = " (and rngs)" if rule.uses_rngs else ""
+    sites = ", and give its call sites rngs=rngs" if rule.uses_rngs else ""
+    return (f"{message}. `{call}` converts to `{example}`{pasted}, {what}: where the class is passed, pass a "
+            f"function taking the arguments its call sites give{rngs} that returns the converted form{sites}")
 
 
 _SCRATCH_CONTEXT = ConversionContext(rules=None)  # type: ignore[arg-type]  # only helpers are touched
