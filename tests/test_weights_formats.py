@@ -453,9 +453,10 @@ def _can_reset_peak() -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(),
                     reason="needs Linux's resettable peak RSS (/proc/self/clear_refs)")
 def test_conversion_memory_stays_near_one_tensor(tmp_path):
-    # 8 tensors of 12.6 MB (100 MB): the peak may grow by about two tensors, never by the checkpoint
+    # 32 tensors of 3.1 MB (100 MB): the peak may grow by a few tensors (the allocator keeps freed copies
+    # around; CI measured up to four), never by the checkpoint, which would be a growth of 100% or more
     gen = torch.Generator().manual_seed(0)
-    sd = {f"layers.{i}.weight": torch.randn(2048, 1536, generator=gen) for i in range(8)}
+    sd = {f"layers.{i}.weight": torch.randn(1024, 768, generator=gen) for i in range(32)}
     torch.save(sd, tmp_path / "big.pt")
     save_torch_file(sd, str(tmp_path / "big.safetensors"))
     size = (tmp_path / "big.pt").stat().st_size
@@ -471,4 +472,4 @@ def test_conversion_memory_stays_near_one_tensor(tmp_path):
         assert growth < 0.5 * size, f"{name}: peak RSS grew by {growth / 1e6:.0f} MB for a {size / 1e6:.0f} MB file"
     for out in ("from_pt.safetensors", "from_st.safetensors"):
         arrays = load_np(str(tmp_path / out))
-        assert arrays["layers.7.kernel"].shape == (1536, 2048)
+        assert arrays["layers.31.kernel"].shape == (768, 1024)
