@@ -651,6 +651,23 @@ def squeeze_dims(x, dim):
     return jnp.squeeze(x, tuple(d for d in dims if x.shape[d] == 1))
 
 
+def tensor_to(x, *args, dtype=None, **placement):
+    """torch's ``x.to(...)`` where the source did not show whether an argument is a dtype or a device: a
+    dtype (or a tensor, whose dtype it takes) casts; devices and flags are ignored, JAX places arrays itself."""
+    for arg in args:
+        if hasattr(arg, "dtype") and hasattr(arg, "shape"):
+            dtype = arg.dtype
+        elif arg is not None and not isinstance(arg, (str, bool, int)):
+            try:
+                dtype = jnp.dtype(arg)
+            except TypeError:  # a device
+                pass
+    other = placement.get("other")
+    if other is not None:
+        dtype = other.dtype
+    return x if dtype is None else x.astype(dtype)
+
+
 def div_trunc(a, b):
     """torch's ``torch.div(a, b, rounding_mode='trunc')``: the quotient rounded toward zero, in a and b's dtype."""
     if jnp.issubdtype(jnp.result_type(a, b), jnp.integer):
@@ -794,6 +811,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "adaptive_avg_pool_nchw": (),
     "scaled_dot_product_attention": (),
     "split_by_size": (),
+    "tensor_to": (),
     "TorchBatchNorm": (),
     "ChannelsFirstConvTranspose": (),
     "ChannelsFirstGroupNorm": (),

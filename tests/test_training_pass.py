@@ -2,6 +2,11 @@
 
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
 from porter import convert_source
 
 PRELUDE = """\
@@ -139,3 +144,31 @@ def test_no_grad_device_placement_and_data_loading():
     assert "\ny = model(jnp.ones((1, 4)))\n" in code
     assert "import torch" in code  # still needed for the data
     assert [d.code for d in c.diagnostics] == ["PT007", "PT011"]
+
+
+TO_CALLS = '''
+import torch
+
+
+def cast_all(x, y, device, dt):
+    return [x.to(device), x.to(y.dtype), x.to(dtype=dt), x.to(dt), x.to(y), x.to("cpu", torch.float16),
+            x.to(device, non_blocking=True), x.to(torch.int32)]
+'''
+
+
+def test_tensor_to_keeps_every_dtype_the_torch_call_casts_to():
+    # PT602 used to drop a dtype held in a variable (x.to(dt) -> x): every cast must survive
+    conversion = convert_source(TO_CALLS, filename="to.py")
+    assert not conversion.diagnostics
+    namespace: dict = {}
+    exec(compile(conversion.code, "to.py", "exec"), namespace)
+    torch_ns: dict = {}
+    exec(compile(TO_CALLS, "to_torch.py", "exec"), torch_ns)
+    x = np.linspace(-2.6, 3.7, 7, dtype=np.float32)
+    for dt_torch, dt_jax in ((torch.float16, jnp.float16), (torch.int8, jnp.int8), (torch.bfloat16, jnp.bfloat16)):
+        y = torch.zeros(2, dtype=dt_torch)
+        expected = torch_ns["cast_all"](torch.from_numpy(x), y, torch.device("cpu"), y.dtype)
+        got = namespace["cast_all"](jnp.asarray(x), jnp.zeros(2, dt_jax), jax.devices()[0], dt_jax)
+        for e, g in zip(expected, got):
+            assert str(g.dtype) == str(e.dtype).removeprefix("torch."), (e.dtype, g.dtype)
+            np.testing.assert_array_equal(np.asarray(g, np.float32), e.float().numpy())

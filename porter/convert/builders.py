@@ -75,13 +75,48 @@ def functional_dropout(rule: Rule, site: Site) -> Application:
     return Application(cst.Call(layer, [cst.Arg(bound["input"])]), warnings)
 
 
+_PLACEMENT_KEYWORDS = ("device", "non_blocking", "copy", "memory_format")
+
+
 def tensor_to(rule: Rule, site: Site) -> Application:
-    """x.to(device) -> x; x.to(dtype) -> x.astype(dtype)."""
-    values = [a.value for a in site.call.args if a.keyword is None or a.keyword.value == "dtype"]
-    dtypes = [v for v in values if code_of(v).startswith("jnp.")]  # dtype constants are converted first
-    if dtypes:
-        return Application(cst.Call(cst.Attribute(site.receiver, cst.Name("astype")), [cst.Arg(dtypes[0])]))
-    return Application(site.receiver)
+    """x.to(device) -> x (JAX places arrays itself); x.to(dtype) -> x.astype(dtype).
+
+    Whether a positional argument is a dtype or a device shows in the source
+    for dtype constants (converted to jnp.* before this runs), `.dtype` and
+    `.device` attributes, device strings and names such as `device`; anything
+    else goes through the emitted `tensor_to`, which decides at run time, so a
+    dtype held in a variable is never dropped.
+    """
+    dtype: cst.BaseExpression | None = None
+    for arg in site.call.args:
+        name = arg.keyword.value if arg.keyword else None
+        if arg.star or (name is None and _role_of(arg.value) == "unknown"):
+            site.ctx.need_helper("tensor_to")
+            args = [cst.Arg(site.receiver), *(a.with_changes(comma=cst.MaybeSentinel.DEFAULT) for a in site.call.args)]
+            return Application(cst.Call(cst.Name("tensor_to"), args))
+        if name == "dtype" or (name is None and _role_of(arg.value) == "dtype"):
+            dtype = arg.value
+        elif name == "other":
+            dtype = cst.Attribute(arg.value, cst.Name("dtype"))
+        elif name is not None and name not in _PLACEMENT_KEYWORDS:
+            raise Unsupported(f"x.to({name}=...): not an argument of torch.Tensor.to")
+    if dtype is None:
+        return Application(site.receiver)
+    return Application(cst.Call(cst.Attribute(site.receiver, cst.Name("astype")), [cst.Arg(dtype)]))
+
+
+def _role_of(value: cst.BaseExpression) -> str:
+    """What a positional argument of x.to(...) is, as far as its source shows: dtype, device, flag, unknown."""
+    code = code_of(value)
+    if code.startswith("jnp.") or code.endswith(".dtype"):
+        return "dtype"
+    if isinstance(value, (cst.SimpleString, cst.FormattedString)) or code.startswith("jax.devices("):
+        return "device"
+    if code.endswith(".device") or code.rsplit(".", 1)[-1] in ("device", "dev", "devices", "rank", "local_rank"):
+        return "device"
+    if code in ("True", "False") or isinstance(value, cst.Integer):  # non_blocking/copy flags; an int is a GPU index
+        return "device"
+    return "unknown"
 
 
 def default_device(rule: Rule, site: Site) -> Application:
