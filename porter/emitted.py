@@ -668,6 +668,12 @@ def tensor_to(x, *args, dtype=None, **placement):
     return x if dtype is None else x.astype(dtype)
 
 
+def no_grad(value):
+    """What torch computes under ``torch.no_grad()`` in a model: the value, with no gradient flowing back
+    through it (arrays in a tuple or list too; ints and other values pass unchanged)."""
+    return jax.tree.map(lambda v: jax.lax.stop_gradient(v) if isinstance(v, jax.Array) else v, value)
+
+
 def div_trunc(a, b):
     """torch's ``torch.div(a, b, rounding_mode='trunc')``: the quotient rounded toward zero, in a and b's dtype."""
     if jnp.issubdtype(jnp.result_type(a, b), jnp.integer):
@@ -812,6 +818,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "scaled_dot_product_attention": (),
     "split_by_size": (),
     "tensor_to": (),
+    "no_grad": (),
     "TorchBatchNorm": (),
     "ChannelsFirstConvTranspose": (),
     "ChannelsFirstGroupNorm": (),

@@ -3,6 +3,8 @@
 import textwrap
 
 import pytest
+import torch
+from flax import nnx
 
 from porter import convert_source
 
@@ -387,3 +389,46 @@ def test_layer_class_used_as_value_is_reported_as_such():
         """)
     [d] = c.diagnostics
     assert d.code == "PT003" and "used as a value" in d.message
+
+
+NO_GRAD_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.gate = nn.Linear(4, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            scale = self.gate(x).sigmoid()
+        return self.fc(x) * scale
+'''
+
+
+def test_no_grad_in_model_code_stops_gradients_like_torch(tmp_path):
+    # dropping the `with` alone would let gradients flow into gate's parameters and x through `scale`
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    conversion = convert_source(NO_GRAD_MODEL, filename="scaled.py")
+    assert "scale = no_grad(jax.nn.sigmoid(self.gate(x)))" in conversion.code and not conversion.diagnostics
+    (tmp_path / "torch_scaled.py").write_text(NO_GRAD_MODEL)
+    (tmp_path / "jax_scaled.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_scaled.py").Scaled()
+    flax_model = import_file(tmp_path / "jax_scaled.py").Scaled(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(5, 4))
+    assert report.passed, report
+
+
+def test_no_grad_block_with_control_flow_in_model_code_is_reported():
+    source = NO_GRAD_MODEL.replace("            scale = self.gate(x).sigmoid()",
+                                   "            scale = self.gate(x).sigmoid()\n            if x.shape[0] > 1:\n"
+                                   "                scale = scale * 2")
+    conversion = convert_source(source, filename="scaled.py")
+    assert [(d.code, d.line) for d in conversion.diagnostics] == [("PT004", 13)]  # the with statement
+    assert "with torch.no_grad():" in conversion.code

@@ -155,8 +155,16 @@ class TrainingRewrite(ModuleRewrite):
     def leave_With(self, original_node: cst.With, updated_node: cst.With):
         if len(original_node.items) == 1 and id(original_node.items[0].item) in self._grad_contexts \
                 and original_node.items[0].asname is None and isinstance(updated_node.body, cst.IndentedBlock):
-            self.record("no-grad", original_node, cst.Pass())
             body = list(updated_node.body.body)
+            if self.module_class is not None:  # inside the model: its gradients must not flow through the block
+                body = stop_gradients(body)
+                if body is None:
+                    self.report("PT004", original_node, "torch.no_grad() block in model code holds more than "
+                                "assignments: JAX would differentiate through it; wrap the values it computes in "
+                                "jax.lax.stop_gradient(...) and remove the with; left unchanged")
+                    return updated_node
+                self.ctx.need_helper("no_grad")
+            self.record("no-grad", original_node, cst.Pass())
             body[0] = body[0].with_changes(leading_lines=[*updated_node.leading_lines, *body[0].leading_lines])
             return cst.FlattenSentinel(body)
         return updated_node
@@ -363,3 +371,21 @@ def _model_of_params(call: cst.Call) -> str | None:
     if m.matches(params, m.Call(func=m.Attribute(attr=m.Name("parameters")))):
         return code_of(params.func.value)
     return None
+
+
+def stop_gradients(body: list[cst.BaseStatement]) -> list[cst.BaseStatement] | None:
+    """A no_grad block's statements with each assigned value wrapped in the emitted `no_grad`; None when a
+    statement is anything but an assignment (control flow, a call for its effect, `+=`)."""
+    converted = []
+    for statement in body:
+        if not isinstance(statement, cst.SimpleStatementLine):
+            return None
+        parts = []
+        for part in statement.body:
+            if isinstance(part, (cst.Assign, cst.AnnAssign)) and part.value is not None:
+                part = part.with_changes(value=cst.Call(cst.Name("no_grad"), [cst.Arg(part.value)]))
+            elif not isinstance(part, cst.Pass):
+                return None
+            parts.append(part)
+        converted.append(statement.with_changes(body=parts))
+    return converted
