@@ -33,7 +33,7 @@ def test_rule_example_converts_as_documented(rule_id, before, after):
         body = textwrap.indent(before, " " * 8).lstrip()
         conversion = convert_source(PRELUDE.format(before="None\n        " + body))
         lines = [l.strip() for l in conversion.code.splitlines() if l.startswith("        ")]
-        assert lines[-len(after.splitlines()):] == after.splitlines()
+        assert lines[-len(after.splitlines()):] == [line.strip() for line in after.splitlines()]
     else:
         conversion = convert_source(PRELUDE.format(before=before))
         line = [l for l in conversion.code.splitlines() if l.startswith("        y = ")][-1]

@@ -25,6 +25,10 @@ NOT_VERIFIED = {
     "torch.Tensor.double": "float64 needs jax_enable_x64, which the tests do not turn on",
     "torch.float64": "float64 needs jax_enable_x64",
     "torch.double": "float64 needs jax_enable_x64",
+    "torch.jit.script": "the decorator is dropped like torch.jit.ignore (verified); scripting needs the source "
+                        "file of the function, which the verify harness's generated code has not",
+    "torch.compile": "the decorator is dropped like torch.compiler.disable (verified); compiling in a property "
+                     "test takes seconds per example",
 }
 
 

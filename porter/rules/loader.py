@@ -16,8 +16,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("layer", "activation", "function", "method", "constant")
-TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder", "expr")
+KINDS = ("layer", "activation", "function", "method", "constant", "decorator")
+TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder", "expr", "drop", "typing")
 # [[rule.verify]] keys that are options, not values to draw (see porter/rules/verify.py)
 VERIFY_OPTIONS = ("code", "rtol", "atol", "compare", "check", "jit", "expect", "symbols")
 
@@ -170,6 +170,8 @@ def _parse_rule(raw: dict, file: str) -> Rule:
             raise fail(f"missing field '{required}'")
     if raw["kind"] not in KINDS:
         raise fail(f"kind must be one of {KINDS}, not {raw['kind']!r}")
+    if (raw["kind"] == "decorator") != (raw["target"] == "drop"):
+        raise fail("kind 'decorator' and target 'drop' go together (a decorator without effect on eager code)")
     if raw["target"].split(".")[0] not in TARGET_ROOTS:
         raise fail(f"target {raw['target']!r} must start with one of {TARGET_ROOTS}")
     # A builder converts the call; a layer rule's builder may still name its class as the target

@@ -25,6 +25,7 @@ class CallRewrite(ScopedTransformer):
         self._statement_calls: set[int] = set()  # ids of calls that are whole expression statements
         self._inplace_rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
         self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
+        self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
@@ -108,6 +109,21 @@ class CallRewrite(ScopedTransformer):
                 return self._apply(rule, original_node, updated_node, receiver=updated_node.func.value)
         return updated_node
 
+    # @torch.jit.ignore and other markers without effect on eager code: removed (kind = "decorator" rules)
+    def visit_Decorator(self, node: cst.Decorator) -> None:
+        target = node.decorator.func if isinstance(node.decorator, cst.Call) else node.decorator
+        rule = self.ctx.rules.lookup(self.ctx.qualified_name(target) or "")
+        if rule is not None and rule.kind == "decorator":
+            self._decorators.update((id(node.decorator), id(target)))
+
+    def leave_Decorator(self, original_node: cst.Decorator, updated_node: cst.Decorator):
+        if id(original_node.decorator) not in self._decorators:
+            return updated_node
+        target = original_node.decorator.func if isinstance(original_node.decorator, cst.Call) \
+            else original_node.decorator
+        self.record(self.ctx.rules.lookup(self.ctx.qualified_name(target)).id, original_node, cst.Pass())
+        return cst.RemoveFromParent()
+
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute) -> cst.BaseExpression:
         return self._convert_reference(original_node, updated_node)
 
@@ -119,7 +135,9 @@ class CallRewrite(ScopedTransformer):
     # --------------------------------------------------------------------
     def _convert_torch_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         rule = self.ctx.rules.lookup(qualified)
-        if rule is None or rule.kind == "constant":
+        if id(original) in self._decorators:
+            return updated
+        if rule is None or rule.kind in ("constant", "decorator"):
             self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
             return updated
         return self._apply(rule, original, updated, receiver=None)
@@ -193,6 +211,8 @@ class CallRewrite(ScopedTransformer):
         return True
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
+        if id(original) in self._decorators:
+            return updated
         if id(original) in self._inner or id(original) in self._call_funcs or self._kept_depth:
             return updated
         qualified = self.ctx.qualified_name(original)

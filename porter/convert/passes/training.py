@@ -172,12 +172,13 @@ class TrainingRewrite(ModuleRewrite):
     def visit_Decorator(self, node: cst.Decorator) -> None:
         if self._is_grad_context(node.decorator):
             self._grad_contexts.add(id(node.decorator))
+        super().visit_Decorator(node)
 
     def leave_Decorator(self, original_node: cst.Decorator, updated_node: cst.Decorator):
         if id(original_node.decorator) in self._grad_contexts:
             self.record("no-grad", original_node, cst.Pass())
             return cst.RemoveFromParent()
-        return updated_node
+        return super().leave_Decorator(original_node, updated_node)
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
         if id(original_node) in self._grad_contexts or id(original_node.func) in self._grad_contexts:
