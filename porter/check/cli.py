@@ -29,7 +29,7 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("converted", metavar="CONVERTED.py:Class[(args)]",
                         help="the converted model; without (args) it gets the original's arguments "
                              "(rngs=nnx.Rngs(SEED) is always added)")
-    parser.add_argument("--input-shape", action="append", required=True, metavar="[NAME=]D0,D1,...",
+    parser.add_argument("--input-shape", action="append", metavar="[NAME=]D0,D1,...",
                         help="shape of one input, e.g. 2,3,32,32; repeat for several inputs; NAME=2,16 passes "
                              "that input as the keyword argument NAME")
     parser.add_argument("--input-dtype", action="append", choices=INPUT_DTYPES, metavar="DTYPE",
@@ -63,6 +63,9 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layers", choices=("all", "first", "none"), default="all",
                         help="per-module comparison: the first diverging module and a table of all (all), the "
                              "first only (first), or none")
+    from porter.check.training_cli import add_training_arguments
+
+    add_training_arguments(parser)
     parser.set_defaults(run=run_check)
     return parser
 
@@ -117,6 +120,13 @@ def make_inputs(shapes, dtypes, int_high, seed):
 
 def run_check(args: argparse.Namespace) -> int:
     from porter.check.modelspec import ModelSpecError, build_model, import_file, parse_model_spec
+
+    if args.script:
+        from porter.check.training_cli import run_training_check
+
+        return run_training_check(args)
+    if not args.input_shape:
+        return _error("the following arguments are required: --input-shape (or --script for training scripts)")
 
     try:
         parsed = [_parse_input(s) for s in args.input_shape]
