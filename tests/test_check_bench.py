@@ -138,3 +138,39 @@ def test_cli_plot_needs_matplotlib(files, capsys, monkeypatch):
     code = run_bench(f"{files / 'mlp.py'}:MLP", f"{files / 'mlp_flax.py'}:MLP", "--input-shape", "4,8",
                      "--plot", "x.png")
     assert code == 2 and "needs matplotlib" in capsys.readouterr().err
+
+
+def test_handwritten_variant_timed_beside_the_converted(files, monkeypatch):
+    """A hand-written model is a fourth variant, timed call for call in turn with the converted one,
+    and the ratio converted / hand-written is in the text and the JSON."""
+    from porter.weights.loader import load_torch_state_dict
+
+    torch_model, flax_model = pair(files)
+    handwritten = import_file_flax(files).MLP(rngs=nnx.Rngs(1))
+    load_torch_state_dict(handwritten, torch_model.state_dict())
+    calls = []
+    original = bench._time_jax_variants
+
+    def spy(prepared, repeats, warmup):
+        calls.append([p.result.variant for p in prepared])
+        return original(prepared, repeats, warmup)
+
+    monkeypatch.setattr(bench, "_time_jax_variants", spy)
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    result = bench.bench_models(torch_model, flax_model, x, repeats=3, warmup=1, compile=False,
+                                handwritten=handwritten)
+    assert calls == [["jax.jit (converted)", bench.HANDWRITTEN]]
+    hand = result.result(bench.HANDWRITTEN)
+    assert hand.forward.median_ms > 0 and hand.train.median_ms > 0 and hand.train.compile_s > 0
+    assert result.ratio(bench.HANDWRITTEN, "train", base=bench.HANDWRITTEN) == 1.0
+    assert result.ratio("jax.jit (converted)", "train", base=bench.HANDWRITTEN) > 0
+    assert "converted / hand-written speed" in result.format()
+    data = result.to_json()
+    assert [r["variant"] for r in data["results"]] == [*bench.VARIANTS, bench.HANDWRITTEN]
+    assert data["results"][2]["train"]["speed_vs_handwritten"] > 0
+
+
+def import_file_flax(files):
+    from porter.check.modelspec import import_file
+
+    return import_file(files / "mlp_flax.py")

@@ -16,7 +16,11 @@ the converted model under `jax.jit`, written the low-overhead way the design
 notes ask for: `nnx.split` once, a function of the flat list of state arrays
 that `nnx.merge`s inside the trace, compiled ahead of time
 (`jax.jit(...).lower(...).compile()`), the train step's state donated. No
-`nnx.jit` (about 1.8 ms of graph bookkeeping per call).
+`nnx.jit` (about 1.8 ms of graph bookkeeping per call). Optionally a fourth
+variant, `handwritten=`: the same model written by hand in NNX (the limit for
+what porter emits), timed the same way; the two jax variants are timed call
+for call in turn, so a change in machine load touches both alike and their
+ratio is the figure to trust most.
 
 Each timing is the median of `repeats` calls after `warmup` calls, each call
 waited for (torch is synchronous on the CPU; jax results are blocked on), all
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("torch eager", "torch.compile", "jax.jit (converted)")
+HANDWRITTEN = "jax.jit (hand-written)"  # the optional fourth variant: the same model written by hand in NNX
 
 
 def limit_threads(n: int) -> None:
@@ -89,14 +94,19 @@ class BenchResult:
     def result(self, variant: str) -> VariantResult:
         return next(r for r in self.results if r.variant == variant)
 
-    def ratio(self, variant: str, what: str, stat: str | None = None) -> float | None:
-        """How many times faster than torch eager (eager time / this time), on the median or the min."""
-        attr = f"{stat or self.settings.get('stat', 'median')}_ms"
-        base = getattr(getattr(self.result("torch eager"), what), attr)
-        mine = getattr(getattr(self.result(variant), what), attr)
-        if base is None or mine is None or mine <= 0:
+    def has(self, variant: str) -> bool:
+        return any(r.variant == variant for r in self.results)
+
+    def ratio(self, variant: str, what: str, stat: str | None = None, base: str = "torch eager") -> float | None:
+        """How many times faster than `base` (base time / this time), on the median or the min."""
+        if not self.has(base):
             return None
-        return base / mine
+        attr = f"{stat or self.settings.get('stat', 'median')}_ms"
+        base_ms = getattr(getattr(self.result(base), what), attr)
+        mine = getattr(getattr(self.result(variant), what), attr)
+        if base_ms is None or mine is None or mine <= 0:
+            return None
+        return base_ms / mine
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "inputs": self.inputs, "settings": self.settings, "machine": self.machine,
@@ -107,6 +117,8 @@ class BenchResult:
                 m = asdict(getattr(r, what))
                 m["speedup_vs_torch_eager"] = self.ratio(r.variant, what, "median")
                 m["speedup_vs_torch_eager_min"] = self.ratio(r.variant, what, "min")
+                if self.has(HANDWRITTEN):
+                    m["speed_vs_handwritten"] = self.ratio(r.variant, what, "median", base=HANDWRITTEN)
                 row[what] = m
             out["results"].append(row)
         return out
@@ -151,8 +163,16 @@ class BenchResult:
                 err = getattr(r, what).error
                 if err:
                     lines.append(f"  {r.variant} {what}: not measured: {err}")
+        if self.has(HANDWRITTEN):
+            ratios = [self.ratio("jax.jit (converted)", what, base=HANDWRITTEN) for what in ("forward", "train")]
+            shown = ["-" if x is None else f"{x:.2f}" for x in ratios]
+            lines.append(f"  converted / hand-written speed (hand-written time / converted time, {stat}): "
+                         f"forward {shown[0]}, train step {shown[1]}")
         lines.append(f"  ms: median, and min, of the timed calls; x eager: torch eager's {stat} time / this "
                      f"variant's (above 1: faster than torch eager)")
+        if s.get("interleaved"):
+            lines.append("  the jax variants' calls were timed in turn, one of each per round, so a change in "
+                         "machine load touches them alike")
         return "\n".join(lines)
 
 
@@ -176,6 +196,10 @@ def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> tuple[float
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
+    return _summarise(samples)
+
+
+def _summarise(samples: list[float]) -> tuple[float, tuple[float, float, float]]:
     q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
     return statistics.median(samples), (q[0], q[2], min(samples))
 
@@ -271,14 +295,22 @@ def _torch_variant(name: str, model: Any, call_model: Callable, args, kwargs, co
 # ---------------------------------------------------------------- jax
 
 
-def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: int, warmup: int,
-                 train: bool) -> VariantResult:
+@dataclass
+class _PreparedJax:
+    """A jax variant compiled and ready to time: the calls to time (None where it failed)."""
+
+    result: VariantResult
+    forward: Callable[[], Any] | None = None
+    train: Callable[[], Any] | None = None
+
+
+def _prepare_jax(name: str, flax_model: Any, args, kwargs, cotangents, lr: float, train: bool) -> _PreparedJax:
+    """Compile the forward pass and the train step of one flax model (compile time, peak memory)."""
     import jax
-    import jax.numpy as jnp
-    import optax
     from flax import nnx
 
-    result = VariantResult("jax.jit (converted)")
+    prepared = _PreparedJax(VariantResult(name))
+    result = prepared.result
 
     # forward: eval mode; one jitted function of the flat state arrays
     flax_model.eval()
@@ -291,35 +323,56 @@ def _jax_variant(flax_model: Any, args, kwargs, cotangents, lr: float, repeats: 
 
     try:
         t0 = time.perf_counter()
-        compiled = jax.jit(forward_fn).lower(leaves, args, kwargs).compile()
+        forward = jax.jit(forward_fn).lower(leaves, args, kwargs).compile()
         result.forward.compile_s = time.perf_counter() - t0
-        result.forward.peak_bytes = _xla_peak(compiled)
-        _store(result.forward, _time_calls(lambda: jax.block_until_ready(compiled(leaves, args, kwargs)),
-                                           repeats, warmup))
+        result.forward.peak_bytes = _xla_peak(forward)
+        prepared.forward = lambda: jax.block_until_ready(forward(leaves, args, kwargs))
     except Exception as exc:
         result.forward.error = _error_text(exc)
     if not train:
         result.train.error = "no train step (--no-train, or no float output to build a loss from)"
-        return result
+        return prepared
 
     flax_model.train()
     try:
         t0 = time.perf_counter()
-        compiled, carry, unflatten = jax_train_step(flax_model, args, kwargs, cotangents, lr)
+        step_fn, carry, _ = jax_train_step(flax_model, args, kwargs, cotangents, lr)
         result.train.compile_s = time.perf_counter() - t0
-        result.train.peak_bytes = _xla_peak(compiled)
+        result.train.peak_bytes = _xla_peak(step_fn)
         box = [carry]
 
         def step():
-            box[0], loss = compiled(box[0], args, kwargs)
+            box[0], loss = step_fn(box[0], args, kwargs)
             return jax.block_until_ready(loss)
 
-        _store(result.train, _time_calls(step, repeats, warmup))
+        prepared.train = step
     except Exception as exc:
         result.train.error = _error_text(exc)
     finally:
         flax_model.eval()
-    return result
+    return prepared
+
+
+def _time_jax_variants(prepared: list[_PreparedJax], repeats: int, warmup: int) -> None:
+    """Time the prepared variants' calls in turn (one call of each per round), so that a change
+    in machine load during the measurement touches every variant alike."""
+    for what in ("forward", "train"):
+        ready = [(p, getattr(p, what)) for p in prepared if getattr(p, what) is not None]
+        for p, fn in ready:
+            try:
+                for _ in range(warmup):
+                    fn()
+            except Exception as exc:
+                getattr(p.result, what).error = _error_text(exc)
+        ready = [(p, fn) for p, fn in ready if getattr(p.result, what).error is None]
+        samples: list[list[float]] = [[] for _ in ready]
+        for _ in range(repeats):
+            for i, (_, fn) in enumerate(ready):
+                t0 = time.perf_counter()
+                fn()
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+        for (p, _), times in zip(ready, samples):
+            _store(getattr(p.result, what), _summarise(times))
 
 
 def jax_train_step(flax_model: Any, args, kwargs, cotangents, lr: float):
@@ -396,8 +449,13 @@ def machine_info() -> dict[str, Any]:
 def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Mapping[str, Any] | None = None,
                  name: str | None = None, repeats: int = 20, warmup: int = 3, compile: bool = True,
                  train: bool = True, lr: float = 1e-3, seed: int = 0, load_weights: bool = True,
-                 stat: str = "median") -> BenchResult:
-    """Time forward and train step of torch eager, torch.compile and the converted model under jax.jit."""
+                 stat: str = "median", handwritten: Any = None) -> BenchResult:
+    """Time forward and train step of torch eager, torch.compile and the converted model under jax.jit.
+
+    `handwritten`: optionally the same model written by hand in NNX, with the original's weights
+    already in it (its layout is its own business), timed like the converted one, call for call
+    in turn with it, as a fourth variant.
+    """
     import jax
     import torch
 
@@ -457,15 +515,20 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
         skipped = VariantResult("torch.compile")
         skipped.forward.error = skipped.train.error = "skipped (--no-compile)"
         results.append(skipped)
+    flax_models = [("jax.jit (converted)", flax_model)] + ([(HANDWRITTEN, handwritten)] if handwritten else [])
     with jax.default_device(cpu):
-        results.append(_jax_variant(flax_model, j_args, j_kwargs, cotangents, lr, repeats, warmup, do_train))
+        prepared = [_prepare_jax(variant, model, j_args, j_kwargs, cotangents, lr, do_train)
+                    for variant, model in flax_models]
+        _time_jax_variants(prepared, repeats, warmup)
+    results += [p.result for p in prepared]
 
     if not do_train and train:
         notes.append("no float output: no train step")
     shown = [f"{a.dtype}{tuple(a.shape)}" if isinstance(k, int) else f"{k}={a.dtype}{tuple(a.shape)}"
              for k, a in items]
     settings = {"repeats": repeats, "warmup": warmup, "lr": lr, "seed": seed, "optimizer": "SGD",
-                "loss": "sum(output * fixed random cotangent)", "torch_compile": compile, "stat": stat}
+                "loss": "sum(output * fixed random cotangent)", "torch_compile": compile, "stat": stat,
+                "interleaved": handwritten is not None}
     return BenchResult(name or type(torch_model).__name__, shown, results, settings, machine_info(), notes)
 
 
