@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.source_index import SourceIndex
@@ -32,12 +33,17 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self.used_names: dict[str, cst.Name] = {}
         self.class_stack: list[str] = []
         self.function_stack: list[str] = []
+        self._constructor_attributes: list[set[str]] = []  # per class: self attributes holding layer constructors
+        self._constructor_names: list[set[str]] = []  # per function: names holding layer constructors
+        self._constructor_words: set[str] = set()
 
     def trigger_words(self) -> Iterable[str]:
-        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions}
+        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions,
+                *self._constructor_words}
 
     def trigger_state(self) -> object:
-        return len(self.ctx.imports), len(self.ctx.module_classes), len(self.ctx.rngs_functions)
+        return len(self.ctx.imports), len(self.ctx.module_classes), len(self.ctx.rngs_functions), \
+            len(self._constructor_words)
 
     # imports ---------------------------------------------------------------
     def visit_Import(self, node: cst.Import) -> bool:
@@ -94,16 +100,27 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             self.ctx.module_classes.add(node.name.value)
             self.ctx.layer_attributes.setdefault(node.name.value, {})
         self.bound_names.add(node.name.value)
+        attributes = layer_constructor_attributes(node, self.ctx) if node.name.value in self.ctx.module_classes \
+            else set()
+        self._constructor_attributes.append(attributes)
+        self._constructor_words |= attributes
 
     def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
         self.class_stack.pop()
+        self._constructor_attributes.pop()
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
         self.bound_names.add(node.name.value)
+        attributes = self._constructor_attributes[-1] if self.class_stack else set()
+        outer = self._constructor_names[-1] if self._constructor_names else set()
+        names = layer_constructor_names(node, self.ctx, attributes, outer)
+        self._constructor_names.append(names)
+        self._constructor_words |= names
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self.function_stack.pop()
+        self._constructor_names.pop()
 
     def visit_Assign(self, node: cst.Assign) -> None:
         """self.x = nn.Something(...) inside a module class: remember the layer type."""
@@ -130,6 +147,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def _builds_layer(self, node: cst.Call) -> bool:
         if isinstance(node.func, cst.Name) and node.func.value in self.ctx.module_classes | self.ctx.rngs_functions:
+            return True
+        if self._constructor_names and calls_layer_constructor(
+                node, self._constructor_names[-1], self._constructor_attributes[-1] if self.class_stack else set()):
             return True
         qualified = self._qualified(node.func)
         rule = self.ctx.rules.lookup(qualified) if qualified else None
@@ -163,3 +183,95 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 f"'{name}' is used but never imported; assumed `import {qualified} as {name}`"
                 if name != "torch" else "'torch' is used but never imported; assumed `import torch`",
             )
+
+
+# Layer constructors held by names: `norm_layer = nn.BatchNorm2d`, `block: type[BasicBlock]`,
+# `norm_layer: Callable[..., nn.Module]`, `self._norm_layer = norm_layer`. Calling one in a
+# constructor builds a layer: the call needs rngs like `nn.BatchNorm2d(c)` itself.
+_CONSTRUCTOR_ANNOTATIONS = ("Callable", "type", "Type")
+MODULE_BASES = ("torch.nn.Module", "torch.nn.modules.module.Module")
+SEQUENTIAL_TARGETS = ("nnx.Sequential", "nnx.List", "nnx.Dict")
+
+
+def layer_value_rule(node: cst.BaseExpression, ctx: ConversionContext):
+    """The rule of a torch layer class (nn.BatchNorm2d, nn.ReLU) that `node` names, else None.
+    Containers (nn.Sequential) and classes taking *args are not layer constructors here."""
+    qualified = ctx.qualified_name(node)
+    rule = ctx.rules.lookup(qualified) if qualified else None
+    if rule is None or rule.kind not in ("layer", "activation") or rule.target in SEQUENTIAL_TARGETS \
+            or any(p.var_positional for p in rule.signature):
+        return None
+    return rule
+
+
+def _mentions_module(node: cst.CSTNode, ctx: ConversionContext) -> bool:
+    for n in m.findall(node, m.Name() | m.Attribute()):
+        if isinstance(n, cst.Name) and n.value in ctx.module_classes:
+            return True
+        if ctx.qualified_name(n) in MODULE_BASES or layer_value_rule(n, ctx) is not None:
+            return True
+    return False
+
+
+def _constructor_annotation(annotation: cst.Annotation | None, ctx: ConversionContext) -> bool:
+    """Callable[..., nn.Module], type[Block], Optional[type[Union[A, B]]]: a class or factory of modules."""
+    if annotation is None:
+        return False
+    for sub in m.findall(annotation.annotation, m.Subscript()):
+        if dotted(sub.value).rsplit(".", 1)[-1] in _CONSTRUCTOR_ANNOTATIONS \
+                and any(_mentions_module(e, ctx) for e in sub.slice):
+            return True
+    return False
+
+
+def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, names: set[str] = frozenset(),
+                         attributes: set[str] = frozenset()) -> bool:
+    """nn.BatchNorm2d, a module class, partial(either, ...), a name or self attribute known to hold one."""
+    if isinstance(value, cst.Call) and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
+        value = value.args[0].value
+    if isinstance(value, cst.Name) and (value.value in names or value.value in ctx.module_classes):
+        return True
+    if isinstance(value, cst.Attribute) and isinstance(value.value, cst.Name) and value.value.value == "self" \
+            and value.attr.value in attributes:
+        return True
+    return layer_value_rule(value, ctx) is not None
+
+
+def layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
+                            attributes: set[str] = frozenset(), outer: set[str] = frozenset()) -> set[str]:
+    """The names that hold layer constructors in `function` (parameters and locals)."""
+    names = set(outer)
+    params = function.params
+    for param in [*params.posonly_params, *params.params, *params.kwonly_params]:
+        if _constructor_annotation(param.annotation, ctx) \
+                or (param.default is not None and is_layer_constructor(param.default, ctx, names, attributes)):
+            names.add(param.name.value)
+    assigns = [a for a in m.findall(function.body, m.Assign()) if len(a.targets) == 1
+               and isinstance(a.targets[0].target, cst.Name)]
+    for _ in range(2):  # `a = nn.BatchNorm2d; b = a`
+        for assign in assigns:
+            if is_layer_constructor(assign.value, ctx, names, attributes):
+                names.add(assign.targets[0].target.value)
+    return names
+
+
+def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
+    """`self.x = <layer constructor>` in the class's __init__: the attributes that hold one."""
+    init = next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == "__init__"), None)
+    if init is None:
+        return set()
+    names = layer_constructor_names(init, ctx)
+    attributes: set[str] = set()
+    for assign in m.findall(init.body, m.Assign()):
+        for target in assign.targets:
+            t = target.target
+            if m.matches(t, m.Attribute(value=m.Name("self"))) and is_layer_constructor(assign.value, ctx, names):
+                attributes.add(t.attr.value)
+    return attributes
+
+
+def calls_layer_constructor(call: cst.Call, names: set[str], attributes: set[str]) -> bool:
+    func = call.func
+    if isinstance(func, cst.Name):
+        return func.value in names
+    return m.matches(func, m.Attribute(value=m.Name("self"))) and func.attr.value in attributes

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert import inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
+from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_TARGETS, calls_layer_constructor, layer_constructor_attributes,
+                                           layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.transforms import keyword_arg, Unsupported, expr
@@ -26,6 +29,12 @@ class CallRewrite(ScopedTransformer):
         self._inplace_rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
         self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
+        # layer constructors held by names (porter/convert/passes/analyze.py): per class, per function
+        self._constructor_attributes: list[set[str]] = []
+        self._constructor_names: list[set[str]] = []
+        self._constructor_words: set[str] = set()
+        self._annotation_depth = 0  # > 0 inside a type annotation
+        self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
@@ -35,6 +44,18 @@ class CallRewrite(ScopedTransformer):
         kind = type(node)
         if kind is cst.FunctionDef:
             self._tensor_names.append(inplace.analyse_function(node, self.ctx))
+            attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
+            outer = self._constructor_names[-1] if self._constructor_names else set()
+            names = layer_constructor_names(node, self.ctx, attributes, outer)
+            self._constructor_names.append(names)
+            self._constructor_words |= names
+        elif kind is cst.ClassDef:
+            attributes = layer_constructor_attributes(node, self.ctx) \
+                if node.name.value in self.ctx.module_classes else set()
+            self._constructor_attributes.append(attributes)
+            self._constructor_words |= attributes
+        elif kind is cst.Annotation:
+            self._annotation_depth += 1
         elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
         return super().on_visit(node)
@@ -44,6 +65,11 @@ class CallRewrite(ScopedTransformer):
         kind = type(original_node)
         if kind is cst.FunctionDef:
             self._tensor_names.pop()
+            self._constructor_names.pop()
+        elif kind is cst.ClassDef:
+            self._constructor_attributes.pop()
+        elif kind is cst.Annotation:
+            self._annotation_depth -= 1
         elif kind is cst.Expr and isinstance(updated_node, cst.Expr) \
                 and id(original_node.value) in self._inplace_rebinds:
             updated_node = inplace.rebind(updated_node, self._inplace_rebinds.pop(id(original_node.value)))
@@ -62,11 +88,12 @@ class CallRewrite(ScopedTransformer):
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
-        words = super().trigger_words()
+        words = super().trigger_words() | self._constructor_words
         return words | self._tensor_names[-1].tensors if self._tensor_names else words
 
     def trigger_state(self):
-        return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None
+        return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None, \
+            len(self._constructor_words)
 
     # imports are the finalize pass's business
     def visit_Import(self, node: cst.Import) -> bool:
@@ -77,6 +104,9 @@ class CallRewrite(ScopedTransformer):
 
     def visit_Call(self, node: cst.Call) -> None:
         self._call_funcs.add(id(node.func))
+        if isinstance(node.func, cst.Name) and node.func.value in ("isinstance", "issubclass") and len(node.args) == 2:
+            # isinstance(m, nn.Conv2d) tests for the class itself: no constructor function stands in for it
+            self._type_tests.update(id(n) for n in m.findall(node.args[1].value, m.Name() | m.Attribute()))
         if self._is_kept(node):
             self._kept_depth += 1
 
@@ -103,6 +133,10 @@ class CallRewrite(ScopedTransformer):
             return self._add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
             return self._add_rngs(original_node, updated_node)
+        if self._constructor_names and self._rngs_in_scope() and calls_layer_constructor(
+                original_node, self._constructor_names[-1],
+                self._constructor_attributes[-1] if self._constructor_attributes else set()):
+            return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
         if isinstance(updated_node.func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
@@ -144,9 +178,7 @@ class CallRewrite(ScopedTransformer):
 
     def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
         rngs = self._rngs(original) if rule.uses_rngs else None
-        rngs_in_scope = bool(self.module_class and (self.method == "__init__" or self.method in
-                                                    self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
-            or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
+        rngs_in_scope = self._rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,
                     rngs_in_scope=rngs_in_scope, method=self.method, original=original)
         try:
@@ -165,6 +197,12 @@ class CallRewrite(ScopedTransformer):
                 self.report("PT005", original, f"{code_of(original.func)}: {warning}")
         self.record(rule.id, original, result.node)
         return result.node
+
+    def _rngs_in_scope(self) -> bool:
+        """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
+        return bool(self.module_class and (self.method == "__init__" or self.method in
+                                           self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
+            or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
 
     def _add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
@@ -225,10 +263,72 @@ class CallRewrite(ScopedTransformer):
             for warning in rule.warn.values():
                 self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
             return new
-        if qualified in ("torch.nn.Module", "torch.nn.modules.module.Module"):
+        if qualified in MODULE_BASES:
+            if self._annotation_depth:  # downsample: Optional[nn.Module]
+                new = expr("nnx.Module")
+                self.record("module-annotation", original, new)
+                return new
             return updated  # the module pass converts class bases; other uses are reported there
+        if rule is not None and self._annotation_depth and rule.kind == "layer":
+            # `-> nn.Conv2d`: the converted layer is an nnx.Module; `-> nn.Sequential`: an nnx.Sequential
+            new = expr(rule.target if rule.target in SEQUENTIAL_TARGETS else "nnx.Module")
+            self.record(rule.id, original, new)
+            return new
+        value_rule = layer_value_rule(original, self.ctx)
+        if value_rule is not None and not self._annotation_depth and id(original) not in self._type_tests \
+                and self._rngs_in_scope():  # where layers are built (a default of such a function's parameter too)
+            converted = constructor_function(value_rule, qualified, self.ctx)
+            if converted is not None:
+                new, accepted, warnings = converted
+                for warning in warnings:
+                    self.report("PT005", original, f"{qualified} ({value_rule.id}): {warning}")
+                self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
+                                               f"with torch's arguments ({', '.join(accepted) or 'none'}) and rngs, "
+                                               "building the converted layer; calls in constructors pass rngs")
+                self.record(value_rule.id, original, new)
+                return new
         if rule is not None:
             self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated
+
+
+_EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+
+
+def constructor_function(rule, qualified: str, ctx) -> tuple[cst.BaseExpression, list[str], list[str]] | None:
+    """`nn.BatchNorm2d` as a value -> `lambda num_features, eps=1e-05, ..., *, rngs: TorchBatchNorm(...)`:
+    torch's arguments that the rule converts whatever their value (each tried as a variable; the others
+    are left out, so passing one fails loudly), and rngs (ignored by activations, which build no layer).
+    None when the rule cannot convert even the required arguments as variables."""
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only]
+    optional = [p for p in rule.signature if p.default is not None]
+
+    def attempt(names: list[str]):
+        args = ", ".join([*required, *(f"{n}={n}" for n in names)])
+        call = cst.parse_expression(f"{qualified}({args})")
+        site = Site(call, None, cst.Name("rngs") if rule.uses_rngs else None, ctx, rngs_in_scope=True)
+        try:
+            return apply_rule(rule, site)
+        except (Unsupported, KeyError, TypeError, AttributeError):
+            return None
+
+    if attempt([]) is None:
+        return None
+    accepted = [p for p in optional if attempt([p.name]) is not None]
+    result = attempt([p.name for p in accepted])
+    if result is None:
+        accepted, result = [], attempt([])
+    def param(name: str, default: str | None = None) -> cst.Param:
+        if default is None:
+            return cst.Param(cst.Name(name))
+        return cst.Param(cst.Name(name), default=cst.parse_expression(default), equal=_EQUAL)
+
+    params = [param(n) for n in required]
+    params += [param(p.name, p.default) for p in accepted if not p.keyword_only]
+    kwonly = [param(p.name, p.default) for p in accepted if p.keyword_only]
+    rngs = param("rngs") if rule.uses_rngs else param("rngs", "None")
+    lambda_ = cst.Lambda(cst.Parameters(params=params, star_arg=cst.ParamStar(), kwonly_params=[*kwonly, rngs]),
+                         result.node)
+    return lambda_, [*required, *(p.name for p in accepted)], list(result.warnings)
