@@ -232,8 +232,8 @@ class CallRewrite(ScopedTransformer):
         positional = [a for a in call.args if a.keyword is None]
         if isinstance(receiver, _STRINGS):
             return False
-        if positional and isinstance(positional[0].value, _STRINGS) and hasattr(str, call.func.attr.value):
-            return False  # name.split(","): a string's method (x.to("cuda") is not one)
+        if positional and isinstance(positional[0].value, _STRINGS) and call.func.attr.value != "to":
+            return False  # name.split(","), pattern.sub("-", s): not a tensor's method (x.to("cuda") is)
         if isinstance(receiver, cst.Name) and receiver.value == "self":
             return False  # self.norm(x), self.flatten(x): the module's own layers and methods
         if isinstance(receiver, cst.Attribute) and isinstance(receiver.value, cst.Name) \
