@@ -39,9 +39,17 @@ def test_seed_script_trains_like_its_conversion(script):
     result = check_training(script, ROOT / "expected" / script.name)
     assert result.passed, result.format()
     assert len(result.steps) == {"seed_linear_regression_train": 1000, "seed_mnist_mlp_train": 24,
-                                 "seed_cifar_cnn_train": 100}[script.stem]
+                                 "seed_cifar_cnn_train": 100, "grad_accumulation_train": 90}[script.stem]
     assert result.max_loss_rel <= 1e-5
     assert result.state and all(row.rel <= 1e-5 for row in result.state)
+
+
+def test_gradient_accumulation_takes_torch_s_steps():
+    """21 optimizer steps over 90 batches (k = 4, 30 batches an epoch: the remainder carries over)."""
+    result = check_training(ROOT / "grad_accumulation_train.py", ROOT / "expected" / "grad_accumulation_train.py",
+                            steps=21)
+    assert result.passed, result.format()
+    assert "optimizer steps: torch 21, jax 21" in result.format()
 
 
 def _mistake(tmp_path, old: str, new: str) -> Path:

@@ -112,6 +112,24 @@ class TrainingLoop:
     removed: set[int] = field(default_factory=set)
 
 
+LEFT_UNCHANGED = object()  # a loop of a known shape that was reported and stays as it is
+
+
+@dataclass
+class Accumulation:
+    """A gradient accumulation loop: the forward/backward part and the `if` holding optimizer.step()."""
+
+    loop: TrainingLoop  # `last` is the backward() statement; `removed` the zero_grad() statements
+    guard: int  # index of the `if` statement
+
+
+@dataclass(frozen=True)
+class AccumulationNames:
+    accumulate: str  # the jitted forward/backward adding to the gradient sum
+    apply: str  # the jitted optimizer update
+    grads: str  # the gradient sum (torch's .grad)
+
+
 class TrainingRewrite(ModuleRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
     TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", *PLACEMENT_METHODS})
@@ -123,6 +141,7 @@ class TrainingRewrite(ModuleRewrite):
         self._loop_targets: list[set[str]] = []
         self._step_names: set[str] = set()
         self._grad_contexts: set[int] = set()  # ids of torch.no_grad() & co. (call or decorator)
+        self._folded_clips: set[int] = set()  # clip_grad_*_ calls in training loops: they move into the optimizer
 
     def visit_Module(self, node: cst.Module) -> None:
         """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
@@ -180,7 +199,15 @@ class TrainingRewrite(ModuleRewrite):
             return cst.RemoveFromParent()
         return super().leave_Decorator(original_node, updated_node)
 
+    def visit_Call(self, node: cst.Call) -> None:
+        super().visit_Call(node)
+        if id(node) in self._folded_clips:
+            self._kept_depth += 1  # nothing inside a folded clip call is converted or reported
+
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
+        if id(original_node) in self._folded_clips:
+            self._kept_depth -= 1
+            return updated_node  # the statement goes with the loop's conversion (PT010 if the loop stays)
         if id(original_node) in self._grad_contexts or id(original_node.func) in self._grad_contexts:
             return updated_node
         qualified = self.ctx.qualified_name(original_node.func) or ""
@@ -190,8 +217,13 @@ class TrainingRewrite(ModuleRewrite):
         return super().leave_Call(original_node, updated_node)
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
-        """`model.to(device)` as a statement: nothing left to do once placement is dropped."""
+        """`model.to(device)` as a statement: nothing left to do once placement is dropped. Neither for
+        `optimizer.zero_grad()` outside loops: JAX gradients start from nothing."""
         statement = small(original_node)
+        if self._loop_depth == 0 and m.matches(statement, ZERO_GRAD) \
+                and m.matches(statement.value.func.value, m.Name()) and self._is_optimizer(statement):
+            self.record("zero-grad", original_node, cst.Pass())
+            return cst.RemoveFromParent()
         if isinstance(statement, cst.Expr) and m.matches(statement.value, m.Call(func=m.Attribute(
                 attr=m.OneOf(*[m.Name(n) for n in PLACEMENT_METHODS])))) \
                 and isinstance(small(updated_node), cst.Expr) and isinstance(small(updated_node).value, cst.Name):
@@ -206,6 +238,10 @@ class TrainingRewrite(ModuleRewrite):
     def visit_For(self, node: cst.For) -> None:
         self._loop_depth += 1
         self._loop_targets.append(set(names_in(node.target).loaded))
+        statements = list(node.body.body)
+        if any(m.matches(small(s), BACKWARD) for s in statements):
+            statements += [t for s in statements if isinstance(s, cst.If) for t in s.body.body]
+            self._folded_clips |= {id(small(s).value) for s in statements if self._is_clip(s)}
 
     def leave_For(self, original_node: cst.For, updated_node: cst.For):
         self._loop_depth -= 1
@@ -219,6 +255,11 @@ class TrainingRewrite(ModuleRewrite):
     # --------------------------------------------------------------------
     def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
         body = list(updated.body.body)
+        accumulation = self._find_accumulation(original, body)
+        if accumulation is LEFT_UNCHANGED:
+            return updated
+        if accumulation is not None:
+            return self._convert_accumulation(original, updated, accumulation)
         loop = self._find_training_loop(original, body)
         if loop is None:
             return updated
@@ -268,6 +309,145 @@ class TrainingRewrite(ModuleRewrite):
         first = min([start, *[i for i in zero_grads if i < backward]])
         return TrainingLoop(optimizer, model, forward, objective, first, step, removed)
 
+    # --------------------------------------------------------------------
+    # Gradient accumulation: backward() every batch, step() under an `if`
+
+    def _find_accumulation(self, original: cst.For, body: list[cst.BaseStatement]) -> Accumulation | object | None:
+        """`loss.backward()` in the body and the only `optimizer.step()` directly inside a later `if`
+        (None: not that shape; LEFT_UNCHANGED: that shape, but reported)."""
+        backwards = [i for i, s in enumerate(body) if m.matches(small(s), BACKWARD)]
+        if len(backwards) != 1 or any(self._optimizer_step(s) for s in body):
+            return None
+        backward = backwards[0]
+        guarded = [i for i, s in enumerate(body) if i > backward and isinstance(s, cst.If) and s.orelse is None
+                   and isinstance(s.body, cst.IndentedBlock) and any(self._optimizer_step(t) for t in s.body.body)]
+        if len(guarded) != 1 or sum(bool(self._optimizer_step(t)) for t in body[guarded[0]].body.body) != 1:
+            return None
+        optimizer = next(self._optimizer_step(t) for t in body[guarded[0]].body.body if self._optimizer_step(t))
+        model = next((i.model for i in self.ctx.optimizers.values() if i.name == optimizer), None)
+        zero_grads = [i for i, s in enumerate(body) if self._zero_grad_of(s, optimizer)]
+        start = max([i + 1 for i in zero_grads if i < backward], default=self._forward_start(body, backward))
+        forward = body[start:backward]
+        problem = self._forward_problem(forward)
+        if any(self._is_clip(s) for s in body):
+            problem = "gradient clipping after each backward() (it clips the running sum; porter converts " \
+                      "clipping just before step())"
+        if problem:
+            self.report("PT010", original, f"gradient accumulation loop left unchanged: {problem}")
+            return LEFT_UNCHANGED
+        loop = TrainingLoop(optimizer, model, forward, small(body[backward]).value.func.value,
+                            min([start, *[i for i in zero_grads if i < backward]]), backward,
+                            removed=set(zero_grads))
+        return Accumulation(loop, guarded[0])
+
+    def _optimizer_step(self, statement: cst.BaseStatement) -> str | None:
+        """The optimizer's name if the statement is `OPTIMIZER.step()` of a known optimizer."""
+        expression = small(statement)
+        if m.matches(expression, STEP) and self._is_optimizer(expression):
+            return expression.value.func.value.value
+        return None
+
+    def _zero_grad_of(self, statement: cst.BaseStatement, optimizer: str) -> bool:
+        expression = small(statement)
+        return m.matches(expression, ZERO_GRAD) and m.matches(expression.value.func.value, m.Name(optimizer))
+
+    def _convert_accumulation(self, original: cst.For, updated: cst.For, accumulation: Accumulation) -> cst.For:
+        loop = accumulation.loop
+        if loop.model is None:
+            self.report("PT010", original, f"gradient accumulation loop left unchanged: the model that "
+                                           f"{loop.optimizer} trains is not known")
+            return updated
+        body = list(updated.body.body)
+        names = self._accumulation_names()
+        batch = self._batch_arguments(original, loop)
+        outputs = self._outputs(loop)
+        self._pending_steps.extend(self._accumulation_steps(names, loop, batch, outputs))
+        zero = f"{names.grads} = jax.tree.map(jnp.zeros_like, {names.grads})\n"
+        new_body = []
+        for i, statement in enumerate(body):
+            if i == loop.first:
+                call = self._accumulate_call(names, batch, outputs)
+                new_body.append(call.with_changes(leading_lines=statement.leading_lines))
+            if i in loop.removed and i > loop.last:
+                new_body.append(cst.parse_statement(zero).with_changes(leading_lines=statement.leading_lines))
+            elif i == accumulation.guard:
+                new_body.append(self._guarded_update(statement, names, loop.optimizer, zero))
+            elif not (loop.first <= i <= loop.last or i in loop.removed):
+                new_body.append(statement)
+        self.record("train-step", original, cst.SimpleStatementLine([cst.Pass()]))
+        self.report("PT007", original, f"gradient accumulation: {names.accumulate}() adds each batch's gradients "
+                                       f"to {names.grads} (as torch's backward() adds to .grad), "
+                                       f"{names.apply}() takes the optimizer step, zero_grad() zeroes {names.grads}")
+        return updated.with_changes(body=updated.body.with_changes(body=new_body))
+
+    def _guarded_update(self, statement: cst.If, names: AccumulationNames, optimizer: str, zero: str) -> cst.If:
+        inner = []
+        for s in statement.body.body:
+            if self._optimizer_step(s):
+                inner.append(cst.parse_statement(f"{names.apply}_fast({names.grads})\n")
+                             .with_changes(leading_lines=s.leading_lines))
+            elif self._zero_grad_of(s, optimizer):
+                inner.append(cst.parse_statement(zero).with_changes(leading_lines=s.leading_lines))
+            elif not self._is_clip(s):  # clipping moved into the optimizer's chain (it sees the summed gradients)
+                inner.append(s)
+        return statement.with_changes(body=statement.body.with_changes(body=inner))
+
+    def _accumulation_names(self) -> AccumulationNames:
+        taken = set(self._reads) | self._step_names
+        suffix = next(str(n) if n else "" for n in range(100)
+                      if not {f"accumulate_grads{n or ''}", f"apply_grads{n or ''}"} & taken)
+        grads = next(name for name in ("grads", "accumulated_grads", "grads_sum") if name not in taken)
+        names = AccumulationNames(f"accumulate_grads{suffix}", f"apply_grads{suffix}", grads)
+        self._step_names |= {names.accumulate, names.apply}
+        return names
+
+    def _accumulation_steps(self, names: AccumulationNames, loop: TrainingLoop, batch: list[str],
+                            outputs: list[str]) -> list[cst.BaseStatement]:
+        model, optimizer = loop.model, loop.optimizer
+        forward = "".join("        " + code_of(s).strip() + "\n" for s in loop.forward)
+        objective = code_of(loop.objective)
+        value = objective if objective.isidentifier() else "loss_value"
+        aux = [o for o in outputs if o != objective]
+        loss_fn = next(n for n in ("loss_fn", "compute_loss", "loss_of") if n not in set(names_in(*loop.forward).loaded))
+        if aux:
+            returns = f"{objective}, ({', '.join(aux)},)"
+            unpack = f"({value}, ({', '.join(aux)},)), step_grads = nnx.value_and_grad({loss_fn}, has_aux=True)({model})"
+        else:
+            returns = objective
+            unpack = f"{value}, step_grads = nnx.value_and_grad({loss_fn})({model})"
+        results = [value if o == objective else o for o in outputs] or [value]
+        accumulate = (
+            f"@nnx.jit\n"
+            f"def {names.accumulate}({', '.join([model, names.grads, *batch])}):\n"
+            f"    def {loss_fn}({model}):\n"
+            f"{forward}"
+            f"        return {returns}\n"
+            f"\n"
+            f"    {unpack}\n"
+            f"    return {', '.join(results)}, jax.tree.map(jnp.add, {names.grads}, step_grads)\n"
+        )
+        apply = (
+            f"@nnx.jit\n"
+            f"def {names.apply}({model}, {optimizer}, {names.grads}):\n"
+            f"    {optimizer}.update({model}, {names.grads})\n"
+        )
+        setup = (
+            f"{names.accumulate}_fast = nnx.cached_partial({names.accumulate}, {model})\n"
+            f"{names.apply}_fast = nnx.cached_partial({names.apply}, {model}, {optimizer})\n"
+            f"{names.grads} = jax.tree.map(jnp.zeros_like, nnx.state({model}, nnx.Param))  # torch's .grad, summed\n"
+        )
+        self.ctx.training_steps += [names.accumulate, names.apply]
+        blank = [cst.EmptyLine()] * (1 if self.function_stack else 2)
+        setup_statements = list(cst.parse_module(setup).body)
+        setup_statements[0] = setup_statements[0].with_changes(leading_lines=blank)
+        return [cst.parse_statement(accumulate).with_changes(leading_lines=blank),
+                cst.parse_statement(apply).with_changes(leading_lines=blank), *setup_statements]
+
+    def _accumulate_call(self, names: AccumulationNames, batch: list[str], outputs: list[str]) -> cst.BaseStatement:
+        args = ", ".join([names.grads, *(self.batch_argument(b) for b in batch)])
+        targets = ", ".join([*(outputs or ["_"]), names.grads])
+        return cst.parse_statement(f"{targets} = {names.accumulate}_fast({args})\n")
+
     def _forward_start(self, body, backward: int) -> int:
         """Without a zero_grad before it, the forward pass is the run of assignments before backward()."""
         start = backward
@@ -288,9 +468,11 @@ class TrainingRewrite(ModuleRewrite):
         return any(info.name == name for info in self.ctx.optimizers.values())
 
     def _is_clip(self, statement: cst.BaseStatement) -> bool:
+        """A clip_grad_norm_/clip_grad_value_ statement the optimizer's chain can take over."""
         expression = small(statement)
         return isinstance(expression, cst.Expr) and isinstance(expression.value, cst.Call) and \
-            (self.ctx.qualified_name(expression.value.func) or "") in CLIP_FUNCTIONS
+            (self.ctx.qualified_name(expression.value.func) or "") in CLIP_FUNCTIONS \
+            and _clip_transform(expression.value, self.ctx) is not None
 
     def _batch_arguments(self, original: cst.For, loop: TrainingLoop) -> list[str]:
         """Names the forward reads that the loop binds (the batch), in order of use."""
