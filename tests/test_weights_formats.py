@@ -473,3 +473,131 @@ def test_conversion_memory_stays_near_one_tensor(tmp_path):
     for out in ("from_pt.safetensors", "from_st.safetensors"):
         arrays = load_np(str(tmp_path / out))
         assert arrays["layers.31.kernel"].shape == (768, 1024)
+
+
+# ---------------------------------------------------------------- the fast paths (file copies, staging)
+
+
+def _mixed_state_dict() -> dict[str, torch.Tensor]:
+    """Tensors that take every path: copied as they are, transposed, bf16, a view into a shared storage,
+    a non-contiguous one, and an empty one."""
+    gen = torch.Generator().manual_seed(3)
+    shared = torch.randn(40, generator=gen)
+    return {
+        "fc.weight": torch.randn(6, 5, generator=gen),
+        "fc.bias": torch.randn(6, generator=gen),
+        "head.weight": torch.randn(4, 3, generator=gen).to(torch.bfloat16),
+        "head.bias": torch.randn(4, generator=gen).to(torch.bfloat16),
+        "slice.weight": shared[8:20].view(3, 4),
+        "slice.bias": shared[30:33],
+        "strided.weight": torch.randn(5, 2, generator=gen).t(),
+        "strided.bias": torch.randn(2, generator=gen),
+        "empty.weight": torch.zeros(0, 3),
+        "empty.bias": torch.zeros(0),
+    }
+
+
+def _expected_flax(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    from porter.weights.arrays import to_numpy
+
+    out = {}
+    for key, tensor in sd.items():
+        layer, name = key.split(".")
+        array = to_numpy(tensor)
+        out[f"{layer}.kernel" if name == "weight" else key] = array.T if name == "weight" else array
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_file_copies_and_staged_layouts_are_bit_exact(tmp_path, suffix):
+    sd = _mixed_state_dict()
+    src = tmp_path / f"mixed{suffix}"
+    if suffix == ".pt":
+        torch.save(sd, src)
+    else:
+        save_torch_file({k: v.contiguous() for k, v in sd.items()}, str(src))
+    out = tmp_path / "out.safetensors"
+    assert run_weights(str(src), "-o", str(out), "--no-progress") == 0
+    arrays = load_np(str(out))
+    for key, expected in _expected_flax(sd).items():
+        assert arrays[key].dtype == expected.dtype, key
+        np.testing.assert_array_equal(arrays[key].view(np.uint8), np.ascontiguousarray(expected).view(np.uint8),
+                                      err_msg=key)
+    assert no_temp_files(tmp_path)
+
+
+def test_torch_extents_are_the_tensors_own_bytes(tmp_path):
+    # two state_dicts of identical shapes in one file: an offset found by matching sizes alone could
+    # name the other one's bytes; the extent must be the selected state_dict's own
+    gen = torch.Generator().manual_seed(4)
+    ema = {f"l{i}.weight": torch.randn(8, 8, generator=gen) for i in range(3)}
+    model = {f"l{i}.weight": torch.randn(8, 8, generator=gen) for i in range(3)}
+    sd = _mixed_state_dict()
+    torch.save({"ema": ema, "model": model, "other": sd}, tmp_path / "ckpt.pt")
+    raw = (tmp_path / "ckpt.pt").read_bytes()
+    for key, tensors in (("model", model), ("ema", ema), ("other", sd)):
+        with open_checkpoint(tmp_path / "ckpt.pt", key=key) as source:
+            for name, tensor in tensors.items():
+                extent = source.extent(name)
+                if not tensor.is_contiguous() or tensor.numel() == 0:
+                    assert extent is None, name
+                    continue
+                assert extent is not None, name
+                expected = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+                assert raw[extent.offset:extent.offset + extent.nbytes] == expected, name
+
+
+def test_copy_range_falls_back_when_the_kernel_refuses(tmp_path, monkeypatch):
+    import errno
+
+    data = os.urandom(100_000)
+    (tmp_path / "in.bin").write_bytes(data)
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    with open(tmp_path / "in.bin", "rb") as source, open(tmp_path / "out.bin", "wb", buffering=0) as target:
+        target.write(b"head")
+        safetensors_io.copy_range(source, target, 1000, 50_000, chunk=4096)
+    assert (tmp_path / "out.bin").read_bytes() == b"head" + data[1000:51_000]
+
+
+def test_write_all_finishes_partial_writes():
+    class Trickle:
+        def __init__(self):
+            self.data = bytearray()
+
+        def write(self, view):
+            self.data += bytes(view[:3])
+            return min(3, len(view))
+
+    sink = Trickle()
+    safetensors_io.write_all(sink, memoryview(np.arange(10, dtype=np.int32)))
+    assert bytes(sink.data) == np.arange(10, dtype=np.int32).tobytes()
+
+
+def test_scratch_reuses_one_buffer_and_grows():
+    from porter.weights.arrays import Scratch
+
+    scratch = Scratch()
+    a = scratch.take((4, 5), np.float32)
+    b = scratch.take((3,), np.int16)
+    assert np.shares_memory(a, b) and a.flags.c_contiguous and b.shape == (3,)
+    big = scratch.take((100, 100), np.float64)
+    assert big.shape == (100, 100) and big.dtype == np.float64 and big.flags.writeable
+
+
+def test_input_truncated_during_conversion_names_the_tensor_and_leaves_nothing(tmp_path, capsys):
+    sd = {"fc.weight": torch.randn(64, 32), "fc.bias": torch.randn(64)}
+    src = tmp_path / "in.safetensors"
+    save_torch_file(sd, str(src))
+    with open_checkpoint(src) as source:
+        size = src.stat().st_size
+        os.truncate(src, size - 100)  # after the header was checked: the data ends early
+        from porter.weights.convert import convert_checkpoint
+
+        with pytest.raises(CheckpointError, match="fc.weight"):
+            convert_checkpoint(source, tmp_path / "out.safetensors", progress=False)
+    assert not (tmp_path / "out.safetensors").exists()
+    assert no_temp_files(tmp_path)

@@ -10,6 +10,7 @@ the ml_dtypes type. No value ever passes through another float type.
 
 from __future__ import annotations
 
+import mmap
 import sys
 from typing import Any
 
@@ -63,30 +64,59 @@ def to_numpy(value: Any, *, copy: bool = True) -> np.ndarray:
 
 
 
-def contiguous(array: np.ndarray, *, use_torch: bool = True) -> np.ndarray:
+def contiguous(array: np.ndarray, *, use_torch: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """A C-contiguous copy of a strided view (a transposed kernel), or the array itself if it is one.
 
     numpy copies a transposed view element by element (about 150 MB/s for 2-byte types here);
     torch's blocked copy is several times faster, so it does the work when use_torch is set
     (importing torch costs about 250 MB of resident memory; use_torch=False uses torch only if
     it is already imported). Values move bit for bit (bfloat16/float8 as same-width integers).
+    `out` (C-contiguous, the array's shape and dtype) receives the copy instead of fresh memory:
+    a buffer reused across tensors skips the page faults of a new allocation each time.
     """
     if array.flags.c_contiguous:
         return array
+    if out is None:
+        out = np.empty(array.shape, array.dtype)
     if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
-        return np.require(array, requirements="C")
+        np.copyto(out, array)
+        return out
     if not use_torch and "torch" not in sys.modules:
-        return np.require(array, requirements="C")
+        np.copyto(out, array)
+        return out
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency of porter
-        return np.require(array, requirements="C")
+        np.copyto(out, array)
+        return out
     bits = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}.get(array.dtype.itemsize)
     if bits is None or array.dtype.kind not in "biufV" or array.dtype.byteorder == ">":
-        return np.require(array, requirements="C")
+        np.copyto(out, array)
+        return out
     import warnings
 
     with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
         warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(array.view(bits))
-    return tensor.contiguous().numpy().view(array.dtype)
+        source = torch.from_numpy(array.view(bits))
+    torch.from_numpy(out.view(bits)).copy_(source)
+    return out
+
+
+class Scratch:
+    """One growing buffer that successive tensors are laid out into (`take` returns a view of it).
+
+    Only the latest view is valid: the next `take` may reuse (or replace) the memory. The buffer
+    is an anonymous memory map, not numpy's allocation: Linux copies out of it into the page cache
+    (a file write) several times faster than out of numpy's large, huge-page-advised blocks.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes > self.buffer.nbytes:
+            self.buffer = np.empty(0, np.uint8)  # the old buffer goes first: never two at once
+            self.buffer = np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+        return self.buffer[:nbytes].view(dtype).reshape(shape)

@@ -51,7 +51,7 @@ import numpy as np
 from porter.weights import safetensors_io
 from porter.weights.plan import KeyMeta, Plan, PlanItem, plan_load, rename_keys
 from porter.weights.progress import Progress
-from porter.weights.readers import CheckpointError, ReadInfo, Source, open_checkpoint
+from porter.weights.readers import CheckpointError, Extent, ReadInfo, Source, TensorMeta, open_checkpoint
 from porter.weights.report import LoadReport, StateDictMismatch
 
 FORMATS = ("orbax", "safetensors")
@@ -112,27 +112,55 @@ def remove(path: Path) -> None:
 
 
 class SafetensorsSink:
-    """A safetensors file written tensor by tensor under a temporary name."""
+    """A safetensors file written tensor by tensor under a temporary name.
+
+    A tensor whose bytes lie in a file as they are (Source.extent) is copied file to file when it
+    needs no layout or cast, else read into one reused buffer and laid out from there.
+    """
 
     def __init__(self, output: Path, declared: dict[str, tuple[np.dtype, tuple[int, ...]]],
                  metadata: dict[str, str]):
+        from porter.weights.arrays import Scratch
+
         self.output = output
         self.temp = temp_sibling(output)
-        self.file = open(self.temp, "wb")
+        self.file = open(self.temp, "wb", buffering=0)
         self.writer = safetensors_io.SafetensorsWriter(self.file, declared, metadata)
+        self.staging = Scratch()
+        self.inputs: dict[str, Any] = {}  # path -> open file, for extents
 
     def add(self, name: str, path: tuple, array: np.ndarray, dtype: np.dtype, release) -> None:
         self.writer.write(name, array, dtype=dtype)
         release()
 
+    def add_extent(self, name: str, extent: Extent, meta: TensorMeta, layout: Any, dtype: np.dtype) -> None:
+        source = self.inputs.get(extent.path)
+        if source is None:
+            source = self.inputs[extent.path] = open(extent.path, "rb", buffering=0)
+        try:
+            if layout.name == "same" and np.dtype(dtype) == meta.dtype:
+                self.writer.copy(name, source, extent.offset, extent.nbytes)
+                return
+            staged = self.staging.take(meta.shape, meta.dtype)
+            safetensors_io.read_exactly(source, extent.offset, memoryview(staged.reshape(-1).view(np.uint8)))
+        except EOFError as exc:
+            raise CheckpointError(f"{extent.path}: tensor {meta.key!r}: {exc} (the file changed or is truncated)"
+                                  ) from None
+        self.writer.write(name, layout.to_flax(staged), dtype=dtype)
+
     def commit(self, *, force: bool) -> None:
         self.writer.close()
-        self.file.close()
+        self._close()
         replace_into(self.temp, self.output, force=force)
 
     def abort(self) -> None:
-        self.file.close()
+        self._close()
         remove(self.temp)
+
+    def _close(self) -> None:
+        self.file.close()
+        for source in self.inputs.values():
+            source.close()
 
 
 def _nest(items: Iterable[tuple[tuple, np.ndarray]]) -> dict:
@@ -422,8 +450,27 @@ def convert_checkpoint(checkpoint: str | Path | Source, output: str | Path, *, m
 
 
 def _convert_one(source: Source, plan: Plan, item: PlanItem, sink: Any, policy: str, report: LoadReport) -> None:
+    _check_tied(source, plan, item, report)
+    out_dtype = item.out_dtype(policy)
+    if out_dtype != np.dtype(item.meta.dtype):
+        report.cast[item.key] = (str(item.meta.dtype), str(out_dtype))
+    extent = source.extent(item.source_key) if isinstance(sink, SafetensorsSink) else None
+    if extent is not None:  # the sink reads the file itself, into its own buffer
+        sink.add_extent(item.target.flax_key, extent, source.tensors[item.source_key], item.target.layout,
+                        out_dtype)
+        source.release(item.source_key)
+        return
+    laid_out = item.target.layout.to_flax(source.read(item.source_key))
+    sink.add(item.target.flax_key, item.target.flax_path, laid_out, out_dtype,
+             lambda: source.release(item.source_key))
+
+
+def _check_tied(source: Source, plan: Plan, item: PlanItem, report: LoadReport) -> None:
+    """Keys loaded into the same variable as item.key must hold the same values (a conflict is reported)."""
     from porter.weights.loader import _same_values
 
+    if not item.tied_keys:
+        return
     array = source.read(item.source_key)
     for other in item.tied_keys:
         other_array = source.read(other)
@@ -432,12 +479,6 @@ def _convert_one(source: Source, plan: Plan, item: PlanItem, sink: Any, policy: 
                                          f"{item.target.flax_key} in the model); {item.key} is loaded")
         del other_array
         source.release(other)
-    out_dtype = item.out_dtype(policy)
-    if out_dtype != np.dtype(item.meta.dtype):
-        report.cast[item.key] = (str(item.meta.dtype), str(out_dtype))
-    laid_out = item.target.layout.to_flax(array)
-    sink.add(item.target.flax_key, item.target.flax_path, laid_out, out_dtype,
-             lambda: source.release(item.source_key))
 
 
 # ---------------------------------------------------------------- flax -> torch

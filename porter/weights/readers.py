@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
+import os
 import pickle
 import sys
 import warnings
@@ -96,6 +97,15 @@ class TensorMeta:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+@dataclass(frozen=True)
+class Extent:
+    """Where a tensor's bytes lie in a file: `nbytes` from `offset`, C order, little-endian, no gaps."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+
 class Source:
     """A checkpoint's tensors: metadata up front, data one tensor at a time."""
 
@@ -105,6 +115,14 @@ class Source:
     def read(self, key: str) -> np.ndarray:
         """The tensor's values (the checkpoint's dtype, exact); may be a read-only view of the file."""
         raise NotImplementedError
+
+    def extent(self, key: str) -> Extent | None:
+        """The tensor's bytes as one range of a file, where the format stores them so (else None).
+
+        A writer copies such a range file to file, or reads it into its own buffer, instead of
+        touching a memory map of it.
+        """
+        return None
 
     def release(self, key: str) -> None:
         """Done with `key`: give its memory back (no-op where nothing is held)."""
@@ -219,6 +237,10 @@ class SafetensorsSource(Source):
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {exc}") from None
 
+    def extent(self, key: str) -> Extent | None:
+        info = self.infos[key]
+        return Extent(str(self.path), info.begin, info.nbytes) if sys.byteorder == "little" else None
+
 
 # ---------------------------------------------------------------- sharded
 
@@ -266,6 +288,9 @@ class ShardedSource(Source):
 
     def read(self, key: str) -> np.ndarray:
         return self.owner[key].read(key)
+
+    def extent(self, key: str) -> Extent | None:
+        return self.owner[key].extent(key)
 
     def release(self, key: str) -> None:
         self.owner[key].release(key)
@@ -342,9 +367,22 @@ class TorchSource(Source):
                 identity = (id(t),)
             alias = seen.setdefault(identity, k)
             self.tensors[k] = TensorMeta(k, tuple(t.shape), dtype, str(path), alias if alias != k else None)
+        self._storage_offsets: dict[int, int] | None = None  # storage address -> file offset, found on demand
 
     def read(self, key: str) -> np.ndarray:
         return to_numpy(self.state_dict[key], copy=False)
+
+    def extent(self, key: str) -> Extent | None:
+        tensor = self.state_dict[key]
+        if not self.mapped or not is_torch_tensor(tensor) or not tensor.is_contiguous() or tensor.numel() == 0:
+            return None
+        if self._storage_offsets is None:
+            self._storage_offsets = _storage_file_offsets(self.path, self.state_dict.values())
+        start = self._storage_offsets.get(tensor.untyped_storage().data_ptr())
+        if start is None:
+            return None
+        itemsize = tensor.element_size()
+        return Extent(str(self.path), start + tensor.storage_offset() * itemsize, tensor.numel() * itemsize)
 
     def release(self, key: str) -> None:
         if not self.mapped:
@@ -356,6 +394,70 @@ class TorchSource(Source):
 
     def close(self) -> None:
         self.state_dict = {}
+
+
+def _storage_file_offsets(path: Path, values: Any) -> dict[int, int]:
+    """{storage address: offset of its bytes in `path`} for the tensors torch.load(mmap=True) mapped from it.
+
+    Each address is located in the process's own map of the file (/proc/self/maps, Linux), and kept only
+    if it starts a stored (uncompressed) `data/` record of the zip with exactly the storage's size, in a
+    little-endian file: then the file holds the storage's bytes as they are. Anything else: no entry,
+    and the tensor is read through its memory map.
+    """
+    storages = {}
+    for value in values:
+        if is_torch_tensor(value) and value.untyped_storage().nbytes():
+            storage = value.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    if not storages or sys.byteorder != "little" or not sys.platform.startswith("linux"):
+        return {}
+    try:
+        records = _stored_data_records(path)
+        maps = _file_maps(path)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return {}
+    offsets = {}
+    for address, nbytes in storages.items():
+        for start, end, file_offset in maps:
+            if start <= address and address + nbytes <= end:
+                offset = address - start + file_offset
+                if records.get(offset) == nbytes:
+                    offsets[address] = offset
+                break
+    return offsets
+
+
+def _stored_data_records(path: Path) -> dict[int, int]:
+    """{offset of the data: size} of the uncompressed `*/data/*` entries of a zip, if it is little-endian."""
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        infos = archive.infolist()
+        for info in infos:
+            if info.filename.endswith("/byteorder") and archive.read(info).strip() not in (b"little", b""):
+                return {}
+        records = {}
+        for info in infos:
+            if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                continue
+            name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            records[info.header_offset + 30 + name_length + extra_length] = info.file_size
+        return records
+
+
+def _file_maps(path: Path) -> list[tuple[int, int, int]]:
+    """(start, end, file offset) of this process's memory maps of `path` (Linux /proc/self/maps)."""
+    target = os.path.realpath(path)
+    maps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].rstrip("\n") == target:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                maps.append((start, end, int(fields[2], 16)))
+    return maps
 
 
 def _torch_load(path: Path, *, mmap_file: bool) -> Any:

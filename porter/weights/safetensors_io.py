@@ -16,6 +16,7 @@ reads what porter writes (tests check both directions).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -25,6 +26,8 @@ from typing import BinaryIO
 
 import ml_dtypes
 import numpy as np
+
+from porter.weights.arrays import Scratch, contiguous
 
 # safetensors dtype name <-> numpy dtype (ml_dtypes for bfloat16 and float8).
 DTYPES: dict[str, np.dtype] = {
@@ -134,21 +137,23 @@ def map_tensor(path: str | Path, info: TensorInfo) -> np.ndarray:
     return np.memmap(path, dtype=info.dtype, mode="r", offset=info.begin, shape=info.shape)
 
 
-def iter_blocks(array: np.ndarray, *, dtype: np.dtype | None = None, block_bytes: int = 16 << 20):
+def iter_blocks(array: np.ndarray, *, dtype: np.dtype | None = None, block_bytes: int = 16 << 20,
+                scratch: Scratch | None = None):
     """C-ordered, little-endian, contiguous pieces of `array` (cast to `dtype`), in order.
 
     A contiguous array with the right dtype comes back whole (no copy); a strided view is
-    copied once (arrays.contiguous); a cast is done a block of leading-axis rows at a time.
+    copied once (arrays.contiguous), into `scratch` if given; a cast is done a block of
+    leading-axis rows at a time. A block is valid until the next one is asked for.
     """
-    from porter.weights.arrays import contiguous
-
     target = np.dtype(dtype) if dtype is not None else np.dtype(array.dtype)
     if target.byteorder == ">":
         target = target.newbyteorder("<")
     if array.ndim == 0:
         yield np.ascontiguousarray(array, dtype=target).reshape(1)
         return
-    array = contiguous(array)  # a transposed view: one copy, by torch's fast blocked transpose
+    if not array.flags.c_contiguous:  # a transposed view: one copy, by torch's fast blocked transpose
+        out = scratch.take(array.shape, array.dtype) if scratch is not None else None
+        array = contiguous(array, out=out)
     if np.dtype(array.dtype) == target:
         yield array
         return
@@ -156,6 +161,55 @@ def iter_blocks(array: np.ndarray, *, dtype: np.dtype | None = None, block_bytes
     step = max(1, block_bytes // row)
     for start in range(0, array.shape[0], step):
         yield array[start:start + step].astype(target)
+
+
+def write_all(file: BinaryIO, data: bytes | memoryview) -> None:
+    """file.write until every byte is written (an unbuffered file may take part of a large write)."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        view = view[file.write(view):]
+
+
+def copy_range(source: BinaryIO, target: BinaryIO, offset: int, nbytes: int, *, chunk: int = 64 << 20) -> None:
+    """Append `nbytes` of `source` from `offset` to `target` (at its position), file to file.
+
+    os.copy_file_range copies inside the kernel (no trip through this process's memory); where it
+    is missing or refuses the pair of files, the bytes go through a bounded buffer instead.
+    """
+    target.flush()
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < nbytes:
+                step = os.copy_file_range(source.fileno(), target.fileno(), min(nbytes - done, 1 << 30),
+                                          offset + done)
+                if step == 0:
+                    raise EOFError(f"{getattr(source, 'name', 'the input')} ends {nbytes - done} bytes early")
+                done += step
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+    buffer = bytearray(min(chunk, max(nbytes - done, 1)))
+    while done < nbytes:
+        view = memoryview(buffer)[:min(len(buffer), nbytes - done)]
+        source.seek(offset + done)
+        got = source.readinto(view)
+        if got == 0:
+            raise EOFError(f"{getattr(source, 'name', 'the input')} ends {nbytes - done} bytes early")
+        write_all(target, view[:got])
+        done += got
+
+
+def read_exactly(source: BinaryIO, offset: int, view: memoryview) -> None:
+    """Fill `view` with the bytes of `source` from `offset` (EOFError if the file ends first)."""
+    source.seek(offset)
+    done = 0
+    while done < view.nbytes:
+        got = source.readinto(view[done:])
+        if not got:
+            raise EOFError(f"{getattr(source, 'name', 'the input')} ends {view.nbytes - done} bytes early")
+        done += got
 
 
 class SafetensorsWriter:
@@ -183,26 +237,37 @@ class SafetensorsWriter:
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-(len(raw) + 8) % 8)  # data starts 8-byte aligned, as the library writes it
-        file.write(struct.pack("<Q", len(raw)))
-        file.write(raw)
+        write_all(file, struct.pack("<Q", len(raw)) + raw)
         self.total = offset
         self.next = 0
+        self.scratch = Scratch()  # every transposed tensor is laid out in the same memory
 
     def write(self, name: str, array: np.ndarray, *, dtype: np.dtype | None = None,
               block_bytes: int = 16 << 20) -> None:
         """Write `name` (cast to `dtype` if given); a transposed view is copied once, a cast done by blocks."""
-        if self.next >= len(self.order) or self.order[self.next] != name:
-            expected = self.order[self.next] if self.next < len(self.order) else "nothing"
-            raise ValueError(f"safetensors writer: got {name!r}, expected {expected!r}")
-        want, shape = self.specs[name]
+        want, shape = self._next(name)
         got = np.dtype(dtype) if dtype is not None else np.dtype(array.dtype)
         if got != want or tuple(array.shape) != shape:
             raise ValueError(f"safetensors writer: {name!r} is {got}{list(array.shape)}, "
                              f"declared {want}{list(shape)}")
-        for block in iter_blocks(array, dtype=dtype, block_bytes=block_bytes):
-            if block.nbytes:
-                self.file.write(memoryview(block.reshape(-1).view(np.uint8)))
+        for block in iter_blocks(array, dtype=dtype, block_bytes=block_bytes, scratch=self.scratch):
+            write_all(self.file, memoryview(block.reshape(-1).view(np.uint8)))
         self.next += 1
+
+    def copy(self, name: str, source: BinaryIO, offset: int, nbytes: int) -> None:
+        """Write `name` as the `nbytes` bytes at `offset` of the open file `source` (its exact bytes)."""
+        want, shape = self._next(name)
+        expected = int(np.prod(shape, dtype=np.int64)) * want.itemsize
+        if nbytes != expected:
+            raise ValueError(f"safetensors writer: {name!r} is {nbytes} bytes, declared {expected}")
+        copy_range(source, self.file, offset, nbytes)
+        self.next += 1
+
+    def _next(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        if self.next >= len(self.order) or self.order[self.next] != name:
+            expected = self.order[self.next] if self.next < len(self.order) else "nothing"
+            raise ValueError(f"safetensors writer: got {name!r}, expected {expected!r}")
+        return self.specs[name]
 
     def close(self) -> None:
         if self.next != len(self.order):
