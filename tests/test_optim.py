@@ -254,10 +254,8 @@ def test_reduce_lr_on_plateau_matches_torch():
                steps=30, metric=True)
 
 
-@pytest.mark.xfail(reason="the training analysis registers only optimizers over MODEL.parameters(): a scheduled "
-                          "optimizer with parameter groups is not injected until it uses "
-                          "training_builders.model_of_params", strict=False)
 def test_scheduler_over_parameter_groups_matches_torch():
+    """The training analysis finds the model of parameter groups too, so the scheduled optimizer is injected."""
     train_both("optimizer = optim.SGD([{'params': net.fc2.parameters(), 'lr': 0.05}, "
                "{'params': net.fc1.parameters()}], lr=0.1, momentum=0.9)\n"
                "scheduler = optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=[lambda e: 0.9 ** e, "

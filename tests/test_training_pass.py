@@ -243,3 +243,66 @@ def test_clipping_after_every_backward_of_an_accumulation_is_reported():
     assert "loss.backward()" in c.code and "optimizer.step()" in c.code
     [d] = [d for d in c.diagnostics if d.code == "PT010"]
     assert "clips the running sum" in d.message and d.line == 7
+
+
+TWO_OPTIMIZERS = """\
+import torch
+import torch.nn as nn
+
+model = nn.Linear(4, 2)
+warmup = torch.optim.SGD(model.parameters(), lr=0.1)
+finetune = torch.optim.Adam(model.parameters(), lr=0.001)
+scheduler = torch.optim.lr_scheduler.StepLR(finetune, step_size=2)
+for x, y in batches:
+    warmup.zero_grad()
+    loss = model(x).sum()
+    loss.backward()
+    warmup.step()
+for x, y in batches:
+    finetune.zero_grad()
+    loss = model(x).sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    finetune.step()
+    scheduler.step()
+"""
+
+
+def test_two_optimizers_over_one_model_keep_their_own_schedule_and_clipping():
+    # they used to share one entry (keyed by the model): the SGD got Adam's clipping and injection
+    c = convert_source(TWO_OPTIMIZERS)
+    assert "warmup = nnx.Optimizer(model, optax.sgd(learning_rate=0.1), wrt=nnx.Param)" in c.code
+    assert "finetune = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), " \
+           "optax.inject_hyperparams(optax.adam)(learning_rate=0.001)), wrt=nnx.Param)" in c.code
+    assert "train_step_fast = nnx.cached_partial(train_step, model, warmup)" in c.code
+    assert "train_step2_fast = nnx.cached_partial(train_step2, model, finetune)" in c.code
+    assert codes(c) == []
+
+
+GAN = """\
+import torch
+import torch.nn as nn
+
+generator = nn.Linear(4, 8)
+discriminator = nn.Linear(8, 1)
+opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4)
+opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4)
+for real, noise in batches:
+    opt_d.zero_grad()
+    loss_d = discriminator(real).mean() - discriminator(generator(noise).detach()).mean()
+    loss_d.backward()
+    opt_d.step()
+    opt_g.zero_grad()
+    loss_g = discriminator(generator(noise)).mean()
+    loss_g.backward()
+    opt_g.step()
+"""
+
+
+def test_gan_two_models_two_optimizers_is_reported_by_name():
+    c = convert_source(GAN)
+    assert "opt_g = nnx.Optimizer(generator, optax.adam(learning_rate=2e-4), wrt=nnx.Param)" in c.code
+    assert "opt_d = nnx.Optimizer(discriminator, optax.adam(learning_rate=2e-4), wrt=nnx.Param)" in c.code
+    [d] = [d for d in c.diagnostics if d.code == "PT010"]
+    assert d.line == 8 and "several optimizers step in one loop (opt_d, opt_g" in d.message
+    assert "loss_g.backward()" in c.code

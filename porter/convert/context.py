@@ -58,8 +58,8 @@ class ConversionContext:
     seed: str | None = None
     # names of the train_step functions the training pass emitted
     training_steps: list[str] = field(default_factory=list)
-    # model source ("net") -> the optimizer training it
-    optimizers: dict[str, OptimizerInfo] = field(default_factory=dict)
+    # id of each torch.optim.X(...) call (the original node) -> the optimizer it builds
+    optimizers: dict[int, OptimizerInfo] = field(default_factory=dict)
     helpers: list[str] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)

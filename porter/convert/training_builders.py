@@ -51,7 +51,7 @@ def optimizer(rule: Rule, site: Site) -> Application:
     bound = bind(rule, site.call)
     torch_name = rule.source[0].rsplit(".", 1)[1]
     model, groups, overrides = parameters_of(bound["params"])
-    info = site.ctx.optimizers.get(model)
+    info = site.ctx.optimizers.get(id(site.original))
     scheduled = info is not None and info.scheduled
     if groups is None:
         parts = _transform(rule, torch_name, {**bound, **overrides}, scheduled, site.ctx)

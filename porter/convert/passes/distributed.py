@@ -46,7 +46,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import code_of
-from porter.convert.passes.training import TrainingRewrite, _model_of_params, small
+from porter.convert.passes.training import TrainingRewrite, small
 from porter.convert.transforms import expr, keyword_arg
 
 DIST = "torch.distributed."
@@ -416,7 +416,7 @@ class DistributedRewrite(TrainingRewrite):
         result = super().leave_Call(original_node, updated_node)
         if qualified.startswith("torch.optim.") and m.matches(result, m.Call(
                 func=m.Attribute(value=m.Name("nnx"), attr=m.Name("Optimizer")))) and len(result.args) >= 2:
-            info = self.ctx.optimizers.get(_model_of_params(original_node) or "")
+            info = self.ctx.optimizers.get(id(original_node))
             if info is not None and info.name in self.dist.summed and info.model in self.dist.models:
                 return self._average_gradients(original_node, result)
         return result

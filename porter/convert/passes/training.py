@@ -153,17 +153,31 @@ class TrainingRewrite(ModuleRewrite):
             qualified = self.ctx.qualified_name(assign.value.func) or ""
             model = _model_of_params(assign.value)
             if qualified.startswith(OPTIMIZER_PREFIX) and not qualified.startswith(SCHEDULER_PREFIX) and model:
-                self.ctx.optimizers.setdefault(model, OptimizerInfo(assign.targets[0].target.value, model))
+                # one entry per optimizer built (two optimizers over one model no longer collide)
+                self.ctx.optimizers[id(assign.value)] = OptimizerInfo(assign.targets[0].target.value, model)
         by_name = {info.name: info for info in self.ctx.optimizers.values()}
         for call in m.findall(node, m.Call()):
             qualified = self.ctx.qualified_name(call.func) or ""
             if qualified.startswith(SCHEDULER_PREFIX) and call.args and code_of(call.args[0].value) in by_name:
                 by_name[code_of(call.args[0].value)].scheduled = True
-            if qualified in CLIP_FUNCTIONS and call.args:
-                info = self.ctx.optimizers.get(_model_of_params(call) or "")
-                if info is not None:
-                    info.clip = _clip_transform(call, self.ctx)
+        for loop in m.findall(node, m.For()):
+            self._assign_clipping(loop)
         self._reads = names_in(node).loaded_counts
+
+    def _assign_clipping(self, loop: cst.For) -> None:
+        """A clip_grad_*_ in a loop goes into the chain of the optimizer that loop steps (over the same model)."""
+        statements = list(loop.body.body)
+        statements += [t for s in statements if isinstance(s, cst.If) for t in s.body.body]
+        stepped = {small(s).value.func.value.value for s in statements if m.matches(small(s), STEP)}
+        for statement in statements:
+            expression = small(statement)
+            if not (isinstance(expression, cst.Expr) and isinstance(expression.value, cst.Call)):
+                continue
+            if (self.ctx.qualified_name(expression.value.func) or "") not in CLIP_FUNCTIONS:
+                continue
+            for info in self.ctx.optimizers.values():
+                if info.name in stepped and info.model == _model_of_params(expression.value):
+                    info.clip = _clip_transform(expression.value, self.ctx)
 
     # torch.no_grad(): JAX computes gradients only where asked, so the context goes
     def visit_With(self, node: cst.With) -> None:
@@ -282,6 +296,13 @@ class TrainingRewrite(ModuleRewrite):
         steps = [i for i, s in enumerate(body) if m.matches(small(s), STEP) and self._is_optimizer(small(s))]
         backwards = [i for i, s in enumerate(body) if m.matches(small(s), BACKWARD)]
         if not steps and not backwards:
+            return None
+        stepped = [small(body[i]).value.func.value.value for i in steps]
+        if len(set(stepped)) > 1:
+            self.report("PT010", original, f"several optimizers step in one loop ({', '.join(stepped)}; e.g. a GAN's "
+                                           f"generator and discriminator): porter converts loops with one "
+                                           f"optimizer; left unchanged (write one train step per optimizer, each "
+                                           f"differentiating its own model's loss)")
             return None
         if len(steps) != 1 or len(backwards) != 1 or backwards[0] > steps[0]:
             self.report("PT010", original, "a training loop porter does not understand (it handles one "
@@ -547,28 +568,9 @@ def _clip_transform(call: cst.Call, ctx) -> str | None:
 
 
 def _model_of_params(call: cst.Call) -> str | None:
-    """`optim.SGD(net.parameters(), ...)` -> 'net'."""
-    if not call.args:
+    """`optim.SGD(net.parameters(), ...)` -> 'net'; parameter groups -> their common model (training_builders)."""
+    try:
+        from porter.convert.training_builders import model_of_params
+    except ImportError:
         return None
-    params = call.args[0].value
-    if m.matches(params, m.Call(func=m.Attribute(attr=m.Name("parameters")))):
-        return code_of(params.func.value)
-    return None
-
-
-def stop_gradients(body: list[cst.BaseStatement]) -> list[cst.BaseStatement] | None:
-    """A no_grad block's statements with each assigned value wrapped in the emitted `no_grad`; None when a
-    statement is anything but an assignment (control flow, a call for its effect, `+=`)."""
-    converted = []
-    for statement in body:
-        if not isinstance(statement, cst.SimpleStatementLine):
-            return None
-        parts = []
-        for part in statement.body:
-            if isinstance(part, (cst.Assign, cst.AnnAssign)) and part.value is not None:
-                part = part.with_changes(value=cst.Call(cst.Name("no_grad"), [cst.Arg(part.value)]))
-            elif not isinstance(part, cst.Pass):
-                return None
-            parts.append(part)
-        converted.append(statement.with_changes(body=parts))
-    return converted
+    return model_of_params(call)
