@@ -174,3 +174,24 @@ def import_file_flax(files):
     from porter.check.modelspec import import_file
 
     return import_file(files / "mlp_flax.py")
+
+
+def test_emitted_train_step_variant(files):
+    """emitted_step=True times the step as porter writes a training loop (nnx.jit via nnx.cached_partial),
+    on a copy: the benchmarked model's own weights do not move."""
+    torch_model, flax_model = pair(files)
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    from porter.weights.loader import load_torch_state_dict
+
+    load_torch_state_dict(flax_model, torch_model.state_dict())  # what bench_models loads too
+    kernel = np.asarray(flax_model.fc1.kernel[...]).copy()
+    result = bench.bench_models(torch_model, flax_model, x, repeats=3, warmup=1, compile=False, emitted_step=True)
+    emitted = result.result(bench.EMITTED)
+    assert emitted.train.median_ms > 0 and emitted.train.compile_s > 0 and emitted.train.error is None
+    assert emitted.forward.median_ms is None and "no jitted forward" in emitted.forward.error
+    assert result.ratio(bench.EMITTED, "train") > 0 and result.settings["interleaved"]
+    np.testing.assert_array_equal(np.asarray(flax_model.fc1.kernel[...]), kernel)
+
+
+def test_rotated_rounds_start_with_each_variant():
+    assert [bench._rotated(3, r) for r in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]

@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("torch eager", "torch.compile", "jax.jit (converted)")
-HANDWRITTEN = "jax.jit (hand-written)"  # the optional fourth variant: the same model written by hand in NNX
+HANDWRITTEN = "jax.jit (hand-written)"  # optional: the same model written by hand in NNX
+EMITTED = "nnx.cached_partial (converted)"  # optional: the train step as porter emits it for a training loop
 
 
 def limit_threads(n: int) -> None:
@@ -353,6 +354,47 @@ def _prepare_jax(name: str, flax_model: Any, args, kwargs, cotangents, lr: float
     return prepared
 
 
+def _rotated(n: int, start: int) -> list[int]:
+    return [(start + i) % n for i in range(n)]
+
+
+def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) -> _PreparedJax:
+    """The train step the way porter writes a converted training loop (README, "Training loops"):
+    `@nnx.jit` over model and optimizer, called through `nnx.cached_partial`; on a copy of the model.
+    No forward: porter emits no jitted inference function."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    prepared = _PreparedJax(VariantResult(EMITTED))
+    prepared.result.forward.error = "porter emits no jitted forward; see jax.jit (converted)"
+    model = nnx.clone(flax_model)
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+    cots = [jnp.asarray(c) for c in cotangents]
+
+    @nnx.jit
+    def train_step(model, optimizer, args, kwargs):
+        def loss_fn(model):
+            outs = [o for o in _flatten(model(*args, **kwargs)) if jnp.issubdtype(o.dtype, jnp.floating)]
+            return sum(jnp.sum(o.astype(jnp.float32) * c) for o, c in zip(outs, cots))
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    step = nnx.cached_partial(train_step, model, optimizer)
+    try:
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(args, kwargs))  # the first call traces and compiles
+        prepared.result.train.compile_s = time.perf_counter() - t0
+        prepared.train = lambda: jax.block_until_ready(step(args, kwargs))
+    except Exception as exc:
+        prepared.result.train.error = _error_text(exc)
+    return prepared
+
+
 def _time_jax_variants(prepared: list[_PreparedJax], repeats: int, warmup: int) -> None:
     """Time the prepared variants' calls in turn (one call of each per round), so that a change
     in machine load during the measurement touches every variant alike."""
@@ -366,10 +408,10 @@ def _time_jax_variants(prepared: list[_PreparedJax], repeats: int, warmup: int) 
                 getattr(p.result, what).error = _error_text(exc)
         ready = [(p, fn) for p, fn in ready if getattr(p.result, what).error is None]
         samples: list[list[float]] = [[] for _ in ready]
-        for _ in range(repeats):
-            for i, (_, fn) in enumerate(ready):
+        for r in range(repeats):
+            for i in _rotated(len(ready), r):  # no variant always runs first in its round
                 t0 = time.perf_counter()
-                fn()
+                ready[i][1]()
                 samples[i].append((time.perf_counter() - t0) * 1e3)
         for (p, _), times in zip(ready, samples):
             _store(getattr(p.result, what), _summarise(times))
@@ -449,12 +491,13 @@ def machine_info() -> dict[str, Any]:
 def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Mapping[str, Any] | None = None,
                  name: str | None = None, repeats: int = 20, warmup: int = 3, compile: bool = True,
                  train: bool = True, lr: float = 1e-3, seed: int = 0, load_weights: bool = True,
-                 stat: str = "median", handwritten: Any = None) -> BenchResult:
+                 stat: str = "median", handwritten: Any = None, emitted_step: bool = False) -> BenchResult:
     """Time forward and train step of torch eager, torch.compile and the converted model under jax.jit.
 
     `handwritten`: optionally the same model written by hand in NNX, with the original's weights
     already in it (its layout is its own business), timed like the converted one, call for call
-    in turn with it, as a fourth variant.
+    in turn with it, as a fourth variant. `emitted_step`: also time the train step the way porter
+    emits it in a converted training loop (nnx.jit through nnx.cached_partial), in the same turns.
     """
     import jax
     import torch
@@ -519,6 +562,8 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
     with jax.default_device(cpu):
         prepared = [_prepare_jax(variant, model, j_args, j_kwargs, cotangents, lr, do_train)
                     for variant, model in flax_models]
+        if emitted_step and do_train:
+            prepared.append(_prepare_emitted_step(flax_model, j_args, j_kwargs, cotangents, lr))
         _time_jax_variants(prepared, repeats, warmup)
     results += [p.result for p in prepared]
 
@@ -528,7 +573,7 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
              for k, a in items]
     settings = {"repeats": repeats, "warmup": warmup, "lr": lr, "seed": seed, "optimizer": "SGD",
                 "loss": "sum(output * fixed random cotangent)", "torch_compile": compile, "stat": stat,
-                "interleaved": handwritten is not None}
+                "interleaved": handwritten is not None or emitted_step}
     return BenchResult(name or type(torch_model).__name__, shown, results, settings, machine_info(), notes)
 
 
