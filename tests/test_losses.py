@@ -251,7 +251,9 @@ def test_kl_div(shape, reduction, log_target, module, zeros, seed):
     check(f"def loss(input, target):\n    return {call}\n", inputs, seed=seed)
 
 
-@given(batch=st.one_of(st.none(), st.integers(1, 5)), dim=st.integers(1, 5), reduction=REDUCTIONS,
+# dim >= 2: with D = 1 the cosine is exactly +-1 and its gradient exactly 0, so both frameworks return
+# rounding noise of order eps / |x| (hypothesis found 3.5e-6 in JAX against torch's 0 at |x1| ~ 0.03)
+@given(batch=st.one_of(st.none(), st.integers(1, 5)), dim=st.integers(2, 5), reduction=REDUCTIONS,
        margin=st.sampled_from([0.0, -0.2, 0.5]), module=st.booleans(), seed=seeds)
 def test_cosine_embedding_loss(batch, dim, reduction, margin, module, seed):
     rng = np.random.default_rng(seed)
