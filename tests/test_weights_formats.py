@@ -4,6 +4,7 @@ prefixes, the reverse direction, bad input, and bounded memory (a subprocess, sm
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import subprocess
@@ -475,11 +476,11 @@ def test_conversion_memory_stays_near_one_tensor(tmp_path):
         assert arrays["layers.31.kernel"].shape == (768, 1024)
 
 
-# ---------------------------------------------------------------- the fast paths (file copies, staging)
+# ---------------------------------------------------------------- the fast paths (file reads, staging, window)
 
 
 def _mixed_state_dict() -> dict[str, torch.Tensor]:
-    """Tensors that take every path: copied as they are, transposed, bf16, a view into a shared storage,
+    """Tensors that take every path: read as they are, transposed, bf16, a view into a shared storage,
     a non-contiguous one, and an empty one."""
     gen = torch.Generator().manual_seed(3)
     shared = torch.randn(40, generator=gen)
@@ -509,7 +510,7 @@ def _expected_flax(sd: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_file_copies_and_staged_layouts_are_bit_exact(tmp_path, suffix):
+def test_file_reads_and_staged_layouts_are_bit_exact(tmp_path, suffix):
     sd = _mixed_state_dict()
     src = tmp_path / f"mixed{suffix}"
     if suffix == ".pt":
@@ -545,22 +546,6 @@ def test_torch_extents_are_the_tensors_own_bytes(tmp_path):
                 assert extent is not None, name
                 expected = tensor.contiguous().view(torch.uint8).numpy().tobytes()
                 assert raw[extent.offset:extent.offset + extent.nbytes] == expected, name
-
-
-def test_copy_range_falls_back_when_the_kernel_refuses(tmp_path, monkeypatch):
-    import errno
-
-    data = os.urandom(100_000)
-    (tmp_path / "in.bin").write_bytes(data)
-
-    def refuse(*args):
-        raise OSError(errno.EXDEV, "cross-device")
-
-    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
-    with open(tmp_path / "in.bin", "rb") as source, open(tmp_path / "out.bin", "wb", buffering=0) as target:
-        target.write(b"head")
-        safetensors_io.copy_range(source, target, 1000, 50_000, chunk=4096)
-    assert (tmp_path / "out.bin").read_bytes() == b"head" + data[1000:51_000]
 
 
 def test_write_all_finishes_partial_writes():
@@ -601,3 +586,54 @@ def test_input_truncated_during_conversion_names_the_tensor_and_leaves_nothing(t
             convert_checkpoint(source, tmp_path / "out.safetensors", progress=False)
     assert not (tmp_path / "out.safetensors").exists()
     assert no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("buffer_bytes", [1, 5000, 1 << 20])
+def test_writer_window_lays_out_any_size_exactly(tmp_path, buffer_bytes):
+    # windows smaller than a tensor, than one row of it, and larger than the file; casts, bf16, a
+    # transposed view, a file copy, an empty and a 0-d tensor: the library reads back every byte
+    gen = np.random.default_rng(5)
+    big = gen.standard_normal((300, 70)).astype(np.float32)
+    bf16 = gen.standard_normal((33, 17)).astype(ml_dtypes.bfloat16)
+    raw = gen.integers(0, 255, 12345, dtype=np.uint8)
+    (tmp_path / "raw.bin").write_bytes(b"xyz" + raw.tobytes())
+    tensors = {"big_t": (big.T, None), "cast": (big, np.float16), "bf16_t": (bf16.T, None),
+               "empty": (np.zeros((0, 4), np.float32), None), "scalar": (np.array(3.5, np.float32), None)}
+    declared = {name: (np.dtype(dtype or a.dtype), a.shape) for name, (a, dtype) in tensors.items()}
+    declared["copied"] = (np.dtype(np.uint8), (12345,))
+    out = tmp_path / "out.safetensors"
+    with safetensors_io.open_output(out) as f, open(tmp_path / "raw.bin", "rb") as source:
+        writer = safetensors_io.SafetensorsWriter(f, declared, {"k": "v"}, buffer_bytes=buffer_bytes)
+        for name, (array, dtype) in tensors.items():
+            writer.write(name, array, dtype=dtype)
+        writer.copy("copied", source, 3, 12345)
+        writer.close()
+    arrays = load_np(str(out))
+    np.testing.assert_array_equal(arrays["big_t"], big.T)
+    np.testing.assert_array_equal(arrays["cast"], big.astype(np.float16))
+    np.testing.assert_array_equal(arrays["bf16_t"].view(np.int16), bf16.T.view(np.int16))
+    np.testing.assert_array_equal(arrays["copied"], raw)
+    assert arrays["empty"].shape == (0, 4) and float(arrays["scalar"]) == 3.5
+    assert safetensors_io.read_header(out)[1] == {"k": "v"}
+
+
+def test_writer_falls_back_to_plain_writes(tmp_path, monkeypatch):
+    # a filesystem that takes O_DIRECT at open but refuses a direct write: the writer carries on without it
+    real_write_all, calls = safetensors_io.write_all, []
+
+    def refuse_first(file, view):
+        calls.append(len(view))
+        if len(calls) == 1:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_write_all(file, view)
+
+    monkeypatch.setattr(safetensors_io, "write_all", refuse_first)
+    out = tmp_path / "out.safetensors"
+    data = np.arange(5000, dtype=np.float32)
+    with safetensors_io.open_output(out) as f:
+        writer = safetensors_io.SafetensorsWriter(f, {"x": (data.dtype, data.shape)})
+        writer.window.direct = True
+        writer.write("x", data)
+        writer.close()
+    assert len(calls) >= 2 and not writer.window.direct
+    np.testing.assert_array_equal(load_np(str(out))["x"], data)

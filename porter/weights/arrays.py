@@ -64,42 +64,51 @@ def to_numpy(value: Any, *, copy: bool = True) -> np.ndarray:
 
 
 
-def contiguous(array: np.ndarray, *, use_torch: bool = True, out: np.ndarray | None = None) -> np.ndarray:
-    """A C-contiguous copy of a strided view (a transposed kernel), or the array itself if it is one.
-
-    numpy copies a transposed view element by element (about 150 MB/s for 2-byte types here);
-    torch's blocked copy is several times faster, so it does the work when use_torch is set
-    (importing torch costs about 250 MB of resident memory; use_torch=False uses torch only if
-    it is already imported). Values move bit for bit (bfloat16/float8 as same-width integers).
-    `out` (C-contiguous, the array's shape and dtype) receives the copy instead of fresh memory:
-    a buffer reused across tensors skips the page faults of a new allocation each time.
-    """
+def contiguous(array: np.ndarray, *, use_torch: bool = True) -> np.ndarray:
+    """A C-contiguous copy of a strided view (a transposed kernel), or the array itself if it is one."""
     if array.flags.c_contiguous:
         return array
-    if out is None:
-        out = np.empty(array.shape, array.dtype)
-    if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
-        np.copyto(out, array)
-        return out
-    if not use_torch and "torch" not in sys.modules:
-        np.copyto(out, array)
-        return out
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of porter
-        np.copyto(out, array)
-        return out
-    bits = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}.get(array.dtype.itemsize)
-    if bits is None or array.dtype.kind not in "biufV" or array.dtype.byteorder == ">":
-        np.copyto(out, array)
-        return out
+    out = np.empty(array.shape, array.dtype)
+    copy_into(array, out, use_torch=use_torch)
+    return out
+
+
+def copy_into(array: np.ndarray, out: np.ndarray, *, use_torch: bool = True) -> None:
+    """out[...] = array (cast to out's dtype as astype would), for any strides of `array`.
+
+    numpy copies a transposed view element by element (about 150 MB/s for 2-byte types here);
+    torch's blocked copy is several times faster, so it does same-dtype strided copies when
+    use_torch is set (use_torch=False uses torch only if it is already imported). Values move bit
+    for bit (bfloat16/float8 as same-width integers).
+    """
+    if array.flags.c_contiguous or array.dtype != out.dtype or not _torch_can_copy(array, use_torch):
+        np.copyto(out, array, casting="unsafe")
+        return
+    import torch
     import warnings
 
+    bits = _SAME_WIDTH_INT[array.dtype.itemsize]
     with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
         warnings.simplefilter("ignore", UserWarning)
         source = torch.from_numpy(array.view(bits))
     torch.from_numpy(out.view(bits)).copy_(source)
-    return out
+
+
+_SAME_WIDTH_INT = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _torch_can_copy(array: np.ndarray, use_torch: bool) -> bool:
+    if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
+        return False
+    if array.dtype.itemsize not in _SAME_WIDTH_INT or array.dtype.kind not in "biufV" or array.dtype.byteorder == ">":
+        return False
+    if not use_torch and "torch" not in sys.modules:
+        return False
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # pragma: no cover - torch is a dependency of porter
+        return False
+    return True
 
 
 class Scratch:

@@ -114,18 +114,22 @@ def remove(path: Path) -> None:
 class SafetensorsSink:
     """A safetensors file written tensor by tensor under a temporary name.
 
-    A tensor whose bytes lie in a file as they are (Source.extent) is copied file to file when it
-    needs no layout or cast, else read into one reused buffer and laid out from there.
+    A tensor whose bytes lie in a file as they are (Source.extent) is read from that file straight
+    into the writer's buffer when it needs no layout or cast, else into one reused staging buffer
+    and laid out from there (no memory map, whose page faults cost more than the reads).
     """
 
     def __init__(self, output: Path, declared: dict[str, tuple[np.dtype, tuple[int, ...]]],
                  metadata: dict[str, str]):
+        largest = max((int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                       for dtype, shape in declared.values()), default=0)
         from porter.weights.arrays import Scratch
 
         self.output = output
         self.temp = temp_sibling(output)
-        self.file = open(self.temp, "wb", buffering=0)
-        self.writer = safetensors_io.SafetensorsWriter(self.file, declared, metadata)
+        self.file = safetensors_io.open_output(self.temp)
+        self.writer = safetensors_io.SafetensorsWriter(self.file, declared, metadata,
+                                                       buffer_bytes=max(largest, 16 << 20))
         self.staging = Scratch()
         self.inputs: dict[str, Any] = {}  # path -> open file, for extents
 
@@ -534,8 +538,10 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
                     _write_pt(source, order, temp, bar)
                 else:
                     declared = {t: (source.tensors[f].dtype, shapes[t]) for f, t, _ in order}
-                    with open(temp, "wb") as f:
-                        writer = safetensors_io.SafetensorsWriter(f, declared, {"format": "pt"})
+                    with safetensors_io.open_output(temp) as f:
+                        largest = max((source.tensors[f].nbytes for f, _, _ in order), default=0)
+                        writer = safetensors_io.SafetensorsWriter(f, declared, {"format": "pt"},
+                                                                  buffer_bytes=max(largest, 16 << 20))
                         for flax_key, torch_key, layout in order:
                             writer.write(torch_key, layout.to_torch(source.read(flax_key)))
                             source.release(flax_key)

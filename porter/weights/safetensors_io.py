@@ -17,7 +17,10 @@ reads what porter writes (tests check both directions).
 from __future__ import annotations
 
 import errno
+import fcntl
+import io
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from typing import BinaryIO
 import ml_dtypes
 import numpy as np
 
-from porter.weights.arrays import Scratch, contiguous
+from porter.weights.arrays import copy_into
 
 # safetensors dtype name <-> numpy dtype (ml_dtypes for bfloat16 and float8).
 DTYPES: dict[str, np.dtype] = {
@@ -137,68 +140,11 @@ def map_tensor(path: str | Path, info: TensorInfo) -> np.ndarray:
     return np.memmap(path, dtype=info.dtype, mode="r", offset=info.begin, shape=info.shape)
 
 
-def iter_blocks(array: np.ndarray, *, dtype: np.dtype | None = None, block_bytes: int = 16 << 20,
-                scratch: Scratch | None = None):
-    """C-ordered, little-endian, contiguous pieces of `array` (cast to `dtype`), in order.
-
-    A contiguous array with the right dtype comes back whole (no copy); a strided view is
-    copied once (arrays.contiguous), into `scratch` if given; a cast is done a block of
-    leading-axis rows at a time. A block is valid until the next one is asked for.
-    """
-    target = np.dtype(dtype) if dtype is not None else np.dtype(array.dtype)
-    if target.byteorder == ">":
-        target = target.newbyteorder("<")
-    if array.ndim == 0:
-        yield np.ascontiguousarray(array, dtype=target).reshape(1)
-        return
-    if not array.flags.c_contiguous:  # a transposed view: one copy, by torch's fast blocked transpose
-        out = scratch.take(array.shape, array.dtype) if scratch is not None else None
-        array = contiguous(array, out=out)
-    if np.dtype(array.dtype) == target:
-        yield array
-        return
-    row = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * max(target.itemsize, array.dtype.itemsize))
-    step = max(1, block_bytes // row)
-    for start in range(0, array.shape[0], step):
-        yield array[start:start + step].astype(target)
-
-
 def write_all(file: BinaryIO, data: bytes | memoryview) -> None:
     """file.write until every byte is written (an unbuffered file may take part of a large write)."""
     view = memoryview(data).cast("B")
     while view.nbytes:
         view = view[file.write(view):]
-
-
-def copy_range(source: BinaryIO, target: BinaryIO, offset: int, nbytes: int, *, chunk: int = 64 << 20) -> None:
-    """Append `nbytes` of `source` from `offset` to `target` (at its position), file to file.
-
-    os.copy_file_range copies inside the kernel (no trip through this process's memory); where it
-    is missing or refuses the pair of files, the bytes go through a bounded buffer instead.
-    """
-    target.flush()
-    done = 0
-    if hasattr(os, "copy_file_range"):
-        try:
-            while done < nbytes:
-                step = os.copy_file_range(source.fileno(), target.fileno(), min(nbytes - done, 1 << 30),
-                                          offset + done)
-                if step == 0:
-                    raise EOFError(f"{getattr(source, 'name', 'the input')} ends {nbytes - done} bytes early")
-                done += step
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-    buffer = bytearray(min(chunk, max(nbytes - done, 1)))
-    while done < nbytes:
-        view = memoryview(buffer)[:min(len(buffer), nbytes - done)]
-        source.seek(offset + done)
-        got = source.readinto(view)
-        if got == 0:
-            raise EOFError(f"{getattr(source, 'name', 'the input')} ends {nbytes - done} bytes early")
-        write_all(target, view[:got])
-        done += got
 
 
 def read_exactly(source: BinaryIO, offset: int, view: memoryview) -> None:
@@ -212,16 +158,129 @@ def read_exactly(source: BinaryIO, offset: int, view: memoryview) -> None:
         done += got
 
 
+_DIRECT = getattr(os, "O_DIRECT", 0)
+_ALIGN = 4096  # O_DIRECT wants block-aligned memory, file offsets and lengths; 4 KiB covers 512-byte devices too
+
+
+def open_output(path: str | Path) -> BinaryIO:
+    """A new file for SafetensorsWriter: unbuffered, with O_DIRECT where the OS and filesystem take it.
+
+    Direct writes go from the writer's buffer to the disk without a copy into the page cache,
+    which on Linux can cost more than the conversion itself (and they leave the final fsync
+    little to do).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | _DIRECT, 0o644)
+    except OSError as exc:
+        if not _DIRECT or exc.errno != errno.EINVAL:  # EINVAL: no O_DIRECT on this filesystem (tmpfs)
+            raise
+        fd = os.open(path, flags, 0o644)
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+class _Window:
+    """The bytes of the file being written, gathered in one page-aligned buffer and written in large blocks.
+
+    Tensors are laid out (transposed, cast) straight into the buffer, so each byte is copied once
+    before it leaves; with O_DIRECT only whole aligned blocks are written, and the last partial
+    block after O_DIRECT is turned off.
+    """
+
+    def __init__(self, file: BinaryIO, capacity: int):
+        self.file = file
+        self.capacity = capacity + (-capacity % _ALIGN)
+        self.buffer = np.frombuffer(mmap.mmap(-1, self.capacity + _ALIGN), np.uint8)
+        self.filled = 0
+        try:
+            self.direct = bool(_DIRECT and fcntl.fcntl(file.fileno(), fcntl.F_GETFL) & _DIRECT)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            self.direct = False
+
+    @property
+    def free(self) -> int:
+        return self.buffer.nbytes - self.filled  # after a flush, at least the capacity
+
+    def put_bytes(self, data: bytes) -> None:
+        self.put_array(np.frombuffer(data, np.uint8), np.dtype(np.uint8))
+
+    def put_array(self, array: np.ndarray, dtype: np.dtype) -> None:
+        """`array` (any strides) in C order as `dtype`, a block of leading-axis rows at a time."""
+        if array.size == 0:
+            return
+        if array.ndim == 0:
+            array = array.reshape(1)
+        nbytes = array.size * dtype.itemsize
+        if self.free < nbytes <= self.capacity:
+            self.flush()  # whole, so that torch transposes it as one matrix (a slab of rows is 10x slower)
+        row = array.size // array.shape[0] * dtype.itemsize
+        if row > self.capacity:  # one row does not fit: row by row, each split further
+            for i in range(array.shape[0]):
+                self.put_array(array[i], dtype)
+            return
+        start = 0
+        while start < array.shape[0]:
+            if self.free < row:
+                self.flush()
+            piece = array[start:start + self.free // row]
+            out = self.buffer[self.filled:self.filled + piece.size * dtype.itemsize].view(dtype).reshape(piece.shape)
+            copy_into(piece, out)
+            self.filled += out.nbytes
+            start += piece.shape[0]
+
+    def put_file(self, source: BinaryIO, offset: int, nbytes: int) -> None:
+        """`nbytes` of `source` from `offset`, read straight into the buffer."""
+        while nbytes:
+            if not self.free:
+                self.flush()
+            step = min(self.free, nbytes)
+            read_exactly(source, offset, memoryview(self.buffer[self.filled:self.filled + step]))
+            self.filled += step
+            offset += step
+            nbytes -= step
+
+    def flush(self, *, final: bool = False) -> None:
+        ready = self.filled - self.filled % _ALIGN if self.direct else self.filled
+        if ready:
+            self._write(self.buffer[:ready])
+        tail = self.filled - ready
+        if tail:
+            self.buffer[:tail] = self.buffer[ready:self.filled]  # less than a block: moved to the front
+        self.filled = tail
+        if final and tail:
+            self._buffered()
+            self._write(self.buffer[:tail])
+            self.filled = 0
+
+    def _write(self, block: np.ndarray) -> None:
+        try:
+            write_all(self.file, memoryview(block))
+        except OSError as exc:
+            if not self.direct or exc.errno != errno.EINVAL:
+                raise
+            self._buffered()  # the filesystem took O_DIRECT at open but not for this write: plain writes
+            write_all(self.file, memoryview(block))
+
+    def _buffered(self) -> None:
+        if self.direct:
+            fd = self.file.fileno()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_DIRECT)
+            self.direct = False
+
+
 class SafetensorsWriter:
     """Writes a safetensors file whose tensors are declared up front and then written in that order.
 
         writer = SafetensorsWriter(f, {"a": (dtype, shape), ...}, metadata)
         writer.write("a", array)   # in the declared order, each exactly its declared dtype and shape
         writer.close()             # checks that every declared tensor was written
+
+    `f` is best unbuffered: open_output gives a file that skips the page cache where it can.
+    `buffer_bytes` is best at least the largest tensor: a tensor that fits is laid out whole.
     """
 
     def __init__(self, file: BinaryIO, tensors: dict[str, tuple[np.dtype, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, *, buffer_bytes: int = 16 << 20):
         self.file = file
         self.order = list(tensors)
         self.specs = {k: (np.dtype(d), tuple(int(x) for x in s)) for k, (d, s) in tensors.items()}
@@ -237,21 +296,19 @@ class SafetensorsWriter:
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-(len(raw) + 8) % 8)  # data starts 8-byte aligned, as the library writes it
-        write_all(file, struct.pack("<Q", len(raw)) + raw)
+        self.window = _Window(file, min(buffer_bytes, 8 + len(raw) + offset))
+        self.window.put_bytes(struct.pack("<Q", len(raw)) + raw)
         self.total = offset
         self.next = 0
-        self.scratch = Scratch()  # every transposed tensor is laid out in the same memory
 
-    def write(self, name: str, array: np.ndarray, *, dtype: np.dtype | None = None,
-              block_bytes: int = 16 << 20) -> None:
-        """Write `name` (cast to `dtype` if given); a transposed view is copied once, a cast done by blocks."""
+    def write(self, name: str, array: np.ndarray, *, dtype: np.dtype | None = None) -> None:
+        """Write `name` (cast to `dtype` if given), laid out straight into the output buffer."""
         want, shape = self._next(name)
         got = np.dtype(dtype) if dtype is not None else np.dtype(array.dtype)
         if got != want or tuple(array.shape) != shape:
             raise ValueError(f"safetensors writer: {name!r} is {got}{list(array.shape)}, "
                              f"declared {want}{list(shape)}")
-        for block in iter_blocks(array, dtype=dtype, block_bytes=block_bytes, scratch=self.scratch):
-            write_all(self.file, memoryview(block.reshape(-1).view(np.uint8)))
+        self.window.put_array(array, got.newbyteorder("<") if got.byteorder == ">" else got)
         self.next += 1
 
     def copy(self, name: str, source: BinaryIO, offset: int, nbytes: int) -> None:
@@ -260,7 +317,7 @@ class SafetensorsWriter:
         expected = int(np.prod(shape, dtype=np.int64)) * want.itemsize
         if nbytes != expected:
             raise ValueError(f"safetensors writer: {name!r} is {nbytes} bytes, declared {expected}")
-        copy_range(source, self.file, offset, nbytes)
+        self.window.put_file(source, offset, nbytes)
         self.next += 1
 
     def _next(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
@@ -273,5 +330,6 @@ class SafetensorsWriter:
         if self.next != len(self.order):
             raise ValueError(f"safetensors writer: {len(self.order) - self.next} declared tensor(s) not written "
                              f"(next: {self.order[self.next]!r})")
+        self.window.flush(final=True)
         self.file.flush()
         os.fsync(self.file.fileno())
