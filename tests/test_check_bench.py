@@ -149,17 +149,17 @@ def test_handwritten_variant_timed_beside_the_converted(files, monkeypatch):
     handwritten = import_file_flax(files).MLP(rngs=nnx.Rngs(1))
     load_torch_state_dict(handwritten, torch_model.state_dict())
     calls = []
-    original = bench._time_jax_variants
+    original = bench._time_side_by_side
 
     def spy(prepared, repeats, warmup):
         calls.append([p.result.variant for p in prepared])
         return original(prepared, repeats, warmup)
 
-    monkeypatch.setattr(bench, "_time_jax_variants", spy)
+    monkeypatch.setattr(bench, "_time_side_by_side", spy)
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     result = bench.bench_models(torch_model, flax_model, x, repeats=3, warmup=1, compile=False,
                                 handwritten=handwritten)
-    assert calls == [["jax.jit (converted)", bench.HANDWRITTEN]]
+    assert calls == [["torch eager", "jax.jit (converted)", bench.HANDWRITTEN]]
     hand = result.result(bench.HANDWRITTEN)
     assert hand.forward.median_ms > 0 and hand.train.median_ms > 0 and hand.train.compile_s > 0
     assert result.ratio(bench.HANDWRITTEN, "train", base=bench.HANDWRITTEN) == 1.0
@@ -193,5 +193,15 @@ def test_emitted_train_step_variant(files):
     np.testing.assert_array_equal(np.asarray(flax_model.fc1.kernel[...]), kernel)
 
 
-def test_rotated_rounds_start_with_each_variant():
-    assert [bench._rotated(3, r) for r in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+def test_side_by_side_timing_shuffles_and_warms_short_calls():
+    """Each round times one call of each variant, in a shuffled order; a short call runs once
+    untimed just before its timed call (caches as its own previous step left them)."""
+    log = []
+    prepared = [bench._Prepared(bench.VariantResult(name), forward=lambda name=name: log.append(name))
+                for name in "ab"]
+    bench._time_side_by_side(prepared, repeats=8, warmup=1)
+    assert log[:2] == ["a", "b"]  # warm-up
+    rounds = [log[i:i + 4] for i in range(2, len(log), 4)]
+    assert len(rounds) == 8 and all(r in (["a", "a", "b", "b"], ["b", "b", "a", "a"]) for r in rounds)
+    assert len({tuple(r) for r in rounds}) == 2  # both orders occur
+    assert all(p.result.forward.median_ms is not None and p.result.train.median_ms is None for p in prepared)

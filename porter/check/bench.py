@@ -24,7 +24,12 @@ ratio is the figure to trust most.
 
 Each timing is the median of `repeats` calls after `warmup` calls, each call
 waited for (torch is synchronous on the CPU; jax results are blocked on), all
-in one process. Compile time is reported separately: jax's lower+compile,
+in one process. torch eager and the jax variants are timed in turn, one call of
+each per round in a shuffled order (a short call after an untimed one of its
+own, so it finds the caches as a training loop would), so a change in machine load
+during the measurement touches them alike and their ratios hold on a busy
+machine; torch.compile is measured before them, alone (its compilation must
+not land between their calls). Compile time is reported separately: jax's lower+compile,
 torch.compile's first call (tracing, inductor code generation and one run).
 Peak memory, where measurable, is what one call allocates beyond what
 exists before it: for torch the peak of the allocator events `torch.profiler`
@@ -39,6 +44,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -172,8 +178,8 @@ class BenchResult:
         lines.append(f"  ms: median, and min, of the timed calls; x eager: torch eager's {stat} time / this "
                      f"variant's (above 1: faster than torch eager)")
         if s.get("interleaved"):
-            lines.append("  the jax variants' calls were timed in turn, one of each per round, so a change in "
-                         "machine load touches them alike")
+            lines.append("  torch eager and the jax variants were timed in turn, one call of each per round, so a "
+                         "change in machine load touches them alike (torch.compile: before them, alone)")
         return "\n".join(lines)
 
 
@@ -243,6 +249,25 @@ def _flatten(obj: Any) -> list[Any]:
 # ---------------------------------------------------------------- torch
 
 
+def _torch_compile_variant(model: Any, args, kwargs, cotangents, lr: float, repeats: int, warmup: int,
+                           train: bool) -> VariantResult:
+    import torch
+
+    torch._dynamo.reset()
+    try:
+        compiled_model = torch.compile(model, dynamic=False)
+    except Exception as exc:
+        failed = VariantResult("torch.compile")
+        failed.forward.error = failed.train.error = f"torch.compile failed: {_error_text(exc)}"
+        return failed
+    res = _torch_variant("torch.compile", model, compiled_model, args, kwargs, cotangents, lr, repeats, warmup,
+                         train, compiled=True)
+    for m in (res.forward, res.train):
+        if m.error and not m.error.startswith("no train"):
+            m.error = f"torch.compile does not work here: {m.error}"
+    return res
+
+
 def _torch_variant(name: str, model: Any, call_model: Callable, args, kwargs, cotangents, lr: float,
                    repeats: int, warmup: int, train: bool, compiled: bool) -> VariantResult:
     import torch
@@ -297,20 +322,57 @@ def _torch_variant(name: str, model: Any, call_model: Callable, args, kwargs, co
 
 
 @dataclass
-class _PreparedJax:
-    """A jax variant compiled and ready to time: the calls to time (None where it failed)."""
+class _Prepared:
+    """A variant ready to time (compiled, warm): the calls to time (None where it failed), and
+    `phase(what)`, called before the forward or train calls are timed (torch's eval/train mode)."""
 
     result: VariantResult
     forward: Callable[[], Any] | None = None
     train: Callable[[], Any] | None = None
+    phase: Callable[[str], None] | None = None
 
 
-def _prepare_jax(name: str, flax_model: Any, args, kwargs, cotangents, lr: float, train: bool) -> _PreparedJax:
+def _prepare_torch_eager(model: Any, args, kwargs, cotangents, lr: float, train: bool) -> _Prepared:
+    """torch eager's forward (eval, inference mode) and train step (train mode, SGD), peak memory."""
+    import torch
+
+    prepared = _Prepared(VariantResult("torch eager"))
+    prepared.phase = lambda what: model.train() if what == "train" else model.eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def forward():
+        with torch.inference_mode():
+            return model(*args, **kwargs)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        outs = [o for o in _flatten(model(*args, **kwargs)) if o.is_floating_point()]
+        loss = sum((o * c).sum() for o, c in zip(outs, cotangents))
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    calls = [("forward", forward)] + ([("train", step)] if train else [])
+    for what, fn in calls:
+        prepared.phase(what)
+        try:
+            fn()
+            getattr(prepared.result, what).peak_bytes = _torch_peak(fn)
+            setattr(prepared, what, fn)
+        except Exception as exc:
+            getattr(prepared.result, what).error = _error_text(exc)
+    if not train:
+        prepared.result.train.error = "no train step (--no-train, or no float output to build a loss from)"
+    model.eval()
+    return prepared
+
+
+def _prepare_jax(name: str, flax_model: Any, args, kwargs, cotangents, lr: float, train: bool) -> _Prepared:
     """Compile the forward pass and the train step of one flax model (compile time, peak memory)."""
     import jax
     from flax import nnx
 
-    prepared = _PreparedJax(VariantResult(name))
+    prepared = _Prepared(VariantResult(name))
     result = prepared.result
 
     # forward: eval mode; one jitted function of the flat state arrays
@@ -354,11 +416,7 @@ def _prepare_jax(name: str, flax_model: Any, args, kwargs, cotangents, lr: float
     return prepared
 
 
-def _rotated(n: int, start: int) -> list[int]:
-    return [(start + i) % n for i in range(n)]
-
-
-def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) -> _PreparedJax:
+def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) -> _Prepared:
     """The train step the way porter writes a converted training loop (README, "Training loops"):
     `@nnx.jit` over model and optimizer, called through `nnx.cached_partial`; on a copy of the model.
     No forward: porter emits no jitted inference function."""
@@ -367,7 +425,7 @@ def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) 
     import optax
     from flax import nnx
 
-    prepared = _PreparedJax(VariantResult(EMITTED))
+    prepared = _Prepared(VariantResult(EMITTED))
     prepared.result.forward.error = "porter emits no jitted forward; see jax.jit (converted)"
     model = nnx.clone(flax_model)
     model.train()
@@ -395,26 +453,48 @@ def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) 
     return prepared
 
 
-def _time_jax_variants(prepared: list[_PreparedJax], repeats: int, warmup: int) -> None:
-    """Time the prepared variants' calls in turn (one call of each per round), so that a change
-    in machine load during the measurement touches every variant alike."""
+SHORT_CALL_MS = 20.0  # below this, a call's time depends on what ran just before it (caches)
+
+
+def _time_side_by_side(prepared: list[_Prepared], repeats: int, warmup: int) -> None:
+    """Time the prepared variants' calls in turn, one timed call of each per round in a shuffled
+    order, so that a change in machine load during the measurement touches every variant alike.
+
+    A short call (under SHORT_CALL_MS) gets one untimed call of its own just before its timed one:
+    a training loop runs the same step back to back, so its timed call should find the caches as
+    its own step left them, not as the other framework's did.
+    """
+    order = random.Random(0)
     for what in ("forward", "train"):
-        ready = [(p, getattr(p, what)) for p in prepared if getattr(p, what) is not None]
-        for p, fn in ready:
-            try:
-                for _ in range(warmup):
-                    fn()
-            except Exception as exc:
-                getattr(p.result, what).error = _error_text(exc)
-        ready = [(p, fn) for p, fn in ready if getattr(p.result, what).error is None]
+        for p in prepared:
+            if p.phase:
+                p.phase(what)
+        ready = [(p, fn, _warm_up(p, what, fn, warmup)) for p in prepared if (fn := getattr(p, what)) is not None]
+        ready = [(p, fn, last_ms) for p, fn, last_ms in ready if getattr(p.result, what).error is None]
         samples: list[list[float]] = [[] for _ in ready]
-        for r in range(repeats):
-            for i in _rotated(len(ready), r):  # no variant always runs first in its round
+        for _ in range(repeats):
+            for i in order.sample(range(len(ready)), len(ready)):
+                _, fn, last_ms = ready[i]
+                if last_ms < SHORT_CALL_MS:
+                    fn()
                 t0 = time.perf_counter()
-                ready[i][1]()
+                fn()
                 samples[i].append((time.perf_counter() - t0) * 1e3)
-        for (p, _), times in zip(ready, samples):
+        for (p, _, _), times in zip(ready, samples):
             _store(getattr(p.result, what), _summarise(times))
+
+
+def _warm_up(p: _Prepared, what: str, fn: Callable[[], Any], warmup: int) -> float:
+    """Run the warm-up calls; the last one's time in ms (inf where the call failed: then noted)."""
+    last_ms = math.inf
+    try:
+        for _ in range(max(warmup, 1)):
+            t0 = time.perf_counter()
+            fn()
+            last_ms = (time.perf_counter() - t0) * 1e3
+    except Exception as exc:
+        getattr(p.result, what).error = _error_text(exc)
+    return last_ms
 
 
 def jax_train_step(flax_model: Any, args, kwargs, cotangents, lr: float):
@@ -535,37 +615,25 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
     t_cots = [torch.from_numpy(c) for c in cotangents]
     state_before = {k: v.clone() for k, v in torch_model.state_dict().items()}
 
-    results = [_torch_variant("torch eager", torch_model, torch_model, t_args, t_kwargs, t_cots, lr, repeats,
-                              warmup, do_train, compiled=False)]
-    torch_model.load_state_dict(state_before)  # every variant trains from the same weights
-    if compile:
-        torch._dynamo.reset()
-        try:
-            compiled_model = torch.compile(torch_model, dynamic=False)
-        except Exception as exc:
-            failed = VariantResult("torch.compile")
-            failed.forward.error = failed.train.error = f"torch.compile failed: {_error_text(exc)}"
-            results.append(failed)
-        else:
-            res = _torch_variant("torch.compile", torch_model, compiled_model, t_args, t_kwargs, t_cots, lr,
-                                 repeats, warmup, do_train, compiled=True)
-            for m in (res.forward, res.train):
-                if m.error and not m.error.startswith("no train"):
-                    m.error = f"torch.compile does not work here: {m.error}"
-            results.append(res)
-        torch_model.load_state_dict(state_before)
+    results = []
+    if compile:  # first, alone: its compilation must not land between the timed calls of the others
+        results.append(_torch_compile_variant(torch_model, t_args, t_kwargs, t_cots, lr, repeats, warmup, do_train))
+        torch_model.load_state_dict(state_before)  # every variant trains from the same weights
     else:
         skipped = VariantResult("torch.compile")
         skipped.forward.error = skipped.train.error = "skipped (--no-compile)"
         results.append(skipped)
     flax_models = [("jax.jit (converted)", flax_model)] + ([(HANDWRITTEN, handwritten)] if handwritten else [])
     with jax.default_device(cpu):
-        prepared = [_prepare_jax(variant, model, j_args, j_kwargs, cotangents, lr, do_train)
-                    for variant, model in flax_models]
+        prepared = [_prepare_torch_eager(torch_model, t_args, t_kwargs, t_cots, lr, do_train)]
+        prepared += [_prepare_jax(variant, model, j_args, j_kwargs, cotangents, lr, do_train)
+                     for variant, model in flax_models]
         if emitted_step and do_train:
             prepared.append(_prepare_emitted_step(flax_model, j_args, j_kwargs, cotangents, lr))
-        _time_jax_variants(prepared, repeats, warmup)
-    results += [p.result for p in prepared]
+        _time_side_by_side(prepared, repeats, warmup)
+    torch_model.eval()
+    torch_model.load_state_dict(state_before)
+    results = [prepared[0].result] + results + [p.result for p in prepared[1:]]
 
     if not do_train and train:
         notes.append("no float output: no train step")
@@ -573,7 +641,7 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
              for k, a in items]
     settings = {"repeats": repeats, "warmup": warmup, "lr": lr, "seed": seed, "optimizer": "SGD",
                 "loss": "sum(output * fixed random cotangent)", "torch_compile": compile, "stat": stat,
-                "interleaved": handwritten is not None or emitted_step}
+                "interleaved": True}
     return BenchResult(name or type(torch_model).__name__, shown, results, settings, machine_info(), notes)
 
 
