@@ -206,10 +206,8 @@ class OrbaxSink:
                 "Orbax checkpoint was written in one save, holding every tensor in memory")
 
     def add(self, name: str, path: tuple, array: np.ndarray, dtype: np.dtype, release) -> None:
-        from porter.weights.arrays import contiguous
-
-        # Orbax's own buffers dominate this path's memory: no torch import just for faster transposes
-        array = contiguous(array, use_torch=False)
+        # a transposed view goes to Orbax as it is: Orbax copies every array it is given anyway (in
+        # memory order, fast), and tensorstore writes any strides; a copy here would be a third one
         if np.dtype(array.dtype) != dtype:
             array = array.astype(dtype)
         if not self.partial:
