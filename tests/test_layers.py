@@ -56,21 +56,17 @@ def test_normalisation_layer_matches_torch_in_train_mode(rule_id, index, data):
 
 
 def test_layer_class_used_as_a_value_is_reported_with_its_converted_form():
-    """`norm_layer=nn.BatchNorm2d` stays (the call site `norm_layer(c)` and `isinstance(m, nn.BatchNorm2d)`
-    cannot be converted without knowing which class arrives there); the report shows what a call of the
-    class becomes, from the rule itself."""
+    """Outside code that builds layers (here a module-level table) `nn.BatchNorm2d` as a value stays: what
+    arrives where it is used cannot be known; the report shows what a call of the class becomes, from the
+    rule itself. (Where layers are built it becomes a function: tests/test_real_patterns.py.)"""
     from porter import convert_source
 
     source = (
         "import torch.nn as nn\n\n\n"
-        "class Block(nn.Module):\n"
-        "    def __init__(self, c, norm_layer=nn.BatchNorm2d, act_layer=nn.GELU):\n"
-        "        super().__init__()\n"
-        "        self.norm = norm_layer(c)\n"
-        "        self.act = act_layer()\n"
+        "LAYERS = {'norm': nn.BatchNorm2d, 'act': nn.GELU}\n"
     )
     conversion = convert_source(source)
-    assert "norm_layer=nn.BatchNorm2d, act_layer=nn.GELU" in conversion.code
+    assert "LAYERS = {'norm': nn.BatchNorm2d, 'act': nn.GELU}" in conversion.code
     messages = {d.message.split(" is used")[0]: d for d in conversion.diagnostics if d.code == "PT003"}
     assert "`BatchNorm2d(num_features)` converts to `TorchBatchNorm(num_features, epsilon=1e-05, momentum=0.9, " \
         "axis=1, use_fast_variance=False, rngs=rngs)`" in messages["torch.nn.BatchNorm2d"].message

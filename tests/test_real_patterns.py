@@ -103,19 +103,99 @@ def test_calls_of_names_holding_layer_constructors_match_torch(tmp_path):
     assert report.passed, report.format()
 
 
-def test_layer_class_value_keeps_its_report_and_its_call_site_gets_rngs():
-    # the PT003 hint asks for a function taking rngs where the class is passed, and rngs at the call
-    # sites: porter does the call sites
+# The same backbone with torch's layer classes as the values: nn.BatchNorm2d, a partial of it, nn.ReLU/nn.SiLU.
+LAYER_CLASS_VALUES_MODEL = '''
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, c: int, norm_layer: Optional[Callable[..., nn.Module]] = None, act_layer=nn.ReLU):
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = norm_layer(c)
+        self.act = act_layer(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x))) + x
+
+
+class Net(nn.Module):
+    def __init__(self, block: type[Block], width: int = 4, norm_layer: Optional[Callable[..., nn.Module]] = None):
+        super().__init__()
+        if norm_layer is None:
+            norm_layer = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
+        self._norm_layer = norm_layer
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.stages = self._make_stage(block, width, 2)
+        self.head = nn.Linear(width, 5)
+
+    def _make_stage(self, block: type[Block], c: int, n: int) -> nn.Sequential:
+        norm_layer = self._norm_layer
+        return nn.Sequential(*[block(c, norm_layer, act_layer=nn.SiLU) for _ in range(n)])
+
+    def forward(self, x):
+        x = self.stages(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
+'''
+
+
+def test_layer_classes_passed_as_values_build_converted_layers_with_rngs():
+    c = convert_source(LAYER_CLASS_VALUES_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.code != "PT007"], c.diagnostics
+    code = c.code
+    # the class as a value: a function with torch's arguments and rngs, building the converted layer
+    assert "norm_layer = lambda num_features, eps=1e-05, momentum=0.1, affine=True, device=None, *, rngs: " \
+           "TorchBatchNorm(num_features, epsilon=eps, momentum=1 - momentum," in code
+    assert "act_layer=lambda inplace=False, *, rngs=None: jax.nn.relu" in code
+    assert "norm_layer = partial(lambda num_features," in code and "eps=1e-3, momentum=0.01)" in code
+    # calls of names holding layer constructors get rngs: a parameter, a local, an attribute's copy
+    assert "self.bn = norm_layer(c, rngs=rngs)" in code
+    assert "self.act = act_layer(inplace=True, rngs=rngs)" in code
+    assert "block(c, norm_layer, act_layer=lambda inplace=False, *, rngs=None: jax.nn.silu, rngs=rngs)" in code
+    assert "def _make_stage(self, block: type[Block], c: int, n: int, *, rngs: nnx.Rngs) -> nnx.Sequential:" in code
+    assert "self.stages = self._make_stage(block, width, 2, rngs=rngs)" in code
+    assert "Optional[Callable[..., nnx.Module]]" in code and "torch" not in code.split("class Block")[1]
+
+
+def test_layer_classes_passed_as_values_match_torch(tmp_path):
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    conversion = convert_source(LAYER_CLASS_VALUES_MODEL, filename="net.py")
+    (tmp_path / "torch_net.py").write_text(LAYER_CLASS_VALUES_MODEL)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    torch_module = import_file(tmp_path / "torch_net.py")
+    torch_model = torch_module.Net(torch_module.Block).eval()
+    with torch.no_grad():
+        for m in torch_model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    jax_module = import_file(tmp_path / "jax_net.py")
+    flax_model = jax_module.Net(jax_module.Block, rngs=nnx.Rngs(0))
+    assert flax_model.stages.layers[0].bn.epsilon == 1e-3  # the partial's eps reached the layer
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
+
+
+def test_layer_class_value_outside_layer_building_code_stays_reported():
+    # a function that builds nothing gets no rngs: the class it hands on is left and reported
     c = convert("""
         import torch.nn as nn
 
-        class Block(nn.Module):
-            def __init__(self, c, norm_layer=nn.BatchNorm2d):
-                super().__init__()
-                self.norm = norm_layer(c)
+        def pick(norm_layer=nn.BatchNorm2d):
+            return norm_layer
         """)
     assert codes(c) == ["PT003"] and "norm_layer=nn.BatchNorm2d" in c.code
-    assert "self.norm = norm_layer(c, rngs=rngs)" in c.code
 
 
 def test_isinstance_of_a_layer_class_is_left_and_reported():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert import inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_TARGETS, calls_layer_constructor, layer_constructor_attributes,
-                                           layer_constructor_names)
+                                           layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.transforms import keyword_arg, Unsupported, expr
@@ -33,6 +34,7 @@ class CallRewrite(ScopedTransformer):
         self._constructor_names: list[set[str]] = []
         self._constructor_words: set[str] = set()
         self._annotation_depth = 0  # > 0 inside a type annotation
+        self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
@@ -102,6 +104,9 @@ class CallRewrite(ScopedTransformer):
 
     def visit_Call(self, node: cst.Call) -> None:
         self._call_funcs.add(id(node.func))
+        if isinstance(node.func, cst.Name) and node.func.value in ("isinstance", "issubclass") and len(node.args) == 2:
+            # isinstance(m, nn.Conv2d) tests for the class itself: no constructor function stands in for it
+            self._type_tests.update(id(n) for n in m.findall(node.args[1].value, m.Name() | m.Attribute()))
         if self._is_kept(node):
             self._kept_depth += 1
 
@@ -269,9 +274,61 @@ class CallRewrite(ScopedTransformer):
             new = expr(rule.target if rule.target in SEQUENTIAL_TARGETS else "nnx.Module")
             self.record(rule.id, original, new)
             return new
+        value_rule = layer_value_rule(original, self.ctx)
+        if value_rule is not None and not self._annotation_depth and id(original) not in self._type_tests \
+                and self._rngs_in_scope():  # where layers are built (a default of such a function's parameter too)
+            converted = constructor_function(value_rule, qualified, self.ctx)
+            if converted is not None:
+                new, accepted, warnings = converted
+                for warning in warnings:
+                    self.report("PT005", original, f"{qualified} ({value_rule.id}): {warning}")
+                self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
+                                               f"with torch's arguments ({', '.join(accepted) or 'none'}) and rngs, "
+                                               "building the converted layer; calls in constructors pass rngs")
+                self.record(value_rule.id, original, new)
+                return new
         if rule is not None:
             self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated
 
+
+_EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+
+
+def constructor_function(rule, qualified: str, ctx) -> tuple[cst.BaseExpression, list[str], list[str]] | None:
+    """`nn.BatchNorm2d` as a value -> `lambda num_features, eps=1e-05, ..., *, rngs: TorchBatchNorm(...)`:
+    torch's arguments that the rule converts whatever their value (each tried as a variable; the others
+    are left out, so passing one fails loudly), and rngs (ignored by activations, which build no layer).
+    None when the rule cannot convert even the required arguments as variables."""
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only]
+    optional = [p for p in rule.signature if p.default is not None]
+
+    def attempt(names: list[str]):
+        args = ", ".join([*required, *(f"{n}={n}" for n in names)])
+        call = cst.parse_expression(f"{qualified}({args})")
+        site = Site(call, None, cst.Name("rngs") if rule.uses_rngs else None, ctx, rngs_in_scope=True)
+        try:
+            return apply_rule(rule, site)
+        except (Unsupported, KeyError, TypeError, AttributeError):
+            return None
+
+    if attempt([]) is None:
+        return None
+    accepted = [p for p in optional if attempt([p.name]) is not None]
+    result = attempt([p.name for p in accepted])
+    if result is None:
+        accepted, result = [], attempt([])
+    def param(name: str, default: str | None = None) -> cst.Param:
+        if default is None:
+            return cst.Param(cst.Name(name))
+        return cst.Param(cst.Name(name), default=cst.parse_expression(default), equal=_EQUAL)
+
+    params = [param(n) for n in required]
+    params += [param(p.name, p.default) for p in accepted if not p.keyword_only]
+    kwonly = [param(p.name, p.default) for p in accepted if p.keyword_only]
+    rngs = param("rngs") if rule.uses_rngs else param("rngs", "None")
+    lambda_ = cst.Lambda(cst.Parameters(params=params, star_arg=cst.ParamStar(), kwonly_params=[*kwonly, rngs]),
+                         result.node)
+    return lambda_, [*required, *(p.name for p in accepted)], list(result.warnings)

@@ -574,3 +574,21 @@ def _model_of_params(call: cst.Call) -> str | None:
     except ImportError:
         return None
     return model_of_params(call)
+
+
+def stop_gradients(body: list[cst.BaseStatement]) -> list[cst.BaseStatement] | None:
+    """A no_grad block's statements with each assigned value wrapped in the emitted `no_grad`; None when a
+    statement is anything but an assignment (control flow, a call for its effect, `+=`)."""
+    converted = []
+    for statement in body:
+        if not isinstance(statement, cst.SimpleStatementLine):
+            return None
+        parts = []
+        for part in statement.body:
+            if isinstance(part, (cst.Assign, cst.AnnAssign)) and part.value is not None:
+                part = part.with_changes(value=cst.Call(cst.Name("no_grad"), [cst.Arg(part.value)]))
+            elif not isinstance(part, cst.Pass):
+                return None
+            parts.append(part)
+        converted.append(statement.with_changes(body=parts))
+    return converted
