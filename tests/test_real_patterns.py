@@ -243,3 +243,83 @@ def test_max_pool_ceil_mode_converts():
         """)
     assert "partial(max_pool_nchw, window_shape=(3, 3), strides=(2, 2), ceil_mode=True)" in c.code
     assert codes(c) == []
+
+
+# Weight initialisation in the constructor (torchvision's and timm's style): loops over self.modules(),
+# self.apply(self._init_weights), init-only methods, a parameter re-initialised after it is built.
+INIT_MODEL = '''
+import torch
+import torch.nn as nn
+from torch.nn.init import trunc_normal_
+
+
+class Net(nn.Module):
+    def __init__(self, init_weights=True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+        self.pos = nn.Parameter(torch.zeros(1, 2))
+        trunc_normal_(self.pos, std=.02)
+        if init_weights:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.constant_(m.bias, 0)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.constant_(m.weight, 1)
+                    m.bias.data.zero_()
+        self.apply(self._init_weights)
+        self.reset_parameters()
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+
+    def reset_parameters(self):
+        """Resets."""
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).mean((2, 3))) + self.pos
+'''
+
+
+def test_weight_initialisation_in_the_constructor_is_removed_and_reported(tmp_path):
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    c = convert_source(INIT_MODEL, filename="net.py")
+    assert [(d.code, d.line) for d in c.diagnostics] == [
+        ("PT005", 14), ("PT005", 15), ("PT005", 24), ("PT005", 25), ("PT005", 27), ("PT005", 31)]
+    assert "(lines 15-23)" in c.diagnostics[1].message and "method _init_weights" in c.diagnostics[4].message
+    body = c.code[c.code.index("class Net"):]
+    assert "import torch" not in c.code and "nn." not in body and "modules()" not in body and "_init_weights" not in body
+    (tmp_path / "torch_net.py").write_text(INIT_MODEL)
+    (tmp_path / "jax_net.py").write_text(c.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
+
+
+def test_constructor_loops_that_do_more_than_initialise_stay():
+    c = convert("""
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 2)
+                for m in self.modules():
+                    nn.init.zeros_(m.bias)
+                    m.tag = "x"
+
+            def forward(self, x):
+                nn.init.zeros_(self.fc.bias)
+                return self.fc(x)
+        """)
+    assert "for m in self.modules():" in c.code and c.code.count("nn.init.zeros_") == 2
+    assert "PT005" not in codes(c) and codes(c).count("PT003") == 2

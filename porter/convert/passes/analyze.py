@@ -8,6 +8,7 @@ from typing import Iterable
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.source_index import SourceIndex
 from porter.convert.traverse import FastDispatch
@@ -99,6 +100,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if any(self._is_module_base(b) for b in bases):
             self.ctx.module_classes.add(node.name.value)
             self.ctx.layer_attributes.setdefault(node.name.value, {})
+            self.ctx.init_methods[node.name.value] = init_only_methods(node, self.ctx)
         self.bound_names.add(node.name.value)
         attributes = layer_constructor_attributes(node, self.ctx) if node.name.value in self.ctx.module_classes \
             else set()

@@ -9,6 +9,8 @@ import libcst.matchers as m
 
 from porter.convert.context import code_of
 from porter.convert.passes.calls import CallRewrite
+from porter.convert.weight_init import is_init_statement
+from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
 
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
@@ -19,11 +21,42 @@ SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 
 class ModuleRewrite(CallRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__"})
+    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "apply", "modules",
+                               "named_modules", "named_apply", "trunc_normal_", "lecun_normal_"})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
+        self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
+
+    # weight initialisation in __init__ goes (porter/convert/weight_init.py)
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
+            methods = self.ctx.init_methods.get(node.name.value, set())
+            self._init_statements |= {id(s) for s in node.body.body
+                                      if isinstance(s, cst.FunctionDef) and s.name.value in methods}
+        elif type(node) is cst.FunctionDef and node.name.value == "__init__" and self.module_class \
+                and not self.function_stack:
+            methods = self.ctx.init_methods.get(self.module_class, set())
+            self._init_statements |= {id(s) for s in node.body.body if is_init_statement(s, self.ctx, methods)}
+        return super().on_visit(node)
+
+    def on_leave(self, original_node, updated_node):
+        updated_node = super().on_leave(original_node, updated_node)
+        if id(original_node) not in self._init_statements:
+            return updated_node
+        span = self.get_metadata(PositionProvider, original_node)
+        first, last = span.start.line, span.end.line
+        self.ctx.diagnostics[:] = [d for d in self.ctx.diagnostics if not first <= d.line <= last]
+        self.ctx.changes[:] = [c for c in self.ctx.changes if not first <= c.line <= last]
+        lines = f"line {first}" if first == last else f"lines {first}-{last}"
+        what = f"method {original_node.name.value}" if isinstance(original_node, cst.FunctionDef) else lines
+        self.report("PT005", original_node,
+                    f"weight initialisation removed ({what}): the converted layers start from flax's initialisers; "
+                    "load the original's weights (porter weights / load_torch_state_dict), or port this "
+                    "initialisation by hand to train from scratch")
+        self.record("weight-init", original_node, cst.Pass())
+        return cst.RemoveFromParent()
 
     def visit_Call(self, node: cst.Call) -> None:
         """Marks `self.training` in arguments a rule consumes (F.dropout's training=...)."""

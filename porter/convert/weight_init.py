@@ -1,0 +1,109 @@
+"""Weight initialisation in a module's constructor: recognised so it can go.
+
+torch models often re-initialise their layers after building them:
+
+    for m in self.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    self.apply(self._init_weights)
+
+In the converted model the layers are flax's, built with flax's initialisers;
+this code cannot run there (an nnx.Module has no `.modules()` or `.apply`).
+A port loads the original's weights anyway (porter weights), so the module
+pass removes such statements from `__init__` and says so (PT005): what was
+removed and that training from scratch starts from flax's initialisers.
+
+Only statements that do nothing but initialise are removed: calls of
+`torch.nn.init.*`, in-place fills of `.weight`/`.bias`/`.data`
+(`m.weight.data.normal_(0, 0.01)`), `self.apply(...)`, calls of methods of
+the class made only of such statements, and loops over `self.modules()` /
+ifs / `with torch.no_grad()` blocks made only of them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import libcst as cst
+import libcst.matchers as m
+
+from porter.convert.context import ConversionContext
+
+INPLACE_FILLS = ("normal_", "uniform_", "fill_", "zero_", "trunc_normal_", "exponential_", "bernoulli_")
+PARAMETER_ATTRIBUTES = ("weight", "bias", "data", "in_proj_weight", "in_proj_bias")
+# initialisers imported from elsewhere (timm's trunc_normal_, lecun_normal_, ...): named like torch.nn.init's
+INIT_FUNCTION_NAME = re.compile(r"^(trunc_normal|lecun_normal|normal|uniform|zeros|ones|constant|xavier_\w+|"
+                                r"kaiming_\w+|orthogonal|variance_scaling|trunc_normal_tf)_$")
+MODULE_ITERATORS = ("modules", "named_modules", "children", "named_children", "parameters", "named_parameters")
+
+
+def init_only_methods(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
+    """Names of the methods of `cls` whose bodies only initialise weights (a docstring allowed)."""
+    methods = [s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value != "__init__"]
+    found: set[str] = set()
+    changed = True
+    while changed:  # a method may call another init-only method
+        changed = False
+        for method in methods:
+            name = method.name.value
+            if name not in found and _is_docstring_and(method.body.body, ctx, found):
+                found.add(name)
+                changed = True
+    return found
+
+
+def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_methods: set[str]) -> bool:
+    """Whether `statement` only initialises weights (see the module docstring)."""
+    if isinstance(statement, cst.SimpleStatementLine):
+        return all(_is_init_small(s, ctx, init_methods) for s in statement.body)
+    if isinstance(statement, cst.For):
+        return _iterates_modules(statement.iter) and statement.orelse is None \
+            and _all_init(statement.body.body, ctx, init_methods)
+    if isinstance(statement, cst.If):
+        branches = [statement.body.body]
+        orelse = statement.orelse
+        while orelse is not None:
+            branches.append(orelse.body.body)
+            orelse = orelse.orelse if isinstance(orelse, cst.If) else None
+        return all(_all_init(b, ctx, init_methods) for b in branches)
+    if isinstance(statement, cst.With):
+        return all((ctx.qualified_name(getattr(i.item, "func", i.item)) or "") == "torch.no_grad"
+                   for i in statement.items) and _all_init(statement.body.body, ctx, init_methods)
+    return False
+
+
+def _all_init(body, ctx, init_methods) -> bool:
+    return bool(body) and all(is_init_statement(s, ctx, init_methods) for s in body)
+
+
+def _is_docstring_and(body, ctx, init_methods) -> bool:
+    if body and m.matches(body[0], m.SimpleStatementLine([m.Expr(m.SimpleString() | m.ConcatenatedString())])):
+        body = body[1:]
+    return _all_init(body, ctx, init_methods)
+
+
+def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_methods: set[str]) -> bool:
+    if isinstance(small, (cst.Pass, cst.Continue)):
+        return True
+    if not isinstance(small, cst.Expr) or not isinstance(small.value, cst.Call):
+        return False
+    func = small.value.func
+    qualified = ctx.qualified_name(func) or ""
+    if qualified.startswith("torch.nn.init."):
+        return True
+    if isinstance(func, cst.Name):
+        return bool(INIT_FUNCTION_NAME.match(func.value)) or func.value == "named_apply"
+    if not isinstance(func, cst.Attribute):
+        return False
+    method = func.attr.value
+    if m.matches(func.value, m.Name("self")):
+        return method == "apply" or method in init_methods
+    receiver = func.value
+    return method in INPLACE_FILLS and isinstance(receiver, cst.Attribute) \
+        and receiver.attr.value in PARAMETER_ATTRIBUTES
+
+
+def _iterates_modules(iterable: cst.BaseExpression) -> bool:
+    """self.modules(), self.named_modules(), ... (also wrapped: enumerate(self.modules()))."""
+    return any(m.matches(call.func, m.Attribute(value=m.Name("self"), attr=m.OneOf(*map(m.Name, MODULE_ITERATORS))))
+               for call in m.findall(iterable, m.Call()))
