@@ -268,7 +268,8 @@ class Net(nn.Module):
                     if m.bias is not None:
                         nn.init.constant_(m.bias, 0)
                 elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.constant_(m.weight, 1)
+                    bound = 1.0 / m.num_features
+                    nn.init.constant_(m.weight, bound)
                     m.bias.data.zero_()
         self.apply(self._init_weights)
         self.reset_parameters()
@@ -292,8 +293,8 @@ def test_weight_initialisation_in_the_constructor_is_removed_and_reported(tmp_pa
 
     c = convert_source(INIT_MODEL, filename="net.py")
     assert [(d.code, d.line) for d in c.diagnostics] == [
-        ("PT005", 14), ("PT005", 15), ("PT005", 24), ("PT005", 25), ("PT005", 27), ("PT005", 31)]
-    assert "(lines 15-23)" in c.diagnostics[1].message and "method _init_weights" in c.diagnostics[4].message
+        ("PT005", 14), ("PT005", 15), ("PT005", 25), ("PT005", 26), ("PT005", 28), ("PT005", 32)]
+    assert "(lines 15-24)" in c.diagnostics[1].message and "method _init_weights" in c.diagnostics[4].message
     body = c.code[c.code.index("class Net"):]
     assert "import torch" not in c.code and "nn." not in body and "modules()" not in body and "_init_weights" not in body
     (tmp_path / "torch_net.py").write_text(INIT_MODEL)

@@ -52,28 +52,34 @@ def init_only_methods(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
     return found
 
 
-def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_methods: set[str]) -> bool:
-    """Whether `statement` only initialises weights (see the module docstring)."""
+def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_methods: set[str],
+                      in_loop: bool = False) -> bool:
+    """Whether `statement` only initialises weights (see the module docstring). In a loop over the
+    modules, assignments to local names (`bound = 1 / math.sqrt(m.out_features)`) go with it."""
     if isinstance(statement, cst.SimpleStatementLine):
-        return all(_is_init_small(s, ctx, init_methods) for s in statement.body)
+        return all(_is_init_small(s, ctx, init_methods) or (in_loop and _assigns_locals(s)) for s in statement.body)
     if isinstance(statement, cst.For):
         return _iterates_modules(statement.iter) and statement.orelse is None \
-            and _all_init(statement.body.body, ctx, init_methods)
+            and _all_init(statement.body.body, ctx, init_methods, True)
     if isinstance(statement, cst.If):
         branches = [statement.body.body]
         orelse = statement.orelse
         while orelse is not None:
             branches.append(orelse.body.body)
             orelse = orelse.orelse if isinstance(orelse, cst.If) else None
-        return all(_all_init(b, ctx, init_methods) for b in branches)
+        return all(_all_init(b, ctx, init_methods, in_loop) for b in branches)
     if isinstance(statement, cst.With):
         return all((ctx.qualified_name(getattr(i.item, "func", i.item)) or "") == "torch.no_grad"
-                   for i in statement.items) and _all_init(statement.body.body, ctx, init_methods)
+                   for i in statement.items) and _all_init(statement.body.body, ctx, init_methods, in_loop)
     return False
 
 
-def _all_init(body, ctx, init_methods) -> bool:
-    return bool(body) and all(is_init_statement(s, ctx, init_methods) for s in body)
+def _all_init(body, ctx, init_methods, in_loop: bool = False) -> bool:
+    return bool(body) and all(is_init_statement(s, ctx, init_methods, in_loop) for s in body)
+
+
+def _assigns_locals(small: cst.BaseSmallStatement) -> bool:
+    return isinstance(small, cst.Assign) and all(isinstance(t.target, cst.Name) for t in small.targets)
 
 
 def _is_docstring_and(body, ctx, init_methods) -> bool:
