@@ -60,3 +60,12 @@ def test_a_different_function_is_not_explained():
     assert not report.passed
     assert all("not float32 rounding" in row.note for row in report.failures), report.format()
     assert any(note.startswith("float64 verdict: 0 of") for note in report.notes), report.notes
+
+
+def test_the_verdict_runs_the_original_in_the_checks_mode():
+    # train mode, one SGD step: the verdict starts from the original as the check found it, not as trained
+    x = np.full((1, 2), 0.1, np.float32)
+    report = check_equivalence(gate_model(), FGate(rngs=nnx.Rngs(0)), x, layers=False, mode="train", train_steps=1)
+    assert report.row("input[0]", "grad input").note.startswith("float32 rounding")
+    state = [row for row in report.rows if row.kind == "state"]
+    assert state and all(not row.note.startswith("float32 rounding") for row in state)  # never judged

@@ -5,7 +5,7 @@ and there both frameworks are right: a ReLU whose input is within rounding of
 zero passes or blocks its gradient depending on the last bit (in a VGG, about
 one of a million gates does, and the input gradient then moves by 1e-3), a max
 pool picks between two nearly equal values, a norm divides by a nearly zero
-variance. When a float32 eval-mode check fails, the original is run in float64
+variance. When a float32 check fails, the original is run in float64
 (the truth), and in float64 with its inputs and every parameter and buffer
 perturbed by one float32 rounding (relative 2^-24, random size and sign,
 PERTURBED_RUNS times), with the check's own loss. A row out of tolerance is
@@ -32,11 +32,13 @@ ROUNDING = 2.0 ** -24  # one float32 rounding, relative
 
 
 def explain_by_conditioning(report: Any, torch_model: Any, arrays: list, cotangents: dict[str, np.ndarray],
-                            torch_device: Any, run_reference: Any) -> None:
+                            torch_device: Any, run_reference: Any, set_mode: Any = None) -> None:
     """Marks the failing rows of `report` that float32 rounding explains (see the module docstring).
 
-    `run_reference(model, arrays, device, cotangents, layers=False)` is the check's own run of a torch
-    model (porter/check/equivalence.py): outputs, input and parameter gradients keyed (kind, name).
+    `torch_model` is the original as the check started from it; `set_mode(model)` puts a copy in the
+    check's mode (eval when not given). `run_reference(model, arrays, device, cotangents, layers=False)`
+    is the check's own run of a torch model (porter/check/equivalence.py): outputs, input and parameter
+    gradients keyed (kind, name). State after training steps is not judged.
     """
     failing = [row for row in report.failures if row.kind in ("output", "grad input", "grad param")]
     if not failing:
@@ -44,7 +46,8 @@ def explain_by_conditioning(report: Any, torch_model: Any, arrays: list, cotange
     import torch
 
     def run(dtype: Any, perturb: int | None = None) -> dict:
-        model = copy.deepcopy(torch_model).to(dtype=dtype).eval()
+        model = copy.deepcopy(torch_model).to(dtype=dtype)
+        (set_mode or (lambda module: module.eval()))(model)
         model.zero_grad(set_to_none=True)
         inputs = [(k, _as(a, dtype, perturb)) for k, a in arrays]
         if perturb is not None:

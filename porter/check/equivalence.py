@@ -452,7 +452,7 @@ def check_equivalence(
     See the module docstring. rtol/atol apply to outputs and per-layer outputs
     and, unless grad_rtol/grad_atol are given, to gradients and state too; left
     None they are the defaults for `dtype` (TOLERANCES). With the default
-    float32 tolerances in eval mode, arrays out of tolerance get the float64
+    float32 tolerances, outputs and gradients out of tolerance get the float64
     verdict (porter/check/conditioning.py): those float32 rounding decides in the
     original too pass, with a note.
     """
@@ -490,6 +490,10 @@ def check_equivalence(
                      f"copy of the original is the reference for rows out of tolerance (see 'vs float32')")
     _cast_flax_state(flax_model, dtype, jax_device)
     _set_mode(torch_model, flax_model, mode, notes)
+    default_tolerances = rtol is None and atol is None and grad_rtol is None and grad_atol is None
+    verdict = dtype == "float32" and default_tolerances
+    # train mode changes the original (running statistics, the K steps): the float64 verdict starts from a copy
+    pristine = copy.deepcopy(torch_model) if verdict and mode == "train" else torch_model
 
     items = [(i, x) for i, x in enumerate(inputs)] + list((kw_inputs or {}).items())
     arrays = _prepare_inputs(items, dtype, notes)
@@ -501,9 +505,9 @@ def check_equivalence(
             cotangents = _run(report, torch_model, flax_model, arrays, torch_device, jax_device, grads=grads,
                               seed=seed, layers=layers, train_steps=train_steps, lr=lr, dtype=dtype,
                               reference=reference, jit=jit)
-        default_tolerances = rtol is None and atol is None and grad_rtol is None and grad_atol is None
-        if dtype == "float32" and mode == "eval" and not train_steps and default_tolerances and report.failures:
-            explain_by_conditioning(report, torch_model, arrays, cotangents, torch_device, _run_reference)
+        if verdict and report.failures:
+            explain_by_conditioning(report, pristine, arrays, cotangents, torch_device, _run_reference,
+                                    set_mode=lambda model: _set_torch_mode(model, mode))
     finally:
         torch_model.eval()
         flax_model.eval()
