@@ -9,16 +9,19 @@
    `nnx.eval_shape`, so no parameter memory is allocated) or, without a model,
    to a guessed flax name and layout (guess.guess_targets); in strict mode any
    missing, unexpected or mis-shaped key stops here, before anything is written;
-3. for each tensor: read it (a memory-mapped view), lay it out (a transposed
-   view), write it (copied a block at a time), give its pages back; so the
-   peak memory is about one tensor, not the checkpoint.
+3. for each tensor: read it (safetensors and torch zip entries: from the file
+   into a reused buffer; else a memory-mapped view whose pages are given back),
+   lay it out (a transposed view), write it; so the peak memory is about two
+   tensors, not the checkpoint.
 
 Outputs are written under a temporary name beside OUT and renamed into place
 at the end: OUT is the complete result or untouched, never half written, and
 an existing OUT is replaced only with force=True.
 
 - safetensors: keyed by the dotted flax path (`layers.0.kernel`); the header is
-  written first (all shapes and dtypes are known), then each tensor. The
+  written first (all shapes and dtypes are known), then each tensor, laid out
+  by torch's blocked copy straight into the writer's buffer
+  (safetensors_io.SafetensorsWriter: O_DIRECT writes, one fsync at the end). The
   metadata records each flax key's torch key and layout (`porter.torch_keys`),
   which `porter weights --to-torch` uses to go back without the model.
 - Orbax: the same tree `nnx.state(model, nnx.Not(nnx.RngState))` gives, saved
