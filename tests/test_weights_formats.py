@@ -631,9 +631,30 @@ def test_writer_falls_back_to_plain_writes(tmp_path, monkeypatch):
     out = tmp_path / "out.safetensors"
     data = np.arange(5000, dtype=np.float32)
     with safetensors_io.open_output(out) as f:
-        writer = safetensors_io.SafetensorsWriter(f, {"x": (data.dtype, data.shape)})
-        writer.window.direct = True
+        writer = safetensors_io.SafetensorsWriter(f, {"x": (data.dtype, data.shape)}, buffer_bytes=8192)
+        writer.window.direct = True  # as open_output sets it where the filesystem takes O_DIRECT
         writer.write("x", data)
         writer.close()
     assert len(calls) >= 2 and not writer.window.direct
     np.testing.assert_array_equal(load_np(str(out))["x"], data)
+
+
+def test_writer_error_in_the_write_thread_reaches_the_caller(tmp_path, monkeypatch):
+    real_write_all = safetensors_io.write_all
+
+    def disk_full(file, view):
+        if len(view) > 8192:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(file, view)
+
+    monkeypatch.setattr(safetensors_io, "write_all", disk_full)
+    data = np.zeros((64, 1024), np.float32)  # 256 KiB in a 64 KiB window: flushed by the thread
+    declared = {f"t{i}": (data.dtype, data.shape) for i in range(3)}
+    with safetensors_io.open_output(tmp_path / "out.safetensors") as f:
+        writer = safetensors_io.SafetensorsWriter(f, declared, buffer_bytes=64 << 10)
+        with pytest.raises(OSError, match="No space"):
+            for name in declared:
+                writer.write(name, data)
+            writer.close()
+        writer.abort()
+        assert writer.window.writing is None

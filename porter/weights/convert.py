@@ -161,6 +161,7 @@ class SafetensorsSink:
         replace_into(self.temp, self.output, force=force)
 
     def abort(self) -> None:
+        self.writer.abort()
         self._close()
         remove(self.temp)
 
@@ -543,11 +544,15 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
                         largest = max((source.tensors[f].nbytes for f, _, _ in order), default=0)
                         writer = safetensors_io.SafetensorsWriter(f, declared, {"format": "pt"},
                                                                   buffer_bytes=max(largest, 16 << 20))
-                        for flax_key, torch_key, layout in order:
-                            writer.write(torch_key, layout.to_torch(source.read(flax_key)))
-                            source.release(flax_key)
-                            bar.advance(source.tensors[flax_key].nbytes)
-                        writer.close()
+                        try:
+                            for flax_key, torch_key, layout in order:
+                                writer.write(torch_key, layout.to_torch(source.read(flax_key)))
+                                source.release(flax_key)
+                                bar.advance(source.tensors[flax_key].nbytes)
+                            writer.close()
+                        except BaseException:
+                            writer.abort()
+                            raise
             replace_into(temp, output, force=force)
         except BaseException:
             remove(temp)

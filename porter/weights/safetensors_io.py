@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -190,14 +191,18 @@ class _Window:
 
     Tensors are laid out (transposed, cast) straight into the buffer, so each byte is copied once
     before it leaves; with O_DIRECT only whole aligned blocks are written, and the last partial
-    block after O_DIRECT is turned off.
+    block after O_DIRECT is turned off. A full buffer is written by a thread while the next tensors
+    are laid out in a second one (the disk and the CPU work at the same time).
     """
 
     def __init__(self, file: BinaryIO, capacity: int):
         self.file = file
         self.capacity = capacity + (-capacity % _ALIGN)
         self.buffer = np.frombuffer(mmap.mmap(-1, self.capacity + _ALIGN), np.uint8)
+        self.spare: np.ndarray | None = None  # the other buffer, made at the first flush
         self.filled = 0
+        self.writing: threading.Thread | None = None
+        self.error: BaseException | None = None
         try:
             self.direct = bool(_DIRECT and fcntl and fcntl.fcntl(file.fileno(), fcntl.F_GETFL) & _DIRECT)
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
@@ -246,17 +251,40 @@ class _Window:
             nbytes -= step
 
     def flush(self, *, final: bool = False) -> None:
-        ready = self.filled - self.filled % _ALIGN if self.direct else self.filled
-        if ready:
-            self._write(self.buffer[:ready])
-        tail = self.filled - ready
-        if tail:
-            self.buffer[:tail] = self.buffer[ready:self.filled]  # less than a block: moved to the front
-        self.filled = tail
-        if final and tail:
-            self._buffered()
-            self._write(self.buffer[:tail])
+        """Start writing the whole blocks (in a thread; final: everything, and wait for it)."""
+        self.wait()
+        ready = self.filled - self.filled % _ALIGN if self.direct and not final else self.filled
+        if final:
+            if self.filled % _ALIGN:
+                self._buffered()
+            self._write(self.buffer[:self.filled])
             self.filled = 0
+            return
+        if not ready:
+            return
+        if self.spare is None:
+            self.spare = np.frombuffer(mmap.mmap(-1, self.buffer.nbytes), np.uint8)
+        tail = self.filled - ready
+        self.spare[:tail] = self.buffer[ready:self.filled]  # less than a block: carried to the other buffer
+        full, self.buffer, self.spare = self.buffer[:ready], self.spare, self.buffer
+        self.filled = tail
+        self.writing = threading.Thread(target=self._write_in_thread, args=(full,), daemon=True)
+        self.writing.start()
+
+    def wait(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _write_in_thread(self, block: np.ndarray) -> None:
+        try:
+            self._write(block)
+        except BaseException as exc:  # handed to the caller by wait()
+            self.error = exc
 
     def _write(self, block: np.ndarray) -> None:
         try:
@@ -331,6 +359,13 @@ class SafetensorsWriter:
             expected = self.order[self.next] if self.next < len(self.order) else "nothing"
             raise ValueError(f"safetensors writer: got {name!r}, expected {expected!r}")
         return self.specs[name]
+
+    def abort(self) -> None:
+        """Stop: wait for the write in flight (so the file can be closed), ignoring its error."""
+        try:
+            self.window.wait()
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self.next != len(self.order):
