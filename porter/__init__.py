@@ -6,13 +6,15 @@ Library API (what migration scripts use):
     check_equivalence(torch_model, flax_model, *inputs)
 """
 
-from porter.convert.pipeline import Conversion, convert_file, convert_source
-
 __all__ = ["Conversion", "convert_file", "convert_source", "load_torch_state_dict", "check_equivalence"]
 
 
 def __getattr__(name: str):
-    # The weight and check modules import torch and jax; converting source needs neither.
+    # Imported on first use: the weight and check modules import torch and jax, which converting source
+    # needs neither of; the converter imports libcst, which `porter weights` does not need.
+    if name in ("Conversion", "convert_file", "convert_source"):
+        from porter.convert import pipeline
+        return getattr(pipeline, name)
     if name == "load_torch_state_dict":
         from porter.weights.loader import load_torch_state_dict
         return load_torch_state_dict
