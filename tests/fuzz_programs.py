@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
-N = 2  # batch
 # Normalising over fewer elements is degenerate: over 1 the output is the bias and the gradient pure rounding
 # noise; over 2 the output is +-1 and the gradient ~eps/|x|^3. Both frameworks are right and disagree in
 # the noise, so the generator normalises over at least 3.
 MIN_NORMALIZED = 3
+N = MIN_NORMALIZED  # batch: BatchNorm1d on (N, F) normalises over the batch in train mode
 
 
 @dataclass
