@@ -324,3 +324,52 @@ def test_constructor_loops_that_do_more_than_initialise_stay():
         """)
     assert "for m in self.modules():" in c.code and c.code.count("nn.init.zeros_") == 2
     assert "PT005" not in codes(c) and codes(c).count("PT003") == 2
+
+
+SEQUENTIAL_SUBCLASS_MODEL = '''
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+
+class ConvNormAct(torch.nn.Sequential):
+    def __init__(self, cin: int, cout: int, norm_layer: Optional[Callable[..., nn.Module]] = nn.BatchNorm2d,
+                 activation_layer: Optional[Callable[..., nn.Module]] = nn.ReLU, inplace: Optional[bool] = True):
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=norm_layer is None)]
+        if norm_layer is not None:
+            layers.append(norm_layer(cout))
+        if activation_layer is not None:
+            params = {} if inplace is None else {"inplace": inplace}
+            layers.append(activation_layer(**params))
+        super().__init__(*layers)
+        self.out_channels = cout
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvNormAct(3, 4)
+        self.body = nn.Sequential(ConvNormAct(4, 4, activation_layer=nn.Hardswish), ConvNormAct(4, 6, norm_layer=None))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+'''
+
+
+def test_subclasses_of_sequential_become_nnx_sequential_subclasses(tmp_path):
+    # torchvision's Conv2dNormActivation: layers built in the constructor, handed to super().__init__(*layers)
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    c = convert_source(SEQUENTIAL_SUBCLASS_MODEL, filename="net.py")
+    assert set(codes(c)) == {"PT007"}, c.diagnostics  # the layer classes passed as values
+    assert "class ConvNormAct(nnx.Sequential):" in c.code and "super().__init__(*layers)" in c.code
+    (tmp_path / "torch_net.py").write_text(SEQUENTIAL_SUBCLASS_MODEL)
+    (tmp_path / "jax_net.py").write_text(c.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8, 8))
+    assert report.passed, report.format()

@@ -98,6 +98,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self.class_stack.append(node.name.value)
         bases = [dotted(b.value) for b in node.bases]
         if any(self._is_module_base(b) for b in bases):
+            if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES for b in bases):
+                self.ctx.sequential_classes.add(node.name.value)
             self.ctx.module_classes.add(node.name.value)
             self.ctx.layer_attributes.setdefault(node.name.value, {})
             self.ctx.init_methods[node.name.value] = init_only_methods(node, self.ctx)
@@ -168,10 +170,13 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def _is_module_base(self, base: str) -> bool:
         if base in self.ctx.module_classes:
             return True
+        full = self._qualified_base(base)
+        return full in MODULE_BASES or full in SEQUENTIAL_BASES
+
+    def _qualified_base(self, base: str) -> str | None:
         head, _, rest = base.partition(".")
         module = self.ctx.imports.get(head) or CONVENTIONAL_ALIASES.get(head)
-        full = f"{module}.{rest}" if rest and module else module
-        return full in ("torch.nn.Module", "torch.nn.modules.module.Module")
+        return f"{module}.{rest}" if rest and module else module
 
     def leave_Module(self, original_node: cst.Module) -> None:
         for name, node in self.used_names.items():
@@ -192,6 +197,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 # constructor builds a layer: the call needs rngs like `nn.BatchNorm2d(c)` itself.
 _CONSTRUCTOR_ANNOTATIONS = ("Callable", "type", "Type")
 MODULE_BASES = ("torch.nn.Module", "torch.nn.modules.module.Module")
+# a subclass of nn.Sequential (torchvision's Conv2dNormActivation) becomes one of nnx.Sequential, and its
+# super().__init__(*layers) stays
+SEQUENTIAL_BASES = ("torch.nn.Sequential", "torch.nn.modules.container.Sequential")
 SEQUENTIAL_TARGETS = ("nnx.Sequential", "nnx.List", "nnx.Dict")
 
 

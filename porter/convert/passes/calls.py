@@ -8,7 +8,7 @@ import libcst.matchers as m
 from porter.convert import inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
-from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_TARGETS, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
@@ -29,6 +29,7 @@ class CallRewrite(ScopedTransformer):
         self._inplace_rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
         self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
+        self._class_bases: set[int] = set()  # ids of class base expressions
         # layer constructors held by names (porter/convert/passes/analyze.py): per class, per function
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
@@ -50,6 +51,7 @@ class CallRewrite(ScopedTransformer):
             self._constructor_names.append(names)
             self._constructor_words |= names
         elif kind is cst.ClassDef:
+            self._class_bases.update(id(base.value) for base in node.bases)
             attributes = layer_constructor_attributes(node, self.ctx) \
                 if node.name.value in self.ctx.module_classes else set()
             self._constructor_attributes.append(attributes)
@@ -115,6 +117,7 @@ class CallRewrite(ScopedTransformer):
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
         self._inner.add(id(node.value))
+        self._inner.add(id(node.attr))  # the nn of torch.nn.Sequential is no use of an imported `nn`
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
         if self._is_kept(original_node):
@@ -263,6 +266,8 @@ class CallRewrite(ScopedTransformer):
             for warning in rule.warn.values():
                 self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
             return new
+        if qualified in SEQUENTIAL_BASES and id(original) in self._class_bases:
+            return updated  # the module pass makes the class an nnx.Sequential subclass
         if qualified in MODULE_BASES:
             if self._annotation_depth:  # downsample: Optional[nn.Module]
                 new = expr("nnx.Module")

@@ -8,6 +8,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import code_of
+from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES
 from porter.convert.passes.calls import CallRewrite
 from porter.convert.weight_init import is_init_statement
 from libcst.metadata import PositionProvider
@@ -98,7 +99,8 @@ class ModuleRewrite(CallRewrite):
         """Drops super().__init__(): an nnx.Module needs no base constructor call."""
         if self.module_class and len(updated_node.body) == 1:
             statement = updated_node.body[0]
-            if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
+            if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT) \
+                    and not (self.module_class in self.ctx.sequential_classes and statement.value.args):
                 self.record("module-super", original_node, cst.Pass())
                 return cst.RemoveFromParent()
         return updated_node
@@ -141,8 +143,9 @@ class ModuleRewrite(CallRewrite):
         return new
 
     def _convert_base(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
-        if self.ctx.qualified_name(original.value) in ("torch.nn.Module", "torch.nn.modules.module.Module"):
-            new = updated.with_changes(value=expr("nnx.Module"))
+        qualified = self.ctx.qualified_name(original.value)
+        if qualified in MODULE_BASES or qualified in SEQUENTIAL_BASES:
+            new = updated.with_changes(value=expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
             self.record("module-base", original, new)
             return new
         return updated
