@@ -69,3 +69,22 @@ def test_the_verdict_runs_the_original_in_the_checks_mode():
     assert report.row("input[0]", "grad input").note.startswith("float32 rounding")
     state = [row for row in report.rows if row.kind == "state"]
     assert state and all(not row.note.startswith("float32 rounding") for row in state)  # never judged
+
+
+def test_the_converted_model_in_float64_agrees_with_the_original_in_float64():
+    # the second witness: jax's 64-bit types on for the run, the model left in float32 afterwards
+    from porter.check.equivalence import _converted_in_float64, _run_reference
+    from porter.weights.loader import load_torch_state_dict
+
+    torch_model, flax_model = gate_model(), FGate(rngs=nnx.Rngs(0))
+    load_torch_state_dict(flax_model, torch_model.state_dict())
+    x = np.random.default_rng(1).standard_normal((4, 2)).astype(np.float32)
+    cotangents = {"output": np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)}
+    got = _converted_in_float64(torch_model, flax_model, [(0, x)], cotangents, None)
+    exact = _run_reference(torch_model.double(), [(0, x.astype(np.float64))], "cpu", cotangents, False).arrays
+    assert set(got) == set(exact) and len(got) == 5  # output, input grad, fc.weight, out.weight, out.bias
+    for key, value in got.items():
+        assert value.dtype == np.float64, key
+        np.testing.assert_allclose(value, exact[key], rtol=1e-12, atol=1e-14)
+    assert flax_model.fc.kernel[...].dtype == jnp.float32
+    assert FGate(rngs=nnx.Rngs(0), slope=0.5)(jnp.ones((1, 2))).dtype == jnp.float32  # x64 switched off again
