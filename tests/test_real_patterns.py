@@ -373,3 +373,62 @@ def test_subclasses_of_sequential_become_nnx_sequential_subclasses(tmp_path):
     flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8, 8))
     assert report.passed, report.format()
+
+
+SUBCLASS_CHAIN_MODEL = '''
+import torch.nn as nn
+
+
+class Base(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Head(Base):
+    def __init__(self):
+        super().__init__(3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(super().forward(x).relu())
+
+
+class Stack(nn.Sequential):
+    def __init__(self, c):
+        super().__init__(nn.Linear(c, c), nn.Tanh())
+
+
+class Body(Stack):
+    def __init__(self):
+        super().__init__(3)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = Body()
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+
+
+def test_a_subclass_of_a_module_class_keeps_its_base_constructor_call(tmp_path):
+    # dropping super().__init__(3) (right under nn.Module) would lose the layers the base builds
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    c = convert_source(SUBCLASS_CHAIN_MODEL, filename="net.py")
+    assert c.code.count("super().__init__(3, rngs=rngs)") == 2 and "super().__init__(nnx.Linear(c, c" in c.code
+    (tmp_path / "torch_net.py").write_text(SUBCLASS_CHAIN_MODEL)
+    (tmp_path / "jax_net.py").write_text(c.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(4, 3))
+    assert report.passed, report.format()

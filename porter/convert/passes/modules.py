@@ -18,6 +18,7 @@ RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rng
 SUPER_INIT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
 REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("register_buffer")))
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
+FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
 
 
 class ModuleRewrite(CallRewrite):
@@ -29,9 +30,12 @@ class ModuleRewrite(CallRewrite):
         super().__init__(ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
+        self._bases: dict[str, list[str]] = {}  # class name -> its bases, as written
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
+        if type(node) is cst.ClassDef:
+            self._bases[node.name.value] = [code_of(base.value) for base in node.bases]
         if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
             methods = self.ctx.init_methods.get(node.name.value, set())
             self._init_statements |= {id(s) for s in node.body.body
@@ -96,13 +100,22 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
-        """Drops super().__init__(): an nnx.Module needs no base constructor call."""
+        """super().__init__(): dropped under nn.Module (an nnx.Module needs no base constructor call), kept
+        under nn.Sequential (it takes the layers), and given rngs under a module class of this code base
+        (its constructor builds the layers the subclass inherits)."""
         if self.module_class and len(updated_node.body) == 1:
             statement = updated_node.body[0]
-            if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT) \
-                    and not (self.module_class in self.ctx.sequential_classes and statement.value.args):
-                self.record("module-super", original_node, cst.Pass())
-                return cst.RemoveFromParent()
+            if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
+                call = statement.value
+                if any(base in self.ctx.module_classes for base in self._bases.get(self.module_class, ())):
+                    if any(a.keyword and a.keyword.value == "rngs" for a in call.args):
+                        return updated_node
+                    new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
+                    self.record("module-super", original_node.body[0], new)
+                    return updated_node.with_changes(body=[statement.with_changes(value=new)])
+                if not (self.module_class in self.ctx.sequential_classes and call.args):
+                    self.record("module-super", original_node, cst.Pass())
+                    return cst.RemoveFromParent()
         return updated_node
 
     def leave_IndentedBlock(self, original_node, updated_node):
@@ -116,6 +129,10 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        if self.module_class and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
+            new = updated_node.with_changes(attr=cst.Name("__call__"))
+            self.record("module-forward", original_node, new)
+            return new
         if self.module_class and m.matches(original_node, SELF_TRAINING) \
                 and id(original_node) not in self._understood_training:
             self.report("PT006", original_node,
