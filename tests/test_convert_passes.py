@@ -432,3 +432,26 @@ def test_no_grad_block_with_control_flow_in_model_code_is_reported():
     conversion = convert_source(source, filename="scaled.py")
     assert [(d.code, d.line) for d in conversion.diagnostics] == [("PT004", 13)]  # the with statement
     assert "with torch.no_grad():" in conversion.code
+
+
+def test_an_attribute_set_to_none_and_later_to_a_layer_starts_as_nnx_data():
+    # nnx takes an attribute first set to None as static and refuses a layer assigned to it afterwards
+    c = convert("""
+        import torch.nn as nn
+
+        class A(nn.Module):
+            def __init__(self, c, proj=True):
+                super().__init__()
+                self.proj = None
+                self.scale = None
+                if proj:
+                    self.proj = nn.Linear(c, c)
+
+            def forward(self, x):
+                return x if self.proj is None else self.proj(x)
+        """)
+    assert "self.proj = nnx.data(None)" in c.code and "self.scale = None" in c.code
+    namespace: dict = {}
+    exec(compile(c.code, "a.py", "exec"), namespace)
+    assert isinstance(namespace["A"](3, rngs=nnx.Rngs(0)).proj, nnx.Linear)
+    assert namespace["A"](3, proj=False, rngs=nnx.Rngs(0)).proj is None

@@ -103,6 +103,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             self.ctx.module_classes.add(node.name.value)
             self.ctx.layer_attributes.setdefault(node.name.value, {})
             self.ctx.init_methods[node.name.value] = init_only_methods(node, self.ctx)
+            self.ctx.none_first_attributes[node.name.value] = none_first_attributes(node)
         self.bound_names.add(node.name.value)
         attributes = layer_constructor_attributes(node, self.ctx) if node.name.value in self.ctx.module_classes \
             else set()
@@ -285,3 +286,15 @@ def calls_layer_constructor(call: cst.Call, names: set[str], attributes: set[str
     if isinstance(func, cst.Name):
         return func.value in names
     return m.matches(func, m.Attribute(value=m.Name("self"))) and func.attr.value in attributes
+
+
+def none_first_attributes(cls: cst.ClassDef) -> set[str]:
+    """Attributes the constructor sets to None and also to something else (`self.proj = None`, then
+    `if ...: self.proj = Conv(...)`): nnx would take them as static and refuse the layer."""
+    init = next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == "__init__"), None)
+    if init is None:
+        return set()
+    nones, valued = set(), set()
+    for assign in m.findall(init, m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])):
+        (nones if m.matches(assign.value, m.Name("None")) else valued).add(assign.targets[0].target.attr.value)
+    return nones & valued

@@ -18,6 +18,7 @@ RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rng
 SUPER_INIT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
 REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("register_buffer")))
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
+SELF_ASSIGN = m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])
 FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
 
 
@@ -31,6 +32,7 @@ class ModuleRewrite(CallRewrite):
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
         self._bases: dict[str, list[str]] = {}  # class name -> its bases, as written
+        self._none_first: set[int] = set()  # ids of `None` values of self.x = None that a later value replaces
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
@@ -44,6 +46,9 @@ class ModuleRewrite(CallRewrite):
                 and not self.function_stack:
             methods = self.ctx.init_methods.get(self.module_class, set())
             self._init_statements |= {id(s) for s in node.body.body if is_init_statement(s, self.ctx, methods)}
+            names = self.ctx.none_first_attributes.get(self.module_class, set())
+            self._none_first |= {id(a.value) for a in m.findall(node, SELF_ASSIGN)
+                                 if a.targets[0].target.attr.value in names and m.matches(a.value, m.Name("None"))}
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
@@ -142,7 +147,13 @@ class ModuleRewrite(CallRewrite):
         return super().leave_Attribute(original_node, updated_node)
 
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign):
-        """self.buf = expr outside __init__ updates the variable in place (nnx state)."""
+        """self.buf = expr outside __init__ updates the variable in place (nnx state); in __init__, an
+        attribute set to None and later to a layer (`self.proj = None; if ...: self.proj = Conv(...)`)
+        starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer."""
+        if id(original_node.value) in self._none_first:
+            new = updated_node.with_changes(value=expr("nnx.data(None)"))
+            self.record("module-data-attribute", original_node, new)
+            return new
         if not self.module_class or self.method in (None, "__init__") or len(updated_node.targets) != 1:
             return updated_node
         target = updated_node.targets[0].target

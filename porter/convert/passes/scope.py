@@ -74,7 +74,8 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         words.update(ctx.assumed_imports)
         words.update(ctx.module_classes)
         words.update(ctx.rngs_functions)
-        for methods in [*ctx.methods_needing_rngs.values(), *ctx.init_methods.values()]:
+        for methods in [*ctx.methods_needing_rngs.values(), *ctx.init_methods.values(),
+                        *ctx.none_first_attributes.values()]:
             words.update(methods)
         for attributes in ctx.layer_attributes.values():  # buffers and parameters: `self.buf = ...` updates
             words.update(name for name, kind in attributes.items() if kind == "buffer" or kind.endswith("Parameter"))
@@ -85,7 +86,7 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         ctx = self.ctx
         return (len(ctx.imports), len(ctx.assumed_imports), len(ctx.module_classes), len(ctx.rngs_functions),
                 sum(map(len, ctx.methods_needing_rngs.values())), sum(map(len, ctx.layer_attributes.values())),
-                sum(map(len, ctx.init_methods.values())))
+                sum(map(len, ctx.init_methods.values())), sum(map(len, ctx.none_first_attributes.values())))
 
     def trigger_state(self) -> object:
         return self._base_trigger_state()
