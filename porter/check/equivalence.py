@@ -494,6 +494,7 @@ def check_equivalence(
     verdict = dtype == "float32" and default_tolerances
     # train mode changes the original (running statistics, the K steps): the float64 verdict starts from a copy
     pristine = copy.deepcopy(torch_model) if verdict and mode == "train" else torch_model
+    pristine_flax = nnx.clone(flax_model) if verdict and mode == "train" else flax_model
 
     items = [(i, x) for i, x in enumerate(inputs)] + list((kw_inputs or {}).items())
     arrays = _prepare_inputs(items, dtype, notes)
@@ -506,8 +507,7 @@ def check_equivalence(
                               seed=seed, layers=layers, train_steps=train_steps, lr=lr, dtype=dtype,
                               reference=reference, jit=jit)
         if verdict and report.failures:
-            converted64 = None if train_steps else \
-                (lambda: _converted_in_float64(pristine, flax_model, arrays, cotangents, jax_device))
+            converted64 = lambda: _converted_in_float64(pristine, pristine_flax, arrays, cotangents, jax_device)  # noqa: E731
             explain_by_conditioning(report, pristine, arrays, cotangents, torch_device, _run_reference,
                                     set_mode=lambda model: _set_torch_mode(model, mode), converted64=converted64)
     finally:
