@@ -54,6 +54,8 @@ class ConversionContext:
     methods_needing_rngs: dict[str, set[str]] = field(default_factory=dict)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
+    # layer_constructor_names' answers, by (id(function), attributes, outer names): asked by two passes
+    constructor_names: dict[tuple, set[str]] = field(default_factory=dict)
     # class name -> attributes its constructor sets to None and to something else (nnx.data(None) first)
     none_first_attributes: dict[str, set[str]] = field(default_factory=dict)
     # class name -> methods that only initialise weights (porter/convert/weight_init.py)

@@ -301,3 +301,39 @@ class _Walker:
                     continue
                 out.append(new)
         return children if out is None else tuple(out)
+
+
+def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
+    """The nodes of the given types in `node`'s subtree (`node` included), in source order: what
+    `libcst.matchers.findall(node, m.TypeName())` returns, without running a matcher visitor over it.
+    (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)"""
+    wanted = set(kinds) if isinstance(kinds, tuple) else {kinds}
+    found: list[CSTNode] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if type(current) in wanted:
+            found.append(current)
+        stack.extend(reversed(_child_nodes(current)))
+    return found
+
+
+def _child_nodes(node: CSTNode) -> list[CSTNode]:
+    fields = _FIELDS.get(type(node), _FIELDS)
+    if fields is _FIELDS:
+        fields = _FIELDS[type(node)] = spec(type(node))
+    if fields is _FALLBACK:
+        return list(node.children)
+    children: list[CSTNode] = []
+    for field, _ in fields:
+        value = getattr(node, field)
+        if value is None or type(value) is MaybeSentinel:
+            continue
+        if type(value) in (list, tuple):
+            children.extend(value)
+        else:
+            children.append(value)
+    return children
+
+
+_FIELDS: dict = {}

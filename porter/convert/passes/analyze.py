@@ -8,6 +8,7 @@ from typing import Iterable
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.source_index import SourceIndex
@@ -216,7 +217,7 @@ def layer_value_rule(node: cst.BaseExpression, ctx: ConversionContext):
 
 
 def _mentions_module(node: cst.CSTNode, ctx: ConversionContext) -> bool:
-    for n in m.findall(node, m.Name() | m.Attribute()):
+    for n in find_all(node, (cst.Name, cst.Attribute)):
         if isinstance(n, cst.Name) and n.value in ctx.module_classes:
             return True
         if ctx.qualified_name(n) in MODULE_BASES or layer_value_rule(n, ctx) is not None:
@@ -228,7 +229,7 @@ def _constructor_annotation(annotation: cst.Annotation | None, ctx: ConversionCo
     """Callable[..., nn.Module], type[Block], Optional[type[Union[A, B]]]: a class or factory of modules."""
     if annotation is None:
         return False
-    for sub in m.findall(annotation.annotation, m.Subscript()):
+    for sub in find_all(annotation.annotation, cst.Subscript):
         if dotted(sub.value).rsplit(".", 1)[-1] in _CONSTRUCTOR_ANNOTATIONS \
                 and any(_mentions_module(e, ctx) for e in sub.slice):
             return True
@@ -251,13 +252,21 @@ def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, name
 def layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
                             attributes: set[str] = frozenset(), outer: set[str] = frozenset()) -> set[str]:
     """The names that hold layer constructors in `function` (parameters and locals)."""
+    key = (id(function), frozenset(attributes), frozenset(outer))  # the analysis and the rewrite both ask
+    if key not in ctx.constructor_names:
+        ctx.constructor_names[key] = _layer_constructor_names(function, ctx, attributes, outer)
+    return set(ctx.constructor_names[key])
+
+
+def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
+                             attributes: set[str], outer: set[str]) -> set[str]:
     names = set(outer)
     params = function.params
     for param in [*params.posonly_params, *params.params, *params.kwonly_params]:
         if _constructor_annotation(param.annotation, ctx) \
                 or (param.default is not None and is_layer_constructor(param.default, ctx, names, attributes)):
             names.add(param.name.value)
-    assigns = [a for a in m.findall(function.body, m.Assign()) if len(a.targets) == 1
+    assigns = [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
                and isinstance(a.targets[0].target, cst.Name)]
     for _ in range(2):  # `a = nn.BatchNorm2d; b = a`
         for assign in assigns:
@@ -273,7 +282,7 @@ def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> s
         return set()
     names = layer_constructor_names(init, ctx)
     attributes: set[str] = set()
-    for assign in m.findall(init.body, m.Assign()):
+    for assign in find_all(init.body, cst.Assign):
         for target in assign.targets:
             t = target.target
             if m.matches(t, m.Attribute(value=m.Name("self"))) and is_layer_constructor(assign.value, ctx, names):
@@ -295,6 +304,8 @@ def none_first_attributes(cls: cst.ClassDef) -> set[str]:
     if init is None:
         return set()
     nones, valued = set(), set()
-    for assign in m.findall(init, m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])):
+    for assign in find_all(init, cst.Assign):
+        if not m.matches(assign.targets[0].target, m.Attribute(value=m.Name("self"))):
+            continue
         (nones if m.matches(assign.value, m.Name("None")) else valued).add(assign.targets[0].target.attr.value)
     return nones & valued

@@ -10,6 +10,7 @@ import libcst.matchers as m
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES
 from porter.convert.passes.calls import CallRewrite
+from porter.convert.traverse import find_all
 from porter.convert.weight_init import is_init_statement
 from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
@@ -47,8 +48,9 @@ class ModuleRewrite(CallRewrite):
             methods = self.ctx.init_methods.get(self.module_class, set())
             self._init_statements |= {id(s) for s in node.body.body if is_init_statement(s, self.ctx, methods)}
             names = self.ctx.none_first_attributes.get(self.module_class, set())
-            self._none_first |= {id(a.value) for a in m.findall(node, SELF_ASSIGN)
-                                 if a.targets[0].target.attr.value in names and m.matches(a.value, m.Name("None"))}
+            if names:
+                self._none_first |= {id(a.value) for a in find_all(node, cst.Assign) if m.matches(a, SELF_ASSIGN)
+                                     and a.targets[0].target.attr.value in names and m.matches(a.value, m.Name("None"))}
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
