@@ -4,6 +4,7 @@ and the calls that build layers from them; MaxPool2d's ceil_mode."""
 
 import textwrap
 
+import numpy as np
 import torch
 from flax import nnx
 
@@ -432,3 +433,27 @@ def test_a_subclass_of_a_module_class_keeps_its_base_constructor_call(tmp_path):
     flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(4, 3))
     assert report.passed, report.format()
+
+
+def test_a_choice_between_layer_classes_stays_a_choice():
+    # the constructor functions are parenthesised: a bare lambda would swallow the conditional
+    # (torchvision mobilenet_v3: `nn.Hardswish if cnf.use_hs else nn.ReLU`)
+    c = convert("""
+        import torch.nn as nn
+
+        class Block(nn.Module):
+            def __init__(self, hs, c):
+                super().__init__()
+                act = nn.Hardswish if hs else nn.ReLU
+                norm = nn.BatchNorm1d if hs else nn.LayerNorm
+                self.act = act()
+                self.norm = norm(c)
+        """)
+    assert "act = (lambda inplace=False, *, rngs=None: jax.nn.hard_swish) if hs else (lambda" in c.code
+    assert "self.act = act(rngs=rngs)" in c.code and "self.norm = norm(c, rngs=rngs)" in c.code
+    namespace: dict = {}
+    exec(compile(c.code, "block.py", "exec"), namespace)
+    x = np.array([-1.0, 2.0], np.float32)
+    block = namespace["Block"](False, 2, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(block.act(x)), torch.relu(torch.from_numpy(x)).numpy())
+    assert type(block.norm).__name__ == "LayerNorm"

@@ -15,6 +15,9 @@ from porter.convert.context import code_of
 from porter.convert.transforms import keyword_arg, Unsupported, expr
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
+# node type -> the field holding an expression that stands alone there (a lambda needs no parentheses)
+_WHOLE_VALUE = {cst.Arg: "value", cst.Assign: "value", cst.AnnAssign: "value", cst.Param: "default",
+                cst.Element: "value", cst.DictElement: "value", cst.Return: "value"}
 # torch APIs the converted code keeps on purpose, arguments and all
 KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_seed")
 
@@ -30,6 +33,7 @@ class CallRewrite(ScopedTransformer):
         self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
         self._class_bases: set[int] = set()  # ids of class base expressions
+        self._whole_values: set[int] = set()  # ids of expressions that are a whole argument, value or default
         # layer constructors held by names (porter/convert/passes/analyze.py): per class, per function
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
@@ -60,6 +64,8 @@ class CallRewrite(ScopedTransformer):
             self._annotation_depth += 1
         elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
+        elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
+            self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
@@ -290,6 +296,8 @@ class CallRewrite(ScopedTransformer):
                 self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
                                                f"with torch's arguments ({', '.join(accepted) or 'none'}) and rngs, "
                                                "building the converted layer; calls in constructors pass rngs")
+                if id(original) not in self._whole_values:  # `nn.Hardswish if hs else nn.ReLU`: the lambda
+                    new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])  # must not swallow it
                 self.record(value_rule.id, original, new)
                 return new
         if rule is not None:
