@@ -26,7 +26,7 @@ def test_random_programs_convert_to_equivalent_flax(program):
     try:
         run_program(program)
     except IllConditioned:
-        assume(False)  # float32 itself cannot decide this program (see fuzz_programs.float64_verdict)
+        assume(False)  # float32 itself cannot decide this program (porter/check/conditioning.py)
 
 
 def test_generator_covers_every_kind_of_step():

@@ -81,11 +81,12 @@ def explain_by_conditioning(report: Any, torch_model: Any, arrays: list, cotange
         if key not in exact or key not in single:
             continue
         t64 = exact[key]
-        scale = max(float(np.abs(single[key]).max(initial=0.0)), float(np.finfo(np.float32).tiny))
-        own_error = float(np.abs(single[key] - t64).max(initial=0.0)) / scale
-        spread = max(float(np.abs(p[key] - t64).max(initial=0.0)) for p in perturbed) / scale
+        scale = max(_largest(single[key]), float(np.finfo(np.float32).tiny))  # the row's units
+        own_error = _max_difference(single[key], t64) / scale
+        spread = max(_max_difference(p[key], t64) for p in perturbed) / scale
         tolerance = report.output_rtol if row.kind == "output" else report.grad_rtol
-        in_float64 = _relative(witness[key], t64) if key in witness else float("inf")
+        in_float64 = _max_difference(witness[key], t64) / max(_largest(t64), float(np.finfo(np.float64).tiny)) \
+            if key in witness else float("inf")
         if row.rel <= CONDITION_FACTOR * max(own_error, spread) + tolerance:
             row.ok = True
             row.note = (f"float32 rounding: the original itself moves by {max(own_error, spread):.3g} "
@@ -105,11 +106,14 @@ def explain_by_conditioning(report: Any, torch_model: Any, arrays: list, cotange
                         f"the original (run in float64)")
 
 
-def _relative(a: np.ndarray, reference: np.ndarray) -> float:
-    if np.shape(a) != np.shape(reference):
+def _largest(a: np.ndarray) -> float:
+    return float(np.abs(a).max(initial=0.0))
+
+
+def _max_difference(a: np.ndarray, b: np.ndarray) -> float:
+    if np.shape(a) != np.shape(b):
         return float("inf")
-    scale = max(float(np.abs(reference).max(initial=0.0)), float(np.finfo(np.float64).tiny))
-    return float(np.abs(np.asarray(a, np.float64) - reference).max(initial=0.0)) / scale
+    return _largest(np.asarray(a, np.float64) - b)
 
 
 def _as(a: np.ndarray, dtype: Any, perturb: int | None) -> np.ndarray:

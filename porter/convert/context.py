@@ -52,6 +52,8 @@ class ConversionContext:
     injected_init_statements: dict[str, list[str]] = field(default_factory=dict)
     # class name -> methods other than __init__ that construct layers and so need rngs
     methods_needing_rngs: dict[str, set[str]] = field(default_factory=dict)
+    # class name -> its bases, dotted as written
+    class_bases: dict[str, list[str]] = field(default_factory=dict)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
     # layer_constructor_names' answers, by (id(function), attributes, outer names): asked by two passes

@@ -118,6 +118,7 @@ def _spec_of(function: ast.FunctionDef) -> tuple[tuple[str, str], ...] | None:
 
 
 @functools.cache
+@functools.cache
 def spec(cls: type) -> tuple[tuple[str, str], ...] | None:
     own = _own_specs()
     for base in cls.__mro__:
@@ -319,9 +320,7 @@ def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
 
 
 def _child_nodes(node: CSTNode) -> list[CSTNode]:
-    fields = _FIELDS.get(type(node), _FIELDS)
-    if fields is _FIELDS:
-        fields = _FIELDS[type(node)] = spec(type(node))
+    fields = spec(type(node))
     if fields is _FALLBACK:
         return list(node.children)
     children: list[CSTNode] = []
@@ -335,5 +334,3 @@ def _child_nodes(node: CSTNode) -> list[CSTNode]:
             children.append(value)
     return children
 
-
-_FIELDS: dict = {}

@@ -98,6 +98,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.class_stack.append(node.name.value)
         bases = [dotted(b.value) for b in node.bases]
+        self.ctx.class_bases[node.name.value] = bases
         if any(self._is_module_base(b) for b in bases):
             if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES for b in bases):
                 self.ctx.sequential_classes.add(node.name.value)

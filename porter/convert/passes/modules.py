@@ -10,7 +10,6 @@ import libcst.matchers as m
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES
 from porter.convert.passes.calls import CallRewrite
-from porter.convert.traverse import find_all
 from porter.convert.weight_init import is_init_statement
 from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
@@ -32,13 +31,9 @@ class ModuleRewrite(CallRewrite):
         super().__init__(ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
-        self._bases: dict[str, list[str]] = {}  # class name -> its bases, as written
-        self._none_first: set[int] = set()  # ids of `None` values of self.x = None that a later value replaces
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if type(node) is cst.ClassDef:
-            self._bases[node.name.value] = [code_of(base.value) for base in node.bases]
         if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
             methods = self.ctx.init_methods.get(node.name.value, set())
             self._init_statements |= {id(s) for s in node.body.body
@@ -47,10 +42,6 @@ class ModuleRewrite(CallRewrite):
                 and not self.function_stack:
             methods = self.ctx.init_methods.get(self.module_class, set())
             self._init_statements |= {id(s) for s in node.body.body if is_init_statement(s, self.ctx, methods)}
-            names = self.ctx.none_first_attributes.get(self.module_class, set())
-            if names:
-                self._none_first |= {id(a.value) for a in find_all(node, cst.Assign) if m.matches(a, SELF_ASSIGN)
-                                     and a.targets[0].target.attr.value in names and m.matches(a.value, m.Name("None"))}
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
@@ -114,7 +105,7 @@ class ModuleRewrite(CallRewrite):
             statement = updated_node.body[0]
             if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
                 call = statement.value
-                if any(base in self.ctx.module_classes for base in self._bases.get(self.module_class, ())):
+                if any(base in self.ctx.module_classes for base in self.ctx.class_bases.get(self.module_class, ())):
                     if any(a.keyword and a.keyword.value == "rngs" for a in call.args):
                         return updated_node
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
@@ -152,7 +143,9 @@ class ModuleRewrite(CallRewrite):
         """self.buf = expr outside __init__ updates the variable in place (nnx state); in __init__, an
         attribute set to None and later to a layer (`self.proj = None; if ...: self.proj = Conv(...)`)
         starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer."""
-        if id(original_node.value) in self._none_first:
+        if self.method == "__init__" and m.matches(original_node, SELF_ASSIGN) \
+                and m.matches(original_node.value, m.Name("None")) \
+                and original_node.targets[0].target.attr.value in self.ctx.none_first_attributes.get(self.module_class, ()):
             new = updated_node.with_changes(value=expr("nnx.data(None)"))
             self.record("module-data-attribute", original_node, new)
             return new
