@@ -1,5 +1,3 @@
-import sys
+from porter.cli import run
 
-from porter.cli import main
-
-sys.exit(main())
+run()

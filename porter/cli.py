@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from porter.check.bench_cli import add_bench_parser
@@ -35,5 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def run() -> None:
+    """The console script (and `python -m porter`): main(), then exit without Python's finalisation.
+
+    Finalisation frees torch's and jax's module graphs and native state object by object: 0.4-0.9 s
+    after `porter weights`, a third of a 2 GB conversion. Every output is written, fsynced and
+    renamed into place before main returns, so skipping it loses nothing. An exception still
+    ends the normal way, with its traceback.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

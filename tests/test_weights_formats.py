@@ -658,3 +658,18 @@ def test_writer_error_in_the_write_thread_reaches_the_caller(tmp_path, monkeypat
             writer.close()
         writer.abort()
         assert writer.window.writing is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, np.float64, np.bool_])
+@pytest.mark.parametrize("shape", [(3, 5), (1, 7), (1500, 40), (2, 3, 1030, 17), (3, 3, 600, 900)])
+def test_copy_into_lays_out_transposed_views_bit_for_bit(dtype, shape):
+    from porter.weights.arrays import copy_into
+
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    bits = rng.integers(0, 256, size=(*shape[:-2], shape[-1], shape[-2], np.dtype(dtype).itemsize), dtype=np.uint8)
+    source = bits.view(dtype)[..., 0] if np.dtype(dtype) != np.bool_ else bits[..., 0] % 2 == 1
+    view = np.swapaxes(source, -1, -2)  # a transposed kernel, as the layouts stage it
+    out = np.empty(view.shape, view.dtype)
+    copy_into(view, out)
+    width = np.uint8 if view.dtype.itemsize == 1 else f"u{view.dtype.itemsize}"
+    np.testing.assert_array_equal(out.view(width), np.ascontiguousarray(view).view(width))

@@ -10,8 +10,10 @@ the ml_dtypes type. No value ever passes through another float type.
 
 from __future__ import annotations
 
+import functools
 import mmap
-import sys
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ml_dtypes
@@ -64,51 +66,54 @@ def to_numpy(value: Any, *, copy: bool = True) -> np.ndarray:
 
 
 
-def contiguous(array: np.ndarray, *, use_torch: bool = True) -> np.ndarray:
-    """A C-contiguous copy of a strided view (a transposed kernel), or the array itself if it is one."""
-    if array.flags.c_contiguous:
-        return array
-    out = np.empty(array.shape, array.dtype)
-    copy_into(array, out, use_torch=use_torch)
-    return out
-
-
-def copy_into(array: np.ndarray, out: np.ndarray, *, use_torch: bool = True) -> None:
+def copy_into(array: np.ndarray, out: np.ndarray) -> None:
     """out[...] = array (cast to out's dtype as astype would), for any strides of `array`.
 
-    numpy copies a transposed view element by element (about 150 MB/s for 2-byte types here);
-    torch's blocked copy is several times faster, so it does same-dtype strided copies when
-    use_torch is set (use_torch=False uses torch only if it is already imported). Values move bit
-    for bit (bfloat16/float8 as same-width integers).
+    numpy copies a transposed matrix element by element, jumping a whole row in memory at each
+    step (about 0.6 GB/s here). Copied in tall, narrow tiles (each one reads a few source rows
+    and writes a few output columns, all within the cache) on all cores it moves 4-7 GB/s, as
+    fast as torch's blocked copy without importing torch. Values move bit for bit (bfloat16 and
+    float8 as same-width integers).
     """
-    if array.flags.c_contiguous or array.dtype != out.dtype or not _torch_can_copy(array, use_torch):
+    if array.dtype != out.dtype or not _transposed_matrices(array):
         np.copyto(out, array, casting="unsafe")
         return
-    import torch
-    import warnings
-
     bits = _SAME_WIDTH_INT[array.dtype.itemsize]
-    with warnings.catch_warnings():  # a read-only memory map: torch only reads it here
-        warnings.simplefilter("ignore", UserWarning)
-        source = torch.from_numpy(array.view(bits))
-    torch.from_numpy(out.view(bits)).copy_(source)
+    source, target = array.view(bits), out.view(bits)
+    tiles = [(lead, rows) for lead in np.ndindex(array.shape[:-2])
+             for rows in range(0, array.shape[-2], _TILE_ROWS)]
+    if array.nbytes < _THREADED_BYTES:
+        _copy_tiles(source, target, tiles)
+        return
+    share = -(-len(tiles) // _WORKERS)
+    list(_pool().map(lambda i: _copy_tiles(source, target, tiles[i:i + share]), range(0, len(tiles), share)))
 
 
 _SAME_WIDTH_INT = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
+_TILE_ROWS, _TILE_COLUMNS = 1024, 16  # measured best for 1-, 2- and 4-byte types on this machine's caches
+_THREADED_BYTES = 4 << 20
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
-def _torch_can_copy(array: np.ndarray, use_torch: bool) -> bool:
-    if array.ndim == 0 or array.size == 0 or any(s < 0 for s in array.strides):
-        return False
-    if array.dtype.itemsize not in _SAME_WIDTH_INT or array.dtype.kind not in "biufV" or array.dtype.byteorder == ">":
-        return False
-    if not use_torch and "torch" not in sys.modules:
-        return False
-    try:
-        import torch  # noqa: F401
-    except ImportError:  # pragma: no cover - torch is a dependency of porter
-        return False
-    return True
+def _transposed_matrices(array: np.ndarray) -> bool:
+    """Whether `array` is a stack of matrices whose columns, not rows, are contiguous (a transposed kernel)."""
+    itemsize = array.dtype.itemsize
+    return (array.ndim >= 2 and array.size > 0 and itemsize in _SAME_WIDTH_INT and array.dtype.kind in "biufV"
+            and array.strides[-2] == itemsize and array.strides[-1] != itemsize and array.shape[-1] > 1)
+
+
+def _copy_tiles(source: np.ndarray, target: np.ndarray, tiles: list[tuple[tuple[int, ...], int]]) -> None:
+    columns = source.shape[-1]
+    for lead, row in tiles:
+        rows_in, rows_out = source[lead][row:row + _TILE_ROWS], target[lead][row:row + _TILE_ROWS]
+        for col in range(0, columns, _TILE_COLUMNS):
+            rows_out[:, col:col + _TILE_COLUMNS] = rows_in[:, col:col + _TILE_COLUMNS]
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Threads for tiled copies: numpy lets go of the GIL while it copies a tile."""
+    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="porter-copy")
 
 
 class Scratch:

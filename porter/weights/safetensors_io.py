@@ -223,7 +223,7 @@ class _Window:
             array = array.reshape(1)
         nbytes = array.size * dtype.itemsize
         if self.free < nbytes <= self.capacity:
-            self.flush()  # whole, so that torch transposes it as one matrix (a slab of rows is 10x slower)
+            self.flush()  # whole: one tiled copy of the matrix, not two slabs with half-empty tiles
         row = array.size // array.shape[0] * dtype.itemsize
         if row > self.capacity:  # one row does not fit: row by row, each split further
             for i in range(array.shape[0]):
