@@ -12,6 +12,8 @@ with os.wait4):
 - baseline: `safetensors.torch.save_file(safetensors.torch.load_file(IN), OUT)`
   (the faster and leaner of the library's two plain copies: its numpy
   load_file/save_file takes about twice the time and memory);
+- with Orbax outputs, Orbax's own save of the same arrays (all in memory, one
+  `StandardCheckpointer.save`): the speed no Orbax writer beats;
 - porter: `porter weights IN -o OUT --model model.py:Net(n)` for each input
   (.safetensors, .pt) and output (safetensors, Orbax).
 
@@ -73,6 +75,12 @@ LIBRARIES = ("import porter.cli, porter.weights.cli, porter.weights.convert, por
 
 BASELINE = ("import sys; from safetensors.torch import load_file, save_file; "
             "save_file(load_file(sys.argv[1]), sys.argv[2])")
+
+
+ORBAX_BASELINE = ("import sys; from safetensors.numpy import load_file; import orbax.checkpoint as ocp; "
+                  "tree = {k.replace('.', '_'): v for k, v in load_file(sys.argv[1]).items()}; "
+                  "c = ocp.StandardCheckpointer(); c.save(sys.argv[2], tree); c.wait_until_finished(); c.close()")
+ORBAX_BASELINE_LABEL = "baseline: orbax's own save of the same arrays"
 
 
 def block_shapes(d: int) -> dict[str, tuple[int, ...]]:
@@ -162,6 +170,10 @@ def runs_for(python: str, tmp: Path, inputs: list[tuple[str, Path]], baseline_in
     copy = tmp / "copy.safetensors"
     runs = [("baseline: safetensors load_file + save_file", [python, "-c", BASELINE, str(baseline_input), str(copy)],
              copy)]
+    if "orbax" in outputs:  # Orbax's own speed, the floor of any Orbax output
+        orbax_copy = tmp / "copy_orbax"
+        runs.append((ORBAX_BASELINE_LABEL, [python, "-c", ORBAX_BASELINE, str(baseline_input), str(orbax_copy)],
+                     orbax_copy))
     for tag, source in inputs:
         for fmt in outputs:
             out = tmp / ("out.safetensors" if fmt == "safetensors" else "out_orbax")
@@ -240,6 +252,7 @@ def main() -> int:
 def report(walls: dict[str, list[float]], peaks: dict[str, int], largest: int, lib_rss: int) -> None:
     labels = list(walls)
     base_wall, base_rss = min(walls[labels[0]]), peaks[labels[0]]
+    orbax_wall = min(walls[ORBAX_BASELINE_LABEL]) if ORBAX_BASELINE_LABEL in walls else None
     bound = 1.5 * (largest + lib_rss)
     print(f"{'run':<44} {'wall':>7} {'peak RSS':>9} {'wall/base':>9} {'RSS/base':>8}  wall <= 2x base, RSS <= bound")
     for label in labels:
@@ -247,6 +260,8 @@ def report(walls: dict[str, list[float]], peaks: dict[str, int], largest: int, l
         verdict = ""
         if not label.startswith("baseline"):
             verdict = f"  {'yes' if wall <= 2 * base_wall else 'NO':>3}, {'yes' if rss <= bound else 'NO'}"
+            if label.endswith("orbax") and orbax_wall:
+                verdict += f"; {wall / orbax_wall:.2f}x orbax's own save"
         runs = "/".join(f"{w:.1f}" for w in walls[label])
         print(f"{label:<44} {wall:6.1f}s {rss / 1e6:6.0f} MB {wall / base_wall:8.2f}x {rss / base_rss:7.2f}x{verdict}"
               f"   (runs: {runs} s)")

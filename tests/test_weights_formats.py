@@ -200,6 +200,18 @@ def test_cli_round_trip_outputs_equal_torch(tmp_path, capsys, torch_net, fmt):
     assert no_temp_files(tmp_path)
 
 
+def test_orbax_saved_in_many_partial_batches_restores_exactly(tmp_path, torch_net):
+    from porter.weights.convert import convert_checkpoint
+
+    torch.save(torch_net.state_dict(), tmp_path / "net.pt")
+    out = tmp_path / "net_orbax"
+    # one byte per batch: every tensor is its own partial save, as in a checkpoint larger than a batch
+    convert_checkpoint(tmp_path / "net.pt", out, model=lambda: M.FNet(rngs=nnx.Rngs(0)), progress=False,
+                       batch_bytes=1)
+    net_outputs_match(restore_orbax(M.FNet(rngs=nnx.Rngs(7)), out), torch_net)
+    assert no_temp_files(tmp_path)
+
+
 def test_bf16_streams_bit_exact_into_both_writers(tmp_path):
     torch.manual_seed(0)
     tok = M.randomize(M.TTok(vocab=30, d=8)).to(torch.bfloat16)
