@@ -12,9 +12,9 @@ Measured in the same run, on the same files:
 - the floor: `libcst.parse_module(src).code` per file (parse + code
   generation, what any libcst tool pays), one process;
 - porter: the tree runner (`convert_tree` in porter/convert/tree.py, what
-  `porter convert DIR` runs, minus writing: files that use a module class of
-  another file are converted a second time, knowing it) with 1 process,
-  2 processes and every core.
+  `porter convert DIR` runs, minus writing: each file after the files whose
+  module classes and layer factories it uses) with 1 process, 2 processes and
+  every core.
 
 It prints lines per second (wall clock and CPU time) and the ratios: porter
 1-process / floor (goal >= 0.5) and porter 2-process / 1-process (goal >= 1.6),

@@ -277,3 +277,128 @@ def test_the_progress_bar_shows_on_a_terminal_only():
         bar.close()
     assert quiet.text == ""
     assert "\rporter: [#####-----] 1/2 files" in shown.text and shown.text.endswith("\r")
+
+
+# ---------------------------------------------------------------- the order files convert in
+
+BASE = textwrap.dedent("""\
+    import torch.nn as nn
+
+
+    class Base(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc = nn.Linear(d, d)
+    """)
+DERIVED = textwrap.dedent("""\
+    from .base import Base
+
+
+    class Derived(Base):  # a module class only once Base is known to be one
+        pass
+    """)
+USER = textwrap.dedent("""\
+    import torch.nn as nn
+    from pkg import (  # through the package's re-export
+        Derived as D,
+        VERSION,
+    )
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = D(4)
+    """)
+
+
+def _convert_counting(root: Path, monkeypatch) -> tuple[dict[str, bytes], dict[str, int]]:
+    import porter.convert.tree as tree
+
+    counts: dict[str, int] = {}
+    convert = tree.convert_task
+
+    def counting(task):
+        counts[task.relative] = counts.get(task.relative, 0) + 1
+        return convert(task)
+
+    monkeypatch.setattr(tree, "convert_task", counting)
+    tasks, _ = tree.plan(root)
+    results = tree.convert_tree(tasks, root_name=root.name, jobs=1)
+    return {r.relative: r.code for r in results}, counts
+
+
+def test_each_file_converts_once_after_the_files_it_learns_from(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .derived import Derived\nfrom .user import Net\nVERSION = '1'\n")
+    (pkg / "base.py").write_text(BASE)
+    (pkg / "derived.py").write_text(DERIVED)
+    (pkg / "user.py").write_text(USER)
+    code, counts = _convert_counting(pkg, monkeypatch)
+    # user.py imports Derived through __init__.py, which imports user.py: a cycle of files, not of
+    # the names that matter (VERSION is a constant), so each file converts once, knowing what it uses
+    assert counts == {"__init__.py": 1, "base.py": 1, "derived.py": 1, "user.py": 1}
+    assert code["derived.py"] == DERIVED.encode()  # no torch in it, but what it defines is learnt
+    assert b"self.d = D(4, rngs=rngs)" in code["user.py"]
+
+
+def test_an_import_cycle_converts_again_until_both_files_know(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text(textwrap.dedent("""\
+        import torch.nn as nn
+        from .b import Head
+
+
+        class Body(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.head = Head()
+        """))
+    (pkg / "b.py").write_text(textwrap.dedent("""\
+        import torch.nn as nn
+        from .a import Body
+
+
+        class Head(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+
+
+        def build():
+            return Body()
+        """))
+    code, counts = _convert_counting(pkg, monkeypatch)
+    assert sorted(counts.values()) == [1, 2]  # one of the two starts without knowing the other
+    assert b"self.head = Head(rngs=rngs)" in code["a.py"]
+    assert b"def build(*, rngs: nnx.Rngs):" in code["b.py"] and b"return Body(rngs=rngs)" in code["b.py"]
+
+
+def test_the_text_scan_reads_imports_in_every_spelling(tmp_path):
+    from porter.convert.tree import TextScan
+
+    source = tmp_path / "m.py"
+    source.write_text(textwrap.dedent("""\
+        from .a import X, Y as Z  # comment
+        from ..b.c import (
+            P,  # why
+            Q as R,
+        )
+        from pkg.d import \\
+            S
+        def f():
+            from .e import inner
+        class K(Base):
+            pass
+        async def g():
+            pass
+        text = '''
+        from .fake import Nothing
+        '''
+        """))
+    scan = TextScan.of(str(source))
+    assert scan.defined == {"f", "K", "g"}
+    assert scan.imports[:6] == [(1, "a", "X", "X"), (1, "a", "Y", "Z"), (2, "b.c", "P", "P"), (2, "b.c", "Q", "R"),
+                                (0, "pkg.d", "S", "S"), (1, "fake", "Nothing", "Nothing")]

@@ -14,6 +14,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import libcst as cst
 
@@ -28,6 +29,9 @@ from porter.rules.loader import load_rules
 
 # Without one of these identifiers a file cannot import or use torch: it comes out unchanged.
 _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES)) + r")(?!\w)")
+
+FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
+Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree
 
 
 @dataclass
@@ -60,11 +64,12 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
         return _convert(source, filename, fast=True)
 
 
-def convert_in_tree(source: str, *, filename: str | None = None,
-                    known: dict[str, str] | None = None, notebook: bool = False) -> Conversion:
+def convert_in_tree(source: str, *, filename: str | None = None, known: Known | None = None,
+                    notebook: bool = False) -> Conversion:
     """convert_source for a file of a tree: `known` names what this file imports from the others of
     the tree that are nn.Module subclasses ("module") or layer factories ("factory"), so that
-    `Block(d)` gets its rngs as it would were Block defined here."""
+    `Block(d)` gets its rngs as it would were Block defined here. It may be a function of the file's
+    `from ... import` statements (Conversion.imports), called once they are parsed."""
     with _no_cyclic_gc():
         return _convert(source, filename, fast=True, notebook=notebook, known=known)
 
@@ -85,7 +90,7 @@ def _no_cyclic_gc():
 
 
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
-             known: dict[str, str] | None = None) -> Conversion:
+             known: Known | None = None) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter. The output must be identical."""
     try:
@@ -94,7 +99,9 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
         line, col, message = _syntax_error(source, exc)
         return Conversion(source, [diagnostic("PT001", line, col, message, filename)], filename=filename)
     imports = _from_imports(module)
-    if fast and not _TORCH_WORDS.search(source):  # no torch name anywhere, not even unimported
+    if callable(known):
+        known = known(imports)
+    if fast and not known and not _TORCH_WORDS.search(source):  # no torch name, no module class imported
         return Conversion(source, [], filename=filename, imports=imports)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
     for name, kind in (known or {}).items():

@@ -15,6 +15,7 @@ import difflib
 import io
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import threading
 import time
 import tokenize
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -47,7 +48,7 @@ class Task:
     kind: str  # "python" | "notebook"
     annotate: bool = False
     diff: bool = False
-    known: tuple[tuple[str, str], ...] = ()  # imported names of the tree: (local name, "module" | "factory")
+    tree: "TreeSummary | None" = None  # what the files of the tree converted before this one define
 
 
 @dataclass
@@ -66,6 +67,7 @@ class FileResult:
     worker: int = 0
     exports: dict[str, str] = field(default_factory=dict)  # see pipeline.Conversion
     imports: list[tuple[int, str, str, str]] = field(default_factory=list)
+    known: tuple[tuple[str, str], ...] = ()  # what it learnt from task.tree: (local name, "module" | "factory")
 
     @property
     def has_errors(self) -> bool:
@@ -165,7 +167,13 @@ def _convert_task(task: Task) -> FileResult:
         conversion = convert_notebook(text, filename=task.display, convert=_notebook_converter(task.annotate))
         changes = list(conversion.cell_changes)
     else:
-        conversion = convert_python(text, task.display, annotate=task.annotate, known=dict(task.known))
+        learnt: dict[str, str] = {}
+
+        def learn(imports: list[tuple[int, str, str, str]]) -> dict[str, str]:
+            learnt.update(task.tree.known(task.relative, imports) if task.tree else ())
+            return learnt
+
+        conversion = convert_python(text, task.display, annotate=task.annotate, known=learn)
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
     if conversion.failed:  # did not parse (PT001) or not a notebook (PT032): nothing to write
@@ -181,10 +189,11 @@ def _convert_task(task: Task) -> FileResult:
         diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), conversion.code.splitlines(keepends=True),
                                             f"a/{task.relative}", f"b/{task.relative}"))
     return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff,
-                      exports=getattr(conversion, "exports", {}), imports=getattr(conversion, "imports", []))
+                      exports=getattr(conversion, "exports", {}), imports=getattr(conversion, "imports", []),
+                      known=tuple(sorted(learnt.items())) if task.kind == "python" else ())
 
 
-def convert_python(text: str, filename: str, *, annotate: bool = False, known: dict[str, str] | None = None):
+def convert_python(text: str, filename: str, *, annotate: bool = False, known=None):
     from porter.convert.pipeline import convert_in_tree
 
     def convert(source: str, name: str):
@@ -234,59 +243,98 @@ def _warm() -> None:
 
 
 def convert_paths(tasks: list[Task], *, jobs: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
-    """Converts every task, across `jobs` processes (all cores by default); results in task order."""
+                  progress: Callable[[int, int], None] | None = None,
+                  after: dict[int, set[int]] | None = None,
+                  prepare: Callable[[int, list[FileResult | None]], Task] | None = None) -> list[FileResult]:
+    """Converts every task, across `jobs` processes (all cores by default); results in task order.
+
+    `after[i]`: the tasks that finish before task i starts (where they form a cycle, one of them
+    starts anyway); `prepare(i, results so far)` gives task i's final form as it starts.
+    """
     jobs = default_jobs() if jobs is None else max(jobs, 1)
     total = len(tasks)
     results: list[FileResult | None] = [None] * total
     if progress:
         progress(0, total)
-    if jobs == 1 or total < 2:
-        for i, task in enumerate(tasks):
-            results[i] = convert_task(task)
-            if progress:
-                progress(i + 1, total)
-        return results  # type: ignore[return-value]
+    waiting = {i: set(after.get(i, ())) & set(range(total)) - {i} for i in range(total)} if after else {}
     # biggest files first, so no worker is left with a large file at the end
-    order = sorted(range(total), key=lambda i: -_size(tasks[i].path))
-    context = multiprocessing.get_context(_start_method())
-    with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context, initializer=_warm) as pool:
-        futures = {pool.submit(convert_task, tasks[i]): i for i in order}
-        done = 0
-        from concurrent.futures import as_completed
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                results[i] = future.result()
-            except Exception as exc:  # the worker itself died (out of memory, killed)
-                error = _summary(exc)
-                task = tasks[i]
-                results[i] = FileResult(task.display, task.relative, task.kind, "failed",
-                                        [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)],
-                                        error=error)
-            done += 1
-            if progress:
-                progress(done, total)
+    pending = sorted(range(total), key=lambda i: -_size(tasks[i].path))
+    with _pool(jobs, total) as pool:
+        running: dict[Future, int] = {}
+        while pending or running:
+            for i in _startable(pending, waiting, jobs - len(running), nothing_running=not running):
+                pending.remove(i)
+                running[pool.submit(convert_task, prepare(i, results) if prepare else tasks[i])] = i
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = running.pop(future)
+                results[i] = _result(future, tasks[i])
+                for others in waiting.values():
+                    others.discard(i)
+                if progress:
+                    progress(total - len(pending) - len(running), total)
     return results  # type: ignore[return-value]
+
+
+def _startable(pending: list[int], waiting: dict[int, set[int]], free: int, *, nothing_running: bool) -> list[int]:
+    """Up to `free` pending tasks whose predecessors are done; with nothing running and none of
+    them ready (an import cycle), the one waiting on the fewest."""
+    ready = [i for i in pending if not waiting.get(i)][:max(free, 0)]
+    if not ready and nothing_running and pending:
+        ready = [min(pending, key=lambda i: len(waiting[i]))]
+    return ready
+
+
+def _result(future: Future, task: Task) -> FileResult:
+    try:
+        return future.result()
+    except Exception as exc:  # the worker itself died (out of memory, killed)
+        error = _summary(exc)
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
+
+
+def _pool(jobs: int, total: int) -> Executor:
+    if jobs == 1 or total < 2:
+        return _InProcess()
+    context = multiprocessing.get_context(_start_method())
+    return ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context, initializer=_warm)
+
+
+class _InProcess(Executor):
+    """One file at a time in this process, through the same scheduling as the process pool."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
 
 
 def convert_tree(tasks: list[Task], *, root_name: str | None = None, jobs: int | None = None,
                  progress: Callable[[int, int], None] | None = None, rounds: int = 3) -> list[FileResult]:
-    """convert_paths over the files of one tree, then again for the files that construct an
-    nn.Module subclass or call a layer factory imported from another file of the tree, now knowing it
-    (until nothing new is learnt, at most `rounds` more times). `root_name`: the name of the tree's
+    """convert_paths over the files of one tree, each file after the files it imports from, knowing
+    which of their names are nn.Module subclasses or layer factories (`Block(d)` then gets its
+    rngs as it would were Block defined there). Where the order cannot give that (an import cycle, an
+    import the text scan missed), the files that learn something new are converted again, until
+    nothing new is learnt (at most `rounds` more times). `root_name`: the name of the tree's
     directory (absolute imports may start with it)."""
     tasks = list(tasks)
-    results = convert_paths(tasks, jobs=jobs, progress=progress)
+    graph = ImportGraph.of(tasks, root_name)
+
+    def prepare(i: int, done: list[FileResult | None]) -> Task:
+        return replace(tasks[i], tree=TreeSummary.of(tasks, done, root_name, graph, i))
+
+    results = convert_paths(tasks, jobs=jobs, progress=progress, after=graph.after, prepare=prepare)
     for _ in range(rounds):
-        known = cross_file_knowledge(tasks, results, root_name)
-        redo = [i for i, task in enumerate(tasks)
-                if task.kind == "python" and results[i].status != "failed" and known.get(i, ()) != task.known]
+        summary = TreeSummary.of(tasks, results, root_name)
+        redo = [i for i, (task, result) in enumerate(zip(tasks, results))
+                if task.kind == "python" and result.status != "failed"
+                and summary.known(task.relative, result.imports) != result.known]
         if not redo:
             break
-        again = [replace(tasks[i], known=known.get(i, ())) for i in redo]
-        for i, task, result in zip(redo, again, convert_paths(again, jobs=jobs, progress=progress)):
-            tasks[i], results[i] = task, result
+        again = [replace(tasks[i], tree=summary) for i in redo]
+        for i, result in zip(redo, convert_paths(again, jobs=jobs, progress=progress)):
+            results[i] = result
     return results
 
 
@@ -295,64 +343,155 @@ def _module_key(relative: str) -> tuple[str, ...]:
     return parts[:-1] if parts and parts[-1] == "__init__" else parts
 
 
-def cross_file_knowledge(tasks: list[Task], results: list[FileResult],
-                         root_name: str | None) -> dict[int, tuple[tuple[str, str], ...]]:
-    """For each file (by index): the names it imports from the tree that are module classes or layer
-    factories there (following re-exports such as a package's __init__.py)."""
-    by_key: dict[tuple[str, ...], FileResult] = {}
-    is_package: dict[int, bool] = {}
-    package_keys: set[tuple[str, ...]] = set()
-    for i, (task, result) in enumerate(zip(tasks, results)):
-        if task.kind == "python":
-            by_key[_module_key(task.relative)] = result
-            is_package[i] = task.relative == "__init__.py" or task.relative.endswith("/__init__.py")
-            if is_package[i]:
-                package_keys.add(_module_key(task.relative))
+def _import_targets(importer: tuple[str, ...], package: bool, dots: int, module: str,
+                    root_name: str | None) -> list[tuple[str, ...]]:
+    """The module keys `from <dots><module> import ...` in the file `importer` may refer to."""
+    parts = tuple(module.split(".")) if module else ()
+    if dots:
+        base = importer if package else importer[:-1]
+        if dots - 1 > len(base):
+            return []
+        return [base[:len(base) - (dots - 1)] + parts]
+    found = [parts]
+    if root_name and parts and parts[0] == root_name:
+        found.append(parts[1:])
+    return found
 
-    def targets(importer: tuple[str, ...], package: bool, dots: int, module: str) -> list[tuple[str, ...]]:
-        parts = tuple(module.split(".")) if module else ()
-        if dots:
-            base = importer if package else importer[:-1]
-            if dots - 1 > len(base):
+
+def _is_package(relative: str) -> bool:
+    return relative == "__init__.py" or relative.endswith("/__init__.py")
+
+
+# What a file imports (`from .x import A, B as C` at the start of a line) and defines (`class A`,
+# `def b` there), read from its text before it is parsed. It only orders the conversions: a line it
+# gets wrong costs a second conversion, never a wrong one (TreeSummary.known reads the parsed imports).
+_FROM_IMPORT = re.compile(rb"^from[ \t]+(\.*)[ \t]*([\w.]*)[ \t]+import[ \t]*(\([^)]*\)|(?:\\\n|[^\n])*)",
+                          re.MULTILINE)
+_DEFINITION = re.compile(rb"^(?:async[ \t]+)?(?:class|def)[ \t]+(\w+)", re.MULTILINE)
+_IMPORTED_NAME = re.compile(rb"(\w+)(?:[ \t]+as[ \t]+(\w+))?")
+
+
+@dataclass
+class TextScan:
+    defined: set[str]
+    imports: list[tuple[int, str, str, str]]  # as FileResult.imports
+
+    @classmethod
+    def of(cls, path: str) -> TextScan:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return cls(set(), [])
+        imports = []
+        for dots, module, names in _FROM_IMPORT.findall(data):
+            for item in re.sub(rb"#[^\n]*", b"", names).strip(b"()\\ \t\r\n").split(b","):
+                match = _IMPORTED_NAME.fullmatch(item.strip(b" \t\r\n\\"))
+                if match:
+                    imported, local = match.group(1).decode(), (match.group(2) or match.group(1)).decode()
+                    imports.append((len(dots), module.decode(), imported, local))
+        return cls({name.decode() for name in _DEFINITION.findall(data)}, imports)
+
+
+@dataclass
+class ImportGraph:
+    """Which files each Python file (by index) learns from: `after`, those that define (as a class
+    or function) a name it imports, converted before it; `reads`, those and the files that pass such
+    a name on (a package's __init__.py), whose imports it follows. Names that are neither (constants,
+    submodules) order nothing, which keeps most import cycles out of the order."""
+
+    after: dict[int, set[int]]
+    reads: dict[int, set[int]]
+    scans: dict[int, TextScan]
+
+    @classmethod
+    def of(cls, tasks: list[Task], root_name: str | None) -> ImportGraph:
+        by_key = {_module_key(t.relative): i for i, t in enumerate(tasks) if t.kind == "python"}
+        scans = {i: TextScan.of(tasks[i].path) for i in by_key.values()}
+
+        def chain(key: tuple[str, ...], name: str, seen: set) -> list[int]:
+            """The files from `key` to the one defining `name` ([] if no file of the tree does)."""
+            i = by_key.get(key)
+            if i is None or (key, name) in seen:
                 return []
-            base = base[:len(base) - (dots - 1)]
-            return [base + parts]
-        found = [parts]
-        if root_name and parts and parts[0] == root_name:
-            found.append(parts[1:])
-        return found
+            seen.add((key, name))
+            if name in scans[i].defined:
+                return [i]
+            for dots, module, imported, local in scans[i].imports:
+                if local == name:
+                    for target in _import_targets(key, _is_package(tasks[i].relative), dots, module, root_name):
+                        found = chain(target, imported, seen)
+                        if found:
+                            return [i, *found]
+            return []
 
-    def kind_of_name(key: tuple[str, ...], name: str, seen: set) -> str | None:
-        if (key, name) in seen or key not in by_key:
-            return None
-        seen.add((key, name))
-        result = by_key[key]
-        if name in result.exports:
-            return result.exports[name]
-        package = key in package_keys
-        for dots, module, imported, local in result.imports:
-            if local == name:
-                for target in targets(key, package, dots, module):
-                    found = kind_of_name(target, imported, seen)
+        graph = cls({}, {}, scans)
+        for i, scan in scans.items():
+            key, package = _module_key(tasks[i].relative), _is_package(tasks[i].relative)
+            for dots, module, imported, _ in scan.imports:
+                for target in _import_targets(key, package, dots, module, root_name):
+                    found = chain(target, imported, set())
                     if found:
-                        return found
-        return None
+                        graph.after.setdefault(i, set()).add(found[-1])
+                        graph.reads.setdefault(i, set()).update(found)
+                        break
+        return graph
 
-    knowledge: dict[int, tuple[tuple[str, str], ...]] = {}
-    for i, (task, result) in enumerate(zip(tasks, results)):
-        if task.kind != "python" or not result.imports:
-            continue
-        key = _module_key(task.relative)
+
+@dataclass(frozen=True)
+class TreeSummary:
+    """What a file can learn from other files of its tree: their exports (module classes, layer
+    factories) and imports, by module key (re-exports such as a package's __init__.py are followed)."""
+
+    root_name: str | None
+    exports: dict[tuple[str, ...], dict[str, str]]
+    imports: dict[tuple[str, ...], list[tuple[int, str, str, str]]]
+    packages: frozenset[tuple[str, ...]]
+
+    @classmethod
+    def of(cls, tasks: list[Task], results: list[FileResult | None], root_name: str | None,
+           graph: ImportGraph | None = None, reader: int | None = None) -> TreeSummary:
+        """Every converted file, or (with `graph`) the files `reader` reads, where one not converted
+        yet shows the imports its text scan found and no exports."""
+        chosen = graph.reads.get(reader, set()) if graph is not None else range(len(tasks))
+        exports, imports, packages = {}, {}, set()
+        for i in chosen:
+            task, result = tasks[i], results[i]
+            if task.kind != "python" or (result is None and graph is None):
+                continue
+            key = _module_key(task.relative)
+            if result is not None:
+                exports[key], imports[key] = result.exports, result.imports
+            else:
+                exports[key], imports[key] = {}, graph.scans[i].imports
+            if _is_package(task.relative):
+                packages.add(key)
+        return cls(root_name, exports, imports, frozenset(packages))
+
+    def known(self, relative: str, imports: list[tuple[int, str, str, str]]) -> tuple[tuple[str, str], ...]:
+        """(local name, "module" | "factory") for what the file at `relative` imports from these files, sorted."""
+        key, package = _module_key(relative), _is_package(relative)
         names = {}
-        for dots, module, imported, local in result.imports:
-            for target in targets(key, is_package[i], dots, module):
-                found = kind_of_name(target, imported, set())
+        for dots, module, imported, local in imports:
+            for target in _import_targets(key, package, dots, module, self.root_name):
+                found = self._kind(target, imported, set())
                 if found:
                     names[local] = found
                     break
-        if names:
-            knowledge[i] = tuple(sorted(names.items()))
-    return knowledge
+        return tuple(sorted(names.items()))
+
+    def _kind(self, key: tuple[str, ...], name: str, seen: set) -> str | None:
+        if (key, name) in seen or key not in self.exports:
+            return None
+        seen.add((key, name))
+        if name in self.exports[key]:
+            return self.exports[key][name]
+        for dots, module, imported, local in self.imports[key]:
+            if local == name:
+                for target in _import_targets(key, key in self.packages, dots, module, self.root_name):
+                    found = self._kind(target, imported, seen)
+                    if found:
+                        return found
+        return None
 
 
 def _size(path: str) -> int:
