@@ -225,6 +225,66 @@ def test_single_file_report_diff_and_inplace(tmp_path, capsys):
     assert "nn.Linear(2, 2)" in (tmp_path / "m.py.porter-backup").read_text()
 
 
+def test_force_deletes_the_stale_output_of_a_file_that_fails_now(project, tmp_path, capsys):
+    broken = project / "pkg" / "broken.py"
+    broken.write_text("import torch.nn as nn\n\nlayer = nn.Linear(2, 2)\n")
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out)]) == 1  # model.py's PT003
+    assert "nnx.Linear" in (out / "pkg" / "broken.py").read_text()
+    (out / "mine.txt").write_text("keep")
+    broken.write_text(BROKEN)  # fails this time
+    capsys.readouterr()
+    assert main(["convert", str(project), "-o", str(out), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert not (out / "pkg" / "broken.py").exists()  # OUT says what the report says: not converted
+    assert "removed" in err and "pkg/broken.py" in err
+    report = json.loads((out / "porter_report.json").read_text())
+    assert report["removed"] == ["pkg/broken.py"]
+    assert {f["relative"]: f["status"] for f in report["files"]}["pkg/broken.py"] == "failed"
+    text = (out / "porter_report.txt").read_text()
+    assert "1 output(s) of an earlier run removed" in text and "  pkg/broken.py\n" in text
+    assert (out / "mine.txt").read_text() == "keep" and (out / "pkg" / "model.py").exists()
+
+
+def test_single_file_inplace_warns_first(tmp_path, capsys):
+    src = tmp_path / "m.py"
+    src.write_text("import torch.nn as nn\n\nlayer = nn.Linear(2, 2)\n")
+    assert main(["convert", str(src), "--inplace"]) == 0
+    err = capsys.readouterr().err
+    backup = tmp_path / "m.py.porter-backup"
+    assert err.startswith(f"porter: warning: --inplace rewrites {src}") and str(backup) in err.splitlines()[0]
+    assert backup.exists()
+
+
+def test_report_lists_files_and_copies_sorted_by_relative_path(project, tmp_path):
+    pkg = project / "pkg"
+    (pkg / "sub").mkdir()
+    (pkg / "sub" / "__init__.py").write_text(BROKEN)
+    (pkg / "sub" / "table.csv").write_text("a,b\n")
+    (pkg / "zz.py").write_text(BROKEN)
+    (pkg / "zz.txt").write_text("z\n")
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out), "-j", "1"]) == 1
+    report = json.loads((out / "porter_report.json").read_text())
+    relatives = [f["relative"] for f in report["files"]]
+    assert relatives == sorted(relatives) and relatives.index("pkg/sub/__init__.py") < relatives.index("pkg/utils.py")
+    assert report["copied"] == ["pkg/data/config.json", "pkg/sub/table.csv", "pkg/zz.txt"]
+    text = (out / "porter_report.txt").read_text()  # the text report in the same order
+    assert text.index(f"{pkg / 'model.py'}:22:12") < text.index(f"{pkg / 'sub' / '__init__.py'}:3:6") \
+        < text.index(f"{pkg / 'zz.py'}:3:6")
+
+
+def test_a_previous_outputs_report_is_not_copied(project, tmp_path, capsys):
+    out, again = tmp_path / "out", tmp_path / "again"
+    main(["convert", str(project), "-o", str(out)])
+    capsys.readouterr()
+    main(["convert", str(out), "-o", str(again)])
+    err = capsys.readouterr().err
+    report = json.loads((again / "porter_report.json").read_text())
+    assert report["copied"] == ["pkg/data/config.json"] and report["source"] == str(out)
+    assert "not copied" in err and str(out / "porter_report.json") in err
+
+
 def test_parallel_and_sequential_runs_agree(project):
     tasks = [Task(str(p), str(p), p.name, "python") for p in sorted((project / "pkg").glob("*.py"))]
     one = convert_paths(tasks, jobs=1)

@@ -8,8 +8,8 @@ from pathlib import Path
 from porter.convert import report as reports
 from porter.convert.diagnostics import Severity
 from porter.convert.tree import (
-    FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, plan, write_bytes_atomically,
-    write_inplace, write_tree,
+    REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, plan,
+    write_bytes_atomically, write_inplace, write_tree,
 )
 
 
@@ -73,12 +73,17 @@ def _convert_tree(source: Path, args) -> int:
         if out == src or src in out.parents or out in src.parents:
             return _usage_error(f"{output} and {source} overlap; pick an output outside the source (or --inplace)")
     tasks, copies = plan(source, annotate=args.annotate, diff=args.diff)
+    old_reports = [source / name for name in REPORT_NAMES if (source / name).is_file()]
+    if old_reports and output is not None:
+        print(f"porter: not copied: {', '.join(map(str, old_reports))} (porter's report of an earlier run; "
+              f"this run's report replaces it)", file=sys.stderr)
     if args.inplace:
         print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
-    results = _run(tasks, args, root=source)
+    results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
     _print_diagnostics(results, args.log)
     report_dir = args.report
+    removed: list[str] = []
     if args.diff:
         _print_diffs(results)
     elif args.inplace:
@@ -87,10 +92,13 @@ def _convert_tree(source: Path, args) -> int:
         report_dir = report_dir or backup
         print(f"porter: rewrote {len(written)} file(s) under {source}; originals in {backup}", file=sys.stderr)
     else:
-        write_tree(results, copies, source, output)
+        removed = write_tree(results, copies, source, output)
         report_dir = report_dir or output
+        if removed:
+            print(f"porter: removed from {output} the output of an earlier run for {len(removed)} file(s) that "
+                  f"failed now: {', '.join(removed)}", file=sys.stderr)
     mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
-    _write_report(results, source, output, mode, [relative for _, relative in copies], report_dir)
+    _write_report(results, source, output, mode, [relative for _, relative in copies], report_dir, removed)
     return _finish(results, f"{source}")
 
 
@@ -102,6 +110,9 @@ def _convert_file(source: Path, args) -> int:
         return _usage_error(f"{output} exists; pass --force to overwrite it")
     if output is not None and output.resolve() == source.resolve():
         return _usage_error(f"{output} is the source; use --inplace to rewrite it")
+    if args.inplace:
+        print(f"porter: warning: --inplace rewrites {source}; if it changes, the original is copied to "
+              f"{backup_dir(source)} first", file=sys.stderr)
     task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff)
     results = _run([task], args)
     result = results[0]
@@ -161,11 +172,11 @@ def _print_diffs(results: list[FileResult]) -> None:
 
 
 def _write_report(results, source: Path, output: Path | None, mode: str, copied: list[str],
-                  directory: Path | None) -> None:
+                  directory: Path | None, removed: list[str] = ()) -> None:
     if directory is None:
         return
     data = reports.build(results, source=str(source), output=str(output) if output else None, mode=mode,
-                         copied=copied, version=reports.porter_version())
+                         copied=copied, version=reports.porter_version(), removed=removed)
     written = reports.write(data, directory)
     print(f"porter: report in {written[0]} and {written[1].name}", file=sys.stderr)
 

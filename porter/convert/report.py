@@ -35,13 +35,17 @@ def porter_version() -> str:
 
 
 def build(results: list[FileResult], *, source: str, output: str | None, mode: str,
-          copied: list[str] = (), version: str = "") -> dict:
-    """The report as JSON-ready data."""
+          copied: list[str] = (), version: str = "", removed: list[str] = ()) -> dict:
+    """The report as JSON-ready data; files, copied and removed sorted by relative path.
+
+    `removed` (a field only when not empty): outputs of an earlier run deleted because their file
+    failed this time (--force)."""
+    results = sorted(results, key=lambda r: r.relative)
     statuses = Counter(r.status for r in results)
     diagnostics = [d for r in results for d in r.diagnostics]
     by_code = Counter(d.code for d in diagnostics)
     by_severity = Counter(d.severity.value for d in diagnostics)
-    return {
+    report = {
         "schema": SCHEMA,
         "porter_version": version,
         "mode": mode,
@@ -71,8 +75,11 @@ def build(results: list[FileResult], *, source: str, output: str | None, mode: s
             }
             for r in results
         ],
-        "copied": list(copied),
+        "copied": sorted(copied),
     }
+    if removed:  # a field only when there are some
+        report["removed"] = sorted(removed)
+    return report
 
 
 def text(report: dict) -> str:
@@ -87,6 +94,10 @@ def text(report: dict) -> str:
     for status in STATUSES:
         lines.append(f"  {STATUS_TEXT[status]:<{width}}  {summary[status]}")
     lines.append(f"  {'changes made':<{width}}  {summary['changes']}")
+    removed = report.get("removed", [])
+    if removed:
+        lines.append(f"{len(removed)} output(s) of an earlier run removed: their file failed this time")
+        lines.extend(f"  {path}" for path in removed)
     if summary["by_code"]:
         lines += ["", "Diagnostics by code (errors, warnings, then notes):"]
         codes = report["codes"]

@@ -84,7 +84,10 @@ def kind_of(path: Path) -> str | None:
 
 def plan(source: Path, *, annotate: bool = False, diff: bool = False,
          exclude: Iterable[Path] = ()) -> tuple[list[Task], list[tuple[Path, str]]]:
-    """The files of a tree: tasks for Python files and notebooks, (path, relative) pairs to copy."""
+    """The files of a tree: tasks for Python files and notebooks, (path, relative) pairs to copy.
+
+    porter_report.txt/.json at the root are porter's own report of an earlier run (SRC is a previous
+    output): not copied, the new report takes their place."""
     excluded = {p.resolve() for p in exclude}
     tasks: list[Task] = []
     copies: list[tuple[Path, str]] = []
@@ -92,7 +95,8 @@ def plan(source: Path, *, annotate: bool = False, diff: bool = False,
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and (Path(root) / d).resolve() not in excluded)
         for name in sorted(files):
             path = Path(root) / name
-            if name.endswith(SKIPPED_SUFFIXES) or path.resolve() in excluded:
+            if name.endswith(SKIPPED_SUFFIXES) or path.resolve() in excluded \
+                    or (name in REPORT_NAMES and Path(root) == Path(source)):
                 continue
             relative = path.relative_to(source).as_posix()
             kind = kind_of(path)
@@ -529,13 +533,23 @@ def copy_atomically(source: Path, target: Path) -> None:
         raise
 
 
-def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path) -> None:
-    """Converted files (failed ones aside) and the copied files under `output`, the layout kept."""
+def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path) -> list[str]:
+    """Converted files (failed ones aside) and the copied files under `output`, the layout kept.
+
+    A failed file's output from an earlier run (an existing `output`, --force) is deleted, so that
+    `output` holds what the report says: no stale conversion beside a `failed`. Returns the relative
+    paths deleted."""
+    removed = []
     for result in results:
+        target = output / result.relative
         if result.code is not None:
-            write_bytes_atomically(output / result.relative, result.code, mode_from=source / result.relative)
+            write_bytes_atomically(target, result.code, mode_from=source / result.relative)
+        elif target.is_file() or target.is_symlink():
+            target.unlink()
+            removed.append(result.relative)
     for path, relative in copies:
         copy_atomically(path, output / relative)
+    return sorted(removed)
 
 
 def backup_dir(source: Path) -> Path:
