@@ -43,9 +43,18 @@ def run() -> None:
     after `porter weights`, a third of a 2 GB conversion. Every output is written, fsynced and
     renamed into place before main returns, so skipping it loses nothing. An exception still
     ends the normal way, with its traceback.
+
+    A reader that stops early (`porter ... | head -1`) closes stdout's pipe: the rest of the output
+    goes to /dev/null and the exit code is 141 (128 + SIGPIPE, what a shell shows for a command a
+    closed pipe ended), with no traceback.
     """
-    code = main()
-    sys.stdout.flush()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is left in stdout's buffer goes nowhere, quietly
+        code = 141  # 128 + SIGPIPE
     sys.stderr.flush()
     os._exit(code)
 

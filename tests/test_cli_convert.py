@@ -100,3 +100,15 @@ def test_log_lists_every_change(tmp_path, capsys):
 def test_python_dash_m_porter(args):
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert result.returncode == 0 and "porter" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["rules"], ["convert", "m.py"]])
+def test_a_reader_that_stops_early_ends_porter_quietly(tmp_path, command):
+    """`porter ... | head -1`: stdout's pipe closed under porter; no BrokenPipeError traceback, exit 141."""
+    (tmp_path / "m.py").write_text(GOOD)
+    proc = subprocess.Popen([sys.executable, "-m", "porter", *command], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before porter writes anything: its first write to stdout fails with EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
