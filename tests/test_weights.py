@@ -238,6 +238,55 @@ def test_malicious_pickle_is_refused(tmp_path, capsys, how, container, torch_net
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("how", ["system", "open"])
+@pytest.mark.parametrize("container", ["torch.save", "pickle2"])
+def test_refusal_names_the_global_without_torchs_allowlisting_advice(tmp_path, capsys, how, container):
+    ckpt = tmp_path / "evil.pt"
+    payload = {"fc.weight": torch.zeros(2, 2), "x": _Evil(tmp_path / "PWNED", how)}
+    if container == "torch.save":
+        torch.save(payload, ckpt)
+    else:
+        with open(ckpt, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    assert run_weights(str(ckpt), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    named = ("io.open" if how == "open" else "posix.system") if container == "torch.save" else \
+        "torch.storage._load_from_bytes"  # pickle.dump's tensors: the first global torch does not allow
+    assert "refused" in err and f"GLOBAL {named}" in err, err
+    assert "safe_globals" not in err and "allowlist" not in err and "if you trust" not in err, err
+    assert "safetensors.torch.save_file" in err  # porter's own advice stays
+
+
+def _with_pickle(saved: Path, target: Path, edit) -> None:
+    """A copy of the torch.save zip `saved` whose data.pkl is edit(data.pkl)."""
+    import zipfile
+
+    with zipfile.ZipFile(saved) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(name, edit(data) if name.endswith("/data.pkl") else data)
+
+
+@pytest.mark.parametrize("edit, detail", [
+    (lambda data: b"9" + data[1:], "Unsupported operand 57"),  # a flipped opcode
+    (lambda data: b"\x80\x02h\x05.", "KeyError"),  # a memo reference to nothing
+])
+def test_a_corrupt_pickle_is_reported_as_unreadable_not_refused(tmp_path, capsys, torch_net, edit, detail):
+    torch.save(torch_net.state_dict(), tmp_path / "good.pt")
+    ckpt = tmp_path / "broken.pt"
+    _with_pickle(tmp_path / "good.pt", ckpt, edit)
+    with pytest.raises(CheckpointError) as excinfo:
+        read_state_dict(ckpt)
+    assert not isinstance(excinfo.value, UnsafeCheckpointError)
+    message = str(excinfo.value)
+    assert str(ckpt) in message and "corrupt" in message and detail in message and "refused" not in message
+    assert run_weights(str(ckpt), "-o", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "broken.pt" in err and "corrupt" in err and "refused" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_nested_checkpoint_selection(tmp_path, torch_net):
     sd = torch_net.state_dict()
     opt = torch.optim.SGD(torch_net.parameters(), lr=0.1, momentum=0.9)

@@ -39,6 +39,7 @@ import json
 import mmap
 import os
 import pickle
+import re
 import sys
 import warnings
 import zipfile
@@ -474,26 +475,73 @@ def _torch_load(path: Path, *, mmap_file: bool) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap_file)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next((line for line in lines if "global" in line.lower()), "")
+        reason = next((line for line in lines if _REFUSED.search(line)), "")
         detail = next((line for line in reversed(lines) if "documentation" not in line
                        and not line.startswith("Weights only") and "WeightsUnpickler" not in line), "")
         if reason:
             raise UnsafeCheckpointError(
                 f"{path}: refused: the file contains pickled code or objects (not only tensors), and porter "
-                f"will not run them ({reason}). {RESAVE_ADVICE}") from None
-        if header[:1] == b"\x80" or header == b"PK":
-            raise UnsafeCheckpointError(
+                f"will not run them ({_without_allowlisting(reason)}). {RESAVE_ADVICE}") from None
+        if (header[:1] == b"\x80" or header == b"PK") and _well_formed_pickle(path):
+            raise UnsafeCheckpointError(  # e.g. protocol 4's FRAME: a pickle not written by torch.save
                 f"{path}: refused: torch's weights-only unpickler cannot read this pickle ({detail}), and "
                 f"porter never unpickles any other way, since a pickle can run arbitrary code. {RESAVE_ADVICE}"
             ) from None
+        if header[:1] == b"\x80" or header == b"PK":
+            raise CheckpointError(
+                f"{path}: unreadable: its pickle is corrupt ({detail or 'no detail'}); re-download it, or "
+                f"{RESAVE_ADVICE[0].lower()}{RESAVE_ADVICE[1:]}") from None
         raise CheckpointError(f"{path}: not a torch checkpoint (neither torch.save's zip format nor a pickle)") \
             from None
     except EOFError:
         raise CheckpointError(f"{path}: empty or truncated torch checkpoint; re-save or re-download it") from None
-    except (RuntimeError, OSError, ValueError) as exc:
+    except Exception as exc:  # a corrupt pickle trips the unpickler anywhere (KeyError, TypeError, RuntimeError ...)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, (RuntimeError, OSError)):  # KeyError: 57 says more than 57
+            first = f"{type(exc).__name__}: {first}"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first}): the file is truncated or corrupt; "
                               f"re-save or re-download it") from None
+
+
+# What torch's weights-only unpickler says when the pickle names a global (a class, a function) or builds
+# an object it does not allow: porter refuses those files. Any other unpickling error is a broken file.
+_REFUSED = re.compile(r"global|Can only (?:create new object|build)|call reduce", re.IGNORECASE)
+
+
+def _well_formed_pickle(path: Path) -> bool:
+    """Whether the pickles torch.load reads from `path` parse as pickle opcodes (pickletools decodes
+    them; nothing is built or run). A corrupt one does not; one that parses but that torch's unpickler
+    rejects uses opcodes torch.save does not write. Zip: its data.pkl. Legacy: the five pickles
+    before the raw storage bytes (magic number, protocol, system info, the object, storage keys)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+                for _ in pickletools.genops(archive.read(name)):
+                    pass
+            return True
+        with open(path, "rb") as f:
+            for _ in range(5):
+                for _ in pickletools.genops(f):
+                    pass
+                start = f.tell()
+                if f.read(1) != b"\x80":
+                    break
+                f.seek(start)
+        return True
+    except Exception:  # an unknown opcode, a truncated argument, no data.pkl: corrupt
+        return False
+
+
+def _without_allowlisting(reason: str) -> str:
+    """torch's message without its advice to allowlist the global (porter's advice is to re-save)."""
+    reason = re.sub(r"^WeightsUnpickler error:\s*", "", reason)
+    sentences = re.split(r"(?<=\.)\s+(?=[A-Z])", reason)
+    kept = [s for i, s in enumerate(sentences) if i == 0 or not re.search(r"safe_globals|allowlist", s, re.I)]
+    text = re.sub(r",? (?:or )?(?:classes|types) allowlisted via `add_safe_globals`,?", "", " ".join(kept))
+    return text.rstrip(". ")
 
 
 def _is_state_dict(obj: Any) -> bool:
