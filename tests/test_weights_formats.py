@@ -425,6 +425,28 @@ def test_prefix_flags_and_wrong_model(tmp_path, capsys, torch_net):
     assert no_temp_files(tmp_path)
 
 
+def test_non_strict_counts_the_tensors_filled_with_initial_values(tmp_path, capsys, monkeypatch, torch_net):
+    monkeypatch.chdir(tmp_path)
+    sd = {k: v for k, v in torch_net.state_dict().items() if k != "heads.reg.bias"}
+    sd["proj.weight"] = torch.zeros(3, 3)
+    torch.save(sd, "bad.pt")
+    assert run_weights("bad.pt", "-o", "out.safetensors", "--model", f"{MODELS}:FNet", "--non-strict") == 0
+    printed = capsys.readouterr().out
+    written = load_np(str(tmp_path / "out.safetensors"))
+    assert "written with the model's initial values: heads.reg.bias, mask, proj.kernel" in printed
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    assert f": {len(written)} tensor(s) (3 of them the model's initial values" in wrote, wrote
+
+
+def test_the_safetensors_restore_snippet_names_the_output_by_its_absolute_path(tmp_path, capsys, monkeypatch,
+                                                                             torch_net):
+    monkeypatch.chdir(tmp_path)  # OUT given relative, as typed
+    torch.save(torch_net.state_dict(), "net.pt")
+    assert run_weights("net.pt", "-o", "out.safetensors") == 0
+    printed = capsys.readouterr().out
+    assert f"load_file({str(tmp_path / 'out.safetensors')!r})" in printed, printed  # as Orbax's snippet
+
+
 def test_progress_bar_only_on_a_terminal():
     with Progress(3, 100) as bar:  # pytest's stderr is no terminal
         assert not bar.enabled

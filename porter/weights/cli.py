@@ -152,10 +152,11 @@ def run_weights(args: argparse.Namespace) -> int:
     print(result.report.format(verbose=args.verbose))
     for note in result.notes:
         print(f"  note: {note}")
-    print(f"wrote {result.output} ({fmt}): {result.tensors} tensor(s), {result.nbytes / 1e6:.1f} MB")
+    filled = f" ({result.filled} of them the model's initial values, not in the checkpoint)" if result.filled else ""
+    print(f"wrote {result.output} ({fmt}): {result.tensors} tensor(s){filled}, {result.nbytes / 1e6:.1f} MB")
     constructor = spec.call_text(extra="rngs=nnx.Rngs(0)") if spec is not None else "Net(rngs=nnx.Rngs(0))"
     print("restore it into the converted model with:" if spec is not None else
           "restore it into the converted model (your class for Net) with:")
-    for line in restore_snippet(fmt, result.output, constructor).splitlines():
+    for line in restore_snippet(fmt, Path(result.output).absolute(), constructor).splitlines():
         print(f"    {line}")
     return 0

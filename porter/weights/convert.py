@@ -73,8 +73,9 @@ class ConversionResult:
     format: str
     report: LoadReport
     info: ReadInfo
-    tensors: int = 0
+    tensors: int = 0  # every tensor written, `filled` included
     nbytes: int = 0
+    filled: int = 0  # of those, the model's variables the checkpoint did not fill: its initial values
     notes: list[str] = field(default_factory=list)
 
 
@@ -448,6 +449,9 @@ def convert_checkpoint(checkpoint: str | Path | Source, output: str | Path, *, m
                           enabled=progress) as bar:
                 for path, value in extra.items():
                     sink.add(".".join(map(str, path)), path, value, value.dtype, lambda: None)
+                    result.tensors += 1
+                    result.filled += 1
+                    result.nbytes += value.nbytes
                 for item in plan.items:
                     _convert_one(source, plan, item, sink, dtype, report)
                     result.tensors += 1
