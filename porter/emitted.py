@@ -817,6 +817,83 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return y
 
 
+def ntuple(value, n):
+    """torch's int-or-tuple arguments (stride=2, stride=(2, 1)) as a tuple of n ints."""
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def conv_padding(padding, n):
+    """torch's convolution padding (an int, one int per spatial dim, 'same' or 'valid') as lax's: a string or
+    (low, high) pairs."""
+    if isinstance(padding, str):
+        return padding.upper()
+    return tuple((p, p) for p in ntuple(padding, n))
+
+
+class TorchLayerNorm(nnx.Module):
+    """torch's ``nn.LayerNorm`` with torch's attributes (``normalized_shape``, ``eps``, ``weight``, ``bias``): the
+    base a subclass of nn.LayerNorm gets, so that its own forward reads them as it did."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None,
+                 *, rngs=None):
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        dtype = dtype or jnp.float32
+        self.weight = nnx.Param(jnp.ones(self.normalized_shape, dtype)) if elementwise_affine else None
+        self.bias = nnx.Param(jnp.zeros(self.normalized_shape, dtype)) if elementwise_affine and bias else None
+
+    def __call__(self, x):
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class TorchGroupNorm(nnx.Module):
+    """torch's ``nn.GroupNorm`` with torch's attributes (``num_groups``, ``eps``, ``weight``, ``bias``): the base a
+    subclass of nn.GroupNorm gets."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *, rngs=None):
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        dtype = dtype or jnp.float32
+        self.weight = nnx.Param(jnp.ones((num_channels,), dtype)) if affine else None
+        self.bias = nnx.Param(jnp.zeros((num_channels,), dtype)) if affine else None
+
+    def __call__(self, x):
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class TorchConv2d(nnx.Module):
+    """torch's ``nn.Conv2d`` with torch's attributes and layout (``weight`` (out, in / groups, kh, kw), ``bias``,
+    ``stride``, ``padding``, ...) on NCHW arrays: the base a subclass of nn.Conv2d gets, so that its own forward
+    (``F.conv2d(x, self.weight, ...)``) reads them as it did. Parameters start as torch's do."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, *, rngs: nnx.Rngs):
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
+        self.padding = padding if isinstance(padding, str) else pair(padding)
+        self.padding_mode = padding_mode
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        bound = 1 / math.sqrt(shape[1] * shape[2] * shape[3])  # kaiming_uniform_(a=sqrt(5)), torch's default
+        dtype = dtype or jnp.float32
+        self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, dtype, -bound, bound))
+        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_channels,), dtype, -bound, bound)) \
+            if bias else None
+
+    def __call__(self, x):
+        padding = self.padding
+        if self.padding_mode != "zeros" and not isinstance(padding, str):
+            mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[self.padding_mode]
+            x = jnp.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), mode=mode)
+            padding = (0, 0)
+        if not isinstance(padding, str):
+            padding = ((padding[0], padding[0]), (padding[1], padding[1]))
+        y = jax.lax.conv_general_dilated(x, self.weight[...], self.stride, padding.upper() if isinstance(padding, str)
+                                         else padding, rhs_dilation=self.dilation, feature_group_count=self.groups,
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return y if self.bias is None else y + self.bias[...][:, None, None]
+
+
 def unfold_nchw(x, kernel_size, dilation=1, padding=0, stride=1):
     """torch's ``F.unfold`` (im2col) on (N, C, H, W): (N, C * kh * kw, L) in torch's (channel, kh, kw) order."""
     kernel, dilation, padding, stride = (
@@ -886,6 +963,11 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "batch_norm": (),
     "unfold_nchw": (),
     "fold_nchw": (),
+    "ntuple": (),
+    "conv_padding": ("ntuple",),
+    "TorchLayerNorm": ("layer_norm",),
+    "TorchGroupNorm": ("group_norm",),
+    "TorchConv2d": (),
 }
 
 # Training helpers (losses, optimizers, gradient clipping, learning-rate schedulers) live in

@@ -457,3 +457,68 @@ def test_a_choice_between_layer_classes_stays_a_choice():
     block = namespace["Block"](False, 2, rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(np.asarray(block.act(x)), torch.relu(torch.from_numpy(x)).numpy())
     assert type(block.norm).__name__ == "LayerNorm"
+
+
+TORCH_LAYER_SUBCLASS_MODEL = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm2d(nn.LayerNorm):  # torchvision's convnext: no constructor of its own
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class StdConv2d(nn.Conv2d):  # timm's weight-standardised convolution
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, eps=1e-6):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.eps = eps
+
+    def forward(self, x):
+        weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                              training=True, momentum=0., eps=self.eps).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class GroupNorm1(nn.GroupNorm):  # timm's GroupNorm1: one group
+    def __init__(self, num_channels, **kwargs):
+        super().__init__(1, num_channels, **kwargs)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = StdConv2d(3, 8, 3, padding=1, bias=True)
+        self.norm = LayerNorm2d(8, eps=1e-6)
+        self.gn = GroupNorm1(8)
+
+    def forward(self, x):
+        return self.gn(self.norm(self.conv(x)))
+'''
+
+
+def test_subclasses_of_torch_layers_keep_the_layers_attributes(tmp_path):
+    # their own forward reads torch's attributes (self.weight, self.eps, self.stride ...): the base is an
+    # emitted class that keeps them, in torch's layout, so the state_dict loads as it is
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    c = convert_source(TORCH_LAYER_SUBCLASS_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name != "INFO"], c.diagnostics
+    for line in ("class LayerNorm2d(TorchLayerNorm):", "class StdConv2d(TorchConv2d):",
+                 "class GroupNorm1(TorchGroupNorm):", "super().__init__(1, num_channels, **kwargs, rngs=rngs)",
+                 "self.norm = LayerNorm2d(8, eps=1e-6, rngs=rngs)"):
+        assert line in c.code, line
+    (tmp_path / "torch_net.py").write_text(TORCH_LAYER_SUBCLASS_MODEL)
+    (tmp_path / "jax_net.py").write_text(c.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    for module in (torch_model.norm, torch_model.gn):  # not the initial ones and zeros
+        torch.nn.init.normal_(module.weight)
+        torch.nn.init.normal_(module.bias)
+    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8, 8))
+    assert report.passed, report.format()

@@ -354,6 +354,25 @@ def split(rule: Rule, site: Site) -> Application:
     return Application(cst.Call(cst.Name("split_by_size"), [cst.Arg(x), cst.Arg(sizes), axis]))
 
 
+def batch_norm(rule: Rule, site: Site) -> Application:
+    """F.batch_norm -> the emitted batch_norm: with the running statistics (training=False), or with the batch's
+    when there are none to update (training=True, running_mean and running_var None: weight
+    standardisation's use). training=True with running statistics updates them in place: not converted."""
+    bound = bind(rule, site.call)
+    training = bound.get("training")
+    batch_statistics = training is not None and code_of(training) != "False"
+    if batch_statistics and not all(code_of(bound[name]) == "None" for name in ("running_mean", "running_var")):
+        raise Unsupported("training=True updates running_mean/running_var in place; only None statistics convert")
+    args = [cst.Arg(bound[name]) for name in ("input", "running_mean", "running_var")]
+    args += [keyword_arg(name, bound[name]) for name in ("weight", "bias") if name in bound]
+    if batch_statistics:
+        args.append(keyword_arg("training", training))
+    if "eps" in bound:
+        args.append(keyword_arg("eps", bound["eps"]))
+    site.ctx.need_helper("batch_norm")
+    return Application(cst.Call(cst.Name("batch_norm"), args))
+
+
 def einsum(rule: Rule, site: Site) -> Application:
     """torch.einsum(eq, a, b) and torch.einsum(eq, [a, b]) -> jnp.einsum(eq, a, b)."""
     args = site.call.args
@@ -432,12 +451,16 @@ def conv(rule: Rule, site: Site) -> Application:
     n = int(rule.source[0][-2])
     spatial = "DHW"[-n:]
     numbers = f"('NC{spatial}', 'OI{spatial}', 'NC{spatial}')"
-    keywords = {"window_strides": VALUE_TRANSFORMS[f"tuple{n}"](bound.get("stride", cst.Integer("1")), site.ctx)}
+    keywords = {"window_strides": _conv_tuple(bound.get("stride", cst.Integer("1")), n, site)}
     padding = bound.get("padding", cst.Integer("0"))
-    keywords["padding"] = VALUE_TRANSFORMS[f"conv_padding{n}"](padding, site.ctx) if n != 3 else \
-        _conv_padding3(padding, site)
+    if _held(padding):
+        site.ctx.need_helper("conv_padding")
+        keywords["padding"] = _call("conv_padding", padding, cst.Integer(str(n)))
+    else:
+        keywords["padding"] = VALUE_TRANSFORMS[f"conv_padding{n}"](padding, site.ctx) if n != 3 else \
+            _conv_padding3(padding, site)
     if literal(bound.get("dilation", cst.Integer("1"))) != 1:
-        keywords["rhs_dilation"] = VALUE_TRANSFORMS[f"tuple{n}"](bound["dilation"], site.ctx)
+        keywords["rhs_dilation"] = _conv_tuple(bound["dilation"], n, site)
     keywords["dimension_numbers"] = expr(numbers)
     if literal(bound.get("groups", cst.Integer("1"))) != 1:
         keywords["feature_group_count"] = bound["groups"]
@@ -453,6 +476,19 @@ def conv(rule: Rule, site: Site) -> Application:
             added = expr(f"{bias_code}[{index}]")
         out = cst.BinaryOperation(out, cst.Add(), added)
     return Application(out)
+
+
+def _held(node: cst.BaseExpression) -> bool:
+    """A value held by a name or attribute (`self.stride` of a Conv2d subclass): an int or a tuple, whichever
+    it holds at run time."""
+    return literal(node) is NO_VALUE and not isinstance(node, (cst.Tuple, cst.List))
+
+
+def _conv_tuple(node: cst.BaseExpression, n: int, site: Site) -> cst.BaseExpression:
+    if _held(node):
+        site.ctx.need_helper("ntuple")
+        return _call("ntuple", node, cst.Integer(str(n)))
+    return VALUE_TRANSFORMS[f"tuple{n}"](node, site.ctx)
 
 
 def _conv_padding3(node: cst.BaseExpression, site: Site) -> cst.BaseExpression:

@@ -174,7 +174,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if base in self.ctx.module_classes:
             return True
         full = self._qualified_base(base)
-        return full in MODULE_BASES or full in SEQUENTIAL_BASES
+        return full in MODULE_BASES or full in SEQUENTIAL_BASES or full in TORCH_LAYER_BASES
 
     def _qualified_base(self, base: str) -> str | None:
         head, _, rest = base.partition(".")
@@ -204,6 +204,10 @@ MODULE_BASES = ("torch.nn.Module", "torch.nn.modules.module.Module")
 # super().__init__(*layers) stays
 SEQUENTIAL_BASES = ("torch.nn.Sequential", "torch.nn.modules.container.Sequential")
 SEQUENTIAL_TARGETS = ("nnx.Sequential", "nnx.List", "nnx.Dict")
+# a subclass of these torch layers (convnext's LayerNorm2d, timm's StdConv2d) reads the layer's torch
+# attributes in its own forward: it becomes a subclass of the emitted class that keeps them (porter/emitted.py)
+TORCH_LAYER_BASES = {"torch.nn.LayerNorm": "TorchLayerNorm", "torch.nn.GroupNorm": "TorchGroupNorm",
+                     "torch.nn.Conv2d": "TorchConv2d"}
 
 
 def layer_value_rule(node: cst.BaseExpression, ctx: ConversionContext):

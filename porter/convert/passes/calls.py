@@ -8,7 +8,7 @@ import libcst.matchers as m
 from porter.convert import inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
-from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
@@ -272,8 +272,8 @@ class CallRewrite(ScopedTransformer):
             for warning in rule.warn.values():
                 self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
             return new
-        if qualified in SEQUENTIAL_BASES and id(original) in self._class_bases:
-            return updated  # the module pass makes the class an nnx.Sequential subclass
+        if (qualified in SEQUENTIAL_BASES or qualified in TORCH_LAYER_BASES) and id(original) in self._class_bases:
+            return updated  # the module pass makes the class a subclass of nnx.Sequential or an emitted layer
         if qualified in MODULE_BASES:
             if self._annotation_depth:  # downsample: Optional[nn.Module]
                 new = expr("nnx.Module")

@@ -8,7 +8,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import code_of
-from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES
+from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.calls import CallRewrite
 from porter.convert.weight_init import is_init_statement
 from libcst.metadata import PositionProvider
@@ -100,12 +100,13 @@ class ModuleRewrite(CallRewrite):
     def leave_SimpleStatementLine(self, original_node, updated_node):
         """super().__init__(): dropped under nn.Module (an nnx.Module needs no base constructor call), kept
         under nn.Sequential (it takes the layers), and given rngs under a module class of this code base
-        (its constructor builds the layers the subclass inherits)."""
+        or a torch layer (its constructor builds the layers or parameters the subclass inherits)."""
         if self.module_class and len(updated_node.body) == 1:
             statement = updated_node.body[0]
             if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
                 call = statement.value
-                if any(base in self.ctx.module_classes for base in self.ctx.class_bases.get(self.module_class, ())):
+                if any(base in self.ctx.module_classes or self.ctx.qualified_name(expr(base)) in TORCH_LAYER_BASES
+                       for base in self.ctx.class_bases.get(self.module_class, ())):
                     if any(a.keyword and a.keyword.value == "rngs" for a in call.args):
                         return updated_node
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
@@ -169,6 +170,11 @@ class ModuleRewrite(CallRewrite):
         qualified = self.ctx.qualified_name(original.value)
         if qualified in MODULE_BASES or qualified in SEQUENTIAL_BASES:
             new = updated.with_changes(value=expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
+            self.record("module-base", original, new)
+            return new
+        if qualified in TORCH_LAYER_BASES:
+            self.ctx.need_helper(TORCH_LAYER_BASES[qualified])
+            new = updated.with_changes(value=cst.Name(TORCH_LAYER_BASES[qualified]))
             self.record("module-base", original, new)
             return new
         return updated
