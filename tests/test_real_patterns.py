@@ -522,3 +522,61 @@ def test_subclasses_of_torch_layers_keep_the_layers_attributes(tmp_path):
     flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8, 8))
     assert report.passed, report.format()
+
+
+LAYER_PARAMETERS_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.emb = nn.Embedding(10, 4)
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.ln = nn.LayerNorm(4)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x, idx):
+        y = x @ self.fc.weight.T + self.fc.bias
+        z = self.emb.weight.sum() + self.conv.weight.mean(dim=(1, 2, 3)).sum() + (self.fc.weight ** 2).sum()
+        w = self.ln.weight * self.ln.bias + self.bn.running_mean.sum()
+        return y + z + w.sum() + self.emb(idx).sum()
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, idx):
+        return self.head(self.embed(idx))
+'''
+
+
+def test_layer_parameters_read_in_torchs_layout_and_tying_is_reported(tmp_path):
+    # `self.fc.weight` is the transposed kernel in flax, `self.emb.weight` its embedding: reads convert
+    # exactly; assigning one (weight tying) cannot, and says so instead of leaving code that crashes
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    c = convert_source(LAYER_PARAMETERS_MODEL, filename="net.py")
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == [("PT006", 27)]
+    assert "self.head.weight = self.embed.weight" in c.code and "embed.attend" in c.diagnostics[-1].message
+    for line in ("y = x @ self.fc.kernel[...] + self.fc.bias", "self.emb.embedding.sum()",
+                 "jnp.transpose(self.conv.kernel[...], (3, 2, 0, 1))", "(self.fc.kernel[...].T ** 2)",
+                 "w = self.ln.scale * self.ln.bias + self.bn.mean.sum()"):
+        assert line in c.code, line
+    (tmp_path / "torch_net.py").write_text(LAYER_PARAMETERS_MODEL)
+    (tmp_path / "jax_net.py").write_text(c.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    torch.nn.init.normal_(torch_model.ln.weight)
+    torch.nn.init.normal_(torch_model.ln.bias)
+    torch_model.bn.running_mean.normal_()
+    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 4), torch.randint(0, 10, (2,)))
+    assert report.passed, report.format()

@@ -20,12 +20,18 @@ REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("reg
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 SELF_ASSIGN = m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])
 FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
+# `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
+LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
+LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
+# how code reads a flax variable in torch's layout (porter/weights/layouts.py holds the same layouts for checkpoints)
+_TORCH_LAYOUT_READS = {"same": "{}", "matrix_transpose": "{}[...].T"}
 
 
 class ModuleRewrite(CallRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
     TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "apply", "modules",
-                               "named_modules", "named_apply", "trunc_normal_", "lecun_normal_"})
+                               "named_modules", "named_apply", "trunc_normal_", "lecun_normal_",
+                               *LAYER_PARAMETER_NAMES})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -128,6 +134,14 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        parameter = self._layer_parameter(original_node)
+        if parameter is not None:
+            return self._read_layer_parameter(original_node, *parameter)
+        transposed = self._layer_parameter(original_node.value) if original_node.attr.value == "T" else None
+        if transposed is not None and transposed[2].layout == "matrix_transpose":  # `self.fc.weight.T`: the kernel
+            new = expr(f"{code_of(original_node.value.value)}.{transposed[2].flax_name}[...]")
+            self.record("layer-parameter", original_node, new)
+            return new
         if self.module_class and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
             new = updated_node.with_changes(attr=cst.Name("__call__"))
             self.record("module-forward", original_node, new)
@@ -143,7 +157,15 @@ class ModuleRewrite(CallRewrite):
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign):
         """self.buf = expr outside __init__ updates the variable in place (nnx state); in __init__, an
         attribute set to None and later to a layer (`self.proj = None; if ...: self.proj = Conv(...)`)
-        starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer."""
+        starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer.
+        A layer's torch parameter assigned (`self.head.weight = self.embed.weight`, tying) stays as it was."""
+        for target in original_node.targets:
+            if self._layer_parameter(target.target):
+                self.report("PT006", target.target,
+                            f"assigning {code_of(target.target)} (a converted layer's parameter: its flax variable "
+                            "has another name and layout) is not converted. To tie an output head to an embedding, "
+                            "call the embedding's attend (`self.embed.attend(x)`, nnx.Embed) instead of the head")
+                return original_node
         if self.method == "__init__" and m.matches(original_node, SELF_ASSIGN) \
                 and m.matches(original_node.value, m.Name("None")) \
                 and original_node.targets[0].target.attr.value in self.ctx.none_first_attributes.get(self.module_class, ()):
@@ -161,6 +183,34 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     # --------------------------------------------------------------------
+    def _layer_parameter(self, node: cst.BaseExpression):
+        """(layer qualified name, torch parameter, its WeightMap) for `self.<layer>.<parameter>` of a layer this
+        class built with a rule that maps that parameter; else None."""
+        if not self.module_class or not isinstance(node, cst.Attribute) or node.attr.value not in LAYER_PARAMETER_NAMES \
+                or not m.matches(node, LAYER_PARAMETER):
+            return None
+        qualified = self.ctx.layer_attributes.get(self.module_class, {}).get(node.value.attr.value)
+        rule = self.ctx.rules.lookup(qualified) if qualified and qualified != "buffer" else None
+        if rule is None or rule.kind != "layer" or node.attr.value not in rule.layout:
+            return None
+        return qualified, node.attr.value, rule.layout[node.attr.value]
+
+    def _read_layer_parameter(self, original: cst.Attribute, qualified: str, parameter: str, weight_map):
+        variable = f"{code_of(original.value)}.{weight_map.flax_name}"
+        if weight_map.layout == "conv_kernel":  # (*spatial, in, out) -> (out, in, *spatial)
+            spatial = int(qualified[-2]) if qualified[-2:-1].isdigit() else 2
+            order = (spatial + 1, spatial, *range(spatial))
+            code = f"jnp.transpose({variable}[...], {order})"
+        elif weight_map.layout in _TORCH_LAYOUT_READS:
+            code = _TORCH_LAYOUT_READS[weight_map.layout].format(variable)
+        else:
+            self.report("PT006", original, f"{code_of(original)}: no way to read layout {weight_map.layout!r} in "
+                                           "torch's order; left unchanged")
+            return original
+        new = expr(code)
+        self.record("layer-parameter", original, new)
+        return new
+
     def _add_rngs_param(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
         new = updated.with_changes(params=_with_rngs(updated.params))
         self.record("module-rngs", original.params, new.params)
