@@ -580,3 +580,23 @@ def test_layer_parameters_read_in_torchs_layout_and_tying_is_reported(tmp_path):
     flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 4), torch.randint(0, 10, (2,)))
     assert report.passed, report.format()
+
+
+def test_tying_a_nested_layers_parameter_is_reported():
+    source = '''
+import torch.nn as nn
+
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(10, 4)))
+        self.lm_head = nn.Linear(4, 10, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # nanoGPT's tying
+
+    def forward(self, idx):
+        return self.lm_head(self.transformer.wte(idx))
+'''
+    c = convert_source(source, filename="gpt.py")
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == [("PT006", 10)]
+    assert "self.transformer.wte.weight = self.lm_head.weight" in c.code

@@ -160,7 +160,7 @@ class ModuleRewrite(CallRewrite):
         starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer.
         A layer's torch parameter assigned (`self.head.weight = self.embed.weight`, tying) stays as it was."""
         for target in original_node.targets:
-            if self._layer_parameter(target.target):
+            if self._layer_parameter(target.target) or self._sublayer_parameter(target.target):
                 self.report("PT006", target.target,
                             f"assigning {code_of(target.target)} (a converted layer's parameter: its flax variable "
                             "has another name and layout) is not converted. To tie an output head to an embedding, "
@@ -194,6 +194,16 @@ class ModuleRewrite(CallRewrite):
         if rule is None or rule.kind != "layer" or node.attr.value not in rule.layout:
             return None
         return qualified, node.attr.value, rule.layout[node.attr.value]
+
+    def _sublayer_parameter(self, node: cst.BaseExpression) -> bool:
+        """`self.transformer.wte.weight`: a parameter of a layer somewhere below this class (nanoGPT ties
+        its embedding so), whatever the layer is."""
+        if not self.module_class or not isinstance(node, cst.Attribute) or node.attr.value not in LAYER_PARAMETER_NAMES:
+            return False
+        inner = node.value
+        while isinstance(inner, cst.Attribute):
+            inner = inner.value
+        return m.matches(inner, m.Name("self")) and isinstance(node.value, cst.Attribute)
 
     def _read_layer_parameter(self, original: cst.Attribute, qualified: str, parameter: str, weight_map):
         variable = f"{code_of(original.value)}.{weight_map.flax_name}"
