@@ -179,18 +179,47 @@ def test_functional_dropout_becomes_a_layer():
     assert codes(c) == []
 
 
-def test_self_training_elsewhere_is_reported():
-    c = convert("""
+def test_self_training_becomes_the_deterministic_attribute_that_eval_and_train_set():
+    source = """
         import torch.nn as nn
 
         class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+
             def forward(self, x):
                 if self.training:
                     return x * 2
+                if not self.training:
+                    return -x
                 return x
-        """)
-    assert codes(c) == ["PT006"]
-    assert "if self.training:" in c.code
+
+        class NoInit(nn.Module):
+            def forward(self, x):
+                return x * 3 if self.training == True else x
+
+        class Assigns(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.training = False
+        """
+    c = convert(source)
+    assert "if not self.deterministic:" in c.code and "if self.deterministic:" in c.code
+    assert "(not self.deterministic) == True" in c.code  # parenthesised where `not` would bind wider
+    assert c.code.count("self.deterministic = False  # torch's self.training") == 1  # M's constructor
+    assert "    deterministic = False  # torch's self.training" in c.code  # NoInit: a class attribute
+    assert [(d.code, d.line) for d in c.diagnostics] == [("PT006", 22)]  # assigning self.training
+    namespace: dict = {}
+    exec(c.code.replace("self.training = False", "pass"), namespace)
+    from flax import nnx
+
+    for cls, train, evaluate in ((namespace["M"], 4.0, -2.0), (namespace["NoInit"], 6.0, 2.0)):
+        model = cls(rngs=nnx.Rngs(0))
+        assert float(model(2.0)) == train  # torch modules start in training mode
+        model.eval()
+        assert float(model(2.0)) == evaluate
+        model.train()
+        assert float(model(2.0)) == train
 
 
 # --- calls and methods ------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 import textwrap
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, given, seed, settings
 
 from fuzz_programs import IllConditioned, programs, run_program
 
@@ -37,6 +37,7 @@ def test_generator_covers_every_kind_of_step():
     seen: set[str] = set()
 
     @settings(max_examples=300, deadline=None, database=None)
+    @seed(20261127)  # the same 300 programs each run: a random draw missed a family now and then
     @given(programs())
     def collect(program):
         compile(program.source, "<program>", "exec")

@@ -20,6 +20,13 @@ REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("reg
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 SELF_ASSIGN = m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])
 FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
+RNGS_ONLY_CONSTRUCTOR = """def __init__(self, *, rngs: nnx.Rngs):
+    del rngs  # builds no layers; takes rngs as every converted module does
+"""
+TRAINING_MODE_ATTRIBUTE = "deterministic = False  # torch's self.training is not self.deterministic: model.eval() sets it"
+# where `not self.deterministic` needs no parentheses (self.training as an if's test, an argument ...)
+_TEST_POSITIONS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",), cst.BooleanOperation: ("left", "right"),
+                   cst.Arg: ("value",), cst.Return: ("value",), cst.Assign: ("value",)}
 # `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
 LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
 LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
@@ -37,9 +44,15 @@ class ModuleRewrite(CallRewrite):
         super().__init__(ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
+        self._bare_training: set[int] = set()  # self.training where `not self.deterministic` needs no parentheses
+        self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
+        self._training_classes: set[str] = set()  # module classes that read self.training
+        self._training_stores: set[int] = set()
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
+        if self.module_class:
+            self._note_training_context(node)
         if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
             methods = self.ctx.init_methods.get(node.name.value, set())
             self._init_statements |= {id(s) for s in node.body.body
@@ -52,6 +65,8 @@ class ModuleRewrite(CallRewrite):
 
     def on_leave(self, original_node, updated_node):
         updated_node = super().on_leave(original_node, updated_node)
+        if id(original_node) in self._not_training and m.matches(updated_node.expression, m.UnaryOperation(m.Not())):
+            return updated_node.expression.expression.with_changes(lpar=original_node.lpar, rpar=original_node.rpar)
         if id(original_node) not in self._init_statements:
             return updated_node
         span = self.get_metadata(PositionProvider, original_node)
@@ -84,6 +99,9 @@ class ModuleRewrite(CallRewrite):
         if name in self.ctx.module_classes:
             bases = [self._convert_base(o, u) for o, u in zip(original_node.bases, updated_node.bases)]
             updated_node = updated_node.with_changes(bases=bases)
+            if name in self._training_classes:
+                updated_node = self._add_training_mode(name, updated_node)
+            updated_node = self._add_constructor_taking_rngs(original_node, updated_node)
             updated_node = self._inject_init_statements(name, updated_node)
         return super().leave_ClassDef(original_node, updated_node)
 
@@ -147,11 +165,8 @@ class ModuleRewrite(CallRewrite):
             self.record("module-forward", original_node, new)
             return new
         if self.module_class and m.matches(original_node, SELF_TRAINING) \
-                and id(original_node) not in self._understood_training:
-            self.report("PT006", original_node,
-                        "self.training does not exist on nnx modules; layers switch with model.train()/eval() "
-                        "(nnx.Dropout's deterministic, nnx.BatchNorm's use_running_average). Rewrite this test by hand")
-            return updated_node
+                and id(original_node) not in self._understood_training | self._training_stores:
+            return self._training_mode(original_node)
         return super().leave_Attribute(original_node, updated_node)
 
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign):
@@ -160,6 +175,10 @@ class ModuleRewrite(CallRewrite):
         starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer.
         A layer's torch parameter assigned (`self.head.weight = self.embed.weight`, tying) stays as it was."""
         for target in original_node.targets:
+            if self.module_class and m.matches(target.target, SELF_TRAINING):
+                self.report("PT006", target.target, "assigning self.training is not converted: switch modes with "
+                                                    "model.train() / model.eval() (they set self.deterministic)")
+                return original_node
             if self._layer_parameter(target.target) or self._sublayer_parameter(target.target):
                 self.report("PT006", target.target,
                             f"assigning {code_of(target.target)} (a converted layer's parameter: its flax variable "
@@ -183,6 +202,57 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     # --------------------------------------------------------------------
+    def _note_training_context(self, node: cst.CSTNode) -> None:
+        """Where `not self.deterministic` can stand for self.training as it is, and `not self.training`."""
+        if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Not) \
+                and m.matches(node.expression, SELF_TRAINING):
+            self._not_training.add(id(node))
+        if isinstance(node, cst.Assign):  # `self.training = ...`: reported by leave_Assign, not read
+            self._training_stores |= {id(t.target) for t in node.targets if m.matches(t.target, SELF_TRAINING)}
+        for child in _TEST_POSITIONS.get(type(node), ()):
+            value = getattr(node, child)
+            if m.matches(value, SELF_TRAINING) and not value.lpar:
+                self._bare_training.add(id(value))
+
+    def _training_mode(self, original: cst.Attribute) -> cst.BaseExpression:
+        """self.training -> not self.deterministic, an attribute the class gets (False: torch modules start in
+        training mode), which model.eval() / model.train() set on every module that has one, as torch's do."""
+        self._training_classes.add(self.module_class)
+        new = expr("not self.deterministic")
+        if id(original) not in self._bare_training:
+            new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        self.record("module-training", original, new)
+        return new
+
+    def _add_constructor_taking_rngs(self, original: cst.ClassDef, node: cst.ClassDef) -> cst.ClassDef:
+        """A class right under nn.Module without a constructor gets one taking rngs: every call of a converted
+        module class passes rngs (`self.act = Act(rngs=rngs)`, `act_layer(rngs=rngs)`)."""
+        if any(isinstance(item, cst.FunctionDef) and item.name.value == "__init__" for item in node.body.body) \
+                or not original.bases \
+                or not all(self.ctx.qualified_name(base.value) in MODULE_BASES for base in original.bases):
+            return node
+        body = list(node.body.body)
+        at = next((i for i, item in enumerate(body) if isinstance(item, cst.FunctionDef)), len(body))
+        constructor = cst.parse_statement(RNGS_ONLY_CONSTRUCTOR)
+        if at < len(body):  # where the first method was, with its blank lines; the method one line below
+            constructor = constructor.with_changes(leading_lines=body[at].leading_lines)
+            body[at] = body[at].with_changes(leading_lines=[cst.EmptyLine()])
+        else:
+            constructor = constructor.with_changes(leading_lines=[cst.EmptyLine()])
+        body.insert(at, constructor)
+        self.record("module-rngs", original.name, constructor)
+        return node.with_changes(body=node.body.with_changes(body=body))
+
+    def _add_training_mode(self, name: str, node: cst.ClassDef) -> cst.ClassDef:
+        """`self.deterministic = False` in the constructor, or as a class attribute in a class without one."""
+        if any(isinstance(item, cst.FunctionDef) and item.name.value == "__init__" for item in node.body.body):
+            self.ctx.injected_init_statements.setdefault(name, []).append(f"self.{TRAINING_MODE_ATTRIBUTE}")
+            return node
+        body = list(node.body.body)
+        docstring = 1 if body and m.matches(body[0], m.SimpleStatementLine([m.Expr(m.SimpleString())])) else 0
+        body.insert(docstring, cst.parse_statement(TRAINING_MODE_ATTRIBUTE + "\n"))
+        return node.with_changes(body=node.body.with_changes(body=body))
+
     def _layer_parameter(self, node: cst.BaseExpression):
         """(layer qualified name, torch parameter, its WeightMap) for `self.<layer>.<parameter>` of a layer this
         class built with a rule that maps that parameter; else None."""
@@ -275,7 +345,8 @@ class ModuleRewrite(CallRewrite):
         for i, item in enumerate(body):
             if isinstance(item, cst.FunctionDef) and item.name.value == "__init__":
                 extra = [cst.parse_statement(s) for s in statements]
-                body[i] = item.with_changes(body=item.body.with_changes(body=[*item.body.body, *extra]))
+                kept = [s for s in item.body.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))]
+                body[i] = item.with_changes(body=item.body.with_changes(body=[*kept, *extra]))
                 return node.with_changes(body=node.body.with_changes(body=body))
         self.ctx.report("PT006", 0, 0, f"class {name} needs {statements} in an __init__ it does not define")
         return node
