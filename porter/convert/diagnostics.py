@@ -114,8 +114,9 @@ DOCS: dict[str, str] = {
     "PT005": "Converted, but the result differs from torch in a way the message states (for example a "
              "dropout inside attention that nnx does not apply). Read the message and check that the "
              "difference does not matter to you.",
-    "PT006": "A part of an nn.Module porter does not convert (for example `if self.training:`, which nnx "
-             "modules do not have). Left unchanged; convert it by hand.",
+    "PT006": "A part of an nn.Module porter does not convert (for example assigning `self.training`, or "
+             "assigning a layer's weight to tie it to another's: `self.head.weight = self.embed.weight`; flax "
+             "ties an output head with `self.embed.attend(x)`). Left unchanged; convert it by hand.",
     "PT007": "porter made a choice the message names (for example: a layer built outside any module is "
              "initialised from nnx.Rngs(0)). Nothing to do unless the choice does not fit.",
     "PT030": "The file's bytes are not valid UTF-8 (or it could not be read at all). Python source is UTF-8 "
