@@ -600,3 +600,33 @@ class GPT(nn.Module):
     c = convert_source(source, filename="gpt.py")
     assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == [("PT006", 10)]
     assert "self.transformer.wte.weight = self.lm_head.weight" in c.code
+
+
+def test_a_new_tensor_filled_in_place_is_drawn_from_the_modules_rngs():
+    # vit: nn.Parameter(torch.empty(1, n, d).normal_(std=0.02)); torch's in-place fill of a fresh tensor
+    source = '''
+import torch
+import torch.nn as nn
+
+
+class M(nn.Module):
+    def __init__(self, n, d):
+        super().__init__()
+        self.pos = nn.Parameter(torch.empty(1, n, d).normal_(std=0.02))
+        self.a = nn.Parameter(torch.zeros(n, d).uniform_(-0.1, 0.1))
+        self.b = nn.Parameter(torch.empty(d, dtype=torch.float32).normal_(1.0, 0.5))
+
+    def forward(self, x):
+        return x + torch.empty(3).normal_()
+'''
+    c = convert(source)
+    for line in ("self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, n, d)))",
+                 "jax.random.uniform(rngs.params(), (n, d), minval=-0.1, maxval=0.1)",
+                 "0.5 * jax.random.normal(rngs.params(), d, jnp.float32) + 1.0"):
+        assert line in c.code, line
+    assert [(d.code, d.line) for d in c.diagnostics] == [("PT004", 14)]  # no key in forward
+    namespace: dict = {}
+    exec(c.code[:c.code.index("    def __call__")], namespace)
+    model = namespace["M"](400, 50, rngs=nnx.Rngs(0))
+    assert abs(float(model.pos[...].std()) - 0.02) < 0.001 and abs(float(model.b[...].mean()) - 1.0) < 0.3
+    assert -0.1 <= float(model.a[...].min()) < float(model.a[...].max()) <= 0.1

@@ -22,6 +22,15 @@ _WHOLE_VALUE = {cst.Arg: "value", cst.Assign: "value", cst.AnnAssign: "value", c
 KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_seed")
 
 
+# `torch.empty(shape).normal_(...)`: a new tensor filled in place, a parameter's initial value
+NEW_TENSORS = ("torch.empty", "torch.zeros", "torch.ones")
+NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fresh value's (convert/inplace.py)
+
+
+def _atom(code: str) -> str:
+    return code if code.replace(".", "").replace("_", "").isalnum() else f"({code})"
+
+
 class CallRewrite(ScopedTransformer):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -134,6 +143,9 @@ class CallRewrite(ScopedTransformer):
             return updated_node
         if self._kept_depth:
             return updated_node
+        initialised = self._initialised_new_tensor(original_node, updated_node)
+        if initialised is not None:
+            return initialised
         func = original_node.func
         qualified = self.ctx.qualified_name(func)
         if qualified and qualified.split(".")[0] in ("torch", "einops"):
@@ -206,6 +218,37 @@ class CallRewrite(ScopedTransformer):
                 self.report("PT005", original, f"{code_of(original.func)}: {warning}")
         self.record(rule.id, original, result.node)
         return result.node
+
+    def _initialised_new_tensor(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression | None:
+        """`torch.empty(1, n, d).normal_(std=0.02)`, a new parameter's initial value (vit's position embedding):
+        drawn from the module's rngs, `0.02 * jax.random.normal(rngs.params(), (1, n, d))`."""
+        func = original.func
+        if not isinstance(func, cst.Attribute) or func.attr.value not in NEW_TENSOR_INITIALISERS \
+                or not isinstance(func.value, cst.Call) or self.ctx.qualified_name(func.value.func) not in NEW_TENSORS:
+            return None
+        made = updated.func.value  # the converted jnp.zeros(shape, dtype=...)
+        if not isinstance(made, cst.Call) or not made.args or made.args[0].keyword:
+            return None
+        shape = [code_of(made.args[0].value)] + [code_of(a.value) for a in made.args if a.keyword
+                                                 and a.keyword.value == "dtype"]
+        given = {a.keyword.value if a.keyword else i: code_of(a.value) for i, a in enumerate(original.args)}
+        method = func.attr.value
+        if not self._rngs_in_scope():
+            self.report("PT004", original, f"{method} on a new tensor needs a random key: only a module's "
+                                           "constructor (or a function given rngs) has one; left unchanged")
+            return updated
+        key_and_shape = ", ".join(["rngs.params()", *shape])
+        if method == "normal_":
+            code = f"jax.random.normal({key_and_shape})"
+            std, mean = given.get(1, given.get("std")), given.get(0, given.get("mean"))
+            code = code if std in (None, "1", "1.0") else f"{_atom(std)} * {code}"
+            code = code if mean in (None, "0", "0.0") else f"{code} + {_atom(mean)}"
+        else:
+            low, high = given.get(0, given.get("from", "0.0")), given.get(1, given.get("to", "1.0"))
+            code = f"jax.random.uniform({key_and_shape}, minval={low}, maxval={high})"
+        new = expr(code)
+        self.record(f"new-tensor-{method}", original, new)
+        return new
 
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
