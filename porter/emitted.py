@@ -817,6 +817,38 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return y
 
 
+class NamedSequential(nnx.Module):
+    """torch's ``nn.Sequential(OrderedDict(...))``: the layers run in order under their names, which are the
+    state keys (``features.conv0.weight``), as in torch."""
+
+    def __init__(self, layers):
+        self.names = tuple(layers)
+        for name, layer in layers.items():
+            setattr(self, name, layer)
+
+    def __call__(self, x):
+        for name in self.names:
+            x = getattr(self, name)(x)
+        return x
+
+    def __getitem__(self, index):
+        return getattr(self, index if isinstance(index, str) else self.names[index])
+
+    def __len__(self):
+        return len(self.names)
+
+    def __iter__(self):
+        return (getattr(self, name) for name in self.names)
+
+
+def sequential(*layers):
+    """torch's ``nn.Sequential``: layers in order (an nnx.Sequential), or one OrderedDict of named layers
+    (a NamedSequential, which keeps the names)."""
+    if len(layers) == 1 and isinstance(layers[0], dict):
+        return NamedSequential(layers[0])
+    return nnx.Sequential(*layers)
+
+
 def ntuple(value, n):
     """torch's int-or-tuple arguments (stride=2, stride=(2, 1)) as a tuple of n ints."""
     return (value,) * n if isinstance(value, int) else tuple(value)
@@ -963,6 +995,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "batch_norm": (),
     "unfold_nchw": (),
     "fold_nchw": (),
+    "NamedSequential": (),
+    "sequential": ("NamedSequential",),
     "ntuple": (),
     "conv_padding": ("ntuple",),
     "TorchLayerNorm": ("layer_norm",),

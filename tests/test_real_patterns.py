@@ -630,3 +630,41 @@ class M(nn.Module):
     model = namespace["M"](400, 50, rngs=nnx.Rngs(0))
     assert abs(float(model.pos[...].std()) - 0.02) < 0.001 and abs(float(model.b[...].mean()) - 1.0) < 0.3
     assert -0.1 <= float(model.a[...].min()) < float(model.a[...].max()) <= 0.1
+
+
+NAMED_SEQUENTIAL_MODEL = '''
+from collections import OrderedDict
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layers = OrderedDict()
+        for i in range(12):  # layer_10 after layer_9: the order is the dict's, not the names'
+            layers[f"layer_{i}"] = nn.Linear(4, 4)
+        self.layers = nn.Sequential(layers)
+        self.head = nn.Sequential(OrderedDict([("fc", nn.Linear(4, 2)), ("act", nn.ReLU())]))
+        self.plain = nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+
+    def forward(self, x):
+        return self.plain(self.head(self.layers(x))) + self.head.fc(self.layers[0](x)).sum()
+'''
+
+
+def test_sequential_of_named_layers_keeps_their_names_and_order(tmp_path):
+    # vit's encoder, densenet's features: nn.Sequential(OrderedDict(...)); state keys layers.layer_0.weight
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    c = convert_source(NAMED_SEQUENTIAL_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name != "INFO"], c.diagnostics
+    assert "self.layers = sequential(layers)" in c.code and "self.plain = nnx.Sequential(" in c.code
+    (tmp_path / "torch_net.py").write_text(NAMED_SEQUENTIAL_MODEL)
+    (tmp_path / "jax_net.py").write_text(c.code)
+    torch.manual_seed(0)
+    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(3, 4))
+    assert report.passed, report.format()

@@ -56,6 +56,9 @@ class ConversionContext:
     class_bases: dict[str, list[str]] = field(default_factory=dict)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
+    # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
+    # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
+    constructor_fields: set[str] = field(default_factory=set)
     # layer_constructor_names' answers, by (id(function), attributes, outer names): asked by two passes
     constructor_names: dict[tuple, set[str]] = field(default_factory=dict)
     # class name -> attributes its constructor sets to None and to something else (nnx.data(None) first)

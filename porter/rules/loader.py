@@ -178,8 +178,8 @@ def _parse_rule(raw: dict, file: str) -> Rule:
     # (e.g. "emitted.ChannelsFirstConvTranspose"), which is what the weight loader looks layouts up by.
     if raw["target"] == "builder" and "builder" not in raw:
         raise fail("target 'builder' needs a 'builder' field")
-    if "builder" in raw and raw["target"] != "builder" and not raw.get("layout"):
-        raise fail("a rule with a 'builder' field has target 'builder' (or names its layer class and a layout)")
+    if "builder" in raw and raw["target"] != "builder" and raw["kind"] != "layer":
+        raise fail("a rule with a 'builder' field has target 'builder' (or, a layer rule, names its layer class)")
     if (raw["target"] == "expr") != ("template" in raw):
         raise fail("target 'expr' and a 'template' field go together")
     signature = tuple(_parse_param(p, fail) for p in raw.get("signature", []) if p != "*")

@@ -97,6 +97,12 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     # module classes ---------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.class_stack.append(node.name.value)
+        for statement in node.body.body:
+            for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+                if isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name) \
+                        and _constructor_annotation(small.annotation, self.ctx):
+                    self.ctx.constructor_fields.add(small.target.value)
+                    self._constructor_words.add(small.target.value)
         bases = [dotted(b.value) for b in node.bases]
         self.ctx.class_bases[node.name.value] = bases
         if any(self._is_module_base(b) for b in bases):
@@ -156,7 +162,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if isinstance(node.func, cst.Name) and node.func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return True
         if self._constructor_names and calls_layer_constructor(
-                node, self._constructor_names[-1], self._constructor_attributes[-1] if self.class_stack else set()):
+                node, self._constructor_names[-1], self._constructor_attributes[-1] if self.class_stack else set(),
+                self.ctx.constructor_fields):
             return True
         qualified = self._qualified(node.func)
         rule = self.ctx.rules.lookup(qualified) if qualified else None
@@ -299,10 +306,15 @@ def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> s
     return attributes
 
 
-def calls_layer_constructor(call: cst.Call, names: set[str], attributes: set[str]) -> bool:
+def calls_layer_constructor(call: cst.Call, names: set[str], attributes: set[str],
+                            fields: set[str] = frozenset()) -> bool:
+    """`norm_layer(c)` (a name holding a layer constructor), `self._norm_layer(c)` (such an attribute) or
+    `cnf.block(cnf)` (a field declared as one, ConversionContext.constructor_fields)."""
     func = call.func
     if isinstance(func, cst.Name):
         return func.value in names
+    if isinstance(func, cst.Attribute) and func.attr.value in fields:
+        return True
     return m.matches(func, m.Attribute(value=m.Name("self"))) and func.attr.value in attributes
 
 

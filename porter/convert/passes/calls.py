@@ -105,7 +105,7 @@ class CallRewrite(ScopedTransformer):
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
-        words = super().trigger_words() | self._constructor_words
+        words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields
         return words | self._tensor_names[-1].tensors if self._tensor_names else words
 
     def trigger_state(self):
@@ -156,7 +156,8 @@ class CallRewrite(ScopedTransformer):
             return self._add_rngs(original_node, updated_node)
         if self._constructor_names and self._rngs_in_scope() and calls_layer_constructor(
                 original_node, self._constructor_names[-1],
-                self._constructor_attributes[-1] if self._constructor_attributes else set()):
+                self._constructor_attributes[-1] if self._constructor_attributes else set(),
+                self.ctx.constructor_fields):
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
         if isinstance(updated_node.func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
