@@ -668,3 +668,37 @@ def test_sequential_of_named_layers_keeps_their_names_and_order(tmp_path):
     flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(3, 4))
     assert report.passed, report.format()
+
+
+def test_a_config_field_declared_as_a_layer_constructor_builds_layers_with_rngs():
+    # torchvision's efficientnet: the block class travels in a config dataclass, called as cnf.block(...)
+    source = '''
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+
+@dataclass
+class Config:
+    c: int
+    block: Callable[..., nn.Module]
+
+
+class Net(nn.Module):
+    def __init__(self, configs):
+        super().__init__()
+        self.blocks = nn.ModuleList([cnf.block(cnf.c) for cnf in configs])
+'''
+    c = convert(source)
+    assert "nnx.List([cnf.block(cnf.c, rngs=rngs) for cnf in configs])" in c.code, c.code
+    namespace: dict = {}
+    exec(c.code, namespace)
+    net = namespace["Net"]([namespace["Config"](3, namespace["Block"])], rngs=nnx.Rngs(0))
+    assert net.blocks[0].fc.kernel[...].shape == (3, 3)
