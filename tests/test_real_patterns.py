@@ -702,3 +702,28 @@ class Net(nn.Module):
     exec(c.code, namespace)
     net = namespace["Net"]([namespace["Config"](3, namespace["Block"])], rngs=nnx.Rngs(0))
     assert net.blocks[0].fc.kernel[...].shape == (3, 3)
+
+
+def test_an_initialising_branch_with_its_own_local_names_is_removed():
+    # vit: `if isinstance(self.conv_proj, nn.Conv2d): fan_in = ...; nn.init.trunc_normal_(..., std=f(fan_in))`
+    source = '''
+import math
+import torch.nn as nn
+
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, 4, 2)
+        self.fc = nn.Linear(4, 4)
+        if isinstance(self.conv_proj, nn.Conv2d):
+            fan_in = self.conv_proj.in_channels * self.conv_proj.kernel_size[0]
+            nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
+        if True:
+            width = 3  # used after the branch: the branch stays
+            nn.init.zeros_(self.fc.bias)
+        self.width = width
+'''
+    c = convert(source)
+    assert "fan_in" not in c.code and "width = 3" in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.code in ("PT003", "PT005")] == [("PT005", 11), ("PT003", 16)]

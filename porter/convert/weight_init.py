@@ -28,6 +28,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import ConversionContext
+from porter.convert.traverse import find_all
 
 INPLACE_FILLS = ("normal_", "uniform_", "fill_", "zero_", "trunc_normal_", "exponential_", "bernoulli_")
 PARAMETER_ATTRIBUTES = ("weight", "bias", "data", "in_proj_weight", "in_proj_bias")
@@ -67,7 +68,8 @@ def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_metho
         while orelse is not None:
             branches.append(orelse.body.body)
             orelse = orelse.orelse if isinstance(orelse, cst.If) else None
-        return all(_all_init(b, ctx, init_methods, in_loop) for b in branches)
+        return all(_all_init(b, ctx, init_methods, in_loop) or _init_with_locals(b, ctx, init_methods)
+                   for b in branches)
     if isinstance(statement, cst.With):
         return all((ctx.qualified_name(getattr(i.item, "func", i.item)) or "") == "torch.no_grad"
                    for i in statement.items) and _all_init(statement.body.body, ctx, init_methods, in_loop)
@@ -76,6 +78,18 @@ def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_metho
 
 def _all_init(body, ctx, init_methods, in_loop: bool = False) -> bool:
     return bool(body) and all(is_init_statement(s, ctx, init_methods, in_loop) for s in body)
+
+
+def _init_with_locals(body, ctx, init_methods) -> bool:
+    """A branch that initialises with the help of local names it computes and uses itself (vit:
+    `fan_in = ...; nn.init.trunc_normal_(w, std=math.sqrt(1 / fan_in))`)."""
+    if not _all_init(body, ctx, init_methods, True):
+        return False
+    assigned = {t.target.value for s in body if isinstance(s, cst.SimpleStatementLine) for small in s.body
+                if _assigns_locals(small) for t in small.targets}
+    calls = [s for s in body if not (isinstance(s, cst.SimpleStatementLine) and all(_assigns_locals(x) for x in s.body))]
+    used = {n.value for s in calls for n in find_all(s, cst.Name)}
+    return bool(calls) and assigned <= used
 
 
 def _assigns_locals(small: cst.BaseSmallStatement) -> bool:
