@@ -9,6 +9,8 @@ import torch
 from flax import nnx
 
 from porter import convert_source
+from porter.check.equivalence import check_equivalence
+from porter.check.modelspec import import_file
 
 
 def convert(source: str):
@@ -17,6 +19,14 @@ def convert(source: str):
 
 def codes(conversion) -> list[str]:
     return [d.code for d in conversion.diagnostics]
+
+
+def both_nets(tmp_path, source: str, converted: str):
+    """`Net()` of the torch source (eval mode, seeded) and `Net(rngs=...)` of its conversion."""
+    (tmp_path / "torch_net.py").write_text(source)
+    (tmp_path / "jax_net.py").write_text(converted)
+    torch.manual_seed(0)
+    return import_file(tmp_path / "torch_net.py").Net().eval(), import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
 
 
 # A backbone in the style of the classic ones: the norm layer is a constructor argument (a module
@@ -86,8 +96,6 @@ def test_calls_of_names_holding_layer_constructors_get_rngs():
 
 
 def test_calls_of_names_holding_layer_constructors_match_torch(tmp_path):
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     conversion = convert_source(LAYER_VALUES_MODEL, filename="net.py")
     (tmp_path / "torch_net.py").write_text(LAYER_VALUES_MODEL)
@@ -165,8 +173,6 @@ def test_layer_classes_passed_as_values_build_converted_layers_with_rngs():
 
 
 def test_layer_classes_passed_as_values_match_torch(tmp_path):
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     conversion = convert_source(LAYER_CLASS_VALUES_MODEL, filename="net.py")
     (tmp_path / "torch_net.py").write_text(LAYER_CLASS_VALUES_MODEL)
@@ -289,8 +295,6 @@ class Net(nn.Module):
 
 
 def test_weight_initialisation_in_the_constructor_is_removed_and_reported(tmp_path):
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     c = convert_source(INIT_MODEL, filename="net.py")
     assert [(d.code, d.line) for d in c.diagnostics] == [
@@ -298,11 +302,7 @@ def test_weight_initialisation_in_the_constructor_is_removed_and_reported(tmp_pa
     assert "(lines 15-24)" in c.diagnostics[1].message and "method _init_weights" in c.diagnostics[4].message
     body = c.code[c.code.index("class Net"):]
     assert "import torch" not in c.code and "nn." not in body and "modules()" not in body and "_init_weights" not in body
-    (tmp_path / "torch_net.py").write_text(INIT_MODEL)
-    (tmp_path / "jax_net.py").write_text(c.code)
-    torch.manual_seed(0)
-    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
-    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    torch_model, flax_model = both_nets(tmp_path, INIT_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 6, 6))
     assert report.passed, report.format()
 
@@ -361,17 +361,11 @@ class Net(nn.Module):
 
 def test_subclasses_of_sequential_become_nnx_sequential_subclasses(tmp_path):
     # torchvision's Conv2dNormActivation: layers built in the constructor, handed to super().__init__(*layers)
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     c = convert_source(SEQUENTIAL_SUBCLASS_MODEL, filename="net.py")
     assert set(codes(c)) == {"PT007"}, c.diagnostics  # the layer classes passed as values
     assert "class ConvNormAct(nnx.Sequential):" in c.code and "super().__init__(*layers)" in c.code
-    (tmp_path / "torch_net.py").write_text(SEQUENTIAL_SUBCLASS_MODEL)
-    (tmp_path / "jax_net.py").write_text(c.code)
-    torch.manual_seed(0)
-    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
-    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    torch_model, flax_model = both_nets(tmp_path, SEQUENTIAL_SUBCLASS_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8, 8))
     assert report.passed, report.format()
 
@@ -421,16 +415,10 @@ class Net(nn.Module):
 
 def test_a_subclass_of_a_module_class_keeps_its_base_constructor_call(tmp_path):
     # dropping super().__init__(3) (right under nn.Module) would lose the layers the base builds
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     c = convert_source(SUBCLASS_CHAIN_MODEL, filename="net.py")
     assert c.code.count("super().__init__(3, rngs=rngs)") == 2 and "super().__init__(nnx.Linear(c, c" in c.code
-    (tmp_path / "torch_net.py").write_text(SUBCLASS_CHAIN_MODEL)
-    (tmp_path / "jax_net.py").write_text(c.code)
-    torch.manual_seed(0)
-    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
-    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    torch_model, flax_model = both_nets(tmp_path, SUBCLASS_CHAIN_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(4, 3))
     assert report.passed, report.format()
 
@@ -503,8 +491,6 @@ class Net(nn.Module):
 def test_subclasses_of_torch_layers_keep_the_layers_attributes(tmp_path):
     # their own forward reads torch's attributes (self.weight, self.eps, self.stride ...): the base is an
     # emitted class that keeps them, in torch's layout, so the state_dict loads as it is
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     c = convert_source(TORCH_LAYER_SUBCLASS_MODEL, filename="net.py")
     assert not [d for d in c.diagnostics if d.severity.name != "INFO"], c.diagnostics
@@ -512,14 +498,10 @@ def test_subclasses_of_torch_layers_keep_the_layers_attributes(tmp_path):
                  "class GroupNorm1(TorchGroupNorm):", "super().__init__(1, num_channels, **kwargs, rngs=rngs)",
                  "self.norm = LayerNorm2d(8, eps=1e-6, rngs=rngs)"):
         assert line in c.code, line
-    (tmp_path / "torch_net.py").write_text(TORCH_LAYER_SUBCLASS_MODEL)
-    (tmp_path / "jax_net.py").write_text(c.code)
-    torch.manual_seed(0)
-    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    torch_model, flax_model = both_nets(tmp_path, TORCH_LAYER_SUBCLASS_MODEL, c.code)
     for module in (torch_model.norm, torch_model.gn):  # not the initial ones and zeros
         torch.nn.init.normal_(module.weight)
         torch.nn.init.normal_(module.bias)
-    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8, 8))
     assert report.passed, report.format()
 
@@ -560,8 +542,6 @@ class Tied(nn.Module):
 def test_layer_parameters_read_in_torchs_layout_and_tying_is_reported(tmp_path):
     # `self.fc.weight` is the transposed kernel in flax, `self.emb.weight` its embedding: reads convert
     # exactly; assigning one (weight tying) cannot, and says so instead of leaving code that crashes
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     c = convert_source(LAYER_PARAMETERS_MODEL, filename="net.py")
     assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == [("PT006", 27)]
@@ -570,14 +550,10 @@ def test_layer_parameters_read_in_torchs_layout_and_tying_is_reported(tmp_path):
                  "jnp.transpose(self.conv.kernel[...], (3, 2, 0, 1))", "(self.fc.kernel[...].T ** 2)",
                  "w = self.ln.scale * self.ln.bias + self.bn.mean.sum()"):
         assert line in c.code, line
-    (tmp_path / "torch_net.py").write_text(LAYER_PARAMETERS_MODEL)
-    (tmp_path / "jax_net.py").write_text(c.code)
-    torch.manual_seed(0)
-    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
+    torch_model, flax_model = both_nets(tmp_path, LAYER_PARAMETERS_MODEL, c.code)
     torch.nn.init.normal_(torch_model.ln.weight)
     torch.nn.init.normal_(torch_model.ln.bias)
     torch_model.bn.running_mean.normal_()
-    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 4), torch.randint(0, 10, (2,)))
     assert report.passed, report.format()
 
@@ -655,17 +631,11 @@ class Net(nn.Module):
 
 def test_sequential_of_named_layers_keeps_their_names_and_order(tmp_path):
     # vit's encoder, densenet's features: nn.Sequential(OrderedDict(...)); state keys layers.layer_0.weight
-    from porter.check.equivalence import check_equivalence
-    from porter.check.modelspec import import_file
 
     c = convert_source(NAMED_SEQUENTIAL_MODEL, filename="net.py")
     assert not [d for d in c.diagnostics if d.severity.name != "INFO"], c.diagnostics
     assert "self.layers = sequential(layers)" in c.code and "self.plain = nnx.Sequential(" in c.code
-    (tmp_path / "torch_net.py").write_text(NAMED_SEQUENTIAL_MODEL)
-    (tmp_path / "jax_net.py").write_text(c.code)
-    torch.manual_seed(0)
-    torch_model = import_file(tmp_path / "torch_net.py").Net().eval()
-    flax_model = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    torch_model, flax_model = both_nets(tmp_path, NAMED_SEQUENTIAL_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(3, 4))
     assert report.passed, report.format()
 
