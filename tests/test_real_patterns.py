@@ -697,3 +697,23 @@ class M(nn.Module):
     c = convert(source)
     assert "fan_in" not in c.code and "width = 3" in c.code
     assert [(d.code, d.line) for d in c.diagnostics if d.code in ("PT003", "PT005")] == [("PT005", 11), ("PT003", 16)]
+
+
+def test_a_branch_that_only_computes_values_is_no_initialisation():
+    # torchvision's Conv2dNormActivation: `if padding is None: padding = ...` must stay (it was removed once)
+    source = '''
+import torch.nn as nn
+
+
+class ConvNorm(nn.Module):
+    def __init__(self, c, kernel_size=3, dilation=1, padding=None):
+        super().__init__()
+        if padding is None:
+            if isinstance(kernel_size, int):
+                padding = (kernel_size - 1) // 2 * dilation
+            else:
+                padding = tuple((k - 1) // 2 * dilation for k in kernel_size)
+        self.conv = nn.Conv2d(c, c, kernel_size, padding=padding, dilation=dilation)
+'''
+    c = convert(source)
+    assert "padding = (kernel_size - 1) // 2 * dilation" in c.code and not codes(c).count("PT005")

@@ -82,14 +82,16 @@ def _all_init(body, ctx, init_methods, in_loop: bool = False) -> bool:
 
 def _init_with_locals(body, ctx, init_methods) -> bool:
     """A branch that initialises with the help of local names it computes and uses itself (vit:
-    `fan_in = ...; nn.init.trunc_normal_(w, std=math.sqrt(1 / fan_in))`)."""
-    if not _all_init(body, ctx, init_methods, True):
+    `fan_in = ...; nn.init.trunc_normal_(w, std=math.sqrt(1 / fan_in))`): at least one statement
+    initialises, the others only assign names those statements read. A branch of assignments alone
+    (`if padding is None: padding = ...`) is no initialisation."""
+    local_lines = [s for s in body if isinstance(s, cst.SimpleStatementLine) and all(_assigns_locals(x) for x in s.body)]
+    initialising = [s for s in body if s not in local_lines]
+    if not initialising or not all(is_init_statement(s, ctx, init_methods) for s in initialising):
         return False
-    assigned = {t.target.value for s in body if isinstance(s, cst.SimpleStatementLine) for small in s.body
-                if _assigns_locals(small) for t in small.targets}
-    calls = [s for s in body if not (isinstance(s, cst.SimpleStatementLine) and all(_assigns_locals(x) for x in s.body))]
-    used = {n.value for s in calls for n in find_all(s, cst.Name)}
-    return bool(calls) and assigned <= used
+    assigned = {t.target.value for s in local_lines for small in s.body for t in small.targets}
+    used = {n.value for s in initialising for n in find_all(s, cst.Name)}
+    return assigned <= used
 
 
 def _assigns_locals(small: cst.BaseSmallStatement) -> bool:
