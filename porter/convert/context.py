@@ -52,8 +52,9 @@ class ConversionContext:
     injected_init_statements: dict[str, list[str]] = field(default_factory=dict)
     # class name -> methods other than __init__ that construct layers and so need rngs
     methods_needing_rngs: dict[str, set[str]] = field(default_factory=dict)
-    # class name -> its bases, dotted as written
-    class_bases: dict[str, list[str]] = field(default_factory=dict)
+    # module classes whose base constructor builds layers or parameters they inherit (a module class of
+    # this code base, a torch layer): their super().__init__(...) stays and gets rngs
+    layer_inheriting_classes: set[str] = field(default_factory=set)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:

@@ -14,7 +14,7 @@ import libcst as cst
 
 from porter.convert.apply import Application, Site, _apply_mapping, bind
 from porter.convert.context import code_of
-from porter.convert.transforms import NO_VALUE, Unsupported, expr, keyword_arg, literal
+from porter.convert.transforms import NO_VALUE, Unsupported, atom, expr, keyword_arg, literal
 from porter.rules.loader import Rule
 
 
@@ -43,11 +43,6 @@ def _per_dim(node: cst.BaseExpression, n: int, what: str) -> list[str]:
     raise Unsupported(f"{what}={code_of(node)}: expected an int or {n} ints")
 
 
-def _atom(source: str) -> str:
-    return source if source.isidentifier() or _is_int(source) or source.startswith("self.") and \
-        source[5:].isidentifier() else f"({source})"
-
-
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
@@ -57,10 +52,10 @@ def _transpose_padding(k: str, p: str, op: str, d: str) -> tuple[str, str]:
     if all(_is_int(v) for v in (k, p, op, d)):
         low = int(d) * (int(k) - 1) - int(p)
         return repr(low), repr(low + int(op))
-    low = f"{_atom(k)} - 1" if d == "1" else f"{_atom(d)} * ({_atom(k)} - 1)"
+    low = f"{atom(k)} - 1" if d == "1" else f"{atom(d)} * ({atom(k)} - 1)"
     if p != "0":
-        low += f" - {_atom(p)}"
-    high = low if op == "0" else f"{low} + {_atom(op)}"
+        low += f" - {atom(p)}"
+    high = low if op == "0" else f"{low} + {atom(op)}"
     return low, high
 
 

@@ -36,6 +36,16 @@ def expr(source: str) -> cst.BaseExpression:
 _NO_SPACE = cst.SimpleWhitespace("")
 
 
+def atom(source: str) -> str:
+    """`source` as an operand of an arithmetic operator: a name, a dotted name or a number as it is, anything
+    else in parentheses."""
+    try:
+        float(source)
+        return source
+    except ValueError:
+        return source if all(part.isidentifier() for part in source.split(".")) else f"({source})"
+
+
 def keyword_arg(name: str, value: cst.BaseExpression) -> cst.Arg:
     """`name=value`, spelled the way PEP 8 spells keyword arguments."""
     return cst.Arg(value, keyword=cst.Name(name),

@@ -18,6 +18,9 @@ class Layout:
     to_flax: Callable[[np.ndarray], np.ndarray]
     to_torch: Callable[[np.ndarray], np.ndarray]
     doc: str
+    # converted code reading the flax variable (its source text, the layer's spatial dims) in torch's layout:
+    # `self.fc.weight` in a module's code becomes `self.fc.kernel[...].T`
+    torch_code: Callable[[str, int], str] = lambda variable, spatial: variable
 
     def flax_shape(self, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.to_flax(np.empty(torch_shape, dtype=np.int8)).shape
@@ -29,9 +32,12 @@ def _conv_kernel_to_flax(w: np.ndarray) -> np.ndarray:
 
 
 def _conv_kernel_to_torch(k: np.ndarray) -> np.ndarray:
+    return np.transpose(k, _conv_kernel_torch_order(k.ndim - 2))
+
+
+def _conv_kernel_torch_order(spatial: int) -> tuple[int, ...]:
     # (*spatial, in, out) -> (out, in, *spatial)
-    spatial = k.ndim - 2
-    return np.transpose(k, (spatial + 1, spatial, *range(spatial)))
+    return (spatial + 1, spatial, *range(spatial))
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -39,8 +45,10 @@ LAYOUTS: dict[str, Layout] = {
     for layout in [
         Layout("same", lambda a: a, lambda a: a, "Same shape and order in both frameworks."),
         Layout("matrix_transpose", lambda a: np.swapaxes(a, 0, 1), lambda a: np.swapaxes(a, 0, 1),
-               "torch (out, in) -> flax (in, out), as Linear.weight -> kernel."),
+               "torch (out, in) -> flax (in, out), as Linear.weight -> kernel.",
+               lambda variable, spatial: f"{variable}[...].T"),
         Layout("conv_kernel", _conv_kernel_to_flax, _conv_kernel_to_torch,
-               "torch (out, in/groups, *spatial) -> flax (*spatial, in/groups, out), as Conv.weight -> kernel."),
+               "torch (out, in/groups, *spatial) -> flax (*spatial, in/groups, out), as Conv.weight -> kernel.",
+               lambda variable, spatial: f"jnp.transpose({variable}[...], {_conv_kernel_torch_order(spatial)})"),
     ]
 }

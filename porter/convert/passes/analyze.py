@@ -97,17 +97,13 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     # module classes ---------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.class_stack.append(node.name.value)
-        for statement in node.body.body:
-            for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
-                if isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name) \
-                        and _constructor_annotation(small.annotation, self.ctx):
-                    self.ctx.constructor_fields.add(small.target.value)
-                    self._constructor_words.add(small.target.value)
+        self._note_constructor_fields(node)
         bases = [dotted(b.value) for b in node.bases]
-        self.ctx.class_bases[node.name.value] = bases
         if any(self._is_module_base(b) for b in bases):
             if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES for b in bases):
                 self.ctx.sequential_classes.add(node.name.value)
+            if any(b in self.ctx.module_classes or self._qualified_base(b) in TORCH_LAYER_BASES for b in bases):
+                self.ctx.layer_inheriting_classes.add(node.name.value)
             self.ctx.module_classes.add(node.name.value)
             self.ctx.layer_attributes.setdefault(node.name.value, {})
             self.ctx.init_methods[node.name.value] = init_only_methods(node, self.ctx)
@@ -117,6 +113,15 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             else set()
         self._constructor_attributes.append(attributes)
         self._constructor_words |= attributes
+
+    def _note_constructor_fields(self, node: cst.ClassDef) -> None:
+        """`block: Callable[..., nn.Module]` in a class body (a config): ConversionContext.constructor_fields."""
+        for statement in node.body.body:
+            for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+                if isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name) \
+                        and _constructor_annotation(small.annotation, self.ctx):
+                    self.ctx.constructor_fields.add(small.target.value)
+                    self._constructor_words.add(small.target.value)
 
     def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
         self.class_stack.pop()

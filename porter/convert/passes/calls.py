@@ -12,7 +12,7 @@ from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUE
                                            layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
-from porter.convert.transforms import keyword_arg, Unsupported, expr
+from porter.convert.transforms import atom, keyword_arg, Unsupported, expr
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
 # node type -> the field holding an expression that stands alone there (a lambda needs no parentheses)
@@ -25,10 +25,6 @@ KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_see
 # `torch.empty(shape).normal_(...)`: a new tensor filled in place, a parameter's initial value
 NEW_TENSORS = ("torch.empty", "torch.zeros", "torch.ones")
 NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fresh value's (convert/inplace.py)
-
-
-def _atom(code: str) -> str:
-    return code if code.replace(".", "").replace("_", "").isalnum() else f"({code})"
 
 
 class CallRewrite(ScopedTransformer):
@@ -242,8 +238,8 @@ class CallRewrite(ScopedTransformer):
         if method == "normal_":
             code = f"jax.random.normal({key_and_shape})"
             std, mean = given.get(1, given.get("std")), given.get(0, given.get("mean"))
-            code = code if std in (None, "1", "1.0") else f"{_atom(std)} * {code}"
-            code = code if mean in (None, "0", "0.0") else f"{code} + {_atom(mean)}"
+            code = code if std in (None, "1", "1.0") else f"{atom(std)} * {code}"
+            code = code if mean in (None, "0", "0.0") else f"{code} + {atom(mean)}"
         else:
             low, high = given.get(0, given.get("from", "0.0")), given.get(1, given.get("to", "1.0"))
             code = f"jax.random.uniform({key_and_shape}, minval={low}, maxval={high})"

@@ -11,6 +11,7 @@ from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.calls import CallRewrite
 from porter.convert.weight_init import is_init_statement
+from porter.weights.layouts import LAYOUTS
 from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
 
@@ -30,8 +31,6 @@ _TEST_POSITIONS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",)
 # `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
 LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
 LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
-# how code reads a flax variable in torch's layout (porter/weights/layouts.py holds the same layouts for checkpoints)
-_TORCH_LAYOUT_READS = {"same": "{}", "matrix_transpose": "{}[...].T"}
 
 
 class ModuleRewrite(CallRewrite):
@@ -129,8 +128,7 @@ class ModuleRewrite(CallRewrite):
             statement = updated_node.body[0]
             if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
                 call = statement.value
-                if any(base in self.ctx.module_classes or self.ctx.qualified_name(expr(base)) in TORCH_LAYER_BASES
-                       for base in self.ctx.class_bases.get(self.module_class, ())):
+                if self.module_class in self.ctx.layer_inheriting_classes:
                     if any(a.keyword and a.keyword.value == "rngs" for a in call.args):
                         return updated_node
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
@@ -276,18 +274,8 @@ class ModuleRewrite(CallRewrite):
         return m.matches(inner, m.Name("self")) and isinstance(node.value, cst.Attribute)
 
     def _read_layer_parameter(self, original: cst.Attribute, qualified: str, parameter: str, weight_map):
-        variable = f"{code_of(original.value)}.{weight_map.flax_name}"
-        if weight_map.layout == "conv_kernel":  # (*spatial, in, out) -> (out, in, *spatial)
-            spatial = int(qualified[-2]) if qualified[-2:-1].isdigit() else 2
-            order = (spatial + 1, spatial, *range(spatial))
-            code = f"jnp.transpose({variable}[...], {order})"
-        elif weight_map.layout in _TORCH_LAYOUT_READS:
-            code = _TORCH_LAYOUT_READS[weight_map.layout].format(variable)
-        else:
-            self.report("PT006", original, f"{code_of(original)}: no way to read layout {weight_map.layout!r} in "
-                                           "torch's order; left unchanged")
-            return original
-        new = expr(code)
+        spatial = int(qualified[-2]) if qualified[-2:-1].isdigit() else 2  # Conv1d/2d/3d
+        new = expr(LAYOUTS[weight_map.layout].torch_code(f"{code_of(original.value)}.{weight_map.flax_name}", spatial))
         self.record("layer-parameter", original, new)
         return new
 
