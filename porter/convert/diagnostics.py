@@ -94,6 +94,24 @@ CODES.update({
     ]
 })
 
+# Checks on the result (passes that read the rewritten code, after the rewrite).
+CODES.update({
+    c.code: c
+    for c in [
+        Code("PT040", Severity.ERROR, "torch meaning left in the converted code",
+             "The converted file still holds something that works on torch tensors or nn.Modules but not on "
+             "jax arrays or nnx modules (an attribute jax.Array lacks, an nn.Module method, a torch layer "
+             "built inside an nnx module, item assignment to an array, ...). It will fail or differ when it "
+             "runs: rewrite it by hand as the message says."),
+        Code("PT041", Severity.ERROR, "rewrite would not compile: statement kept as it was",
+             "porter's rewrite of this statement did not compile, so the statement was written as it was in "
+             "the original (still torch). Convert it by hand, and please report the statement: it is a bug."),
+        Code("PT042", Severity.ERROR, "random draw with no key to thread",
+             "A torch random draw outside a module whose key porter cannot thread (no seed or key in reach). "
+             "Left unchanged: pass a jax.random key into the function and split it per draw."),
+    ]
+})
+
 # Longer documentation for `porter explain CODE` (the title and hint above are always shown).
 DOCS: dict[str, str] = {
     "PT001": "Python could not parse the file. porter converts only files that parse: the file is not "
