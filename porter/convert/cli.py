@@ -11,6 +11,7 @@ from porter.convert.tree import (
     REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, plan,
     write_bytes_atomically, write_inplace, write_tree,
 )
+from porter.paths import overlaps
 
 
 def add_convert_parser(commands) -> None:
@@ -69,8 +70,7 @@ def _convert_tree(source: Path, args) -> int:
             return _usage_error(f"{output} exists and is not a directory")
         if output.exists() and not args.force:
             return _usage_error(f"{output} exists; pass --force to write into it")
-        src, out = source.resolve(), output.resolve()
-        if out == src or src in out.parents or out in src.parents:
+        if overlaps(source, output):
             return _usage_error(f"{output} and {source} overlap; pick an output outside the source (or --inplace)")
     tasks, copies = plan(source, annotate=args.annotate, diff=args.diff)
     old_reports = [source / name for name in REPORT_NAMES if (source / name).is_file()]

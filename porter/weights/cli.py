@@ -80,6 +80,7 @@ def _builder(spec):
 def run_weights(args: argparse.Namespace) -> int:
     from porter.check.modelspec import ModelSpecError, parse_model_spec
     from porter.weights.convert import ConversionError, convert_checkpoint, convert_to_torch, output_format
+    from porter.weights.outputs import OutputError, check_output
     from porter.weights.readers import CheckpointError, open_checkpoint
     from porter.weights.report import StateDictMismatch
     from porter.weights.writers import restore_snippet
@@ -111,10 +112,12 @@ def run_weights(args: argparse.Namespace) -> int:
         except StateDictMismatch as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 2
-        except (CheckpointError, ConversionError, FileExistsError) as exc:
+        except (CheckpointError, ConversionError, OutputError, FileExistsError) as exc:
             return _error(str(exc))
         except OSError as exc:
             return _error(f"writing {out} failed: {exc}")
+        for note in result.notes:
+            print(f"  note: {note}")
         print(f"wrote {result.output}: torch state_dict, {result.tensors} tensor(s), "
               f"{len(result.report.transposed)} transposed back")
         return 0
@@ -126,6 +129,10 @@ def run_weights(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         return _error(str(exc))
     with source:
+        try:  # before the model file runs: a refused output costs nothing
+            check_output(out, fmt, source.files(), force=args.force)
+        except (OutputError, FileExistsError) as exc:
+            return _error(str(exc))
         print(f"read {source.info.describe()}")
         for note in source.info.notes:
             print(f"  note: {note}")

@@ -42,9 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,6 +49,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from porter.weights import safetensors_io
+from porter.weights.outputs import (OutputError, check_output, orbax_temp, remove, remove_stale_temporaries,
+                                     replace_into, temp_sibling)
 from porter.weights.plan import KeyMeta, Plan, PlanItem, plan_load, rename_keys
 from porter.weights.progress import Progress
 from porter.weights.readers import CheckpointError, Extent, ReadInfo, Source, TensorMeta, open_checkpoint
@@ -85,31 +84,6 @@ def output_format(output: str | Path, fmt: str | None) -> str:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
         return fmt
     return "safetensors" if str(output).lower().endswith(".safetensors") else "orbax"
-
-
-def temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def replace_into(temp: Path, target: Path, *, force: bool) -> None:
-    """Rename temp to target; an existing target is replaced only with force."""
-    if target.exists() or target.is_symlink():
-        if not force:
-            raise FileExistsError(f"{target} exists (use --force / force=True to replace it)")
-        if target.is_dir() and not target.is_symlink():
-            old = temp_sibling(target)
-            os.replace(target, old)
-            os.replace(temp, target)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-    os.replace(temp, target)
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 # ---------------------------------------------------------------- sinks
@@ -195,8 +169,7 @@ class OrbaxSink:
 
     def __init__(self, output: Path, batch_bytes: int):
         self.output = output.absolute()
-        # Orbax's partial saving mishandles names that start with a dot: a visible temporary name
-        self.temp = self.output.with_name(f"{self.output.name}.porter-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.temp = orbax_temp(self.output)
         self.batch_bytes = batch_bytes
         self.batch: list[tuple[tuple, np.ndarray]] = []
         self.releases: list[Any] = []
@@ -397,13 +370,13 @@ def convert_checkpoint(checkpoint: str | Path | Source, output: str | Path, *, m
     fmt = output_format(output, fmt)
     if (output.exists() or output.is_symlink()) and not force:
         raise FileExistsError(f"{output} exists; use --force (force=True) to replace it")
-    if not output.absolute().parent.is_dir():
-        raise ConversionError(f"{output}: the directory {output.absolute().parent} does not exist")
     if isinstance(checkpoint, Source):  # already open (the CLI vets the file before importing the model)
         source_cm: Any = contextlib.nullcontext(checkpoint)
     else:
         source_cm = open_checkpoint(checkpoint, key)
     with source_cm as source:
+        check_output(output, fmt, source.files(), force=force)
+        stale = remove_stale_temporaries(output)
         name = Path(source.info.path).name
         try:
             plan = make_plan(source, model=model, strip_prefix=strip_prefix, add_prefix=add_prefix)
@@ -415,6 +388,7 @@ def convert_checkpoint(checkpoint: str | Path | Source, output: str | Path, *, m
         if strict and not report.ok:
             raise StateDictMismatch(report)
         result = ConversionResult(output, fmt, report, source.info)
+        result.notes += _stale_note(stale)
         if build_note:
             result.notes.append(build_note)
         extra: dict[tuple, np.ndarray] = {}
@@ -466,6 +440,13 @@ def convert_checkpoint(checkpoint: str | Path | Source, output: str | Path, *, m
     return result
 
 
+def _stale_note(removed: list[str]) -> list[str]:
+    if not removed:
+        return []
+    return [f"removed {len(removed)} temporary file(s) an interrupted earlier run left beside the output: "
+            f"{', '.join(removed)}"]
+
+
 def _convert_one(source: Source, plan: Plan, item: PlanItem, sink: Any, policy: str, report: LoadReport) -> None:
     _check_tied(source, plan, item, report)
     out_dtype = item.out_dtype(policy)
@@ -513,8 +494,7 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
     checkpoint = Path(checkpoint)
     if (output.exists() or output.is_symlink()) and not force:
         raise FileExistsError(f"{output} exists; use --force (force=True) to replace it")
-    if not output.absolute().parent.is_dir():
-        raise ConversionError(f"{output}: the directory {output.absolute().parent} does not exist")
+    to_pt = output.suffix.lower() != ".safetensors"
     if checkpoint.is_dir() and (checkpoint / "_METADATA").exists():
         arrays = _restore_orbax_flat(checkpoint, model)
         info = ReadInfo(str(checkpoint), "orbax")
@@ -522,6 +502,8 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
     else:
         source = open_checkpoint(checkpoint)
     with source:
+        check_output(output, "torch" if to_pt else "safetensors", [checkpoint, *source.files()], force=force)
+        stale = remove_stale_temporaries(output)
         routes = _torch_routes(source, model, checkpoint)
         report = LoadReport(model=type(model).__name__ if model is not None else "(from the file's metadata)",
                             mapped_by="model" if model is not None else "metadata")
@@ -531,7 +513,7 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
             report.missing = missing
             report.unexpected = unexpected
             raise StateDictMismatch(report)
-        result = ConversionResult(output, "torch", report, source.info)
+        result = ConversionResult(output, "torch", report, source.info, notes=_stale_note(stale))
         order = [(flax_key, torch_key, layout) for flax_key, outs in routes.items() for torch_key, layout in outs]
         shapes = {}
         for flax_key, torch_key, layout in order:
@@ -542,7 +524,6 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
                 raise ConversionError(f"{checkpoint}: {flax_key} has shape {shape}, which the {layout.name} "
                                       f"layout cannot take back to torch's") from None
         total = sum(source.tensors[f].nbytes for f, _, _ in order)
-        to_pt = output.suffix.lower() != ".safetensors"
         temp = temp_sibling(output)
         try:
             with Progress(len(order), total, description=f"{checkpoint.name} -> {output.name}",

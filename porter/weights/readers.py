@@ -40,6 +40,7 @@ import mmap
 import os
 import pickle
 import re
+import stat
 import sys
 import warnings
 import zipfile
@@ -125,6 +126,10 @@ class Source:
         """
         return None
 
+    def files(self) -> list[Path]:
+        """Every file (or directory) the source reads: the checkpoint, an index and its shards."""
+        return [Path(self.info.path)]
+
     def release(self, key: str) -> None:
         """Done with `key`: give its memory back (no-op where nothing is held)."""
 
@@ -164,6 +169,7 @@ def open_checkpoint(path: str | Path, key: str | None = None) -> Source:
         path, note = resolve_directory(path)
         if note:
             notes.append(note)
+    require_regular_file(path)
     name = path.name.lower()
     if name.endswith(".index.json"):
         source: Source = ShardedSource(path)
@@ -257,10 +263,15 @@ class ShardedSource(Source):
             raise CheckpointError(f"{path}: not a sharded checkpoint index (a JSON file with 'weight_map'): "
                                   f"{exc}") from None
         shards = list(dict.fromkeys(weight_map.values()))
-        missing = [s for s in shards if not (path.parent / s).is_file()]
+        for shard in shards:
+            _check_shard_inside(path, shard)
+        missing = [s for s in shards if not (path.parent / s).exists()]
         if missing:
             raise CheckpointError(f"{path}: shard(s) missing: {', '.join(missing)} (looked in {path.parent}); "
                                   f"download every shard the index names")
+        for shard in shards:
+            require_regular_file(path.parent / shard)
+        self.path = path
         self.info = ReadInfo(str(path), "sharded", files=shards)
         self.parts: dict[str, Source] = {}
         self.owner: dict[str, Source] = {}
@@ -287,6 +298,9 @@ class ShardedSource(Source):
             self.close()
             raise
 
+    def files(self) -> list[Path]:
+        return [self.path, *(self.path.parent / shard for shard in self.info.files)]
+
     def read(self, key: str) -> np.ndarray:
         return self.owner[key].read(key)
 
@@ -299,6 +313,40 @@ class ShardedSource(Source):
     def close(self) -> None:
         for part in self.parts.values():
             part.close()
+
+
+def _check_shard_inside(index: Path, shard: str) -> None:
+    """A shard must be a file of the index's directory (or below it), not a path out of it.
+
+    Resolved (symbolic links followed), it must lie under the index's directory, or under the
+    directory of the file the index itself links to: Hugging Face's cache links every file of a
+    snapshot (the index and its shards) to one blobs/ directory.
+    """
+    name = Path(shard)
+    where = f"{index}: shard {shard!r}"
+    if name.is_absolute() or ".." in name.parts:
+        raise CheckpointError(f"{where} is {'an absolute path' if name.is_absolute() else 'a path with ..'}: "
+                              f"a shard must be a file inside {index.parent}; porter reads nothing outside the "
+                              f"checkpoint's directory. Fix the index's weight_map")
+    resolved = (index.parent / name).resolve()
+    homes = {index.parent.resolve(), index.resolve().parent}
+    if not any(home == resolved or home in resolved.parents for home in homes):
+        raise CheckpointError(f"{where} leads outside {index.parent} (to {resolved}, through a symbolic link): "
+                              f"porter reads nothing outside the checkpoint's directory. Copy the shard into "
+                              f"the directory")
+
+
+def require_regular_file(path: Path) -> None:
+    """Refuse a FIFO, device or socket before it is opened: reading one can block forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise CheckpointError(f"{path}: {kind}, not a checkpoint file: porter reads only regular files "
+                              f"(nothing was read from it). Give the checkpoint file itself")
 
 
 # ---------------------------------------------------------------- torch.save

@@ -34,13 +34,13 @@ safetensors recipe's `nnx.update` puts the file's arrays in as they are.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
+
+from porter.weights.outputs import check_output, replace_into, temp_sibling
 
 STATE_FILTER = nnx.Not(nnx.RngState)
 
@@ -56,36 +56,17 @@ def flat_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
             for path, var in nnx.to_flat_state(model_state(model))}
 
 
-def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _replace(temp: Path, target: Path, *, force: bool) -> None:
-    """Rename temp to target; an existing target is replaced only with force."""
-    if target.exists() or target.is_symlink():
-        if not force:
-            raise FileExistsError(f"{target} exists (use --force / force=True to replace it)")
-        if target.is_dir() and not target.is_symlink():
-            old = _temp_sibling(target)
-            os.replace(target, old)
-            os.replace(temp, target)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-    os.replace(temp, target)
-
-
 def write_safetensors(model: nnx.Module, path: str | Path, *, force: bool = False,
                       metadata: dict[str, str] | None = None) -> Path:
     """Write the model's state to `path` as safetensors keyed by dotted NNX paths."""
     from safetensors.numpy import save_file
 
     path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists (use --force / force=True to replace it)")
-    temp = _temp_sibling(path)
+    check_output(path, "safetensors", [], force=force)
+    temp = temp_sibling(path)
     try:
         save_file(flat_arrays(model), str(temp), metadata={"format": "flax-nnx", **(metadata or {})})
-        _replace(temp, path, force=force)
+        replace_into(temp, path, force=force)
     finally:
         if temp.exists():
             temp.unlink()
@@ -97,9 +78,8 @@ def write_orbax(model: nnx.Module, path: str | Path, *, force: bool = False) -> 
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists (use --force / force=True to replace it)")
-    temp = _temp_sibling(path)
+    check_output(path, "orbax", [], force=force)
+    temp = temp_sibling(path)
     try:
         checkpointer = ocp.StandardCheckpointer()
         try:
@@ -107,7 +87,7 @@ def write_orbax(model: nnx.Module, path: str | Path, *, force: bool = False) -> 
             checkpointer.wait_until_finished()
         finally:
             checkpointer.close()
-        _replace(temp, path, force=force)
+        replace_into(temp, path, force=force)
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)

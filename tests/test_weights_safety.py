@@ -1,0 +1,212 @@
+"""porter weights under bad input (issue 13): nothing lost, nothing read from outside the checkpoint,
+nothing hangs, invalid files refused with the reason, temporaries cleaned, Ctrl-C and SIGTERM quiet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from porter.weights.cli import add_weights_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_weights(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="porter")
+    add_weights_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["weights", *map(str, argv), "--no-progress"])
+    return args.run(args)
+
+
+def state_dict() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {"fc.weight": torch.randn(4, 3, generator=gen), "fc.bias": torch.randn(4, generator=gen)}
+
+
+def checkpoint(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(state_dict(), str(path))
+    else:
+        torch.save(state_dict(), path)
+    return path
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for directories): what must survive a refusal."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def refused(capsys, *argv, words: tuple[str, ...]) -> str:
+    assert run_weights(*argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+# ---------------------------------------------------------------- 1. nothing lost
+
+
+def test_output_dot_holding_the_input_is_refused(tmp_path, capsys, monkeypatch):
+    checkpoint(tmp_path / "in.safetensors")
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    refused(capsys, "in.safetensors", "-o", ".", "--force", words=("contains the checkpoint file", "-o elsewhere"))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("layout", ["dir-is-output", "parent-is-output", "output-is-input"])
+def test_output_equal_to_or_containing_the_input_is_refused_even_with_force(tmp_path, capsys, layout):
+    if layout == "dir-is-output":  # porter weights ckptdir -o ckptdir --force
+        checkpoint(tmp_path / "ckpt" / "model.safetensors")
+        (tmp_path / "ckpt" / "notes.txt").write_text("mine")
+        argv = (tmp_path / "ckpt", "-o", tmp_path / "ckpt")
+    elif layout == "parent-is-output":  # parent/sub/model.safetensors -o parent --force
+        checkpoint(tmp_path / "parent" / "sub" / "model.safetensors")
+        argv = (tmp_path / "parent" / "sub" / "model.safetensors", "-o", tmp_path / "parent")
+    else:  # -o in.safetensors --force: its own input
+        checkpoint(tmp_path / "in.safetensors")
+        argv = (tmp_path / "in.safetensors", "-o", tmp_path / "in.safetensors")
+    before = snapshot(tmp_path)
+    refused(capsys, *argv, "--force", words=("the checkpoint file", "would replace the input"))
+    assert snapshot(tmp_path) == before
+
+
+def test_a_shard_of_a_sharded_index_is_an_input_too(tmp_path, capsys):
+    sd = state_dict()
+    save_file({"fc.weight": sd["fc.weight"]}, str(tmp_path / "a.safetensors"))
+    save_file({"fc.bias": sd["fc.bias"]}, str(tmp_path / "b.safetensors"))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"fc.weight": "a.safetensors", "fc.bias": "b.safetensors"}}))
+    before = snapshot(tmp_path)
+    refused(capsys, index, "-o", tmp_path / "b.safetensors", "--force", words=("is the checkpoint file",))
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "orbax"])
+def test_force_never_replaces_a_directory_of_other_files(tmp_path, capsys, fmt):
+    checkpoint(tmp_path / "in.safetensors")
+    (tmp_path / "existing" / "deep").mkdir(parents=True)
+    (tmp_path / "existing" / "deep" / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    refused(capsys, tmp_path / "in.safetensors", "-o", tmp_path / "existing", "--format", fmt, "--force",
+            words=("exists and is", "--force replaces only what porter writes", "Remove it yourself"))
+    assert snapshot(tmp_path) == before
+
+
+def test_force_never_replaces_a_file_of_another_kind(tmp_path, capsys):
+    checkpoint(tmp_path / "in.safetensors")
+    (tmp_path / "out.safetensors").write_text("not a checkpoint")
+    refused(capsys, tmp_path / "in.safetensors", "-o", tmp_path / "out.safetensors", "--force",
+            words=("not a safetensors file",))
+    assert (tmp_path / "out.safetensors").read_text() == "not a checkpoint"
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "in.safetensors")
+    refused(capsys, tmp_path / "in.safetensors", "-o", tmp_path / "link.safetensors", "--force",
+            words=("the checkpoint file",))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "orbax"])
+def test_force_replaces_porters_own_earlier_output(tmp_path, capsys, fmt):
+    checkpoint(tmp_path / "in.safetensors")
+    out = tmp_path / ("out.safetensors" if fmt == "safetensors" else "out")
+    assert run_weights(tmp_path / "in.safetensors", "-o", out) == 0
+    assert run_weights(tmp_path / "in.safetensors", "-o", out, "--force") == 0
+    if fmt == "orbax":  # an Orbax checkpoint with a file of the user's in it is not porter's alone
+        (out / "README").write_text("mine")
+        refused(capsys, tmp_path / "in.safetensors", "-o", out, "--force", words=("also holds other files", "README"))
+        assert (out / "README").read_text() == "mine"
+
+
+def test_to_torch_refuses_its_own_input_and_files_of_another_kind(tmp_path, capsys):
+    checkpoint(tmp_path / "in.safetensors")
+    flax = tmp_path / "flax.safetensors"
+    assert run_weights(tmp_path / "in.safetensors", "-o", flax) == 0
+    before = flax.read_bytes()
+    refused(capsys, flax, "-o", flax, "--to-torch", "--force", words=("is the checkpoint file",))
+    assert flax.read_bytes() == before
+    (tmp_path / "notes.pt").write_text("mine")
+    refused(capsys, flax, "-o", tmp_path / "notes.pt", "--to-torch", "--force", words=("not a torch.save file",))
+    assert (tmp_path / "notes.pt").read_text() == "mine"
+    assert run_weights(flax, "-o", tmp_path / "back.pt", "--to-torch") == 0
+    assert run_weights(flax, "-o", tmp_path / "back.pt", "--to-torch", "--force") == 0  # porter's own: replaced
+
+
+# ---------------------------------------------------------------- 2. nothing read from outside
+
+
+def _index(directory: Path, shard: str) -> Path:
+    index = directory / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"fc.weight": shard, "fc.bias": shard}}))
+    return index
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_shards_outside_the_index_directory_are_refused(tmp_path, capsys, how):
+    outside = checkpoint(tmp_path / "private" / "x.safetensors")
+    ckpt = tmp_path / "a" / "b"
+    ckpt.mkdir(parents=True)
+    if how == "dotdot":
+        shard = "../../private/x.safetensors"
+    elif how == "absolute":
+        shard = str(outside)
+    else:
+        (ckpt / "shard.safetensors").symlink_to(outside)
+        shard = "shard.safetensors"
+    refused(capsys, _index(ckpt, shard), "-o", tmp_path / "out.safetensors",
+            words=(f"shard {shard!r}", "outside" if how != "dotdot" else "..", "reads nothing outside"))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_hugging_face_cache_snapshot_of_links_into_blobs_still_reads(tmp_path):
+    blobs, snapshot_dir = tmp_path / "blobs", tmp_path / "snapshots" / "abc123"
+    snapshot_dir.mkdir(parents=True)
+    blobs.mkdir()
+    save_file(state_dict(), str(blobs / "f00d"))
+    index_blob = blobs / "beef"
+    index_blob.write_text(json.dumps({"weight_map": {"fc.weight": "model-1.safetensors",
+                                                     "fc.bias": "model-1.safetensors"}}))
+    (snapshot_dir / "model-1.safetensors").symlink_to("../../blobs/f00d")
+    (snapshot_dir / "model.safetensors.index.json").symlink_to("../../blobs/beef")
+    assert run_weights(snapshot_dir, "-o", tmp_path / "out.safetensors") == 0
+
+
+# ---------------------------------------------------------------- 3. nothing hangs
+
+
+def _finishes(fifo: Path, *argv) -> int | None:
+    """run_weights(*argv) in a thread; None if it blocks (then the FIFO is opened for writing to free it)."""
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run_weights(*argv)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        with open(fifo, "wb"):
+            pass
+        thread.join(20)
+        return None
+    return result[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("where", ["checkpoint", "shard"])
+def test_a_fifo_is_refused_without_being_opened(tmp_path, capsys, where):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    given = fifo if where == "checkpoint" else _index(tmp_path, fifo.name)
+    assert _finishes(fifo, given, "-o", tmp_path / "out.safetensors") == 2
+    assert "a FIFO (named pipe), not a checkpoint file" in capsys.readouterr().err
