@@ -210,3 +210,93 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path, capsys, where):
     given = fifo if where == "checkpoint" else _index(tmp_path, fifo.name)
     assert _finishes(fifo, given, "-o", tmp_path / "out.safetensors") == 2
     assert "a FIFO (named pipe), not a checkpoint file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 4. invalid safetensors refused, as the library does
+
+
+def _safetensors(header: bytes | dict, data: bytes) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _f32(begin: int, end: int, shape=None) -> dict:
+    return {"dtype": "F32", "shape": shape if shape is not None else [(end - begin) // 4],
+            "data_offsets": [begin, end]}
+
+
+DATA = bytes(range(64))
+PROBES = {  # name: (file bytes, what porter's error says)
+    "overlapping offsets": (_safetensors({"a": _f32(0, 8), "b": _f32(4, 12)}, DATA[:12]), "overlaps the tensor"),
+    "a gap": (_safetensors({"a": _f32(0, 8), "b": _f32(12, 20)}, DATA[:20]), "gap of 4 bytes"),
+    "not from 0": (_safetensors({"a": _f32(4, 12)}, DATA[:12]), "gap of 4 bytes"),
+    "duplicate keys": (_safetensors(b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+                                    b'"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}', DATA[:16]),
+                       "names 'a' twice"),
+    "trailing bytes": (_safetensors({"a": _f32(0, 8)}, DATA[:12]), "4 bytes after the last tensor"),
+    "float shape": (_safetensors({"a": _f32(0, 16, [4.7])}, DATA[:16]), "shape [4.7] is not a list"),
+    "bool shape": (_safetensors({"a": _f32(0, 16, [True, 4])}, DATA[:16]), "shape [True, 4] is not a list"),
+    "1e30 shape": (_safetensors(b'{"a": {"dtype": "F32", "shape": [1e30], "data_offsets": [0, 16]}}', DATA[:16]),
+                   "shape [1e+30] is not a list"),
+    "Infinity shape": (_safetensors(b'{"a": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 16]}}',
+                                    DATA[:16]), "holds Infinity, which is not JSON"),
+    "deep header": (_safetensors(b"[" * 100_000 + b"]" * 100_000, b""), "nests too deeply"),
+    "deep object": (_safetensors(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, b""), "nests too deeply"),
+    "size overflow": (_safetensors({"a": _f32(0, 16, [2 ** 62, 2 ** 62])}, DATA[:16]), "more bytes than a file"),
+    "wrong size": (_safetensors({"a": _f32(0, 16, [3])}, DATA[:16]), "hold 16 bytes, but shape [3] F32 takes 12"),
+    "float offset": (_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8]}}, DATA[:8]),
+                     "data_offsets [0.0, 8] are not two"),
+    "unknown dtype": (_safetensors({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, DATA[:8]),
+                      "dtype 'F99'"),
+    "header too large": (struct.pack("<Q", 1 << 40) + b"{}", "the header claims"),
+    "truncated": (_safetensors({"a": _f32(0, 16)}, DATA[:8]), "the file is truncated"),
+    "metadata not strings": (_safetensors({"__metadata__": {"k": 1}, "a": _f32(0, 8)}, DATA[:8]),
+                             "__metadata__ must map strings"),
+}
+VALID = {  # what the library reads, and porter too
+    "two tensors": _safetensors({"a": _f32(0, 8), "b": _f32(8, 16)}, DATA[:16]),
+    "empty tensors anywhere": _safetensors({"z": _f32(0, 0, [0]), "a": _f32(0, 8), "y": _f32(8, 8, [0, 3])},
+                                           DATA[:8]),
+    "null metadata, extra field, padding": _safetensors(b'{"__metadata__": null, "a": {"dtype": "F32", "shape": [2],'
+                                                        b' "data_offsets": [0, 8], "extra": 1}}   ', DATA[:8]),
+}
+
+
+def _library_reads(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("probe", list(PROBES))
+def test_invalid_safetensors_are_refused_as_the_library_refuses_them(tmp_path, capsys, probe):
+    data, says = PROBES[probe]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    assert not _library_reads(path)
+    err = refused(capsys, path, "-o", tmp_path / "out.safetensors",
+                  words=(f"{path}: not a valid safetensors file", says, "Re-download or re-save"))
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("probe", list(VALID))
+def test_valid_corner_cases_read_as_the_library_reads_them(tmp_path, probe):
+    from safetensors.numpy import load_file
+
+    from porter.weights.readers import read_state_dict
+
+    path = tmp_path / "ok.safetensors"
+    path.write_bytes(VALID[probe])
+    assert _library_reads(path)
+    ours, _ = read_state_dict(path)
+    theirs = load_file(str(path))
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        np.testing.assert_array_equal(ours[key], theirs[key])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import mmap
 import os
 import struct
@@ -90,7 +91,14 @@ def dtype_name(dtype: np.dtype) -> str:
 
 
 def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """({name: TensorInfo} in file order, metadata) of a safetensors file, every field checked."""
+    """({name: TensorInfo} in file order, metadata) of a safetensors file, every field checked.
+
+    What the safetensors library checks, checked the same way: a bounded header that is strict JSON
+    (no repeated key, no NaN/Infinity, nesting bounded), each tensor a known dtype, a shape of
+    non-negative integers and two integer offsets; the tensors' byte ranges, in offset order, start
+    at 0, follow one another with no gap or overlap, each exactly prod(shape) * itemsize bytes, and
+    end exactly at the end of the file.
+    """
     path = Path(path)
 
     def bad(what: str) -> SafetensorsFormatError:
@@ -105,39 +113,84 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
         if length > MAX_HEADER or 8 + length > size:
             raise bad(f"the header claims {length} bytes but the file has {size} (truncated, or not safetensors)")
         raw = f.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise bad(f"the header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise bad("the header is not a JSON object")
+    header = _parse_header(raw, bad)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise bad("__metadata__ must map strings to strings")
+    infos = sorted((_tensor_info(name, spec, bad) for name, spec in header.items()), key=lambda i: (i.begin, i.end))
+    data_size = size - 8 - length
+    position = 0
+    for info in infos:
+        if info.begin != position:
+            what = "overlaps the tensor before it" if info.begin < position else \
+                f"leaves a gap of {info.begin - position} bytes before it"
+            raise bad(f"tensor {info.name!r} starts at data byte {info.begin} and {what} (the tensors' bytes must "
+                      f"follow one another from 0)")
+        if info.end > data_size:
+            raise bad(f"tensor {info.name!r} ends at byte {8 + length + info.end}, past the end of the file "
+                      f"({size} bytes): the file is truncated")
+        position = info.end
+    if position != data_size:
+        raise bad(f"{data_size - position} bytes after the last tensor (the tensors cover {position} of the "
+                  f"{data_size} data bytes)")
     start = 8 + length
-    infos: list[TensorInfo] = []
-    for name, spec in header.items():
-        try:
-            dtype = DTYPES[spec["dtype"]]
-            shape = tuple(int(d) for d in spec["shape"])
-            begin, end = (int(o) for o in spec["data_offsets"])
-        except KeyError as exc:
-            if isinstance(spec, dict) and "dtype" in spec and exc.args[0] == spec["dtype"]:
-                raise bad(f"tensor {name!r} has dtype {spec['dtype']!r}, which porter cannot read") from None
-            raise bad(f"tensor {name!r}: missing field {exc}") from None
-        except (TypeError, ValueError):
-            raise bad(f"tensor {name!r}: malformed entry {spec!r}") from None
-        if any(d < 0 for d in shape) or begin < 0 or end < begin:
-            raise bad(f"tensor {name!r}: negative size or offsets {spec!r}")
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != expected:
-            raise bad(f"tensor {name!r}: {end - begin} bytes for shape {list(shape)} {spec['dtype']} "
-                      f"({expected} expected)")
-        if start + end > size:
-            raise bad(f"tensor {name!r} ends at byte {start + end}, past the end of the file ({size} bytes): "
-                      f"the file is truncated")
-        infos.append(TensorInfo(name, dtype, shape, start + begin, start + end))
-    return {info.name: info for info in sorted(infos, key=lambda i: (i.begin, i.end))}, metadata
+    return {i.name: TensorInfo(i.name, i.dtype, i.shape, start + i.begin, start + i.end) for i in infos}, metadata
+
+
+def _parse_header(raw: bytes, bad) -> dict:
+    def no_repeats(pairs: list[tuple[str, object]]) -> dict:
+        seen: dict[str, object] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise bad(f"the header names {key!r} twice")
+            seen[key] = value
+        return seen
+
+    def no_constant(name: str) -> None:
+        raise bad(f"the header holds {name}, which is not JSON")
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"the header is not UTF-8 ({exc})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=no_repeats, parse_constant=no_constant)
+    except RecursionError:
+        raise bad("the header nests too deeply to be one (a safetensors header is two levels deep)") from None
+    except ValueError as exc:
+        if isinstance(exc, SafetensorsFormatError):
+            raise
+        raise bad(f"the header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    return header
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _tensor_info(name: str, spec: object, bad) -> TensorInfo:
+    """One header entry checked (offsets relative to the data, as in the file)."""
+    if not isinstance(spec, dict):
+        raise bad(f"tensor {name!r}: {spec!r} is not an object with dtype, shape and data_offsets")
+    missing = [field for field in ("dtype", "shape", "data_offsets") if field not in spec]
+    if missing:
+        raise bad(f"tensor {name!r}: missing field {', '.join(missing)}")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad(f"tensor {name!r} has dtype {dtype!r}, which porter cannot read")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise bad(f"tensor {name!r}: data_offsets {offsets!r} are not two non-negative integers")
+    begin, end = offsets
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    if end < begin or end - begin != expected:
+        takes = f"{expected} bytes" if expected < 1 << 64 else "more bytes than a file can hold"
+        raise bad(f"tensor {name!r}: offsets {offsets} hold {end - begin} bytes, but shape {shape} {dtype} takes "
+                  f"{takes}")
+    return TensorInfo(name, DTYPES[dtype], tuple(shape), begin, end)
 
 
 def map_tensor(path: str | Path, info: TensorInfo) -> np.ndarray:
