@@ -300,3 +300,43 @@ def test_valid_corner_cases_read_as_the_library_reads_them(tmp_path, probe):
     assert ours.keys() == theirs.keys()
     for key in theirs:
         np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+# ---------------------------------------------------------------- 6. --to-torch with malformed metadata
+
+
+TORCH_KEYS = '{"fc.bias":["fc.bias","same"],"fc.kernel":["fc.weight","matrix_transpose"]}'
+METADATA_PROBES = {  # porter's metadata edited: what the error says
+    "torch_keys a list": ({"porter.torch_keys": "[1, 2]"}, "porter.torch_keys is a JSON list, not an object"),
+    "torch_keys not JSON": ({"porter.torch_keys": "{oops"}, "porter.torch_keys is not JSON"),
+    "entry not a pair": ({"porter.torch_keys": '{"fc.bias": "fc.bias", "fc.kernel": ["fc.weight", "same"]}'},
+                         "porter.torch_keys['fc.bias'] is 'fc.bias', not [torch key, layout]"),
+    "unknown layout": ({"porter.torch_keys": '{"fc.bias": ["fc.bias", "sideways"], '
+                                             '"fc.kernel": ["fc.weight", "same"]}'}, "the layout 'sideways'"),
+    "two tensors, one torch key": ({"porter.torch_keys": '{"fc.bias": ["fc.weight", "same"], '
+                                                         '"fc.kernel": ["fc.weight", "matrix_transpose"]}'},
+                                   "the torch key 'fc.weight' comes from both 'fc.bias' and 'fc.kernel'"),
+    "tied to nothing": ({"porter.torch_keys": TORCH_KEYS, "porter.tied": '{"head.weight": "nowhere"}'},
+                        "ties 'head.weight' to 'nowhere'"),
+    "tied over a loaded key": ({"porter.torch_keys": TORCH_KEYS, "porter.tied": '{"fc.bias": "fc.weight"}'},
+                               "the torch key 'fc.bias' comes from both"),
+    "initial a string": ({"porter.torch_keys": TORCH_KEYS, "porter.initial": '"fc.bias"'},
+                         "porter.initial is a JSON str, not a list"),
+}
+
+
+@pytest.mark.parametrize("probe", list(METADATA_PROBES))
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_to_torch_with_malformed_metadata_is_a_clear_error_never_a_dropped_tensor(tmp_path, capsys, probe, suffix):
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save_file as save_np
+
+    checkpoint(tmp_path / "in.safetensors")
+    flax = tmp_path / "flax.safetensors"
+    assert run_weights(tmp_path / "in.safetensors", "-o", flax) == 0
+    metadata, says = METADATA_PROBES[probe]
+    save_np(load_file(str(flax)), str(flax), metadata={"format": "flax-nnx", **metadata})
+    capsys.readouterr()
+    refused(capsys, flax, "-o", tmp_path / f"back{suffix}", "--to-torch",
+            words=(f"{flax}: ", says, "nothing is written" if "comes from" in says else "Convert the torch checkpoint"))
+    assert not (tmp_path / f"back{suffix}").exists()

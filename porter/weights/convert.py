@@ -505,6 +505,7 @@ def convert_to_torch(checkpoint: str | Path, output: str | Path, *, model: Any =
         check_output(output, "torch" if to_pt else "safetensors", [checkpoint, *source.files()], force=force)
         stale = remove_stale_temporaries(output)
         routes = _torch_routes(source, model, checkpoint)
+        _one_tensor_per_torch_key(routes, checkpoint)
         report = LoadReport(model=type(model).__name__ if model is not None else "(from the file's metadata)",
                             mapped_by="model" if model is not None else "metadata")
         missing = [flax_key for flax_key, outs in routes.items() if outs and flax_key not in source.tensors]
@@ -584,8 +585,6 @@ def _write_pt(source: Source, order: list, temp: Path, bar: Progress) -> None:
 
 def _torch_routes(source: Source, model: Any, checkpoint: Path) -> dict[str, list[tuple[str, Any]]]:
     """{flax key: [(torch key, layout), ...]} from the model, else from porter's metadata."""
-    from porter.weights.layouts import LAYOUTS
-
     routes: dict[str, list[tuple[str, Any]]] = {}
     if model is not None:
         from porter.weights.plan import targets_from_model
@@ -602,24 +601,63 @@ def _torch_routes(source: Source, model: Any, checkpoint: Path) -> dict[str, lis
         for path, _ in nnx.to_flat_state(nnx.state(model, STATE_FILTER)):  # state torch has no name for
             routes.setdefault(".".join(map(str, path)), [])
         return routes
-    raw = source.info.metadata.get(METADATA_TORCH_KEYS)
-    if raw is None:
+    if METADATA_TORCH_KEYS not in source.info.metadata:
         raise ConversionError(f"{checkpoint}: no {METADATA_TORCH_KEYS} metadata (not written by porter weights); "
                               f"pass --model (model=) to name the torch keys")
-    try:
-        for flax_key, (torch_key, layout) in json.loads(raw).items():
-            routes.setdefault(flax_key, []).append((torch_key, LAYOUTS[layout]))
-        for flax_key in json.loads(source.info.metadata.get(METADATA_INITIAL, "[]")):
-            routes.setdefault(flax_key, [])  # the model's initial values, not from the torch checkpoint
-        for torch_key, loaded in json.loads(source.info.metadata.get(METADATA_TIED, "{}")).items():
-            for flax_key, outs in list(routes.items()):
-                for k, layout in outs:
-                    if k == loaded:
-                        outs.append((torch_key, layout))
-                        break
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConversionError(f"{checkpoint}: malformed {METADATA_TORCH_KEYS} metadata: {exc}") from None
+    return _routes_from_metadata(source.info.metadata, checkpoint)
+
+
+def _routes_from_metadata(metadata: dict[str, str], checkpoint: Path) -> dict[str, list[tuple[str, Any]]]:
+    """{flax key: [(torch key, layout), ...]} from porter's metadata, every entry checked."""
+    from porter.weights.layouts import LAYOUTS
+
+    def bad(what: str) -> ConversionError:
+        return ConversionError(f"{checkpoint}: malformed porter metadata: {what}. Convert the torch checkpoint "
+                               f"again with porter weights, or pass --model (model=) to name the torch keys")
+
+    def parsed(name: str, default: str, kind: type) -> Any:
+        try:
+            value = json.loads(metadata.get(name, default))
+        except (ValueError, RecursionError) as exc:
+            raise bad(f"{name} is not JSON ({exc})") from None
+        if not isinstance(value, kind):
+            raise bad(f"{name} is a JSON {type(value).__name__}, not {'an object' if kind is dict else 'a list'}")
+        return value
+
+    routes: dict[str, list[tuple[str, Any]]] = {}
+    for flax_key, entry in parsed(METADATA_TORCH_KEYS, "{}", dict).items():
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+            raise bad(f"{METADATA_TORCH_KEYS}[{flax_key!r}] is {entry!r}, not [torch key, layout]")
+        torch_key, layout = entry
+        if layout not in LAYOUTS:
+            raise bad(f"{METADATA_TORCH_KEYS}[{flax_key!r}] names the layout {layout!r}; porter knows "
+                      f"{', '.join(sorted(LAYOUTS))}")
+        routes.setdefault(flax_key, []).append((torch_key, LAYOUTS[layout]))
+    for flax_key in parsed(METADATA_INITIAL, "[]", list):  # the model's initial values, not from the torch checkpoint
+        if not isinstance(flax_key, str):
+            raise bad(f"{METADATA_INITIAL} holds {flax_key!r}, not a key")
+        routes.setdefault(flax_key, [])
+    by_torch_key = {torch_key: outs for outs in routes.values() for torch_key, _ in outs}
+    for torch_key, loaded in parsed(METADATA_TIED, "{}", dict).items():
+        if not isinstance(loaded, str) or loaded not in by_torch_key:
+            raise bad(f"{METADATA_TIED} ties {torch_key!r} to {loaded!r}, which no tensor of the file is")
+        outs = by_torch_key[loaded]
+        outs.append((torch_key, next(layout for k, layout in outs if k == loaded)))
     return routes
+
+
+def _one_tensor_per_torch_key(routes: dict[str, list[tuple[str, Any]]], checkpoint: Path) -> None:
+    """Two flax tensors going to one torch key would leave one of them out: refused."""
+    seen: dict[str, str] = {}
+    for flax_key, outs in routes.items():
+        for torch_key, _ in outs:
+            if torch_key in seen:
+                sources = f"twice from {flax_key!r}" if seen[torch_key] == flax_key else \
+                    f"from both {seen[torch_key]!r} and {flax_key!r}"
+                raise ConversionError(f"{checkpoint}: the torch key {torch_key!r} comes {sources}: one tensor would "
+                                      f"be dropped, so nothing is written. Fix the file's porter metadata (or pass "
+                                      f"--model)")
+            seen[torch_key] = flax_key
 
 
 class _DictSource(Source):
