@@ -340,3 +340,45 @@ def test_to_torch_with_malformed_metadata_is_a_clear_error_never_a_dropped_tenso
     refused(capsys, flax, "-o", tmp_path / f"back{suffix}", "--to-torch",
             words=(f"{flax}: ", says, "nothing is written" if "comes from" in says else "Convert the torch checkpoint"))
     assert not (tmp_path / f"back{suffix}").exists()
+
+
+# ---------------------------------------------------------------- 5. a corrupt zip record is named
+
+
+def _flip_a_bit_of(path: Path, record_of) -> str:
+    """Flip one bit in the data of the zip record holding the tensor `record_of` picks; its name."""
+    with zipfile.ZipFile(path) as archive:
+        records = [i for i in archive.infolist() if "/data/" in i.filename]
+        info = record_of(records)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        f.seek(start + info.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(start + info.file_size // 2)
+        f.write(bytes([byte ^ 0x10]))
+    return info.filename
+
+
+@pytest.mark.parametrize("out", ["out.safetensors", "out_orbax"])
+@pytest.mark.parametrize("which", ["fc.weight", "fc.bias", "a view"])
+def test_a_flipped_bit_in_a_zip_record_is_reported_with_the_record(tmp_path, capsys, out, which):
+    sd = state_dict()
+    if which == "a view":  # two tensors sharing one storage: neither covers the record alone
+        joint = torch.randn(7)
+        sd = {"fc.weight": sd["fc.weight"], "fc.bias": joint[:4], "other.bias": joint[4:]}
+    torch.save(sd, tmp_path / "in.pt")
+    size = {"fc.weight": 48, "fc.bias": 16, "a view": 28}[which]
+    record = _flip_a_bit_of(tmp_path / "in.pt", lambda records: next(r for r in records if r.file_size == size))
+    refused(capsys, tmp_path / "in.pt", "-o", tmp_path / out, "--force",
+            words=(f"record {record} (tensor", "is corrupt: its CRC-32 is", "Re-download or re-save"))
+    assert not (tmp_path / out).exists() and not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_an_intact_pt_converts_with_every_record_checked(tmp_path):
+    from safetensors.numpy import load_file
+
+    torch.save(state_dict(), tmp_path / "in.pt")
+    assert run_weights(tmp_path / "in.pt", "-o", tmp_path / "out.safetensors") == 0
+    np.testing.assert_array_equal(load_file(str(tmp_path / "out.safetensors"))["fc.bias"], state_dict()["fc.bias"])

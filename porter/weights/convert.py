@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -119,15 +120,21 @@ class SafetensorsSink:
         source = self.inputs.get(extent.path)
         if source is None:
             source = self.inputs[extent.path] = open(extent.path, "rb", buffering=0)
+        checked = extent.crc32 is not None
         try:
             if layout.name == "same" and np.dtype(dtype) == meta.dtype:
-                self.writer.copy(name, source, extent.offset, extent.nbytes)
+                crc = self.writer.copy(name, source, extent.offset, extent.nbytes, crc=checked)
+                if checked:
+                    extent.check(crc, meta.key)
                 return
             staged = self.staging.take(meta.shape, meta.dtype)
-            safetensors_io.read_exactly(source, extent.offset, memoryview(staged.reshape(-1).view(np.uint8)))
+            raw = memoryview(staged.reshape(-1).view(np.uint8))
+            safetensors_io.read_exactly(source, extent.offset, raw)
         except EOFError as exc:
             raise CheckpointError(f"{extent.path}: tensor {meta.key!r}: {exc} (the file changed or is truncated)"
                                   ) from None
+        if checked:
+            extent.check(zlib.crc32(raw), meta.key)
         self.writer.write(name, layout.to_flax(staged), dtype=dtype)
 
     def commit(self, *, force: bool) -> None:

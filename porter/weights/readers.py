@@ -44,6 +44,7 @@ import stat
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,14 @@ RESAVE_ADVICE = ("Re-save the weights where they were made with torch.save(model
 
 class CheckpointError(ValueError):
     """The checkpoint cannot be read as a state_dict; the message says why and what to do."""
+
+
+class CorruptRecordError(CheckpointError):
+    """A zip record's bytes do not match the CRC-32 the zip stores for them."""
+
+    def __init__(self, path: str | Path, record: str | None, key: str, stored: int, read: int):
+        super().__init__(f"{path}: record {record} (tensor {key!r}) is corrupt: its CRC-32 is {read:08x}, the zip "
+                         f"says {stored:08x}. Re-download or re-save the checkpoint")
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -106,6 +115,13 @@ class Extent:
     path: str
     offset: int
     nbytes: int
+    crc32: int | None = None  # the zip's CRC-32 of exactly these bytes: whoever reads them checks it
+    record: str | None = None  # the zip record they are
+
+    def check(self, crc: int, key: str) -> None:
+        """Raise CheckpointError if `crc` (of the bytes read) is not the record's."""
+        if self.crc32 is not None and crc != self.crc32:
+            raise CorruptRecordError(self.path, self.record, key, self.crc32, crc)
 
 
 class Source:
@@ -416,22 +432,49 @@ class TorchSource(Source):
                 identity = (id(t),)
             alias = seen.setdefault(identity, k)
             self.tensors[k] = TensorMeta(k, tuple(t.shape), dtype, str(path), alias if alias != k else None)
-        self._storage_offsets: dict[int, int] | None = None  # storage address -> file offset, found on demand
+        self._records: dict[int, Record] | None = None  # storage address -> its zip record, found on demand
+        self._checked: set[int] = set()  # storages whose record's CRC-32 was checked (or is checked by a reader)
 
     def read(self, key: str) -> np.ndarray:
-        return to_numpy(self.state_dict[key], copy=False)
+        tensor = self.state_dict[key]
+        if self.mapped and is_torch_tensor(tensor):
+            self._check_storage(key, tensor)
+        return to_numpy(tensor, copy=False)
 
     def extent(self, key: str) -> Extent | None:
         tensor = self.state_dict[key]
         if not self.mapped or not is_torch_tensor(tensor) or not tensor.is_contiguous() or tensor.numel() == 0:
             return None
-        if self._storage_offsets is None:
-            self._storage_offsets = _storage_file_offsets(self.path, self.state_dict.values())
-        start = self._storage_offsets.get(tensor.untyped_storage().data_ptr())
-        if start is None:
+        record = self._record(tensor)
+        if record is None:
             return None
         itemsize = tensor.element_size()
-        return Extent(str(self.path), start + tensor.storage_offset() * itemsize, tensor.numel() * itemsize)
+        nbytes = tensor.numel() * itemsize
+        address = tensor.untyped_storage().data_ptr()
+        if tensor.storage_offset() == 0 and nbytes == record.nbytes and address not in self._checked:
+            self._checked.add(address)  # the reader checks the CRC-32 of the bytes it reads
+            return Extent(str(self.path), record.offset, nbytes, record.crc32, record.name)
+        self._check_storage(key, tensor)
+        return Extent(str(self.path), record.offset + tensor.storage_offset() * itemsize, nbytes)
+
+    def _record(self, tensor: Any) -> Record | None:
+        if self._records is None:
+            self._records = _storage_records(self.path, self.state_dict.values())
+        return self._records.get(tensor.untyped_storage().data_ptr())
+
+    def _check_storage(self, key: str, tensor: Any) -> None:
+        """Check the CRC-32 of the zip record behind `tensor`'s storage, once (read through its memory map)."""
+        storage = tensor.untyped_storage()
+        address = storage.data_ptr()
+        if address in self._checked or not storage.nbytes():
+            return
+        record = self._record(tensor)
+        if record is None:
+            return
+        self._checked.add(address)
+        crc = zlib.crc32((ctypes.c_ubyte * record.nbytes).from_address(address))
+        if crc != record.crc32:
+            raise CorruptRecordError(self.path, record.name, key, record.crc32, crc)
 
     def release(self, key: str) -> None:
         if not self.mapped:
@@ -445,13 +488,23 @@ class TorchSource(Source):
         self.state_dict = {}
 
 
-def _storage_file_offsets(path: Path, values: Any) -> dict[int, int]:
-    """{storage address: offset of its bytes in `path`} for the tensors torch.load(mmap=True) mapped from it.
+@dataclass(frozen=True)
+class Record:
+    """A stored (uncompressed) record of a zip: where its bytes start, how many, their CRC-32."""
+
+    name: str
+    offset: int
+    nbytes: int
+    crc32: int
+
+
+def _storage_records(path: Path, values: Any) -> dict[int, Record]:
+    """{storage address: its zip record} for the tensors torch.load(mmap=True) mapped from `path`.
 
     Each address is located in the process's own map of the file (/proc/self/maps, Linux), and kept only
     if it starts a stored (uncompressed) `data/` record of the zip with exactly the storage's size, in a
     little-endian file: then the file holds the storage's bytes as they are. Anything else: no entry,
-    and the tensor is read through its memory map.
+    and the tensor is read through its memory map (unchecked: no record to check it against).
     """
     storages = {}
     for value in values:
@@ -465,19 +518,19 @@ def _storage_file_offsets(path: Path, values: Any) -> dict[int, int]:
         maps = _file_maps(path)
     except (OSError, ValueError, zipfile.BadZipFile):
         return {}
-    offsets = {}
+    found = {}
     for address, nbytes in storages.items():
         for start, end, file_offset in maps:
             if start <= address and address + nbytes <= end:
-                offset = address - start + file_offset
-                if records.get(offset) == nbytes:
-                    offsets[address] = offset
+                record = records.get(address - start + file_offset)
+                if record is not None and record.nbytes == nbytes:
+                    found[address] = record
                 break
-    return offsets
+    return found
 
 
-def _stored_data_records(path: Path) -> dict[int, int]:
-    """{offset of the data: size} of the uncompressed `*/data/*` entries of a zip, if it is little-endian."""
+def _stored_data_records(path: Path) -> dict[int, Record]:
+    """{offset of the data: record} of the uncompressed `*/data/*` entries of a zip, if it is little-endian."""
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         infos = archive.infolist()
         for info in infos:
@@ -492,7 +545,8 @@ def _stored_data_records(path: Path) -> dict[int, int]:
             if len(local) < 30 or local[:4] != b"PK\x03\x04":
                 continue
             name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-            records[info.header_offset + 30 + name_length + extra_length] = info.file_size
+            offset = info.header_offset + 30 + name_length + extra_length
+            records[offset] = Record(info.filename, offset, info.file_size, info.CRC)
         return records
 
 

@@ -26,6 +26,7 @@ import mmap
 import os
 import struct
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -292,16 +293,21 @@ class _Window:
             self.filled += out.nbytes
             start += piece.shape[0]
 
-    def put_file(self, source: BinaryIO, offset: int, nbytes: int) -> None:
-        """`nbytes` of `source` from `offset`, read straight into the buffer."""
+    def put_file(self, source: BinaryIO, offset: int, nbytes: int, *, crc: bool = False) -> int | None:
+        """`nbytes` of `source` from `offset`, read straight into the buffer; with crc, their CRC-32."""
+        value = 0 if crc else None
         while nbytes:
             if not self.free:
                 self.flush()
             step = min(self.free, nbytes)
-            read_exactly(source, offset, memoryview(self.buffer[self.filled:self.filled + step]))
+            view = memoryview(self.buffer[self.filled:self.filled + step])
+            read_exactly(source, offset, view)
+            if value is not None:
+                value = zlib.crc32(view, value)
             self.filled += step
             offset += step
             nbytes -= step
+        return value
 
     def flush(self, *, final: bool = False) -> None:
         """Start writing the whole blocks (in a thread; final: everything, and wait for it)."""
@@ -398,14 +404,16 @@ class SafetensorsWriter:
         self.window.put_array(array, got.newbyteorder("<") if got.byteorder == ">" else got)
         self.next += 1
 
-    def copy(self, name: str, source: BinaryIO, offset: int, nbytes: int) -> None:
-        """Write `name` as the `nbytes` bytes at `offset` of the open file `source` (its exact bytes)."""
+    def copy(self, name: str, source: BinaryIO, offset: int, nbytes: int, *, crc: bool = False) -> int | None:
+        """Write `name` as the `nbytes` bytes at `offset` of the open file `source` (its exact bytes);
+        with crc, return their CRC-32."""
         want, shape = self._next(name)
         expected = int(np.prod(shape, dtype=np.int64)) * want.itemsize
         if nbytes != expected:
             raise ValueError(f"safetensors writer: {name!r} is {nbytes} bytes, declared {expected}")
-        self.window.put_file(source, offset, nbytes)
+        value = self.window.put_file(source, offset, nbytes, crc=crc)
         self.next += 1
+        return value
 
     def _next(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         if self.next >= len(self.order) or self.order[self.next] != name:
