@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from porter.check.bench_cli import add_bench_parser
@@ -36,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived: raised in the main thread so that every `finally` and `except BaseException` cleanup runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(128 + signum)
+
+
 def run() -> None:
     """The console script (and `python -m porter`): main(), then exit without Python's finalisation.
 
@@ -47,7 +56,12 @@ def run() -> None:
     A reader that stops early (`porter ... | head -1`) closes stdout's pipe: the rest of the output
     goes to /dev/null and the exit code is 141 (128 + SIGPIPE, what a shell shows for a command a
     closed pipe ended), with no traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM stop the command the same way: the exception unwinds it, so temporary
+    outputs are removed by the code that made them, then one line on stderr and exit code 130
+    (128 + SIGINT) or 143 (128 + SIGTERM), with no traceback.
     """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = main()
         sys.stdout.flush()
@@ -55,6 +69,12 @@ def run() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is left in stdout's buffer goes nowhere, quietly
         code = 141  # 128 + SIGPIPE
+    except KeyboardInterrupt:
+        print("porter: interrupted", file=sys.stderr)
+        code = 130  # 128 + SIGINT
+    except Terminated as exc:
+        print("porter: terminated (SIGTERM)", file=sys.stderr)
+        code = int(exc.code)
     sys.stderr.flush()
     os._exit(code)
 

@@ -382,3 +382,75 @@ def test_an_intact_pt_converts_with_every_record_checked(tmp_path):
     torch.save(state_dict(), tmp_path / "in.pt")
     assert run_weights(tmp_path / "in.pt", "-o", tmp_path / "out.safetensors") == 0
     np.testing.assert_array_equal(load_file(str(tmp_path / "out.safetensors"))["fc.bias"], state_dict()["fc.bias"])
+
+
+# ---------------------------------------------------------------- 7. temporaries, SIGTERM, Ctrl-C
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("out", ["out.safetensors", "out"])
+def test_stale_temporaries_of_killed_runs_are_removed_and_nothing_else(tmp_path, capsys, out):
+    checkpoint(tmp_path / "in.safetensors")
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [f".{out}.tmp-{dead}-0123abcd", f"{out}.porter-tmp-{dead}-89abcdef",
+             f"{out}.porter-tmp-{dead}-89abcdef.partial_save"]
+    kept = [f".{out}.tmp-{alive}-0123abcd",  # a run still going
+            f".other.safetensors.tmp-{dead}-0123abcd",  # another output's
+            f"{out}.tmp-{dead}-0123abcd", f".{out}.tmp-{dead}-notmine", f"{out}.bak"]  # not porter's naming
+    for i, name in enumerate(stale + kept):
+        if i % 2:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "data").write_bytes(b"x" * 100)
+        else:
+            (tmp_path / name).write_bytes(b"x" * 100)
+    assert run_weights(tmp_path / "in.safetensors", "-o", tmp_path / out) == 0
+    assert "removed 3 temporary file(s) an interrupted earlier run left" in capsys.readouterr().out
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not left & set(stale)
+    assert set(kept) <= left
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+import porter.weights.convert as convert
+
+def stalled(*args, **kwargs):  # every temporary is written: stop before the rename
+    Path(FLAG).touch()
+    time.sleep(120)
+
+convert.replace_into = stalled
+sys.argv = ["porter", "weights", *sys.argv[1:], "--no-progress"]
+from porter.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("signum, code, says, out", [(15, 143, "porter: terminated (SIGTERM)", "out.safetensors"),
+                                                     (15, 143, "porter: terminated (SIGTERM)", "out"),
+                                                     (2, 130, "porter: interrupted", "out.safetensors")])
+def test_sigterm_and_ctrl_c_remove_the_temporaries_and_say_one_line(tmp_path, signum, code, says, out):
+    import signal
+    import time
+
+    checkpoint(tmp_path / "in.safetensors")
+    flag = tmp_path.parent / f"{tmp_path.name}.flag"
+    script = KILLABLE.replace("FLAG", repr(str(flag)))
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "in.safetensors"), "-o",
+                                str(tmp_path / out)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while not flag.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), process.communicate()
+    assert [p for p in tmp_path.iterdir() if "tmp" in p.name]  # the temporaries are there ...
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert err.strip().splitlines() == [says]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]  # ... and gone
