@@ -120,21 +120,20 @@ class SafetensorsSink:
         source = self.inputs.get(extent.path)
         if source is None:
             source = self.inputs[extent.path] = open(extent.path, "rb", buffering=0)
-        checked = extent.crc32 is not None
+        check = (lambda crc: extent.check(crc, meta.key)) if extent.crc32 is not None else None
         try:
             if layout.name == "same" and np.dtype(dtype) == meta.dtype:
-                crc = self.writer.copy(name, source, extent.offset, extent.nbytes, crc=checked)
-                if checked:
-                    extent.check(crc, meta.key)
+                self.writer.copy(name, source, extent.offset, extent.nbytes, check=check)
                 return
+            self.writer.checks.settle()  # the staging buffer is read by no check when it is refilled
             staged = self.staging.take(meta.shape, meta.dtype)
             raw = memoryview(staged.reshape(-1).view(np.uint8))
             safetensors_io.read_exactly(source, extent.offset, raw)
         except EOFError as exc:
             raise CheckpointError(f"{extent.path}: tensor {meta.key!r}: {exc} (the file changed or is truncated)"
                                   ) from None
-        if checked:
-            extent.check(zlib.crc32(raw), meta.key)
+        if check is not None:  # checked while it is laid out
+            self.writer.checks.submit(lambda: check(zlib.crc32(raw)))
         self.writer.write(name, layout.to_flax(staged), dtype=dtype)
 
     def commit(self, *, force: bool) -> None:

@@ -27,9 +27,10 @@ import os
 import struct
 import threading
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import ml_dtypes
 import numpy as np
@@ -240,6 +241,44 @@ def open_output(path: str | Path) -> BinaryIO:
     return os.fdopen(fd, "wb", buffering=0)
 
 
+def _crc_into(crc: list[int], data: memoryview) -> None:
+    crc[0] = zlib.crc32(data, crc[0])
+
+
+class Checks:
+    """Checksums computed in one worker thread, in the order submitted, while the caller goes on.
+
+    zlib.crc32 releases the GIL, so a CRC-32 of the bytes just read costs the conversion little
+    wall time where a core is free. settle() waits for every pending one and raises the first
+    error; whoever reuses the memory being checked settles first.
+    """
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
+
+    def submit(self, fn: Callable, *args: object) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="porter-checks")
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def settle(self) -> None:
+        pending, self.pending = self.pending, []
+        errors = [f.exception() for f in pending]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        """Wait for what is pending (its errors dropped: the caller is already failing) and stop the thread."""
+        for future in self.pending:
+            future.exception()
+        self.pending = []
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+
 class _Window:
     """The bytes of the file being written, gathered in one page-aligned buffer and written in large blocks.
 
@@ -257,6 +296,7 @@ class _Window:
         self.filled = 0
         self.writing: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.checks = Checks()
         try:
             self.direct = bool(_DIRECT and fcntl and fcntl.fcntl(file.fileno(), fcntl.F_GETFL) & _DIRECT)
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
@@ -293,24 +333,28 @@ class _Window:
             self.filled += out.nbytes
             start += piece.shape[0]
 
-    def put_file(self, source: BinaryIO, offset: int, nbytes: int, *, crc: bool = False) -> int | None:
-        """`nbytes` of `source` from `offset`, read straight into the buffer; with crc, their CRC-32."""
-        value = 0 if crc else None
+    def put_file(self, source: BinaryIO, offset: int, nbytes: int, *,
+                 check: Callable[[int], None] | None = None) -> None:
+        """`nbytes` of `source` from `offset`, read straight into the buffer; with `check`, check(their CRC-32)
+        runs in the checksum thread (Checks) while the next bytes are read."""
+        crc = [0]
         while nbytes:
             if not self.free:
                 self.flush()
             step = min(self.free, nbytes)
             view = memoryview(self.buffer[self.filled:self.filled + step])
             read_exactly(source, offset, view)
-            if value is not None:
-                value = zlib.crc32(view, value)
+            if check is not None:
+                self.checks.submit(_crc_into, crc, view)
             self.filled += step
             offset += step
             nbytes -= step
-        return value
+        if check is not None:
+            self.checks.submit(lambda: check(crc[0]))
 
     def flush(self, *, final: bool = False) -> None:
         """Start writing the whole blocks (in a thread; final: everything, and wait for it)."""
+        self.checks.settle()  # the bytes being checked stay in place until they are checked
         self.wait()
         ready = self.filled - self.filled % _ALIGN if self.direct and not final else self.filled
         if final:
@@ -404,16 +448,23 @@ class SafetensorsWriter:
         self.window.put_array(array, got.newbyteorder("<") if got.byteorder == ">" else got)
         self.next += 1
 
-    def copy(self, name: str, source: BinaryIO, offset: int, nbytes: int, *, crc: bool = False) -> int | None:
-        """Write `name` as the `nbytes` bytes at `offset` of the open file `source` (its exact bytes);
-        with crc, return their CRC-32."""
+    def copy(self, name: str, source: BinaryIO, offset: int, nbytes: int, *,
+             check: Callable[[int], None] | None = None) -> None:
+        """Write `name` as the `nbytes` bytes at `offset` of the open file `source` (its exact bytes).
+
+        With `check`, check(their CRC-32) runs in the writer's checksum thread; what it raises is raised
+        by a later write, copy or close (or settle()).
+        """
         want, shape = self._next(name)
         expected = int(np.prod(shape, dtype=np.int64)) * want.itemsize
         if nbytes != expected:
             raise ValueError(f"safetensors writer: {name!r} is {nbytes} bytes, declared {expected}")
-        value = self.window.put_file(source, offset, nbytes, crc=crc)
+        self.window.put_file(source, offset, nbytes, check=check)
         self.next += 1
-        return value
+
+    @property
+    def checks(self) -> Checks:
+        return self.window.checks
 
     def _next(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         if self.next >= len(self.order) or self.order[self.next] != name:
@@ -422,7 +473,8 @@ class SafetensorsWriter:
         return self.specs[name]
 
     def abort(self) -> None:
-        """Stop: wait for the write in flight (so the file can be closed), ignoring its error."""
+        """Stop: wait for the checks and the write in flight (so the file can be closed), ignoring their errors."""
+        self.window.checks.close()
         try:
             self.window.wait()
         except OSError:
@@ -433,5 +485,6 @@ class SafetensorsWriter:
             raise ValueError(f"safetensors writer: {len(self.order) - self.next} declared tensor(s) not written "
                              f"(next: {self.order[self.next]!r})")
         self.window.flush(final=True)
+        self.window.checks.close()
         self.file.flush()
         os.fsync(self.file.fileno())
