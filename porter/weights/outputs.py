@@ -126,7 +126,7 @@ def _not_replaceable(target: Path, fmt: str) -> str | None:
             return "not a directory (an Orbax checkpoint is one)"
         return _not_orbax(target)
     if target.is_dir():
-        return f"a directory ({_WHAT[fmt]} is a file)"
+        return f"a directory, where this output is a file ({_WHAT[fmt]})"
     if not target.is_file():
         return "not a regular file"
     if target.stat().st_size == 0:
