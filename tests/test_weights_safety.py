@@ -172,6 +172,12 @@ def test_shards_outside_the_index_directory_are_refused(tmp_path, capsys, how):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_an_index_nested_too_deeply_is_refused(tmp_path, capsys):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text("[" * 100_000 + "]" * 100_000)
+    refused(capsys, index, "-o", tmp_path / "out.safetensors", words=("not a sharded checkpoint index", "nested too"))
+
+
 def test_a_hugging_face_cache_snapshot_of_links_into_blobs_still_reads(tmp_path):
     blobs, snapshot_dir = tmp_path / "blobs", tmp_path / "snapshots" / "abc123"
     snapshot_dir.mkdir(parents=True)

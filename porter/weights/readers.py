@@ -275,9 +275,10 @@ class ShardedSource(Source):
             weight_map = index["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise TypeError("weight_map must map tensor names to shard file names")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
             raise CheckpointError(f"{path}: not a sharded checkpoint index (a JSON file with 'weight_map'): "
-                                  f"{exc}") from None
+                                  f"{detail}") from None
         shards = list(dict.fromkeys(weight_map.values()))
         for shard in shards:
             _check_shard_inside(path, shard)
