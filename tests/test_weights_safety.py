@@ -70,8 +70,9 @@ def test_output_dot_holding_the_input_is_refused(tmp_path, capsys, monkeypatch):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("force", [("--force",), ()])
 @pytest.mark.parametrize("layout", ["dir-is-output", "parent-is-output", "output-is-input"])
-def test_output_equal_to_or_containing_the_input_is_refused_even_with_force(tmp_path, capsys, layout):
+def test_output_equal_to_or_containing_the_input_is_refused_even_with_force(tmp_path, capsys, layout, force):
     if layout == "dir-is-output":  # porter weights ckptdir -o ckptdir --force
         checkpoint(tmp_path / "ckpt" / "model.safetensors")
         (tmp_path / "ckpt" / "notes.txt").write_text("mine")
@@ -83,7 +84,7 @@ def test_output_equal_to_or_containing_the_input_is_refused_even_with_force(tmp_
         checkpoint(tmp_path / "in.safetensors")
         argv = (tmp_path / "in.safetensors", "-o", tmp_path / "in.safetensors")
     before = snapshot(tmp_path)
-    refused(capsys, *argv, "--force", words=("the checkpoint file", "would replace the input"))
+    refused(capsys, *argv, *force, words=("the checkpoint file", "would replace the input"))
     assert snapshot(tmp_path) == before
 
 

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from porter.paths import overlaps
+
 PROG = "porter weights"
 
 
@@ -86,8 +88,8 @@ def run_weights(args: argparse.Namespace) -> int:
     from porter.weights.writers import restore_snippet
 
     out = Path(args.output)
-    if (out.exists() or out.is_symlink()) and not args.force:
-        return _error(f"{out} exists; use --force to replace it")
+    if (out.exists() or out.is_symlink()) and not args.force and not overlaps(out, args.checkpoint):
+        return _error(f"{out} exists; use --force to replace it")  # (an overlap is refused, force or not, below)
     spec = None
     if args.model:
         try:

@@ -94,8 +94,9 @@ def check_output(output: Path, fmt: str, inputs: Iterable[str | Path], *, force:
     for source in inputs:
         if overlaps(output, source):
             relation = _relation(output, Path(source))
-            raise OutputError(f"{output} {relation} the checkpoint file {source}: writing it would replace the "
-                              f"input. Choose an output outside the checkpoint (-o elsewhere)")
+            what = "checkpoint" if Path(source).is_dir() else "checkpoint file"
+            raise OutputError(f"{output} {relation} the {what} {source}: writing it would replace the input. "
+                              f"Choose an output outside the checkpoint (-o elsewhere)")
     if not output.absolute().parent.is_dir():
         raise OutputError(f"{output}: the directory {output.absolute().parent} does not exist")
     if not (output.exists() or output.is_symlink()):
