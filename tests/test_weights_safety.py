@@ -360,7 +360,8 @@ def _flip_a_bit_of(path: Path, record_of) -> str:
     with open(path, "r+b") as f:
         f.seek(info.header_offset)
         local = f.read(30)
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_length + extra_length
         f.seek(start + info.file_size // 2)
         byte = f.read(1)[0]
         f.seek(start + info.file_size // 2)

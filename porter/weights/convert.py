@@ -15,8 +15,9 @@
    tensors, not the checkpoint.
 
 Outputs are written under a temporary name beside OUT and renamed into place
-at the end: OUT is the complete result or untouched, never half written, and
-an existing OUT is replaced only with force=True.
+at the end: OUT is the complete result or untouched, never half written. An
+OUT overlapping the input is refused; an existing OUT is replaced only with
+force=True, and only if it is porter's kind of output (outputs.check_output).
 
 - safetensors: keyed by the dotted flax path (`layers.0.kernel`); the header is
   written first (all shapes and dtypes are known), then each tensor, laid out
@@ -703,4 +704,4 @@ def _restore_orbax_flat(path: Path, model: Any) -> dict[str, np.ndarray]:
 
 
 __all__ = ["convert_checkpoint", "convert_to_torch", "ConversionError", "ConversionResult", "CheckpointError",
-           "make_plan", "output_format"]
+           "OutputError", "make_plan", "output_format"]
