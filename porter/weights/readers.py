@@ -14,12 +14,18 @@ conversion holds about one tensor in memory, not the checkpoint.
   tensor is copied out its pages are handed back to the kernel
   (`madvise(MADV_DONTNEED)`: the mapping is private and never written, so
   this only drops cached file pages), so resident memory stays near one tensor.
+  The CRC-32 the zip stores for each data record is checked on the bytes read
+  (CorruptRecordError names the record and the tensor).
 - legacy (pre-1.6, non-zip) torch files: torch.load reads them with
   weights_only=True, but cannot map them: they are read whole (said in the info).
 - `.safetensors`: the header is read and checked by porter, each tensor
   memory-mapped on its own (see safetensors_io).
 - `*.index.json` (sharded Hugging Face checkpoints): the `weight_map` names the
-  shard of every key; every shard must exist before anything is read.
+  shard of every key; every shard must exist, and lie in the index's directory
+  (_check_shard_inside), before anything is read.
+
+Only regular files are opened: a FIFO, socket or device is refused first
+(reading one can block forever).
 - a directory: the one index, else the one `.safetensors` file, else the one
   torch file in it (safetensors preferred over pickles when both are there).
 
