@@ -18,7 +18,7 @@ import libcst as cst
 from libcst.metadata import PositionProvider
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
-from porter.convert.source_index import SourceIndex
+from porter.convert.source_index import STATEMENT_TYPES, SourceIndex
 from porter.convert.traverse import FastDispatch
 
 TENSOR_METHOD_PREFIX = "torch.Tensor."
@@ -34,6 +34,15 @@ def _tensor_methods(rules) -> frozenset[str]:
         found = _TENSOR_METHODS[id(rules)] = (rules, frozenset(
             symbol[len(TENSOR_METHOD_PREFIX):] for symbol in rules.by_symbol if symbol.startswith(TENSOR_METHOD_PREFIX)))
     return found[1]
+
+
+def keep_parentheses(replaced: cst.CSTNode, new):
+    """`new` in the parentheses `replaced` had, unless `new` is that node or brings parentheses of its own
+    (inside which any line break is as valid as inside the user's)."""
+    if new is replaced or not getattr(replaced, "lpar", None) or not isinstance(new, cst.BaseExpression) \
+            or new.lpar:
+        return new
+    return new.with_changes(lpar=replaced.lpar, rpar=replaced.rpar)
 
 
 class ScopedTransformer(FastDispatch, cst.CSTTransformer):
@@ -90,6 +99,18 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 
     def trigger_state(self) -> object:
         return self._base_trigger_state()
+
+    def on_leave(self, original_node, updated_node):
+        """Every leave_X hook's replacement keeps the parentheses the user wrote around the node it
+        replaces: `(m.unsqueeze(-1)\n .expand(-1, n)\n .reshape(b, -1))` spans lines only inside them.
+        Each statement built in the place of an original one is noted for the output gate
+        (porter/convert/output_gate.py), which puts the original back where the new one does not compile."""
+        new = super().on_leave(original_node, updated_node)
+        if new is not original_node and type(original_node) in STATEMENT_TYPES:
+            for statement in new if isinstance(new, cst.FlattenSentinel) else (new,):
+                if isinstance(statement, cst.CSTNode):
+                    self.ctx.rewritten_statements[id(statement)] = (statement, original_node)
+        return keep_parentheses(updated_node, new)
 
     # where we are --------------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
