@@ -98,6 +98,28 @@ def test_converted_chain_over_lines_matches_torch():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+OPERANDS = ["-torch.add(a, b)", "torch.add(a, b).sum(0)", "2 * torch.sub(a, b)", "torch.sub(a, b)[0]",
+            "a.sub(b) * 2", "torch.zeros(2, 3).add_(b).sum(0)", "a.div(2).floor()", "torch.mul(a, b) ** 2",
+            "torch.div(a, b).exp()", "(a.sub(b)\n         .abs())"]
+
+
+@pytest.mark.parametrize("expression", OPERANDS)
+def test_built_operands_get_the_parentheses_their_place_needs(expression):
+    """`torch.add(a, b)` becomes `a + b`: under an operator or before a dot it needs parentheses, or it
+    means something else (`-a + b`, `a + b.sum(0)`) and still compiles."""
+    source = f"import torch\n\ndef f(a, b):\n    y = {expression}\n    return y\n"
+    c = convert_source(source, filename="m.py")
+    assert not c.has_errors, [d.format() for d in c.diagnostics]
+    a, b = torch.rand(2, 3) + 0.5, torch.rand(2, 3) + 0.5
+    expected = _run(source, "f", a, b).numpy()
+    np.testing.assert_allclose(np.asarray(_run(c.code, "f", a.numpy(), b.numpy())), expected, rtol=1e-6)
+
+
+def test_receiver_in_an_argument_gets_no_extra_parentheses():
+    c = convert_source("import torch\n\ndef f(a):\n    return a.div(2).floor()\n", filename="m.py")
+    assert "return jnp.floor(a / 2)\n" in c.code
+
+
 def _run(code: str, name: str, *args):
     namespace: dict = {}
     exec(compile(code, "m.py", "exec"), namespace)
