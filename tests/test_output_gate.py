@@ -76,6 +76,22 @@ def test_reported_chain_keeps_its_parentheses_and_line_breaks():
     assert codes(c) == ["PT004"]  # expand of a call is reported, as before
 
 
+def test_builder_code_from_a_receiver_spread_over_lines():
+    """Builders that write code from a receiver's text (new_zeros: `{receiver}.dtype`) got a line break
+    outside parentheses and crashed in libcst's parser."""
+    c = convert("""\
+        import torch
+
+        def f(m):
+            y = (m
+                 .T
+                 .new_zeros(3))
+            return y
+        """)
+    assert compiles(c.code) and not c.has_errors
+    assert "jnp.zeros((3,), dtype=(m\n" in c.code
+
+
 def test_converted_chain_over_lines_matches_torch():
     source = textwrap.dedent("""\
         import torch
@@ -253,7 +269,8 @@ STEPS = [  # (text, needs a receiver): methods with rules, methods porter does n
     "[..., :2]", ".size(0)", ".new_zeros(3)", ".max(dim=-1)", ".max(dim=-1)[0]", ".values",
 ]
 WRAPPERS = ["torch.relu({})", "torch.sigmoid({})", "F.softmax({}, dim=-1)", "torch.cat([{}, x], dim=0)",
-            "torch.exp({})", "helper({})", "torch.where(mask, {}, x)", "torch.nonexistent_fn({})"]
+            "torch.exp({})", "helper({})", "torch.where(mask, {}, x)", "torch.nonexistent_fn({})",
+            "(-{})", "(2 * {})", "({} ** 2)", "-{}", "torch.add({}, x)", "torch.sub(x, {})", "({}).sub(x)", "({}).add_(1)"]
 STATEMENTS = ["y = {}", "return {}", "{}", "y = g({}, 1)", "a, c = {}, x", "y += {}", "if {}:\n{i}    pass",
               "for t in {}:\n{i}    pass"]
 
