@@ -116,7 +116,10 @@ def test_converted_chain_over_lines_matches_torch():
 
 OPERANDS = ["-torch.add(a, b)", "torch.add(a, b).sum(0)", "2 * torch.sub(a, b)", "torch.sub(a, b)[0]",
             "a.sub(b) * 2", "torch.zeros(2, 3).add_(b).sum(0)", "a.div(2).floor()", "torch.mul(a, b) ** 2",
-            "torch.div(a, b).exp()", "(a.sub(b)\n         .abs())"]
+            "torch.div(a, b).exp()", "(a.sub(b)\n         .abs())",
+            # torchvision's swin_transformer, timm's swin v2, edgenext and xcit: converted silently wrong before
+            "a @ torch.nn.functional.normalize(b, dim=-1).transpose(-2, -1)",
+            "2 * torch.div(a * 10, 2, rounding_mode='floor')"]
 
 
 @pytest.mark.parametrize("expression", OPERANDS)

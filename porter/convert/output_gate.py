@@ -95,18 +95,32 @@ def _culprit(module: cst.Module, positions: SourceIndex, line: int, origins):
     """(replaced statement, its original, header only?) to blame for an error at `line`: the innermost
     replaced statement around it (an inserted statement counts for the replaced one holding it), else the
     last replaced statement before it (a statement left open shows on a later line)."""
-    statements = traverse.find_all(module, tuple(STATEMENT_TYPES))
-    spans = {id(s): positions.code_range(s) for s in statements}
-    around = [s for s in statements if spans[id(s)].start.line <= line <= spans[id(s)].end.line]
-    for node in sorted(around, key=lambda s: spans[id(s)].end.line - spans[id(s)].start.line):
+    statements = traverse.find_all(module, tuple(STATEMENT_TYPES))  # outer before inner
+    spans = {id(s): _lines(s, positions) for s in statements}
+    around = [(order, s) for order, s in enumerate(statements) if spans[id(s)][0] <= line <= spans[id(s)][1]]
+
+    def innermost_first(item):
+        order, statement = item
+        first, last = spans[id(statement)]
+        return last - first, -order
+
+    for _, node in sorted(around, key=innermost_first):
         original = _original(node, origins)
         if original is not None:
             return node, original, _in_header(node, positions, line) and not _header_reverted(node, original)
-    before = [s for s in statements if spans[id(s)].end.line <= line and _original(s, origins) is not None]
+    before = [s for s in statements if spans[id(s)][1] <= line and _original(s, origins) is not None]
     if before:
-        node = max(before, key=lambda s: (spans[id(s)].end.line, spans[id(s)].start.line))
+        node = max(before, key=lambda s: (spans[id(s)][1], spans[id(s)][0]))
         return node, _original(node, origins), False
     return None
+
+
+def _lines(node: cst.CSTNode, positions: SourceIndex) -> tuple[int, int]:
+    """First and last line of a statement, its decorators included."""
+    span = positions.code_range(node)
+    decorators = getattr(node, "decorators", ())
+    first = positions.code_range(decorators[0]).start.line if decorators else span.start.line
+    return first, span.end.line
 
 
 def _original(node: cst.CSTNode, origins) -> cst.CSTNode | None:
@@ -167,10 +181,10 @@ class _Replace(cst.CSTTransformer):
 
 def _report(ctx: ConversionContext, index: SourceIndex, original: cst.CSTNode, header_only: bool,
             error: SyntaxError) -> None:
-    span = index.code_range(original)
-    first, last = span.start.line, span.end.line
-    if header_only:
-        last = index.code_range(original.body.body[0]).start.line - 1
+    first, last = _lines(original, index)
+    body = getattr(original, "body", None)
+    if header_only and isinstance(body, cst.IndentedBlock) and body.body:
+        last = index.code_range(body.body[0]).start.line - 1
     ctx.forget_reports(first, last)
     what = f"the header of this {_keyword(original)}" if header_only else "this statement"
     ctx.report("PT041", *index.start(original),
