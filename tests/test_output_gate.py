@@ -200,6 +200,33 @@ def test_gate_puts_back_a_statement_libcst_prints_but_python_rejects():
     assert "import torch\n" in c.code  # the statement put back still needs it
 
 
+def test_gate_puts_back_a_statement_the_rewrite_turned_into_several():
+    """`with torch.no_grad():` in a plain function becomes its body's statements: one broken, the block
+    comes back once, its other statements gone."""
+    source = textwrap.dedent("""\
+        import torch
+
+        def f(x):
+            with torch.no_grad():
+                y = torch.relu(x)
+                z = torch.sigmoid(y)
+            return z + torch.tanh(x)
+        """)
+    real = calls.apply_rule
+
+    def broken(rule, site):
+        application = real(rule, site)
+        if rule.source[0] == "torch.sigmoid":
+            application.node = cst.Call(cst.Name("lambda"), application.node.args)
+        return application
+
+    with mock.patch.object(calls, "apply_rule", broken):
+        c = convert_source(source, filename="m.py")
+    assert c.code.endswith("    with torch.no_grad():\n        y = torch.relu(x)\n        z = torch.sigmoid(y)\n"
+                           "    return z + jnp.tanh(x)\n")
+    assert [(d.code, d.line, d.col) for d in c.diagnostics] == [("PT041", 4, 5)]
+
+
 def test_gate_puts_back_only_the_header_when_the_header_broke():
     """A constructor signature with rngs twice ('duplicate argument'): the original `def` line comes back,
     its converted body stays."""
