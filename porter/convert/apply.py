@@ -104,8 +104,9 @@ def target_expression(rule: Rule, site: Site) -> cst.BaseExpression:
         for helper in rule.helpers:
             site.ctx.need_helper(helper)
         return cst.Name(rest)
-    if root == "method":
-        return cst.Attribute(site.receiver, cst.Name(rest))
+    if root == "method":  # the user's dot, with the line break before it in a chain spread over lines
+        dot = site.call.func.dot if isinstance(site.call.func, cst.Attribute) else cst.Dot()
+        return cst.Attribute(site.receiver, cst.Name(rest), dot=dot)
     return expr(rule.target)
 
 

@@ -75,6 +75,9 @@ class ConversionContext:
     # id of each torch.optim.X(...) call (the original node) -> the optimizer it builds
     optimizers: dict[int, OptimizerInfo] = field(default_factory=dict)
     helpers: list[str] = field(default_factory=list)
+    # id of each statement the rewrite built -> (that statement, the original it replaces): the output gate
+    # (porter/convert/output_gate.py) puts the original back where the new one does not compile
+    rewritten_statements: dict[int, tuple[cst.CSTNode, cst.CSTNode]] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     _reported: set[tuple[int, int]] = field(default_factory=set)
@@ -99,6 +102,11 @@ class ConversionContext:
     def report(self, code: str, line: int, col: int, message: str) -> None:
         self._reported.add((line, col))
         self.diagnostics.append(diagnostic(code, line, col, message, self.filename))
+
+    def forget_reports(self, first: int, last: int) -> None:
+        """Drops the diagnostics and changes of original lines first..last (code there was removed or put back)."""
+        self.diagnostics[:] = [d for d in self.diagnostics if not first <= d.line <= last]
+        self.changes[:] = [c for c in self.changes if not first <= c.line <= last]
 
     def already_reported(self, line: int, col: int) -> bool:
         return (line, col) in self._reported

@@ -2,7 +2,8 @@
 
 The rewrite of calls, module classes and training loops runs as one traversal
 over the original tree (TrainingRewrite extends ModuleRewrite extends CallRewrite), so every diagnostic and
-change carries the line and column of the user's original code.
+change carries the line and column of the user's original code. The output gate (output_gate.py) then makes
+sure what comes out compiles.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
-from porter.convert import traverse
+from porter.convert import output_gate, traverse
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
 
@@ -115,12 +116,16 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     rewrite = DistributedRewrite(ctx)
     rewrite.attach(index)
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite)) if fast else module.visit(rewrite)
-    code = StatementCode(index if fast else None)
-    final = rewritten.visit(FinalizeImports(ctx, code, helpers_after_new_imports=notebook))
+    statement_code = StatementCode(index if fast else None)
+
+    def finish(tree: cst.Module) -> str:
+        final = tree.visit(FinalizeImports(ctx, statement_code, helpers_after_new_imports=notebook))
+        return statement_code.module_code(final) if fast else final.code
+
+    code = output_gate.gate(source, rewritten, finish, ctx, index, notebook=notebook)  # it compiles
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
-    return Conversion(code.module_code(final) if fast else final.code, diagnostics, changes, filename,
-                      exports, imports)
+    return Conversion(code, diagnostics, changes, filename, exports, imports)
 
 
 def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:

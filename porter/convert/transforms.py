@@ -30,7 +30,14 @@ def literal(node: cst.BaseExpression):
 
 
 def expr(source: str) -> cst.BaseExpression:
-    return cst.parse_expression(source)
+    """The expression `source` spells. Code built from a chain the user spread over lines inside parentheses
+    (`code_of(receiver)` is `m\n .T`) keeps its line breaks: then it comes in parentheses, where they are valid."""
+    try:
+        return cst.parse_expression(source)
+    except cst.ParserSyntaxError:
+        if "\n" not in source:
+            raise
+        return cst.parse_expression(f"({source})")
 
 
 _NO_SPACE = cst.SimpleWhitespace("")

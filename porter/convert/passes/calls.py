@@ -12,6 +12,7 @@ from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUE
                                            layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
+from porter.convert.precedence import without_added_parentheses
 from porter.convert.transforms import atom, keyword_arg, Unsupported, expr
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
@@ -158,7 +159,8 @@ class CallRewrite(ScopedTransformer):
         if isinstance(updated_node.func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
-                return self._apply(rule, original_node, updated_node, receiver=updated_node.func.value)
+                return self._apply(rule, original_node, updated_node,
+                                   receiver=without_added_parentheses(updated_node.func.value))
         return updated_node
 
     # @torch.jit.ignore and other markers without effect on eager code: removed (kind = "decorator" rules)

@@ -70,8 +70,7 @@ class ModuleRewrite(CallRewrite):
             return updated_node
         span = self.get_metadata(PositionProvider, original_node)
         first, last = span.start.line, span.end.line
-        self.ctx.diagnostics[:] = [d for d in self.ctx.diagnostics if not first <= d.line <= last]
-        self.ctx.changes[:] = [c for c in self.ctx.changes if not first <= c.line <= last]
+        self.ctx.forget_reports(first, last)
         lines = f"line {first}" if first == last else f"lines {first}-{last}"
         what = f"method {original_node.name.value}" if isinstance(original_node, cst.FunctionDef) else lines
         self.report("PT005", original_node,

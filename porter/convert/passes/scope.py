@@ -18,7 +18,8 @@ import libcst as cst
 from libcst.metadata import PositionProvider
 
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
-from porter.convert.source_index import SourceIndex
+from porter.convert.precedence import fit_all_operands, fit_operands, keep_parentheses
+from porter.convert.source_index import STATEMENT_TYPES, SourceIndex
 from porter.convert.traverse import FastDispatch
 
 TENSOR_METHOD_PREFIX = "torch.Tensor."
@@ -90,6 +91,26 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 
     def trigger_state(self) -> object:
         return self._base_trigger_state()
+
+    def on_leave(self, original_node, updated_node):
+        """Parentheses (porter/convert/precedence.py): a leave_X hook's replacement keeps those the user wrote
+        around the node it replaces (`(m.unsqueeze(-1)\n .expand(-1, n)\n .reshape(b, -1))` spans lines only
+        inside them), and gets those its place needs (`torch.add(a, b).sum()`: `(a + b).sum()`), as does
+        every operand the rule built inside it. Each statement built in the place of an original one is noted
+        for the output gate (porter/convert/output_gate.py), which puts the original back where the new one
+        does not compile."""
+        new = super().on_leave(original_node, updated_node)
+        if new is original_node:
+            return new
+        if new is updated_node:  # a child was replaced
+            new = fit_operands(new)
+        elif isinstance(new, cst.BaseExpression):
+            new = fit_all_operands(keep_parentheses(updated_node, new))
+        if type(original_node) in STATEMENT_TYPES:
+            for statement in new if isinstance(new, cst.FlattenSentinel) else (new,):
+                if isinstance(statement, cst.CSTNode):
+                    self.ctx.rewritten_statements[id(statement)] = (statement, original_node)
+        return new
 
     # where we are --------------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
