@@ -1,8 +1,9 @@
-"""Converts one file: parse, analyse, rewrite, fix imports.
+"""Converts one file: parse, analyse, rewrite, fix imports, check what is left.
 
 The rewrite of calls, module classes and training loops runs as one traversal
 over the original tree (TrainingRewrite extends ModuleRewrite extends CallRewrite), so every diagnostic and
-change carries the line and column of the user's original code.
+change carries the line and column of the user's original code. The residual check
+(porter/convert/passes/residual.py) then reads the result: what still means torch is an error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
+from porter.convert.passes import residual
 from porter.convert import traverse
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
@@ -117,6 +119,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite)) if fast else module.visit(rewrite)
     code = StatementCode(index if fast else None)
     final = rewritten.visit(FinalizeImports(ctx, code, helpers_after_new_imports=notebook))
+    residual.check(ctx, index, final, {id(s) for s in rewritten.body}, fast)
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     return Conversion(code.module_code(final) if fast else final.code, diagnostics, changes, filename,
