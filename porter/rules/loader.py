@@ -150,7 +150,7 @@ def load_rules(directory: Path | None = None) -> RuleSet:
 # the residual check's tables (porter/convert/passes/residual.py): attribute groups, not rules
 RESIDUAL_FILE = "residual.toml"
 RESIDUAL_FLAGS = {"tensor": ("value", "array", "traced", "likely", "no"), "tensor_shared": ("traced", "no"),
-                  "module": ("module", "no")}
+                  "module": ("module", "no"), "module_extra": ("module",)}
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from porter.convert.diagnostics import Severity
 from porter.convert.passes.analyze import dotted
 from porter.convert.passes.calls import KEPT_TORCH
 from porter.convert.source_index import Prefilter, SourceIndex
-from porter.convert.traverse import FastDispatch, visit
+from porter.convert.traverse import FastDispatch, find_all, visit
 from porter.rules.loader import ResidualGroup, ResidualTables, load_residual
 
 # receivers, from plainly not an array to surely one
@@ -63,13 +63,14 @@ class _ClassInfo:
     variables: set[str] = field(default_factory=set)  # nnx.Param / Buffer / Variable attributes
     layers: set[str] = field(default_factory=set)  # submodules
     defined: set[str] = field(default_factory=set)  # names the class (or a base of this file) defines
+    constructor_helpers: set[str] = field(default_factory=set)  # methods its __init__ calls: not traced
 
 
-def check(ctx: ConversionContext, index: SourceIndex, module: cst.Module, rewritten: set[int], fast: bool,
+def check(ctx: ConversionContext, index: SourceIndex, module: cst.Module, fast: bool,
           tables: ResidualTables | None = None) -> None:
-    """Adds a PT040 diagnostic to ctx for each residual in `module` (the final tree); `rewritten`: the ids of
-    its top-level statements that came out of the rewrite (the added imports and helpers are porter's own)."""
-    body = [s for s in module.body if id(s) in rewritten and not _is_import(s)]
+    """Adds a PT040 diagnostic to ctx for each residual in `module`, the rewritten tree: the final one less
+    the imports and helpers porter added, which are its own (FinalizeImports changes nothing else)."""
+    body = [s for s in module.body if not _is_import(s)]
     if not body:
         return
     residual = ResidualCheck(ctx, index, tables or load_residual(), module)
@@ -160,7 +161,8 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             return False
         name, method = self.classes[-1][0], self._method_node()
         return method is not None and method.name.value != "__init__" \
-            and method.name.value not in self.ctx.methods_needing_rngs.get(name, ())
+            and method.name.value not in self.ctx.methods_needing_rngs.get(name, ()) \
+            and method.name.value not in self.module_class.constructor_helpers
 
     def _method_node(self) -> cst.FunctionDef | None:
         cls = self.class_nodes.get(self.classes[-1][0]) if self.classes else None
@@ -254,19 +256,23 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         elif type(func) is cst.Attribute and type(func.value) is cst.Name and func.value.value == "einops" \
                 and func.attr.value in self.tables.einops_functions:
             self._einops(node, func.attr.value)
-        if self.module_class is not None and self.torch_packages:
+        elif type(func) is cst.Name and func.value == "TypeVar":
+            self.annotations += 1  # TypeVar("M", bound=nn.Module): typing, as an annotation
+        if self.module_class is not None and self.torch_packages and _class_name(func):
             head = func
             while type(head) is cst.Attribute:
                 head = head.value
             if type(head) is cst.Name and head.value in self.torch_packages:
-                self._add(head, f"`{_short(func)}(...)` comes from a torch package and is called inside the nnx module "
-                                f"{self.classes[-1][0]}: it builds or runs torch there",
+                self._add(head, f"`{_short(func)}(...)` is a class of a torch package, built inside the nnx module "
+                                f"{self.classes[-1][0]}: it runs torch there",
                           "convert it too (porter convert the package's source with the rest of the tree), or write "
                           "the flax equivalent")
 
     def leave_Call(self, node: cst.Call) -> None:
         if self._kept(node.func):
             self.kept -= 1
+        elif type(node.func) is cst.Name and node.func.value == "TypeVar":
+            self.annotations -= 1
 
     def _kept(self, func: cst.BaseExpression) -> bool:
         return (self.ctx.qualified_name(func) or "").startswith(KEPT_TORCH)
@@ -277,7 +283,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             self._torch_reference(node)
         self.not_references.add(id(node.value))
         name, called = node.attr.value, id(node) in self.calls
-        group = self.tables.lookup("module", name, called)
+        group = self.tables.lookup("module", name, called) or self.tables.lookup("module_extra", name, called)
         tensor = self.tables.lookup("tensor", name, called) or self.tables.lookup("tensor_shared", name, called)
         if group is None and tensor is None:
             return
@@ -310,8 +316,10 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             return  # the class's own method
         owner = f"{self.classes[-1][0]} is" if type(receiver) is cst.Name and receiver.value == "self" \
             and self.classes else f"`{_short(receiver)}` is"
-        self._add(node.attr, f"`{_short(node)}{'(...)' if called else ''}`: nn.Module {name} is not an nnx.Module "
-                             f"method ({owner} an nnx.Module now; {group.name})", group.hint, self._start(node))
+        what = f"nn.Module {name} is not an nnx.Module method" if group.table == "module" else \
+            f"{name} is a jax array's method, not an nnx.Module's"
+        self._add(node.attr, f"`{_short(node)}{'(...)' if called else ''}`: {what} ({owner} an nnx.Module now; "
+                             f"{group.name})", group.hint, self._start(node))
 
     def visit_Name(self, node: cst.Name) -> None:
         if id(node) not in self.not_references and node.value in self.ctx.torch_aliases:
@@ -329,7 +337,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         if line in self.error_lines:
             return  # the rewrite said why it left torch on this line
         called = id(node) in self.calls
-        if called and self.module_class is not None and qualified.rsplit(".", 1)[-1][:1].isupper():
+        if called and self.module_class is not None and _class_name(node):
             message = f"torch layer `{qualified}` built inside the nnx module {self.classes[-1][0]}"
             hint = "build the flax layer (nnx.Linear(..., rngs=rngs) for nn.Linear; `porter rules` lists them)"
         else:
@@ -503,6 +511,11 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             for function in _methods(node):
                 for target, value in _assignments(function, self_attributes=True):
                     self._note_attribute(info, target, value)
+                if function.name.value == "__init__":
+                    info.constructor_helpers = {
+                        call.func.attr.value for call in find_all(function.body, cst.Call)
+                        if type(call.func) is cst.Attribute and type(call.func.value) is cst.Name
+                        and call.func.value.value == "self"}
         layers = self.ctx.layer_attributes.get(name, {})
         for attribute, kind in layers.items():
             if kind == "buffer" or kind.endswith("Parameter"):
@@ -560,6 +573,12 @@ def _first_original(node: cst.CSTNode, index: SourceIndex) -> cst.CSTNode | None
             return current
         stack.extend(reversed(current.children))
     return None
+
+
+def _class_name(node: cst.BaseExpression) -> bool:
+    """Names a class by the convention: `Linear`, `nn.Linear`, `ops.StochasticDepth`."""
+    last = node.attr.value if type(node) is cst.Attribute else node.value if type(node) is cst.Name else ""
+    return last[:1].isupper()
 
 
 def _short(node: cst.CSTNode, limit: int = 60) -> str:
