@@ -185,9 +185,10 @@ class ResidualTables:
                     continue
                 found.update({(n, True): group for n in group.methods})
                 found.update({(n, False): group for n in group.attributes})
+        self._flagged = frozenset(name for index in self._index.values() for name, _ in index)
 
-    def flagged_names(self) -> set[str]:
-        return {name for index in self._index.values() for name, _ in index}
+    def flagged_names(self) -> frozenset[str]:
+        return self._flagged
 
 
 @functools.cache

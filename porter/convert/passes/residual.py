@@ -52,6 +52,9 @@ _ARRAY_TYPES = frozenset({"jax.Array", "jnp.ndarray", "jax.numpy.ndarray", "Arra
 _TEST_FIELDS = {cst.If: "test", cst.While: "test", cst.IfExp: "test", cst.Assert: "test"}
 # `x[...] = v`, `x[i] += v` (and `(x[i]) = v`): a subscript target
 ITEM_ASSIGNMENT = re.compile(r"\][\s)\\]*(?:\*\*|//|>>|<<|[-+*/%@&|^])?=(?!=)")
+# attribute names that are also words of a message: an error names them as `.name`
+_WORDS = frozenset({"to", "type", "data", "apply", "float", "int", "long", "bool", "half", "t", "name", "index",
+                    "values", "mode", "grad", "new", "add", "put", "select", "all", "any", "forward", "double"})
 # compound statements a whole-construct error leaves unchanged (a training loop porter did not convert)
 _WHOLE_CONSTRUCT_CODES = frozenset({"PT010", "PT023"})
 
@@ -94,7 +97,11 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         super().__init__()
         self.ctx, self.index, self.tables = ctx, index, tables
         self.errors = {(d.line, d.col) for d in ctx.diagnostics if d.severity is Severity.ERROR}
-        self.error_lines = {line for line, _ in self.errors}
+        self.error_messages: dict[int, list[str]] = {}
+        for d in ctx.diagnostics:
+            if d.severity is Severity.ERROR:
+                self.error_messages.setdefault(d.line, []).append(d.message)
+        self.error_lines = set(self.error_messages)
         self.whole_errors = {(d.line, d.col) for d in ctx.diagnostics if d.code in _WHOLE_CONSTRUCT_CODES}
         self.found: dict[tuple[int, int, str], None] = {}
         self.classes: list[tuple[str, _ClassInfo | None]] = []  # (name, info for a converted module class)
@@ -297,7 +304,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                            f"array has no {name} under jax.jit or nnx.grad (a tracer)")
             else:
                 message = f"`{_short(node)}{'(...)' if called else ''}`: a jax array has no {name} {what} ({tensor.name})"
-            self._add(node.attr, message, tensor.hint, self._start(node))
+            self._add(node.attr, message, tensor.hint, self._start(node), name)
 
     def _flags(self, group: ResidualGroup, kind: str) -> bool:
         if group.flag == "value":
@@ -319,7 +326,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         what = f"nn.Module {name} is not an nnx.Module method" if group.table == "module" else \
             f"{name} is a jax array's method, not an nnx.Module's"
         self._add(node.attr, f"`{_short(node)}{'(...)' if called else ''}`: {what} ({owner} an nnx.Module now; "
-                             f"{group.name})", group.hint, self._start(node))
+                             f"{group.name})", group.hint, self._start(node), name)
 
     def visit_Name(self, node: cst.Name) -> None:
         if id(node) not in self.not_references and node.value in self.ctx.torch_aliases:
@@ -550,11 +557,18 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                 return self.index.start(found)
         return 1, 1
 
-    def _add(self, node: cst.CSTNode, message: str, hint: str, construct: tuple[int, int] | None = None) -> None:
+    def _add(self, node: cst.CSTNode, message: str, hint: str, construct: tuple[int, int] | None = None,
+             name: str | None = None) -> None:
         line, col = self._position(node)
-        if (line, col) in self.errors or construct in self.errors:
+        if (line, col) in self.errors or construct in self.errors or (name and self._named_in_error(line, name)):
             return  # the rewrite reported this construct already
         self._add_at(line, col, message, hint)
+
+    def _named_in_error(self, line: int, name: str) -> bool:
+        """An error on the line names the attribute: the same construct, placed where the rewrite saw it (a
+        rebuilt call starts elsewhere). A name that is also an English word counts only as `.name`."""
+        pattern = rf"\.{name}\b" if name in _WORDS else rf"(?<!\w){re.escape(name)}(?!\w)"
+        return any(re.search(pattern, message) for message in self.error_messages.get(line, ()))
 
     def _add_at(self, line: int, col: int, message: str, hint: str) -> None:
         self.found.setdefault((line, col, f"{message}; write instead: {hint}"), None)
