@@ -244,3 +244,21 @@ def test_the_residual_tables_are_not_read_as_rules():
     assert tables.lookup("tensor", "numpy", True).flag == "value"
     assert tables.lookup("tensor", "numpy", False) is None  # x.numpy (not called) is not flagged
     assert tables.lookup("module", "parameters", True).hint
+
+
+def test_a_construct_left_unchanged_as_a_whole_is_not_reported_again_inside():
+    source = dedent("""
+        import torch
+        import torch.nn as nn
+
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(3):
+            loss = model(torch.randn(4, 3)).sum()
+            loss.backward()
+            loss.backward()
+            opt.step()
+        print(sum(p.numel() for p in model.parameters()))
+    """)
+    diagnostics = convert_source(source).diagnostics
+    assert [(d.code, d.line) for d in diagnostics if d.severity.value == "error"] == [("PT010", 7), ("PT040", 12)]

@@ -47,6 +47,8 @@ _NOT_ARRAY_NODES = (cst.SimpleString, cst.ConcatenatedString, cst.FormattedStrin
 _CONTAINER_CALLS = frozenset({"list", "dict", "set", "tuple", "defaultdict", "OrderedDict", "deque", "Counter",
                               "str", "len", "int", "float", "bool", "range", "enumerate", "zip", "sorted", "reversed"})
 _VARIABLE_CLASSES = frozenset({"Param", "Variable", "BatchStat", "Cache", "Intermediate", "Buffer"})
+# nnx classes that are no module (a Variable, the optimizer, the random streams)
+_NOT_MODULES = _VARIABLE_CLASSES | {"Optimizer", "Rngs", "RngStream", "Metric", "MultiMetric"}
 _ARRAY_TYPES = frozenset({"jax.Array", "jnp.ndarray", "jax.numpy.ndarray", "Array"})
 # methods of a module that build its layers: not traced
 _TEST_FIELDS = {cst.If: "test", cst.While: "test", cst.IfExp: "test", cst.Assert: "test"}
@@ -102,7 +104,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             if d.severity is Severity.ERROR:
                 self.error_messages.setdefault(d.line, []).append(d.message)
         self.error_lines = set(self.error_messages)
-        self.whole_errors = {(d.line, d.col) for d in ctx.diagnostics if d.code in _WHOLE_CONSTRUCT_CODES}
+        self.whole_errors = {d.line for d in ctx.diagnostics if d.code in _WHOLE_CONSTRUCT_CODES}
         self.found: dict[tuple[int, int, str], None] = {}
         self.classes: list[tuple[str, _ClassInfo | None]] = []  # (name, info for a converted module class)
         self.functions: list[cst.FunctionDef] = []
@@ -230,7 +232,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
     def _not_whole_error(self, node: cst.CSTNode) -> bool:
         """False for a statement that an error reported as a whole (left unchanged): its torch is known."""
-        return not (self.whole_errors and self.index.contains(node) and self.index.start(node) in self.whole_errors)
+        return not (self.whole_errors and self._position(node)[0] in self.whole_errors)
 
     def visit_Annotation(self, node: cst.Annotation) -> None:
         self.annotations += 1
@@ -304,7 +306,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                            f"array has no {name} under jax.jit or nnx.grad (a tracer)")
             else:
                 message = f"`{_short(node)}{'(...)' if called else ''}`: a jax array has no {name} {what} ({tensor.name})"
-            self._add(node.attr, message, tensor.hint, self._start(node), name)
+            self._add(node.attr, message, tensor.hint, self._position(node), name)
 
     def _flags(self, group: ResidualGroup, kind: str) -> bool:
         if group.flag == "value":
@@ -326,7 +328,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         what = f"nn.Module {name} is not an nnx.Module method" if group.table == "module" else \
             f"{name} is a jax array's method, not an nnx.Module's"
         self._add(node.attr, f"`{_short(node)}{'(...)' if called else ''}`: {what} ({owner} an nnx.Module now; "
-                             f"{group.name})", group.hint, self._start(node), name)
+                             f"{group.name})", group.hint, self._position(node), name)
 
     def visit_Name(self, node: cst.Name) -> None:
         if id(node) not in self.not_references and node.value in self.ctx.torch_aliases:
@@ -485,7 +487,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             if func.startswith(("jnp.", "jax.numpy.")) or func in ("jax.random.normal", "jax.random.uniform"):
                 return ARRAY
             if func in self.ctx.module_classes or (func.startswith("nnx.") and func[4:5].isupper()
-                                                    and func[4:] not in _VARIABLE_CLASSES):
+                                                    and func[4:] not in _NOT_MODULES):
                 return MODULE
             if func in _CONTAINER_CALLS:
                 return NOT_ARRAY
@@ -543,11 +545,8 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             info.layers.add(attribute)
 
     # positions and the report ------------------------------------------------------------
-    def _start(self, node: cst.CSTNode) -> tuple[int, int]:
-        """Where the node's code starts in the original: its first unchanged part."""
-        return self._position(node)
-
     def _position(self, node: cst.CSTNode) -> tuple[int, int]:
+        """Where the node's code starts in the original: its first unchanged part (else its statements')."""
         found = _first_original(node, self.index)
         if found is not None:
             return self.index.start(found)
