@@ -168,6 +168,8 @@ def test_an_error_the_rewrite_reported_is_not_repeated():
 def test_ordinary_python_is_not_reported():
     source = dedent("""
         import os
+        import typing
+        from typing import TypeVar
         import numpy as np
         import torch
 
@@ -190,6 +192,10 @@ def test_ordinary_python_is_not_reported():
             counts[path] = 1
             items[0] = parts
             return torch.manual_seed(0), table, device
+
+
+        M = typing.TypeVar("M")
+        N = TypeVar("N", bound=torch.nn.Module)
     """)
     assert pt040(source) == {}
 

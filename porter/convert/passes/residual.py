@@ -175,7 +175,8 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
     def _method_node(self) -> cst.FunctionDef | None:
         cls = self.class_nodes.get(self.classes[-1][0]) if self.classes else None
-        return next((f for f in self.functions if cls is not None and f in _methods(cls)), self.functions[0])
+        methods = {id(f) for f in _methods(cls)} if cls is not None else set()
+        return next((f for f in self.functions if id(f) in methods), self.functions[0])
 
     def visit_ClassDef(self, node: cst.ClassDef) -> bool:
         self.not_references.add(id(node.name))
@@ -262,11 +263,11 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         if type(func) is cst.Name:
             if func.value in self.einops:
                 self._einops(node, func.value)
+            elif func.value == "TypeVar":
+                self.annotations += 1  # TypeVar("M", bound=nn.Module): typing, as an annotation
         elif type(func) is cst.Attribute and type(func.value) is cst.Name and func.value.value == "einops" \
                 and func.attr.value in self.tables.einops_functions:
             self._einops(node, func.attr.value)
-        elif type(func) is cst.Name and func.value == "TypeVar":
-            self.annotations += 1  # TypeVar("M", bound=nn.Module): typing, as an annotation
         if self.module_class is not None and self.torch_packages and _class_name(func):
             head = func
             while type(head) is cst.Attribute:
