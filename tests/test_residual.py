@@ -268,3 +268,17 @@ def test_a_construct_left_unchanged_as_a_whole_is_not_reported_again_inside():
     """)
     diagnostics = convert_source(source).diagnostics
     assert [(d.code, d.line) for d in diagnostics if d.severity.value == "error"] == [("PT010", 7), ("PT040", 12)]
+
+
+def test_an_upgrade_shows_as_names_that_appeared_or_vanished():
+    from dataclasses import replace
+
+    from porter.rules.loader import ResidualTables
+
+    tables = load_residual()
+    numpy_group = next(g for g in tables.groups["tensor"] if "numpy" in g.methods)
+    doctored = {**tables.groups, "tensor": [replace(g, methods=g.methods - {"numpy"} | {"to_gone"})
+                                            if g is numpy_group else g for g in tables.groups["tensor"]]}
+    found = changes(ResidualTables(doctored, tables.torch_packages, tables.einops_functions))
+    assert found == ["tensor.methods: numpy appeared (review it into a group of rules/residual.toml)",
+                     "tensor.methods: to_gone vanished (remove it from rules/residual.toml)"]
