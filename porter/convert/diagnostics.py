@@ -137,6 +137,12 @@ DOCS: dict[str, str] = {
              "ties an output head with `self.embed.attend(x)`). Left unchanged; convert it by hand.",
     "PT007": "porter made a choice the message names (for example: a layer built outside any module is "
              "initialised from nnx.Rngs(0)). Nothing to do unless the choice does not fit.",
+    "PT040": "Reported by the residual check, a pass that reads the converted code after the rewrite: a torch "
+             "meaning porter left in place with no other error on that line. The message names the construct and "
+             "what to write instead; the tables of attributes live in rules/residual.toml.\n\nExample:\n"
+             "    preds = model(x).argmax(1).numpy()\n"
+             "    -> PT040 error `jnp.argmax(model(x), axis=1).numpy(...)`: a jax array has no numpy method; "
+             "write instead: np.asarray(x) outside jit ...",
     "PT030": "The file's bytes are not valid UTF-8 (or it could not be read at all). Python source is UTF-8 "
              "unless it declares another encoding; porter reads UTF-8 only.",
     "PT031": "A conversion pass raised an exception on this file. The report carries a traceback summary "

@@ -1,9 +1,10 @@
-"""Converts one file: parse, analyse, rewrite, fix imports.
+"""Converts one file: parse, analyse, rewrite, fix imports, check what is left.
 
 The rewrite of calls, module classes and training loops runs as one traversal
 over the original tree (TrainingRewrite extends ModuleRewrite extends CallRewrite), so every diagnostic and
-change carries the line and column of the user's original code. The output gate (output_gate.py) then makes
-sure what comes out compiles.
+change carries the line and column of the user's original code. Then two checks read the result: the output
+gate (output_gate.py) makes sure what comes out compiles, and the residual check (passes/residual.py) reports
+what still means torch as an error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
+from porter.convert.passes import residual
 from porter.convert import output_gate, traverse
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
@@ -93,7 +95,8 @@ def _no_cyclic_gc():
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
              known: Known | None = None) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
-    every statement generated, no text prefilter. The output must be identical."""
+    every statement generated, no text prefilter (in the rewrite and the residual check). The output
+    must be identical."""
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
@@ -115,7 +118,10 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
     rewrite = DistributedRewrite(ctx)
     rewrite.attach(index)
-    rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite)) if fast else module.visit(rewrite)
+    # the reference mode visits every node with porter's engine too: the residual check finds where a node was
+    # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with
+    # libcst's is tests/test_convert_properties.py's test_the_traversal_engine_visits_like_libcst
+    rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite) if fast else None)
     statement_code = StatementCode(index if fast else None)
 
     def finish(tree: cst.Module) -> str:
@@ -123,6 +129,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
         return statement_code.module_code(final) if fast else final.code
 
     code = output_gate.gate(source, rewritten, finish, ctx, index, notebook=notebook)  # it compiles
+    residual.check(ctx, index, rewritten, fast)  # after the import pass and the gate: every diagnostic is in
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     return Conversion(code, diagnostics, changes, filename, exports, imports)

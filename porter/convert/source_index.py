@@ -295,6 +295,11 @@ class Prefilter:
         else:
             self.offsets = sorted(self.offsets + found)
 
+    def also_at(self, offsets: Iterable[int]) -> None:
+        """Places in the code (character offsets) that count as occurrences of a trigger word: a pass that
+        reacts to a construct without a name of its own (an item assignment's `] =`) marks them here."""
+        self.offsets = sorted([*self.offsets, *offsets])
+
     def __call__(self, node: cst.CSTNode) -> bool:
         kind = type(node)
         if kind in self.never:

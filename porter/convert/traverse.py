@@ -135,7 +135,8 @@ def _has_attribute_hooks(cls: type) -> bool:
     if cls.on_leave_attribute is not cst.CSTVisitor.on_leave_attribute and \
             cls.on_leave_attribute is not CSTTransformer.on_leave_attribute:
         return True
-    return any(_ATTRIBUTE_HOOK.match(name) for name in dir(cls))
+    # libcst's typed stubs (visit_Call_func ...) are in every visitor's dir(): only a visitor's own count
+    return any(_ATTRIBUTE_HOOK.match(name) and hook(cls, name) is not None for name in dir(cls))
 
 
 @functools.cache

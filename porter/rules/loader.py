@@ -139,12 +139,87 @@ def rules_dir() -> Path:
 @functools.cache
 def load_rules(directory: Path | None = None) -> RuleSet:
     directory = directory or rules_dir()
-    files = sorted(directory.glob("*.toml"))
+    files = sorted(p for p in directory.glob("*.toml") if p.name != RESIDUAL_FILE)
     if not files:
         raise RuleError(f"no rule files (*.toml) in {directory}")
     rules = [rule for path in files for rule in _read_file(path)]
     _check_unique(rules)
     return RuleSet(rules)
+
+
+# the residual check's tables (porter/convert/passes/residual.py): attribute groups, not rules
+RESIDUAL_FILE = "residual.toml"
+RESIDUAL_FLAGS = {"tensor": ("value", "array", "traced", "likely", "no"), "tensor_shared": ("traced", "no"),
+                  "module": ("module", "no"), "module_extra": ("module",)}
+
+
+@dataclass(frozen=True)
+class ResidualGroup:
+    """Names of one table that the check treats alike: where it flags them (`flag`) and what to write instead."""
+
+    table: str
+    name: str
+    flag: str
+    hint: str
+    methods: frozenset[str]
+    attributes: frozenset[str]
+
+
+@dataclass
+class ResidualTables:
+    groups: dict[str, list[ResidualGroup]]
+    torch_packages: frozenset[str]  # top-level packages whose classes and functions work on torch tensors
+    einops_functions: frozenset[str]  # einops functions that read their array arguments' shapes
+
+    def lookup(self, table: str, name: str, called: bool) -> ResidualGroup | None:
+        """The group of a method (when called) or an attribute (when read or written) whose flag is not 'no'."""
+        index = self._index.get(table, {})
+        return index.get((name, called))
+
+    def __post_init__(self) -> None:
+        self._index: dict[str, dict[tuple[str, bool], ResidualGroup]] = {}
+        for table, groups in self.groups.items():
+            found = self._index.setdefault(table, {})
+            for group in groups:
+                if group.flag == "no":
+                    continue
+                found.update({(n, True): group for n in group.methods})
+                found.update({(n, False): group for n in group.attributes})
+        self._flagged = frozenset(name for index in self._index.values() for name, _ in index)
+
+    def flagged_names(self) -> frozenset[str]:
+        return self._flagged
+
+
+@functools.cache
+def load_residual(directory: Path | None = None) -> ResidualTables:
+    path = (directory or rules_dir()) / RESIDUAL_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError(f"{path.name}: not valid TOML: {exc}") from exc
+    groups: dict[str, list[ResidualGroup]] = {}
+    seen: dict[tuple[str, str, str], str] = {}
+    for table, flags in RESIDUAL_FLAGS.items():
+        for raw in data.get(table, []):
+            name = raw.get("group", "<no group>")
+            if unknown := set(raw) - {"group", "flag", "hint", "why", "methods", "attributes"}:
+                raise RuleError(f"{path.name}: [[{table}]] {name}: unknown field(s) {sorted(unknown)}")
+            if raw.get("flag") not in flags:
+                raise RuleError(f"{path.name}: [[{table}]] {name}: flag must be one of {flags}")
+            if raw["flag"] != "no" and not raw.get("hint"):
+                raise RuleError(f"{path.name}: [[{table}]] {name}: a flagged group needs a hint")
+            group = ResidualGroup(table, name, raw["flag"], raw.get("hint", ""), frozenset(raw.get("methods", ())),
+                                  frozenset(raw.get("attributes", ())))
+            for kind, names in (("methods", group.methods), ("attributes", group.attributes)):
+                for member in names:
+                    if (table, kind, member) in seen:
+                        raise RuleError(f"{path.name}: [[{table}]] {member} is in groups {seen[table, kind, member]!r}"
+                                        f" and {name!r}")
+                    seen[table, kind, member] = name
+            groups.setdefault(table, []).append(group)
+    packages = data.get("torch_packages", {})
+    return ResidualTables(groups, frozenset(packages.get("names", ())), frozenset(data.get("einops", {}).get("functions", ())))
 
 
 def _read_file(path: Path) -> list[Rule]:
