@@ -1,0 +1,114 @@
+"""Tensor-level constructs of real model code that porter once kept unchanged with no error (issue 12,
+item 3): each converts, checked against torch on real inputs, or is reported at error level."""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from porter import convert_source
+from porter.convert import tree
+from porter.convert.diagnostics import Severity
+
+
+def convert(source: str):
+    return convert_source(textwrap.dedent(source), filename="m.py")
+
+
+def errors(conversion) -> list[tuple[str, int]]:
+    return [(d.code, d.line) for d in conversion.diagnostics if d.severity is Severity.ERROR]
+
+
+def run_both(source: str, name: str, *args):
+    """`name(*args)` of the torch source and of its conversion (arrays given as numpy)."""
+    c = convert(source)
+    torch_space, jax_space = {}, {}
+    exec(compile(textwrap.dedent(source), "torch_m.py", "exec"), torch_space)
+    exec(compile(c.code, "jax_m.py", "exec"), jax_space)
+    expected = torch_space[name](*(torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args))
+    import jax.numpy as jnp
+    got = jax_space[name](*(jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in args))
+    return c, expected, got
+
+
+# ------------------------------------------------------------------ 6: a local named like a torch import
+def test_a_parameter_named_like_a_torch_import_is_the_parameter():
+    source = """
+        import torch
+        from torch import tensor
+
+
+        def eps(tensor):
+            return torch.finfo(tensor.dtype).eps
+
+
+        def make():
+            return tensor([1.0, 2.0])
+        """
+    c, expected, got = run_both(source, "eps", np.ones(2, np.float32))
+    assert errors(c) == []
+    assert "jnp.finfo(tensor.dtype)" in c.code and "jnp.array([1.0, 2.0])" in c.code
+    assert "from torch" not in c.code  # the parameter is no use of torch.tensor
+    assert got == expected
+
+
+# ------------------------------------------------------------------ 7: PT031 crashes
+CALLED_AT_ONCE = """
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return nn.GELU()(x) + nn.ReLU(inplace=True)(x)  # (torch's relu changes x: last)
+    """
+
+
+def test_a_stateless_activation_built_and_called_at_once_is_the_function():
+    c = convert(CALLED_AT_ONCE)  # crashed: the call's func is a call, not an attribute
+    assert errors(c) == [] and "jax.nn.relu(x)" in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(CALLED_AT_ONCE), torch_space)
+    exec(c.code, jax_space)
+    from flax import nnx
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    expected = torch_space["Net"]()(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(jax_space["Net"](rngs=nnx.Rngs(0))(x)), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_layer_with_weights_built_in_forward_is_an_error():
+    c = convert("""
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def forward(self, x):
+                return nn.Linear(4, 4)(x) + nn.MaxPool1d(2)(x).sum()
+        """)
+    assert errors(c) == [("PT006", 8)]
+    assert "nn.Linear(4, 4)(x)" in c.code
+
+
+def test_a_local_module_named_F_is_not_torch_functional(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "functional.py").write_text("import torch\n\n\ndef relu(x):\n    return torch.clamp(x, min=0)\n")
+    (pkg / "model.py").write_text(textwrap.dedent("""\
+        import torch
+        from torch import nn
+        from . import functional as F
+
+
+        class Net(nn.Module):
+            def forward(self, x):
+                return F.relu(x) + nn.ReLU(inplace=True)(x)
+        """))
+    tasks, _ = tree.plan(pkg)
+    results = {r.relative: r for r in tree.convert_tree(tasks, root_name="pkg", jobs=1)}
+    model = results["model.py"]
+    assert model.status != "failed" and [d.code for d in model.diagnostics] == []
+    code = model.code.decode()
+    assert "F.relu(x) + jax.nn.relu(x)" in code and "from . import functional as F" in code
