@@ -112,3 +112,65 @@ def test_a_local_module_named_F_is_not_torch_functional(tmp_path):
     assert model.status != "failed" and [d.code for d in model.diagnostics] == []
     code = model.code.decode()
     assert "F.relu(x) + jax.nn.relu(x)" in code and "from . import functional as F" in code
+
+
+# ------------------------------------------------------------------ 4: x.device
+DEVICE_MODEL = """
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("inv_freq", torch.arange(1, 5).float())
+            self.device_name = "cpu"
+
+        def forward(self, x):
+            n, device = x.shape[1], x.device
+            t = torch.arange(n, device=device).float()
+            inv = self.inv_freq.to(device=x.device, dtype=torch.float)
+            return x * t + inv.sum() + torch.ones(1, device=x.device)
+    """
+
+
+def test_a_device_that_only_places_arrays_is_dropped_with_its_binding():
+    import jax
+    from flax import nnx
+    c = convert(DEVICE_MODEL)
+    assert errors(c) == []
+    assert "n = x.shape[1]\n" in c.code and "device" not in c.code.replace("device_name", "")
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(DEVICE_MODEL), torch_space)
+    exec(c.code, jax_space)
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    expected = torch_space["Net"]()(torch.tensor(x)).numpy()
+    model = jax_space["Net"](rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda a: model(a))(x)), expected, rtol=1e-6)
+
+
+def test_other_reads_of_a_device_in_traced_code_are_errors():
+    c = convert("""
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.device = torch.device("cpu")  # the module's own attribute: no array's
+
+            def forward(self, x):
+                d = x.device
+                if d.type == "cuda":
+                    x = x * 2
+                print(self.device)
+                dev, k = x.device, 2
+                return helper(x, device=dev) * k
+
+
+        def helper(x, device):
+            return x.to(device)
+        """)
+    assert errors(c) == [("PT004", 12), ("PT004", 16)]
+    assert "d = x.device" in c.code and "dev, k = x.device, 2" in c.code

@@ -28,6 +28,9 @@ VIEWS = frozenset({
     "real", "imag", "tensor_split", "hsplit", "vsplit", "unfold", "data", "to", "cpu", "cuda", "type_as", "float",
     "half", "double", "int", "long", "bool", "bfloat16", "requires_grad_",
 })
+# tensor methods whose result is no tensor (a numpy array, a list, a number, a shape)
+NOT_TENSORS = frozenset({"numpy", "tolist", "item", "size", "dim", "ndimension", "numel", "nelement", "type",
+                         "is_floating_point"})
 # AugAssign operator -> the `.at[]` method
 AT_METHODS = {"+=": "add", "-=": "subtract", "*=": "multiply", "/=": "divide", "**=": "power"}
 
@@ -114,7 +117,8 @@ def _classify(value: cst.BaseExpression, verdicts: dict, ctx: ConversionContext)
         if isinstance(value.func, cst.Attribute) and not (isinstance(value.func.value, cst.Name)
                                                          and value.func.value.value == "self"):
             method = value.func.attr.value
-            if ctx.rules.method(method) is None or ctx.qualified_name(value.func) is not None:
+            if ctx.rules.method(method) is None or ctx.qualified_name(value.func) is not None \
+                    or method in NOT_TENSORS:
                 return None
             return "shared" if method in VIEWS else "fresh"
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import inplace
+from porter.convert import devices, inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -28,8 +28,11 @@ NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fre
 
 
 class CallRewrite(ScopedTransformer):
+    TRIGGER_WORDS = frozenset({"device"})  # `device = x.device` bindings dropped (porter/convert/devices.py)
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
+        self._device_reads: list[devices.DeviceReads] = []  # per enclosing function
         self._call_funcs: set[int] = set()  # ids of original nodes in call position
         self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
         self._kept_depth = 0  # > 0 inside a call of a KEPT_TORCH API
@@ -71,7 +74,21 @@ class CallRewrite(ScopedTransformer):
             self._statement_calls.add(id(node.value))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
-        return super().on_visit(node)
+        visit = super().on_visit(node)
+        if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
+            self._device_reads.append(self._analyse_devices(node))
+        return visit
+
+    def _analyse_devices(self, node: cst.FunctionDef) -> devices.DeviceReads:
+        if not self.mentions("device"):
+            return devices.DeviceReads()
+        reads = devices.analyse_function(node, self.ctx)
+        if self.module_class and self.method != "__init__":  # a constructor runs eagerly: arrays have devices
+            for read in reads.kept:
+                self.report("PT004", read, f"{code_of(read)}: a traced array (under jax.jit or grad) has no "
+                                           "device, and JAX places arrays itself; use it only as device= of a "
+                                           "new array (dropped), or drop it; left unchanged")
+        return reads
 
     def on_leave(self, original_node, updated_node):
         updated_node = super().on_leave(original_node, updated_node)
@@ -79,6 +96,7 @@ class CallRewrite(ScopedTransformer):
         if kind is cst.FunctionDef:
             self._tensor_names.pop()
             self._constructor_names.pop()
+            self._device_reads.pop()
         elif kind is cst.ClassDef:
             self._constructor_attributes.pop()
         elif kind is cst.Annotation:
@@ -86,6 +104,12 @@ class CallRewrite(ScopedTransformer):
         elif kind is cst.Expr and isinstance(updated_node, cst.Expr) \
                 and id(original_node.value) in self._inplace_rebinds:
             updated_node = inplace.rebind(updated_node, self._inplace_rebinds.pop(id(original_node.value)))
+        elif kind is cst.Assign and self._device_reads and id(original_node) in self._device_reads[-1].bindings \
+                and type(updated_node) is kind:
+            dropped = self._device_reads[-1].bindings[id(original_node)]
+            updated_node = devices.drop_bindings(updated_node, dropped)
+            self.record("device-binding", original_node, updated_node if isinstance(updated_node, cst.Assign)
+                        else cst.Pass())
         elif (kind is cst.Assign or kind is cst.AugAssign) and type(updated_node) is kind:
             result = inplace.setitem(original_node, updated_node,
                                      self._tensor_names[-1] if self._tensor_names else None)
@@ -286,7 +310,7 @@ class CallRewrite(ScopedTransformer):
         positional = [a for a in call.args if a.keyword is None]
         if isinstance(receiver, _STRINGS):
             return False
-        if positional and isinstance(positional[0].value, _STRINGS) and call.func.attr.value != "to":
+        if positional and isinstance(positional[0].value, _STRINGS) and call.func.attr.value not in ("to", "type"):
             return False  # name.split(","), pattern.sub("-", s): not a tensor's method (x.to("cuda") is)
         if isinstance(receiver, cst.Name) and receiver.value == "self":
             return False  # self.norm(x), self.flatten(x): the module's own layers and methods
