@@ -174,3 +174,64 @@ def test_other_reads_of_a_device_in_traced_code_are_errors():
         """)
     assert errors(c) == [("PT004", 12), ("PT004", 16)]
     assert "d = x.device" in c.code and "dev, k = x.device, 2" in c.code
+
+
+# ------------------------------------------------------------------ 5: masks and item assignment
+MASK_MODEL = """
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("buf", torch.zeros(3, 4))
+
+        def forward(self, x, v):
+            y = x * 2
+            y[y < 0] = 0.5
+            x[:, 0] = 1
+            logits = x + y
+            logits[logits < v[:, [-1]]] = -float('Inf')
+            self.buf[:, 0] = 3
+            self.buf[self.buf < 1] = -1.0
+            return y, x, logits, self.buf + 0
+    """
+
+
+def test_masks_and_index_assignments_on_arguments_and_buffers_match_torch_under_jit():
+    import jax
+    from flax import nnx
+    c = convert(MASK_MODEL)
+    assert errors(c) == []
+    assert "y = jnp.where(y < 0, jnp.asarray(0.5, y.dtype), y)" in c.code
+    assert "x = x.at[:, 0].set(1)" in c.code
+    assert "self.buf[...] = jnp.where(self.buf[...] < 1, jnp.asarray(-1.0, self.buf.dtype), self.buf[...])" in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(MASK_MODEL), torch_space)
+    exec(c.code, jax_space)
+    rng = np.random.default_rng(0)
+    x, v = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
+    expected = torch_space["Net"]()(torch.tensor(x), torch.tensor(v))
+    model = jax_space["Net"](rngs=nnx.Rngs(0))
+    got = nnx.jit(lambda m, a, b: m(a, b))(model, x, v)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(g), e.numpy(), rtol=1e-6)
+
+
+def test_item_assignment_where_only_the_index_shows_an_array():
+    c = convert("""
+        import torch
+
+
+        def f(x, table, k):
+            y = x + 1
+            y[..., 0] = 0      # an index only an array takes
+            table[k] = 1       # a dict or a list, as far as anyone can tell: left alone
+            x[x.isnan()] = k   # a mask, the value maybe not one number: .at[], eager only
+            return y, table, x
+        """)
+    assert "y = y.at[..., 0].set(0)" in c.code and "table[k] = 1" in c.code
+    assert "x = x.at[jnp.isnan(x)].set(k)" in c.code
+    assert [d.code for d in c.diagnostics] == ["PT005", "PT005"]  # x is the caller's tensor; the mask: eager only
+    assert "jax.jit" in c.diagnostics[1].message

@@ -112,10 +112,11 @@ class CallRewrite(ScopedTransformer):
                         else cst.Pass())
         elif (kind is cst.Assign or kind is cst.AugAssign) and type(updated_node) is kind:
             result = inplace.setitem(original_node, updated_node,
-                                     self._tensor_names[-1] if self._tensor_names else None)
+                                     self._tensor_names[-1] if self._tensor_names else None, self.ctx,
+                                     self._variable_attributes())
             if result is not None:
-                updated_node, warning = result
-                if warning:
+                updated_node, warnings = result
+                for warning in warnings:
                     self.report("PT005", original_node, f"torch.Tensor.__setitem__: {warning}")
                 rule = self.ctx.rules.method("__setitem__")
                 self.record(rule.id if rule else "setitem", original_node, updated_node)
@@ -123,10 +124,15 @@ class CallRewrite(ScopedTransformer):
             updated_node = inplace.pick_item(updated_node)
         return updated_node
 
+    def _variable_attributes(self) -> frozenset[str]:
+        """The module's buffers and parameters: nnx.Variables, which take item assignment themselves."""
+        attributes = self.ctx.layer_attributes.get(self.module_class, {}) if self.module_class else {}
+        return frozenset(name for name, kind in attributes.items() if kind == "buffer" or kind.endswith("Parameter"))
+
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
         words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields
-        return words | self._tensor_names[-1].tensors if self._tensor_names else words
+        return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe if self._tensor_names else words
 
     def trigger_state(self):
         return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None, \
