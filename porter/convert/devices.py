@@ -14,11 +14,13 @@ hooks, as it does for porter/convert/inplace.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import libcst as cst
 
 from porter.convert.builders import role_of  # how x.to(...) reads a positional argument
 from porter.convert.context import ConversionContext
+from porter.convert.source_index import STATEMENT_TYPES
 
 PLACEMENT_METHODS = frozenset({"to", "cuda"})  # x.to(device), x.cuda(device): the device is dropped
 
@@ -31,9 +33,17 @@ class DeviceReads:
     kept: list[cst.Attribute] = field(default_factory=list)  # reads that stay: reported in traced code
 
 
-def analyse_function(node: cst.FunctionDef, ctx: ConversionContext) -> DeviceReads:
-    reads = _Reads(ctx)
+def analyse_function(node: cst.FunctionDef, ctx: ConversionContext,
+                     mentions: Callable[[cst.CSTNode, frozenset[str]], bool] = lambda node, words: True
+                     ) -> DeviceReads:
+    """`mentions(statement, words)`: whether a statement's code holds one of the words (statements
+    that do not are skipped: the walk is the cost). The names bound to a device are looked for again
+    in every statement that mentions them."""
+    reads = _Reads(ctx, mentions, frozenset({"device"}))
     reads.walk(node.body, [], nested=False)
+    if reads.bound:
+        reads = _Reads(ctx, mentions, frozenset({"device", *reads.bound}))
+        reads.walk(node.body, [], nested=False)
     found = DeviceReads()
     droppable = {name for name in reads.bound if not reads.other_uses.get(name)}
     for assign, pairs in reads.binding_sites:
@@ -46,8 +56,10 @@ def analyse_function(node: cst.FunctionDef, ctx: ConversionContext) -> DeviceRea
 
 
 class _Reads:
-    def __init__(self, ctx: ConversionContext) -> None:
+    def __init__(self, ctx: ConversionContext, mentions, words: frozenset[str]) -> None:
         self.ctx = ctx
+        self.mentions = mentions
+        self.words = words
         self.bound: set[str] = set()  # names bound to a `.device` read
         self.binding_sites: list[tuple[cst.Assign, list[tuple[str, cst.Attribute]]]] = []
         self.other_uses: dict[str, int] = {}
@@ -56,6 +68,8 @@ class _Reads:
 
     def walk(self, node: cst.CSTNode, parents: list[cst.CSTNode], nested: bool) -> None:
         kind = type(node)
+        if kind in STATEMENT_TYPES and not self.mentions(node, self.words):
+            return
         if kind is cst.FunctionDef or kind is cst.ClassDef:
             nested = True  # its names may be ours (a closure); its `.device` reads are its own
         elif kind is cst.Assign and not nested:

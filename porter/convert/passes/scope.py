@@ -12,6 +12,7 @@ skipping never changes the output.
 
 from __future__ import annotations
 
+import bisect
 from typing import Iterable
 
 import libcst as cst
@@ -57,6 +58,19 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
     def mentions(self, word: str) -> bool:
         """Whether the identifier occurs anywhere in the file's text: a cheap test before a costly scan."""
         return self._index is None or self._index.mentions(word)
+
+    def mentions_within(self, node: cst.CSTNode, words: Iterable[str]) -> bool:
+        """Whether one of the identifiers occurs in an original node's code (True when unknown)."""
+        if self._index is None or not self._index.contains(node):
+            return True
+        start, end = self._index.span(node)
+        occurrences = self._index.word_occurrences()
+        for word in words:
+            offsets = occurrences.get(word, ())
+            i = bisect.bisect_left(offsets, start)
+            if i < len(offsets) and offsets[i] < end:
+                return True
+        return False
 
     # the statement prefilter (porter/convert/source_index.py) --------------------
     def trigger_words(self) -> Iterable[str]:
