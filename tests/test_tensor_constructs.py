@@ -186,8 +186,10 @@ MASK_MODEL = """
         def __init__(self):
             super().__init__()
             self.register_buffer("buf", torch.zeros(3, 4))
+            self.cache = torch.zeros(3, 4)  # no buffer: a plain tensor attribute
 
         def forward(self, x, v):
+            self.cache[:, :2] = x[:, :2]
             y = x * 2
             y[y < 0] = 0.5
             x[:, 0] = 1
@@ -195,7 +197,7 @@ MASK_MODEL = """
             logits[logits < v[:, [-1]]] = -float('Inf')
             self.buf[:, 0] = 3
             self.buf[self.buf < 1] = -1.0
-            return y, x, logits, self.buf + 0
+            return y, x, logits, self.buf + 0, self.cache * 1
     """
 
 
@@ -205,7 +207,7 @@ def test_masks_and_index_assignments_on_arguments_and_buffers_match_torch_under_
     c = convert(MASK_MODEL)
     assert errors(c) == []
     assert "y = jnp.where(y < 0, jnp.asarray(0.5, y.dtype), y)" in c.code
-    assert "x = x.at[:, 0].set(1)" in c.code
+    assert "x = x.at[:, 0].set(1)" in c.code and "self.cache = self.cache.at[:, :2].set(x[:, :2])" in c.code
     assert "self.buf[...] = jnp.where(self.buf[...] < 1, jnp.asarray(-1.0, self.buf.dtype), self.buf[...])" in c.code
     torch_space, jax_space = {}, {}
     exec(textwrap.dedent(MASK_MODEL), torch_space)

@@ -150,14 +150,15 @@ def _classify(value: cst.BaseExpression, verdicts: dict, ctx: ConversionContext)
 
 # ---------------------------------------------------------------------- statements
 def setitem(original: cst.BaseSmallStatement, updated: cst.BaseSmallStatement, names: TensorNames | None,
-            ctx: ConversionContext, variables: frozenset[str] = frozenset()):
+            ctx: ConversionContext, variables: frozenset[str] = frozenset(), arrays: frozenset[str] = frozenset()):
     """`x[i] = v` -> `x = x.at[i].set(v)`, `x[i] += v` -> `x = x.at[i].add(v)`, for a tensor x;
     `y[y < 0] = v` (a mask of y's shape, a scalar v) -> `y = jnp.where(y < 0, ..., y)`, which jit takes.
 
-    x is a local known to hold a tensor, or one that may (an argument) whose index shows an array.
-    `self.b[mask] = v` on a buffer or parameter (`variables`: an nnx.Variable, which takes item
-    assignment itself) converts only for the mask. Returns (new statement, warnings), or None when
-    the statement is not such an update.
+    x is a local known to hold a tensor, or one that may (an argument) whose index shows an array, or
+    a module attribute the constructor set to a tensor (`arrays`: `self.cache[:, :n] = k` ->
+    `self.cache = self.cache.at[:, :n].set(k)`). `self.b[mask] = v` on a buffer or parameter
+    (`variables`: an nnx.Variable, which takes item assignment itself) converts only for the mask.
+    Returns (new statement, warnings), or None when the statement is not such an update.
     """
     if names is None:
         return None
@@ -186,21 +187,23 @@ def setitem(original: cst.BaseSmallStatement, updated: cst.BaseSmallStatement, n
         new = updated.with_changes(targets=[updated.targets[0].with_changes(target=whole)],  # compares not
                                    value=_where(mask_of_array, value, whole, owner))
         return new, []
-    if not isinstance(owner, cst.Name):
+    if _self_attribute(owner) in arrays:
+        warnings = []
+    elif not isinstance(owner, cst.Name) or owner.value not in names.tensors and not (
+            owner.value in names.maybe and (mask or _array_index(target))):
         return None
-    if owner.value not in names.tensors and not (owner.value in names.maybe and (mask or _array_index(target))):
-        return None
-    warnings = [w for w in [shared_warning(owner.value, names)] if w]
+    else:
+        warnings = [w for w in [shared_warning(owner.value, names)] if w]
     if mask and method == "set" and _scalar(source_value):
         new_value = _where(target.slice[0].slice.value, value, owner, owner)
     else:
         if mask:
             warnings.append(f"a boolean mask in .at[] needs concrete values: this runs eagerly, not under "
                             f"jax.jit (with a scalar value, jnp.where({code_of(target.slice[0].slice.value)}, v, "
-                            f"{owner.value}) would)")
+                            f"{code_of(owner)}) would)")
         at = cst.Subscript(cst.Attribute(owner, cst.Name("at")), target.slice)
         new_value = cst.Call(cst.Attribute(at, cst.Name(method)), [cst.Arg(value)])
-    new = cst.Assign([cst.AssignTarget(cst.Name(owner.value))], new_value)
+    new = cst.Assign([cst.AssignTarget(owner)], new_value)
     return new, warnings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import devices, inplace
+from porter.convert import apply, devices, inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -113,7 +113,7 @@ class CallRewrite(ScopedTransformer):
         elif (kind is cst.Assign or kind is cst.AugAssign) and type(updated_node) is kind:
             result = inplace.setitem(original_node, updated_node,
                                      self._tensor_names[-1] if self._tensor_names else None, self.ctx,
-                                     self._variable_attributes())
+                                     *self._array_attributes())
             if result is not None:
                 updated_node, warnings = result
                 for warning in warnings:
@@ -124,10 +124,15 @@ class CallRewrite(ScopedTransformer):
             updated_node = inplace.pick_item(updated_node)
         return updated_node
 
-    def _variable_attributes(self) -> frozenset[str]:
-        """The module's buffers and parameters: nnx.Variables, which take item assignment themselves."""
+    def _array_attributes(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The module's buffers and parameters (nnx.Variables, which take item assignment themselves), and
+        the attributes its constructor sets to a new tensor (`self.cache = torch.zeros(...)`: arrays)."""
         attributes = self.ctx.layer_attributes.get(self.module_class, {}) if self.module_class else {}
-        return frozenset(name for name, kind in attributes.items() if kind == "buffer" or kind.endswith("Parameter"))
+        variables = frozenset(name for name, kind in attributes.items()
+                              if kind == "buffer" or kind.endswith("Parameter"))
+        arrays = frozenset(name for name, kind in attributes.items()
+                           if kind in apply.FRESH_FUNCTIONS)
+        return variables, arrays
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
