@@ -164,7 +164,7 @@ def test_other_reads_of_a_device_in_traced_code_are_errors():
                 d = x.device
                 if d.type == "cuda":
                     x = x * 2
-                print(self.device)
+                print(self.device, self.config.device)  # settings, no arrays
                 dev, k = x.device, 2
                 return helper(x, device=dev) * k
 

@@ -23,6 +23,9 @@ from porter.convert.context import ConversionContext
 from porter.convert.source_index import STATEMENT_TYPES
 
 PLACEMENT_METHODS = frozenset({"to", "cuda"})  # x.to(device), x.cuda(device): the device is dropped
+# names that hold settings, not arrays: `args.device`, `config.device`
+NOT_ARRAYS = frozenset({"self", "args", "opt", "opts", "config", "cfg", "conf", "hparams", "params", "settings",
+                        "options", "flags", "kwargs"})
 
 
 @dataclass
@@ -33,16 +36,17 @@ class DeviceReads:
     kept: list[cst.Attribute] = field(default_factory=list)  # reads that stay: reported in traced code
 
 
-def analyse_function(node: cst.FunctionDef, ctx: ConversionContext,
+def analyse_function(node: cst.FunctionDef, ctx: ConversionContext, tensor_attributes: frozenset[str] = frozenset(),
                      mentions: Callable[[cst.CSTNode, frozenset[str]], bool] = lambda node, words: True
                      ) -> DeviceReads:
-    """`mentions(statement, words)`: whether a statement's code holds one of the words (statements
-    that do not are skipped: the walk is the cost). The names bound to a device are looked for again
-    in every statement that mentions them."""
-    reads = _Reads(ctx, mentions, frozenset({"device"}))
+    """`tensor_attributes`: the module's attributes holding tensors (buffers, parameters, tensors made
+    in its constructor). `mentions(statement, words)`: whether a statement's code holds one of the
+    words (statements that do not are skipped: the walk is the cost). The names bound to a device
+    are looked for again in every statement that mentions them."""
+    reads = _Reads(ctx, tensor_attributes, mentions, frozenset({"device"}))
     reads.walk(node.body, [], nested=False)
     if reads.bound:
-        reads = _Reads(ctx, mentions, frozenset({"device", *reads.bound}))
+        reads = _Reads(ctx, tensor_attributes, mentions, frozenset({"device", *reads.bound}))
         reads.walk(node.body, [], nested=False)
     found = DeviceReads()
     droppable = {name for name in reads.bound if not reads.other_uses.get(name)}
@@ -56,8 +60,10 @@ def analyse_function(node: cst.FunctionDef, ctx: ConversionContext,
 
 
 class _Reads:
-    def __init__(self, ctx: ConversionContext, mentions, words: frozenset[str]) -> None:
+    def __init__(self, ctx: ConversionContext, tensor_attributes: frozenset[str], mentions,
+                 words: frozenset[str]) -> None:
         self.ctx = ctx
+        self.tensor_attributes = tensor_attributes
         self.mentions = mentions
         self.words = words
         self.bound: set[str] = set()  # names bound to a `.device` read
@@ -112,12 +118,19 @@ class _Reads:
                 self.other_uses[name] = self.other_uses.get(name, 0) - 1
 
     def _on_array(self, read: cst.Attribute) -> bool:
-        """`x.device`, `self.w.device`, `f(x).device`: not `self.device` (an attribute of the module's own),
-        nor torch.device or an imported module's."""
+        """`x.device`, `self.w.device` (a tensor attribute), `self.fc.weight.device`, `f(x).device`: not
+        `self.device` or `self.config.device` (the module's own settings), `args.device`, torch.device or
+        an imported module's."""
         receiver = read.value
         if isinstance(receiver, cst.Name):
-            return receiver.value != "self" and receiver.value not in self.ctx.bound_imports
-        return self.ctx.qualified_name(read) is None
+            return receiver.value not in NOT_ARRAYS and receiver.value not in self.ctx.bound_imports
+        if isinstance(receiver, cst.Attribute):
+            if self.ctx.qualified_name(read) is not None:
+                return False
+            if isinstance(receiver.value, cst.Name) and receiver.value.value == "self":
+                return receiver.attr.value in self.tensor_attributes
+            return receiver.attr.value in ("weight", "bias")
+        return isinstance(receiver, (cst.Call, cst.Subscript))
 
     def _placement(self, node: cst.CSTNode, parents: list[cst.CSTNode]) -> bool:
         """The argument that places a new array: device= of a torch call, or of x.to(...)/x.cuda(...)."""

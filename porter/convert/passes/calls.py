@@ -82,7 +82,8 @@ class CallRewrite(ScopedTransformer):
     def _analyse_devices(self, node: cst.FunctionDef) -> devices.DeviceReads:
         if not self.mentions("device"):
             return devices.DeviceReads()
-        reads = devices.analyse_function(node, self.ctx, self.mentions_within)
+        variables, arrays = self._array_attributes()
+        reads = devices.analyse_function(node, self.ctx, variables | arrays, self.mentions_within)
         if self.module_class and self.method != "__init__":  # a constructor runs eagerly: arrays have devices
             for read in reads.kept:
                 self.report("PT004", read, f"{code_of(read)}: a traced array (under jax.jit or grad) has no "
