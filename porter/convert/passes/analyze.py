@@ -11,7 +11,7 @@ import libcst.matchers as m
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
-from porter.convert.passes.scope import enter_function
+from porter.convert.passes.scope import enter_body, enter_function
 from porter.convert.source_index import SourceIndex
 from porter.convert.traverse import FastDispatch
 
@@ -130,13 +130,16 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
-        enter_function(self.ctx, node)
+        enter_function(self.ctx)
         self.bound_names.add(node.name.value)
         attributes = self._constructor_attributes[-1] if self.class_stack else set()
         outer = self._constructor_names[-1] if self._constructor_names else set()
         names = layer_constructor_names(node, self.ctx, attributes, outer)
         self._constructor_names.append(names)
         self._constructor_words |= names
+
+    def visit_FunctionDef_body(self, node: cst.FunctionDef) -> None:
+        enter_body(self.ctx, node)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self.function_stack.pop()

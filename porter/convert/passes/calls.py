@@ -70,6 +70,8 @@ class CallRewrite(ScopedTransformer):
             self._constructor_words |= attributes
         elif kind is cst.Annotation:
             self._annotation_depth += 1
+        elif kind is cst.Param:
+            self._inner.add(id(node.name))  # `def f(tensor)` binds a name: no use of torch.tensor
         elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses

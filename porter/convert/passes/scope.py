@@ -115,7 +115,10 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
-        enter_function(self.ctx, node)
+        enter_function(self.ctx)
+
+    def visit_FunctionDef_body(self, node: cst.FunctionDef) -> None:
+        enter_body(self.ctx, node)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
         self.function_stack.pop()
@@ -158,13 +161,18 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         self.ctx.record_change(rule, *self.position(original), before, updated)
 
 
-def enter_function(ctx: ConversionContext, node: cst.FunctionDef) -> None:
-    """Pushes the torch aliases the function binds itself (a parameter or local named `tensor` or `F`):
-    inside it, and in the functions it encloses, such a name is the local (ctx.qualified_name)."""
-    outer = ctx.shadowed[-1] if ctx.shadowed else frozenset()
+def enter_function(ctx: ConversionContext) -> None:
+    """A function's scope: its decorators, annotations and defaults are read in the enclosing one."""
+    ctx.shadowed.append(ctx.shadowed[-1] if ctx.shadowed else frozenset())
+
+
+def enter_body(ctx: ConversionContext, node: cst.FunctionDef) -> None:
+    """The function's body: the torch aliases the function binds itself (a parameter or local named `tensor`
+    or `F`) are, there and in the functions it encloses, the local (ctx.qualified_name)."""
     aliases = ctx.torch_aliases
     local = {name for name in local_names(node) if name in aliases}
-    ctx.shadowed.append(outer | local if local else outer)
+    if local:
+        ctx.shadowed[-1] = ctx.shadowed[-1] | local
 
 
 def local_names(node: cst.FunctionDef) -> set[str]:
