@@ -53,6 +53,20 @@ def test_a_parameter_named_like_a_torch_import_is_the_parameter():
     assert got == expected
 
 
+def test_a_parameter_shadows_in_the_body_only():
+    c = convert("""
+        import torch
+        from torch import device
+
+
+        class Mover:
+            def cuda(self, device: int | device | None = None):  # the annotation names torch.device
+                return torch.zeros(2).cuda(device)
+        """)
+    assert errors(c) == [("PT003", 7)]  # the annotation's torch.device, nothing in the body
+    assert "return jnp.zeros(2)" in c.code and "from torch import device" in c.code
+
+
 # ------------------------------------------------------------------ 7: PT031 crashes
 CALLED_AT_ONCE = """
     import torch
