@@ -238,16 +238,23 @@ def test_masks_and_index_assignments_on_arguments_and_buffers_match_torch_under_
 def test_item_assignment_where_only_the_index_shows_an_array():
     c = convert("""
         import torch
+        from torch import nn
 
 
-        def f(x, table, k):
-            y = x + 1
-            y[..., 0] = 0      # an index only an array takes
-            table[k] = 1       # a dict or a list, as far as anyone can tell: left alone
-            x[x.isnan()] = k   # a mask, the value maybe not one number: .at[], eager only
-            return y, table, x
+        class Net(nn.Module):
+            def forward(self, x, table, k):
+                y = x + 1
+                y[..., 0] = 0      # an index only an array takes
+                table[k] = 1       # a dict or a list, as far as anyone can tell: left alone
+                x[x.isnan()] = k   # a mask, the value maybe not one number: .at[], eager only
+                return y, table, x
+
+
+        def preprocess(image):
+            image[:, :, 0] = 0     # a plain function's argument may be a numpy array: left alone
+            return image
         """)
     assert "y = y.at[..., 0].set(0)" in c.code and "table[k] = 1" in c.code
-    assert "x = x.at[jnp.isnan(x)].set(k)" in c.code
+    assert "x = x.at[jnp.isnan(x)].set(k)" in c.code and "image[:, :, 0] = 0" in c.code
     assert [d.code for d in c.diagnostics] == ["PT005", "PT005"]  # x is the caller's tensor; the mask: eager only
     assert "jax.jit" in c.diagnostics[1].message

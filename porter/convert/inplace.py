@@ -46,13 +46,15 @@ class TensorNames:
     maybe: set[str] = field(default_factory=set)
 
 
-def analyse_function(node: cst.FunctionDef, ctx: ConversionContext) -> TensorNames:
+def analyse_function(node: cst.FunctionDef, ctx: ConversionContext, method: bool = False) -> TensorNames:
+    """method: the function is a module's method, whose arguments may be tensors (forward's x); a plain
+    function's may as well be numpy arrays, which take item assignment themselves."""
     names = TensorNames()
     # name -> per binding: "fresh" | "shared" | "maybe" (an argument, or arithmetic on one) | None (not a tensor)
     verdicts: dict[str, list[str | None]] = {}
     for param in [*node.params.params, *node.params.kwonly_params, *node.params.posonly_params]:
         annotated = param.annotation is not None and ctx.qualified_name(param.annotation.annotation) == "torch.Tensor"
-        plain = param.annotation is None and param.name.value != "self"
+        plain = method and param.annotation is None and param.name.value != "self"
         verdicts.setdefault(param.name.value, []).append("shared" if annotated else "maybe" if plain else None)
     params = set(verdicts)
     for assign in _assignments(node.body):

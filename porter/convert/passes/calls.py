@@ -56,7 +56,7 @@ class CallRewrite(ScopedTransformer):
     def on_visit(self, node: cst.CSTNode) -> bool:
         kind = type(node)
         if kind is cst.FunctionDef:
-            self._tensor_names.append(inplace.analyse_function(node, self.ctx))
+            self._tensor_names.append(inplace.analyse_function(node, self.ctx, method=self.module_class is not None))
             attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
             outer = self._constructor_names[-1] if self._constructor_names else set()
             names = layer_constructor_names(node, self.ctx, attributes, outer)
