@@ -56,7 +56,8 @@ class CallRewrite(ScopedTransformer):
     def on_visit(self, node: cst.CSTNode) -> bool:
         kind = type(node)
         if kind is cst.FunctionDef:
-            self._tensor_names.append(inplace.analyse_function(node, self.ctx, method=self.module_class is not None))
+            method = self.module_class is not None  # (this function is not on the scope's stack yet)
+            self._tensor_names.append(inplace.analyse_function(node, self.ctx, method=method))
             attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
             outer = self._constructor_names[-1] if self._constructor_names else set()
             names = layer_constructor_names(node, self.ctx, attributes, outer)
@@ -70,12 +71,12 @@ class CallRewrite(ScopedTransformer):
             self._constructor_words |= attributes
         elif kind is cst.Annotation:
             self._annotation_depth += 1
-        elif kind is cst.Param:
-            self._inner.add(id(node.name))  # `def f(tensor)` binds a name: no use of torch.tensor
         elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
+        if kind is cst.Param:
+            self._inner.add(id(node.name))  # `def f(tensor)` binds a name: no use of torch.tensor
         visit = super().on_visit(node)
         if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
             self._device_reads.append(self._analyse_devices(node))
@@ -140,7 +141,9 @@ class CallRewrite(ScopedTransformer):
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
         words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields
-        return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe if self._tensor_names else words
+        if not self._tensor_names:
+            return words
+        return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
 
     def trigger_state(self):
         return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None, \
@@ -234,9 +237,9 @@ class CallRewrite(ScopedTransformer):
 
     def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
         if rule.uses_rngs and rule.kind == "layer" and self.method == "forward":
-            self.report("PT006", original, f"{rule.source[0]} built inside forward: torch builds a new layer (new "
-                                           "weights, training mode) at every call; build the layer in __init__ (self.layer = ...) and call it here; "
-                                           "left unchanged")
+            self.report("PT006", original, f"{rule.source[0]} built inside forward: torch builds a new layer "
+                                           "(new weights, training mode) at every call; build the layer in __init__ "
+                                           "(self.layer = ...) and call it here; left unchanged")
             return updated
         rngs = self._rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
