@@ -8,7 +8,7 @@ import libcst as cst
 
 from porter.convert.apply import Application, Site, bind
 from porter.convert.context import code_of
-from porter.convert.transforms import keyword_arg, NO_VALUE, Unsupported, expr, literal
+from porter.convert.transforms import dtype as dtype_of, keyword_arg, NO_VALUE, Unsupported, expr, literal
 from porter.rules.loader import Rule
 
 
@@ -90,11 +90,11 @@ def tensor_to(rule: Rule, site: Site) -> Application:
     dtype: cst.BaseExpression | None = None
     for arg in site.call.args:
         name = arg.keyword.value if arg.keyword else None
-        if arg.star or (name is None and _role_of(arg.value) == "unknown"):
+        if arg.star or (name is None and role_of(arg.value) == "unknown"):
             site.ctx.need_helper("tensor_to")
             args = [cst.Arg(site.receiver), *(a.with_changes(comma=cst.MaybeSentinel.DEFAULT) for a in site.call.args)]
             return Application(cst.Call(cst.Name("tensor_to"), args))
-        if name == "dtype" or (name is None and _role_of(arg.value) == "dtype"):
+        if name == "dtype" or (name is None and role_of(arg.value) == "dtype"):
             dtype = arg.value
         elif name == "other":
             dtype = cst.Attribute(arg.value, cst.Name("dtype"))
@@ -105,18 +105,34 @@ def tensor_to(rule: Rule, site: Site) -> Application:
     return Application(cst.Call(cst.Attribute(site.receiver, cst.Name("astype")), [cst.Arg(dtype)]))
 
 
-def _role_of(value: cst.BaseExpression) -> str:
+def role_of(value: cst.BaseExpression) -> str:
     """What a positional argument of x.to(...) is, as far as its source shows: dtype, device, flag, unknown."""
     code = code_of(value)
     if code.startswith("jnp.") or code.endswith(".dtype"):
         return "dtype"
     if isinstance(value, (cst.SimpleString, cst.FormattedString)) or code.startswith("jax.devices("):
         return "device"
-    if code.endswith(".device") or code.rsplit(".", 1)[-1] in ("device", "dev", "devices", "rank", "local_rank"):
+    last = code.rsplit(".", 1)[-1]
+    if "dtype" in last:  # dtype, self.dtype, compute_dtype
+        return "dtype"
+    if "device" in last or last in ("dev", "rank", "local_rank"):  # device, x.device, target_device
         return "device"
     if code in ("True", "False") or isinstance(value, cst.Integer):  # non_blocking/copy flags; an int is a GPU index
         return "device"
     return "unknown"
+
+
+def tensor_type(rule: Rule, site: Site) -> Application:
+    """x.type(dtype) -> x.astype(dtype). x.type() (torch's type name, a string) and a tensor type
+    (x.type(torch.LongTensor), x.type('torch.IntTensor')) have no JAX counterpart: reported."""
+    bound = bind(rule, site.call)
+    dtype = bound.get("dtype")
+    if dtype is None:
+        raise Unsupported("x.type() gives torch's type name ('torch.FloatTensor'); compare x.dtype instead")
+    code = code_of(dtype)
+    if isinstance(dtype, (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)) or code.endswith("Tensor"):
+        raise Unsupported(f"x.type({code}) names a tensor type; write x.astype(jnp.DTYPE) with its dtype")
+    return Application(cst.Call(cst.Attribute(site.receiver, cst.Name("astype")), [cst.Arg(dtype_of(dtype, site.ctx))]))
 
 
 def default_device(rule: Rule, site: Site) -> Application:

@@ -289,6 +289,9 @@ def compare(actual, expected, case: VerifyCase, values: dict, context: str, path
         for i, (a, e) in enumerate(zip(actual, expected)):
             compare(a, e, case, values, context, f"{path}[{i}]")
         return
+    if isinstance(expected, np.ndarray):  # x.numpy(): a numpy array on both sides, not a jax.Array
+        assert type(actual) is np.ndarray, f"{path}: expected a numpy array, got {type(actual)}\n{context}"
+        expected = torch.from_numpy(expected)
     if isinstance(expected, torch.Size):
         assert tuple(actual) == tuple(expected), f"{path}: {tuple(actual)} != {tuple(expected)}\n{context}"
         return

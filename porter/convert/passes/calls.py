@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import inplace
+from porter.convert import apply, devices, inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -29,8 +29,11 @@ NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fre
 
 
 class CallRewrite(ScopedTransformer):
+    TRIGGER_WORDS = frozenset({"device"})  # `device = x.device` bindings dropped (porter/convert/devices.py)
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
+        self._device_reads: list[devices.DeviceReads] = []  # per enclosing function
         self._call_funcs: set[int] = set()  # ids of original nodes in call position
         self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
         self._kept_depth = 0  # > 0 inside a call of a KEPT_TORCH API
@@ -54,7 +57,8 @@ class CallRewrite(ScopedTransformer):
     def on_visit(self, node: cst.CSTNode) -> bool:
         kind = type(node)
         if kind is cst.FunctionDef:
-            self._tensor_names.append(inplace.analyse_function(node, self.ctx))
+            method = self.module_class is not None  # (this function is not on the scope's stack yet)
+            self._tensor_names.append(inplace.analyse_function(node, self.ctx, method=method))
             attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
             outer = self._constructor_names[-1] if self._constructor_names else set()
             names = layer_constructor_names(node, self.ctx, attributes, outer)
@@ -72,7 +76,24 @@ class CallRewrite(ScopedTransformer):
             self._statement_calls.add(id(node.value))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
-        return super().on_visit(node)
+        if kind is cst.Param:
+            self._inner.add(id(node.name))  # `def f(tensor)` binds a name: no use of torch.tensor
+        visit = super().on_visit(node)
+        if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
+            self._device_reads.append(self._analyse_devices(node))
+        return visit
+
+    def _analyse_devices(self, node: cst.FunctionDef) -> devices.DeviceReads:
+        if not self.mentions("device"):
+            return devices.DeviceReads()
+        variables, arrays = self._array_attributes()
+        reads = devices.analyse_function(node, self.ctx, variables | arrays, self.mentions_within)
+        if self.module_class and self.method != "__init__":  # a constructor runs eagerly: arrays have devices
+            for read in reads.kept:
+                self.report("PT004", read, f"{code_of(read)}: a traced array (under jax.jit or grad) has no "
+                                           "device, and JAX places arrays itself; use it only as device= of a "
+                                           "new array (dropped), or drop it; left unchanged")
+        return reads
 
     def on_leave(self, original_node, updated_node):
         updated_node = super().on_leave(original_node, updated_node)
@@ -80,6 +101,7 @@ class CallRewrite(ScopedTransformer):
         if kind is cst.FunctionDef:
             self._tensor_names.pop()
             self._constructor_names.pop()
+            self._device_reads.pop()
         elif kind is cst.ClassDef:
             self._constructor_attributes.pop()
         elif kind is cst.Annotation:
@@ -87,12 +109,19 @@ class CallRewrite(ScopedTransformer):
         elif kind is cst.Expr and isinstance(updated_node, cst.Expr) \
                 and id(original_node.value) in self._inplace_rebinds:
             updated_node = inplace.rebind(updated_node, self._inplace_rebinds.pop(id(original_node.value)))
+        elif kind is cst.Assign and self._device_reads and id(original_node) in self._device_reads[-1].bindings \
+                and type(updated_node) is kind:
+            dropped = self._device_reads[-1].bindings[id(original_node)]
+            updated_node = devices.drop_bindings(updated_node, dropped)
+            self.record("device-binding", original_node, updated_node if isinstance(updated_node, cst.Assign)
+                        else cst.Pass())
         elif (kind is cst.Assign or kind is cst.AugAssign) and type(updated_node) is kind:
             result = inplace.setitem(original_node, updated_node,
-                                     self._tensor_names[-1] if self._tensor_names else None)
+                                     self._tensor_names[-1] if self._tensor_names else None, self.ctx,
+                                     *self._array_attributes())
             if result is not None:
-                updated_node, warning = result
-                if warning:
+                updated_node, warnings = result
+                for warning in warnings:
                     self.report("PT005", original_node, f"torch.Tensor.__setitem__: {warning}")
                 rule = self.ctx.rules.method("__setitem__")
                 self.record(rule.id if rule else "setitem", original_node, updated_node)
@@ -100,10 +129,22 @@ class CallRewrite(ScopedTransformer):
             updated_node = inplace.pick_item(updated_node)
         return updated_node
 
+    def _array_attributes(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The module's buffers and parameters (nnx.Variables, which take item assignment themselves), and
+        the attributes its constructor sets to a new tensor (`self.cache = torch.zeros(...)`: arrays)."""
+        attributes = self.ctx.layer_attributes.get(self.module_class, {}) if self.module_class else {}
+        variables = frozenset(name for name, kind in attributes.items()
+                              if kind == "buffer" or kind.endswith("Parameter"))
+        arrays = frozenset(name for name, kind in attributes.items()
+                           if kind in apply.FRESH_FUNCTIONS)
+        return variables, arrays
+
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
         words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields
-        return words | self._tensor_names[-1].tensors if self._tensor_names else words
+        if not self._tensor_names:
+            return words
+        return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
 
     def trigger_state(self):
         return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None, \
@@ -156,7 +197,7 @@ class CallRewrite(ScopedTransformer):
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
-        if isinstance(updated_node.func, cst.Attribute):
+        if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
                 return self._apply(rule, original_node, updated_node,
@@ -197,6 +238,11 @@ class CallRewrite(ScopedTransformer):
         return self._apply(rule, original, updated, receiver=None)
 
     def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
+        if rule.uses_rngs and rule.kind == "layer" and self.method == "forward":
+            self.report("PT006", original, f"{rule.source[0]} built inside forward: torch builds a new layer "
+                                           "(new weights, training mode) at every call; build the layer in __init__ "
+                                           "(self.layer = ...) and call it here; left unchanged")
+            return updated
         rngs = self._rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,
@@ -283,7 +329,7 @@ class CallRewrite(ScopedTransformer):
         positional = [a for a in call.args if a.keyword is None]
         if isinstance(receiver, _STRINGS):
             return False
-        if positional and isinstance(positional[0].value, _STRINGS) and call.func.attr.value != "to":
+        if positional and isinstance(positional[0].value, _STRINGS) and call.func.attr.value not in ("to", "type"):
             return False  # name.split(","), pattern.sub("-", s): not a tensor's method (x.to("cuda") is)
         if isinstance(receiver, cst.Name) and receiver.value == "self":
             return False  # self.norm(x), self.flatten(x): the module's own layers and methods

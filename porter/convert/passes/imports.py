@@ -12,6 +12,7 @@ import re
 import libcst as cst
 
 from porter.convert.context import ConversionContext
+from porter.convert.passes.scope import local_names
 from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerSet
 
 # import statement -> what in the converted code needs it
@@ -109,6 +110,14 @@ class _NameCollector(cst.CSTVisitor):
         node.value.visit(self)  # jax.nn.relu uses jax, not nn
         return False
 
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        for child in _read_outside(node):  # decorators, annotations, defaults: the enclosing scope's
+            child.visit(self)
+        inner = _NameCollector()  # `def f(tensor): tensor.dtype` uses its parameter, not torch.tensor
+        node.body.visit(inner)
+        self.names |= inner.names - local_names(node)
+        return False
+
     def visit_Name(self, node: cst.Name) -> None:
         self.names.add(node.value)
 
@@ -146,6 +155,13 @@ def _collect_names(node: cst.CSTNode, names: set[str], triggers: TriggerSet | No
     if triggers is not None and kind in STATEMENT_TYPES and triggers.index.contains(node) \
             and not triggers.any_within(*triggers.index.span(node)):
         return  # as it was in the source, and no candidate name in its code
+    if kind is cst.FunctionDef:  # the names its body binds are its own, not the module's
+        for child in _read_outside(node):
+            _collect_names(child, names, triggers)
+        inner: set[str] = set()
+        _collect_names(node.body, inner, triggers)
+        names |= inner - local_names(node)
+        return
     for name in _child_fields(kind):
         child = getattr(node, name)
         if isinstance(child, cst.CSTNode):
@@ -154,6 +170,18 @@ def _collect_names(node: cst.CSTNode, names: set[str], triggers: TriggerSet | No
             for item in child:
                 if isinstance(item, cst.CSTNode):
                     _collect_names(item, names, triggers)
+
+
+def _read_outside(node: cst.FunctionDef) -> list[cst.CSTNode]:
+    """The parts of a function definition read in the enclosing scope: its name (as a use, as
+    before), decorators, return annotation, and its parameters' annotations and defaults."""
+    params = node.params
+    every = [*params.posonly_params, *params.params, *params.kwonly_params,
+             *(p for p in (params.star_arg, params.star_kwarg) if isinstance(p, cst.Param))]
+    parts: list[cst.CSTNode | None] = [node.name, *node.decorators, node.returns]
+    for param in every:
+        parts += [param.annotation, param.default]
+    return [part for part in parts if part is not None]
 
 
 # fields that hold only whitespace, punctuation or strings, never a Name
