@@ -717,3 +717,74 @@ class ConvNorm(nn.Module):
 '''
     c = convert(source)
     assert "padding = (kernel_size - 1) // 2 * dilation" in c.code and not codes(c).count("PT005")
+
+
+MODULE_QUERIES_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.norm = nn.BatchNorm1d(d)  # its running statistics are buffers: not counted
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+class Net(nn.Module):
+    def __init__(self, d=4):
+        super().__init__()
+        self.embed = nn.Embedding(10, d)
+        self.blocks = nn.ModuleList([Block(d) for _ in range(2)])
+        self.head = nn.Linear(d, 3, bias=False)
+        self.shared = self.head  # the same parameters under two names: counted once
+        self.n_params = sum(p.numel() for p in self.parameters())
+        self.n_trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        self.n_block = sum(p.numel() for p in self.blocks[0].parameters())
+        self.n_named = sum(p.numel() for _, p in self.named_parameters())
+        self.n_linear = sum(1 for m in self.modules() if isinstance(m, nn.Linear))
+        self.n_children = len([c for c in self.children()])
+        self.n_blocks = len([m for m in self.modules() if isinstance(m, Block)])
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        for block in [m for m in self.modules() if isinstance(m, Block)]:  # siblings: the same order
+            x = block(x)
+        return self.head(x)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+'''
+
+
+def test_parameter_counts_and_module_queries_match_torch(tmp_path):
+    # issue 12: self.parameters() / self.modules() outside weight init were kept (an nnx.Module has neither)
+    c = convert_source(MODULE_QUERIES_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "sum(p.size for p in jax.tree.leaves(nnx.state(self, nnx.Param)))" in c.code
+    assert "isinstance(m, nnx.Linear)" in c.code and "requires_grad" not in c.code
+    torch_model, flax_model = both_nets(tmp_path, MODULE_QUERIES_MODEL, c.code)
+    for name in ("n_params", "n_trainable", "n_block", "n_named", "n_linear", "n_children", "n_blocks"):
+        assert getattr(flax_model, name) == getattr(torch_model, name), name
+    assert torch_model.n_blocks == 2 and torch_model.n_params == 10 * 4 + 2 * (4 * 4 + 4 + 2 * 4) + 4 * 3
+    jax_count = import_file(tmp_path / "jax_net.py").count
+    assert jax_count(flax_model) == import_file(tmp_path / "torch_net.py").count(torch_model)
+    report = check_equivalence(torch_model, flax_model, torch.randint(0, 10, (5,)))
+    assert report.passed, report.format()
+
+
+def test_isinstance_on_a_module_query_against_a_shared_converted_class_is_an_error():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(2, 2, 3)
+                self.n = sum(1 for m in self.modules() if isinstance(m, nn.Conv2d))
+        """)
+    assert "isinstance(m, nn.Conv2d)" in c.code and ("PT006", 8) in [(d.code, d.line) for d in c.diagnostics]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import module_queries
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.calls import CallRewrite
@@ -37,6 +38,7 @@ class ModuleRewrite(CallRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
     TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "apply", "modules",
                                "named_modules", "named_apply", "trunc_normal_", "lecun_normal_",
+                               *module_queries.MODULE_ITERATORS, *module_queries.PARAMETER_ITERATORS,
                                *LAYER_PARAMETER_NAMES})
 
     def __init__(self, ctx) -> None:
@@ -47,11 +49,22 @@ class ModuleRewrite(CallRewrite):
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
         self._training_classes: set[str] = set()  # module classes that read self.training
         self._training_stores: set[int] = set()
+        # module and parameter queries (porter/convert/module_queries.py)
+        self._queries: dict[int, tuple[str, cst.CSTNode]] = {}  # id of `R.modules()` -> (method, its loop)
+        self._query_type_tests: set[int] = set()  # class expressions of isinstance tests on a query's variable
+        self._order_free: set[int] = set()  # generators whose consumer ignores order (sum, any)
+        self._parameter_loops: dict[int, str] = {}  # id of `for p in R.parameters()` (CompFor) -> p
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
         if self.module_class:
             self._note_training_context(node)
+        if type(node) is cst.Call:
+            generator = module_queries.order_free(node)
+            if generator is not None:
+                self._order_free.add(id(generator))
+        elif type(node) in module_queries.COMPREHENSIONS or type(node) is cst.For:
+            self._note_query(node)
         if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
             methods = self.ctx.init_methods.get(node.name.value, set())
             self._init_statements |= {id(s) for s in node.body.body
@@ -80,6 +93,64 @@ class ModuleRewrite(CallRewrite):
                     "initialisation by hand to train from scratch")
         self.record("weight-init", original_node, cst.Pass())
         return cst.RemoveFromParent()
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        if id(original_node) in self._queries:
+            method, loop = self._queries.pop(id(original_node))
+            new = module_queries.replacement(method, updated_node.func.value, self.ctx)
+            for warning in module_queries.warnings(method, loop, id(loop) not in self._order_free):
+                self.report("PT005", original_node, f"{code_of(original_node.func)}(): {warning}")
+            self.record(f"module-{method}", original_node, new)
+            return new
+        return super().leave_Call(original_node, updated_node)
+
+    def leave_CompFor(self, original_node: cst.CompFor, updated_node: cst.CompFor) -> cst.CompFor:
+        """`if p.requires_grad` on a parameter query goes: every flax Param is trained."""
+        variable = self._parameter_loops.pop(id(original_node), None)
+        if variable is None:
+            return updated_node
+        ifs = [i for i in updated_node.ifs if not module_queries.requires_grad_test(i.test, variable)]
+        return updated_node.with_changes(ifs=ifs)
+
+    def _convert_reference(self, original, updated) -> cst.BaseExpression:
+        """`isinstance(m, nn.Linear)` on a module query's variable: the class porter builds for nn.Linear."""
+        if id(original) not in self._query_type_tests or id(original) in self._inner:
+            return super()._convert_reference(original, updated)
+        qualified = self.ctx.qualified_name(original)
+        if not qualified or qualified.split(".")[0] != "torch":
+            return updated  # a module class of this code: the converted class has its name
+        converted = module_queries.converted_class(qualified, self.ctx)
+        if converted is None:
+            self.report("PT006", original, f"isinstance test against {qualified}: no one class of the converted "
+                                           "code stands for it (several torch layers convert to the same class, or "
+                                           "it converts to a function); left unchanged")
+            return updated
+        new = expr(converted)
+        self.record("module-isinstance", original, new)
+        return new
+
+    def _note_query(self, loop: cst.CSTNode) -> None:
+        """`for m in self.modules()` / `[... for p in model.parameters() ...]`: the query is rewritten in
+        leave_Call, isinstance tests on its variable in _convert_reference."""
+        comprehension = type(loop) is not cst.For
+        if not comprehension and self._initialises(loop):
+            return  # weight initialisation mixed with other work: kept whole, its init calls reported
+        for_in = loop.for_in if comprehension else loop
+        method = module_queries.query(for_in.iter, self.module_class is not None, comprehension)
+        if method is None:
+            return
+        self._queries[id(for_in.iter)] = (method, loop)
+        variable = module_queries.loop_variable(for_in.target, method)
+        if variable is None:
+            return
+        if method in module_queries.PARAMETER_ITERATORS:
+            self._parameter_loops[id(for_in)] = variable
+        else:
+            self._query_type_tests |= module_queries.type_tests(loop, variable)
+
+    def _initialises(self, loop: cst.For) -> bool:
+        methods = self.ctx.init_methods.get(self.module_class, set()) if self.module_class else set()
+        return any(is_init_statement(s, self.ctx, methods) for s in m.findall(loop.body, m.SimpleStatementLine()))
 
     def visit_Call(self, node: cst.Call) -> None:
         """Marks `self.training` in arguments a rule consumes (F.dropout's training=...)."""
