@@ -788,3 +788,51 @@ def test_isinstance_on_a_module_query_against_a_shared_converted_class_is_an_err
                 self.n = sum(1 for m in self.modules() if isinstance(m, nn.Conv2d))
         """)
     assert "isinstance(m, nn.Conv2d)" in c.code and ("PT006", 8) in [(d.code, d.line) for d in c.diagnostics]
+
+
+EARLY_RETURN_MODEL = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Noise(nn.Module):
+    def __init__(self, d, affine=True):
+        super().__init__()
+        self.d = d
+        if not affine: return
+        self.scale = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        if self.training:
+            x = x + 0.1 * torch.randn_like(x)
+        return x * self.scale if hasattr(self, "scale") else x
+
+
+class Net(nn.Module):
+    def __init__(self, d=4, affine=False):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        if not affine:
+            self.noise = Noise(d, affine=False)
+            return
+        self.noise = Noise(d)
+
+    def forward(self, x):
+        return self.noise(F.dropout(self.fc(x), p=0.5, training=self.training))
+'''
+
+
+def test_an_early_return_in_a_constructor_still_runs_the_added_statements(tmp_path):
+    # issue 12: `if not affine: return` skipped the self.deterministic / self.rngs lines appended to __init__
+    c = convert_source(EARLY_RETURN_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    torch_model, flax_model = both_nets(tmp_path, EARLY_RETURN_MODEL, c.code)
+    assert isinstance(flax_model.dropout, nnx.Dropout) and flax_model.noise.deterministic is False
+    assert isinstance(flax_model.noise.rngs, nnx.Rngs)
+    flax_model.train()
+    assert flax_model(np.ones((2, 4), np.float32)).shape == (2, 4)  # draws noise: needs self.rngs
+    report = check_equivalence(torch_model, flax_model, torch.randn(3, 4))
+    assert report.passed, report.format()
+    jax_module = import_file(tmp_path / "jax_net.py")
+    assert jax_module.Noise(4, rngs=nnx.Rngs(0)).deterministic is False  # no early return taken: once, at the end

@@ -404,11 +404,44 @@ class ModuleRewrite(CallRewrite):
         for i, item in enumerate(body):
             if isinstance(item, cst.FunctionDef) and item.name.value == "__init__":
                 extra = [cst.parse_statement(s) for s in statements]
-                kept = [s for s in item.body.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))]
-                body[i] = item.with_changes(body=item.body.with_changes(body=[*kept, *extra]))
+                block = item.body.visit(_BeforeReturns(extra))  # an early return skips the end
+                kept = [s for s in block.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))]
+                body[i] = item.with_changes(body=block.with_changes(body=[*kept, *extra]))
                 return node.with_changes(body=node.body.with_changes(body=body))
         self.ctx.report("PT006", 0, 0, f"class {name} needs {statements} in an __init__ it does not define")
         return node
+
+
+class _BeforeReturns(cst.CSTTransformer):
+    """Puts `extra` before each return of a constructor's body (`if not affine: return`), not of
+    functions defined in it."""
+
+    def __init__(self, extra: list[cst.BaseStatement]) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def visit_FunctionDef(self, node) -> bool:
+        return False
+
+    def visit_ClassDef(self, node) -> bool:
+        return False
+
+    def leave_IndentedBlock(self, original_node, updated_node):
+        body = []
+        for statement in updated_node.body:
+            if _returns(statement):
+                body.extend(self.extra)
+            body.append(statement)
+        return updated_node.with_changes(body=body)
+
+    def leave_SimpleStatementSuite(self, original_node, updated_node):  # `if not affine: return`
+        if not any(isinstance(s, cst.Return) for s in updated_node.body):
+            return updated_node
+        return cst.IndentedBlock([*self.extra, cst.SimpleStatementLine(updated_node.body)])
+
+
+def _returns(statement: cst.BaseStatement) -> bool:
+    return isinstance(statement, cst.SimpleStatementLine) and any(isinstance(s, cst.Return) for s in statement.body)
 
 
 def _with_rngs(params: cst.Parameters) -> cst.Parameters:
