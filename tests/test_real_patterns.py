@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+import porter
 from porter import convert_source
 from porter.check.equivalence import check_equivalence
 from porter.check.modelspec import import_file
@@ -836,3 +837,47 @@ def test_an_early_return_in_a_constructor_still_runs_the_added_statements(tmp_pa
     assert report.passed, report.format()
     jax_module = import_file(tmp_path / "jax_net.py")
     assert jax_module.Noise(4, rngs=nnx.Rngs(0)).deterministic is False  # no early return taken: once, at the end
+
+
+ACTNORM_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):  # Glow's ActNorm: initialised from the first batch it sees
+    def __init__(self, d=4):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1, d))
+        self.scale = nn.Parameter(torch.ones(1, d))
+        self.register_buffer("initted", torch.tensor(False))
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        if not self.initted:
+            with torch.no_grad():
+                self.loc.data.copy_(-x.mean(0, keepdim=True))
+                self.scale.data.copy_(1 / (x.std(0, keepdim=True) + 1e-6))
+                self.initted.fill_(True)
+        if self.initted and self.calls > 5:
+            self.calls.zero_()
+        self.calls.copy_(self.calls + 1)
+        return (x + self.loc) * self.scale
+'''
+
+
+def test_truth_of_a_buffer_and_writes_to_buffers_convert(tmp_path):
+    # issue 12: `if not self.initted:` (len() of unsized object) and `self.initted.fill_(True)` were kept
+    c = convert_source(ACTNORM_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "if not self.initted[...]:" in c.code and "self.initted[...] = no_grad(True)" in c.code
+    assert "if self.initted[...] and self.calls[...] > 5:" in c.code and "self.calls[...] = 0" in c.code
+    assert [d.line for d in c.diagnostics if d.code == "PT005"] == [15, 20]  # eager only: said so
+    torch_model, flax_model = both_nets(tmp_path, ACTNORM_MODEL, c.code)
+    torch_model.train()
+    porter.load_torch_state_dict(flax_model, torch_model.state_dict())
+    for step in range(8):  # the first call initialises, every later one takes the other branch
+        x = np.random.default_rng(step).normal(2.0, 3.0, (6, 4)).astype(np.float32)
+        expected = torch_model(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(np.asarray(flax_model(x)), expected, rtol=1e-5, atol=1e-5)
+    assert bool(flax_model.initted[...]) and float(flax_model.calls[...]) == float(torch_model.calls)
+    np.testing.assert_allclose(np.asarray(flax_model.scale[...]), torch_model.scale.detach().numpy(), rtol=1e-5)

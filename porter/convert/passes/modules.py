@@ -29,6 +29,10 @@ TRAINING_MODE_ATTRIBUTE = "deterministic = False  # torch's self.training is not
 # where `not self.deterministic` needs no parentheses (self.training as an if's test, an argument ...)
 _TEST_POSITIONS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",), cst.BooleanOperation: ("left", "right"),
                    cst.Arg: ("value",), cst.Return: ("value",), cst.Assign: ("value",)}
+# where a value's truth is tested: `if self.initted:` needs the array, `self.initted[...]`
+_TRUTH_TESTS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",), cst.Assert: ("test",),
+                cst.BooleanOperation: ("left", "right"), cst.UnaryOperation: ("expression",)}
+_ORDERING = (cst.LessThan, cst.LessThanEqual, cst.GreaterThan, cst.GreaterThanEqual, cst.Equal, cst.NotEqual)
 # `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
 LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
 LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
@@ -54,11 +58,19 @@ class ModuleRewrite(CallRewrite):
         self._query_type_tests: set[int] = set()  # class expressions of isinstance tests on a query's variable
         self._order_free: set[int] = set()  # generators whose consumer ignores order (sum, any)
         self._parameter_loops: dict[int, str] = {}  # id of `for p in R.parameters()` (CompFor) -> p
+        # buffers and parameters as arrays: `if not self.initted:`, `self.initted.data.copy_(v)`
+        self._buffer_tests: set[int] = set()  # `self.<buffer>` nodes whose truth is tested
+        self._buffer_compared: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`): nnx.Variable cannot
+        self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
         if self.module_class:
             self._note_training_context(node)
+        if self.module_class and (type(node) in _TRUTH_TESTS or type(node) is cst.Comparison):
+            self._note_buffer_tests(node)
+        if self.module_class and type(node) is cst.Expr:
+            self._note_buffer_write(node.value)
         if type(node) is cst.Call:
             generator = module_queries.order_free(node)
             if generator is not None:
@@ -95,6 +107,8 @@ class ModuleRewrite(CallRewrite):
         return cst.RemoveFromParent()
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        if id(original_node) in self._buffer_writes:
+            return updated_node  # leave_Expr makes it an item assignment
         if id(original_node) in self._queries:
             method, loop = self._queries.pop(id(original_node))
             new = module_queries.replacement(method, updated_node.func.value, self.ctx)
@@ -147,6 +161,56 @@ class ModuleRewrite(CallRewrite):
             self._parameter_loops[id(for_in)] = variable
         else:
             self._query_type_tests |= module_queries.type_tests(loop, variable)
+
+    def _note_buffer_tests(self, node: cst.CSTNode) -> None:
+        """`if self.initted:`, `not self.initted`, `self.initted and ...`: an nnx Variable has no truth value."""
+        if type(node) is cst.Comparison:  # `self.calls > 5`: an nnx Variable has no ordering either
+            if all(isinstance(c.operator, _ORDERING) for c in node.comparisons):
+                operands = [node.left, *(c.comparator for c in node.comparisons)]
+                self._buffer_compared |= {id(o) for o in operands if self._is_buffer(o)}
+            return
+        if type(node) is cst.UnaryOperation and not isinstance(node.operator, cst.Not):
+            return
+        for child in _TRUTH_TESTS[type(node)]:
+            value = getattr(node, child)
+            if self._is_buffer(value):
+                self._buffer_tests.add(id(value))
+
+    def _is_buffer(self, node: cst.BaseExpression) -> bool:
+        return m.matches(node, m.Attribute(value=m.Name("self"))) and node.attr.value in self._buffers()
+
+    def _buffer_truth(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        new = cst.Subscript(updated.with_changes(lpar=[], rpar=[]), [cst.SubscriptElement(cst.Index(cst.Ellipsis()))],
+                            lpar=updated.lpar, rpar=updated.rpar)
+        if self.method not in (None, "__init__") and id(original) in self._buffer_tests:
+            self.report("PT005", original, f"the truth of {code_of(original)} (an array) is read in Python: this runs "
+                                           "eagerly, and fails under jax.jit (a traced value has no truth); "
+                                           "branch with jnp.where or jax.lax.cond to jit it")
+        self.record("module-buffer-truth", original, new)
+        return new
+
+    def _note_buffer_write(self, value: cst.BaseExpression) -> None:
+        """`self.initted.data.copy_(v)`, `self.initted.fill_(True)`, `self.count.zero_()` as a statement."""
+        if not m.matches(value, m.Call(func=m.Attribute(attr=m.Name("copy_") | m.Name("fill_") | m.Name("zero_")))):
+            return
+        target = value.func.value
+        if m.matches(target, m.Attribute(attr=m.Name("data"))):
+            target = target.value
+        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers() \
+                and len(value.args) == (0 if value.func.attr.value == "zero_" else 1) \
+                and not any(a.keyword or a.star for a in value.args):
+            self._buffer_writes[id(value)] = target.attr.value
+
+    def _write_buffer(self, original: cst.Expr, updated: cst.Expr) -> cst.BaseSmallStatement:
+        """-> `self.initted[...] = v` (an nnx Variable's item assignment broadcasts and casts as copy_ does)."""
+        name = self._buffer_writes.pop(id(original.value))
+        call = updated.value
+        value = call.args[0].value if call.args else cst.Integer("0")
+        target = cst.Subscript(cst.Attribute(cst.Name("self"), cst.Name(name)),
+                               [cst.SubscriptElement(cst.Index(cst.Ellipsis()))])
+        new = cst.Assign([cst.AssignTarget(target)], value)
+        self.record("module-buffer-write", original, new)
+        return new
 
     def _initialises(self, loop: cst.For) -> bool:
         methods = self.ctx.init_methods.get(self.module_class, set()) if self.module_class else set()
@@ -216,11 +280,15 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr):
+        if id(original_node.value) in self._buffer_writes:
+            return self._write_buffer(original_node, updated_node)
         if self.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
             return self._register_buffer(original_node, updated_node)
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        if id(original_node) in self._buffer_tests or id(original_node) in self._buffer_compared:
+            return self._buffer_truth(original_node, updated_node)
         parameter = self._layer_parameter(original_node)
         if parameter is not None:
             return self._read_layer_parameter(original_node, *parameter)
