@@ -881,3 +881,35 @@ def test_truth_of_a_buffer_and_writes_to_buffers_convert(tmp_path):
         np.testing.assert_allclose(np.asarray(flax_model(x)), expected, rtol=1e-5, atol=1e-5)
     assert bool(flax_model.initted[...]) and float(flax_model.calls[...]) == float(torch_model.calls)
     np.testing.assert_allclose(np.asarray(flax_model.scale[...]), torch_model.scale.detach().numpy(), rtol=1e-5)
+
+
+EINOPS_PARAMETERS_MODEL = '''
+import einops
+import torch
+import torch.nn as nn
+from einops import rearrange, repeat
+
+
+class Net(nn.Module):  # a Perceiver's latents, a position table, a weight used through einops
+    def __init__(self, n=3, d=4):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(n, d))
+        self.register_buffer("pos", torch.arange(2 * d, dtype=torch.float32).reshape(2, d))
+        self.w = nn.Parameter(torch.randn(d, d))
+
+    def forward(self, x):
+        lat = repeat(self.latents, "n d -> b n d", b=x.shape[0])
+        pos = rearrange(self.pos, "t d -> (t d)")
+        y = einops.einsum(x, self.w, "b d, d e -> b e")
+        return lat.sum(1) + y + pos[: x.shape[1]]
+'''
+
+
+def test_einops_on_parameters_and_buffers_gets_their_arrays(tmp_path):
+    # issue 12: repeat(self.latents, ...) passed the nnx.Param (einops: "Tensor type unknown")
+    c = convert_source(EINOPS_PARAMETERS_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert 'repeat(self.latents[...], "n d -> b n d"' in c.code and "einops.einsum(x, self.w[...]," in c.code
+    torch_model, flax_model = both_nets(tmp_path, EINOPS_PARAMETERS_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 4))
+    assert report.passed, report.format()

@@ -60,6 +60,9 @@ class ConversionContext:
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
     constructor_fields: set[str] = field(default_factory=set)
+    # local names of einops' functions (`from einops import repeat`) and of the einops module (`import einops`):
+    # einops takes arrays, not nnx Variables
+    einops_names: set[str] = field(default_factory=set)
     # layer_constructor_names' answers, by (id(function), attributes, outer names): asked by two passes
     constructor_names: dict[tuple, set[str]] = field(default_factory=dict)
     # class name -> attributes its constructor sets to None and to something else (nnx.data(None) first)

@@ -58,12 +58,16 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 self.ctx.bound_imports.add(local)
                 if name.split(".")[0] == "torch":
                     self.ctx.imports[local] = name
+                if name == "einops":
+                    self.ctx.einops_names.add(local)
             else:
                 head = name.split(".")[0]
                 self.bound_names.add(head)
                 self.ctx.bound_imports.add(head)
                 if head == "torch":
                     self.ctx.imports["torch"] = "torch"
+                if name == "einops":
+                    self.ctx.einops_names.add(head)
         return False
 
     def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
@@ -77,6 +81,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             self.ctx.bound_imports.add(local)
             if module.split(".")[0] == "torch" or module == "einops.layers.torch":  # einops: rules/einops.toml
                 self.ctx.imports[local] = f"{module}.{name}"
+            elif module == "einops":
+                self.ctx.einops_names.add(local)
         return False
 
     # bindings and uses, to find conventional aliases used without an import --

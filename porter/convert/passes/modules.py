@@ -60,7 +60,7 @@ class ModuleRewrite(CallRewrite):
         self._parameter_loops: dict[int, str] = {}  # id of `for p in R.parameters()` (CompFor) -> p
         # buffers and parameters as arrays: `if not self.initted:`, `self.initted.data.copy_(v)`
         self._buffer_tests: set[int] = set()  # `self.<buffer>` nodes whose truth is tested
-        self._buffer_compared: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`): nnx.Variable cannot
+        self._variable_reads: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`), given to einops: an array
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
@@ -72,6 +72,8 @@ class ModuleRewrite(CallRewrite):
         if self.module_class and type(node) is cst.Expr:
             self._note_buffer_write(node.value)
         if type(node) is cst.Call:
+            if self.module_class:
+                self._note_einops_arguments(node)
             generator = module_queries.order_free(node)
             if generator is not None:
                 self._order_free.add(id(generator))
@@ -167,7 +169,7 @@ class ModuleRewrite(CallRewrite):
         if type(node) is cst.Comparison:  # `self.calls > 5`: an nnx Variable has no ordering either
             if all(isinstance(c.operator, _ORDERING) for c in node.comparisons):
                 operands = [node.left, *(c.comparator for c in node.comparisons)]
-                self._buffer_compared |= {id(o) for o in operands if self._is_buffer(o)}
+                self._variable_reads |= {id(o) for o in operands if self._is_buffer(o)}
             return
         if type(node) is cst.UnaryOperation and not isinstance(node.operator, cst.Not):
             return
@@ -176,10 +178,16 @@ class ModuleRewrite(CallRewrite):
             if self._is_buffer(value):
                 self._buffer_tests.add(id(value))
 
+    def _note_einops_arguments(self, call: cst.Call) -> None:
+        """`repeat(self.latents, 'n d -> b n d', b=b)`: einops takes the array, not the nnx Variable."""
+        head = call.func.value if isinstance(call.func, cst.Attribute) else call.func
+        if isinstance(head, cst.Name) and head.value in self.ctx.einops_names:
+            self._variable_reads |= {id(a.value) for a in call.args if self._is_buffer(a.value)}
+
     def _is_buffer(self, node: cst.BaseExpression) -> bool:
         return m.matches(node, m.Attribute(value=m.Name("self"))) and node.attr.value in self._buffers()
 
-    def _buffer_truth(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+    def _read_variable(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
         new = cst.Subscript(updated.with_changes(lpar=[], rpar=[]), [cst.SubscriptElement(cst.Index(cst.Ellipsis()))],
                             lpar=updated.lpar, rpar=updated.rpar)
         if self.method not in (None, "__init__") and id(original) in self._buffer_tests:
@@ -287,8 +295,8 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
-        if id(original_node) in self._buffer_tests or id(original_node) in self._buffer_compared:
-            return self._buffer_truth(original_node, updated_node)
+        if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
+            return self._read_variable(original_node, updated_node)
         parameter = self._layer_parameter(original_node)
         if parameter is not None:
             return self._read_layer_parameter(original_node, *parameter)
