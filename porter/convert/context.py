@@ -81,9 +81,6 @@ class ConversionContext:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     _reported: set[tuple[int, int]] = field(default_factory=set)
-    # per enclosing function (innermost last): the torch alias names it binds itself (`def f(tensor)` with
-    # `from torch import tensor`), which there mean the local, not torch; see porter/convert/passes/scope.py
-    shadowed: list[frozenset[str]] = field(default_factory=list)
 
     @property
     def torch_aliases(self) -> dict[str, str]:
@@ -96,8 +93,6 @@ class ConversionContext:
             parts.append(node.attr.value)
             node = node.value
         if not isinstance(node, cst.Name):
-            return None
-        if self.shadowed and node.value in self.shadowed[-1]:
             return None
         head = self.torch_aliases.get(node.value)
         if head is None:

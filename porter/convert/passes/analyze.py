@@ -11,7 +11,6 @@ import libcst.matchers as m
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
-from porter.convert.passes.scope import enter_function
 from porter.convert.source_index import SourceIndex
 from porter.convert.traverse import FastDispatch
 
@@ -71,10 +70,10 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         return False
 
     def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
-        if isinstance(node.names, cst.ImportStar):
+        if node.relative or node.module is None or isinstance(node.names, cst.ImportStar):
             return False
-        module = "" if node.relative or node.module is None else dotted(node.module)
-        for alias in node.names:  # `from . import functional as F`: a local F, not torch's
+        module = dotted(node.module)
+        for alias in node.names:
             name = alias.name.value
             local = alias.asname.name.value if alias.asname else name
             self.bound_names.add(local)
@@ -136,7 +135,6 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
-        enter_function(self.ctx, node)
         self.bound_names.add(node.name.value)
         attributes = self._constructor_attributes[-1] if self.class_stack else set()
         outer = self._constructor_names[-1] if self._constructor_names else set()
@@ -146,7 +144,6 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self.function_stack.pop()
-        self.ctx.shadowed.pop()
         self._constructor_names.pop()
 
     def visit_Assign(self, node: cst.Assign) -> None:

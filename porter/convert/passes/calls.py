@@ -155,7 +155,7 @@ class CallRewrite(ScopedTransformer):
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
-        if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
+        if isinstance(updated_node.func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
                 return self._apply(rule, original_node, updated_node, receiver=updated_node.func.value)
@@ -195,11 +195,6 @@ class CallRewrite(ScopedTransformer):
         return self._apply(rule, original, updated, receiver=None)
 
     def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
-        if rule.uses_rngs and rule.kind == "layer" and self.method == "forward":
-            self.report("PT006", original, f"{rule.source[0]} built inside forward: torch builds a new layer (new "
-                                           "weights, training mode) at every call; build the layer in __init__ (self.layer = ...) and call it here; "
-                                           "left unchanged")
-            return updated
         rngs = self._rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,

@@ -12,7 +12,6 @@ import re
 import libcst as cst
 
 from porter.convert.context import ConversionContext
-from porter.convert.passes.scope import local_names
 from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerSet
 
 # import statement -> what in the converted code needs it
@@ -110,13 +109,6 @@ class _NameCollector(cst.CSTVisitor):
         node.value.visit(self)  # jax.nn.relu uses jax, not nn
         return False
 
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        inner = _NameCollector()  # `def f(tensor): tensor.dtype` uses its parameter, not torch.tensor
-        for child in node.children:
-            child.visit(inner)
-        self.names |= inner.names - local_names(node)
-        return False
-
     def visit_Name(self, node: cst.Name) -> None:
         self.names.add(node.value)
 
@@ -154,15 +146,6 @@ def _collect_names(node: cst.CSTNode, names: set[str], triggers: TriggerSet | No
     if triggers is not None and kind in STATEMENT_TYPES and triggers.index.contains(node) \
             and not triggers.any_within(*triggers.index.span(node)):
         return  # as it was in the source, and no candidate name in its code
-    if kind is cst.FunctionDef:  # the function's own names are not the module's
-        inner: set[str] = set()
-        for name in _child_fields(kind):
-            child = getattr(node, name)
-            for item in child if isinstance(child, (list, tuple)) else (child,):
-                if isinstance(item, cst.CSTNode):
-                    _collect_names(item, inner, triggers)
-        names |= inner - local_names(node)
-        return
     for name in _child_fields(kind):
         child = getattr(node, name)
         if isinstance(child, cst.CSTNode):

@@ -101,11 +101,9 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
-        enter_function(self.ctx, node)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
         self.function_stack.pop()
-        self.ctx.shadowed.pop()
         return updated_node
 
     @property
@@ -142,66 +140,3 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         if self._index is not None and self._index.contains(original):
             before = self._index.one_line_code(original) or original
         self.ctx.record_change(rule, *self.position(original), before, updated)
-
-
-def enter_function(ctx: ConversionContext, node: cst.FunctionDef) -> None:
-    """Pushes the torch aliases the function binds itself (a parameter or local named `tensor` or `F`):
-    inside it, and in the functions it encloses, such a name is the local (ctx.qualified_name)."""
-    outer = ctx.shadowed[-1] if ctx.shadowed else frozenset()
-    aliases = ctx.torch_aliases
-    local = {name for name in local_names(node) if name in aliases}
-    ctx.shadowed.append(outer | local if local else outer)
-
-
-def local_names(node: cst.FunctionDef) -> set[str]:
-    """Names a function binds in its own scope: parameters, and targets of its assignments, loops and
-    with statements and nested definitions (statements only: comprehensions have their own scope; an
-    import inside the function binds what the analysis already reads as an import)."""
-    params = node.params
-    names = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]}
-    for star in (params.star_arg, params.star_kwarg):
-        if isinstance(star, cst.Param):
-            names.add(star.name.value)
-
-    def bind(target: cst.BaseExpression) -> None:
-        if isinstance(target, cst.Name):
-            names.add(target.value)
-        elif isinstance(target, (cst.Tuple, cst.List)):
-            for element in target.elements:
-                bind(element.value)
-        elif isinstance(target, cst.StarredElement):
-            bind(target.value)
-
-    def walk(statement: cst.CSTNode) -> None:
-        kind = type(statement)
-        if kind is cst.Assign:
-            for target in statement.targets:
-                bind(target.target)
-        elif kind is cst.AnnAssign or kind is cst.AugAssign:
-            bind(statement.target)
-        elif kind is cst.For:
-            bind(statement.target)
-        elif kind is cst.With:
-            for item in statement.items:
-                if item.asname is not None:
-                    bind(item.asname.name)
-        elif kind is cst.FunctionDef or kind is cst.ClassDef:
-            names.add(statement.name.value)
-            return
-        for field_name in _BLOCK_FIELDS.get(kind, ()):
-            child = getattr(statement, field_name)
-            for item in child if isinstance(child, (list, tuple)) else (() if child is None else (child,)):
-                walk(item)
-
-    walk(node.body)
-    return names
-
-
-# statement containers -> the fields holding the statements (or blocks) inside them
-_BLOCK_FIELDS: dict[type, tuple[str, ...]] = {
-    cst.IndentedBlock: ("body",), cst.SimpleStatementSuite: ("body",), cst.SimpleStatementLine: ("body",),
-    cst.If: ("body", "orelse"), cst.Else: ("body",), cst.For: ("body", "orelse"), cst.While: ("body", "orelse"),
-    cst.With: ("body",), cst.Try: ("body", "handlers", "orelse", "finalbody"),
-    cst.TryStar: ("body", "handlers", "orelse", "finalbody"), cst.ExceptHandler: ("body",),
-    cst.ExceptStarHandler: ("body",), cst.Finally: ("body",), cst.Match: ("cases",), cst.MatchCase: ("body",),
-}
