@@ -913,3 +913,126 @@ def test_einops_on_parameters_and_buffers_gets_their_arrays(tmp_path):
     torch_model, flax_model = both_nets(tmp_path, EINOPS_PARAMETERS_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 4))
     assert report.passed, report.format()
+
+
+MODULE_LEVEL_PARTIAL_MODEL = '''
+import functools
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+Linear = partial(nn.Linear, bias=False)
+Norm = functools.partial(nn.LayerNorm, eps=1e-3)
+
+
+class Net(nn.Module):
+    def __init__(self, d=4):
+        super().__init__()
+        self.a = Linear(d, 2 * d)
+        self.norm = Norm(2 * d)
+        proj = partial(nn.Linear, bias=True)
+        self.b = proj(2 * d, d)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+'''
+
+
+def test_module_level_partials_of_torch_layers_become_converted_constructors(tmp_path):
+    # issue 12: `Linear = partial(nn.Linear, bias=False)` at module level was kept (torch layers in an nnx module)
+    c = convert_source(MODULE_LEVEL_PARTIAL_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "self.a = Linear(d, 2 * d, rngs=rngs)" in c.code and "self.norm = Norm(2 * d, rngs=rngs)" in c.code
+    torch_model, flax_model = both_nets(tmp_path, MODULE_LEVEL_PARTIAL_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(3, 4))
+    assert report.passed, report.format()
+
+
+def test_a_partial_binding_an_argument_the_converted_layer_lacks_is_an_error():
+    c = convert("""
+        from functools import partial
+        import torch
+        import torch.nn as nn
+
+        Half = partial(nn.Linear, dtype=torch.float16)
+        """)
+    assert "Half = partial(nn.Linear, dtype=torch.float16)" in c.code
+    assert ("PT004", 6) in [(d.code, d.line) for d in c.diagnostics]
+
+
+INIT_HELPER_MODEL = '''
+import math
+
+import torch
+import torch.nn as nn
+
+
+def init_(t):  # lucidrains' helper: fills a fresh tensor in place and hands it back
+    dim = t.shape[-1]
+    std = 1 / math.sqrt(dim)
+    t.uniform_(-std, std)
+    return t
+
+
+def small_normal(t, std=0.02):
+    nn.init.normal_(t, std=std)
+    return t
+
+
+class Net(nn.Module):
+    def __init__(self, n=64, d=256):
+        super().__init__()
+        self.w = nn.Parameter(init_(torch.zeros(n, d)))
+        self.v = nn.Parameter(small_normal(torch.empty(d, 4)))
+
+    def forward(self, x):
+        return x @ self.w @ self.v
+'''
+
+
+def test_in_place_draws_in_an_init_helper_draw_from_the_constructors_rngs(tmp_path):
+    # issue 12: `def init_(t): t.uniform_(-s, s); return t` called from __init__ was kept (no error)
+    c = convert_source(INIT_HELPER_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "def init_(t, *, rngs: nnx.Rngs):" in c.code and "self.w = nnx.Param(init_(jnp.zeros((n, d)), rngs=rngs))" in c.code
+    assert "t = jax.random.uniform(rngs.params(), t.shape, t.dtype, minval=-std, maxval=std)" in c.code
+    assert "t = 0.02 * jax.random.normal(rngs.params(), t.shape, t.dtype)" not in c.code  # std is a name here
+    torch_model, flax_model = both_nets(tmp_path, INIT_HELPER_MODEL, c.code)
+    w, v = np.asarray(flax_model.w[...]), np.asarray(flax_model.v[...])
+    assert w.shape == (64, 256) and -1 / 16 <= w.min() < -0.05 and 0.05 < w.max() <= 1 / 16  # torch's range
+    assert abs(v.std() - 0.02) < 0.003 and abs(torch_model.v.std().item() - 0.02) < 0.003
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 64))
+    assert report.passed, report.format()
+
+
+def test_an_in_place_draw_with_no_key_in_reach_is_an_error():
+    c = convert("""
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def forward(self, x):
+                noise = x.clone()
+                noise.normal_()
+                return x + noise
+        """)
+    assert "noise.normal_()" in c.code and ("PT042", 7) in [(d.code, d.line) for d in c.diagnostics]
+
+
+def test_an_init_helper_called_for_its_effect_alone_is_an_error():
+    # converted, init_ returns new values: `init_(self.w)` would leave self.w as it was
+    c = convert("""
+        import torch
+        import torch.nn as nn
+
+        def init_(t):
+            t.uniform_(-0.1, 0.1)
+            return t
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = nn.Parameter(torch.zeros(3))
+                init_(self.w)
+        """)
+    assert ("PT006", 13) in [(d.code, d.line) for d in c.diagnostics]

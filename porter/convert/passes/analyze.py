@@ -41,11 +41,11 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def trigger_words(self) -> Iterable[str]:
         return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions,
-                *self._constructor_words}
+                *self._constructor_words, *self.ctx.constructor_globals, *IN_PLACE_DRAWS}
 
     def trigger_state(self) -> object:
         return len(self.ctx.imports), len(self.ctx.module_classes), len(self.ctx.rngs_functions), \
-            len(self._constructor_words)
+            len(self._constructor_words), len(self.ctx.constructor_globals)
 
     # imports ---------------------------------------------------------------
     def visit_Import(self, node: cst.Import) -> bool:
@@ -137,7 +137,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self.function_stack.append(node.name.value)
         self.bound_names.add(node.name.value)
         attributes = self._constructor_attributes[-1] if self.class_stack else set()
-        outer = self._constructor_names[-1] if self._constructor_names else set()
+        outer = self._constructor_names[-1] if self._constructor_names else self.ctx.constructor_globals
         names = layer_constructor_names(node, self.ctx, attributes, outer)
         self._constructor_names.append(names)
         self._constructor_words |= names
@@ -147,7 +147,12 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_names.pop()
 
     def visit_Assign(self, node: cst.Assign) -> None:
-        """self.x = nn.Something(...) inside a module class: remember the layer type."""
+        """self.x = nn.Something(...) inside a module class: remember the layer type. A module-level
+        `Linear = partial(nn.Linear, bias=False)`: a layer constructor (ConversionContext.constructor_globals)."""
+        if not self.class_stack and not self.function_stack and len(node.targets) == 1 \
+                and isinstance(node.targets[0].target, cst.Name) \
+                and is_layer_constructor(node.value, self.ctx, self.ctx.constructor_globals):
+            self.ctx.constructor_globals.add(node.targets[0].target.value)
         if not self.class_stack or self.class_stack[-1] not in self.ctx.module_classes:
             return
         if not isinstance(node.value, cst.Call):
@@ -166,10 +171,22 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             return
         if not self.class_stack:
             self.ctx.rngs_functions.add(self.function_stack[0])
+            if self._draws_in_place(node):
+                self.ctx.draw_helpers.add(self.function_stack[0])
         elif self.class_stack[-1] in self.ctx.module_classes and self.function_stack[-1] not in ("__init__", "forward"):
             self.ctx.methods_needing_rngs.setdefault(self.class_stack[-1], set()).add(self.function_stack[-1])
 
+    def _draws_in_place(self, node: cst.Call) -> bool:
+        """`t.uniform_(-s, s)`, `nn.init.normal_(t, std=0.02)` on a name (an init helper's argument)."""
+        if m.matches(node.func, m.Attribute(value=m.Name(), attr=m.Name(m.MatchIfTrue(IN_PLACE_DRAWS.__contains__)))):
+            return self.ctx.qualified_name(node.func) is None
+        return self.ctx.qualified_name(node.func) in IN_PLACE_INIT_DRAWS and bool(node.args) \
+            and isinstance(node.args[0].value, cst.Name)
+
     def _builds_layer(self, node: cst.Call) -> bool:
+        """Builds a layer, or draws a tensor's values in place: needs rngs."""
+        if self._draws_in_place(node):
+            return True
         if isinstance(node.func, cst.Name) and node.func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return True
         if self._constructor_names and calls_layer_constructor(
@@ -213,6 +230,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             )
 
 
+# in-place random fills of a tensor (`t.uniform_(-s, s)`): a function doing one on a name needs rngs
+IN_PLACE_DRAWS = ("normal_", "uniform_")
+IN_PLACE_INIT_DRAWS = ("torch.nn.init.normal_", "torch.nn.init.uniform_")
 # Layer constructors held by names: `norm_layer = nn.BatchNorm2d`, `block: type[BasicBlock]`,
 # `norm_layer: Callable[..., nn.Module]`, `self._norm_layer = norm_layer`. Calling one in a
 # constructor builds a layer: the call needs rngs like `nn.BatchNorm2d(c)` itself.

@@ -8,7 +8,7 @@ import libcst.matchers as m
 from porter.convert import inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
-from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
@@ -25,9 +25,13 @@ KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_see
 # `torch.empty(shape).normal_(...)`: a new tensor filled in place, a parameter's initial value
 NEW_TENSORS = ("torch.empty", "torch.zeros", "torch.ones")
 NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fresh value's (convert/inplace.py)
+# their arguments, by position: torch.Tensor's methods and torch.nn.init's functions (after the tensor)
+_DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("from", "to")}
+_INIT_DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("a", "b")}
 
 
 class CallRewrite(ScopedTransformer):
+    TRIGGER_WORDS = frozenset(NEW_TENSOR_INITIALISERS)  # `t.uniform_(-s, s)` in an init helper: no torch word
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._call_funcs: set[int] = set()  # ids of original nodes in call position
@@ -39,6 +43,8 @@ class CallRewrite(ScopedTransformer):
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
         self._class_bases: set[int] = set()  # ids of class base expressions
         self._whole_values: set[int] = set()  # ids of expressions that are a whole argument, value or default
+        self._constructor_arguments: dict[int, list[str]] = {}  # id of a torch layer class converted as a value -> its arguments
+        self._global_constructors: set[int] = set()  # ids of the parts of `Linear = partial(nn.Linear, ...)` values
         # layer constructors held by names (porter/convert/passes/analyze.py): per class, per function
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
@@ -55,7 +61,7 @@ class CallRewrite(ScopedTransformer):
         if kind is cst.FunctionDef:
             self._tensor_names.append(inplace.analyse_function(node, self.ctx))
             attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
-            outer = self._constructor_names[-1] if self._constructor_names else set()
+            outer = self._constructor_names[-1] if self._constructor_names else self.ctx.constructor_globals
             names = layer_constructor_names(node, self.ctx, attributes, outer)
             self._constructor_names.append(names)
             self._constructor_words |= names
@@ -71,6 +77,10 @@ class CallRewrite(ScopedTransformer):
             self._statement_calls.add(id(node.value))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
+            if kind is cst.Assign and not self.function_stack and not self.class_stack \
+                    and m.matches(node.targets[0].target, m.Name()) \
+                    and node.targets[0].target.value in self.ctx.constructor_globals:
+                self._global_constructors.update(id(n) for n in m.findall(node.value, m.Name() | m.Attribute()))
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
@@ -101,7 +111,8 @@ class CallRewrite(ScopedTransformer):
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
-        words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields
+        words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields \
+            | self.ctx.constructor_globals
         return words | self._tensor_names[-1].tensors if self._tensor_names else words
 
     def trigger_state(self):
@@ -140,12 +151,21 @@ class CallRewrite(ScopedTransformer):
         if self._kept_depth:
             return updated_node
         initialised = self._initialised_new_tensor(original_node, updated_node)
+        if initialised is None:
+            initialised = self._drawn_in_place(original_node, updated_node)
         if initialised is not None:
             return initialised
+        if self._binds_unconverted_arguments(original_node):
+            return original_node
         func = original_node.func
         qualified = self.ctx.qualified_name(func)
         if qualified and qualified.split(".")[0] in ("torch", "einops"):
             return self._convert_torch_call(qualified, original_node, updated_node)
+        if isinstance(func, cst.Name) and func.value in self.ctx.draw_helpers and id(original_node) in self._statement_calls:
+            self.report("PT006", original_node, f"{func.value}(...) fills its argument in place in torch; converted, it "
+                                                "returns the new values and leaves the argument as it was: assign its "
+                                                "result (x = init_(x)); left unchanged")
+            return updated_node
         if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return self._add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
@@ -234,18 +254,52 @@ class CallRewrite(ScopedTransformer):
             self.report("PT004", original, f"{method} on a new tensor needs a random key: only a module's "
                                            "constructor (or a function given rngs) has one; left unchanged")
             return updated
-        key_and_shape = ", ".join(["rngs.params()", *shape])
-        if method == "normal_":
-            code = f"jax.random.normal({key_and_shape})"
-            std, mean = given.get(1, given.get("std")), given.get(0, given.get("mean"))
-            code = code if std in (None, "1", "1.0") else f"{atom(std)} * {code}"
-            code = code if mean in (None, "0", "0.0") else f"{code} + {atom(mean)}"
-        else:
-            low, high = given.get(0, given.get("from", "0.0")), given.get(1, given.get("to", "1.0"))
-            code = f"jax.random.uniform({key_and_shape}, minval={low}, maxval={high})"
-        new = expr(code)
+        new = expr(_draw(method, ", ".join(["rngs.params()", *shape]), _drawn_arguments(given, _DRAW_ARGUMENTS[method])))
         self.record(f"new-tensor-{method}", original, new)
         return new
+
+    def _drawn_in_place(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression | None:
+        """`t.uniform_(-s, s)` / `nn.init.normal_(t, std=0.02)` as a statement on a name (an init helper's
+        argument, lucidrains' `def init_(t): t.uniform_(-s, s); return t`): `t = jax.random.uniform(rngs.params(),
+        t.shape, t.dtype, minval=-s, maxval=s)`, where an rngs is in scope (the analysis gives such helpers one)."""
+        if id(original) not in self._statement_calls:
+            return None
+        func, args = original.func, list(original.args)
+        qualified = self.ctx.qualified_name(func) or ""
+        if qualified in IN_PLACE_INIT_DRAWS and args and not args[0].keyword:
+            method, target, names = qualified.rsplit(".", 1)[-1], args[0].value, _INIT_DRAW_ARGUMENTS
+            args = list(updated.args[1:])
+        elif isinstance(func, cst.Attribute) and func.attr.value in NEW_TENSOR_INITIALISERS and not qualified:
+            method, target, names = func.attr.value, func.value, _DRAW_ARGUMENTS
+            args = list(updated.args)
+        else:
+            return None
+        if not isinstance(target, cst.Name) or any(a.star for a in args) \
+                or any(a.keyword and a.keyword.value not in names[method] for a in args):
+            return None
+        if not self._rngs_in_scope():
+            self.report("PT042", original, f"{method} draws random numbers in place: no key here to draw them with "
+                                           "(a constructor's rngs, or a function that builds layers); left unchanged")
+            return updated
+        given = {a.keyword.value if a.keyword else i: code_of(a.value) for i, a in enumerate(args)}
+        key_and_shape = f"rngs.params(), {target.value}.shape, {target.value}.dtype"
+        new = expr(_draw(method, key_and_shape, _drawn_arguments(given, names[method])))
+        self._inplace_rebinds[id(original)] = target
+        self.record(f"in-place-{method}", original, new)
+        return new
+
+    def _binds_unconverted_arguments(self, call: cst.Call) -> bool:
+        """`partial(nn.Linear, dtype=torch.half)`: a keyword the converted constructor does not take (PT004)."""
+        if code_of(call.func).rsplit(".", 1)[-1] != "partial" or not call.args \
+                or id(call.args[0].value) not in self._constructor_arguments:
+            return False
+        accepted = self._constructor_arguments[id(call.args[0].value)]
+        unknown = [a.keyword.value for a in call.args[1:] if a.keyword and a.keyword.value not in accepted]
+        if unknown or any(a.star for a in call.args[1:]):
+            self.report("PT004", call, f"{', '.join(unknown) or 'star arguments'}: not an argument the converted "
+                                       f"{code_of(call.args[0].value)} takes ({', '.join(accepted)}); left unchanged")
+            return True
+        return False
 
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
@@ -327,10 +381,12 @@ class CallRewrite(ScopedTransformer):
             return new
         value_rule = layer_value_rule(original, self.ctx)
         if value_rule is not None and not self._annotation_depth and id(original) not in self._type_tests \
-                and self._rngs_in_scope():  # where layers are built (a default of such a function's parameter too)
+                and (self._rngs_in_scope() or id(original) in self._global_constructors):
+            # where layers are built (a default of such a function's parameter too), or a module-level constructor
             converted = constructor_function(value_rule, qualified, self.ctx)
             if converted is not None:
                 new, accepted, warnings = converted
+                self._constructor_arguments[id(original)] = accepted
                 for warning in warnings:
                     self.report("PT005", original, f"{qualified} ({value_rule.id}): {warning}")
                 self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
@@ -345,6 +401,21 @@ class CallRewrite(ScopedTransformer):
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated
+
+
+def _drawn_arguments(given: dict, names: tuple[str, str]) -> tuple[str | None, str | None]:
+    """(mean, std) of normal_ or (low, high) of uniform_, each given by position or by keyword."""
+    return given.get(0, given.get(names[0])), given.get(1, given.get(names[1]))
+
+
+def _draw(method: str, key_and_shape: str, arguments: tuple[str | None, str | None]) -> str:
+    if method == "normal_":
+        mean, std = arguments
+        code = f"jax.random.normal({key_and_shape})"
+        code = code if std in (None, "1", "1.0") else f"{atom(std)} * {code}"
+        return code if mean in (None, "0", "0.0") else f"{code} + {atom(mean)}"
+    low, high = arguments
+    return f"jax.random.uniform({key_and_shape}, minval={low or '0.0'}, maxval={high or '1.0'})"
 
 
 _EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
