@@ -924,6 +924,7 @@ import torch.nn as nn
 
 Linear = partial(nn.Linear, bias=False)
 Norm = functools.partial(nn.LayerNorm, eps=1e-3)
+Act = partial(nn.GELU, approximate="tanh")  # converted only at a fixed value: built for that value
 
 
 class Net(nn.Module):
@@ -931,11 +932,12 @@ class Net(nn.Module):
         super().__init__()
         self.a = Linear(d, 2 * d)
         self.norm = Norm(2 * d)
+        self.act = Act()
         proj = partial(nn.Linear, bias=True)
         self.b = proj(2 * d, d)
 
     def forward(self, x):
-        return self.b(self.norm(self.a(x)))
+        return self.b(self.act(self.norm(self.a(x))))
 '''
 
 
@@ -944,6 +946,7 @@ def test_module_level_partials_of_torch_layers_become_converted_constructors(tmp
     c = convert_source(MODULE_LEVEL_PARTIAL_MODEL, filename="net.py")
     assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
     assert "self.a = Linear(d, 2 * d, rngs=rngs)" in c.code and "self.norm = Norm(2 * d, rngs=rngs)" in c.code
+    assert "Act = lambda *, rngs=None: partial(jax.nn.gelu, approximate=True)" in c.code
     torch_model, flax_model = both_nets(tmp_path, MODULE_LEVEL_PARTIAL_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(3, 4))
     assert report.passed, report.format()
@@ -1006,7 +1009,8 @@ def test_in_place_draws_in_an_init_helper_draw_from_the_constructors_rngs(tmp_pa
     assert report.passed, report.format()
 
 
-def test_an_in_place_draw_with_no_key_in_reach_is_an_error():
+def test_an_in_place_draw_on_a_name_the_function_does_not_hand_back_is_an_error():
+    # rebinding `w` or `noise` would change nothing the caller sees (timm's sequencer: for w in m.parameters())
     c = convert("""
         import torch.nn as nn
 
@@ -1015,8 +1019,13 @@ def test_an_in_place_draw_with_no_key_in_reach_is_an_error():
                 noise = x.clone()
                 noise.normal_()
                 return x + noise
+
+        def init_weights(module, stdv):
+            for weight in module.parameters():
+                nn.init.uniform_(weight, -stdv, stdv)
         """)
-    assert "noise.normal_()" in c.code and ("PT042", 7) in [(d.code, d.line) for d in c.diagnostics]
+    assert "noise.normal_()" in c.code and "nn.init.uniform_(weight, -stdv, stdv)" in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT006", 7), ("PT003", 12)]
 
 
 def test_an_init_helper_called_for_its_effect_alone_is_an_error():

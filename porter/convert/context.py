@@ -66,6 +66,7 @@ class ConversionContext:
     # module-level functions that draw their argument's values in place (`def init_(t): t.uniform_(-s, s); return t`):
     # converted, they return the new values instead
     draw_helpers: set[str] = field(default_factory=set)
+    in_place_draws: set[int] = field(default_factory=set)  # ids of those draws (original nodes)
     # local names of einops' functions (`from einops import repeat`) and of the einops module (`import einops`):
     # einops takes arrays, not nnx Variables
     einops_names: set[str] = field(default_factory=set)

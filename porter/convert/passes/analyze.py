@@ -38,6 +38,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_attributes: list[set[str]] = []  # per class: self attributes holding layer constructors
         self._constructor_names: list[set[str]] = []  # per function: names holding layer constructors
         self._constructor_words: set[str] = set()
+        self._functions: list[cst.FunctionDef] = []
 
     def trigger_words(self) -> Iterable[str]:
         return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions,
@@ -135,6 +136,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
+        self._functions.append(node)
         self.bound_names.add(node.name.value)
         attributes = self._constructor_attributes[-1] if self.class_stack else set()
         outer = self._constructor_names[-1] if self._constructor_names else self.ctx.constructor_globals
@@ -144,6 +146,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self.function_stack.pop()
+        self._functions.pop()
         self._constructor_names.pop()
 
     def visit_Assign(self, node: cst.Assign) -> None:
@@ -177,11 +180,25 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             self.ctx.methods_needing_rngs.setdefault(self.class_stack[-1], set()).add(self.function_stack[-1])
 
     def _draws_in_place(self, node: cst.Call) -> bool:
-        """`t.uniform_(-s, s)`, `nn.init.normal_(t, std=0.02)` on a name (an init helper's argument)."""
-        if m.matches(node.func, m.Attribute(value=m.Name(), attr=m.Name(m.MatchIfTrue(IN_PLACE_DRAWS.__contains__)))):
-            return self.ctx.qualified_name(node.func) is None
-        return self.ctx.qualified_name(node.func) in IN_PLACE_INIT_DRAWS and bool(node.args) \
-            and isinstance(node.args[0].value, cst.Name)
+        """`t.uniform_(-s, s)`, `nn.init.normal_(t, std=0.02)` on an argument of the function that the function
+        returns (lucidrains' `def init_(t): ...; return t`): converted, it draws new values and returns them
+        (ConversionContext.in_place_draws). On another name (a loop's `for w in m.parameters()`) rebinding the
+        name would change nothing: not this."""
+        if m.matches(node.func, m.Attribute(value=m.Name(), attr=m.Name(m.MatchIfTrue(IN_PLACE_DRAWS.__contains__)))) \
+                and self.ctx.qualified_name(node.func) is None:
+            target = node.func.value.value
+        elif self.ctx.qualified_name(node.func) in IN_PLACE_INIT_DRAWS and node.args \
+                and isinstance(node.args[0].value, cst.Name):  # nn.init.normal_(t, std=0.02)
+            target = node.args[0].value.value
+        else:
+            return False
+        function = self._functions[-1]
+        params = function.params
+        if target not in {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]} \
+                or not any(m.matches(r.value, m.Name(target)) for r in find_all(function.body, cst.Return)):
+            return False
+        self.ctx.in_place_draws.add(id(node))
+        return True
 
     def _builds_layer(self, node: cst.Call) -> bool:
         """Builds a layer, or draws a tensor's values in place: needs rngs."""

@@ -43,7 +43,8 @@ class CallRewrite(ScopedTransformer):
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
         self._class_bases: set[int] = set()  # ids of class base expressions
         self._whole_values: set[int] = set()  # ids of expressions that are a whole argument, value or default
-        self._constructor_arguments: dict[int, list[str]] = {}  # id of a torch layer class converted as a value -> its arguments
+        # id of a torch layer class converted as a value -> (its rule, qualified name, the arguments it takes)
+        self._constructor_arguments: dict[int, tuple] = {}
         self._global_constructors: set[int] = set()  # ids of the parts of `Linear = partial(nn.Linear, ...)` values
         # layer constructors held by names (porter/convert/passes/analyze.py): per class, per function
         self._constructor_attributes: list[set[str]] = []
@@ -155,8 +156,9 @@ class CallRewrite(ScopedTransformer):
             initialised = self._drawn_in_place(original_node, updated_node)
         if initialised is not None:
             return initialised
-        if self._binds_unconverted_arguments(original_node):
-            return original_node
+        bound = self._partial_binding_fixed_arguments(original_node, updated_node)
+        if bound is not None:
+            return bound
         func = original_node.func
         qualified = self.ctx.qualified_name(func)
         if qualified and qualified.split(".")[0] in ("torch", "einops"):
@@ -265,6 +267,14 @@ class CallRewrite(ScopedTransformer):
         if id(original) not in self._statement_calls:
             return None
         func, args = original.func, list(original.args)
+        if id(original) not in self.ctx.in_place_draws:
+            if isinstance(func, cst.Attribute) and func.attr.value in NEW_TENSOR_INITIALISERS \
+                    and not self.ctx.qualified_name(func):
+                self.report("PT006", original, f"{func.attr.value} fills {code_of(func.value)} in place: converted only "
+                                               "on an argument that the function returns (`def init_(t): "
+                                               "t.uniform_(-s, s); return t`); left unchanged")
+                return updated
+            return None
         qualified = self.ctx.qualified_name(func) or ""
         if qualified in IN_PLACE_INIT_DRAWS and args and not args[0].keyword:
             method, target, names = qualified.rsplit(".", 1)[-1], args[0].value, _INIT_DRAW_ARGUMENTS
@@ -288,18 +298,25 @@ class CallRewrite(ScopedTransformer):
         self.record(f"in-place-{method}", original, new)
         return new
 
-    def _binds_unconverted_arguments(self, call: cst.Call) -> bool:
-        """`partial(nn.Linear, dtype=torch.half)`: a keyword the converted constructor does not take (PT004)."""
+    def _partial_binding_fixed_arguments(self, call: cst.Call, updated: cst.Call) -> cst.BaseExpression | None:
+        """`partial(nn.GELU, approximate='tanh')`: a keyword the converted constructor takes only at a fixed
+        value goes into it (a constructor built for that value); one it cannot take at all is PT004, kept."""
         if code_of(call.func).rsplit(".", 1)[-1] != "partial" or not call.args \
                 or id(call.args[0].value) not in self._constructor_arguments:
-            return False
-        accepted = self._constructor_arguments[id(call.args[0].value)]
-        unknown = [a.keyword.value for a in call.args[1:] if a.keyword and a.keyword.value not in accepted]
-        if unknown or any(a.star for a in call.args[1:]):
-            self.report("PT004", call, f"{', '.join(unknown) or 'star arguments'}: not an argument the converted "
-                                       f"{code_of(call.args[0].value)} takes ({', '.join(accepted)}); left unchanged")
-            return True
-        return False
+            return None
+        rule, qualified, accepted = self._constructor_arguments[id(call.args[0].value)]
+        fixed = {a.keyword.value: code_of(a.value) for a in call.args[1:] if a.keyword and a.keyword.value not in accepted}
+        if not fixed:
+            return None
+        converted = None if any(a.star for a in call.args[1:]) else constructor_function(rule, qualified, self.ctx, fixed)
+        if converted is None:
+            self.report("PT004", call, f"{', '.join(fixed)}={', '.join(fixed.values())}: not a value the converted "
+                                       f"{qualified} takes (it takes {', '.join(accepted)}); left unchanged")
+            return call
+        rest = [a for a in updated.args[1:] if not (a.keyword and a.keyword.value in fixed)]
+        new = updated.with_changes(args=[cst.Arg(converted[0]), *rest]) if rest else converted[0]
+        self.record(rule.id, call, new)
+        return new
 
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
@@ -386,7 +403,7 @@ class CallRewrite(ScopedTransformer):
             converted = constructor_function(value_rule, qualified, self.ctx)
             if converted is not None:
                 new, accepted, warnings = converted
-                self._constructor_arguments[id(original)] = accepted
+                self._constructor_arguments[id(original)] = (value_rule, qualified, accepted)
                 for warning in warnings:
                     self.report("PT005", original, f"{qualified} ({value_rule.id}): {warning}")
                 self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
@@ -421,16 +438,19 @@ def _draw(method: str, key_and_shape: str, arguments: tuple[str | None, str | No
 _EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
 
 
-def constructor_function(rule, qualified: str, ctx) -> tuple[cst.BaseExpression, list[str], list[str]] | None:
+def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None = None
+                         ) -> tuple[cst.BaseExpression, list[str], list[str]] | None:
     """`nn.BatchNorm2d` as a value -> `lambda num_features, eps=1e-05, ..., *, rngs: TorchBatchNorm(...)`:
     torch's arguments that the rule converts whatever their value (each tried as a variable; the others
     are left out, so passing one fails loudly), and rngs (ignored by activations, which build no layer).
-    None when the rule cannot convert even the required arguments as variables."""
-    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only]
-    optional = [p for p in rule.signature if p.default is not None]
+    None when the rule cannot convert even the required arguments as variables. `fixed`: arguments given
+    as source (a partial's `approximate='tanh'`), converted at that value and not taken by the function."""
+    fixed = fixed or {}
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed]
+    optional = [p for p in rule.signature if p.default is not None and p.name not in fixed]
 
     def attempt(names: list[str]):
-        args = ", ".join([*required, *(f"{n}={n}" for n in names)])
+        args = ", ".join([*required, *(f"{n}={v}" for n, v in fixed.items()), *(f"{n}={n}" for n in names)])
         call = cst.parse_expression(f"{qualified}({args})")
         site = Site(call, None, cst.Name("rngs") if rule.uses_rngs else None, ctx, rngs_in_scope=True)
         try:
