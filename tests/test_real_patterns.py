@@ -1045,3 +1045,32 @@ def test_an_init_helper_called_for_its_effect_alone_is_an_error():
                 init_(self.w)
         """)
     assert ("PT006", 13) in [(d.code, d.line) for d in c.diagnostics]
+
+
+def test_an_in_place_draw_into_a_parameter_in_the_constructor_draws_from_rngs():
+    # vit-pytorch's vit_nd_pope: `self.learned_bias.uniform_(-2. * pi, 0.)` in __init__ was kept silently
+    c = convert("""
+        from math import pi
+        import torch
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.learned_bias = nn.Parameter(torch.zeros(d))
+                self.learned_bias.uniform_(-2. * pi, 0.)
+                self.register_buffer("noise", torch.empty(d))
+                self.noise.normal_(std=0.1)
+
+            def forward(self, x):
+                self.noise.normal_()
+                return x + self.learned_bias
+        """)
+    assert ("self.learned_bias[...] = jax.random.uniform(rngs.params(), self.learned_bias.shape, "
+            "self.learned_bias.dtype, minval=-2. * pi, maxval=0.)") in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT042", 15)]
+    namespace: dict = {}
+    exec(c.code[:c.code.index("    def __call__")], namespace)
+    m = namespace["M"](2000, rngs=nnx.Rngs(0))
+    bias, noise = np.asarray(m.learned_bias[...]), np.asarray(m.noise[...])
+    assert -2 * np.pi <= bias.min() < -6.0 and -0.3 < bias.max() <= 0.0 and abs(noise.std() - 0.1) < 0.01

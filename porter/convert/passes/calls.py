@@ -27,6 +27,7 @@ NEW_TENSORS = ("torch.empty", "torch.zeros", "torch.ones")
 NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fresh value's (convert/inplace.py)
 # their arguments, by position: torch.Tensor's methods and torch.nn.init's functions (after the tensor)
 _DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("from", "to")}
+VARIABLE_KINDS = ("buffer", "torch.nn.Parameter", "torch.nn.parameter.Parameter")  # analysis' layer_attributes kinds
 _INIT_DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("a", "b")}
 
 
@@ -267,6 +268,9 @@ class CallRewrite(ScopedTransformer):
         if id(original) not in self._statement_calls:
             return None
         func, args = original.func, list(original.args)
+        if self._module_variable(func.value if isinstance(func, cst.Attribute) else None) \
+                and func.attr.value in NEW_TENSOR_INITIALISERS:
+            return self._draw_into_variable(original, updated)
         if id(original) not in self.ctx.in_place_draws:
             if isinstance(func, cst.Attribute) and func.attr.value in NEW_TENSOR_INITIALISERS \
                     and not self.ctx.qualified_name(func):
@@ -316,6 +320,28 @@ class CallRewrite(ScopedTransformer):
         rest = [a for a in updated.args[1:] if not (a.keyword and a.keyword.value in fixed)]
         new = updated.with_changes(args=[cst.Arg(converted[0]), *rest]) if rest else converted[0]
         self.record(rule.id, call, new)
+        return new
+
+    def _module_variable(self, node: cst.BaseExpression | None) -> bool:
+        """`self.w`: a parameter or buffer of the module class we are in."""
+        return self.module_class is not None and m.matches(node, m.Attribute(value=m.Name("self"))) \
+            and self.ctx.layer_attributes.get(self.module_class, {}).get(node.attr.value) in VARIABLE_KINDS
+
+    def _draw_into_variable(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        """`self.learned_bias.uniform_(a, b)` in a constructor: `self.learned_bias[...] = jax.random.uniform(...)`."""
+        method, variable = original.func.attr.value, code_of(original.func.value)
+        if not self._rngs_in_scope():
+            self.report("PT042", original, f"{method} draws random numbers in place: no key here to draw them with "
+                                           "(a constructor's rngs); left unchanged")
+            return updated
+        args = list(updated.args)
+        if any(a.star or (a.keyword and a.keyword.value not in _DRAW_ARGUMENTS[method]) for a in args):
+            return updated
+        given = {a.keyword.value if a.keyword else i: code_of(a.value) for i, a in enumerate(args)}
+        new = expr(_draw(method, f"rngs.params(), {variable}.shape, {variable}.dtype",
+                         _drawn_arguments(given, _DRAW_ARGUMENTS[method])))
+        self._inplace_rebinds[id(original)] = expr(f"{variable}[...]")
+        self.record(f"in-place-{method}", original, new)
         return new
 
     def _rngs_in_scope(self) -> bool:
