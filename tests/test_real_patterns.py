@@ -1074,3 +1074,16 @@ def test_an_in_place_draw_into_a_parameter_in_the_constructor_draws_from_rngs():
     m = namespace["M"](2000, rngs=nnx.Rngs(0))
     bias, noise = np.asarray(m.learned_bias[...]), np.asarray(m.noise[...])
     assert -2 * np.pi <= bias.min() < -6.0 and -0.3 < bias.max() <= 0.0 and abs(noise.std() - 0.1) < 0.01
+
+
+def test_parameter_queries_handed_to_an_optimizer_are_left_to_the_training_pass():
+    c = convert("""
+        import torch.nn as nn
+        import torch.optim as optim
+
+        model = nn.Linear(3, 2)
+        opt = optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        """)
+    assert "optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)" in c.code  # reported, as before
+    assert "n = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))" in c.code

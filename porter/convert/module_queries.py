@@ -13,9 +13,10 @@ A test `isinstance(m, nn.Linear)` on the loop's variable becomes one on the
 class porter builds for nn.Linear (nnx.Linear), where exactly one torch layer
 converts to that class.
 
-Parameters are queried in comprehensions only (`for p in model.parameters():
-p.requires_grad = False` changes them: no such thing in nnx). Every flax
-parameter is trained, so `if p.requires_grad` goes.
+Parameters are queried in comprehensions that a sum/len/any/... consumes only
+(`for p in model.parameters(): p.requires_grad = False` changes them, and
+`optim.Adam([p for p in model.parameters() if ...])` is the training pass's).
+Every flax Param is trained, so `if p.requires_grad` goes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ _ORDER_FREE = ("sum", "any", "all", "len", "set", "frozenset", "max", "min")  # 
 
 def query(iterable: cst.BaseExpression, in_module: bool, comprehension: bool) -> str | None:
     """The method of `R.modules()` / `R.parameters()` ... iterated here, or None. R: `self` or a chain
-    (attributes, items) under it inside a module class, or a plain name (a model); parameters in comprehensions only."""
+    (attributes, items) under it inside a module class, or a plain name (a model). `comprehension`: a
+    comprehension a sum/len/any/... consumes (parameters are queried there only)."""
     if not m.matches(iterable, m.Call(func=m.Attribute(attr=m.Name()), args=[])):
         return None
     method = iterable.func.attr.value
@@ -77,8 +79,9 @@ def replacement(method: str, receiver: cst.BaseExpression, ctx: ConversionContex
 
 
 def order_free(call: cst.Call) -> cst.BaseExpression | None:
-    """The generator of `sum(... for m in ...)`, `any(...)`: a consumer the order does not matter to."""
-    if m.matches(call, m.Call(func=m.Name(m.MatchIfTrue(lambda n: n in _ORDER_FREE)), args=[m.Arg(m.GeneratorExp())])):
+    """The comprehension of `sum(... for m in ...)`, `any([...])`: a consumer the order does not matter to."""
+    if m.matches(call, m.Call(func=m.Name(m.MatchIfTrue(lambda n: n in _ORDER_FREE)),
+                              args=[m.Arg(m.GeneratorExp() | m.ListComp())])):
         return call.args[0].value
     return None
 

@@ -152,7 +152,8 @@ class ModuleRewrite(CallRewrite):
         if not comprehension and self._initialises(loop):
             return  # weight initialisation mixed with other work: kept whole, its init calls reported
         for_in = loop.for_in if comprehension else loop
-        method = module_queries.query(for_in.iter, self.module_class is not None, comprehension)
+        method = module_queries.query(for_in.iter, self.module_class is not None,
+                                      comprehension and id(loop) in self._order_free)
         if method is None:
             return
         self._queries[id(for_in.iter)] = (method, loop)
