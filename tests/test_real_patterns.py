@@ -961,7 +961,7 @@ def test_a_partial_binding_an_argument_the_converted_layer_lacks_is_an_error():
         Half = partial(nn.Linear, dtype=torch.float16)
         """)
     assert "Half = partial(nn.Linear, dtype=torch.float16)" in c.code
-    assert ("PT004", 6) in [(d.code, d.line) for d in c.diagnostics]
+    assert [(d.code, d.line) for d in c.diagnostics] == [("PT004", 6)]
 
 
 INIT_HELPER_MODEL = '''

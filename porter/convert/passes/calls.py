@@ -316,6 +316,9 @@ class CallRewrite(ScopedTransformer):
         if converted is None:
             self.report("PT004", call, f"{', '.join(fixed)}={', '.join(fixed.values())}: not a value the converted "
                                        f"{qualified} takes (it takes {', '.join(accepted)}); left unchanged")
+            where = self.position(call.args[0].value)  # its conversion as a value is undone: no PT007 for it
+            self.ctx.diagnostics[:] = [d for d in self.ctx.diagnostics if (d.code, d.line, d.col) != ("PT007", *where)]
+            self.ctx.changes[:] = [c for c in self.ctx.changes if (c.line, c.col) != where]
             return call
         rest = [a for a in updated.args[1:] if not (a.keyword and a.keyword.value in fixed)]
         new = updated.with_changes(args=[cst.Arg(converted[0]), *rest]) if rest else converted[0]
