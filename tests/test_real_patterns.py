@@ -768,6 +768,7 @@ def test_parameter_counts_and_module_queries_match_torch(tmp_path):
     assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
     assert "sum(p.size for p in jax.tree.leaves(nnx.state(self, nnx.Param)))" in c.code
     assert "isinstance(m, nnx.Linear)" in c.code and "requires_grad" not in c.code
+    assert "sum(1 for _, m in nnx.iter_modules(self) if isinstance(m, nnx.Linear))" in c.code
     torch_model, flax_model = both_nets(tmp_path, MODULE_QUERIES_MODEL, c.code)
     for name in ("n_params", "n_trainable", "n_block", "n_named", "n_linear", "n_children", "n_blocks"):
         assert getattr(flax_model, name) == getattr(torch_model, name), name

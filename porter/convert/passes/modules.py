@@ -58,6 +58,7 @@ class ModuleRewrite(CallRewrite):
         self._query_type_tests: set[int] = set()  # class expressions of isinstance tests on a query's variable
         self._order_free: set[int] = set()  # generators whose consumer ignores order (sum, any)
         self._parameter_loops: dict[int, str] = {}  # id of `for p in R.parameters()` (CompFor) -> p
+        self._unpacked_loops: set[int] = set()  # `for m in R.modules()` (For, CompFor): `for _, m in ...` will do
         # buffers and parameters as arrays: `if not self.initted:`, `self.initted.data.copy_(v)`
         self._buffer_tests: set[int] = set()  # `self.<buffer>` nodes whose truth is tested
         self._variable_reads: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`), given to einops: an array
@@ -91,6 +92,8 @@ class ModuleRewrite(CallRewrite):
 
     def on_leave(self, original_node, updated_node):
         updated_node = super().on_leave(original_node, updated_node)
+        if type(original_node) is cst.For and type(updated_node) is cst.For:  # (the training pass's leave_For is its own)
+            updated_node = self._unpack_query(original_node, updated_node)
         if id(original_node) in self._not_training and m.matches(updated_node.expression, m.UnaryOperation(m.Not())):
             return updated_node.expression.expression.with_changes(lpar=original_node.lpar, rpar=original_node.rpar)
         if id(original_node) not in self._init_statements:
@@ -122,11 +125,21 @@ class ModuleRewrite(CallRewrite):
 
     def leave_CompFor(self, original_node: cst.CompFor, updated_node: cst.CompFor) -> cst.CompFor:
         """`if p.requires_grad` on a parameter query goes: every flax Param is trained."""
+        updated_node = self._unpack_query(original_node, updated_node)
         variable = self._parameter_loops.pop(id(original_node), None)
         if variable is None:
             return updated_node
         ifs = [i for i in updated_node.ifs if not module_queries.requires_grad_test(i.test, variable)]
         return updated_node.with_changes(ifs=ifs)
+
+    def _unpack_query(self, original, updated):
+        """`for m in (m for _, m in nnx.iter_modules(self))` -> `for _, m in nnx.iter_modules(self)`."""
+        if id(original) not in self._unpacked_loops or not isinstance(updated.iter, cst.GeneratorExp):
+            return updated
+        self._unpacked_loops.discard(id(original))
+        inner = updated.iter.for_in
+        return updated.with_changes(target=inner.target.with_changes(lpar=[], rpar=[]).deep_replace(
+            inner.target.elements[1].value, updated.target), iter=inner.iter)
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
         """`isinstance(m, nn.Linear)` on a module query's variable: the class porter builds for nn.Linear."""
@@ -160,6 +173,9 @@ class ModuleRewrite(CallRewrite):
         variable = module_queries.loop_variable(for_in.target, method)
         if variable is None:
             return
+        if method in ("modules", "children") and isinstance(for_in.target, cst.Name) \
+                and not m.findall(loop, m.Name("_")):
+            self._unpacked_loops.add(id(for_in))
         if method in module_queries.PARAMETER_ITERATORS:
             self._parameter_loops[id(for_in)] = variable
         else:
