@@ -954,6 +954,16 @@ def fold_nchw(x, output_size, kernel_size, dilation=1, padding=0, stride=1):
     return out[:, :, ph:ph + oh, pw:pw + ow]
 
 
+def named_children(module):
+    """torch's ``module.named_children()``: the direct submodules with their attribute names (a list's
+    index as a string), each module once (nnx.iter_children yields an alias again)."""
+    seen = set()
+    for name, child in nnx.iter_children(module):
+        if id(child) not in seen:
+            seen.add(id(child))
+            yield str(name), child
+
+
 DEPENDS: dict[str, tuple[str, ...]] = {
     "Buffer": (),
     "ChannelsFirstConv": (),
@@ -1002,6 +1012,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "TorchLayerNorm": ("layer_norm",),
     "TorchGroupNorm": ("group_norm",),
     "TorchConv2d": (),
+    "named_children": (),
 }
 
 # Training helpers (losses, optimizers, gradient clipping, learning-rate schedulers) live in

@@ -462,3 +462,40 @@ def test_the_text_scan_reads_imports_in_every_spelling(tmp_path):
     assert scan.defined == {"f", "K", "g"}
     assert scan.imports[:6] == [(1, "a", "X", "X"), (1, "a", "Y", "Z"), (2, "b.c", "P", "P"), (2, "b.c", "Q", "R"),
                                 (0, "pkg.d", "S", "S"), (1, "fake", "Nothing", "Nothing")]
+
+
+def test_a_file_without_torch_subclassing_a_module_class_of_the_tree_converts(tmp_path, monkeypatch):
+    # issue 12: `from .a import Base; class Child(Base): ...` with no torch word came out unchanged
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(BASE + "\n    def forward(self, x):\n        return self.fc(x)\n")
+    (pkg / "b.py").write_text(textwrap.dedent("""\
+        from .a import Base
+
+
+        class Child(Base):
+            def __init__(self, d):
+                super().__init__(d)
+                self.extra = Base(d)
+
+            def forward(self, x):
+                return self.extra(super().forward(x))
+
+
+        def make(d):
+            return Base(d)
+        """))
+    code, _ = _convert_counting(pkg, monkeypatch)
+    b = code["b.py"].decode()
+    for line in ("def __init__(self, d, *, rngs: nnx.Rngs):", "super().__init__(d, rngs=rngs)",
+                 "self.extra = Base(d, rngs=rngs)", "def __call__(self, x):", "super().__call__(x)",
+                 "def make(d, *, rngs: nnx.Rngs):"):
+        assert line in b, b
+    import numpy as np
+    from flax import nnx
+
+    namespace: dict = {}
+    exec(code["a.py"].decode() + b.replace("from .a import Base", ""), namespace)
+    child = namespace["Child"](3, rngs=nnx.Rngs(0))
+    assert np.asarray(child(np.ones((2, 3), np.float32))).shape == (2, 3)

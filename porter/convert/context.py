@@ -60,6 +60,16 @@ class ConversionContext:
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
     constructor_fields: set[str] = field(default_factory=set)
+    # module-level names bound to a layer constructor (`Linear = partial(nn.Linear, bias=False)`):
+    # calls of them in constructors build layers, and the value itself becomes the converted constructor
+    constructor_globals: set[str] = field(default_factory=set)
+    # module-level functions that draw their argument's values in place (`def init_(t): t.uniform_(-s, s); return t`):
+    # converted, they return the new values instead
+    draw_helpers: set[str] = field(default_factory=set)
+    in_place_draws: set[int] = field(default_factory=set)  # ids of those draws (original nodes)
+    # local names of einops' functions (`from einops import repeat`) and of the einops module (`import einops`):
+    # einops takes arrays, not nnx Variables
+    einops_names: set[str] = field(default_factory=set)
     # layer_constructor_names' answers, by (id(function), attributes, outer names): asked by two passes
     constructor_names: dict[tuple, set[str]] = field(default_factory=dict)
     # class name -> attributes its constructor sets to None and to something else (nnx.data(None) first)

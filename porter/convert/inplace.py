@@ -300,9 +300,11 @@ def shared_warning(name: str, names: TensorNames | None) -> str | None:
             f"caller's tensor behind an argument) changes too; the converted code rebinds {name} only")
 
 
-def rebind(updated: cst.Expr, target: cst.Name) -> cst.Assign:
-    """The in-place method call statement `x.add_(y)` (already converted to `x + y`) as `x = x + y`."""
-    return cst.Assign([cst.AssignTarget(cst.Name(target.value))], updated.value, semicolon=updated.semicolon)
+def rebind(updated: cst.Expr, target: cst.BaseAssignTargetExpression) -> cst.Assign:
+    """The in-place method call statement `x.add_(y)` (already converted to `x + y`) as `x = x + y`; a
+    variable's `self.w.uniform_(...)` as `self.w[...] = ...`."""
+    target = cst.Name(target.value) if isinstance(target, cst.Name) else target
+    return cst.Assign([cst.AssignTarget(target)], updated.value, semicolon=updated.semicolon)
 
 
 # ---------------------------------------------------------------------- tuple results

@@ -114,7 +114,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     analyze = Analyze(ctx, index)
     traverse.visit(module, analyze, Prefilter(index, analyze) if fast else None)
     exports = _exports(module, ctx)
-    if not ctx.torch_aliases:  # no torch here: nothing to do
+    if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
     rewrite = DistributedRewrite(ctx)
     rewrite.attach(index)

@@ -39,14 +39,15 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_attributes: list[set[str]] = []  # per class: self attributes holding layer constructors
         self._constructor_names: list[set[str]] = []  # per function: names holding layer constructors
         self._constructor_words: set[str] = set()
+        self._functions: list[cst.FunctionDef] = []
 
     def trigger_words(self) -> Iterable[str]:
         return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions,
-                *self._constructor_words}
+                *self._constructor_words, *self.ctx.constructor_globals, *IN_PLACE_DRAWS}
 
     def trigger_state(self) -> object:
         return len(self.ctx.imports), len(self.ctx.module_classes), len(self.ctx.rngs_functions), \
-            len(self._constructor_words)
+            len(self._constructor_words), len(self.ctx.constructor_globals)
 
     # imports ---------------------------------------------------------------
     def visit_Import(self, node: cst.Import) -> bool:
@@ -58,12 +59,16 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 self.ctx.bound_imports.add(local)
                 if name.split(".")[0] == "torch":
                     self.ctx.imports[local] = name
+                if name == "einops":
+                    self.ctx.einops_names.add(local)
             else:
                 head = name.split(".")[0]
                 self.bound_names.add(head)
                 self.ctx.bound_imports.add(head)
                 if head == "torch":
                     self.ctx.imports["torch"] = "torch"
+                if name == "einops":
+                    self.ctx.einops_names.add(head)
         return False
 
     def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
@@ -77,6 +82,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             self.ctx.bound_imports.add(local)
             if module.split(".")[0] == "torch" or module == "einops.layers.torch":  # einops: rules/einops.toml
                 self.ctx.imports[local] = f"{module}.{name}"
+            elif module == "einops":
+                self.ctx.einops_names.add(local)
         return False
 
     # bindings and uses, to find conventional aliases used without an import --
@@ -131,9 +138,10 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
         enter_function(self.ctx)
+        self._functions.append(node)
         self.bound_names.add(node.name.value)
         attributes = self._constructor_attributes[-1] if self.class_stack else set()
-        outer = self._constructor_names[-1] if self._constructor_names else set()
+        outer = self._constructor_names[-1] if self._constructor_names else self.ctx.constructor_globals
         names = layer_constructor_names(node, self.ctx, attributes, outer)
         self._constructor_names.append(names)
         self._constructor_words |= names
@@ -144,10 +152,16 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self.function_stack.pop()
         self.ctx.shadowed.pop()
+        self._functions.pop()
         self._constructor_names.pop()
 
     def visit_Assign(self, node: cst.Assign) -> None:
-        """self.x = nn.Something(...) inside a module class: remember the layer type."""
+        """self.x = nn.Something(...) inside a module class: remember the layer type. A module-level
+        `Linear = partial(nn.Linear, bias=False)`: a layer constructor (ConversionContext.constructor_globals)."""
+        if not self.class_stack and not self.function_stack and len(node.targets) == 1 \
+                and isinstance(node.targets[0].target, cst.Name) \
+                and is_layer_constructor(node.value, self.ctx, self.ctx.constructor_globals):
+            self.ctx.constructor_globals.add(node.targets[0].target.value)
         if not self.class_stack or self.class_stack[-1] not in self.ctx.module_classes:
             return
         if not isinstance(node.value, cst.Call):
@@ -166,10 +180,36 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             return
         if not self.class_stack:
             self.ctx.rngs_functions.add(self.function_stack[0])
+            if self._draws_in_place(node):
+                self.ctx.draw_helpers.add(self.function_stack[0])
         elif self.class_stack[-1] in self.ctx.module_classes and self.function_stack[-1] not in ("__init__", "forward"):
             self.ctx.methods_needing_rngs.setdefault(self.class_stack[-1], set()).add(self.function_stack[-1])
 
+    def _draws_in_place(self, node: cst.Call) -> bool:
+        """`t.uniform_(-s, s)`, `nn.init.normal_(t, std=0.02)` on an argument of the function that the function
+        returns (lucidrains' `def init_(t): ...; return t`): converted, it draws new values and returns them
+        (ConversionContext.in_place_draws). On another name (a loop's `for w in m.parameters()`) rebinding the
+        name would change nothing: not this."""
+        if m.matches(node.func, m.Attribute(value=m.Name(), attr=m.Name(m.MatchIfTrue(IN_PLACE_DRAWS.__contains__)))) \
+                and self.ctx.qualified_name(node.func) is None:
+            target = node.func.value.value
+        elif self.ctx.qualified_name(node.func) in IN_PLACE_INIT_DRAWS and node.args \
+                and isinstance(node.args[0].value, cst.Name):  # nn.init.normal_(t, std=0.02)
+            target = node.args[0].value.value
+        else:
+            return False
+        function = self._functions[-1]
+        params = function.params
+        if target not in {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]} \
+                or not any(m.matches(r.value, m.Name(target)) for r in find_all(function.body, cst.Return)):
+            return False
+        self.ctx.in_place_draws.add(id(node))
+        return True
+
     def _builds_layer(self, node: cst.Call) -> bool:
+        """Builds a layer, or draws a tensor's values in place: needs rngs."""
+        if self._draws_in_place(node):
+            return True
         if isinstance(node.func, cst.Name) and node.func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return True
         if self._constructor_names and calls_layer_constructor(
@@ -213,6 +253,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             )
 
 
+# in-place random fills of a tensor (`t.uniform_(-s, s)`): a function doing one on a name needs rngs
+IN_PLACE_DRAWS = ("normal_", "uniform_")
+IN_PLACE_INIT_DRAWS = ("torch.nn.init.normal_", "torch.nn.init.uniform_")
 # Layer constructors held by names: `norm_layer = nn.BatchNorm2d`, `block: type[BasicBlock]`,
 # `norm_layer: Callable[..., nn.Module]`, `self._norm_layer = norm_layer`. Calling one in a
 # constructor builds a layer: the call needs rngs like `nn.BatchNorm2d(c)` itself.

@@ -8,7 +8,7 @@ import libcst.matchers as m
 from porter.convert import apply, devices, inplace
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
-from porter.convert.passes.analyze import (MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
@@ -26,10 +26,15 @@ KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_see
 # `torch.empty(shape).normal_(...)`: a new tensor filled in place, a parameter's initial value
 NEW_TENSORS = ("torch.empty", "torch.zeros", "torch.ones")
 NEW_TENSOR_INITIALISERS = ("normal_", "uniform_")  # fill_ and zero_ are any fresh value's (convert/inplace.py)
+# their arguments, by position: torch.Tensor's methods and torch.nn.init's functions (after the tensor)
+_DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("from", "to")}
+VARIABLE_KINDS = ("buffer", "torch.nn.Parameter", "torch.nn.parameter.Parameter")  # analysis' layer_attributes kinds
+_INIT_DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("a", "b")}
 
 
 class CallRewrite(ScopedTransformer):
-    TRIGGER_WORDS = frozenset({"device"})  # `device = x.device` bindings dropped (porter/convert/devices.py)
+    # `device = x.device` bindings dropped (porter/convert/devices.py); `t.uniform_(-s, s)` in an init helper
+    TRIGGER_WORDS = frozenset({"device"}) | frozenset(NEW_TENSOR_INITIALISERS)
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -43,6 +48,9 @@ class CallRewrite(ScopedTransformer):
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
         self._class_bases: set[int] = set()  # ids of class base expressions
         self._whole_values: set[int] = set()  # ids of expressions that are a whole argument, value or default
+        # id of a torch layer class converted as a value -> (its rule, qualified name, the arguments it takes)
+        self._constructor_arguments: dict[int, tuple] = {}
+        self._global_constructors: set[int] = set()  # ids of the parts of `Linear = partial(nn.Linear, ...)` values
         # layer constructors held by names (porter/convert/passes/analyze.py): per class, per function
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
@@ -60,7 +68,7 @@ class CallRewrite(ScopedTransformer):
             method = self.module_class is not None  # (this function is not on the scope's stack yet)
             self._tensor_names.append(inplace.analyse_function(node, self.ctx, method=method))
             attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
-            outer = self._constructor_names[-1] if self._constructor_names else set()
+            outer = self._constructor_names[-1] if self._constructor_names else self.ctx.constructor_globals
             names = layer_constructor_names(node, self.ctx, attributes, outer)
             self._constructor_names.append(names)
             self._constructor_words |= names
@@ -76,6 +84,10 @@ class CallRewrite(ScopedTransformer):
             self._statement_calls.add(id(node.value))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
+            if kind is cst.Assign and not self.function_stack and not self.class_stack \
+                    and m.matches(node.targets[0].target, m.Name()) \
+                    and node.targets[0].target.value in self.ctx.constructor_globals:
+                self._global_constructors.update(id(n) for n in m.findall(node.value, m.Name() | m.Attribute()))
         if kind is cst.Param:
             self._inner.add(id(node.name))  # `def f(tensor)` binds a name: no use of torch.tensor
         visit = super().on_visit(node)
@@ -141,7 +153,8 @@ class CallRewrite(ScopedTransformer):
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
-        words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields
+        words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields \
+            | self.ctx.constructor_globals
         if not self._tensor_names:
             return words
         return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
@@ -182,12 +195,22 @@ class CallRewrite(ScopedTransformer):
         if self._kept_depth:
             return updated_node
         initialised = self._initialised_new_tensor(original_node, updated_node)
+        if initialised is None:
+            initialised = self._drawn_in_place(original_node, updated_node)
         if initialised is not None:
             return initialised
+        bound = self._partial_binding_fixed_arguments(original_node, updated_node)
+        if bound is not None:
+            return bound
         func = original_node.func
         qualified = self.ctx.qualified_name(func)
         if qualified and qualified.split(".")[0] in ("torch", "einops"):
             return self._convert_torch_call(qualified, original_node, updated_node)
+        if isinstance(func, cst.Name) and func.value in self.ctx.draw_helpers and id(original_node) in self._statement_calls:
+            self.report("PT006", original_node, f"{func.value}(...) fills its argument in place in torch; converted, it "
+                                                "returns the new values and leaves the argument as it was: assign its "
+                                                "result (x = init_(x)); left unchanged")
+            return updated_node
         if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
             return self._add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
@@ -282,17 +305,94 @@ class CallRewrite(ScopedTransformer):
             self.report("PT004", original, f"{method} on a new tensor needs a random key: only a module's "
                                            "constructor (or a function given rngs) has one; left unchanged")
             return updated
-        key_and_shape = ", ".join(["rngs.params()", *shape])
-        if method == "normal_":
-            code = f"jax.random.normal({key_and_shape})"
-            std, mean = given.get(1, given.get("std")), given.get(0, given.get("mean"))
-            code = code if std in (None, "1", "1.0") else f"{atom(std)} * {code}"
-            code = code if mean in (None, "0", "0.0") else f"{code} + {atom(mean)}"
-        else:
-            low, high = given.get(0, given.get("from", "0.0")), given.get(1, given.get("to", "1.0"))
-            code = f"jax.random.uniform({key_and_shape}, minval={low}, maxval={high})"
-        new = expr(code)
+        new = expr(_draw(method, ", ".join(["rngs.params()", *shape]), _drawn_arguments(given, _DRAW_ARGUMENTS[method])))
         self.record(f"new-tensor-{method}", original, new)
+        return new
+
+    def _drawn_in_place(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression | None:
+        """`t.uniform_(-s, s)` / `nn.init.normal_(t, std=0.02)` as a statement on a name (an init helper's
+        argument, lucidrains' `def init_(t): t.uniform_(-s, s); return t`): `t = jax.random.uniform(rngs.params(),
+        t.shape, t.dtype, minval=-s, maxval=s)`, where an rngs is in scope (the analysis gives such helpers one)."""
+        if id(original) not in self._statement_calls:
+            return None
+        func, args = original.func, list(original.args)
+        if self._module_variable(func.value if isinstance(func, cst.Attribute) else None) \
+                and func.attr.value in NEW_TENSOR_INITIALISERS:
+            return self._draw_into_variable(original, updated)
+        if id(original) not in self.ctx.in_place_draws:
+            if isinstance(func, cst.Attribute) and func.attr.value in NEW_TENSOR_INITIALISERS \
+                    and not self.ctx.qualified_name(func):
+                self.report("PT006", original, f"{func.attr.value} fills {code_of(func.value)} in place: converted only "
+                                               "on an argument that the function returns (`def init_(t): "
+                                               "t.uniform_(-s, s); return t`); left unchanged")
+                return updated
+            return None
+        qualified = self.ctx.qualified_name(func) or ""
+        if qualified in IN_PLACE_INIT_DRAWS and args and not args[0].keyword:
+            method, target, names = qualified.rsplit(".", 1)[-1], args[0].value, _INIT_DRAW_ARGUMENTS
+            args = list(updated.args[1:])
+        elif isinstance(func, cst.Attribute) and func.attr.value in NEW_TENSOR_INITIALISERS and not qualified:
+            method, target, names = func.attr.value, func.value, _DRAW_ARGUMENTS
+            args = list(updated.args)
+        else:
+            return None
+        if not isinstance(target, cst.Name) or any(a.star for a in args) \
+                or any(a.keyword and a.keyword.value not in names[method] for a in args):
+            return None
+        if not self._rngs_in_scope():
+            self.report("PT042", original, f"{method} draws random numbers in place: no key here to draw them with "
+                                           "(a constructor's rngs, or a function that builds layers); left unchanged")
+            return updated
+        given = {a.keyword.value if a.keyword else i: code_of(a.value) for i, a in enumerate(args)}
+        key_and_shape = f"rngs.params(), {target.value}.shape, {target.value}.dtype"
+        new = expr(_draw(method, key_and_shape, _drawn_arguments(given, names[method])))
+        self._inplace_rebinds[id(original)] = target
+        self.record(f"in-place-{method}", original, new)
+        return new
+
+    def _partial_binding_fixed_arguments(self, call: cst.Call, updated: cst.Call) -> cst.BaseExpression | None:
+        """`partial(nn.GELU, approximate='tanh')`: a keyword the converted constructor takes only at a fixed
+        value goes into it (a constructor built for that value); one it cannot take at all is PT004, kept."""
+        if code_of(call.func).rsplit(".", 1)[-1] != "partial" or not call.args \
+                or id(call.args[0].value) not in self._constructor_arguments:
+            return None
+        rule, qualified, accepted = self._constructor_arguments[id(call.args[0].value)]
+        fixed = {a.keyword.value: code_of(a.value) for a in call.args[1:] if a.keyword and a.keyword.value not in accepted}
+        if not fixed:
+            return None
+        converted = None if any(a.star for a in call.args[1:]) else constructor_function(rule, qualified, self.ctx, fixed)
+        if converted is None:
+            self.report("PT004", call, f"{', '.join(fixed)}={', '.join(fixed.values())}: not a value the converted "
+                                       f"{qualified} takes (it takes {', '.join(accepted)}); left unchanged")
+            where = self.position(call.args[0].value)  # its conversion as a value is undone: no PT007 for it
+            self.ctx.diagnostics[:] = [d for d in self.ctx.diagnostics if (d.code, d.line, d.col) != ("PT007", *where)]
+            self.ctx.changes[:] = [c for c in self.ctx.changes if (c.line, c.col) != where]
+            return call
+        rest = [a for a in updated.args[1:] if not (a.keyword and a.keyword.value in fixed)]
+        new = updated.with_changes(args=[cst.Arg(converted[0]), *rest]) if rest else converted[0]
+        self.record(rule.id, call, new)
+        return new
+
+    def _module_variable(self, node: cst.BaseExpression | None) -> bool:
+        """`self.w`: a parameter or buffer of the module class we are in."""
+        return self.module_class is not None and m.matches(node, m.Attribute(value=m.Name("self"))) \
+            and self.ctx.layer_attributes.get(self.module_class, {}).get(node.attr.value) in VARIABLE_KINDS
+
+    def _draw_into_variable(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        """`self.learned_bias.uniform_(a, b)` in a constructor: `self.learned_bias[...] = jax.random.uniform(...)`."""
+        method, variable = original.func.attr.value, code_of(original.func.value)
+        if not self._rngs_in_scope():
+            self.report("PT042", original, f"{method} draws random numbers in place: no key here to draw them with "
+                                           "(a constructor's rngs); left unchanged")
+            return updated
+        args = list(updated.args)
+        if any(a.star or (a.keyword and a.keyword.value not in _DRAW_ARGUMENTS[method]) for a in args):
+            return updated
+        given = {a.keyword.value if a.keyword else i: code_of(a.value) for i, a in enumerate(args)}
+        new = expr(_draw(method, f"rngs.params(), {variable}.shape, {variable}.dtype",
+                         _drawn_arguments(given, _DRAW_ARGUMENTS[method])))
+        self._inplace_rebinds[id(original)] = expr(f"{variable}[...]")
+        self.record(f"in-place-{method}", original, new)
         return new
 
     def _rngs_in_scope(self) -> bool:
@@ -375,10 +475,12 @@ class CallRewrite(ScopedTransformer):
             return new
         value_rule = layer_value_rule(original, self.ctx)
         if value_rule is not None and not self._annotation_depth and id(original) not in self._type_tests \
-                and self._rngs_in_scope():  # where layers are built (a default of such a function's parameter too)
+                and (self._rngs_in_scope() or id(original) in self._global_constructors):
+            # where layers are built (a default of such a function's parameter too), or a module-level constructor
             converted = constructor_function(value_rule, qualified, self.ctx)
             if converted is not None:
                 new, accepted, warnings = converted
+                self._constructor_arguments[id(original)] = (value_rule, qualified, accepted)
                 for warning in warnings:
                     self.report("PT005", original, f"{qualified} ({value_rule.id}): {warning}")
                 self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
@@ -395,19 +497,37 @@ class CallRewrite(ScopedTransformer):
         return updated
 
 
+def _drawn_arguments(given: dict, names: tuple[str, str]) -> tuple[str | None, str | None]:
+    """(mean, std) of normal_ or (low, high) of uniform_, each given by position or by keyword."""
+    return given.get(0, given.get(names[0])), given.get(1, given.get(names[1]))
+
+
+def _draw(method: str, key_and_shape: str, arguments: tuple[str | None, str | None]) -> str:
+    if method == "normal_":
+        mean, std = arguments
+        code = f"jax.random.normal({key_and_shape})"
+        code = code if std in (None, "1", "1.0") else f"{atom(std)} * {code}"
+        return code if mean in (None, "0", "0.0") else f"{code} + {atom(mean)}"
+    low, high = arguments
+    return f"jax.random.uniform({key_and_shape}, minval={low or '0.0'}, maxval={high or '1.0'})"
+
+
 _EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
 
 
-def constructor_function(rule, qualified: str, ctx) -> tuple[cst.BaseExpression, list[str], list[str]] | None:
+def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None = None
+                         ) -> tuple[cst.BaseExpression, list[str], list[str]] | None:
     """`nn.BatchNorm2d` as a value -> `lambda num_features, eps=1e-05, ..., *, rngs: TorchBatchNorm(...)`:
     torch's arguments that the rule converts whatever their value (each tried as a variable; the others
     are left out, so passing one fails loudly), and rngs (ignored by activations, which build no layer).
-    None when the rule cannot convert even the required arguments as variables."""
-    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only]
-    optional = [p for p in rule.signature if p.default is not None]
+    None when the rule cannot convert even the required arguments as variables. `fixed`: arguments given
+    as source (a partial's `approximate='tanh'`), converted at that value and not taken by the function."""
+    fixed = fixed or {}
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed]
+    optional = [p for p in rule.signature if p.default is not None and p.name not in fixed]
 
     def attempt(names: list[str]):
-        args = ", ".join([*required, *(f"{n}={n}" for n in names)])
+        args = ", ".join([*required, *(f"{n}={v}" for n, v in fixed.items()), *(f"{n}={n}" for n in names)])
         call = cst.parse_expression(f"{qualified}({args})")
         site = Site(call, None, cst.Name("rngs") if rule.uses_rngs else None, ctx, rngs_in_scope=True)
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import module_queries
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.calls import CallRewrite
@@ -28,6 +29,10 @@ TRAINING_MODE_ATTRIBUTE = "deterministic = False  # torch's self.training is not
 # where `not self.deterministic` needs no parentheses (self.training as an if's test, an argument ...)
 _TEST_POSITIONS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",), cst.BooleanOperation: ("left", "right"),
                    cst.Arg: ("value",), cst.Return: ("value",), cst.Assign: ("value",)}
+# where a value's truth is tested: `if self.initted:` needs the array, `self.initted[...]`
+_TRUTH_TESTS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",), cst.Assert: ("test",),
+                cst.BooleanOperation: ("left", "right"), cst.UnaryOperation: ("expression",)}
+_ORDERING = (cst.LessThan, cst.LessThanEqual, cst.GreaterThan, cst.GreaterThanEqual, cst.Equal, cst.NotEqual)
 # `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
 LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
 LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
@@ -37,6 +42,7 @@ class ModuleRewrite(CallRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
     TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "apply", "modules",
                                "named_modules", "named_apply", "trunc_normal_", "lecun_normal_",
+                               *module_queries.MODULE_ITERATORS, *module_queries.PARAMETER_ITERATORS,
                                *LAYER_PARAMETER_NAMES})
 
     def __init__(self, ctx) -> None:
@@ -47,11 +53,33 @@ class ModuleRewrite(CallRewrite):
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
         self._training_classes: set[str] = set()  # module classes that read self.training
         self._training_stores: set[int] = set()
+        # module and parameter queries (porter/convert/module_queries.py)
+        self._queries: dict[int, tuple[str, cst.CSTNode]] = {}  # id of `R.modules()` -> (method, its loop)
+        self._query_type_tests: set[int] = set()  # class expressions of isinstance tests on a query's variable
+        self._order_free: set[int] = set()  # generators whose consumer ignores order (sum, any)
+        self._parameter_loops: dict[int, str] = {}  # id of `for p in R.parameters()` (CompFor) -> p
+        self._unpacked_loops: set[int] = set()  # `for m in R.modules()` (For, CompFor): `for _, m in ...` will do
+        # buffers and parameters as arrays: `if not self.initted:`, `self.initted.data.copy_(v)`
+        self._buffer_tests: set[int] = set()  # `self.<buffer>` nodes whose truth is tested
+        self._variable_reads: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`), given to einops: an array
+        self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
         if self.module_class:
             self._note_training_context(node)
+        if self.module_class and (type(node) in _TRUTH_TESTS or type(node) is cst.Comparison):
+            self._note_buffer_tests(node)
+        if self.module_class and type(node) is cst.Expr:
+            self._note_buffer_write(node.value)
+        if type(node) is cst.Call:
+            if self.module_class:
+                self._note_einops_arguments(node)
+            generator = module_queries.order_free(node)
+            if generator is not None:
+                self._order_free.add(id(generator))
+        elif type(node) in module_queries.COMPREHENSIONS or type(node) is cst.For:
+            self._note_query(node)
         if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
             methods = self.ctx.init_methods.get(node.name.value, set())
             self._init_statements |= {id(s) for s in node.body.body
@@ -64,6 +92,8 @@ class ModuleRewrite(CallRewrite):
 
     def on_leave(self, original_node, updated_node):
         updated_node = super().on_leave(original_node, updated_node)
+        if type(original_node) is cst.For and type(updated_node) is cst.For:  # (the training pass's leave_For is its own)
+            updated_node = self._unpack_query(original_node, updated_node)
         if id(original_node) in self._not_training and m.matches(updated_node.expression, m.UnaryOperation(m.Not())):
             return updated_node.expression.expression.with_changes(lpar=original_node.lpar, rpar=original_node.rpar)
         if id(original_node) not in self._init_statements:
@@ -79,6 +109,136 @@ class ModuleRewrite(CallRewrite):
                     "initialisation by hand to train from scratch")
         self.record("weight-init", original_node, cst.Pass())
         return cst.RemoveFromParent()
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        if id(original_node) in self._buffer_writes:
+            return updated_node  # leave_Expr makes it an item assignment
+        if id(original_node) in self._queries:
+            method, loop = self._queries.pop(id(original_node))
+            new = module_queries.replacement(method, updated_node.func.value, self.ctx)
+            for warning in module_queries.warnings(method, loop, id(loop) not in self._order_free):
+                self.report("PT005", original_node, f"{code_of(original_node.func)}(): {warning}")
+            self.record(f"module-{method}", original_node, new)
+            return new
+        return super().leave_Call(original_node, updated_node)
+
+    def leave_CompFor(self, original_node: cst.CompFor, updated_node: cst.CompFor) -> cst.CompFor:
+        """`if p.requires_grad` on a parameter query goes: every flax Param is trained."""
+        updated_node = self._unpack_query(original_node, updated_node)
+        variable = self._parameter_loops.pop(id(original_node), None)
+        if variable is None:
+            return updated_node
+        ifs = [i for i in updated_node.ifs if not module_queries.requires_grad_test(i.test, variable)]
+        return updated_node.with_changes(ifs=ifs)
+
+    def _unpack_query(self, original, updated):
+        """`for m in (m for _, m in nnx.iter_modules(self))` -> `for _, m in nnx.iter_modules(self)`."""
+        if id(original) not in self._unpacked_loops or not isinstance(updated.iter, cst.GeneratorExp):
+            return updated
+        self._unpacked_loops.discard(id(original))
+        inner = updated.iter.for_in
+        return updated.with_changes(target=inner.target.with_changes(lpar=[], rpar=[]).deep_replace(
+            inner.target.elements[1].value, updated.target), iter=inner.iter)
+
+    def _convert_reference(self, original, updated) -> cst.BaseExpression:
+        """`isinstance(m, nn.Linear)` on a module query's variable: the class porter builds for nn.Linear."""
+        if id(original) not in self._query_type_tests or id(original) in self._inner:
+            return super()._convert_reference(original, updated)
+        qualified = self.ctx.qualified_name(original)
+        if not qualified or qualified.split(".")[0] != "torch":
+            return updated  # a module class of this code: the converted class has its name
+        converted = module_queries.converted_class(qualified, self.ctx)
+        if converted is None:
+            self.report("PT006", original, f"isinstance test against {qualified}: no one class of the converted "
+                                           "code stands for it (several torch layers convert to the same class, or "
+                                           "it converts to a function); left unchanged")
+            return updated
+        new = expr(converted)
+        self.record("module-isinstance", original, new)
+        return new
+
+    def _note_query(self, loop: cst.CSTNode) -> None:
+        """`for m in self.modules()` / `[... for p in model.parameters() ...]`: the query is rewritten in
+        leave_Call, isinstance tests on its variable in _convert_reference."""
+        comprehension = type(loop) is not cst.For
+        if not comprehension and self._initialises(loop):
+            return  # weight initialisation mixed with other work: kept whole, its init calls reported
+        for_in = loop.for_in if comprehension else loop
+        method = module_queries.query(for_in.iter, self.module_class is not None,
+                                      comprehension and id(loop) in self._order_free)
+        if method is None:
+            return
+        self._queries[id(for_in.iter)] = (method, loop)
+        variable = module_queries.loop_variable(for_in.target, method)
+        if variable is None:
+            return
+        if method in ("modules", "children") and isinstance(for_in.target, cst.Name) \
+                and not m.findall(loop, m.Name("_")):
+            self._unpacked_loops.add(id(for_in))
+        if method in module_queries.PARAMETER_ITERATORS:
+            self._parameter_loops[id(for_in)] = variable
+        else:
+            self._query_type_tests |= module_queries.type_tests(loop, variable)
+
+    def _note_buffer_tests(self, node: cst.CSTNode) -> None:
+        """`if self.initted:`, `not self.initted`, `self.initted and ...`: an nnx Variable has no truth value."""
+        if type(node) is cst.Comparison:  # `self.calls > 5`: an nnx Variable has no ordering either
+            if all(isinstance(c.operator, _ORDERING) for c in node.comparisons):
+                operands = [node.left, *(c.comparator for c in node.comparisons)]
+                self._variable_reads |= {id(o) for o in operands if self._is_buffer(o)}
+            return
+        if type(node) is cst.UnaryOperation and not isinstance(node.operator, cst.Not):
+            return
+        for child in _TRUTH_TESTS[type(node)]:
+            value = getattr(node, child)
+            if self._is_buffer(value):
+                self._buffer_tests.add(id(value))
+
+    def _note_einops_arguments(self, call: cst.Call) -> None:
+        """`repeat(self.latents, 'n d -> b n d', b=b)`: einops takes the array, not the nnx Variable."""
+        head = call.func.value if isinstance(call.func, cst.Attribute) else call.func
+        if isinstance(head, cst.Name) and head.value in self.ctx.einops_names:
+            self._variable_reads |= {id(a.value) for a in call.args if self._is_buffer(a.value)}
+
+    def _is_buffer(self, node: cst.BaseExpression) -> bool:
+        return m.matches(node, m.Attribute(value=m.Name("self"))) and node.attr.value in self._buffers()
+
+    def _read_variable(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        new = cst.Subscript(updated.with_changes(lpar=[], rpar=[]), [cst.SubscriptElement(cst.Index(cst.Ellipsis()))],
+                            lpar=updated.lpar, rpar=updated.rpar)
+        if self.method not in (None, "__init__") and id(original) in self._buffer_tests:
+            self.report("PT005", original, f"the truth of {code_of(original)} (an array) is read in Python: this runs "
+                                           "eagerly, and fails under jax.jit (a traced value has no truth); "
+                                           "branch with jnp.where or jax.lax.cond to jit it")
+        self.record("module-buffer-truth", original, new)
+        return new
+
+    def _note_buffer_write(self, value: cst.BaseExpression) -> None:
+        """`self.initted.data.copy_(v)`, `self.initted.fill_(True)`, `self.count.zero_()` as a statement."""
+        if not m.matches(value, m.Call(func=m.Attribute(attr=m.Name("copy_") | m.Name("fill_") | m.Name("zero_")))):
+            return
+        target = value.func.value
+        if m.matches(target, m.Attribute(attr=m.Name("data"))):
+            target = target.value
+        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers() \
+                and len(value.args) == (0 if value.func.attr.value == "zero_" else 1) \
+                and not any(a.keyword or a.star for a in value.args):
+            self._buffer_writes[id(value)] = target.attr.value
+
+    def _write_buffer(self, original: cst.Expr, updated: cst.Expr) -> cst.BaseSmallStatement:
+        """-> `self.initted[...] = v` (an nnx Variable's item assignment broadcasts and casts as copy_ does)."""
+        name = self._buffer_writes.pop(id(original.value))
+        call = updated.value
+        value = call.args[0].value if call.args else cst.Integer("0")
+        target = cst.Subscript(cst.Attribute(cst.Name("self"), cst.Name(name)),
+                               [cst.SubscriptElement(cst.Index(cst.Ellipsis()))])
+        new = cst.Assign([cst.AssignTarget(target)], value)
+        self.record("module-buffer-write", original, new)
+        return new
+
+    def _initialises(self, loop: cst.For) -> bool:
+        methods = self.ctx.init_methods.get(self.module_class, set()) if self.module_class else set()
+        return any(is_init_statement(s, self.ctx, methods) for s in m.findall(loop.body, m.SimpleStatementLine()))
 
     def visit_Call(self, node: cst.Call) -> None:
         """Marks `self.training` in arguments a rule consumes (F.dropout's training=...)."""
@@ -144,11 +304,15 @@ class ModuleRewrite(CallRewrite):
         return updated_node
 
     def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr):
+        if id(original_node.value) in self._buffer_writes:
+            return self._write_buffer(original_node, updated_node)
         if self.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
             return self._register_buffer(original_node, updated_node)
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
+            return self._read_variable(original_node, updated_node)
         parameter = self._layer_parameter(original_node)
         if parameter is not None:
             return self._read_layer_parameter(original_node, *parameter)
@@ -332,11 +496,44 @@ class ModuleRewrite(CallRewrite):
         for i, item in enumerate(body):
             if isinstance(item, cst.FunctionDef) and item.name.value == "__init__":
                 extra = [cst.parse_statement(s) for s in statements]
-                kept = [s for s in item.body.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))]
-                body[i] = item.with_changes(body=item.body.with_changes(body=[*kept, *extra]))
+                block = item.body.visit(_BeforeReturns(extra))  # an early return skips the end
+                kept = [s for s in block.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))]
+                body[i] = item.with_changes(body=block.with_changes(body=[*kept, *extra]))
                 return node.with_changes(body=node.body.with_changes(body=body))
         self.ctx.report("PT006", 0, 0, f"class {name} needs {statements} in an __init__ it does not define")
         return node
+
+
+class _BeforeReturns(cst.CSTTransformer):
+    """Puts `extra` before each return of a constructor's body (`if not affine: return`), not of
+    functions defined in it."""
+
+    def __init__(self, extra: list[cst.BaseStatement]) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def visit_FunctionDef(self, node) -> bool:
+        return False
+
+    def visit_ClassDef(self, node) -> bool:
+        return False
+
+    def leave_IndentedBlock(self, original_node, updated_node):
+        body = []
+        for statement in updated_node.body:
+            if _returns(statement):
+                body.extend(self.extra)
+            body.append(statement)
+        return updated_node.with_changes(body=body)
+
+    def leave_SimpleStatementSuite(self, original_node, updated_node):  # `if not affine: return`
+        if not any(isinstance(s, cst.Return) for s in updated_node.body):
+            return updated_node
+        return cst.IndentedBlock([*self.extra, cst.SimpleStatementLine(updated_node.body)])
+
+
+def _returns(statement: cst.BaseStatement) -> bool:
+    return isinstance(statement, cst.SimpleStatementLine) and any(isinstance(s, cst.Return) for s in statement.body)
 
 
 def _with_rngs(params: cst.Parameters) -> cst.Parameters:
