@@ -23,6 +23,7 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
+from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import traverse
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
@@ -115,6 +116,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     rewrite = DistributedRewrite(ctx)
     rewrite.attach(index)
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite)) if fast else module.visit(rewrite)
+    rewritten = seed_global_rngs(rewritten, ctx)
     code = StatementCode(index if fast else None)
     final = rewritten.visit(FinalizeImports(ctx, code, helpers_after_new_imports=notebook))
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
