@@ -190,3 +190,19 @@ def test_a_drawing_function_called_inside_a_train_step_is_an_error():
     errors = [d for d in conversion.diagnostics if d.code == "PT042"]
     assert len(errors) == 1 and errors[0].severity.value == "error" and "jitter()" in errors[0].message
     assert errors[0].line == source.splitlines().index("for step in range(3):") + 1
+
+
+def test_in_a_notebook_the_rngs_is_defined_in_the_cell_that_imports_torch():
+    import json
+
+    from porter.convert.notebook import convert_notebook
+
+    sources = ["import numpy as np\nx = 1\n", "import torch\n\ndef f():\n    return torch.rand(2)\n",
+               "torch.manual_seed(3)\nfirst = f()\ntorch.manual_seed(3)\nsecond = f()\n"]
+    cells = [{"cell_type": "code", "source": s, "metadata": {}, "outputs": [], "execution_count": None}
+             for s in sources]
+    converted = convert_notebook(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    namespace: dict = {}
+    for cell in json.loads(converted.code)["cells"]:
+        exec("".join(cell["source"]), namespace)  # cell by cell, as a kernel runs them
+    assert np.array_equal(namespace["first"], namespace["second"]) and namespace["first"].shape == (2,)

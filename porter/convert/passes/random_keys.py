@@ -15,7 +15,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import ConversionContext, code_of
-from porter.convert.passes.imports import _after_imports
+from porter.convert.passes.imports import _after_imports, _is_import, _torch_bindings_of
 
 SEEDING = ("torch.manual_seed", "torch.random.manual_seed")
 
@@ -56,9 +56,23 @@ def seed_global_rngs(module: cst.Module, ctx: ConversionContext) -> cst.Module:
         body.extend(new.nodes if isinstance(new, cst.FlattenSentinel) else [new])
     definition = cst.parse_statement(f"{ctx.global_rngs} = nnx.Rngs(0)  # torch's global generator: the keys of "
                                      "the draws outside modules\n")
-    body.insert(_after_imports(body), definition.with_changes(leading_lines=[cst.EmptyLine()]))
+    at = _definition_index(body)
+    if at < len(body) and isinstance(body[at], (cst.FunctionDef, cst.ClassDef)) and len(body[at].leading_lines) < 2:
+        body[at] = body[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+    body.insert(at, definition.with_changes(leading_lines=[cst.EmptyLine()]))
     _report_draws_in_steps(ctx)
     return module.with_changes(body=body)
+
+
+def _definition_index(body: list) -> int:
+    """After the import block holding the first torch import (where porter's imports of nnx go: in a
+    notebook, a later cell than the first may import torch), else after the leading imports."""
+    first = next((i for i, statement in enumerate(body) if _torch_bindings_of(statement)), None)
+    if first is None:
+        return _after_imports(body)
+    while first < len(body) and _is_import(body[first]):
+        first += 1
+    return first
 
 
 def _report_draws_in_steps(ctx: ConversionContext) -> None:
