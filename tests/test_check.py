@@ -178,6 +178,21 @@ def test_a_model_that_jits_has_passing_jit_rows():
     assert no_jit.passed and not [r for r in no_jit.rows if r.kind == "jit"]
 
 
+def test_jit_outputs_as_close_to_torch_as_the_eager_ones_pass():
+    """Where rounding decides an output, compiled and eager differ by more than the tolerance although both
+    are as close to torch's: that is no jit failure. An output only the compiled run gets wrong is one."""
+    from porter.check.equivalence import _jit_outputs_row
+
+    reference = np.linspace(-1, 1, 8).astype(np.float32)
+    noise = np.full(8, 1e-3, np.float32)
+    rounding = _jit_outputs_row({"output": reference + noise}, {"output": reference - noise},
+                                {"output": reference}, 1e-5, 1e-12)
+    assert rounding.ok and "as close to torch as the eager run" in rounding.note
+    wrong = _jit_outputs_row({"output": reference + noise}, {"output": reference + 100 * noise},
+                             {"output": reference}, 1e-5, 1e-12)
+    assert not wrong.ok and "differs from the eager run" in wrong.note
+
+
 def test_metric_is_normwise():
     ref = np.array([100.0, 1e-6, -3.0], np.float32)
     near = ref + np.array([1e-4, 1e-4, 0], np.float32)  # 100x off elementwise at 1e-6, 1e-6 norm-wise

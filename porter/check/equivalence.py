@@ -694,7 +694,8 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
     jit_at = len(report.rows)
 
     def jit_forward() -> Row:
-        return _jit_forward_row(flax_model, j_args, j_kwargs, flax_leaves, report.output_rtol, report.output_atol)
+        return _jit_forward_row(flax_model, j_args, j_kwargs, flax_leaves, dict(torch_leaves), report.output_rtol,
+                                report.output_atol)
 
     differentiated = grads and same_structure and bool(cotangents)
     if jit and not differentiated:
@@ -764,7 +765,7 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
     grads_out = None
     if jit:
         grads_out = _jitted_gradients(report, jit_at, jax.grad(loss_and_outputs, argnums=(0, 1), has_aux=True),
-                                      grad_args, flax_leaves, jit_forward)
+                                      grad_args, flax_leaves, dict(torch_leaves), jit_forward)
         if grads_out is not None:
             notes.append("gradients: torch autograd; flax jax.jit(jax.grad(loss)) over nnx.split/nnx.merge")
     if grads_out is None:
@@ -796,7 +797,8 @@ JIT_FORWARD = "forward under jax.jit"
 JIT_GRADIENTS = "gradients under jax.jit(jax.grad)"
 
 
-def _jitted_gradients(report: EquivalenceReport, at: int, grad_fn, grad_args, eager: dict[str, Any], jit_forward):
+def _jitted_gradients(report: EquivalenceReport, at: int, grad_fn, grad_args, eager: dict[str, Any],
+                      torch_outputs: dict[str, Any], jit_forward):
     """Gradients under jax.jit(jax.grad), the outputs as their aux: one compilation gives the compiled
     forward's row (its outputs against the eager run's) and the gradients' row, inserted at `at`. When it
     raises, the forward alone under jit says which of the two fails. None when the gradients must be eager."""
@@ -809,15 +811,15 @@ def _jitted_gradients(report: EquivalenceReport, at: int, grad_fn, grad_args, ea
         report.rows[at:at] = rows
         report.jit_ok = False
         return None
-    forward = _jit_outputs_row(eager, dict(outputs), report.output_rtol, report.output_atol)
+    forward = _jit_outputs_row(eager, dict(outputs), torch_outputs, report.output_rtol, report.output_atol)
     report.rows[at:at] = [forward, Row("jit", JIT_GRADIENTS, None, 0.0, 0.0, True, "ran: its gradients are the "
                                                                                    "ones compared below")]
     report.jit_ok = forward.ok
     return grads_out
 
 
-def _jit_forward_row(flax_model: nnx.Module, args: list, kwargs: dict, eager: dict[str, Any], rtol: float,
-                     atol: float) -> Row:
+def _jit_forward_row(flax_model: nnx.Module, args: list, kwargs: dict, eager: dict[str, Any],
+                     torch_outputs: dict[str, Any], rtol: float, atol: float) -> Row:
     """The forward alone under jax.jit over nnx.split/nnx.merge (a copy: the model's own state is left as
     the eager run left it), its outputs against the eager run's."""
     graphdef, state = nnx.split(flax_model)
@@ -829,19 +831,29 @@ def _jit_forward_row(flax_model: nnx.Module, args: list, kwargs: dict, eager: di
         jitted = dict(_flatten(jax.jit(forward)(state, args, kwargs)))
     except Exception as exc:
         return _failed_row("jit", JIT_FORWARD, exc, "runs eagerly only: the other rows are eager figures")
-    return _jit_outputs_row(eager, jitted, rtol, atol)
+    return _jit_outputs_row(eager, jitted, torch_outputs, rtol, atol)
 
 
-def _jit_outputs_row(eager: dict[str, Any], jitted: dict[str, Any], rtol: float, atol: float) -> Row:
-    """One row for the compiled outputs against the eager ones: the worst output."""
+def _jit_outputs_row(eager: dict[str, Any], jitted: dict[str, Any], torch_outputs: dict[str, Any], rtol: float,
+                     atol: float) -> Row:
+    """One row for the compiled outputs against the eager ones: the worst output. An output out of tolerance
+    still passes when it is as close to torch's as the eager one (up to LOWP_FACTOR): where rounding decides
+    the output (an ill-conditioned model), compiled and eager round differently, and neither is wrong."""
     if set(jitted) != set(eager):
         return Row("jit", JIT_FORWARD, None, float("inf"), float("inf"), False,
                    "outputs differ in structure from the eager run's")
     rows = [compare("jit", name, value, jitted[name], rtol, atol) for name, value in eager.items()]
+    for row in rows:
+        if not row.ok and row.rel == row.rel and row.name in torch_outputs:
+            reference = torch_outputs[row.name]
+            e_eager = compare("", "", reference, eager[row.name], 0.0, 0.0).rel
+            e_jit = compare("", "", reference, jitted[row.name], 0.0, 0.0).rel
+            if e_jit <= max(rtol, LOWP_FACTOR * e_eager):
+                row.ok, row.note = True, f"as close to torch as the eager run: jit {e_jit:.3g}, eager {e_eager:.3g}"
     worst = max(rows, key=lambda r: (not r.ok, r.rel if r.rel == r.rel else float("inf")), default=None)
     if worst is None:
         return Row("jit", JIT_FORWARD, None, 0.0, 0.0, True, "no output")
-    note = f"as the eager run ({len(rows)} outputs)" if worst.ok else \
+    note = next((r.note for r in rows if r.note), f"as the eager run ({len(rows)} outputs)") if worst.ok else \
         f"{worst.name} differs from the eager run{': ' + worst.note if worst.note else ''}"
     return Row("jit", JIT_FORWARD, worst.shape, worst.max_abs, worst.rel, worst.ok, note, worst.scale)
 
