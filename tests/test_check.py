@@ -110,6 +110,89 @@ def test_converted_model_error_is_reported():
         check_equivalence(torch_net(), Broken(rngs=nnx.Rngs(0)), M.net_input())
 
 
+class TBranch(torch.nn.Module):
+    """A model whose forward takes a Python branch on its input's values (fine in torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+class FBranch(nnx.Module):
+    """Its conversion as porter would write it: eagerly right, under jax.jit a traced `if`."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+class FStraight(FBranch):
+    def __call__(self, x):
+        return self.fc(x)
+
+
+class FDevice(FBranch):
+    def __call__(self, x):
+        device = x.device  # a concrete array has a device, a tracer (jit or grad) has none
+        return self.fc(x) if device is not None else None
+
+
+def branch_input():
+    return np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32) + 1.0  # sum > 0
+
+
+def test_model_failing_under_jit_is_a_failed_row_and_the_eager_rows_are_still_compared():
+    report = check_equivalence(TBranch(), FBranch(rngs=nnx.Rngs(0)), branch_input())
+    row = report.row("forward under jax.jit", "jit")
+    assert not row.ok and "TracerBoolConversionError" in row.note
+    assert f"{Path(__file__).name}:{FBranch.__call__.__code__.co_firstlineno + 1}" in row.note  # the `if`
+    eager = [r for r in report.rows if r.kind != "jit"]
+    assert {r.kind for r in eager} == {"output", "grad input", "grad param"} and all(r.ok for r in eager)
+    assert not report.passed and report.jit_ok is False
+    text = report.format()
+    assert "forward under jax.jit" in text and "TracerBoolConversionError" in text
+    assert text.splitlines()[-1].startswith("FAIL: the converted model runs eagerly but fails forward under jax.jit")
+
+
+def test_a_tracer_device_read_fails_the_jit_row_and_the_gradient_row_not_the_check():
+    report = check_equivalence(TBranch(), FDevice(rngs=nnx.Rngs(0)), branch_input())
+    jit, grad = report.row("forward under jax.jit", "jit"), report.row("gradients under jax.grad (eager)", "grad")
+    assert not jit.ok and "AttributeError" in jit.note and "device" in jit.note
+    assert not grad.ok and "AttributeError" in grad.note
+    assert report.row("output", "output").ok and not report.passed
+
+
+def test_a_model_that_jits_has_passing_jit_rows():
+    report = check_equivalence(TBranch(), FStraight(rngs=nnx.Rngs(0)), branch_input())
+    assert report.passed, report.format()
+    assert report.row("forward under jax.jit", "jit").ok and report.row("gradients under jax.jit(jax.grad)").ok
+    assert report.jit_ok is True and report.format().splitlines()[-1].endswith("and under jax.jit")
+    no_jit = check_equivalence(TBranch(), FBranch(rngs=nnx.Rngs(0)), branch_input(), jit=False)
+    assert no_jit.passed and not [r for r in no_jit.rows if r.kind == "jit"]
+
+
+def test_jit_outputs_as_close_to_torch_as_the_eager_ones_pass():
+    """Where rounding decides an output, compiled and eager differ by more than the tolerance although both
+    are as close to torch's: that is no jit failure. An output only the compiled run gets wrong is one."""
+    from porter.check.equivalence import _jit_outputs_row
+
+    reference = np.linspace(-1, 1, 8).astype(np.float32)
+    noise = np.full(8, 1e-3, np.float32)
+    rounding = _jit_outputs_row({"output": reference + noise}, {"output": reference - noise},
+                                {"output": reference}, 1e-5, 1e-12)
+    assert rounding.ok and "as close to torch as the eager run" in rounding.note
+    wrong = _jit_outputs_row({"output": reference + noise}, {"output": reference + 100 * noise},
+                             {"output": reference}, 1e-5, 1e-12)
+    assert not wrong.ok and "differs from the eager run" in wrong.note
+
+
 def test_metric_is_normwise():
     ref = np.array([100.0, 1e-6, -3.0], np.float32)
     near = ref + np.array([1e-4, 1e-4, 0], np.float32)  # 100x off elementwise at 1e-6, 1e-6 norm-wise
@@ -184,6 +267,23 @@ def test_check_cli_fail(mlp_files, capsys):
                      "--input-shape", "4,8", "--seed", "1")
     out = capsys.readouterr().out
     assert code == 1 and "FAIL" in out.splitlines()[-1]
+
+
+def test_check_cli_shows_the_jit_row(tmp_path, capsys):
+    (tmp_path / "orig.py").write_text("import torch\n\n\n" + _source(TBranch))
+    (tmp_path / "conv.py").write_text("import jax\nfrom flax import nnx\n\n\n" + _source(FBranch))
+    code = run_check(f"{tmp_path / 'orig.py'}:TBranch", f"{tmp_path / 'conv.py'}:FBranch", "--input-shape", "2,4",
+                     "--layers", "none")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    line = next(line for line in out.splitlines() if "forward under jax.jit" in line)
+    assert "FAIL" in line and "TracerBoolConversionError" in line and "conv.py:" in line
+    assert "output" in out and out.splitlines()[-1].startswith("FAIL: the converted model runs eagerly")
+
+
+def _source(cls) -> str:
+    import inspect
+    return inspect.getsource(cls)
 
 
 def test_check_cli_token_ids(capsys):

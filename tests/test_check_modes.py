@@ -383,9 +383,9 @@ def test_seeded_runs_are_identical():
     assert once() == once()
 
 
-def test_jit_failure_is_a_warning():
-    """Code that runs eagerly but not under jax.jit (a traced reduce_window init value, as the
-    max-pool helper once had) is named in a warning; the eager figures are still compared."""
+def test_jit_failure_is_a_failed_row():
+    """Code that runs eagerly but whose gradient fails under jax.jit (a traced reduce_window init value, as
+    the max-pool helper once had) fails the check in a row of its own; the eager figures are still compared."""
 
     class TPool(nn.Module):
         def forward(self, x):
@@ -406,5 +406,9 @@ def test_jit_failure_is_a_warning():
 
     x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
     report = check_equivalence(TPool(), FPool(rngs=nnx.Rngs(0)), x)
-    assert report.passed and report.jit_ok is False
-    assert "fails under jax.jit(jax.grad(loss))" in report.format()
+    assert not report.passed and report.jit_ok is False
+    assert report.row("forward under jax.jit", "jit").ok
+    row = report.row("gradients under jax.jit(jax.grad)", "jit")
+    assert not row.ok and "test_check_modes.py:" in row.note
+    assert all(r.ok for r in report.rows if r.kind != "jit") and report.row("w", "grad param").ok
+    assert "gradients: torch autograd; flax jax.grad(loss), eagerly" in report.notes

@@ -50,10 +50,12 @@ def test_process_group_ranks_and_environment():
         dist.destroy_process_group()
     """)
     code = conversion.code
-    assert "local_rank = 0\n" in code
-    assert "rank = jax.process_index()\n" in code
-    assert "size = str(jax.device_count())\n" in code
-    assert "local = jax.local_device_count()\n" in code
+    # reads with a default stay (a single process sees the default, as torch's does); a subscript, which
+    # raises without a launcher, falls back to JAX's value
+    assert 'local_rank = int(os.environ.get("LOCAL_RANK", 0))\n' in code
+    assert 'rank = int(os.environ.get("RANK", "0"))\n' in code
+    assert 'size = os.environ.get("WORLD_SIZE", str(jax.device_count()))\n' in code
+    assert 'local = int(os.getenv("LOCAL_WORLD_SIZE", 1))\n' in code
     assert 'mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))' in code
     assert "jax.set_mesh(mesh)" in code and "set_device" not in code
     assert "print(jax.process_index(), jax.device_count())" in code
@@ -61,7 +63,7 @@ def test_process_group_ranks_and_environment():
     assert "from jax.experimental import multihost_utils" in code and "import torch.distributed" not in code
     # the runtime starts before anything else touches JAX: right after the imports and helpers
     start = code.index("\ninitialize_distributed()")
-    assert start < code.index("local_rank = 0") and "def initialize_distributed" in code[:start]
+    assert start < code.index("local_rank = ") and "def initialize_distributed" in code[:start]
     assert not conversion.has_errors, codes(conversion)
 
 
@@ -219,7 +221,47 @@ def test_environment_writes_are_left_alone():
         dist.init_process_group("gloo")
     """)
     assert 'os.environ["RANK"] = str(rank)' in conversion.code and 'del os.environ["WORLD_SIZE"]' in conversion.code
-    assert "rank = jax.process_index()" in conversion.code
+    assert 'rank = int(os.environ.get("RANK", jax.process_index()))' in conversion.code
+
+
+ENVIRONMENT_READS = """
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    world = os.getenv('WORLD_SIZE', 1)
+    launched = 'RANK' in os.environ
+    rank = int(os.environ['RANK']) if 'RANK' in os.environ else None
+    local = os.environ['LOCAL_RANK'] if launched else None
+
+
+    def setup():
+        dist.init_process_group("gloo")
+"""
+READ_NAMES = ("ddp", "local_rank", "world", "launched", "rank", "local")
+
+
+def _values_of(code: str) -> tuple:
+    namespace: dict = {}
+    exec(compile(code, "<environment>", "exec"), namespace)
+    return tuple(namespace[name] for name in READ_NAMES)
+
+
+def test_environment_reads_keep_their_meaning(monkeypatch):
+    """nanoGPT's `ddp = int(os.environ.get('RANK', -1)) != -1` once became `jax.process_index() != -1`:
+    always True. Each read gives the original's value in a plain single process and under a launcher."""
+    source = HEADER + textwrap.dedent(ENVIRONMENT_READS)
+    conversion = convert(ENVIRONMENT_READS)
+    assert "def setup():" in conversion.code and "jax.make_mesh" in conversion.code  # the file was converted
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = _values_of(source)
+    assert plain == (False, 0, 1, False, None, None)
+    assert _values_of(conversion.code) == plain
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # WORLD_SIZE stays unset: initialize_distributed starts nothing
+    launched = _values_of(source)
+    assert launched == (True, 1, 1, True, 3, "1")
+    assert _values_of(conversion.code) == launched
+    assert not conversion.has_errors, codes(conversion)
 
 
 def test_emitted_helpers_use_only_imports_the_converter_adds():

@@ -59,7 +59,8 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
                         help="on a GPU, keep TF32 matmuls/convolutions on both sides (default: off on both); "
                              "default tolerances become float16's")
     parser.add_argument("--no-jit", action="store_true",
-                        help="do not also run the converted model's gradients under jax.jit")
+                        help="do not also run the converted model under jax.jit (by default its forward "
+                             "and gradients run compiled too, each a row, and a failure fails the check)")
     parser.add_argument("--layers", choices=("all", "first", "none"), default="all",
                         help="per-module comparison: the first diverging module and a table of all (all), the "
                              "first only (first), or none")

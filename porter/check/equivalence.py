@@ -18,16 +18,23 @@
 3. runs both on the same inputs (numpy arrays or torch tensors, positional and
    keyword; float inputs cast to `dtype`, integer inputs such as token ids kept
    integer) and compares every output array (a tensor, or tuples/lists/dicts of
-   them). With layers=True (default) every submodule's output is captured on
-   both sides (porter.check.layers) and compared in execution order: the first
-   module out of tolerance is the first divergence, reported with its path
-   and where both classes are defined and assigned;
+   them). The flax model runs eagerly, and (jit=True, default) once more under
+   `jax.jit` over nnx.split/merge: row kind "jit", "forward under jax.jit",
+   its outputs against the eager run's (output tolerance), or failed with the
+   exception, its first line and the innermost frame of the user's code (a
+   Python `if` on a traced value, a tracer's `.device`, boolean-mask
+   indexing). A failed jit row fails the check; every other row is still
+   computed, eagerly. With layers=True (default) every submodule's output is
+   captured on both sides (porter.check.layers) and compared in execution
+   order: the first module out of tolerance is the first divergence, reported
+   with its path and where both classes are defined and assigned;
 4. takes the gradient of loss = sum_i sum(output_i * c_i), where each
    cotangent c_i is drawn from numpy's default_rng(seed) (rounded to `dtype`),
    with respect to every float input and every torch parameter; the flax
    gradients, computed under `jax.jit(jax.grad(...))` over nnx.split/merge
-   as training will run them (eagerly, with a WARNING, when the converted code
-   does not run under jit), are mapped back to torch names and layouts (the
+   as training will run them (a row "gradients under jax.jit(jax.grad)";
+   eagerly when the forward or that fails, and a failed row kind "grad" when
+   even the eager jax.grad raises), are mapped back to torch names and layouts (the
    layout's to_torch) and compared, one row per parameter. A gradient that is
    zero in exact arithmetic (a bias in front of a train-mode batch norm) is
    rounding noise in both frameworks: such a row passes when max_abs <=
@@ -139,9 +146,12 @@ class ModelRunError(RuntimeError):
         super().__init__(f"the {side} model raised {type(exc).__name__}{' ' + where if where else ''}: {exc}")
 
 
+TRANSFORM_KINDS = ("jit", "grad")  # rows saying whether a run under a jax transform worked at all
+
+
 @dataclass
 class Row:
-    kind: str  # "output", "grad input", "grad param", "state", "layer"
+    kind: str  # "output", "grad input", "grad param", "state", "layer"; "jit", "grad" (TRANSFORM_KINDS)
     name: str
     shape: tuple[int, ...] | None
     max_abs: float
@@ -167,7 +177,7 @@ class EquivalenceReport:
     layers: layerlib.LayerReport | None = None
     layer_rows: str = "all"  # how format() shows the layer table: "all", "first", "none"
     warnings: list[str] = field(default_factory=list)
-    jit_ok: bool | None = None  # the gradients also ran under jax.jit (None: not tried)
+    jit_ok: bool | None = None  # the forward (and the gradients) also ran under jax.jit (None: not tried)
 
     @property
     def passed(self) -> bool:
@@ -204,17 +214,26 @@ class EquivalenceReport:
         if self.layers is not None and self.layer_rows != "none":
             lines += self.layers.format(limit=0 if self.layer_rows == "first" else None)
         lines += [f"WARNING: {w}" for w in self.warnings]
-        failed = len(self.failures)
+        arrays = [row for row in self.rows if row.kind not in TRANSFORM_KINDS]
+        failed = sum(not row.ok for row in arrays)
+        broken = [row.name for row in self.rows if row.kind in TRANSFORM_KINDS and not row.ok]
         if self.passed:
-            verdict = f"PASS: all {len(self.rows)} arrays within tolerance"
+            verdict = f"PASS: all {len(arrays)} arrays within tolerance"
+            if any(row.kind == "jit" for row in self.rows):
+                verdict += ", and under jax.jit"
             rounding = sum(row.note.startswith("float32 rounding") for row in self.rows)
             if rounding:
                 verdict += f" ({rounding} by the float64 verdict: float32 rounding decides them in torch too)"
             if self.layers is not None and self.layers.failures:
                 verdict += (f" (but {len(self.layers.failures)} module outputs differ: "
                             f"first {self.layers.first.row.label})")
+        elif broken and not failed:
+            verdict = f"FAIL: the converted model runs eagerly but fails {' and '.join(broken)} (see the row); " \
+                      f"all {len(arrays)} arrays within tolerance eagerly"
         elif self.rows:
-            verdict = f"FAIL: {failed} of {len(self.rows)} arrays out of tolerance"
+            verdict = f"FAIL: {failed} of {len(arrays)} arrays out of tolerance"
+            if broken:
+                verdict += f"; fails {' and '.join(broken)}"
             if self.first_divergence is not None:
                 verdict += f"; first diverging module: {self.first_divergence.row.label}"
         else:
@@ -670,6 +689,18 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
         if name not in torch_names:
             report.rows.append(Row("output", name, None, float("inf"), float("inf"), False,
                                    "only in the flax output"))
+    # the same forward compiled, as training and inference will run it, against the eager run: its rows go
+    # here, after the outputs; where gradients are taken, their compilation gives the compiled outputs too
+    jit_at = len(report.rows)
+
+    def jit_forward() -> Row:
+        return _jit_forward_row(flax_model, j_args, j_kwargs, flax_leaves, dict(torch_leaves), report.output_rtol,
+                                report.output_atol)
+
+    differentiated = grads and same_structure and bool(cotangents)
+    if jit and not differentiated:
+        report.rows.insert(jit_at, jit_forward())
+        report.jit_ok = report.rows[jit_at].ok
 
     # --- layers
     if layers:
@@ -703,12 +734,17 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
     float_keys = [k for k, a in arrays if _is_float(a)]
     graphdef, param_state, rest = nnx.split(flax_model, nnx.Param, ...)
 
-    def flax_loss(model, float_values):
+    def flax_outputs(model, float_values):
         values = dict(jax_items)
         values.update(zip(float_keys, float_values))
         args, kwargs = _split_args(list(values.items()))
-        out = dict(_flatten(model(*args, **kwargs)))
+        return dict(_flatten(model(*args, **kwargs)))
+
+    def cotangent_loss(out):
         return sum(jnp.sum(out[n].astype(jnp.float32) * c) for n, c in jax_cot.items())
+
+    def flax_loss(model, float_values):
+        return cotangent_loss(flax_outputs(model, float_values))
 
     def loss_fn(p, float_values, rest):
         # copy=True: merge would otherwise reuse rest's Variable objects (jax.grad passes a
@@ -716,27 +752,29 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
         # statistics into them from inside the trace, which nnx refuses.
         return flax_loss(nnx.merge(graphdef, p, rest, copy=True), float_values)
 
+    def loss_and_outputs(p, float_values, rest):
+        out = flax_outputs(nnx.merge(graphdef, p, rest, copy=True), float_values)
+        return cotangent_loss(out), out
+
     # Compiled, as training will run them (one compilation is also far cheaper than eager jax's
     # op-by-op dispatch). Code that runs eagerly but not under jit (a reduce_window whose init value
-    # jit cannot see as a constant has no reverse-mode rule) gets a warning and the eager figures.
+    # jit cannot see as a constant has no reverse-mode rule) fails the jit row and gets the eager figures;
+    # code whose gradient fails even eagerly (a tracer has no .device) fails a row of its own.
     grad_fn = jax.grad(loss_fn, argnums=(0, 1))
     grad_args = (param_state, [dict(jax_items)[k] for k in float_keys], rest)
     grads_out = None
     if jit:
-        try:
-            grads_out = jax.jit(grad_fn)(*grad_args)
-            report.jit_ok = True
+        grads_out = _jitted_gradients(report, jit_at, jax.grad(loss_and_outputs, argnums=(0, 1), has_aux=True),
+                                      grad_args, flax_leaves, dict(torch_leaves), jit_forward)
+        if grads_out is not None:
             notes.append("gradients: torch autograd; flax jax.jit(jax.grad(loss)) over nnx.split/nnx.merge")
-        except Exception as exc:
-            report.jit_ok = False
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            report.warnings.append(f"the converted model runs eagerly but fails under jax.jit(jax.grad(loss)): "
-                                   f"{type(exc).__name__}: {first} (gradients below computed eagerly)")
     if grads_out is None:
         try:
             grads_out = grad_fn(*grad_args)
         except Exception as exc:
-            raise ModelRunError("converted", exc) from exc
+            report.rows.append(_failed_row("grad", "gradients under jax.grad (eager)", exc,
+                                           "no gradient compared"))
+            return cotangents
         notes.append("gradients: torch autograd; flax jax.grad(loss), eagerly")
     param_grads, input_grads = grads_out
     torch_inputs = dict(torch_items)
@@ -753,6 +791,92 @@ def _run(report: EquivalenceReport, torch_model: Any, flax_model: nnx.Module, ar
         _train_steps(report, torch_model, flax_model, graphdef, param_state, param_grads, torch_items,
                      torch_loss, flax_loss, float_keys, jax_items, mapping, train_steps, lr)
     return cotangents
+
+
+JIT_FORWARD = "forward under jax.jit"
+JIT_GRADIENTS = "gradients under jax.jit(jax.grad)"
+
+
+def _jitted_gradients(report: EquivalenceReport, at: int, grad_fn, grad_args, eager: dict[str, Any],
+                      torch_outputs: dict[str, Any], jit_forward):
+    """Gradients under jax.jit(jax.grad), the outputs as their aux: one compilation gives the compiled
+    forward's row (its outputs against the eager run's) and the gradients' row, inserted at `at`. When it
+    raises, the forward alone under jit says which of the two fails. None when the gradients must be eager."""
+    try:
+        grads_out, outputs = jax.jit(grad_fn)(*grad_args)
+    except Exception as exc:
+        forward = jit_forward()
+        rows = [forward] if not forward.ok else \
+            [forward, _failed_row("jit", JIT_GRADIENTS, exc, "the gradients below are eager figures")]
+        report.rows[at:at] = rows
+        report.jit_ok = False
+        return None
+    forward = _jit_outputs_row(eager, dict(outputs), torch_outputs, report.output_rtol, report.output_atol)
+    report.rows[at:at] = [forward, Row("jit", JIT_GRADIENTS, None, 0.0, 0.0, True, "ran: its gradients are the "
+                                                                                   "ones compared below")]
+    report.jit_ok = forward.ok
+    return grads_out
+
+
+def _jit_forward_row(flax_model: nnx.Module, args: list, kwargs: dict, eager: dict[str, Any],
+                     torch_outputs: dict[str, Any], rtol: float, atol: float) -> Row:
+    """The forward alone under jax.jit over nnx.split/nnx.merge (a copy: the model's own state is left as
+    the eager run left it), its outputs against the eager run's."""
+    graphdef, state = nnx.split(flax_model)
+
+    def forward(state, args, kwargs):
+        return nnx.merge(graphdef, state, copy=True)(*args, **kwargs)
+
+    try:
+        jitted = dict(_flatten(jax.jit(forward)(state, args, kwargs)))
+    except Exception as exc:
+        return _failed_row("jit", JIT_FORWARD, exc, "runs eagerly only: the other rows are eager figures")
+    return _jit_outputs_row(eager, jitted, torch_outputs, rtol, atol)
+
+
+def _jit_outputs_row(eager: dict[str, Any], jitted: dict[str, Any], torch_outputs: dict[str, Any], rtol: float,
+                     atol: float) -> Row:
+    """One row for the compiled outputs against the eager ones: the worst output. An output out of tolerance
+    still passes when it is as close to torch's as the eager one (up to LOWP_FACTOR): where rounding decides
+    the output (an ill-conditioned model), compiled and eager round differently, and neither is wrong."""
+    if set(jitted) != set(eager):
+        return Row("jit", JIT_FORWARD, None, float("inf"), float("inf"), False,
+                   "outputs differ in structure from the eager run's")
+    rows = [compare("jit", name, value, jitted[name], rtol, atol) for name, value in eager.items()]
+    for row in rows:
+        if not row.ok and row.rel == row.rel and row.name in torch_outputs:
+            reference = torch_outputs[row.name]
+            e_eager = compare("", "", reference, eager[row.name], 0.0, 0.0).rel
+            e_jit = compare("", "", reference, jitted[row.name], 0.0, 0.0).rel
+            if e_jit <= max(rtol, LOWP_FACTOR * e_eager):
+                row.ok, row.note = True, f"as close to torch as the eager run: jit {e_jit:.3g}, eager {e_eager:.3g}"
+    worst = max(rows, key=lambda r: (not r.ok, r.rel if r.rel == r.rel else float("inf")), default=None)
+    if worst is None:
+        return Row("jit", JIT_FORWARD, None, 0.0, 0.0, True, "no output")
+    note = next((r.note for r in rows if r.note), f"as the eager run ({len(rows)} outputs)") if worst.ok else \
+        f"{worst.name} differs from the eager run{': ' + worst.note if worst.note else ''}"
+    return Row("jit", JIT_FORWARD, worst.shape, worst.max_abs, worst.rel, worst.ok, note, worst.scale)
+
+
+def _failed_row(kind: str, name: str, exc: BaseException, consequence: str) -> Row:
+    """A row for a run that raised: the exception's type, first line and innermost frame of the user's code."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    where = _user_frame(exc)
+    return Row(kind, name, None, float("nan"), float("nan"), False,
+               f"{type(exc).__name__}: {first}{f' (at {where})' if where else ''}; {consequence}")
+
+
+def _user_frame(exc: BaseException) -> str:
+    """file:line of the innermost traceback frame outside installed packages, the standard library and
+    this checker: where the converted code did what jit or grad cannot take."""
+    import sysconfig
+    import traceback
+    from pathlib import Path
+
+    skipped = (str(Path(__file__).parent), sysconfig.get_paths()["stdlib"], "site-packages", "dist-packages", "<frozen")
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(s in f.filename for s in skipped)]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 NOISE_EPS = 64  # gradients below this many eps of the largest gradient are rounding noise

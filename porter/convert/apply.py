@@ -39,6 +39,7 @@ class Site:
     rngs_in_scope: bool = False  # an `rngs: nnx.Rngs` argument is in scope (constructors, layer factories)
     method: str | None = None  # the owner class's method holding the call
     original: cst.Call | None = None  # the call as the user wrote it (before its arguments were converted)
+    function: str | None = None  # the top-level function holding the call, outside classes
 
 
 def bind(rule: Rule, call: cst.Call) -> dict[str, Value]:

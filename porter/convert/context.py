@@ -80,6 +80,13 @@ class ConversionContext:
     rngs_functions: set[str] = field(default_factory=set)
     # the argument of the last module-level torch.manual_seed(...) seen, seeding nnx.Rngs
     seed: str | None = None
+    # the module-level nnx.Rngs that random draws outside modules take their keys from (torch's global
+    # generator; porter/convert/passes/random_keys.py defines it and reseeds it where torch.manual_seed runs)
+    global_rngs: str | None = None
+    # top-level functions that draw from it, and the plain-name calls in the forward of each jitted train step
+    # (name, line, col of the loop): such a call cannot advance it from inside the step (PT042)
+    drawing_functions: set[str] = field(default_factory=set)
+    step_calls: list[tuple[str, int, int]] = field(default_factory=list)
     # names of the train_step functions the training pass emitted
     training_steps: list[str] = field(default_factory=list)
     # id of each torch.optim.X(...) call (the original node) -> the optimizer it builds
@@ -137,6 +144,11 @@ class ConversionContext:
         name = base if base not in taken else next(f"{base}{i}" for i in range(1, 1000) if f"{base}{i}" not in taken)
         statements.append(f"self.{name} = {source}")
         return name
+
+    def use_global_rngs(self) -> str:
+        """The name of the module-level nnx.Rngs for draws outside modules (defined once the file is rewritten)."""
+        self.global_rngs = self.global_rngs or "_rngs"
+        return self.global_rngs
 
     def need_helper(self, name: str) -> None:
         if name not in self.helpers:

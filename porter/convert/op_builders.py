@@ -619,7 +619,7 @@ def div(rule: Rule, site: Site) -> Application:
 
 # ---------------------------------------------------------------- creation and randomness
 def _key(site: Site) -> tuple[cst.BaseExpression, list[str], list[str]]:
-    """A PRNG key: the constructor's rngs, the module's stored Rngs, or a fixed key(0) (reported)."""
+    """A PRNG key: the constructor's rngs, the module's stored Rngs, or the file's module-level Rngs."""
     if site.rngs_in_scope:
         return expr("rngs.params()"), [], []
     if site.owner_class is not None and site.method is not None:
@@ -629,8 +629,13 @@ def _key(site: Site) -> tuple[cst.BaseExpression, list[str], list[str]]:
             or site.ctx.inject_attribute(site.owner_class, "rngs", "rngs")
         return expr(f"self.{name}()"), [f"self.{name} = rngs is added to __init__: random numbers come from "
                                         "its default stream, new ones on every call"], []
-    return expr("jax.random.key(0)"), ["random numbers outside a module use jax.random.key(0): the same "
-                                       "numbers on every run and call; thread a key through for fresh ones"], []
+    name = site.ctx.use_global_rngs()
+    if site.function is not None:
+        site.ctx.drawing_functions.add(site.function)
+    return expr(f"{name}()"), [f"random numbers outside a module take fresh keys from {name}, a module-level "
+                               "nnx.Rngs that stands for torch's global generator: seeded where torch.manual_seed "
+                               "is called in this file (from 0 until then, or if it never is); JAX's generator, "
+                               "not torch's numbers"], []
 
 
 def _size(values: list) -> cst.BaseExpression:

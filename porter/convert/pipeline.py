@@ -26,6 +26,7 @@ from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
+from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import output_gate, traverse
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
@@ -122,6 +123,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with
     # libcst's is tests/test_convert_properties.py's test_the_traversal_engine_visits_like_libcst
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite) if fast else None)
+    rewritten = seed_global_rngs(rewritten, ctx)
     statement_code = StatementCode(index if fast else None)
 
     def finish(tree: cst.Module) -> str:

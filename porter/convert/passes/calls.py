@@ -269,7 +269,8 @@ class CallRewrite(ScopedTransformer):
         rngs = self._rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,
-                    rngs_in_scope=rngs_in_scope, method=self.method, original=original)
+                    rngs_in_scope=rngs_in_scope, method=self.method, original=original,
+                    function=self.function_stack[0] if self.function_stack and not self.class_stack else None)
         try:
             result = apply_rule(rule, site)
         except Unsupported as exc:

@@ -27,8 +27,9 @@ on the global batch:
   sampler's permutation as the union of torch's per-GPU k-th batches;
 - `dist.all_reduce` of a metric goes (with a `/= world_size` right after it):
   the values are already global; `get_rank()` -> `jax.process_index()`,
-  `get_world_size()` -> `jax.device_count()`, LOCAL_RANK/RANK/WORLD_SIZE reads
-  likewise; `barrier()` -> `multihost_utils.sync_global_devices`;
+  `get_world_size()` -> `jax.device_count()`; reads of torchrun's LOCAL_RANK/RANK/
+  WORLD_SIZE stay reads (a single process sees their defaults, as the original
+  does), `os.environ["RANK"]` falls back to JAX's value; `barrier()` -> `multihost_utils.sync_global_devices`;
 - `torch.save` -> `save_checkpoint` (Orbax, written by every process: a save
   under a rank-0 test moves out of it); `X.state_dict()` -> `nnx.state(X, ...)`.
 
@@ -76,7 +77,10 @@ SIMPLE = {  # torch.distributed.X() -> expression, when called without arguments
     "destroy_process_group": "jax.distributed.shutdown()",
 }
 
-# environment variables torchrun sets -> (as an int, as a string)
+# environment variables torchrun sets -> JAX's value (as an int, as a string). A read stays a read: a
+# single process without a launcher sees what the original saw (`os.environ.get("RANK", -1)` is -1), and a
+# torchrun launch of the converted script sets them as initialize_distributed uses them. Only
+# `os.environ[X]`, which raises without a launcher, falls back to JAX's value.
 ENVIRONMENT = {
     "LOCAL_RANK": ("0", '"0"'),
     "RANK": ("jax.process_index()", "str(jax.process_index())"),
@@ -396,12 +400,11 @@ class DistributedRewrite(TrainingRewrite):
             return updated_node  # statements: leave_SimpleStatementLine
         if qualified.startswith(DIST):
             return self._dist_call(qualified, original_node, updated_node)
-        if m.matches(original_node.func, m.Name("int")) and original_node.args \
-                and id(original_node.args[0].value) in self.dist.int_env:
-            return updated_node.args[0].value  # the read already became an int expression
         name = self._env_name(original_node)
         if name:
-            return self._env(name, original_node)
+            self._report_env(name, original_node, "kept: a launcher sets it, a single process reads the default "
+                                                  "as the original does")
+            return updated_node
         if m.matches(updated_node.func, m.Attribute(value=m.Name(), attr=m.Name("state_dict"))) \
                 and not updated_node.args and updated_node.func.value.value in self._state_owners():
             owner = updated_node.func.value.value  # `ddp_model.module.state_dict()`: .module went already
@@ -452,17 +455,22 @@ class DistributedRewrite(TrainingRewrite):
         self.report("PT023", original, f"{hint}; left unchanged")
         return updated
 
-    def _env(self, name: str, original: cst.BaseExpression):
+    def _env(self, name: str, original: cst.Subscript):
+        """`os.environ["RANK"]` raises without a launcher: the read gets JAX's value as its default."""
         as_int, as_str = ENVIRONMENT[name]
-        new = expr(as_int if id(original) in self.dist.int_env else as_str)
+        default = as_int if id(original) in self.dist.int_env else as_str
+        new = expr(f"{code_of(original.value)}.get({code_of(original.slice[0].slice.value)}, {default})")
+        meaning = {"LOCAL_RANK": "one JAX process drives all of its host's devices, so its local rank is 0",
+                   "RANK": "the rank of a process is jax.process_index()",
+                   "WORLD_SIZE": "torchrun's world size counts devices (one process each): jax.device_count()",
+                   "LOCAL_WORLD_SIZE": "the devices of this host: jax.local_device_count()"}[name]
+        self._report_env(name, original, f"read where a launcher set it, else {default} ({meaning})")
+        return self._changed("dist-environment", original, new)
+
+    def _report_env(self, name: str, original: cst.BaseExpression, what: str) -> None:
         if name not in self.dist.reported_env:
             self.dist.reported_env.add(name)
-            meaning = {"LOCAL_RANK": "one JAX process drives all of its host's devices, so its local rank is 0",
-                       "RANK": "the rank of a process is jax.process_index()",
-                       "WORLD_SIZE": "torchrun's world size counts devices (one process each): jax.device_count()",
-                       "LOCAL_WORLD_SIZE": "the devices of this host: jax.local_device_count()"}[name]
-            self.report("PT020", original, f"{name} from torchrun's environment: {meaning}")
-        return self._changed("dist-environment", original, new)
+            self.report("PT020", original, f"{name} from torchrun's environment: {what}")
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
         self.dist.stores.add(id(node.target))  # `os.environ["RANK"] = ...` is a write: left alone

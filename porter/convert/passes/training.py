@@ -278,6 +278,7 @@ class TrainingRewrite(ModuleRewrite):
         if loop is None:
             return updated
         step_name = self._unique_step_name()
+        self._note_step_calls(original, loop)
         batch = self._batch_arguments(original, loop)
         outputs = self._outputs(loop)
         self._pending_steps.extend(self._train_step(step_name, loop, batch, outputs))
@@ -380,6 +381,7 @@ class TrainingRewrite(ModuleRewrite):
             return updated
         body = list(updated.body.body)
         names = self._accumulation_names()
+        self._note_step_calls(original, loop)
         batch = self._batch_arguments(original, loop)
         outputs = self._outputs(loop)
         self._pending_steps.extend(self._accumulation_steps(names, loop, batch, outputs))
@@ -430,17 +432,20 @@ class TrainingRewrite(ModuleRewrite):
         value = objective if objective.isidentifier() else "loss_value"
         aux = [o for o in outputs if o != objective]
         loss_fn = next(n for n in ("loss_fn", "compute_loss", "loss_of") if n not in set(names_in(*loop.forward).loaded))
+        rngs = self._threaded_rngs(loop)
+        differentiated = ", ".join([model, *rngs])
         if aux:
             returns = f"{objective}, ({', '.join(aux)},)"
-            unpack = f"({value}, ({', '.join(aux)},)), step_grads = nnx.value_and_grad({loss_fn}, has_aux=True)({model})"
+            unpack = f"({value}, ({', '.join(aux)},)), step_grads = nnx.value_and_grad({loss_fn}, has_aux=True)" \
+                     f"({differentiated})"
         else:
             returns = objective
-            unpack = f"{value}, step_grads = nnx.value_and_grad({loss_fn})({model})"
+            unpack = f"{value}, step_grads = nnx.value_and_grad({loss_fn})({differentiated})"
         results = [value if o == objective else o for o in outputs] or [value]
         accumulate = (
             f"@nnx.jit\n"
-            f"def {names.accumulate}({', '.join([model, names.grads, *batch])}):\n"
-            f"    def {loss_fn}({model}):\n"
+            f"def {names.accumulate}({', '.join([model, *rngs, names.grads, *batch])}):\n"
+            f"    def {loss_fn}({differentiated}):\n"
             f"{forward}"
             f"        return {returns}\n"
             f"\n"
@@ -453,7 +458,7 @@ class TrainingRewrite(ModuleRewrite):
             f"    {optimizer}.update({model}, {names.grads})\n"
         )
         setup = (
-            f"{names.accumulate}_fast = nnx.cached_partial({names.accumulate}, {model})\n"
+            f"{names.accumulate}_fast = nnx.cached_partial({names.accumulate}, {', '.join([model, *rngs])})\n"
             f"{names.apply}_fast = nnx.cached_partial({names.apply}, {model}, {optimizer})\n"
             f"{names.grads} = jax.tree.map(jnp.zeros_like, nnx.state({model}, nnx.Param))  # torch's .grad, summed\n"
         )
@@ -517,17 +522,20 @@ class TrainingRewrite(ModuleRewrite):
         # the forward may read a criterion called loss_fn (the DDP tutorial's): the inner function yields
         read = set(names_in(*loop.forward).loaded)
         loss_fn = next(n for n in ("loss_fn", "compute_loss", "loss_of") if n not in read)
+        rngs = self._threaded_rngs(loop)
+        differentiated = ", ".join([model, *rngs])
         if aux:
             returns = f"{objective}, ({', '.join(aux)},)"
-            unpack = f"({value}, ({', '.join(aux)},)), grads = nnx.value_and_grad({loss_fn}, has_aux=True)({model})"
+            unpack = f"({value}, ({', '.join(aux)},)), grads = nnx.value_and_grad({loss_fn}, has_aux=True)" \
+                     f"({differentiated})"
         else:
             returns = objective
-            unpack = f"{value}, grads = nnx.value_and_grad({loss_fn})({model})"
+            unpack = f"{value}, grads = nnx.value_and_grad({loss_fn})({differentiated})"
         results = [value if o == objective else o for o in outputs] or [value]
         source = (
             f"@nnx.jit\n"
-            f"def {name}({', '.join([model, optimizer, *batch])}):\n"
-            f"    def {loss_fn}({model}):\n"
+            f"def {name}({', '.join([model, optimizer, *rngs, *batch])}):\n"
+            f"    def {loss_fn}({differentiated}):\n"
             f"{forward}"
             f"        return {returns}\n"
             f"\n"
@@ -535,12 +543,27 @@ class TrainingRewrite(ModuleRewrite):
             f"    {optimizer}.update({model}, grads)\n"
             f"    return {', '.join(results)}\n"
         )
-        fast = f"{name}_fast = nnx.cached_partial({name}, {model}, {optimizer})  # skips nnx.jit's per-call graph walk\n"
+        fast = f"{name}_fast = nnx.cached_partial({name}, {', '.join([model, optimizer, *rngs])})  # skips nnx.jit's " \
+               "per-call graph walk\n"
         self.ctx.training_steps.append(name)
         top_level = not self.function_stack
         blank = [cst.EmptyLine()] * (2 if top_level else 1)
         return [cst.parse_statement(source).with_changes(leading_lines=blank),
                 cst.parse_statement(fast).with_changes(leading_lines=blank)]
+
+    def _threaded_rngs(self, loop: TrainingLoop) -> list[str]:
+        """[the file's module-level Rngs] when the forward draws from it: a jitted step cannot advance it from
+        inside (nnx: no mutation from another trace level), so the step and its loss function take it as an
+        argument, which nnx.jit and nnx.value_and_grad update in place."""
+        name = self.ctx.global_rngs
+        draws = name is not None and any(m.findall(s, m.Call(func=m.Name(name))) for s in loop.forward)
+        return [name] if draws else []
+
+    def _note_step_calls(self, original: cst.For, loop: TrainingLoop) -> None:
+        """The functions the jitted step's forward calls: one drawing from the module-level Rngs is PT042."""
+        line, col = self.position(original)
+        self.ctx.step_calls += [(call.func.value, line, col) for s in loop.forward
+                                for call in m.findall(s, m.Call(func=m.Name()))]
 
     def batch_argument(self, name: str) -> str:
         """How a batch variable is handed to the train step (a subclass may shard it)."""
