@@ -112,3 +112,11 @@ def test_a_reader_that_stops_early_ends_porter_quietly(tmp_path, command):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
+
+
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_check_and_bench_say_they_run_the_users_model_files(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    description = " ".join(capsys.readouterr().out.split())
+    assert "imports and runs both model files" in description and "code you trust" in description
