@@ -462,3 +462,13 @@ def test_the_text_scan_reads_imports_in_every_spelling(tmp_path):
     assert scan.defined == {"f", "K", "g"}
     assert scan.imports[:6] == [(1, "a", "X", "X"), (1, "a", "Y", "Z"), (2, "b.c", "P", "P"), (2, "b.c", "Q", "R"),
                                 (0, "pkg.d", "S", "S"), (1, "fake", "Nothing", "Nothing")]
+
+
+def test_the_report_gets_the_mode_the_umask_gives(project, tmp_path):
+    old = os.umask(0o027)
+    try:
+        main(["convert", str(project), "-o", str(tmp_path / "out")])
+    finally:
+        os.umask(old)
+    for name in ("porter_report.txt", "porter_report.json"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600

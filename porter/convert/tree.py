@@ -515,10 +515,18 @@ def write_bytes_atomically(path: Path, data: bytes, *, mode_from: Path | None = 
             f.write(data)
         if mode_from is not None:
             shutil.copymode(mode_from, tmp)
+        else:  # mkstemp's 0600 is no file's mode: what open() would have given
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def copy_atomically(source: Path, target: Path) -> None:
