@@ -46,7 +46,7 @@ def run() -> None:
 
     A reader that stops early (`porter ... | head -1`) closes stdout's pipe: the rest of the output
     goes to /dev/null and the exit code is 141 (128 + SIGPIPE, what a shell shows for a command a
-    closed pipe ended), with no traceback.
+    closed pipe ended), with no traceback. Ctrl-C likewise: `porter: interrupted`, exit code 130.
     """
     try:
         code = main()
@@ -55,6 +55,9 @@ def run() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is left in stdout's buffer goes nowhere, quietly
         code = 141  # 128 + SIGPIPE
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; every output is atomic, none is half-written
+        print("porter: interrupted", file=sys.stderr)
+        code = 130  # 128 + SIGINT
     sys.stderr.flush()
     os._exit(code)
 

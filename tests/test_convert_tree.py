@@ -472,3 +472,77 @@ def test_the_report_gets_the_mode_the_umask_gives(project, tmp_path):
         os.umask(old)
     for name in ("porter_report.txt", "porter_report.json"):
         assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
+# ---------------------------------------------------------------------------- nesting, crashed workers
+DEEP = "import torch\n\nx = " + "(" * 2000 + "torch.ones(2)" + ")" * 2000 + "\n"  # segfaults libcst's parser
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_nesting_too_deep_for_the_parser_is_pt034_and_the_rest_converts(project, tmp_path, jobs):
+    (project / "pkg" / "deep.py").write_text(DEEP)
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out), "-j", jobs]) == 1
+    report = json.loads((out / "porter_report.json").read_text())
+    deep = {f["relative"]: f for f in report["files"]}["pkg/deep.py"]
+    assert deep["status"] == "failed"
+    assert [(d["code"], d["line"], d["col"]) for d in deep["diagnostics"]] == [("PT034", 3, 205)]
+    assert "more than 200 nested brackets" in deep["diagnostics"][0]["message"]
+    assert not (out / "pkg" / "deep.py").exists() and (out / "pkg" / "model.py").exists()
+
+
+@pytest.mark.parametrize("source, where", [
+    ("x = " + "f(" * 1000 + "1" + ")" * 1000 + "\n", (1, 406)),  # nested calls: the 201st bracket
+    ("x = " + " + ".join(["a"] * 5000) + "\n", (1, 4003)),  # a long sum: its 1,001st operator, = counted
+    ("y = [" + ", ".join(["a + b"] * 5000) + "]\n", None),  # long, but shallow
+    ("s = '" + "(" * 5000 + "'  # " + "[" * 5000 + "\n", None),  # brackets in a string and a comment
+    ("x = " + "(" * 200 + "1" + ")" * 200 + "\n", None),  # Python's own limit, just
+    ("x = 1 + \\\n" + "1 + \\\n" * 1200 + "1\n", (1000, 3)),  # one statement over many lines
+    ("".join(" " * i + "if x:\n" for i in range(101)) + " " * 101 + "pass\n", (102, 1)),  # level 101
+    ("".join(" " * i + "if x:\n" for i in range(99)) + " " * 99 + "pass\n", None),
+])
+def test_too_deep_finds_what_would_crash_the_parser_and_nothing_else(source, where):
+    from porter.convert.nesting import too_deep
+    found = too_deep(source)
+    assert (found[:2] if found else None) == where
+
+
+def test_the_nesting_limits_are_well_below_where_libcst_crashes(tmp_path):
+    """What the check lets through parses: 200 nested brackets holding a 790-term sum (the check's
+    1,000 levels), in a process of its own (a crash would be its exit code, -11)."""
+    from porter.convert.nesting import too_deep
+    source = "x = " + "f(" * 200 + " + ".join(["a"] * 790) + ")" * 200 + "\n"
+    assert too_deep(source) is None
+    (tmp_path / "m.py").write_text(source)
+    parsed = subprocess.run([sys.executable, "-c", "import libcst, sys; libcst.parse_module(open(sys.argv[1]).read())",
+                             str(tmp_path / "m.py")], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr[-500:]
+
+
+def test_a_worker_that_dies_loses_only_its_own_file(project, tmp_path):
+    """A file that kills its worker process (a crash in native code) is PT031; the files that were
+    converting beside it in other workers are converted again, alone, and the rest goes on."""
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""\
+        import os, sys
+        import porter.convert.tree as tree
+        real = tree.convert_python
+        def crash_on_layers(text, filename, **options):
+            if filename.endswith("layers.py"):
+                os._exit(139)  # as a segfault in libcst's parser would
+            return real(text, filename, **options)
+        tree.convert_python = crash_on_layers
+        from porter.cli import main
+        sys.exit(main(["convert", {str(project)!r}, "-o", {str(out)!r}, "-j", "2"]))
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    report = json.loads((out / "porter_report.json").read_text())
+    statuses = {f["relative"]: f["status"] for f in report["files"]}
+    assert statuses == {"pkg/__init__.py": "skipped", "pkg/broken.py": "failed", "pkg/layers.py": "failed",
+                        "pkg/model.py": "issues", "pkg/utils.py": "skipped"}
+    layers = {f["relative"]: f for f in report["files"]}["pkg/layers.py"]
+    assert [d["code"] for d in layers["diagnostics"]] == ["PT031"] and "died" in layers["error"]
+    assert (out / "pkg" / "model.py").exists() and not (out / "pkg" / "layers.py").exists()

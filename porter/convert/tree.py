@@ -5,7 +5,7 @@ convert, other files to copy); `convert_paths(tasks, jobs=...)` converts
 them across processes, one result per file in a fixed order whatever the
 scheduling; `write_tree`/`write_inplace` put the results on disk, every file
 atomically. A file that cannot be read, does not parse or makes a pass fail is
-a failed result (PT030, PT001, PT031, PT032): reported, not written, and the
+a failed result (PT030, PT001, PT031, PT032, PT034): reported, not written, and the
 rest converts.
 """
 
@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -24,6 +25,7 @@ import time
 import tokenize
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,7 +36,7 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".mypy_cache",
                           ".pytest_cache", ".ruff_cache", ".tox", ".nox", ".eggs"})
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
-FAILURE_CODES = frozenset({"PT001", "PT030", "PT031", "PT032"})
+FAILURE_CODES = frozenset({"PT001", "PT030", "PT031", "PT032", "PT034"})
 REPORT_NAMES = ("porter_report.txt", "porter_report.json")
 
 
@@ -180,7 +182,7 @@ def _convert_task(task: Task) -> FileResult:
         conversion = convert_python(text, task.display, annotate=task.annotate, known=learn)
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
-    if conversion.failed:  # did not parse (PT001) or not a notebook (PT032): nothing to write
+    if conversion.failed:  # did not parse (PT001), nests too deep (PT034), not a notebook (PT032): nothing to write
         return FileResult(task.display, task.relative, task.kind, "failed", diagnostics, changes)
     changed = conversion.code != text
     if any(d.severity is not Severity.INFO for d in diagnostics):
@@ -241,7 +243,9 @@ def _start_method() -> str:
 
 
 def _warm() -> None:
-    """Run once in each worker: the rules and the passes loaded before the first file."""
+    """Run once in each worker: the rules and the passes loaded before the first file. Ctrl-C
+    (SIGINT, sent to the whole process group) is the parent's to handle: it stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from porter.convert.pipeline import convert_source
     convert_source("import torch\n")
 
@@ -263,21 +267,54 @@ def convert_paths(tasks: list[Task], *, jobs: int | None = None,
     waiting = {i: set(after.get(i, ())) & set(range(total)) - {i} for i in range(total)} if after else {}
     # biggest files first, so no worker is left with a large file at the end
     pending = sorted(range(total), key=lambda i: -_size(tasks[i].path))
-    with _pool(jobs, total) as pool:
-        running: dict[Future, int] = {}
+    pool = _pool(jobs, total)
+    try:
+        running: dict[Future, tuple[int, Task]] = {}
         while pending or running:
             for i in _startable(pending, waiting, jobs - len(running), nothing_running=not running):
                 pending.remove(i)
-                running[pool.submit(convert_task, prepare(i, results) if prepare else tasks[i])] = i
+                task = prepare(i, results) if prepare else tasks[i]
+                running[pool.submit(convert_task, task)] = (i, task)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            if any(_died(future) for future in finished):  # a worker died: every running file failed with it
+                wait(running)
+                finished = set(running)
+                pool.shutdown()
+                pool = _pool(jobs, total)
+            suspects = sum(_died(future) for future in finished)
             for future in finished:
-                i = running.pop(future)
-                results[i] = _result(future, tasks[i])
+                i, task = running.pop(future)
+                # which of them killed it: each again, alone
+                results[i] = _convert_alone(task) if suspects > 1 and _died(future) else _result(future, task)
                 for others in waiting.values():
                     others.discard(i)
                 if progress:
                     progress(total - len(pending) - len(running), total)
+    except BaseException:  # Ctrl-C included: the workers go too, now
+        _stop(pool)
+        raise
+    pool.shutdown()
     return results  # type: ignore[return-value]
+
+
+def _died(future: Future) -> bool:
+    return isinstance(future.exception(), BrokenProcessPool)
+
+
+def _convert_alone(task: Task) -> FileResult:
+    """One of the files that were converting when a worker died, in a process of its own: its
+    result, or PT031 if it is the file that kills its process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(_start_method()),
+                             initializer=_warm) as pool:
+        future = pool.submit(convert_task, task)
+        wait([future])
+    return _result(future, task)
+
+
+def _stop(pool: Executor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _startable(pending: list[int], waiting: dict[int, set[int]], free: int, *, nothing_running: bool) -> list[int]:
@@ -292,7 +329,11 @@ def _startable(pending: list[int], waiting: dict[int, set[int]], free: int, *, n
 def _result(future: Future, task: Task) -> FileResult:
     try:
         return future.result()
-    except Exception as exc:  # the worker itself died (out of memory, killed)
+    except BrokenProcessPool:  # the worker itself died (a crash in native code, out of memory, killed)
+        error = "the process converting this file died (a crash in native code, out of memory, or killed)"
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
+    except Exception as exc:
         error = _summary(exc)
         return FileResult(task.display, task.relative, task.kind, "failed",
                           [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
