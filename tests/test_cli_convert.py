@@ -155,3 +155,13 @@ def test_ctrl_c_ends_porter_with_one_line_and_exit_130(tmp_path, jobs):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "porter: interrupted" and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_crlf_file_keeps_crlf_in_the_helpers_porter_inserts(tmp_path):
+    from porter.convert.pipeline import convert_source
+    source = ("import torch.nn as nn\n\nclass M(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.pool = nn.AdaptiveAvgPool2d(3)\n\n    def forward(self, x):\n        return self.pool(x)\n")
+    code = convert_source(source.replace("\n", "\r\n")).code
+    assert "def adaptive_avg_pool_nchw(" in code  # an emitted helper, with a docstring of several lines
+    assert code.count("\n") == code.count("\r\n")
+    assert convert_source(source).code == code.replace("\r\n", "\n")
