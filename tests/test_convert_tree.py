@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -698,3 +699,35 @@ def test_a_fifo_in_a_tree_is_reported_not_read(project, tmp_path):
     assert one.returncode == 2 and "not a regular file" in one.stderr
     result = convert_task(Task(str(project / "pkg" / "pipe.py"), "pipe.py", "pipe.py", "python"))
     assert result.status == "failed" and "not a regular file" in result.diagnostics[0].message
+
+
+def test_the_module_analysis_does_not_run_a_matcher_visitor_over_the_whole_module(monkeypatch):
+    """Each libcst.matchers.findall over the module is a full visitor run: the distributed and
+    training analyses asked six of them (and one per loop, per name) of every file that mentions
+    'parallel' (torch's own nn/modules do), most of the time a large file took."""
+    import libcst
+    import libcst.matchers as m
+    from porter.convert.pipeline import convert_source
+
+    whole, real = [], m.findall
+
+    def counting(tree, matcher, **options):
+        if isinstance(tree, libcst.Module):
+            whole.append(matcher)
+        return real(tree, matcher, **options)
+
+    monkeypatch.setattr(m, "findall", counting)
+    loops = "".join(f"for x in data:\n    loss = crit(model(x))\n    opt.step()\n    n{k} = 1\n" for k in range(20))
+    source = ("import torch\nimport torch.nn as nn\n\n# data parallel training\nmodel = nn.Linear(2, 2)\n"
+              "opt = torch.optim.SGD(model.parameters(), lr=0.1)\ncrit = nn.MSELoss(reduction='sum')\n" + loops)
+    assert "optax" in convert_source(source).code
+    assert whole == []
+
+
+def test_a_sum_of_thousands_of_terms_is_pt034_at_once():
+    from porter.convert.pipeline import convert_source
+
+    start = time.process_time()
+    conversion = convert_source("import torch\nx = " + " + ".join(["torch.ones(2)"] * 5000) + "\n")
+    assert conversion.failed and [d.code for d in conversion.diagnostics] == ["PT034"]
+    assert time.process_time() - start < 5  # it took 70-260 s to fail with a RecursionError
