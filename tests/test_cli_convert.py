@@ -1,8 +1,11 @@
 """`porter convert` as a user runs it: outputs, exit codes, bad input."""
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,53 @@ def test_a_reader_that_stops_early_ends_porter_quietly(tmp_path, command):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err
+
+
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_check_and_bench_say_they_run_the_users_model_files(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    description = " ".join(capsys.readouterr().out.split())
+    assert "imports and runs both model files" in description and "code you trust" in description
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_ends_porter_with_one_line_and_exit_130(tmp_path, jobs):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while files convert."""
+    tree = tmp_path / "pkg"
+    tree.mkdir()
+    for name in ("a.py", "b.py", "c.py"):
+        (tree / name).write_text(GOOD)
+    started = tmp_path / "started"
+    script = textwrap.dedent(f"""\
+        import pathlib, sys, time
+        import porter.convert.tree as tree
+        def slow(text, filename, **options):
+            pathlib.Path({str(started)!r}).touch()
+            time.sleep(60)
+        tree.convert_python = slow
+        sys.argv = ["porter", "convert", {str(tree)!r}, "-o", {str(tmp_path / "out")!r}, "-j", {jobs!r}]
+        from porter.cli import run
+        run()
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "porter: interrupted" and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_crlf_file_keeps_crlf_in_the_helpers_porter_inserts(tmp_path):
+    from porter.convert.pipeline import convert_source
+    source = ("import torch.nn as nn\n\nclass M(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.pool = nn.AdaptiveAvgPool2d(3)\n\n    def forward(self, x):\n        return self.pool(x)\n")
+    code = convert_source(source.replace("\n", "\r\n")).code
+    assert "def adaptive_avg_pool_nchw(" in code  # an emitted helper, with a docstring of several lines
+    assert code.count("\n") == code.count("\r\n")
+    assert convert_source(source).code == code.replace("\r\n", "\n")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -383,7 +384,7 @@ def _convert_counting(root: Path, monkeypatch) -> tuple[dict[str, bytes], dict[s
         return convert(task)
 
     monkeypatch.setattr(tree, "convert_task", counting)
-    tasks, _ = tree.plan(root)
+    tasks = tree.plan(root).tasks
     results = tree.convert_tree(tasks, root_name=root.name, jobs=1)
     return {r.relative: r.code for r in results}, counts
 
@@ -499,3 +500,271 @@ def test_a_file_without_torch_subclassing_a_module_class_of_the_tree_converts(tm
     exec(code["a.py"].decode() + b.replace("from .a import Base", ""), namespace)
     child = namespace["Child"](3, rngs=nnx.Rngs(0))
     assert np.asarray(child(np.ones((2, 3), np.float32))).shape == (2, 3)
+
+
+def test_the_report_gets_the_mode_the_umask_gives(project, tmp_path):
+    old = os.umask(0o027)
+    try:
+        main(["convert", str(project), "-o", str(tmp_path / "out")])
+    finally:
+        os.umask(old)
+    for name in ("porter_report.txt", "porter_report.json"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
+# ---------------------------------------------------------------------------- nesting, crashed workers
+DEEP = "import torch\n\nx = " + "(" * 2000 + "torch.ones(2)" + ")" * 2000 + "\n"  # segfaults libcst's parser
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_nesting_too_deep_for_the_parser_is_pt034_and_the_rest_converts(project, tmp_path, jobs):
+    (project / "pkg" / "deep.py").write_text(DEEP)
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out), "-j", jobs]) == 1
+    report = json.loads((out / "porter_report.json").read_text())
+    deep = {f["relative"]: f for f in report["files"]}["pkg/deep.py"]
+    assert deep["status"] == "failed"
+    assert [(d["code"], d["line"], d["col"]) for d in deep["diagnostics"]] == [("PT034", 3, 205)]
+    assert "more than 200 nested brackets" in deep["diagnostics"][0]["message"]
+    assert not (out / "pkg" / "deep.py").exists() and (out / "pkg" / "model.py").exists()
+
+
+@pytest.mark.parametrize("source, where", [
+    ("x = " + "f(" * 1000 + "1" + ")" * 1000 + "\n", (1, 406)),  # nested calls: the 201st bracket
+    ("x = " + " + ".join(["a"] * 5000) + "\n", (1, 4003)),  # a long sum: its 1,001st operator, = counted
+    ("y = [" + ", ".join(["a + b"] * 5000) + "]\n", None),  # long, but shallow
+    ("s = '" + "(" * 5000 + "'  # " + "[" * 5000 + "\n", None),  # brackets in a string and a comment
+    ("x = " + "(" * 200 + "1" + ")" * 200 + "\n", None),  # Python's own limit, just
+    ("x = 1 + \\\n" + "1 + \\\n" * 1200 + "1\n", (1000, 3)),  # one statement over many lines
+    ("".join(" " * i + "if x:\n" for i in range(101)) + " " * 101 + "pass\n", (102, 1)),  # level 101
+    ("".join(" " * i + "if x:\n" for i in range(99)) + " " * 99 + "pass\n", None),
+])
+def test_too_deep_finds_what_would_crash_the_parser_and_nothing_else(source, where):
+    from porter.convert.nesting import too_deep
+    found = too_deep(source)
+    assert (found[:2] if found else None) == where
+
+
+def test_the_nesting_limits_are_well_below_where_libcst_crashes(tmp_path):
+    """What the check lets through parses: 200 nested brackets holding a 790-term sum (the check's
+    1,000 levels), in a process of its own (a crash would be its exit code, -11)."""
+    from porter.convert.nesting import too_deep
+    source = "x = " + "f(" * 200 + " + ".join(["a"] * 790) + ")" * 200 + "\n"
+    assert too_deep(source) is None
+    (tmp_path / "m.py").write_text(source)
+    parsed = subprocess.run([sys.executable, "-c", "import libcst, sys; libcst.parse_module(open(sys.argv[1]).read())",
+                             str(tmp_path / "m.py")], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr[-500:]
+
+
+def test_a_worker_that_dies_loses_only_its_own_file(project, tmp_path):
+    """A file that kills its worker process (a crash in native code) is PT031; the files that were
+    converting beside it in other workers are converted again, alone, and the rest goes on."""
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""\
+        import os, sys
+        import porter.convert.tree as tree
+        real = tree.convert_python
+        def crash_on_layers(text, filename, **options):
+            if filename.endswith("layers.py"):
+                os._exit(139)  # as a segfault in libcst's parser would
+            return real(text, filename, **options)
+        tree.convert_python = crash_on_layers
+        from porter.cli import main
+        sys.exit(main(["convert", {str(project)!r}, "-o", {str(out)!r}, "-j", "2"]))
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    report = json.loads((out / "porter_report.json").read_text())
+    statuses = {f["relative"]: f["status"] for f in report["files"]}
+    assert statuses == {"pkg/__init__.py": "skipped", "pkg/broken.py": "failed", "pkg/layers.py": "failed",
+                        "pkg/model.py": "issues", "pkg/utils.py": "skipped"}
+    layers = {f["relative"]: f for f in report["files"]}["pkg/layers.py"]
+    assert [d["code"] for d in layers["diagnostics"]] == ["PT031"] and "died" in layers["error"]
+    assert (out / "pkg" / "model.py").exists() and not (out / "pkg" / "layers.py").exists()
+
+
+# ---------------------------------------------------------------------------- safe with the user's files
+def test_inplace_on_dot_twice_keeps_the_backups_beside_the_tree_and_undo_restores(project, monkeypatch, capsys):
+    """`porter convert . --inplace` used to write ./.porter-backup inside the tree; a second run then
+    converted the backup too, and the undo command restored converted code."""
+    original = snapshot(project)
+    monkeypatch.chdir(project)
+    assert main(["convert", ".", "--inplace"]) == 1
+    assert main(["convert", ".", "--inplace"]) == 1
+    assert not [p for p in project.rglob("*") if "porter-backup" in p.name]  # nothing of porter's inside
+    first, second = project.parent / "proj.porter-backup", project.parent / "proj.porter-backup-2"
+    assert (first / "pkg" / "model.py").read_text() == MODEL and (second / "porter_report.json").exists()
+    assert "undo: cp -r" in capsys.readouterr().err
+    subprocess.run(["cp", "-r", f"{first}/.", f"{project}/"], check=True)  # the README's undo command
+    restored = snapshot(project)
+    assert {k: v for k, v in restored.items() if k not in ("porter_report.txt", "porter_report.json")} == original
+
+
+def test_a_tree_never_enters_porters_own_backups_and_outputs(project, tmp_path, capsys):
+    pkg = project / "pkg"
+    (project / "pkg.porter-backup" / "pkg").mkdir(parents=True)
+    (project / "pkg.porter-backup" / "pkg" / "model.py").write_text(MODEL)
+    (pkg / "model.py.porter-backup").write_text(MODEL)
+    earlier = project / "jax_out"
+    earlier.mkdir()
+    for name in ("porter_report.txt", "porter_report.json", "model.py"):
+        (earlier / name).write_text("x = 1\n")
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out)]) == 1
+    report = json.loads((out / "porter_report.json").read_text())
+    not_read = {entry["relative"]: entry["reason"] for entry in report["not_read"]}
+    assert set(not_read) == {"pkg.porter-backup", "pkg/model.py.porter-backup", "jax_out"}
+    assert "porter's own backup" in not_read["pkg.porter-backup"] and "porter_report.json" in not_read["jax_out"]
+    assert not (out / "pkg.porter-backup").exists() and not (out / "jax_out").exists()
+    assert f"porter: not read: {project / 'jax_out'}" in capsys.readouterr().err
+
+
+def test_force_into_a_directory_for_one_file_is_a_clear_error(tmp_path, capsys):
+    src = tmp_path / "one.py"
+    src.write_text(LAYERS)
+    existing = tmp_path / "existing_dir"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep")
+    assert main(["convert", str(src), "-o", str(existing), "--force"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert snapshot(existing) == {"mine.txt": b"keep"}
+
+
+def test_force_into_an_output_with_a_directory_where_a_file_goes_changes_nothing(project, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "pkg" / "model.py").mkdir(parents=True)
+    (out / "pkg" / "model.py" / "mine.txt").write_text("keep")
+    (out / "porter_report.txt").write_text("an old report")
+    before = snapshot(out)
+    assert main(["convert", str(project), "-o", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'pkg' / 'model.py'} is a directory where porter writes a file" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_full_disk_leaves_the_output_as_it_was(project, tmp_path, monkeypatch, capsys, existing):
+    import errno
+    import porter.convert.tree as tree
+
+    out = tmp_path / "out"
+    if existing:
+        assert main(["convert", str(project), "-o", str(out)]) == 1
+        (out / "mine.txt").write_text("keep")
+    before = snapshot(out) if existing else None
+    real, calls = tree.write_bytes_atomically, []
+
+    def full_at_the_third(path, data, **options):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data, **options)
+
+    monkeypatch.setattr(tree, "write_bytes_atomically", full_at_the_third)
+    capsys.readouterr()
+    assert main(["convert", str(project), "-o", str(out), "--force", "-j", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"porter: error: cannot write {out}: No space left on device" in err
+    assert (snapshot(out) == before) if existing else not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["proj"] + (["out"] if existing else []))
+
+
+def test_force_updates_the_output_whole_and_keeps_the_users_files(project, tmp_path):
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out)]) == 1
+    (out / "mine.txt").write_text("keep")
+    (out / "notes").mkdir()
+    (out / "notes" / "a.md").write_text("note")
+    os.symlink("mine.txt", out / "link.txt")
+    (project / "pkg" / "utils.py").write_text(UTILS + "# changed\n")
+    assert main(["convert", str(project), "-o", str(out), "--force"]) == 1
+    assert (out / "pkg" / "utils.py").read_text().endswith("# changed\n")
+    assert (out / "mine.txt").read_text() == "keep" and (out / "notes" / "a.md").read_text() == "note"
+    assert os.readlink(out / "link.txt") == "mine.txt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "proj"]  # no temporary left
+
+
+def test_symlinks_are_reported_not_followed_out_of_the_tree_and_loops_do_not_stop_it(project, tmp_path, capsys):
+    pkg = project / "pkg"
+    (tmp_path / "secret.txt").write_text("password")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.py").write_text(LAYERS)
+    os.symlink(tmp_path / "secret.txt", pkg / "link")  # as link -> /etc/passwd
+    os.symlink(tmp_path / "elsewhere", pkg / "far")
+    os.symlink("layers.py", pkg / "same_layers.py")  # inside the tree
+    os.symlink("loop", pkg / "loop")
+    os.symlink("..", pkg / "up")  # a directory loop when followed
+    out = tmp_path / "out"
+    assert main(["convert", str(project), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    report = json.loads((out / "porter_report.json").read_text())
+    not_read = {entry["relative"]: entry["reason"] for entry in report["not_read"]}
+    assert set(not_read) == {"pkg/link", "pkg/far", "pkg/same_layers.py", "pkg/loop", "pkg/up"}
+    assert "outside the tree" in not_read["pkg/link"] and "outside the tree" in not_read["pkg/far"]
+    assert "symlink loop" in not_read["pkg/loop"] and "--follow-symlinks" in not_read["pkg/same_layers.py"]
+    assert f"porter: not read: {pkg / 'link'}" in err
+    assert sorted(p.name for p in (out / "pkg").iterdir()) == ["__init__.py", "data", "layers.py", "model.py",
+                                                               "utils.py"]
+    assert "pkg/link: symlink to" in (out / "porter_report.txt").read_text()
+
+    again = tmp_path / "again"
+    assert main(["convert", str(project), "-o", str(again), "--follow-symlinks"]) == 1
+    report = json.loads((again / "porter_report.json").read_text())
+    not_read = {entry["relative"]: entry["reason"] for entry in report["not_read"]}
+    assert set(not_read) == {"pkg/link", "pkg/far", "pkg/loop", "pkg/up"} and "loop" in not_read["pkg/up"]
+    assert (again / "pkg" / "same_layers.py").read_text() == (again / "pkg" / "layers.py").read_text()
+    assert not (again / "pkg" / "same_layers.py").is_symlink()
+
+
+def test_a_fifo_in_a_tree_is_reported_not_read(project, tmp_path):
+    os.mkfifo(project / "pkg" / "pipe.py")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "porter", "convert", str(project), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    report = json.loads((out / "porter_report.json").read_text())
+    assert report["not_read"] == [{"relative": "pkg/pipe.py",
+                                   "reason": "not a regular file (a FIFO, socket or device): not read"}]
+    assert (out / "pkg" / "model.py").exists() and not (out / "pkg" / "pipe.py").exists()
+    one = subprocess.run([sys.executable, "-m", "porter", "convert", str(project / "pkg" / "pipe.py")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert one.returncode == 2 and "not a regular file" in one.stderr
+    result = convert_task(Task(str(project / "pkg" / "pipe.py"), "pipe.py", "pipe.py", "python"))
+    assert result.status == "failed" and "not a regular file" in result.diagnostics[0].message
+
+
+def test_the_module_analysis_does_not_run_a_matcher_visitor_over_the_whole_module(monkeypatch):
+    """Each libcst.matchers.findall over the module is a full visitor run: the distributed and
+    training analyses asked six of them (and one per loop, per name) of every file that mentions
+    'parallel' (torch's own nn/modules do), most of the time a large file took."""
+    import libcst
+    import libcst.matchers as m
+    from porter.convert.pipeline import convert_source
+
+    whole, real = [], m.findall
+
+    def counting(tree, matcher, **options):
+        if isinstance(tree, libcst.Module):
+            whole.append(matcher)
+        return real(tree, matcher, **options)
+
+    monkeypatch.setattr(m, "findall", counting)
+    loops = "".join(f"for x in data:\n    loss = crit(model(x))\n    opt.step()\n    n{k} = 1\n" for k in range(20))
+    source = ("import torch\nimport torch.nn as nn\n\n# data parallel training\nmodel = nn.Linear(2, 2)\n"
+              "opt = torch.optim.SGD(model.parameters(), lr=0.1)\ncrit = nn.MSELoss(reduction='sum')\n" + loops)
+    assert "optax" in convert_source(source).code
+    assert whole == []
+
+
+def test_a_sum_of_thousands_of_terms_is_pt034_at_once():
+    from porter.convert.pipeline import convert_source
+
+    start = time.process_time()
+    conversion = convert_source("import torch\nx = " + " + ".join(["torch.ones(2)"] * 5000) + "\n")
+    assert conversion.failed and [d.code for d in conversion.diagnostics] == ["PT034"]
+    assert time.process_time() - start < 5  # it took 70-260 s to fail with a RecursionError

@@ -13,13 +13,15 @@ PROG = "porter bench"
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench",
-        help="time the original (torch eager, torch.compile) against the converted model (jax.jit)",
+        help="time the original (torch eager, torch.compile) against the converted model under jax.jit "
+             "(imports and runs both model files)",
         description=(
             "Build the original (torch) and the converted (Flax NNX) model with the same weights and time, "
             "in this process on the CPU, the forward pass (inference) and a training step (forward, "
             "backward, SGD update) of torch eager, torch.compile and the converted model under jax.jit: "
             "median of repeated calls after warm-up, ratios to torch eager, compile times and peak memory "
-            "separately. Exit status: 0 done, 1 a model failed to run, 2 usage error."
+            "separately. Exit status: 0 done, 1 a model failed to run, 2 usage error. It imports and runs both "
+            "model files as Python: run it only on code you trust, as you would `python ORIGINAL.py`."
         ),
     )
     parser.add_argument("original", metavar="ORIGINAL.py:Class[(args)]",

@@ -15,13 +15,16 @@ DEVICES = ("cpu", "gpu")
 def add_check_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "check",
-        help="compare the original torch model and the converted flax model: outputs and gradients",
+        help="compare the original torch model and the converted flax model: outputs and gradients "
+             "(imports and runs both model files)",
         description=(
             "Build the original (torch) and the converted (Flax NNX) model, copy the torch weights into the "
             "converted one, run both on the same random inputs on the same hardware, and compare outputs, "
             "every submodule's output in execution order (naming the first that diverges), and the "
             "gradients of a random projection of the outputs with respect to the float inputs and every "
-            "parameter; optionally the state after K training steps. Exit status: 0 PASS, 1 FAIL, 2 usage error."
+            "parameter; optionally the state after K training steps. Exit status: 0 PASS, 1 FAIL, 2 usage error. "
+            "It imports and runs both model files (and --script's script) as Python: run it only on code you "
+            "trust, as you would `python ORIGINAL.py`."
         ),
     )
     parser.add_argument("original", metavar="ORIGINAL.py:Class[(args)]",

@@ -8,8 +8,8 @@ from pathlib import Path
 from porter.convert import report as reports
 from porter.convert.diagnostics import Severity
 from porter.convert.tree import (
-    REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, plan,
-    write_bytes_atomically, write_inplace, write_tree,
+    REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, output_conflicts,
+    plan, write_bytes_atomically, write_inplace, write_tree,
 )
 from porter.paths import overlaps
 
@@ -29,10 +29,15 @@ def add_convert_parser(commands) -> None:
                         help="where to write (a file for a file, a directory for a directory: the layout is "
                              "kept, other files are copied); without it a converted file is printed to stdout")
     parser.add_argument("--force", action="store_true",
-                        help="write into an existing output (files porter writes are replaced, others left)")
+                        help="write into an existing output: the files porter writes are replaced (and its "
+                             "earlier output of a file that fails now is removed), the others are left; the new "
+                             "output is built beside it and swapped in at the end, so a failed run changes nothing")
     parser.add_argument("--inplace", action="store_true",
                         help="rewrite the files where they are; the originals of the files changed are first "
-                             "copied to SRC.porter-backup/ (a fresh name each run), with the report")
+                             "copied to SRC.porter-backup/ beside SRC (a fresh name each run), with the report")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="read a symlink in the tree as what it points at, when that lies inside the tree "
+                             "(symlinks are otherwise reported and not followed; those leading out never are)")
     parser.add_argument("--diff", action="store_true", help="print a unified diff of what would change; write nothing")
     parser.add_argument("--annotate", action="store_true",
                         help="leave a `# porter: CODE message` comment above each statement that needs a person")
@@ -66,13 +71,24 @@ def _convert_tree(source: Path, args) -> int:
     if output is None and not (args.inplace or args.diff):
         return _usage_error("converting a directory needs -o OUT_DIR (or --inplace, or --diff)")
     if output is not None:
+        if output.is_symlink():
+            return _usage_error(f"{output} is a symlink; name the directory itself")
         if output.exists() and not output.is_dir():
             return _usage_error(f"{output} exists and is not a directory")
         if output.exists() and not args.force:
             return _usage_error(f"{output} exists; pass --force to write into it")
         if overlaps(source, output):
             return _usage_error(f"{output} and {source} overlap; pick an output outside the source (or --inplace)")
-    tasks, copies = plan(source, annotate=args.annotate, diff=args.diff)
+    tree = plan(source, annotate=args.annotate, diff=args.diff, follow_symlinks=args.follow_symlinks)
+    tasks, copies = tree.tasks, tree.copies
+    if output is not None and output.exists():
+        written = [t.relative for t in tasks] + [relative for _, relative in copies]
+        conflicts = output_conflicts(output, written + ([] if args.report else list(REPORT_NAMES)))
+        if conflicts:
+            return _usage_error(f"{'; '.join(conflicts[:5])}{' ...' if len(conflicts) > 5 else ''}: move "
+                                f"{'it' if len(conflicts) == 1 else 'them'} away or pick another output")
+    for relative, why in tree.not_read:
+        print(f"porter: not read: {source / relative} ({why})", file=sys.stderr)
     old_reports = [source / name for name in REPORT_NAMES if (source / name).is_file()]
     if old_reports and output is not None:
         print(f"porter: not copied: {', '.join(map(str, old_reports))} (porter's report of an earlier run; "
@@ -82,23 +98,35 @@ def _convert_tree(source: Path, args) -> int:
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
     results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
     _print_diagnostics(results, args.log)
-    report_dir = args.report
-    removed: list[str] = []
+    mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
+
+    def report(directory: Path | None, removed: list[str] = (), shown: Path | None = None) -> None:
+        _write_report(results, source, output, mode, [relative for _, relative in copies], directory, removed,
+                      tree.not_read, shown)
+
     if args.diff:
         _print_diffs(results)
+        report(args.report)
     elif args.inplace:
         backup = backup_dir(source)
-        written = write_inplace(results, source, backup)
-        report_dir = report_dir or backup
-        print(f"porter: rewrote {len(written)} file(s) under {source}; originals in {backup}", file=sys.stderr)
+        try:
+            written = write_inplace(results, source, backup)
+        except OSError as exc:
+            return _write_error(source, exc, f"the files rewritten so far have their originals in {backup}")
+        print(f"porter: rewrote {len(written)} file(s) under {source}; originals in {backup} (undo: "
+              f"cp -r {backup}/. {source}/)", file=sys.stderr)
+        report(args.report or backup)
     else:
-        removed = write_tree(results, copies, source, output)
-        report_dir = report_dir or output
+        try:
+            removed = write_tree(results, copies, source, output, finish=None if args.report else
+                                 lambda staging, removed: report(staging, removed, shown=output))
+        except OSError as exc:
+            return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         if removed:
             print(f"porter: removed from {output} the output of an earlier run for {len(removed)} file(s) that "
                   f"failed now: {', '.join(removed)}", file=sys.stderr)
-    mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
-    _write_report(results, source, output, mode, [relative for _, relative in copies], report_dir, removed)
+        if args.report:
+            report(args.report, removed)
     return _finish(results, f"{source}")
 
 
@@ -106,6 +134,11 @@ def _convert_tree(source: Path, args) -> int:
 def _convert_file(source: Path, args) -> int:
     kind = kind_of(source) or "python"  # a file given by name is Python unless it is a notebook
     output: Path | None = args.output
+    if not source.is_file():
+        return _usage_error(f"{source} is not a regular file (a FIFO, socket or device): not read")
+    if output is not None and output.is_dir():
+        return _usage_error(f"{output} is a directory; for a file, -o names the file to write "
+                            f"(e.g. {output / source.name})")
     if output is not None and output.exists() and not args.force:
         return _usage_error(f"{output} exists; pass --force to overwrite it")
     if output is not None and output.resolve() == source.resolve():
@@ -135,7 +168,10 @@ def _convert_file(source: Path, args) -> int:
             sys.stdout.write(result.code.decode("utf-8"))
         sys.stdout.flush()
     else:
-        write_bytes_atomically(output, result.code, mode_from=source)
+        try:
+            write_bytes_atomically(output, result.code, mode_from=source)
+        except OSError as exc:
+            return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         print(f"porter: wrote {output}", file=sys.stderr)
     mode = "diff" if args.diff else "inplace" if args.inplace else "file"
     _write_report(results, source, output, mode, [], report_dir)
@@ -172,13 +208,23 @@ def _print_diffs(results: list[FileResult]) -> None:
 
 
 def _write_report(results, source: Path, output: Path | None, mode: str, copied: list[str],
-                  directory: Path | None, removed: list[str] = ()) -> None:
+                  directory: Path | None, removed: list[str] = (), not_read: list[tuple[str, str]] = (),
+                  shown: Path | None = None) -> None:
+    """The report into `directory` (none if None); `shown`: where it will be (a tree's output is
+    written in a temporary directory, then renamed)."""
     if directory is None:
         return
     data = reports.build(results, source=str(source), output=str(output) if output else None, mode=mode,
-                         copied=copied, version=reports.porter_version(), removed=removed)
-    written = reports.write(data, directory)
-    print(f"porter: report in {written[0]} and {written[1].name}", file=sys.stderr)
+                         copied=copied, version=reports.porter_version(), removed=removed, not_read=not_read)
+    reports.write(data, directory)
+    txt, js = ((shown or directory) / name for name in REPORT_NAMES)
+    print(f"porter: report in {txt} and {js.name}", file=sys.stderr)
+
+
+def _write_error(where: Path, exc: OSError, state: str) -> int:
+    about = f" ({exc.filename})" if exc.filename else ""
+    print(f"porter: error: cannot write {where}: {exc.strerror or exc}{about}; {state}", file=sys.stderr)
+    return 1
 
 
 def _finish(results: list[FileResult], where: str) -> int:

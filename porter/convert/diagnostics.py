@@ -91,6 +91,10 @@ CODES.update({
         Code("PT033", Severity.INFO, "notebook cell left alone",
              "The cell runs a cell magic whose body is not Python (%%bash, %%writefile, ...): porter "
              "leaves it as it is. Check by hand whether it refers to torch."),
+        Code("PT034", Severity.ERROR, "code nested too deep to convert",
+             "Not converted, nothing written; the rest of the tree converted. Split the expression the "
+             "message points at (name its parts, or build a long sum or list in a loop), or un-nest the "
+             "blocks, then convert the file again."),
     ]
 })
 
@@ -154,6 +158,12 @@ DOCS: dict[str, str] = {
              "%%html, %%javascript, ...) are kept as they are. Cells under %%time, %%timeit, %%capture and "
              "%%prun are Python and are converted; line magics (%...) and shell lines (!...) inside Python "
              "cells are kept as they are.",
+    "PT034": "The file nests deeper than porter's parser (libcst) can take: more than 200 nested "
+             "brackets or 100 levels of indentation (CPython's own limits: Python itself refuses such a file"
+             "), or an expression more than 1,000 levels deep counting brackets and operators chained "
+             "between two commas (a sum of thousands of terms). libcst's native parser would crash on it "
+             "and take the process down, so porter checks the nesting first and reports the file instead. "
+             "Nothing is written for it.",
 }
 
 

@@ -177,7 +177,7 @@ def convert_notebook(text: str, *, filename: str | None = None, convert=None) ->
         return f"{path}#cell{owner.index}", max(line_number - owner.first_line + 1, 0)
 
     for d in conversion.diagnostics:
-        if d.code == "PT001":  # the joined program did not parse although every cell did
+        if d.code in ("PT001", "PT034"):  # the joined program did not parse (or nests too deep) though every cell did
             where, in_cell = locate(d.line)
             diagnostics.append(replace(d, path=where, line=in_cell))
             return NotebookConversion(text, sorted(diagnostics, key=_order), filename=filename, failed=True)

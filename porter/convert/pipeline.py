@@ -13,6 +13,7 @@ import contextlib
 import gc
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
 from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import output_gate, traverse
+from porter.convert.nesting import too_deep
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
 
@@ -55,7 +57,7 @@ class Conversion:
     @property
     def failed(self) -> bool:
         """True when the file could not be converted at all (nothing to write)."""
-        return any(d.code == "PT001" for d in self.diagnostics)
+        return any(d.code in ("PT001", "PT034") for d in self.diagnostics)
 
     @property
     def has_errors(self) -> bool:
@@ -64,7 +66,7 @@ class Conversion:
 
 def convert_source(source: str, *, filename: str | None = None) -> Conversion:
     """Converts PyTorch source code to Flax NNX source code."""
-    with _no_cyclic_gc():
+    with _no_cyclic_gc(), _recursion_room():
         return _convert(source, filename, fast=True)
 
 
@@ -74,7 +76,7 @@ def convert_in_tree(source: str, *, filename: str | None = None, known: Known | 
     the tree that are nn.Module subclasses ("module") or layer factories ("factory"), so that
     `Block(d)` gets its rngs as it would were Block defined here. It may be a function of the file's
     `from ... import` statements (Conversion.imports), called once they are parsed."""
-    with _no_cyclic_gc():
+    with _no_cyclic_gc(), _recursion_room():
         return _convert(source, filename, fast=True, notebook=notebook, known=known)
 
 
@@ -93,11 +95,28 @@ def _no_cyclic_gc():
             gc.enable()
 
 
+@contextlib.contextmanager
+def _recursion_room(frames: int = 10_000):
+    """Python's recursion limit raised while one file converts: libcst and the passes recurse
+    about 7 frames for each level of nested brackets (the default 1,000 frames end at ~140 levels).
+    Within nesting's limits (checked first) 10,000 is ample: 1,000 nested calls or a 3,000-term sum
+    convert; 20,000 frames were measured to fit the C stack."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, frames))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
              known: Known | None = None) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter (in the rewrite and the residual check). The output
     must be identical."""
+    deep = too_deep(source)  # before libcst, whose parser would crash the process on it
+    if deep:
+        return Conversion(source, [diagnostic("PT034", *deep, filename)], filename=filename)
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:

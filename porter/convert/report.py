@@ -35,11 +35,13 @@ def porter_version() -> str:
 
 
 def build(results: list[FileResult], *, source: str, output: str | None, mode: str,
-          copied: list[str] = (), version: str = "", removed: list[str] = ()) -> dict:
+          copied: list[str] = (), version: str = "", removed: list[str] = (),
+          not_read: list[tuple[str, str]] = ()) -> dict:
     """The report as JSON-ready data; files, copied and removed sorted by relative path.
 
     `removed` (a field only when not empty): outputs of an earlier run deleted because their file
-    failed this time (--force)."""
+    failed this time (--force). `not_read` (likewise): (relative path, why) for what the tree holds
+    that porter did not read: symlinks, files that are not regular files, its own backups."""
     results = sorted(results, key=lambda r: r.relative)
     statuses = Counter(r.status for r in results)
     diagnostics = [d for r in results for d in r.diagnostics]
@@ -79,6 +81,8 @@ def build(results: list[FileResult], *, source: str, output: str | None, mode: s
     }
     if removed:  # a field only when there are some
         report["removed"] = sorted(removed)
+    if not_read:
+        report["not_read"] = [{"relative": relative, "reason": why} for relative, why in sorted(not_read)]
     return report
 
 
@@ -98,6 +102,10 @@ def text(report: dict) -> str:
     if removed:
         lines.append(f"{len(removed)} output(s) of an earlier run removed: their file failed this time")
         lines.extend(f"  {path}" for path in removed)
+    not_read = report.get("not_read", [])
+    if not_read:
+        lines.append(f"{len(not_read)} path(s) not read (symlinks, files that are not regular files, porter's own):")
+        lines.extend(f"  {entry['relative']}: {entry['reason']}" for entry in not_read)
     if summary["by_code"]:
         lines += ["", "Diagnostics by code (errors, warnings, then notes):"]
         codes = report["codes"]

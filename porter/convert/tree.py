@@ -5,18 +5,21 @@ convert, other files to copy); `convert_paths(tasks, jobs=...)` converts
 them across processes, one result per file in a fixed order whatever the
 scheduling; `write_tree`/`write_inplace` put the results on disk, every file
 atomically. A file that cannot be read, does not parse or makes a pass fail is
-a failed result (PT030, PT001, PT031, PT032): reported, not written, and the
+a failed result (PT030, PT001, PT031, PT032, PT034): reported, not written, and the
 rest converts.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import io
 import multiprocessing
 import os
 import re
 import shutil
+import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -24,6 +27,7 @@ import time
 import tokenize
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,7 +38,7 @@ from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".ipynb_checkpoints", ".mypy_cache",
                           ".pytest_cache", ".ruff_cache", ".tox", ".nox", ".eggs"})
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
-FAILURE_CODES = frozenset({"PT001", "PT030", "PT031", "PT032"})
+FAILURE_CODES = frozenset({"PT001", "PT030", "PT031", "PT032", "PT034"})
 REPORT_NAMES = ("porter_report.txt", "porter_report.json")
 
 
@@ -82,29 +86,94 @@ def kind_of(path: Path) -> str | None:
     return None
 
 
-def plan(source: Path, *, annotate: bool = False, diff: bool = False,
-         exclude: Iterable[Path] = ()) -> tuple[list[Task], list[tuple[Path, str]]]:
-    """The files of a tree: tasks for Python files and notebooks, (path, relative) pairs to copy.
+# porter's own backups (SRC.porter-backup, -2, ...; FILE.porter-backup) and the temporary
+# directories it writes an output in: never read as part of a tree
+_PORTER_OWN = re.compile(r"\.porter-(?:backup(?:-\d+)?|tmp-[\w-]+|old-[\w-]+)$")
+
+
+@dataclass
+class TreePlan:
+    """What a tree holds: files to convert, files to copy (path, relative), and what is not read
+    (relative, why): symlinks, files that are not regular files, porter's own backups and outputs."""
+
+    tasks: list[Task] = field(default_factory=list)
+    copies: list[tuple[Path, str]] = field(default_factory=list)
+    not_read: list[tuple[str, str]] = field(default_factory=list)
+
+
+def plan(source: Path, *, annotate: bool = False, diff: bool = False, exclude: Iterable[Path] = (),
+         follow_symlinks: bool = False) -> TreePlan:
+    """The files of a tree, in sorted order. Only regular files are read (a FIFO would block the
+    read forever). A symlink is not followed unless `follow_symlinks` and it leads to a place
+    inside the tree; then it is read as what it points at (a directory once per path: no loop).
 
     porter_report.txt/.json at the root are porter's own report of an earlier run (SRC is a previous
-    output): not copied, the new report takes their place."""
+    output): not copied, the new report takes their place. A directory below the root holding both
+    is an earlier output, not entered."""
+    root = source.resolve()
     excluded = {p.resolve() for p in exclude}
-    tasks: list[Task] = []
-    copies: list[tuple[Path, str]] = []
-    for root, dirs, files in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and (Path(root) / d).resolve() not in excluded)
-        for name in sorted(files):
-            path = Path(root) / name
-            if name.endswith(SKIPPED_SUFFIXES) or path.resolve() in excluded \
-                    or (name in REPORT_NAMES and Path(root) == Path(source)):
+    found = TreePlan()
+
+    def walk(directory: Path, relative: str, entered: frozenset[Path]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            found.not_read.append((relative or ".", f"cannot list the directory: {exc.strerror or exc}"))
+            return
+        for entry in entries:
+            name, path = entry.name, Path(entry.path)
+            inner = f"{relative}/{name}" if relative else name
+            if entry.is_symlink():
+                why = _unfollowed_link(path, root, follow_symlinks)
+                if why:
+                    found.not_read.append((inner, why))
+                    continue
+            try:
+                mode = path.stat().st_mode
+                real = path.resolve()
+            except (OSError, RuntimeError) as exc:
+                found.not_read.append((inner, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
                 continue
-            relative = path.relative_to(source).as_posix()
-            kind = kind_of(path)
-            if kind is None:
-                copies.append((path, relative))
-            else:
-                tasks.append(Task(str(path), str(path), relative, kind, annotate, diff))
-    return tasks, copies
+            if real in excluded or name in SKIPPED_DIRS and stat.S_ISDIR(mode):
+                continue
+            if _PORTER_OWN.search(name):
+                found.not_read.append((inner, "porter's own backup or temporary output: not entered"))
+            elif stat.S_ISDIR(mode):
+                if real in entered:
+                    found.not_read.append((inner, "symlink loop: not followed"))
+                elif all((path / report).is_file() for report in REPORT_NAMES):
+                    found.not_read.append((inner, "an output of porter (it holds porter_report.json): not entered"))
+                else:
+                    walk(path, inner, entered | {real})
+            elif not stat.S_ISREG(mode):
+                found.not_read.append((inner, "not a regular file (a FIFO, socket or device): not read"))
+            elif not (name.endswith(SKIPPED_SUFFIXES) or (name in REPORT_NAMES and not relative)):
+                kind = kind_of(path)
+                if kind is None:
+                    found.copies.append((path, inner))
+                else:
+                    found.tasks.append(Task(str(path), str(path), inner, kind, annotate, diff))
+
+    walk(source, "", frozenset({root}))
+    return found
+
+
+def _unfollowed_link(path: Path, root: Path, follow: bool) -> str | None:
+    """Why the symlink at `path` is not followed, or None if it is."""
+    target = os.readlink(path)
+    try:
+        real = path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 says "Symlink loop"
+        return f"symlink loop ({target}): not followed"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop ({target}): not followed"
+        return f"broken symlink (to {target}): not followed"
+    if real != root and root not in real.parents:
+        return f"symlink to {target}, outside the tree: not followed"
+    if not follow:
+        return f"symlink to {target}: not followed (--follow-symlinks follows those inside the tree)"
+    return None
 
 
 # ---------------------------------------------------------------------------- one file
@@ -112,6 +181,16 @@ def read_source(data: bytes) -> tuple[str, str]:
     """(text, encoding): the PEP 263 cookie or BOM if there is one, else UTF-8. Newlines untouched."""
     encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     return data.decode(encoding), encoding
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The file's bytes; OSError if it is not a regular file. Opened without blocking, so that a
+    FIFO (which would wait for a writer forever) is found and refused."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)")
+        return f.read()
 
 
 def _decode_error(exc: UnicodeDecodeError, data: bytes) -> tuple[int, int, str]:
@@ -144,7 +223,7 @@ def convert_task(task: Task) -> FileResult:
 
 def _convert_task(task: Task) -> FileResult:
     try:
-        data = Path(task.path).read_bytes()
+        data = read_regular_file(task.path)
     except OSError as exc:
         return FileResult(task.display, task.relative, task.kind, "failed",
                           [diagnostic("PT030", 1, 1, f"cannot read: {exc.strerror or exc}", task.display)])
@@ -180,7 +259,7 @@ def _convert_task(task: Task) -> FileResult:
         conversion = convert_python(text, task.display, annotate=task.annotate, known=learn)
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
-    if conversion.failed:  # did not parse (PT001) or not a notebook (PT032): nothing to write
+    if conversion.failed:  # did not parse (PT001), nests too deep (PT034), not a notebook (PT032): nothing to write
         return FileResult(task.display, task.relative, task.kind, "failed", diagnostics, changes)
     changed = conversion.code != text
     if any(d.severity is not Severity.INFO for d in diagnostics):
@@ -241,7 +320,9 @@ def _start_method() -> str:
 
 
 def _warm() -> None:
-    """Run once in each worker: the rules and the passes loaded before the first file."""
+    """Run once in each worker: the rules and the passes loaded before the first file. Ctrl-C
+    (SIGINT, sent to the whole process group) is the parent's to handle: it stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from porter.convert.pipeline import convert_source
     convert_source("import torch\n")
 
@@ -263,21 +344,54 @@ def convert_paths(tasks: list[Task], *, jobs: int | None = None,
     waiting = {i: set(after.get(i, ())) & set(range(total)) - {i} for i in range(total)} if after else {}
     # biggest files first, so no worker is left with a large file at the end
     pending = sorted(range(total), key=lambda i: -_size(tasks[i].path))
-    with _pool(jobs, total) as pool:
-        running: dict[Future, int] = {}
+    pool = _pool(jobs, total)
+    try:
+        running: dict[Future, tuple[int, Task]] = {}
         while pending or running:
             for i in _startable(pending, waiting, jobs - len(running), nothing_running=not running):
                 pending.remove(i)
-                running[pool.submit(convert_task, prepare(i, results) if prepare else tasks[i])] = i
+                task = prepare(i, results) if prepare else tasks[i]
+                running[pool.submit(convert_task, task)] = (i, task)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            if any(_died(future) for future in finished):  # a worker died: every running file failed with it
+                wait(running)
+                finished = set(running)
+                pool.shutdown()
+                pool = _pool(jobs, total)
+            suspects = sum(_died(future) for future in finished)
             for future in finished:
-                i = running.pop(future)
-                results[i] = _result(future, tasks[i])
+                i, task = running.pop(future)
+                # which of them killed it: each again, alone
+                results[i] = _convert_alone(task) if suspects > 1 and _died(future) else _result(future, task)
                 for others in waiting.values():
                     others.discard(i)
                 if progress:
                     progress(total - len(pending) - len(running), total)
+    except BaseException:  # Ctrl-C included: the workers go too, now
+        _stop(pool)
+        raise
+    pool.shutdown()
     return results  # type: ignore[return-value]
+
+
+def _died(future: Future) -> bool:
+    return isinstance(future.exception(), BrokenProcessPool)
+
+
+def _convert_alone(task: Task) -> FileResult:
+    """One of the files that were converting when a worker died, in a process of its own: its
+    result, or PT031 if it is the file that kills its process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(_start_method()),
+                             initializer=_warm) as pool:
+        future = pool.submit(convert_task, task)
+        wait([future])
+    return _result(future, task)
+
+
+def _stop(pool: Executor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _startable(pending: list[int], waiting: dict[int, set[int]], free: int, *, nothing_running: bool) -> list[int]:
@@ -292,7 +406,11 @@ def _startable(pending: list[int], waiting: dict[int, set[int]], free: int, *, n
 def _result(future: Future, task: Task) -> FileResult:
     try:
         return future.result()
-    except Exception as exc:  # the worker itself died (out of memory, killed)
+    except BrokenProcessPool:  # the worker itself died (a crash in native code, out of memory, killed)
+        error = "the process converting this file died (a crash in native code, out of memory, or killed)"
+        return FileResult(task.display, task.relative, task.kind, "failed",
+                          [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
+    except Exception as exc:
         error = _summary(exc)
         return FileResult(task.display, task.relative, task.kind, "failed",
                           [diagnostic("PT031", 1, 1, f"internal error: {error}", task.display)], error=error)
@@ -383,7 +501,7 @@ class TextScan:
     @classmethod
     def of(cls, path: str) -> TextScan:
         try:
-            data = Path(path).read_bytes()
+            data = read_regular_file(path)
         except OSError:
             return cls(set(), [])
         imports = []
@@ -515,10 +633,18 @@ def write_bytes_atomically(path: Path, data: bytes, *, mode_from: Path | None = 
             f.write(data)
         if mode_from is not None:
             shutil.copymode(mode_from, tmp)
+        else:  # mkstemp's 0600 is no file's mode: what open() would have given
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def copy_atomically(source: Path, target: Path) -> None:
@@ -533,27 +659,113 @@ def copy_atomically(source: Path, target: Path) -> None:
         raise
 
 
-def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path) -> list[str]:
+def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path, *,
+               finish: Callable[[Path, list[str]], None] | None = None) -> list[str]:
     """Converted files (failed ones aside) and the copied files under `output`, the layout kept.
 
     A failed file's output from an earlier run (an existing `output`, --force) is deleted, so that
     `output` holds what the report says: no stale conversion beside a `failed`. Returns the relative
-    paths deleted."""
-    removed = []
-    for result in results:
-        target = output / result.relative
-        if result.code is not None:
-            write_bytes_atomically(target, result.code, mode_from=source / result.relative)
-        elif target.is_file() or target.is_symlink():
-            target.unlink()
-            removed.append(result.relative)
-    for path, relative in copies:
-        copy_atomically(path, output / relative)
-    return sorted(removed)
+    paths deleted.
+
+    Nothing is written into `output` itself: the new tree is built in a temporary sibling directory
+    (with what `finish(directory, removed)` adds there: the report), the files of an existing
+    `output` that porter does not write are carried over (hard links where the file system has
+    them), and the temporary directory replaces `output` by a rename at the end. An error on the
+    way (a full disk) removes the temporary directory and leaves `output` as it was."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.porter-tmp-"))
+    try:
+        for result in results:
+            if result.code is not None:
+                write_bytes_atomically(staging / result.relative, result.code, mode_from=source / result.relative)
+        for path, relative in copies:
+            copy_atomically(path, staging / relative)
+        failed = {result.relative for result in results if result.code is None}
+        removed = []
+        if output.exists():
+            removed = sorted(r for r in failed if (output / r).is_file() or (output / r).is_symlink())
+            _carry_over(output, staging, failed)
+            shutil.copymode(output, staging)
+        else:
+            os.chmod(staging, 0o777 & ~current_umask())
+        if finish is not None:
+            finish(staging, removed)
+        _swap_in(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return removed
+
+
+def output_conflicts(output: Path, relatives: Iterable[str]) -> list[str]:
+    """The paths under `output` that are in the way of the files porter writes there: a directory
+    (or a symlink to one) where a file goes, a file or a symlink where a directory goes."""
+    found = []
+    for relative in relatives:
+        parts = relative.split("/")
+        for depth in range(1, len(parts) + 1):
+            path = output.joinpath(*parts[:depth])
+            last = depth == len(parts)
+            if not os.path.lexists(path):
+                break
+            if last and path.is_dir():
+                found.append(f"{path} is a directory where porter writes a file")
+            elif not last and (path.is_symlink() or not path.is_dir()):
+                found.append(f"{path} is {'a symlink' if path.is_symlink() else 'a file'} where porter writes "
+                             f"a directory")
+                break
+    return sorted(set(found))
+
+
+def _carry_over(output: Path, staging: Path, failed: set[str]) -> None:
+    """The files, symlinks and directories of `output` that the new tree does not hold (porter's
+    earlier outputs of files that failed now aside), into `staging`: hard-linked, else copied."""
+    for directory, dirs, files in os.walk(output):
+        here = Path(directory).relative_to(output)
+        for name in sorted(dirs + files):
+            old, relative = Path(directory) / name, (here / name).as_posix()
+            new = staging / here / name
+            if old.is_dir() and not old.is_symlink():
+                if new.is_symlink() or (new.exists() and not new.is_dir()):
+                    raise FileExistsError(errno.EEXIST, "a directory where porter writes a file", str(old))
+                new.mkdir(exist_ok=True)
+                shutil.copymode(old, new)
+            elif os.path.lexists(new):
+                if new.is_dir() and not new.is_symlink():
+                    raise FileExistsError(errno.EEXIST, "a file where porter writes a directory", str(old))
+            elif relative not in failed:
+                _link_or_copy(old, new)
+
+
+def _link_or_copy(old: Path, new: Path) -> None:
+    if old.is_symlink():
+        os.symlink(os.readlink(old), new)
+        return
+    try:
+        os.link(old, new)
+    except OSError:
+        shutil.copy2(old, new)
+
+
+def _swap_in(staging: Path, output: Path) -> None:
+    """`staging` renamed to `output`; an existing `output` renamed aside first and then removed."""
+    if not output.exists():
+        os.rename(staging, output)
+        return
+    aside = output.with_name(f".{output.name}.porter-old-{os.getpid()}-{time.time_ns()}")
+    os.rename(output, aside)
+    try:
+        os.rename(staging, output)
+    except BaseException:
+        os.rename(aside, output)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def backup_dir(source: Path) -> Path:
-    """A fresh sibling of `source` for the originals: SRC.porter-backup, SRC.porter-backup-2, ..."""
+    """A fresh sibling of `source` for the originals: SRC.porter-backup, SRC.porter-backup-2, ...,
+    beside it whatever the spelling (`.` included), never inside what is converted."""
+    source = source.resolve()
     base = source.parent / f"{source.name}.porter-backup"
     candidate, n = base, 1
     while candidate.exists():

@@ -49,6 +49,7 @@ import libcst.matchers as m
 from porter.convert.context import code_of
 from porter.convert.passes.training import TrainingRewrite, small
 from porter.convert.transforms import expr, keyword_arg
+from porter.convert.traverse import find_all
 
 DIST = "torch.distributed."
 DDP = ("torch.nn.parallel.DistributedDataParallel", "torch.nn.parallel.distributed.DistributedDataParallel",
@@ -192,6 +193,39 @@ class _State:
     world_counts: set[int] = field(default_factory=set)  # torch.cuda.device_count() calls giving spawn's nprocs
 
 
+def _calls_a_function(node: cst.CSTNode, names: set[str]) -> bool:
+    """A call of one of the functions `names` (by its plain name) in `node`."""
+    return any(type(c.func) is cst.Name and c.func.value in names for c in find_all(node, cst.Call))
+
+
+@dataclass
+class _Found:
+    """What the module analysis reads, from one walk of the module (each m.findall over the whole
+    module was a matcher visitor of its own: most of the time a large file took)."""
+
+    calls: list[cst.Call]
+    assigns_to_a_name: list[cst.Assign]  # `name = value`, one target
+    loops: list[cst.For]
+    blocks: list[cst.IndentedBlock]
+    by_target: dict[str, list[cst.SimpleStatementLine]]  # lines that are one `name = value` alone
+
+    @classmethod
+    def of(cls, node: cst.Module) -> _Found:
+        nodes = find_all(node, (cst.Call, cst.Assign, cst.For, cst.IndentedBlock, cst.SimpleStatementLine))
+        assigns = [a for a in nodes if type(a) is cst.Assign and len(a.targets) == 1
+                   and type(a.targets[0].target) is cst.Name]
+        simple = {id(a) for a in assigns}
+        by_target: dict[str, list[cst.SimpleStatementLine]] = {}
+        for line in nodes:
+            if type(line) is cst.SimpleStatementLine and len(line.body) == 1 and id(line.body[0]) in simple:
+                by_target.setdefault(line.body[0].targets[0].target.value, []).append(line)
+        return cls([c for c in nodes if type(c) is cst.Call], assigns, [f for f in nodes if type(f) is cst.For],
+                   [b for b in nodes if type(b) is cst.IndentedBlock], by_target)
+
+    def assignments_to(self, name: str) -> list[cst.SimpleStatementLine]:
+        return self.by_target.get(name, [])
+
+
 class DistributedRewrite(TrainingRewrite):
     TRIGGER_WORDS = frozenset({"environ", "getenv", "module", "state_dict"})
 
@@ -206,7 +240,8 @@ class DistributedRewrite(TrainingRewrite):
         if not uses and not any(self.mentions(w) for w in ("distributed", "parallel", "DataParallel")):
             return
         kinds = set()
-        for call in m.findall(node, m.Call()):
+        found = _Found.of(node)
+        for call in found.calls:
             qualified = _normal(self.ctx.qualified_name(call.func))
             if qualified.startswith((DIST, "torch.nn.parallel")) or qualified in DDP:
                 self.dist.active = True
@@ -221,11 +256,11 @@ class DistributedRewrite(TrainingRewrite):
                 policy = _keyword(call, "auto_wrap_policy")
                 if isinstance(policy, cst.Name):
                     self.dist.words.add(policy.value)
-                    self.dist.policies |= {id(s) for s in self._assignments_to(node, policy.value)}
+                    self.dist.policies |= {id(s) for s in found.assignments_to(policy.value)}
         if not self.dist.active:
             return
         self.dist.kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
-        for assign in m.findall(node, m.Assign(targets=[m.AssignTarget(target=m.Name())])):
+        for assign in found.assigns_to_a_name:
             target = assign.targets[0].target.value
             value = assign.value
             qualified = _normal(self.ctx.qualified_name(value.func)) if isinstance(value, cst.Call) else ""
@@ -238,9 +273,9 @@ class DistributedRewrite(TrainingRewrite):
             elif m.matches(value, m.Comparison()) and self._is_rank0_test(value):
                 self.dist.rank_flags.add(target)
         self.dist.models |= self.dist.wrapped
-        self._find_summed_losses(node)
-        self._find_spawned_world_sizes(node)
-        for block in [node, *m.findall(node, m.IndentedBlock())]:
+        self._find_summed_losses(found)
+        self._find_spawned_world_sizes(found)
+        for block in [node, *found.blocks]:
             body = list(block.body)
             for first, second in zip(body, body[1:]):
                 reduced = self._reduced_name(first)
@@ -250,33 +285,32 @@ class DistributedRewrite(TrainingRewrite):
                     self.dist.words.add(reduced)
         self.dist.words |= self.dist.models | self.dist.rank_flags | {i.name for i in self.ctx.optimizers.values()}
 
-    def _find_summed_losses(self, node: cst.Module) -> None:
+    def _find_summed_losses(self, found: _Found) -> None:
         """Optimizers stepped in a loop whose loss has reduction="sum" (a call's keyword or its criterion's)."""
         def sums(call: cst.Call) -> bool:
             return _string(_keyword(call, "reduction")) == "sum"
-        criteria = {a.targets[0].target.value for a in m.findall(node, m.Assign(targets=[m.AssignTarget(m.Name())],
-                                                                                 value=m.Call()))
-                    if sums(a.value)}
+        criteria = {a.targets[0].target.value for a in found.assigns_to_a_name
+                    if isinstance(a.value, cst.Call) and sums(a.value)}
         optimizers = {i.name for i in self.ctx.optimizers.values()}
-        for loop in m.findall(node, m.For()):
-            calls = m.findall(loop.body, m.Call())
+        for loop in found.loops:
+            calls = find_all(loop.body, cst.Call)
             stepped = {c.func.value.value for c in calls if m.matches(c.func, m.Attribute(
                 value=m.Name(), attr=m.Name("step")))} & optimizers
             if stepped and any(sums(c) or (isinstance(c.func, cst.Name) and c.func.value in criteria) for c in calls):
                 self.dist.summed |= stepped
-                self.dist.summed_statements |= {id(s) for s in m.findall(loop.body, m.SimpleStatementLine())}
+                self.dist.summed_statements |= {id(s) for s in find_all(loop.body, cst.SimpleStatementLine)}
 
-    def _find_spawned_world_sizes(self, node: cst.Module) -> None:
+    def _find_spawned_world_sizes(self, found: _Found) -> None:
         """`n = torch.cuda.device_count(); mp.spawn(fn, nprocs=n)`: n counts the processes, that is the devices."""
         names = set()
-        for call in m.findall(node, m.Call()):
+        for call in found.calls:
             if _normal(self.ctx.qualified_name(call.func)) in SPAWN:
                 positional = _positional(call)
                 nprocs = _keyword(call, "nprocs") or (positional[2] if len(positional) > 2 else None)
                 if isinstance(nprocs, cst.Name):
                     names.add(nprocs.value)
         for name in names:
-            for statement in self._assignments_to(node, name):
+            for statement in found.assignments_to(name):
                 value = statement.body[0].value
                 if isinstance(value, cst.Call) and _normal(self.ctx.qualified_name(value.func)) in DEVICE_COUNT:
                     self.dist.world_counts.add(id(value))
@@ -293,11 +327,6 @@ class DistributedRewrite(TrainingRewrite):
         if name in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
             return "hybrid"
         return "ddp" if name == "NO_SHARD" else "fsdp"
-
-    @staticmethod
-    def _assignments_to(node: cst.Module, name: str) -> list[cst.SimpleStatementLine]:
-        return [s for s in m.findall(node, m.SimpleStatementLine(body=[m.Assign(targets=[
-            m.AssignTarget(target=m.Name(name))])]))]
 
     def _reduced_name(self, statement: cst.CSTNode) -> str | None:
         """`dist.all_reduce(x, op=SUM)` as a statement -> 'x'."""
@@ -651,11 +680,11 @@ class DistributedRewrite(TrainingRewrite):
                 and not _self_assignment(statement):
             self.record("self-assignment", original_node, cst.Pass())  # `model = model.cuda()` once placement went
             return self._remove(original_node)
-        if isinstance(updated, cst.SimpleStatementLine) and self.dist.direct_rank0_child and m.findall(
-                updated, m.Call(func=m.Name("save_checkpoint"))):
+        if isinstance(updated, cst.SimpleStatementLine) and self.dist.direct_rank0_child \
+                and _calls_a_function(updated, {"save_checkpoint"}):
             self.dist.hoisted.add(id(updated))
         if not self.dist.has_init and not self.dist.mesh_placed and isinstance(updated, cst.SimpleStatementLine) \
-                and m.findall(updated, m.Call(func=m.Name("replicate_params") | m.Name("shard_params"))):
+                and _calls_a_function(updated, {"replicate_params", "shard_params"}):
             return self._mesh(original_node, updated, replace=False)
         return updated
 

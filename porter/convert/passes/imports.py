@@ -76,7 +76,7 @@ class FinalizeImports(cst.CSTTransformer):
                 out.append(stmt)
         if insert_at >= len(body):
             out.extend(new_imports)
-        helpers = [_parsed_helper(src) for src in helper_sources(self.ctx.helpers)]
+        helpers = [_parsed_helper(src, updated_node.default_newline) for src in helper_sources(self.ctx.helpers)]
         if helpers:
             spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
@@ -272,9 +272,10 @@ def helper_sources(names: list[str]) -> list[str]:
 
 
 @functools.cache
-def _parsed_helper(source: str) -> cst.BaseStatement:
-    """A helper's statement, parsed once (nodes are immutable: every converted file can share it)."""
-    return cst.parse_statement(source)
+def _parsed_helper(source: str, newline: str = "\n") -> cst.BaseStatement:
+    """A helper's statement, parsed once per newline style (nodes are immutable: every converted
+    file can share it). Its line ends are the file's (CRLF files get CRLF inside its docstrings too)."""
+    return cst.parse_statement(source.replace("\n", newline) if newline != "\n" else source)
 
 
 @functools.cache

@@ -23,6 +23,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import OptimizerInfo, code_of
+from porter.convert.traverse import find_all
 from porter.convert.passes.modules import ModuleRewrite
 
 ZERO_GRAD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("zero_grad"))))
@@ -149,18 +150,20 @@ class TrainingRewrite(ModuleRewrite):
         self._reads = {}
         if not self.mentions("optim"):
             return  # no torch.optim name in the file: no optimizer, so no loop to convert (a cheap text test)
-        for assign in m.findall(node, m.Assign(targets=[m.AssignTarget(target=m.Name())], value=m.Call())):
+        nodes = find_all(node, (cst.Assign, cst.Call, cst.For))  # one walk (each m.findall was a visitor)
+        for assign in (a for a in nodes if type(a) is cst.Assign and len(a.targets) == 1
+                       and type(a.targets[0].target) is cst.Name and type(a.value) is cst.Call):
             qualified = self.ctx.qualified_name(assign.value.func) or ""
             model = _model_of_params(assign.value)
             if qualified.startswith(OPTIMIZER_PREFIX) and not qualified.startswith(SCHEDULER_PREFIX) and model:
                 # one entry per optimizer built (two optimizers over one model no longer collide)
                 self.ctx.optimizers[id(assign.value)] = OptimizerInfo(assign.targets[0].target.value, model)
         by_name = {info.name: info for info in self.ctx.optimizers.values()}
-        for call in m.findall(node, m.Call()):
+        for call in (c for c in nodes if type(c) is cst.Call):
             qualified = self.ctx.qualified_name(call.func) or ""
             if qualified.startswith(SCHEDULER_PREFIX) and call.args and code_of(call.args[0].value) in by_name:
                 by_name[code_of(call.args[0].value)].scheduled = True
-        for loop in m.findall(node, m.For()):
+        for loop in (f for f in nodes if type(f) is cst.For):
             self._assign_clipping(loop)
         self._reads = names_in(node).loaded_counts
 
