@@ -280,7 +280,7 @@ def test_gate_covers_trees(tmp_path):
     from porter.convert import tree
 
     (tmp_path / "model.py").write_text(MODEL)
-    tasks, _ = tree.plan(tmp_path)
+    tasks = tree.plan(tmp_path).tasks
     with mock.patch.object(scope, "keep_parentheses", lambda replaced, new: new):
         [result] = tree.convert_tree(tasks, root_name=tmp_path.name, jobs=1)
     written = result.code.decode()

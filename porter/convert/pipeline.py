@@ -149,8 +149,9 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
         final = tree.visit(FinalizeImports(ctx, statement_code, helpers_after_new_imports=notebook))
         return statement_code.module_code(final) if fast else final.code
 
+    residual.check(ctx, index, rewritten, fast)  # the import pass reports nothing: every diagnostic is in
+    # last: a statement the gate puts back takes what was reported inside it (the residual's PT040 too) along
     code = output_gate.gate(source, rewritten, finish, ctx, index, notebook=notebook)  # it compiles
-    residual.check(ctx, index, rewritten, fast)  # after the import pass and the gate: every diagnostic is in
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     return Conversion(code, diagnostics, changes, filename, exports, imports)
