@@ -32,6 +32,8 @@ and is classified (see /work/shared/DESIGN.md "Measuring on real code"):
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import shutil
@@ -457,6 +459,12 @@ class Verdict:
     path: list[str]  # converted files (relative to the converted package) on the failing path
     errors: list[dict]  # error-level diagnostics in those files
     innermost: dict | None = None  # the innermost frame inside the converted tree
+    at_spot: list[dict] = field(default_factory=list)  # those of the errors on a failing statement
+
+    @property
+    def label(self) -> str:
+        """The class; REPORTED* where no error is on a statement of the traceback (only elsewhere in a file)."""
+        return f"{self.cls}*" if self.cls == REPORTED and not self.at_spot else self.cls
 
 
 def converted_relative(file: str, converted_package: Path) -> str | None:
@@ -467,8 +475,12 @@ def converted_relative(file: str, converted_package: Path) -> str | None:
     return path.relative_to(root).as_posix() if _inside(path, root) else None
 
 
-def classify(result: dict, report: dict | None, converted_package: Path) -> Verdict:
-    """PASS / REPORTED / SILENT / BROKEN for one model's result and its package's porter report."""
+def classify(result: dict, report: dict | None, converted_package: Path,
+             original_package: Path | None = None) -> Verdict:
+    """PASS / REPORTED / SILENT / BROKEN for one model's result and its package's porter report.
+
+    With the original package, the errors on a statement of the traceback (mapped back to the
+    original's lines) are told apart from those elsewhere in the same files (Verdict.at_spot)."""
     if result.get("passed"):
         return Verdict(PASS, [], [])
     if result.get("stage") == "original":
@@ -486,8 +498,56 @@ def classify(result: dict, report: dict | None, converted_package: Path) -> Verd
     files = {f["relative"]: f for f in (report or {}).get("files", [])}
     errors = [d for rel in path for d in files.get(rel, {}).get("diagnostics", []) if d["severity"] == "error"]
     innermost = inside[-1][0] if inside else None
+    at_spot = []
+    if original_package is not None and errors:
+        spans = [span for frame, rel in inside
+                 for span in [failing_statement(frame, converted_package, original_package, rel)] if span]
+        at_spot = [d for rel in path for d in files.get(rel, {}).get("diagnostics", [])
+                   if d["severity"] == "error" and any(rel == file and first <= d["line"] <= last
+                                                       for file, first, last in spans)]
     return Verdict(REPORTED if errors else SILENT, path, errors,
-                   {**innermost, "file": inside[-1][1]} if innermost else None)
+                   {**innermost, "file": inside[-1][1]} if innermost else None, at_spot)
+
+
+def failing_statement(frame: dict, converted_package: Path, original_package: Path,
+                      relative: str) -> tuple[str, int, int] | None:
+    """(file, first line, last line) of the original's statement that a converted frame was running.
+
+    porter keeps the layout, so a line-level diff of the two files maps the converted line back; the
+    statement is the smallest one holding that line (a compound statement: its header only)."""
+    original = original_package / relative if original_package.is_dir() else original_package
+    converted = converted_package / relative if converted_package.is_dir() else converted_package
+    try:
+        original_text, converted_text = original.read_text(), converted.read_text()
+        tree = ast.parse(original_text)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    line = _map_line(original_text.splitlines(), converted_text.splitlines(), frame["line"])
+    best = None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt) or not (node.lineno <= line <= (node.end_lineno or node.lineno)):
+            continue
+        last = node.end_lineno or node.lineno
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt) and line < body[0].lineno:
+            last = body[0].lineno - 1  # the header of a compound statement
+        elif isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            continue  # inside its body: a smaller statement holds the line
+        if best is None or last - node.lineno < best[1] - best[0]:
+            best = (node.lineno, last)
+    return (relative, *best) if best else None
+
+
+def _map_line(original: list[str], converted: list[str], line: int) -> int:
+    """The original's line (1-based) for a converted line, through a diff of the two files."""
+    index = line - 1
+    matcher = difflib.SequenceMatcher(None, original, converted, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if j1 <= index < j2 or (tag == "delete" and index == j1):
+            if tag == "equal":
+                return i1 + (index - j1) + 1
+            return i1 + min(index - j1, max(i2 - i1 - 1, 0)) + 1
+    return line
 
 
 def _module_files(dotted: str, converted_package: Path) -> list[str]:
@@ -508,6 +568,7 @@ class Row:
     model: str
     stage: str
     cls: str
+    label: str = ""  # the class, REPORTED* where the errors are only elsewhere in the files on the path
     failure: str = ""
     where: str = ""
     errors: list[str] = field(default_factory=list)
@@ -535,9 +596,9 @@ def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, w
                 deps = [str(fetch(dep, cache)) for dep in package.deps]
                 source = module_path(root, package.module)
                 out = work / package.name / "converted" / source.name
-                conversions[package.name] = (root, deps, out, convert(source, out, work / package.name,
-                                                                      convert_timeout))
-            root, deps, out, conversion = conversions[package.name]
+                conversions[package.name] = (root, deps, source, out,
+                                             convert(source, out, work / package.name, convert_timeout))
+            root, deps, source, out, conversion = conversions[package.name]
         except Exception as exc:  # the registry or the archive: nothing measured
             rows.append(Row(package.name, package.version, model.cls, "fetch", BROKEN, failure=f"{exc}"[:300]))
             log(f"{model.key}: fetch failed: {exc}")
@@ -553,34 +614,34 @@ def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, w
                "cls": model.cls, "kwargs": model.kwargs, "inputs": model.inputs, "seed": seed,
                "result": str(result_file)}
         result = run_job(job, timeout)
-        verdict = classify(result, conversion["report"], out)
+        verdict = classify(result, conversion["report"], out, source)
         where = ""
         if verdict.innermost:
             frame = verdict.innermost
             where = f"{frame['file']}:{frame['line']}: {frame['source']}"
-        rows.append(Row(package.name, package.version, model.cls, result["stage"], verdict.cls,
+        rows.append(Row(package.name, package.version, model.cls, result["stage"], verdict.cls, verdict.label,
                         failure=one_line(result.get("failure")), where=where,
                         errors=[f"{d['path']}:{d['line']}:{d['col']} {d['code']} {d['message']}"[:240]
                                 for d in verdict.errors],
                         path=verdict.path, check=(result.get("check") or {}).get("text"),
                         convert_seconds=conversion.get("seconds"),
                         detail={"failure": result.get("failure"), "imported": result.get("imported")}))
-        log(f"{model.key}: {verdict.cls} at {result['stage']} ({time.perf_counter() - started:.0f}s)"
+        log(f"{model.key}: {verdict.label} at {result['stage']} ({time.perf_counter() - started:.0f}s)"
             + (f"  {rows[-1].failure[:160]}" if verdict.cls != PASS else ""))
     return rows
 
 
 def table(rows: list[Row]) -> str:
     header = ("package", "version", "model", "stage", "class")
-    body = [(r.package, r.version, r.model.rpartition(":")[2], r.stage if r.cls != PASS else "all", r.cls)
-            for r in rows]
+    body = [(r.package, r.version, r.model.rpartition(":")[2], r.stage if r.cls != PASS else "all",
+             r.label or r.cls) for r in rows]
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body]]
     details = []
     for r in rows:
         if r.cls == PASS:
             continue
-        details.append(f"{r.package} {r.model} [{r.cls} at {r.stage}]")
+        details.append(f"{r.package} {r.model} [{r.label or r.cls} at {r.stage}]")
         details.append(f"    {r.failure}")
         if r.where:
             details.append(f"    at {r.where}")
@@ -594,7 +655,8 @@ def table(rows: list[Row]) -> str:
 def totals(rows: list[Row]) -> dict:
     counted = [r for r in rows if r.cls != BROKEN]
     count = {c: sum(r.cls == c for r in counted) for c in (PASS, REPORTED, SILENT)}
-    return {**count, "measured": len(counted), "broken": len(rows) - len(counted),
+    elsewhere = sum(r.label == REPORTED + "*" for r in counted)
+    return {**count, "reported_elsewhere": elsewhere, "measured": len(counted), "broken": len(rows) - len(counted),
             "pass_percent": round(100 * count[PASS] / len(counted), 1) if counted else 0.0}
 
 
@@ -639,7 +701,10 @@ def main(argv=None) -> int:
     summary = totals(rows)
     print(table(rows))
     print()
-    print(f"PASS {summary['PASS']}  REPORTED {summary['REPORTED']}  SILENT {summary['SILENT']}  "
+    print(f"PASS {summary['PASS']}  REPORTED {summary['REPORTED']}"
+          + (f" ({summary['reported_elsewhere']} REPORTED*: no error on a failing statement, only elsewhere "
+             f"in its files)" if summary["reported_elsewhere"] else "")
+          + f"  SILENT {summary['SILENT']}  "
           f"of {summary['measured']} measured ({summary['pass_percent']}% PASS)"
           + (f"; {summary['broken']} not measured (BROKEN: the original failed with the table's config)"
              if summary["broken"] else ""))
