@@ -496,17 +496,35 @@ def classify(result: dict, report: dict | None, converted_package: Path,
         path = list(dict.fromkeys(rel for rel in (converted_relative(f, converted_package)
                                                   for f in result.get("imported", [])) if rel))
     files = {f["relative"]: f for f in (report or {}).get("files", [])}
-    errors = [d for rel in path for d in files.get(rel, {}).get("diagnostics", []) if d["severity"] == "error"]
+    errors = [{**d, "relative": rel} for rel in path for d in files.get(rel, {}).get("diagnostics", [])
+              if d["severity"] == "error"]
     innermost = inside[-1][0] if inside else None
     at_spot = []
     if original_package is not None and errors:
         spans = [span for frame, rel in inside
                  for span in [failing_statement(frame, converted_package, original_package, rel)] if span]
-        at_spot = [d for rel in path for d in files.get(rel, {}).get("diagnostics", [])
-                   if d["severity"] == "error" and any(rel == file and first <= d["line"] <= last
-                                                       for file, first, last in spans)]
-    return Verdict(REPORTED if errors else SILENT, path, errors,
-                   {**innermost, "file": inside[-1][1]} if innermost else None, at_spot)
+        at_spot = [d for d in errors if any(d["relative"] == file and first <= d["line"] <= last
+                                            for file, first, last in spans)]
+    if innermost:
+        innermost = {**innermost, "file": inside[-1][1]}
+        if original_package is not None:
+            innermost["original_line"] = original_line(innermost, converted_package, original_package)
+    return Verdict(REPORTED if errors else SILENT, path, errors, innermost, at_spot)
+
+
+def _pair(converted_package: Path, original_package: Path, relative: str) -> tuple[Path, Path]:
+    original = original_package / relative if original_package.is_dir() else original_package
+    converted = converted_package / relative if converted_package.is_dir() else converted_package
+    return original, converted
+
+
+def original_line(frame: dict, converted_package: Path, original_package: Path) -> int | None:
+    """The original's line number for a frame in a converted file (relative path in frame['file'])."""
+    original, converted = _pair(converted_package, original_package, frame["file"])
+    try:
+        return _map_line(original.read_text().splitlines(), converted.read_text().splitlines(), frame["line"])
+    except OSError:
+        return None
 
 
 def failing_statement(frame: dict, converted_package: Path, original_package: Path,
@@ -515,8 +533,7 @@ def failing_statement(frame: dict, converted_package: Path, original_package: Pa
 
     porter keeps the layout, so a line-level diff of the two files maps the converted line back; the
     statement is the smallest one holding that line (a compound statement: its header only)."""
-    original = original_package / relative if original_package.is_dir() else original_package
-    converted = converted_package / relative if converted_package.is_dir() else converted_package
+    original, converted = _pair(converted_package, original_package, relative)
     try:
         original_text, converted_text = original.read_text(), converted.read_text()
         tree = ast.parse(original_text)
@@ -614,20 +631,46 @@ def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, w
                "cls": model.cls, "kwargs": model.kwargs, "inputs": model.inputs, "seed": seed,
                "result": str(result_file)}
         result = run_job(job, timeout)
-        verdict = classify(result, conversion["report"], out, source)
-        where = ""
-        if verdict.innermost:
-            frame = verdict.innermost
-            where = f"{frame['file']}:{frame['line']}: {frame['source']}"
-        rows.append(Row(package.name, package.version, model.cls, result["stage"], verdict.cls, verdict.label,
-                        failure=one_line(result.get("failure")), where=where,
-                        errors=[f"{d['path']}:{d['line']}:{d['col']} {d['code']} {d['message']}"[:240]
-                                for d in verdict.errors],
-                        path=verdict.path, check=(result.get("check") or {}).get("text"),
-                        convert_seconds=conversion.get("seconds"),
-                        detail={"failure": result.get("failure"), "imported": result.get("imported")}))
-        log(f"{model.key}: {verdict.label} at {result['stage']} ({time.perf_counter() - started:.0f}s)"
-            + (f"  {rows[-1].failure[:160]}" if verdict.cls != PASS else ""))
+        rows.append(row_of(package, model, result, conversion, source, out))
+        log(f"{model.key}: {rows[-1].label} at {result['stage']} ({time.perf_counter() - started:.0f}s)"
+            + (f"  {rows[-1].failure[:160]}" if rows[-1].cls != PASS else ""))
+    return rows
+
+
+def row_of(package: Package, model: Model, result: dict, conversion: dict, source: Path, out: Path) -> Row:
+    verdict = classify(result, conversion["report"], out, source)
+    where = ""
+    if verdict.innermost:
+        frame = verdict.innermost
+        was = f" (original line {frame['original_line']})" if frame.get("original_line") else ""
+        where = f"{frame['file']}:{frame['line']}{was}: {frame['source']}"
+    spot = [d for d in verdict.errors if d in verdict.at_spot]
+    shown = spot + [d for d in verdict.errors if d not in verdict.at_spot]
+    return Row(package.name, package.version, model.cls, result["stage"], verdict.cls, verdict.label,
+               failure=one_line(result.get("failure")), where=where,
+               errors=[f"{d['relative']}:{d['line']}:{d['col']} {d['code']} {d['message']}"[:240]
+                       + (" (on the failing statement)" if d in spot else "") for d in shown],
+               path=verdict.path, check=(result.get("check") or {}).get("text"),
+               convert_seconds=conversion.get("seconds"),
+               detail={"failure": result.get("failure"), "imported": result.get("imported"),
+                       "check_failures": (result.get("check") or {}).get("failures")})
+
+
+def reclassify(packages: dict[str, Package], models: list[Model], kept: Path) -> list[Row]:
+    """The rows again from a --keep directory's results and reports, running nothing."""
+    rows = []
+    for model in models:
+        package = packages[model.package]
+        result_file = kept / package.name / f"{model.cls.replace(':', '.')}.result.json"
+        job_file = result_file.with_suffix(".job.json")
+        report_file = kept / package.name / "porter_report.json"
+        if not (result_file.exists() and job_file.exists() and report_file.exists()):
+            continue
+        job = json.loads(job_file.read_text())
+        source = module_path(Path(job["original"]), package.module)
+        conversion = {"report": json.loads(report_file.read_text())}
+        rows.append(row_of(package, model, json.loads(result_file.read_text()), conversion, source,
+                           Path(job["converted"]) / source.name))
     return rows
 
 
@@ -672,6 +715,8 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=int, default=300, help="seconds per model (default 300)")
     parser.add_argument("--convert-timeout", type=int, default=900, help="seconds per package conversion")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reclassify", type=Path, metavar="DIR",
+                        help="run nothing: classify again the results kept in DIR by an earlier --keep run")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -683,6 +728,8 @@ def main(argv=None) -> int:
         return 0
     packages, models = load_table(args.table)
     models = select(models, args.only)
+    if args.reclassify:
+        return report(reclassify(packages, models, args.reclassify), args.json)
     if args.keep:
         shutil.rmtree(args.keep, ignore_errors=True)
         work = args.keep
@@ -698,6 +745,10 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    return report(rows, args.json)
+
+
+def report(rows: list[Row], json_path: Path | None) -> int:
     summary = totals(rows)
     print(table(rows))
     print()
@@ -708,8 +759,8 @@ def main(argv=None) -> int:
           f"of {summary['measured']} measured ({summary['pass_percent']}% PASS)"
           + (f"; {summary['broken']} not measured (BROKEN: the original failed with the table's config)"
              if summary["broken"] else ""))
-    if args.json:
-        args.json.write_text(json.dumps({"totals": summary, "rows": [asdict(r) for r in rows]}, indent=1))
+    if json_path:
+        json_path.write_text(json.dumps({"totals": summary, "rows": [asdict(r) for r in rows]}, indent=1))
     return 0
 
 
