@@ -36,6 +36,7 @@ import ast
 import difflib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -381,7 +382,10 @@ def describe(exc: BaseException) -> dict:
                   for f in traceback.extract_tb(current.__traceback__)] + frames
         current = current.__cause__ or current.__context__
     message = " ".join(str(exc).split())
-    return {"type": type(exc).__name__, "message": message[:500], "frames": frames,
+    load = getattr(exc, "report", None)  # porter's StateDictMismatch: the keys that did not fit
+    keys = [] if load is None else [*getattr(load, "missing", []), *getattr(load, "unexpected", []),
+                                    *(m.key for m in getattr(load, "mismatched", []))]
+    return {"type": type(exc).__name__, "message": message[:500], "frames": frames, "keys": keys,
             "missing_module": getattr(exc, "name", None) if isinstance(exc, ImportError) else None}
 
 
@@ -459,11 +463,12 @@ class Verdict:
     path: list[str]  # converted files (relative to the converted package) on the failing path
     errors: list[dict]  # error-level diagnostics in those files
     innermost: dict | None = None  # the innermost frame inside the converted tree
-    at_spot: list[dict] = field(default_factory=list)  # those of the errors on a failing statement
+    # those of the errors on a failing statement or on a binding it uses (a few steps back)
+    at_spot: list[dict] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        """The class; REPORTED* where no error is on a statement of the traceback (only elsewhere in a file)."""
+        """The class; REPORTED* where no error is on a failing statement or the bindings it uses."""
         return f"{self.cls}*" if self.cls == REPORTED and not self.at_spot else self.cls
 
 
@@ -501,8 +506,9 @@ def classify(result: dict, report: dict | None, converted_package: Path,
     innermost = inside[-1][0] if inside else None
     at_spot = []
     if original_package is not None and errors:
-        spans = [span for frame, rel in inside
-                 for span in [failing_statement(frame, converted_package, original_package, rel)] if span]
+        keys = failure.get("keys") or re.findall(r"([A-Za-z_][\w.]*\.\w+) \(", failure.get("message", ""))
+        attributes = [] if inside else _attributes(keys)
+        spans = explaining_spans(inside, attributes, path, converted_package, original_package)
         at_spot = [d for d in errors if any(d["relative"] == file and first <= d["line"] <= last
                                             for file, first, last in spans)]
     if innermost:
@@ -510,6 +516,12 @@ def classify(result: dict, report: dict | None, converted_package: Path,
         if original_package is not None:
             innermost["original_line"] = original_line(innermost, converted_package, original_package)
     return Verdict(REPORTED if errors else SILENT, path, errors, innermost, at_spot)
+
+
+def _attributes(keys: list[str]) -> list[str]:
+    """The attributes that hold the state_dict entries named: 'blocks.0.res_conv.weight' -> 'res_conv'."""
+    parts = [key.split(".") for key in keys]
+    return list(dict.fromkeys(p[-2] for p in parts if len(p) >= 2 and not p[-2].isdigit()))
 
 
 def _pair(converted_package: Path, original_package: Path, relative: str) -> tuple[Path, Path]:
@@ -527,32 +539,121 @@ def original_line(frame: dict, converted_package: Path, original_package: Path) 
         return None
 
 
-def failing_statement(frame: dict, converted_package: Path, original_package: Path,
-                      relative: str) -> tuple[str, int, int] | None:
-    """(file, first line, last line) of the original's statement that a converted frame was running.
+class SourceIndex:
+    """One original file's statements: which holds a line, what each binds and uses, in which function."""
 
-    porter keeps the layout, so a line-level diff of the two files maps the converted line back; the
-    statement is the smallest one holding that line (a compound statement: its header only)."""
-    original, converted = _pair(converted_package, original_package, relative)
-    try:
-        original_text, converted_text = original.read_text(), converted.read_text()
-        tree = ast.parse(original_text)
-    except (OSError, SyntaxError, ValueError):
-        return None
-    line = _map_line(original_text.splitlines(), converted_text.splitlines(), frame["line"])
-    best = None
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt) or not (node.lineno <= line <= (node.end_lineno or node.lineno)):
+    def __init__(self, text: str):
+        self.tree = ast.parse(text)
+        self.function_of: dict[int, ast.AST | None] = {}  # id(statement) -> enclosing function (None: module)
+        self.bindings: dict[str, list[ast.stmt]] = {}
+        self._index(self.tree, None)
+
+    def _index(self, node: ast.AST, function: ast.AST | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                self.function_of[id(child)] = function
+                for name in _bound(child):
+                    self.bindings.setdefault(name, []).append(child)
+            inner = child if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) else function
+            self._index(child, inner)
+
+    def statement_at(self, line: int) -> ast.stmt | None:
+        """The smallest statement holding the line (a compound statement only for its header's lines)."""
+        best = None
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.stmt) and _span(node)[0] <= line <= _span(node)[1]:
+                if best is None or _span(node)[1] - _span(node)[0] < _span(best)[1] - _span(best)[0]:
+                    best = node
+        return best
+
+    def explaining(self, seeds: list[ast.stmt], names: set[str] = frozenset(), depth: int = 3) -> list[tuple[int, int]]:
+        """Spans of the seed statements and of the statements binding what they use, `depth` steps back.
+
+        A name used in a function is looked up among that function's bindings and the module's (and
+        `self.X` in the whole file), so that a common local name elsewhere does not count."""
+        chosen = {id(s): s for s in seeds}
+        wanted = [(name, None) for name in names] + [(n, self.function_of.get(id(s))) for s in seeds for n in _used(s)]
+        for _ in range(depth):
+            found = []
+            for name, function in wanted:
+                for binding in self.bindings.get(name, []):
+                    scope = self.function_of.get(id(binding))
+                    if id(binding) not in chosen and (name.startswith("self.") or scope is None or scope is function
+                                                      or function is None):
+                        chosen[id(binding)] = binding
+                        found.append(binding)
+            wanted = [(n, self.function_of.get(id(b))) for b in found for n in _used(b)]
+        return [_span(s) for s in chosen.values()]
+
+
+def _span(node: ast.stmt) -> tuple[int, int]:
+    """A statement's lines; a compound statement's header only."""
+    body = getattr(node, "body", None)
+    if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+        return node.lineno, max(node.lineno, body[0].lineno - 1)
+    return node.lineno, node.end_lineno or node.lineno
+
+
+def _header(node: ast.stmt) -> list[ast.AST]:
+    """What a statement evaluates itself: for a compound statement, not its body."""
+    skip = {"body", "orelse", "handlers", "finalbody"}
+    return [value for name, value in ast.iter_fields(node) if name not in skip
+            for value in (value if isinstance(value, list) else [value]) if isinstance(value, ast.AST)]
+
+
+def _name_of(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return f"self.{node.attr}"
+    return None
+
+
+def _used(statement: ast.stmt) -> set[str]:
+    return {name for part in _header(statement) for node in ast.walk(part)
+            if isinstance(getattr(node, "ctx", None), ast.Load) and (name := _name_of(node)) and name != "self"}
+
+
+def _bound(statement: ast.stmt) -> list[str]:
+    targets: list[ast.AST] = []
+    if isinstance(statement, ast.Assign):
+        targets = statement.targets
+    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
+        targets = [statement.target]
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        targets = [item.optional_vars for item in statement.items if item.optional_vars is not None]
+    elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [statement.name]
+    elif isinstance(statement, (ast.Import, ast.ImportFrom)):
+        return [(alias.asname or alias.name).split(".")[0] for alias in statement.names]
+    return [name for target in targets for node in ast.walk(target) if (name := _name_of(node))
+            and isinstance(getattr(node, "ctx", None), ast.Store)]
+
+
+def explaining_spans(frames: list[tuple[dict, str]], attributes: list[str], path: list[str],
+                     converted_package: Path, original_package: Path) -> list[tuple[str, int, int]]:
+    """(file, first, last) of the original's statements that explain a failure: the statement each
+    converted frame was running and the bindings of the names it uses; for a failure with no frame
+    (a state_dict mismatch), the bindings of the attributes named (`self.res_conv` for
+    'layers.0.res_conv.weight') in the files on the path."""
+    spans = []
+    for relative in dict.fromkeys([rel for _, rel in frames] + (path if attributes else [])):
+        original, converted = _pair(converted_package, original_package, relative)
+        try:
+            original_text, converted_text = original.read_text(), converted.read_text()
+            index = SourceIndex(original_text)
+        except (OSError, SyntaxError, ValueError):
             continue
-        last = node.end_lineno or node.lineno
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.stmt) and line < body[0].lineno:
-            last = body[0].lineno - 1  # the header of a compound statement
-        elif isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-            continue  # inside its body: a smaller statement holds the line
-        if best is None or last - node.lineno < best[1] - best[0]:
-            best = (node.lineno, last)
-    return (relative, *best) if best else None
+        seeds = []
+        for frame, rel in frames:
+            if rel == relative:
+                line = _map_line(original_text.splitlines(), converted_text.splitlines(), frame["line"])
+                statement = index.statement_at(line)
+                if statement is not None:
+                    seeds.append(statement)
+        names = {f"self.{a}" for a in attributes}
+        spans += [(relative, first, last) for first, last in index.explaining(seeds, names)]
+    return spans
 
 
 def _map_line(original: list[str], converted: list[str], line: int) -> int:
@@ -649,7 +750,7 @@ def row_of(package: Package, model: Model, result: dict, conversion: dict, sourc
     return Row(package.name, package.version, model.cls, result["stage"], verdict.cls, verdict.label,
                failure=one_line(result.get("failure")), where=where,
                errors=[f"{d['relative']}:{d['line']}:{d['col']} {d['code']} {d['message']}"[:240]
-                       + (" (on the failing statement)" if d in spot else "") for d in shown],
+                       + (" (on the failing statement or a binding it uses)" if d in spot else "") for d in shown],
                path=verdict.path, check=(result.get("check") or {}).get("text"),
                convert_seconds=conversion.get("seconds"),
                detail={"failure": result.get("failure"), "imported": result.get("imported"),
@@ -753,8 +854,8 @@ def report(rows: list[Row], json_path: Path | None) -> int:
     print(table(rows))
     print()
     print(f"PASS {summary['PASS']}  REPORTED {summary['REPORTED']}"
-          + (f" ({summary['reported_elsewhere']} REPORTED*: no error on a failing statement, only elsewhere "
-             f"in its files)" if summary["reported_elsewhere"] else "")
+          + (f" ({summary['reported_elsewhere']} REPORTED*: no error on a failing statement or the bindings it "
+             f"uses, only elsewhere in its files)" if summary["reported_elsewhere"] else "")
           + f"  SILENT {summary['SILENT']}  "
           f"of {summary['measured']} measured ({summary['pass_percent']}% PASS)"
           + (f"; {summary['broken']} not measured (BROKEN: the original failed with the table's config)"

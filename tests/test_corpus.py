@@ -46,12 +46,16 @@ FLAX_INIT = """
 FLAX_LAYERS_CRASH = """
     import jax.numpy as jnp
 
+    SCALE = jnp.asarray(2.0)
+
 
     def finish(x):
         return jnp.maximum(x, 0).type(jnp.float32)
 """
 TORCH_LAYERS = """
     import torch
+
+    SCALE = torch.tensor(2.0)
 
 
     def finish(x):
@@ -123,13 +127,13 @@ def test_converted_by_porter_and_passing(tmp_path, isolated):
 
 def test_crash_where_porter_said_error_is_reported(tmp_path, isolated):
     result, verdict = run_fake(tmp_path, "fake_reported", FLAX_LAYERS_CRASH,
-                               {"__init__.py": [], "layers.py": [("PT040", "error", 6), ("PT003", "error", 2)]})
+                               {"__init__.py": [], "layers.py": [("PT040", "error", 8), ("PT003", "error", 4)]})
     assert result["stage"] == "eager"
     assert result["failure"]["type"] == "AttributeError"
     assert verdict.cls == corpus.REPORTED
     assert verdict.path == ["__init__.py", "layers.py"]  # the traceback's frames in the converted tree
     assert [d["code"] for d in verdict.errors] == ["PT040", "PT003"]
-    assert [d["code"] for d in verdict.at_spot] == ["PT040"]  # on the failing statement (line 6)
+    assert [d["code"] for d in verdict.at_spot] == ["PT040"]  # on the failing statement (line 8)
     assert verdict.label == corpus.REPORTED
     assert verdict.innermost["file"] == "layers.py"
     assert verdict.innermost["source"] == "return jnp.maximum(x, 0).type(jnp.float32)"
@@ -193,10 +197,37 @@ def test_import_of_a_file_porter_could_not_write_puts_it_on_the_path(tmp_path):
 
 def test_an_error_only_elsewhere_in_a_file_on_the_path_is_reported_with_a_star(tmp_path, isolated):
     result, verdict = run_fake(tmp_path, "fake_elsewhere", FLAX_LAYERS_CRASH,
-                               {"__init__.py": [("PT003", "error", 3)], "layers.py": [("PT003", "error", 2)]})
+                               {"__init__.py": [("PT003", "error", 8)], "layers.py": [("PT003", "error", 4)]})
     assert verdict.cls == corpus.REPORTED
     assert verdict.at_spot == []
     assert verdict.label == "REPORTED*"
+
+
+def test_an_error_on_a_binding_the_failing_statement_uses_explains_it():
+    index = corpus.SourceIndex(textwrap.dedent("""
+        import torch
+        from functools import partial
+        Norm = partial(torch.nn.LayerNorm, bias=False)
+        OTHER = 1
+
+        class Block:
+            def __init__(self, dim):
+                norm_fn = partial(Norm, dim)
+                unused = OTHER
+                self.norm = norm_fn()
+
+            def other(self, norm_fn):
+                norm_fn = 3
+    """))
+    spans = index.explaining([index.statement_at(11)])
+    assert sorted(spans) == [(2, 2), (3, 3), (4, 4), (9, 9), (11, 11)]  # not OTHER, nor other()'s norm_fn
+    # a state_dict key's attribute: where it is bound, and three steps back from there
+    assert sorted(index.explaining([], {"self.norm"})) == [(3, 3), (4, 4), (9, 9), (11, 11)]
+
+
+def test_the_attribute_holding_a_state_dict_entry():
+    assert corpus._attributes(["layers.0.0.fn.res_conv.weight", "pos_conv.bias", "0.weight"]) == ["res_conv",
+                                                                                                   "pos_conv"]
 
 
 def test_a_converted_line_maps_back_through_added_and_changed_lines():
