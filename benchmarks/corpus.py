@@ -315,17 +315,18 @@ def run_model(job: dict) -> dict:
         with stage("eager"):
             flax_model.eval()
             eager = flax_model(*jax_args, **jax_kw)
-        with stage("jit"):
-            jitted = nnx.jit(lambda model, a, k: model(*a, **k))(flax_model, jax_args, jax_kw)
-            _same(eager, jitted)
+        try:
+            with stage("jit"):
+                jitted = nnx.jit(lambda model, a, k: model(*a, **k))(flax_model, jax_args, jax_kw)
+                _same(eager, jitted)
+        except _Failed:  # the class is decided; whether the eager numbers are right is worth knowing
+            result["eager_check"] = _eager_check(torch_model, flax_model, args, kw, seed)
+            raise
         with stage("check"):
             from porter.check import check_equivalence
 
             report = check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed, mode="eval")
-            result["check"] = {"passed": report.passed, "text": report.format(),
-                               "failures": [f"{r.kind} {r.name} max_abs {r.max_abs:.3g} rel {r.rel:.3g}"
-                                            for r in report.failures],
-                               "divergence": _divergence(report)}
+            result["check"] = _check_summary(report)
             if not report.passed:
                 first = report.failures[0] if report.failures else None
                 raise StageFailed(f"{len(report.failures)} of {len(report.rows)} arrays differ"
@@ -387,6 +388,29 @@ def describe(exc: BaseException) -> dict:
                                     *(m.key for m in getattr(load, "mismatched", []))]
     return {"type": type(exc).__name__, "message": message[:500], "frames": frames, "keys": keys,
             "missing_module": getattr(exc, "name", None) if isinstance(exc, ImportError) else None}
+
+
+def _check_summary(report) -> dict:
+    return {"passed": report.passed, "text": report.format(),
+            "failures": [f"{r.kind} {r.name} max_abs {r.max_abs:.3g} rel {r.rel:.3g}" for r in report.failures],
+            "divergence": _divergence(report)}
+
+
+def _eager_check(torch_model, flax_model, args, kw, seed) -> dict:
+    """porter's check without jit, for a model that runs eagerly only (information, not the class)."""
+    from porter.check import check_equivalence
+
+    try:
+        return _check_summary(check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed,
+                                                mode="eval", jit=False))
+    except Exception as exc:  # gradients trace the model too: outputs alone then
+        error = one_line(describe(exc))
+    try:
+        return {**_check_summary(check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed,
+                                                   mode="eval", jit=False, grads=False)),
+                "outputs_only": error}
+    except Exception as exc:
+        return {"passed": False, "error": one_line(describe(exc))}
 
 
 def _divergence(report) -> str | None:
@@ -692,6 +716,7 @@ class Row:
     errors: list[str] = field(default_factory=list)
     path: list[str] = field(default_factory=list)
     check: str | None = None
+    eager_check: str | None = None  # a model that fails under jit only: porter check run eagerly
     convert_seconds: float | None = None
     detail: dict = field(default_factory=dict)
 
@@ -752,9 +777,20 @@ def row_of(package: Package, model: Model, result: dict, conversion: dict, sourc
                errors=[f"{d['relative']}:{d['line']}:{d['col']} {d['code']} {d['message']}"[:240]
                        + (" (on the failing statement or a binding it uses)" if d in spot else "") for d in shown],
                path=verdict.path, check=(result.get("check") or {}).get("text"),
+               eager_check=_eager_line(result.get("eager_check")),
                convert_seconds=conversion.get("seconds"),
                detail={"failure": result.get("failure"), "imported": result.get("imported"),
                        "check_failures": (result.get("check") or {}).get("failures")})
+
+
+def _eager_line(check: dict | None) -> str | None:
+    if check is None:
+        return None
+    if "error" in check:
+        return f"raised {check['error']}"
+    verdict = "PASS" if check["passed"] else f"FAIL ({'; '.join(check['failures'][:2])})"
+    return verdict + (f" (outputs only: with gradients it raised {check['outputs_only'][:120]})"
+                      if check.get("outputs_only") else "")
 
 
 def reclassify(packages: dict[str, Package], models: list[Model], kept: Path) -> list[Row]:
@@ -789,6 +825,8 @@ def table(rows: list[Row]) -> str:
         details.append(f"    {r.failure}")
         if r.where:
             details.append(f"    at {r.where}")
+        if r.eager_check is not None:
+            details.append(f"    eagerly, porter check: {r.eager_check}")
         for error in r.errors[:6]:
             details.append(f"    porter error: {error}")
         if len(r.errors) > 6:

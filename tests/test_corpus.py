@@ -61,6 +61,13 @@ TORCH_LAYERS = """
     def finish(x):
         return torch.relu(x).type(torch.float32)
 """
+FLAX_LAYERS_EAGER_ONLY = """
+    import jax.numpy as jnp
+
+
+    def finish(x):
+        return jnp.maximum(x, 0) if float(x.sum()) == float(x.sum()) else x
+"""
 FLAX_LAYERS_WRONG = """
     import jax.numpy as jnp
 
@@ -148,6 +155,15 @@ def test_crash_with_only_a_note_or_an_error_elsewhere_is_silent(tmp_path, isolat
     assert result["stage"] == "eager"
     assert verdict.cls == corpus.SILENT
     assert verdict.errors == []
+
+
+def test_a_model_that_runs_eagerly_only_stops_at_jit_and_is_still_compared_eagerly(tmp_path, isolated):
+    result, verdict = run_fake(tmp_path, "fake_eager_only", FLAX_LAYERS_EAGER_ONLY, {"layers.py": []})
+    assert result["stage"] == "jit" and verdict.cls == corpus.SILENT
+    assert "Concretization" in result["failure"]["type"]
+    eager = result["eager_check"]
+    assert eager["passed"] and "outputs_only" in eager  # gradients trace the model too
+    assert corpus._eager_line(eager).startswith("PASS (outputs only")
 
 
 def test_numerical_difference_is_judged_on_the_imported_files(tmp_path, isolated):
