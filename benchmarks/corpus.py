@@ -27,6 +27,15 @@ and is classified (see /work/shared/DESIGN.md "Measuring on real code"):
   SILENT     a stage failed with no such diagnostic (an info or a warning does not count);
   BROKEN     the original itself did not build or run with the table's config: the table's fault,
              not counted.
+
+REPORTED* is a REPORTED whose errors are all elsewhere in those files: none on a statement of the
+traceback (mapped back to the original's lines through a diff: porter keeps the layout) nor on a
+binding such a statement uses, up to three steps back (`LayerNorm = partial(nn.LayerNorm, ...)` ->
+`norm_fn = partial(norm_class, dim)` -> `self.norm = norm_fn()`); for a state_dict mismatch, from the
+attribute that holds the key. Such an error does not say why, so read REPORTED* as silent in spirit.
+A model that fails under jit only is still compared eagerly, for information (`eagerly, porter check`).
+
+    python benchmarks/corpus.py --reclassify DIR         # classify a --keep run again, running nothing
 """
 
 from __future__ import annotations
@@ -172,8 +181,6 @@ def convert(source: Path, out: Path, report_dir: Path, timeout: int) -> dict:
     seconds = time.perf_counter() - started
     report_file = report_dir / "porter_report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else None
-    if source.is_file() and report is None:  # a single file: the report is printed, not written
-        report = None
     ok = out.exists() and report is not None
     return {"ok": ok, "seconds": round(seconds, 2), "returncode": done.returncode, "report": report,
             "error": None if ok else (done.stderr.strip()[-2000:] or "porter convert wrote nothing")}
