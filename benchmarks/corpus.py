@@ -165,12 +165,12 @@ def module_path(root: Path, module: str) -> Path:
 
 # ----------------------------------------------------------------------------------------- converting
 
-def convert(source: Path, out: Path, report_dir: Path, timeout: int) -> dict:
-    """`porter convert SOURCE -o OUT` with this checkout's porter; its JSON report, and how it went."""
+def convert(source: Path, out: Path, report_dir: Path, timeout: int, porter: Path = ROOT) -> dict:
+    """`porter convert SOURCE -o OUT` with the porter of the checkout `porter`; its JSON report, and how it went."""
     shutil.rmtree(out, ignore_errors=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(porter)}
     started = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "porter", "convert", str(source), "-o", str(out),
@@ -188,12 +188,12 @@ def convert(source: Path, out: Path, report_dir: Path, timeout: int) -> dict:
 
 # -------------------------------------------------------------------------------------------- running
 
-def run_job(job: dict, timeout: int) -> dict:
+def run_job(job: dict, timeout: int, porter: Path = ROOT) -> dict:
     """Run one model's stages in a subprocess (this file with --worker); a crash or a hang is a result."""
     job_file = Path(job["result"]).with_suffix(".job.json")
     job_file.write_text(json.dumps(job))
     hang = Path(job["result"]).with_suffix(".hang.txt")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CORPUS_HANG_FILE": str(hang),
+    env = {**os.environ, "PYTHONPATH": str(porter), "CORPUS_HANG_FILE": str(hang),
            "CORPUS_TIMEOUT": str(timeout)}
     try:
         done = subprocess.run([sys.executable, __file__, "--worker", str(job_file)], capture_output=True,
@@ -735,7 +735,7 @@ def one_line(failure: dict | None) -> str:
 
 
 def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, work: Path, timeout: int,
-            convert_timeout: int, seed: int = 0, log=print) -> list[Row]:
+            convert_timeout: int, seed: int = 0, porter: Path = ROOT, log=print) -> list[Row]:
     rows, conversions = [], {}
     for model in models:
         package = packages[model.package]
@@ -747,7 +747,7 @@ def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, w
                 source = module_path(root, package.module)
                 out = work / package.name / "converted" / source.name
                 conversions[package.name] = (root, deps, source, out,
-                                             convert(source, out, work / package.name, convert_timeout))
+                                             convert(source, out, work / package.name, convert_timeout, porter))
             root, deps, source, out, conversion = conversions[package.name]
         except Exception as exc:  # the registry or the archive: nothing measured
             rows.append(Row(package.name, package.version, model.cls, "fetch", BROKEN, failure=f"{exc}"[:300]))
@@ -763,7 +763,7 @@ def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, w
         job = {"original": str(root), "converted": str(out.parent), "deps": deps, "shims": package.shims,
                "cls": model.cls, "kwargs": model.kwargs, "inputs": model.inputs, "seed": seed,
                "result": str(result_file)}
-        result = run_job(job, timeout)
+        result = run_job(job, timeout, porter)
         rows.append(row_of(package, model, result, conversion, source, out))
         log(f"{model.key}: {rows[-1].label} at {result['stage']} ({time.perf_counter() - started:.0f}s)"
             + (f"  {rows[-1].failure[:160]}" if rows[-1].cls != PASS else ""))
@@ -861,6 +861,8 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=int, default=300, help="seconds per model (default 300)")
     parser.add_argument("--convert-timeout", type=int, default=900, help="seconds per package conversion")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--porter", type=Path, default=ROOT, metavar="CHECKOUT",
+                        help="measure the porter of another checkout (a worktree); default this one")
     parser.add_argument("--reclassify", type=Path, metavar="DIR",
                         help="run nothing: classify again the results kept in DIR by an earlier --keep run")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
@@ -886,7 +888,7 @@ def main(argv=None) -> int:
         work = Path(tempfile.mkdtemp(prefix="porter-corpus-"))
     try:
         rows = measure(packages, models, cache=args.cache, work=work.resolve(), timeout=args.timeout,
-                       convert_timeout=args.convert_timeout, seed=args.seed,
+                       convert_timeout=args.convert_timeout, seed=args.seed, porter=args.porter.resolve(),
                        log=lambda text: print(text, file=sys.stderr, flush=True))
     finally:
         if not args.keep:
