@@ -213,10 +213,14 @@ def run_job(job: dict, timeout: int, porter: Path = ROOT) -> dict:
 
 
 def _frames_from_dump(text: str) -> list[dict]:
-    """faulthandler's 'File "...", line N in f' lines, outermost first (it prints innermost first)."""
-    frames = []
+    """faulthandler's 'File "...", line N in f' lines of the first thread it dumps (the one running),
+    outermost first (it prints innermost first)."""
+    frames, threads = [], 0
     for line in text.splitlines():
         line = line.strip()
+        threads += line.startswith(("Thread 0x", "Current thread 0x"))
+        if threads > 1:
+            break
         if line.startswith('File "'):
             filename, _, rest = line[6:].partition('", line ')
             lineno, _, function = rest.partition(" in ")

@@ -262,3 +262,19 @@ def test_table_names_the_first_failure_and_the_errors(tmp_path):
     assert "pkg      0.1      Net    jit    REPORTED" in text
     assert "at mod.py:3: x.type(y)" in text and "porter error: pkg/mod.py:3:4 PT040 torch left" in text
     assert json.dumps(corpus.totals([row]))
+
+
+def test_a_hang_is_located_by_the_running_thread_of_faulthandlers_dump():
+    dump = textwrap.dedent("""\
+        stage: eager
+        Timeout (0:04:55)!
+        Current thread 0x00007f01 (most recent call first):
+          File "/out/pkg/layers.py", line 3 in finish
+          File "/out/pkg/__init__.py", line 9 in __call__
+
+        Thread 0x00007f02 (most recent call first):
+          File "/usr/lib/python3.11/threading.py", line 320 in wait
+    """)
+    assert corpus._stage_from_dump(dump) == "eager"
+    assert [(f["file"], f["line"]) for f in corpus._frames_from_dump(dump)] == [("/out/pkg/__init__.py", 9),
+                                                                               ("/out/pkg/layers.py", 3)]
