@@ -402,9 +402,12 @@ def describe(exc: BaseException) -> dict:
 
 
 def _check_summary(report) -> dict:
+    first = report.first_divergence
     return {"passed": report.passed, "text": report.format(),
             "failures": [f"{r.kind} {r.name} max_abs {r.max_abs:.3g} rel {r.rel:.3g}" for r in report.failures],
-            "divergence": _divergence(report)}
+            "divergence": _divergence(report),
+            "divergence_path": None if first is None else first.row.path,
+            "divergence_class": None if first is None else first.row.torch_class}
 
 
 def _eager_check(torch_model, flax_model, args, kw, seed) -> dict:
@@ -542,8 +545,11 @@ def classify(result: dict, report: dict | None, converted_package: Path,
     at_spot = []
     if original_package is not None and errors:
         keys = failure.get("keys") or re.findall(r"([A-Za-z_][\w.]*\.\w+) \(", failure.get("message", ""))
-        attributes = [] if inside else _attributes(keys)
-        spans = explaining_spans(inside, attributes, path, converted_package, original_package)
+        check = result.get("check") or {}
+        diverging = [] if inside else [check.get("divergence_path") or ""]
+        attributes = [] if inside else _attributes(keys) + _attributes([f"{p}.output" for p in diverging if p])
+        classes = [check["divergence_class"]] if not inside and check.get("divergence_class") else []
+        spans = explaining_spans(inside, attributes, path, converted_package, original_package, classes)
         at_spot = [d for d in errors if any(d["relative"] == file and first <= d["line"] <= last
                                             for file, first, last in spans)]
     if innermost:
@@ -666,13 +672,15 @@ def _bound(statement: ast.stmt) -> list[str]:
 
 
 def explaining_spans(frames: list[tuple[dict, str]], attributes: list[str], path: list[str],
-                     converted_package: Path, original_package: Path) -> list[tuple[str, int, int]]:
+                     converted_package: Path, original_package: Path,
+                     classes: list[str] = ()) -> list[tuple[str, int, int]]:
     """(file, first, last) of the original's statements that explain a failure: the statement each
     converted frame was running and the bindings of the names it uses; for a failure with no frame
-    (a state_dict mismatch), the bindings of the attributes named (`self.res_conv` for
-    'layers.0.res_conv.weight') in the files on the path."""
+    (a state_dict mismatch, a numerical difference), the bindings of the attributes named
+    (`self.res_conv` for 'layers.0.res_conv.weight', or for the first diverging module) and the
+    whole class of that module, in the files on the path."""
     spans = []
-    for relative in dict.fromkeys([rel for _, rel in frames] + (path if attributes else [])):
+    for relative in dict.fromkeys([rel for _, rel in frames] + (path if attributes or classes else [])):
         original, converted = _pair(converted_package, original_package, relative)
         try:
             original_text, converted_text = original.read_text(), converted.read_text()
@@ -688,6 +696,8 @@ def explaining_spans(frames: list[tuple[dict, str]], attributes: list[str], path
                     seeds.append(statement)
         names = {f"self.{a}" for a in attributes}
         spans += [(relative, first, last) for first, last in index.explaining(seeds, names)]
+        spans += [(relative, node.lineno, node.end_lineno) for node in ast.walk(index.tree)
+                  if isinstance(node, ast.ClassDef) and node.name in classes]
     return spans
 
 

@@ -278,3 +278,56 @@ def test_a_hang_is_located_by_the_running_thread_of_faulthandlers_dump():
     assert corpus._stage_from_dump(dump) == "eager"
     assert [(f["file"], f["line"]) for f in corpus._frames_from_dump(dump)] == [("/out/pkg/__init__.py", 9),
                                                                                ("/out/pkg/layers.py", 3)]
+
+
+TORCH_DIVERGING = """
+    import torch
+    from torch import nn
+
+
+    class Act(nn.Module):
+        def forward(self, x):
+            return torch.relu(x)
+
+
+    class Net(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.fc = nn.Linear(dim, dim)
+            self.act = Act()
+
+        def forward(self, x):
+            return self.act(self.fc(x))
+"""
+FLAX_DIVERGING = """
+    import jax.numpy as jnp
+    from flax import nnx
+
+
+    class Act(nnx.Module):
+        def __call__(self, x):
+            return jnp.maximum(x, 0) * 2
+
+
+    class Net(nnx.Module):
+        def __init__(self, dim, *, rngs: nnx.Rngs):
+            self.fc = nnx.Linear(dim, dim, rngs=rngs)
+            self.act = Act()
+
+        def __call__(self, x):
+            return self.act(self.fc(x))
+"""
+
+
+def test_a_numerical_difference_is_explained_by_an_error_in_the_first_diverging_module(tmp_path, isolated):
+    source = write_package(tmp_path / "original", "fake_div", {"__init__.py": TORCH_DIVERGING})
+    package = write_package(tmp_path / "converted", "fake_div", {"__init__.py": FLAX_DIVERGING})
+    result = corpus.run_model(job("fake_div", tmp_path / "original", tmp_path / "converted", tmp_path))
+    assert result["stage"] == "check"
+    assert (result["check"]["divergence_path"], result["check"]["divergence_class"]) == ("act", "Act")
+    inside_act = corpus.classify(result, report_of("fake_div", {"__init__.py": [("PT005", "error", 8)]}),
+                                 package, source)
+    assert inside_act.label == corpus.REPORTED
+    elsewhere = corpus.classify(result, report_of("fake_div", {"__init__.py": [("PT005", "error", 13)]}),
+                                package, source)
+    assert elsewhere.label == "REPORTED*"
