@@ -1,6 +1,6 @@
 """How fast `porter convert` is, against the floor of any libcst tool.
 
-    python benchmarks/convert.py [--corpus DIR ...] [--lines 50000] [--repeat 2] [--check]
+    python benchmarks/convert.py [--corpus DIR ...] [--lines 50000] [--repeat 2] [--check] [--big-file 50000]
 
 The corpus: torch's own `torch/nn/modules` and `torch/optim` from the
 installed torch, any `--corpus` directories (e.g. an installed timm's
@@ -15,6 +15,11 @@ Measured in the same run, on the same files:
   `porter convert DIR` runs, minus writing: each file after the files whose
   module classes and layer factories it uses) with 1 process, 2 processes and
   every core.
+
+Beside the tree, one big file (`--big-file LINES`, default 50,000; 0 skips it):
+the same sources joined into one module, converted in this process, against
+the floor on that one file. A conversion that is not linear in its input shows
+here first (a whole-module analysis run once per loop or per name).
 
 It prints lines per second (wall clock and CPU time) and the ratios: porter
 1-process / floor (goal >= 0.5) and porter 2-process / 1-process (goal >= 1.6),
@@ -250,6 +255,30 @@ def porter(tasks: list[Task], jobs: int) -> tuple[float, float, float, int]:
     return wall, sum(per_worker.values()), max(per_worker.values()), crashed
 
 
+def big_file(sources: list[str], lines_wanted: int) -> str:
+    """The sources joined into one module of at least `lines_wanted` lines (each once: a module class
+    defined twice in one file is another matter)."""
+    parts, lines = [], 0
+    for source in sources:
+        if lines >= lines_wanted:
+            break
+        parts.append(source)
+        lines += source.count("\n") + 1
+    return "\n".join(parts)
+
+
+def one_file(source: str) -> tuple[float, float]:
+    """(CPU seconds of the floor, CPU seconds of porter) on one source, in this process."""
+    from porter.convert.pipeline import convert_source
+
+    cpu = time.process_time()
+    libcst.parse_module(source).code
+    floor_cpu = time.process_time() - cpu
+    cpu = time.process_time()
+    convert_source(source)
+    return floor_cpu, time.process_time() - cpu
+
+
 def _burn(n: int) -> int:
     total = 0
     for i in range(n):
@@ -281,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs per figure")
     parser.add_argument("--jobs", type=int, default=None, help="'all cores' means this many (default: every core)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal (0.5x floor, 1.6x with 2) is missed")
+    parser.add_argument("--big-file", type=int, default=50_000, metavar="LINES",
+                        help="also convert the sources joined into one file of this many lines (0: not)")
     parser.add_argument("--cpu", action="store_true",
                         help="judge the goals by CPU time (for a shared, busy machine: wall time there measures "
                              "the neighbours); the 2-process figure is then 1-process CPU / busiest worker CPU")
@@ -297,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         best = {key: [inf, inf, inf] for key in ("floor", 1, 2, cores)}
         crashed = 0
         parallel = max(machine_parallelism() for _ in range(2))
+        big = big_file(sources, args.big_file) if args.big_file else ""
+        big_best = [inf, inf]
+        for _ in range(args.repeat if big else 0):
+            big_best = [min(old, new) for old, new in zip(big_best, one_file(big))]
         for _ in range(args.repeat):
             wall, cpu = floor(sources)
             best["floor"] = [min(best["floor"][0], wall), min(best["floor"][1], cpu), inf]
@@ -326,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
               + (" (goal >= 1.6)" if jobs == 2 else ""))
     print(f"control: a pure CPU loop runs {parallel:.2f} x faster on 2 processes than on 1 on this machine "
           "right now (2.0 on two idle cores; less when other jobs hold the cores)")
+    if big:
+        big_lines = big.count("\n")
+        print(f"one file of {big_lines} lines: floor {big_best[0]:.2f} s CPU, porter {big_best[1]:.2f} s CPU: "
+              f"{big_best[1] / big_best[0]:.2f} x the floor's time ({big_lines / big_best[1]:.0f} lines/s)")
     if crashed:
         print(f"note: {crashed} file(s) failed with an internal error (PT031)")
     single = (c1 / fc) if args.cpu else (w1 / fw)

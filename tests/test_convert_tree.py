@@ -768,3 +768,14 @@ def test_a_sum_of_thousands_of_terms_is_pt034_at_once():
     conversion = convert_source("import torch\nx = " + " + ".join(["torch.ones(2)"] * 5000) + "\n")
     assert conversion.failed and [d.code for d in conversion.diagnostics] == ["PT034"]
     assert time.process_time() - start < 5  # it took 70-260 s to fail with a RecursionError
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(project, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    stale = [tmp_path / f".out.porter-tmp-{pid}-x1y2", tmp_path / f".out.porter-old-{pid}-123"]
+    live = tmp_path / f".out.porter-tmp-{os.getpid()}-abcd"  # a run still going (this process)
+    for path in (*stale, live):
+        (path / "pkg").mkdir(parents=True)
+    assert main(["convert", str(project), "-o", str(tmp_path / "out")]) == 1
+    assert not any(path.exists() for path in stale) and live.exists()

@@ -673,7 +673,8 @@ def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source
     them), and the temporary directory replaces `output` by a rename at the end. An error on the
     way (a full disk) removes the temporary directory and leaves `output` as it was."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.porter-tmp-"))
+    _remove_stale_temporaries(output)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.porter-tmp-{os.getpid()}-"))
     try:
         for result in results:
             if result.code is not None:
@@ -695,6 +696,26 @@ def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return removed
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """The temporary directories an earlier run for `output` left (killed before it could remove
+    them): `.OUT.porter-tmp-PID-*` and `.OUT.porter-old-PID-*` of a process that is gone."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.porter-(?:tmp|old)-(\d+)-")
+    for path in output.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
 
 
 def output_conflicts(output: Path, relatives: Iterable[str]) -> list[str]:
