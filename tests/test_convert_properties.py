@@ -113,10 +113,12 @@ def test_inputs_are_never_modified_and_writes_are_atomic(tmp_path, monkeypatch, 
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
-        main(["convert", str(tree), "-o", str(out), "--force", "-j", "1"])
+    capsys.readouterr()
+    assert main(["convert", str(tree), "-o", str(out), "--force", "-j", "1"]) == 1  # an error line, no traceback
+    assert "porter: error: cannot write" in capsys.readouterr().err
     assert target.read_bytes() == old
     assert not [p for p in out.rglob("*.tmp")]
+    assert not [p for p in tmp_path.iterdir() if "porter-tmp" in p.name]
 
 
 def test_the_report_json_follows_its_schema(tmp_path, capsys):

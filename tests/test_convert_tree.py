@@ -779,3 +779,11 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_run(project, tmp_path
         (path / "pkg").mkdir(parents=True)
     assert main(["convert", str(project), "-o", str(tmp_path / "out")]) == 1
     assert not any(path.exists() for path in stale) and live.exists()
+
+
+def test_inplace_following_symlinks_rewrites_the_file_not_the_link(project):
+    pkg = project / "pkg"
+    os.symlink("layers.py", pkg / "same_layers.py")
+    assert main(["convert", str(project), "--inplace", "--follow-symlinks"]) == 1
+    assert os.readlink(pkg / "same_layers.py") == "layers.py"
+    assert "class Block(nnx.Module):" in (pkg / "layers.py").read_text()

@@ -100,9 +100,9 @@ def _convert_tree(source: Path, args) -> int:
     _print_diagnostics(results, args.log)
     mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
 
-    def report(directory: Path | None, removed: list[str] = (), shown: Path | None = None) -> None:
+    def report(directory: Path | None, removed: list[str] = (), announce: bool = True) -> None:
         _write_report(results, source, output, mode, [relative for _, relative in copies], directory, removed,
-                      tree.not_read, shown)
+                      tree.not_read, announce)
 
     if args.diff:
         _print_diffs(results)
@@ -119,9 +119,11 @@ def _convert_tree(source: Path, args) -> int:
     else:
         try:
             removed = write_tree(results, copies, source, output, finish=None if args.report else
-                                 lambda staging, removed: report(staging, removed, shown=output))
+                                 lambda staging, removed: report(staging, removed, announce=False))
         except OSError as exc:
             return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
+        if not args.report:
+            _announce_report(output)
         if removed:
             print(f"porter: removed from {output} the output of an earlier run for {len(removed)} file(s) that "
                   f"failed now: {', '.join(removed)}", file=sys.stderr)
@@ -209,15 +211,20 @@ def _print_diffs(results: list[FileResult]) -> None:
 
 def _write_report(results, source: Path, output: Path | None, mode: str, copied: list[str],
                   directory: Path | None, removed: list[str] = (), not_read: list[tuple[str, str]] = (),
-                  shown: Path | None = None) -> None:
-    """The report into `directory` (none if None); `shown`: where it will be (a tree's output is
-    written in a temporary directory, then renamed)."""
+                  announce: bool = True) -> None:
+    """The report into `directory` (none if None). A tree's output (and its report) is written in a
+    temporary directory, then renamed: it is announced once it is in place (announce=False here)."""
     if directory is None:
         return
     data = reports.build(results, source=str(source), output=str(output) if output else None, mode=mode,
                          copied=copied, version=reports.porter_version(), removed=removed, not_read=not_read)
     reports.write(data, directory)
-    txt, js = ((shown or directory) / name for name in REPORT_NAMES)
+    if announce:
+        _announce_report(directory)
+
+
+def _announce_report(directory: Path) -> None:
+    txt, js = (directory / name for name in REPORT_NAMES)
     print(f"porter: report in {txt} and {js.name}", file=sys.stderr)
 
 

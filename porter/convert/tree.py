@@ -803,6 +803,8 @@ def write_inplace(results: list[FileResult], source: Path, backup: Path, *, root
         if result.code is None or not result.changed:
             continue
         original = source if root_is_file else source / result.relative
+        if not root_is_file and original.is_symlink():
+            continue  # --follow-symlinks: what it points at is in the tree, rewritten there; the link stays
         saved = backup if root_is_file else backup / result.relative
         saved.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(original, saved)
