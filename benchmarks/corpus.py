@@ -415,9 +415,12 @@ def _eager_check(torch_model, flax_model, args, kw, seed) -> dict:
     from porter.check import check_equivalence
 
     try:
-        return _check_summary(check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed,
-                                                mode="eval", jit=False))
-    except Exception as exc:  # gradients trace the model too: outputs alone then
+        report = check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed, mode="eval", jit=False)
+        failed_grads = [r for r in report.failures if r.kind == "grad"]  # gradients trace the model too
+        if not failed_grads:
+            return _check_summary(report)
+        error = one_line(f"{failed_grads[0].name}: {failed_grads[0].note}")
+    except Exception as exc:  # outputs alone then
         error = one_line(describe(exc))
     try:
         return {**_check_summary(check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed,
