@@ -321,8 +321,11 @@ def _start_method() -> str:
 
 def _warm() -> None:
     """Run once in each worker: the rules and the passes loaded before the first file. Ctrl-C
-    (SIGINT, sent to the whole process group) is the parent's to handle: it stops the workers."""
+    (SIGINT, sent to the whole process group) is the parent's to handle: it stops the workers, with
+    SIGTERM, which must end a worker at once (a forked worker inherits the console script's SIGTERM
+    handler, whose exception the pool's worker loop would catch and carry on)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from porter.convert.pipeline import convert_source
     convert_source("import torch\n")
 
