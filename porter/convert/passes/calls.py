@@ -6,7 +6,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert import apply, devices, inplace
-from porter.convert.layer_values import value_message
+from porter.convert.layer_values import function_value, value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule)
@@ -56,6 +56,7 @@ class CallRewrite(ScopedTransformer):
         self._constructor_names: list[set[str]] = []
         self._constructor_words: set[str] = set()
         self._annotation_depth = 0  # > 0 inside a type annotation
+        self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
@@ -82,6 +83,8 @@ class CallRewrite(ScopedTransformer):
             self._annotation_depth += 1
         elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
+        elif kind is cst.Comparison:
+            self._compared.update(id(operand) for operand in (node.left, *(c.comparator for c in node.comparisons)))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
             if kind is cst.Assign and not self.function_stack and not self.class_stack \
@@ -490,6 +493,16 @@ class CallRewrite(ScopedTransformer):
                 if id(original) not in self._whole_values:  # `nn.Hardswish if hs else nn.ReLU`: the lambda
                     new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])  # must not swallow it
                 self.record(value_rule.id, original, new)
+                return new
+        if rule is not None and not self._annotation_depth and id(original) not in self._compared:
+            converted = function_value(rule, qualified, self.ctx)  # `silu=F.silu`: porter/convert/layer_values.py
+            if converted is not None:
+                new, warnings = converted
+                for warning in warnings:
+                    self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
+                if isinstance(new, cst.Lambda) and id(original) not in self._whole_values:
+                    new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+                self.record(rule.id, original, new)
                 return new
         if rule is not None:
             self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py
