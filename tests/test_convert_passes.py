@@ -508,3 +508,30 @@ def test_conventional_alias_never_imported_is_imported_where_the_conversion_stil
 def test_conventional_alias_never_imported_gets_no_import_once_converted():
     result = convert_source("def act(x):\n    return F.relu(x)\n")
     assert "torch" not in result.code and "F." not in result.code
+
+
+def test_helpers_go_below_the_imports_porter_adds_when_other_statements_precede_the_torch_import():
+    source = textwrap.dedent("""\
+        from collections import OrderedDict
+        try:
+            from typing import Literal
+        except ImportError:
+            Literal = None
+
+        import torch.nn as nn
+
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(OrderedDict([("fc", nn.Linear(2, 3))]))
+
+            def forward(self, x):
+                return self.body(x)
+    """)
+    result = convert(source)
+    assert "class NamedSequential(nnx.Module)" in result.code
+    assert result.code.index("from flax import nnx") < result.code.index("class NamedSequential")
+    namespace = {"__name__": "m"}
+    exec(result.code, namespace)
+    assert namespace["M"](rngs=nnx.Rngs(0))(torch.ones(1, 2).numpy()).shape == (1, 3)

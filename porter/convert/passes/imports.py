@@ -80,6 +80,9 @@ class FinalizeImports(cst.CSTTransformer):
         if helpers:
             spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
+            # never above the imports porter adds (below a `try: ... except ImportError` that precedes the torch
+            # import): a helper class's base (`class NamedSequential(nnx.Module)`) is read at definition
+            at = max(at, imports_at + len(new_imports))
             if at < len(out) and len(out[at].leading_lines) < 2:
                 out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
             out[at:at] = spaced
