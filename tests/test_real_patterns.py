@@ -1142,3 +1142,49 @@ def test_torch_function_compared_by_identity_stays_reported():
     ''')
     assert "fn is F.relu" in conversion.code
     assert "PT003" in codes(conversion)
+
+
+# A factory annotated to return a module, calling the layer class it is given (the class's annotation an
+# alias porter cannot read): the factory builds layers, so it takes rngs and its callers pass them.
+RETURNED_LAYER_FACTORY_MODEL = '''
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+
+LayerSpec = Union[str, Callable]
+
+
+class Scaled(nn.Module):
+    def __init__(self, dim, scale=1.0):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.proj(x) * self.scale
+
+
+def make_layer(layer: LayerSpec, dim: int, **kwargs) -> nn.Module:
+    return layer(dim, **kwargs)
+
+
+class Net(nn.Module):
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.first = make_layer(Scaled, dim, scale=0.5)
+        self.second = make_layer(Scaled, dim)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+'''
+
+
+def test_factory_returning_a_call_of_its_layer_parameter_gets_rngs_and_matches_torch(tmp_path):
+    conversion = convert(RETURNED_LAYER_FACTORY_MODEL)
+    assert "return layer(dim, **kwargs, rngs=rngs)" in conversion.code
+    torch_net, jax_net = both_nets(tmp_path, RETURNED_LAYER_FACTORY_MODEL, conversion.code)
+    porter.load_torch_state_dict(jax_net, torch_net.state_dict())
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jax_net(x)), torch_net(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)

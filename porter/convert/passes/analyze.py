@@ -336,6 +336,11 @@ def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
         if _constructor_annotation(param.annotation, ctx) \
                 or (param.default is not None and is_layer_constructor(param.default, ctx, names, attributes)):
             names.add(param.name.value)
+    if function.returns is not None and _mentions_module(function.returns, ctx):
+        # `def make(attn_layer, ...) -> nn.Module: return attn_layer(...)`: what it calls for the module it returns
+        own = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]}
+        names |= {r.value.func.value for r in find_all(function.body, cst.Return)
+                  if m.matches(r.value, m.Call(func=m.Name())) and r.value.func.value in own}
     assigns = [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
                and isinstance(a.targets[0].target, cst.Name)]
     for _ in range(2):  # `a = nn.BatchNorm2d; b = a`
