@@ -1188,3 +1188,25 @@ def test_factory_returning_a_call_of_its_layer_parameter_gets_rngs_and_matches_t
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(jax_net(x)), torch_net(torch.from_numpy(x)).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_keyword_splat_into_a_name_that_may_hold_a_torch_layer_class_is_reported():
+    conversion = convert('''
+        import torch.nn as nn
+
+        class Inner(nn.Module):
+            def __init__(self, c, scale=1.0):
+                super().__init__()
+                self.fc = nn.Linear(c, c)
+
+        class Net(nn.Module):
+            def __init__(self, c, norm_layer=nn.BatchNorm2d, block=Inner, device=None, dtype=None):
+                super().__init__()
+                dd = {"device": device, "dtype": dtype}
+                self.norm = norm_layer(c, **dd)
+                self.plain = norm_layer(c)
+                self.block = block(c, **{"scale": 2.0})
+    ''')
+    errors = [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
+    assert [(d.code, d.line) for d in errors] == [("PT004", 13)]  # not the plain call, not the module class
+    assert "**dd" in errors[0].message

@@ -350,6 +350,18 @@ def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
     return names
 
 
+def torch_layer_holders(function: cst.FunctionDef, ctx: ConversionContext) -> set[str]:
+    """Names in `function` that may hold a torch layer class (`norm_layer=nn.BatchNorm2d`, `act = act or
+    nn.ReLU`): converted, such a class is a function taking only the arguments porter converts."""
+    params = function.params
+    values = [(p.name.value, p.default) for p in [*params.posonly_params, *params.params, *params.kwonly_params]
+              if p.default is not None]
+    values += [(a.targets[0].target.value, a.value) for a in find_all(function.body, cst.Assign)
+               if len(a.targets) == 1 and isinstance(a.targets[0].target, cst.Name)]
+    return {name for name, value in values
+            if any(layer_value_rule(n, ctx) is not None for n in find_all(value, (cst.Name, cst.Attribute)))}
+
+
 def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
     """`self.x = <layer constructor>` in the class's __init__: the attributes that hold one."""
     init = next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == "__init__"), None)

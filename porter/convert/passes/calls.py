@@ -9,7 +9,7 @@ from porter.convert import apply, devices, inplace
 from porter.convert.layer_values import function_value, value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
-                                           layer_constructor_names, layer_value_rule)
+                                           layer_constructor_names, layer_value_rule, torch_layer_holders)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
@@ -55,6 +55,7 @@ class CallRewrite(ScopedTransformer):
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
         self._constructor_words: set[str] = set()
+        self._torch_layer_holders: list[set[str]] = []  # per function: names that may hold a torch layer class
         self._annotation_depth = 0  # > 0 inside a type annotation
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
@@ -73,6 +74,7 @@ class CallRewrite(ScopedTransformer):
             names = layer_constructor_names(node, self.ctx, attributes, outer)
             self._constructor_names.append(names)
             self._constructor_words |= names
+            self._torch_layer_holders.append(torch_layer_holders(node, self.ctx) & names)
         elif kind is cst.ClassDef:
             self._class_bases.update(id(base.value) for base in node.bases)
             attributes = layer_constructor_attributes(node, self.ctx) \
@@ -116,6 +118,7 @@ class CallRewrite(ScopedTransformer):
         if kind is cst.FunctionDef:
             self._tensor_names.pop()
             self._constructor_names.pop()
+            self._torch_layer_holders.pop()
             self._device_reads.pop()
         elif kind is cst.ClassDef:
             self._constructor_attributes.pop()
@@ -222,6 +225,7 @@ class CallRewrite(ScopedTransformer):
                 original_node, self._constructor_names[-1],
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
+            self._report_hidden_arguments(original_node)
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
         if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
@@ -398,6 +402,16 @@ class CallRewrite(ScopedTransformer):
         self._inplace_rebinds[id(original)] = expr(f"{variable}[...]")
         self.record(f"in-place-{method}", original, new)
         return new
+
+    def _report_hidden_arguments(self, call: cst.Call) -> None:
+        """`norm_layer(c, **dd)` where norm_layer may be a torch layer class: converted, that class is a function
+        taking only the arguments porter converts, and ** hides which ones arrive (`dtype` fails at run time)."""
+        splats = [code_of(arg).strip(", ") for arg in call.args if arg.star == "**"]
+        if splats and isinstance(call.func, cst.Name) and self._torch_layer_holders \
+                and call.func.value in self._torch_layer_holders[-1]:
+            self.report("PT004", call, f"{call.func.value}(...) may build a torch layer class, which converts to a "
+                                       f"function taking only the arguments porter converts; {', '.join(splats)} "
+                                       "hides which arguments arrive; pass them by name")
 
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
