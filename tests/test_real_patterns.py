@@ -1200,13 +1200,18 @@ def test_keyword_splat_into_a_name_that_may_hold_a_torch_layer_class_is_reported
                 self.fc = nn.Linear(c, c)
 
         class Net(nn.Module):
-            def __init__(self, c, norm_layer=nn.BatchNorm2d, block=Inner, device=None, dtype=None):
+            def __init__(self, c, norm_layer=nn.BatchNorm2d, block=Inner, act_layer=nn.ReLU, device=None, dtype=None,
+                         inplace=None, **kwargs):
                 super().__init__()
                 dd = {"device": device, "dtype": dtype}
                 self.norm = norm_layer(c, **dd)
                 self.plain = norm_layer(c)
                 self.block = block(c, **{"scale": 2.0})
+                known = {} if inplace is None else {"inplace": inplace}
+                self.act = act_layer(**known)
+                self.act2 = act_layer(**kwargs)
     ''')
     errors = [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
-    assert [(d.code, d.line) for d in errors] == [("PT004", 13)]  # not the plain call, not the module class
-    assert "**dd" in errors[0].message
+    # not the plain call, not the module class, not a dict of arguments the converted ReLU takes
+    assert [(d.code, d.line) for d in errors] == [("PT004", 14), ("PT004", 19)]
+    assert "**dd passes dtype" in errors[0].message and "**kwargs hides" in errors[1].message

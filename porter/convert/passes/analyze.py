@@ -350,16 +350,42 @@ def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
     return names
 
 
-def torch_layer_holders(function: cst.FunctionDef, ctx: ConversionContext) -> set[str]:
+def torch_layer_holders(function: cst.FunctionDef, ctx: ConversionContext) -> dict[str, set[str]]:
     """Names in `function` that may hold a torch layer class (`norm_layer=nn.BatchNorm2d`, `act = act or
-    nn.ReLU`): converted, such a class is a function taking only the arguments porter converts."""
+    nn.ReLU`) -> the qualified names of those classes: converted, such a class is a function taking only the
+    arguments porter converts."""
     params = function.params
     values = [(p.name.value, p.default) for p in [*params.posonly_params, *params.params, *params.kwonly_params]
               if p.default is not None]
-    values += [(a.targets[0].target.value, a.value) for a in find_all(function.body, cst.Assign)
-               if len(a.targets) == 1 and isinstance(a.targets[0].target, cst.Name)]
-    return {name for name, value in values
-            if any(layer_value_rule(n, ctx) is not None for n in find_all(value, (cst.Name, cst.Attribute)))}
+    values += [(a.targets[0].target.value, a.value) for a in _single_name_assigns(function)]
+    holders: dict[str, set[str]] = {}
+    for name, value in values:
+        for node in find_all(value, (cst.Name, cst.Attribute)):
+            if layer_value_rule(node, ctx) is not None:
+                holders.setdefault(name, set()).add(ctx.qualified_name(node))
+    return holders
+
+
+def dict_keys_bound(function: cst.FunctionDef, name: str) -> set[str] | None:
+    """The keys `**name` may pass when every binding of `name` in `function` is a dict display with string keys
+    (`dd = {'device': device, 'dtype': dtype}`, `{} if c else {'inplace': c}`); None when not known."""
+    bindings = [a.value for a in _single_name_assigns(function) if a.targets[0].target.value == name]
+    keys: set[str] = set()
+    for value in bindings:
+        displays = [value.body, value.orelse] if isinstance(value, cst.IfExp) else [value]
+        for display in displays:
+            if not isinstance(display, cst.Dict):
+                return None
+            for element in display.elements:
+                if not (isinstance(element, cst.DictElement) and isinstance(element.key, cst.SimpleString)):
+                    return None
+                keys.add(element.key.evaluated_value)
+    return keys if bindings else None
+
+
+def _single_name_assigns(function: cst.FunctionDef) -> list[cst.Assign]:
+    return [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
+            and isinstance(a.targets[0].target, cst.Name)]
 
 
 def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:

@@ -9,7 +9,8 @@ from porter.convert import apply, devices, inplace
 from porter.convert.layer_values import function_value, value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
-                                           layer_constructor_names, layer_value_rule, torch_layer_holders)
+                                           layer_constructor_names, layer_value_rule, torch_layer_holders,
+                                           dict_keys_bound)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
@@ -55,7 +56,8 @@ class CallRewrite(ScopedTransformer):
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
         self._constructor_words: set[str] = set()
-        self._torch_layer_holders: list[set[str]] = []  # per function: names that may hold a torch layer class
+        # per function: the function, and its names that may hold a torch layer class -> those classes
+        self._torch_layer_holders: list[tuple[cst.FunctionDef, dict[str, set[str]]]] = []
         self._annotation_depth = 0  # > 0 inside a type annotation
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
@@ -74,7 +76,8 @@ class CallRewrite(ScopedTransformer):
             names = layer_constructor_names(node, self.ctx, attributes, outer)
             self._constructor_names.append(names)
             self._constructor_words |= names
-            self._torch_layer_holders.append(torch_layer_holders(node, self.ctx) & names)
+            holders = torch_layer_holders(node, self.ctx)
+            self._torch_layer_holders.append((node, {n: holders[n] for n in holders.keys() & names}))
         elif kind is cst.ClassDef:
             self._class_bases.update(id(base.value) for base in node.bases)
             attributes = layer_constructor_attributes(node, self.ctx) \
@@ -405,13 +408,34 @@ class CallRewrite(ScopedTransformer):
 
     def _report_hidden_arguments(self, call: cst.Call) -> None:
         """`norm_layer(c, **dd)` where norm_layer may be a torch layer class: converted, that class is a function
-        taking only the arguments porter converts, and ** hides which ones arrive (`dtype` fails at run time)."""
-        splats = [code_of(arg).strip(", ") for arg in call.args if arg.star == "**"]
-        if splats and isinstance(call.func, cst.Name) and self._torch_layer_holders \
-                and call.func.value in self._torch_layer_holders[-1]:
-            self.report("PT004", call, f"{call.func.value}(...) may build a torch layer class, which converts to a "
-                                       f"function taking only the arguments porter converts; {', '.join(splats)} "
-                                       "hides which arguments arrive; pass them by name")
+        taking only the arguments porter converts; reported unless the splat is a dict of known keys it takes."""
+        if not isinstance(call.func, cst.Name) or not self._torch_layer_holders:
+            return
+        function, holders = self._torch_layer_holders[-1]
+        classes = holders.get(call.func.value)
+        if not classes:
+            return
+        for arg in call.args:
+            if arg.star != "**":
+                continue
+            keys = dict_keys_bound(function, arg.value.value) if isinstance(arg.value, cst.Name) else None
+            refused = None if keys is None else keys - self._accepted_arguments(classes)
+            if keys is None or refused:
+                hidden = f"**{code_of(arg.value)} passes {', '.join(sorted(refused))}" if refused else \
+                    f"**{code_of(arg.value)} hides which arguments arrive"
+                self.report("PT004", call, f"{call.func.value}(...) may build {', '.join(sorted(classes))}, which "
+                                           f"converts to a function taking only the arguments porter converts; "
+                                           f"{hidden}")
+
+    def _accepted_arguments(self, classes: set[str]) -> set[str]:
+        """The arguments every one of these torch layer classes takes once converted to a constructor function."""
+        accepted = None
+        for qualified in classes:
+            rule = self.ctx.rules.lookup(qualified)
+            converted = constructor_function(rule, qualified, self.ctx) if rule is not None else None
+            names = set(converted[1]) if converted is not None else set()
+            accepted = names if accepted is None else accepted & names
+        return accepted or set()
 
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
