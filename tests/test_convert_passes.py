@@ -484,3 +484,54 @@ def test_an_attribute_set_to_none_and_later_to_a_layer_starts_as_nnx_data():
     exec(compile(c.code, "a.py", "exec"), namespace)
     assert isinstance(namespace["A"](3, rngs=nnx.Rngs(0)).proj, nnx.Linear)
     assert namespace["A"](3, proj=False, rngs=nnx.Rngs(0)).proj is None
+
+
+def test_conventional_alias_never_imported_is_imported_where_the_conversion_still_uses_it():
+    # `torch` and `nn` come from a star import: what porter leaves of them needs them bound
+    source = textwrap.dedent("""\
+        from .layers import *
+
+        HAS_MISH = 'mish' in dir(torch.nn.functional)
+        ACT_LAYERS = dict(relu=nn.ReLU)
+        ACT_FNS = dict(relu=F.relu)
+    """)
+    result = convert_source(source)
+    assert "import torch\nimport torch.nn as nn\n" in result.code
+    assert "import torch.nn.functional as F" not in result.code  # F.relu converted: nothing uses F
+    compile(result.code, "m.py", "exec")
+    namespace = {"__name__": "m"}
+    exec(result.code.replace("from .layers import *\n", ""), namespace)
+    assert "torch.nn.functional.mish" not in result.code and namespace["HAS_MISH"]
+    assert {d.code for d in result.diagnostics if d.severity.name == "ERROR"} == {"PT003"}
+
+
+def test_conventional_alias_never_imported_gets_no_import_once_converted():
+    result = convert_source("def act(x):\n    return F.relu(x)\n")
+    assert "torch" not in result.code and "F." not in result.code
+
+
+def test_helpers_go_below_the_imports_porter_adds_when_other_statements_precede_the_torch_import():
+    source = textwrap.dedent("""\
+        from collections import OrderedDict
+        try:
+            from typing import Literal
+        except ImportError:
+            Literal = None
+
+        import torch.nn as nn
+
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(OrderedDict([("fc", nn.Linear(2, 3))]))
+
+            def forward(self, x):
+                return self.body(x)
+    """)
+    result = convert(source)
+    assert "class NamedSequential(nnx.Module)" in result.code
+    assert result.code.index("from flax import nnx") < result.code.index("class NamedSequential")
+    namespace = {"__name__": "m"}
+    exec(result.code, namespace)
+    assert namespace["M"](rngs=nnx.Rngs(0))(torch.ones(1, 2).numpy()).shape == (1, 3)

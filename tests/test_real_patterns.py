@@ -1088,3 +1088,130 @@ def test_parameter_queries_handed_to_an_optimizer_are_left_to_the_training_pass(
         """)
     assert "optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)" in c.code  # reported, as before
     assert "n = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))" in c.code
+
+
+# A table of activation functions by name, a module picking one from it: torch functions used as
+# values, as activation factories keep them.
+FUNCTION_TABLE_MODEL = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_HAS_SILU = True
+ACT_FNS = dict(silu=F.silu if _HAS_SILU else None, relu=F.relu, gelu=F.gelu, elu=F.elu, tanh=torch.tanh)
+
+
+class Net(nn.Module):
+    def __init__(self, act: str = "gelu"):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = ACT_FNS[act]
+        self.acts = [ACT_FNS[name] for name in ("silu", "relu", "elu", "tanh")]
+
+    def forward(self, x):
+        x = self.act(self.fc(x))
+        return [f(x) for f in self.acts]
+'''
+
+
+def test_torch_functions_used_as_values_become_their_conversions():
+    code = convert(FUNCTION_TABLE_MODEL).code
+    assert "silu=(lambda input, inplace=False: jax.nn.silu(input)) if _HAS_SILU" in code
+    assert "tanh=jnp.tanh" in code  # maps 1:1: the target itself
+    assert "F.relu" not in code and "F.gelu" not in code
+
+
+def test_torch_functions_used_as_values_match_torch(tmp_path):
+    conversion = convert(FUNCTION_TABLE_MODEL)
+    assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
+    torch_net, jax_net = both_nets(tmp_path, FUNCTION_TABLE_MODEL, conversion.code)
+    porter.load_torch_state_dict(jax_net, torch_net.state_dict())
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    expected = torch_net(torch.from_numpy(x))
+    got = jax_net(x)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(np.asarray(g), e.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_function_compared_by_identity_stays_reported():
+    conversion = convert('''
+        import torch.nn.functional as F
+
+        def is_relu(fn):
+            return fn is F.relu
+    ''')
+    assert "fn is F.relu" in conversion.code
+    assert "PT003" in codes(conversion)
+
+
+# A factory annotated to return a module, calling the layer class it is given (the class's annotation an
+# alias porter cannot read): the factory builds layers, so it takes rngs and its callers pass them.
+RETURNED_LAYER_FACTORY_MODEL = '''
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+
+LayerSpec = Union[str, Callable]
+
+
+class Scaled(nn.Module):
+    def __init__(self, dim, scale=1.0):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.proj(x) * self.scale
+
+
+def make_layer(layer: LayerSpec, dim: int, **kwargs) -> nn.Module:
+    return layer(dim, **kwargs)
+
+
+class Net(nn.Module):
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.first = make_layer(Scaled, dim, scale=0.5)
+        self.second = make_layer(Scaled, dim)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+'''
+
+
+def test_factory_returning_a_call_of_its_layer_parameter_gets_rngs_and_matches_torch(tmp_path):
+    conversion = convert(RETURNED_LAYER_FACTORY_MODEL)
+    assert "return layer(dim, **kwargs, rngs=rngs)" in conversion.code
+    torch_net, jax_net = both_nets(tmp_path, RETURNED_LAYER_FACTORY_MODEL, conversion.code)
+    porter.load_torch_state_dict(jax_net, torch_net.state_dict())
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jax_net(x)), torch_net(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_keyword_splat_into_a_name_that_may_hold_a_torch_layer_class_is_reported():
+    conversion = convert('''
+        import torch.nn as nn
+
+        class Inner(nn.Module):
+            def __init__(self, c, scale=1.0):
+                super().__init__()
+                self.fc = nn.Linear(c, c)
+
+        class Net(nn.Module):
+            def __init__(self, c, norm_layer=nn.BatchNorm2d, block=Inner, act_layer=nn.ReLU, device=None, dtype=None,
+                         inplace=None, **kwargs):
+                super().__init__()
+                dd = {"device": device, "dtype": dtype}
+                self.norm = norm_layer(c, **dd)
+                self.plain = norm_layer(c)
+                self.block = block(c, **{"scale": 2.0})
+                known = {} if inplace is None else {"inplace": inplace}
+                self.act = act_layer(**known)
+                self.act2 = act_layer(**kwargs)
+    ''')
+    errors = [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
+    # not the plain call, not the module class, not a dict of arguments the converted ReLU takes
+    assert [(d.code, d.line) for d in errors] == [("PT004", 14), ("PT004", 19)]
+    assert "**dd passes dtype" in errors[0].message and "**kwargs hides" in errors[1].message

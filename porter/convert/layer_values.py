@@ -59,3 +59,51 @@ def value_message(rule: Rule, qualified: str) -> str:
 
 
 _SCRATCH_CONTEXT = ConversionContext(rules=None)  # type: ignore[arg-type]  # only helpers are touched
+
+
+def function_value(rule: Rule, qualified: str, ctx: ConversionContext) -> tuple[cst.BaseExpression, list[str]] | None:
+    """A torch function used as a value (`silu=F.silu` in a table of activations) -> what calling it converts
+    to: the rule's target itself where the rule maps the call 1:1 (every argument positional, in order, none
+    renamed or dropped), else `lambda input, inplace=False: jax.nn.relu(input)` with the arguments the rule
+    converts whatever their value (others left out, so passing one fails loudly). Also the rule's warnings.
+    None for a rule that draws random numbers (no key to thread) or cannot convert its required arguments."""
+    if rule.kind != "function" or rule.uses_rngs:
+        return None
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and not p.var_positional]
+    optional = [p for p in rule.signature if p.default is not None and not p.var_positional]
+
+    def attempt(names: list[str]):
+        args = ", ".join([*required, *(f"{n}={n}" for n in names)])
+        site = Site(cst.parse_expression(f"{qualified}({args})"), None, None, ctx)
+        try:
+            return apply_rule(rule, site)
+        except (Unsupported, KeyError, TypeError, AttributeError):
+            return None
+
+    result = attempt([])
+    if result is None or any(p.var_positional for p in rule.signature):
+        return None
+    if not optional and _is_plain_call(result.node, rule.target, required):
+        return cst.parse_expression(rule.target), list(result.warnings)
+    accepted = [p for p in optional if attempt([p.name]) is not None]
+    full = attempt([p.name for p in accepted])
+    if full is None:
+        accepted, full = [], result
+    params = [cst.Param(cst.Name(n)) for n in required]
+    params += [cst.Param(cst.Name(p.name), default=cst.parse_expression(p.default), equal=_EQUAL)
+               for p in accepted if not p.keyword_only]
+    kwonly = [cst.Param(cst.Name(p.name), default=cst.parse_expression(p.default), equal=_EQUAL)
+              for p in accepted if p.keyword_only]
+    star = cst.ParamStar() if kwonly else cst.MaybeSentinel.DEFAULT
+    lambda_ = cst.Lambda(cst.Parameters(params=params, star_arg=star, kwonly_params=kwonly), full.node)
+    return lambda_, list(full.warnings)
+
+
+def _is_plain_call(node: cst.BaseExpression, target: str, names: list[str]) -> bool:
+    """`target(a, b)` with exactly `names`, positionally and in order."""
+    return (isinstance(node, cst.Call) and code_of(node.func) == target
+            and [code_of(a.value) for a in node.args] == names
+            and all(a.keyword is None and not a.star for a in node.args))
+
+
+_EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))

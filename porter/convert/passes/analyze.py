@@ -336,6 +336,11 @@ def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
         if _constructor_annotation(param.annotation, ctx) \
                 or (param.default is not None and is_layer_constructor(param.default, ctx, names, attributes)):
             names.add(param.name.value)
+    if function.returns is not None and _mentions_module(function.returns, ctx):
+        # `def make(attn_layer, ...) -> nn.Module: return attn_layer(...)`: what it calls for the module it returns
+        own = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]}
+        names |= {r.value.func.value for r in find_all(function.body, cst.Return)
+                  if m.matches(r.value, m.Call(func=m.Name())) and r.value.func.value in own}
     assigns = [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
                and isinstance(a.targets[0].target, cst.Name)]
     for _ in range(2):  # `a = nn.BatchNorm2d; b = a`
@@ -343,6 +348,44 @@ def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
             if is_layer_constructor(assign.value, ctx, names, attributes):
                 names.add(assign.targets[0].target.value)
     return names
+
+
+def torch_layer_holders(function: cst.FunctionDef, ctx: ConversionContext) -> dict[str, set[str]]:
+    """Names in `function` that may hold a torch layer class (`norm_layer=nn.BatchNorm2d`, `act = act or
+    nn.ReLU`) -> the qualified names of those classes: converted, such a class is a function taking only the
+    arguments porter converts."""
+    params = function.params
+    values = [(p.name.value, p.default) for p in [*params.posonly_params, *params.params, *params.kwonly_params]
+              if p.default is not None]
+    values += [(a.targets[0].target.value, a.value) for a in _single_name_assigns(function)]
+    holders: dict[str, set[str]] = {}
+    for name, value in values:
+        for node in find_all(value, (cst.Name, cst.Attribute)):
+            if layer_value_rule(node, ctx) is not None:
+                holders.setdefault(name, set()).add(ctx.qualified_name(node))
+    return holders
+
+
+def dict_keys_bound(function: cst.FunctionDef, name: str) -> set[str] | None:
+    """The keys `**name` may pass when every binding of `name` in `function` is a dict display with string keys
+    (`dd = {'device': device, 'dtype': dtype}`, `{} if c else {'inplace': c}`); None when not known."""
+    bindings = [a.value for a in _single_name_assigns(function) if a.targets[0].target.value == name]
+    keys: set[str] = set()
+    for value in bindings:
+        displays = [value.body, value.orelse] if isinstance(value, cst.IfExp) else [value]
+        for display in displays:
+            if not isinstance(display, cst.Dict):
+                return None
+            for element in display.elements:
+                if not (isinstance(element, cst.DictElement) and isinstance(element.key, cst.SimpleString)):
+                    return None
+                keys.add(element.key.evaluated_value)
+    return keys if bindings else None
+
+
+def _single_name_assigns(function: cst.FunctionDef) -> list[cst.Assign]:
+    return [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
+            and isinstance(a.targets[0].target, cst.Name)]
 
 
 def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:

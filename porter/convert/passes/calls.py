@@ -6,10 +6,11 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert import apply, devices, inplace
-from porter.convert.layer_values import value_message
+from porter.convert.layer_values import function_value, value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
-                                           layer_constructor_names, layer_value_rule)
+                                           layer_constructor_names, layer_value_rule, torch_layer_holders,
+                                           dict_keys_bound)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
@@ -55,7 +56,10 @@ class CallRewrite(ScopedTransformer):
         self._constructor_attributes: list[set[str]] = []
         self._constructor_names: list[set[str]] = []
         self._constructor_words: set[str] = set()
+        # per function: the function, and its names that may hold a torch layer class -> those classes
+        self._torch_layer_holders: list[tuple[cst.FunctionDef, dict[str, set[str]]]] = []
         self._annotation_depth = 0  # > 0 inside a type annotation
+        self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
@@ -72,6 +76,8 @@ class CallRewrite(ScopedTransformer):
             names = layer_constructor_names(node, self.ctx, attributes, outer)
             self._constructor_names.append(names)
             self._constructor_words |= names
+            holders = torch_layer_holders(node, self.ctx)
+            self._torch_layer_holders.append((node, {n: holders[n] for n in holders.keys() & names}))
         elif kind is cst.ClassDef:
             self._class_bases.update(id(base.value) for base in node.bases)
             attributes = layer_constructor_attributes(node, self.ctx) \
@@ -82,6 +88,8 @@ class CallRewrite(ScopedTransformer):
             self._annotation_depth += 1
         elif kind is cst.Expr:
             self._statement_calls.add(id(node.value))
+        elif kind is cst.Comparison:
+            self._compared.update(id(operand) for operand in (node.left, *(c.comparator for c in node.comparisons)))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
             self._whole_values.add(id(getattr(node, _WHOLE_VALUE[kind])))
             if kind is cst.Assign and not self.function_stack and not self.class_stack \
@@ -113,6 +121,7 @@ class CallRewrite(ScopedTransformer):
         if kind is cst.FunctionDef:
             self._tensor_names.pop()
             self._constructor_names.pop()
+            self._torch_layer_holders.pop()
             self._device_reads.pop()
         elif kind is cst.ClassDef:
             self._constructor_attributes.pop()
@@ -219,6 +228,7 @@ class CallRewrite(ScopedTransformer):
                 original_node, self._constructor_names[-1],
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
+            self._report_hidden_arguments(original_node)
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
         if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
@@ -396,6 +406,37 @@ class CallRewrite(ScopedTransformer):
         self.record(f"in-place-{method}", original, new)
         return new
 
+    def _report_hidden_arguments(self, call: cst.Call) -> None:
+        """`norm_layer(c, **dd)` where norm_layer may be a torch layer class: converted, that class is a function
+        taking only the arguments porter converts; reported unless the splat is a dict of known keys it takes."""
+        if not isinstance(call.func, cst.Name) or not self._torch_layer_holders:
+            return
+        function, holders = self._torch_layer_holders[-1]
+        classes = holders.get(call.func.value)
+        if not classes:
+            return
+        for arg in call.args:
+            if arg.star != "**":
+                continue
+            keys = dict_keys_bound(function, arg.value.value) if isinstance(arg.value, cst.Name) else None
+            refused = None if keys is None else keys - self._accepted_arguments(classes)
+            if keys is None or refused:
+                hidden = f"**{code_of(arg.value)} passes {', '.join(sorted(refused))}" if refused else \
+                    f"**{code_of(arg.value)} hides which arguments arrive"
+                self.report("PT004", call, f"{call.func.value}(...) may build {', '.join(sorted(classes))}, which "
+                                           f"converts to a function taking only the arguments porter converts; "
+                                           f"{hidden}")
+
+    def _accepted_arguments(self, classes: set[str]) -> set[str]:
+        """The arguments every one of these torch layer classes takes once converted to a constructor function."""
+        accepted = None
+        for qualified in classes:
+            rule = self.ctx.rules.lookup(qualified)
+            converted = constructor_function(rule, qualified, self.ctx) if rule is not None else None
+            names = set(converted[1]) if converted is not None else set()
+            accepted = names if accepted is None else accepted & names
+        return accepted or set()
+
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
         return bool(self.module_class and (self.method == "__init__" or self.method in
@@ -490,6 +531,16 @@ class CallRewrite(ScopedTransformer):
                 if id(original) not in self._whole_values:  # `nn.Hardswish if hs else nn.ReLU`: the lambda
                     new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])  # must not swallow it
                 self.record(value_rule.id, original, new)
+                return new
+        if rule is not None and not self._annotation_depth and id(original) not in self._compared:
+            converted = function_value(rule, qualified, self.ctx)  # `silu=F.silu`: porter/convert/layer_values.py
+            if converted is not None:
+                new, warnings = converted
+                for warning in warnings:
+                    self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
+                if isinstance(new, cst.Lambda) and id(original) not in self._whole_values:
+                    new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+                self.record(rule.id, original, new)
                 return new
         if rule is not None:
             self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py

@@ -62,7 +62,7 @@ class FinalizeImports(cst.CSTTransformer):
         removed = {i for i, stmt in enumerate(body) if _torch_bindings_of(stmt) and not _torch_bindings_of(stmt) & used}
         first_torch = next((i for i, stmt in enumerate(body) if _torch_bindings_of(stmt)), None)
         insert_at = first_torch if first_torch is not None else _after_docstring_and_future(body)
-        new_imports = self._imports_to_add(updated_node)
+        new_imports = self._imports_to_add(updated_node) + self._assumed_imports_still_used(updated_node)
         out = []
         imports_at = 0  # where the new imports went in `out`
         for i, stmt in enumerate(body):
@@ -80,10 +80,21 @@ class FinalizeImports(cst.CSTTransformer):
         if helpers:
             spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
+            # never above the imports porter adds (below a `try: ... except ImportError` that precedes the torch
+            # import): a helper class's base (`class NamedSequential(nnx.Module)`) is read at definition
+            at = max(at, imports_at + len(new_imports))
             if at < len(out) and len(out[at].leading_lines) < 2:
                 out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
             out[at:at] = spaced
         return updated_node.with_changes(body=out)
+
+    def _assumed_imports_still_used(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
+        """`import torch` for a conventional alias used but never imported (PT002: a star import's, a
+        notebook's) that the converted code still uses: the references left are reported where they are,
+        and without the import the converted file would not even import."""
+        used = _names_used(module, set(self.ctx.assumed_imports), self.code)
+        return [cst.parse_statement(f"import {qualified}" if name == qualified else f"import {qualified} as {name}")
+                for name, qualified in sorted(self.ctx.assumed_imports.items(), key=lambda item: item[1]) if name in used]
 
     def _imports_to_add(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
         code = self.code.module_code(module) + "\n".join(helper_sources(self.ctx.helpers))
