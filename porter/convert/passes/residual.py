@@ -31,6 +31,7 @@ from porter.convert.context import ConversionContext, code_of
 from porter.convert.diagnostics import Severity
 from porter.convert.passes.analyze import dotted
 from porter.convert.passes.calls import KEPT_TORCH
+from porter.convert.passes.scope import enter_body, enter_function
 from porter.convert.source_index import Prefilter, SourceIndex
 from porter.convert.traverse import FastDispatch, find_all, visit
 from porter.rules.loader import ResidualGroup, ResidualTables, load_residual
@@ -196,10 +197,13 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         self.not_references.add(id(node.name))
         self.functions.append(node)
+        enter_function(self.ctx)  # a parameter named like a torch import (`def f(tensor)`) is the parameter
+        enter_body(self.ctx, node)
         self.statements.append(node)
         return self._not_whole_error(node)
 
     def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.ctx.shadowed.pop()
         self.functions.pop()
         self.statements.pop()
 
