@@ -342,3 +342,33 @@ def test_a_keyword_helper_not_written_out_exactly_stays_an_error():
             return a, b, c
     """)
     assert errors(c) == [("PT004", 14), ("PT004", 15), ("PT004", 16)], c.diagnostics
+
+
+# ------------------------------------------------------------------ expand(*sizes) with a -1 in a list
+EXPAND_SIZES_SOURCE = """
+    import torch
+
+
+    def repeat_along(t, dim, k):
+        t = t.unsqueeze(dim=dim)
+        sizes = [-1] * len(t.shape)
+        sizes[dim] = k
+        return t.expand(*sizes) + t.expand(*t.shape)
+"""
+
+
+def test_expand_of_star_sizes_holding_minus_one_keeps_those_dims():
+    # issue 12: t.expand(*sizes) with sizes = [-1, ..., k] (halonet-pytorch) became jnp.broadcast_to(t, sizes),
+    # which fails on the -1 with no diagnostic
+    import jax
+    c = convert(EXPAND_SIZES_SOURCE)
+    assert errors(c) == [], c.diagnostics
+    assert "expand_to(t, sizes)" in c.code and "jnp.broadcast_to(t, t.shape)" in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(EXPAND_SIZES_SOURCE), torch_space)
+    exec(c.code, jax_space)
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    for dim in (0, 1, 2, -1):
+        expected = torch_space["repeat_along"](torch.tensor(x), dim, 4).numpy()
+        got = jax.jit(jax_space["repeat_along"], static_argnums=(1, 2))(x, dim, 4)
+        np.testing.assert_array_equal(np.asarray(got), expected)
