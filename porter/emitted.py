@@ -687,6 +687,16 @@ def squeeze_dims(x, dim):
     return jnp.squeeze(x, tuple(d for d in dims if x.shape[d] == 1))
 
 
+def expand_to(x, sizes):
+    """torch's ``x.expand(*sizes)`` with sizes known only when it runs: a -1 keeps x's size there (the sizes
+    line up with x's dims from the end; new leading dims take no -1)."""
+    sizes = tuple(sizes)
+    lead = len(sizes) - x.ndim
+    if any(s == -1 for s in sizes[:max(lead, 0)]):
+        raise ValueError(f"expand{sizes}: -1 is not allowed in a new leading dimension")
+    return jnp.broadcast_to(x, tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes)))
+
+
 def tensor_to(x, *args, dtype=None, **placement):
     """torch's ``x.to(...)`` where the source did not show whether an argument is a dtype or a device: a
     dtype (or a tensor, whose dtype it takes) casts; devices and flags are ignored, JAX places arrays itself."""
@@ -996,6 +1006,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "TorchLSTM": ("TorchRNNBase",),
     "TorchGRU": ("TorchRNNBase",),
     "squeeze_dims": (),
+    "expand_to": (),
     "div_trunc": (),
     "gather": (),
     "scatter": (),

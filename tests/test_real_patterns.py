@@ -1215,3 +1215,33 @@ def test_keyword_splat_into_a_name_that_may_hold_a_torch_layer_class_is_reported
     # not the plain call, not the module class, not a dict of arguments the converted ReLU takes
     assert [(d.code, d.line) for d in errors] == [("PT004", 14), ("PT004", 19)]
     assert "**dd passes dtype" in errors[0].message and "**kwargs hides" in errors[1].message
+
+
+PADDING_PER_DIM_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, k=3, c=2):
+        super().__init__()
+        pad = k // 2
+        self.along_h = nn.Conv2d(c, c, (k, 1), padding=(pad, 0), groups=c, bias=False)
+        self.volume = nn.Conv3d(1, c, (1, k, k), padding=(0, pad, pad))
+        self.seq = nn.Conv1d(c, c, k, padding=[pad])
+
+    def forward(self, x):
+        y = self.along_h(x)
+        v = self.volume(y[:, :1, None]).sum(2)
+        return self.seq(v.flatten(2))
+'''
+
+
+def test_conv_padding_given_per_dim_by_expressions_converts(tmp_path):
+    # issue 12: padding=(pad, 0) / (0, r // 2, r // 2) were left unconverted (nystrom-attention, lambda-networks)
+    c = convert_source(PADDING_PER_DIM_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "padding=((pad, pad), (0, 0))" in c.code and "padding=((0, 0), (pad, pad), (pad, pad))" in c.code
+    torch_model, flax_model = both_nets(tmp_path, PADDING_PER_DIM_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 2, 5, 6))
+    assert report.passed, report.format()

@@ -263,3 +263,117 @@ def test_item_assignment_where_only_the_index_shows_an_array():
     # (which takes item assignment) from a tensor there, and says so
     assert [(d.code, d.line) for d in c.diagnostics] == [("PT005", 11), ("PT005", 11), ("PT040", 16)]
     assert "jax.jit" in c.diagnostics[1].message
+
+
+# ------------------------------------------------------------------ a device bound next to a starred shape
+STARRED_DEVICE_MODEL = """
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def forward(self, x):
+            b, c, w, k, device = *x.shape, 2, x.device
+            (last, device2) = *x.shape[-1:], x.device
+            mask = torch.ones((1, c, w), device=device)
+            return x * mask * k + torch.arange(last, device=device2) + b
+"""
+
+
+def test_a_device_bound_after_a_starred_shape_is_dropped_with_its_binding():
+    # issue 12: `b, c, h, w, device = *x.shape, x.device` (halonet-pytorch) kept its x.device (PT004, jit fails)
+    import jax
+    from flax import nnx
+    c = convert(STARRED_DEVICE_MODEL)
+    assert errors(c) == [], c.diagnostics
+    assert "b, c, w, k = *x.shape, 2\n" in c.code and "(last,) = *x.shape[-1:]," in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(STARRED_DEVICE_MODEL), torch_space)
+    exec(c.code, jax_space)
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)
+    expected = torch_space["Net"]()(torch.tensor(x)).numpy()
+    model = jax_space["Net"](rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda a: model(a))(x)), expected, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ keyword arguments from a helper's dict
+KEYWORD_HELPER_SOURCE = """
+    import torch
+
+
+    def like(t):
+        return {'device': t.device, 'dtype': t.dtype}
+
+
+    def pad_right(x, n):
+        pad = torch.zeros((x.shape[0], n), **like(x))
+        return torch.cat((x, pad), dim=1) + torch.ones(1, **like(x))
+"""
+
+
+def test_keyword_arguments_handed_by_a_helper_returning_a_dict_are_written_out():
+    # issue 12: torch.zeros(shape, **to(x)) (halonet-pytorch) could not be matched to torch's signature
+    import jax
+    c = convert(KEYWORD_HELPER_SOURCE)
+    assert errors(c) == [], c.diagnostics
+    assert "jnp.zeros((x.shape[0], n), dtype=x.dtype)" in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(KEYWORD_HELPER_SOURCE), torch_space)
+    exec(c.code, jax_space)
+    x = np.linspace(-1, 1, 6, dtype=np.float16).reshape(2, 3)
+    expected = torch_space["pad_right"](torch.tensor(x), 2).numpy()
+    got = jax.jit(jax_space["pad_right"], static_argnums=1)(x, 2)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_a_keyword_helper_not_written_out_exactly_stays_an_error():
+    c = convert("""
+        import torch
+
+
+        def like(t, extra=None):
+            return {'dtype': t.dtype}
+
+
+        def opts(t):
+            return {'dtype': t.dtype}
+
+
+        def f(x, y):
+            a = torch.zeros(2, **like(x))  # a default: not a plain helper
+            b = torch.zeros(2, **opts(x + y))  # an expression would be evaluated where the entry is
+            c = torch.zeros(2, dtype=x.dtype, **opts(x))  # dtype twice: torch's TypeError
+            return a, b, c
+    """)
+    assert errors(c) == [("PT004", 14), ("PT004", 15), ("PT004", 16)], c.diagnostics
+
+
+# ------------------------------------------------------------------ expand(*sizes) with a -1 in a list
+EXPAND_SIZES_SOURCE = """
+    import torch
+
+
+    def repeat_along(t, dim, k):
+        t = t.unsqueeze(dim=dim)
+        sizes = [-1] * len(t.shape)
+        sizes[dim] = k
+        return t.expand(*sizes) + t.expand(*t.shape)
+"""
+
+
+def test_expand_of_star_sizes_holding_minus_one_keeps_those_dims():
+    # issue 12: t.expand(*sizes) with sizes = [-1, ..., k] (halonet-pytorch) became jnp.broadcast_to(t, sizes),
+    # which fails on the -1 with no diagnostic
+    import jax
+    c = convert(EXPAND_SIZES_SOURCE)
+    assert errors(c) == [], c.diagnostics
+    assert "expand_to(t, sizes)" in c.code and "jnp.broadcast_to(t, t.shape)" in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(EXPAND_SIZES_SOURCE), torch_space)
+    exec(c.code, jax_space)
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    for dim in (0, 1, 2, -1):
+        expected = torch_space["repeat_along"](torch.tensor(x), dim, 4).numpy()
+        got = jax.jit(jax_space["repeat_along"], static_argnums=(1, 2))(x, dim, 4)
+        np.testing.assert_array_equal(np.asarray(got), expected)

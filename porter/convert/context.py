@@ -78,6 +78,9 @@ class ConversionContext:
     init_methods: dict[str, set[str]] = field(default_factory=dict)
     # module-level functions that build layers (factories such as `def conv_bn(...)`)
     rngs_functions: set[str] = field(default_factory=set)
+    # module-level functions returning a dict of keyword arguments (`def to(x): return {'dtype': x.dtype}`),
+    # written out where torch calls take them as `**to(x)` (porter/convert/keyword_helpers.py)
+    keyword_helpers: dict = field(default_factory=dict)
     # the argument of the last module-level torch.manual_seed(...) seen, seeding nnx.Rngs
     seed: str | None = None
     # the module-level nnx.Rngs that random draws outside modules take their keys from (torch's global

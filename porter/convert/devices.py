@@ -101,10 +101,8 @@ class _Reads:
         target, value = assign.targets[0].target, assign.value
         if isinstance(target, cst.Name):
             pairs = [(target, value)]
-        elif isinstance(target, (cst.Tuple, cst.List)) and isinstance(value, (cst.Tuple, cst.List)) \
-                and len(target.elements) == len(value.elements) \
-                and not any(isinstance(e, cst.StarredElement) for e in [*target.elements, *value.elements]):
-            pairs = [(t.value, v.value) for t, v in zip(target.elements, value.elements)]
+        elif isinstance(target, (cst.Tuple, cst.List)) and isinstance(value, (cst.Tuple, cst.List)):
+            pairs = [(target.elements[t].value, value.elements[v].value) for t, v in aligned(target, value)]
         else:
             return
         found = [(t.value, v) for t, v in pairs if isinstance(t, cst.Name) and isinstance(v, cst.Attribute)
@@ -149,11 +147,30 @@ class _Reads:
                     and arg.keyword.value == "device")
 
 
+def aligned(target: cst.Tuple | cst.List, value: cst.Tuple | cst.List) -> list[tuple[int, int]]:
+    """(target index, value index) of the elements that bind one to one: all of them, or with one starred
+    value (`b, c, device = *x.shape[:2], x.device`) those before and after it."""
+    targets, values = target.elements, value.elements
+    if any(isinstance(e, cst.StarredElement) for e in targets):
+        return []
+    stars = [i for i, e in enumerate(values) if isinstance(e, cst.StarredElement)]
+    if not stars:
+        return list(zip(range(len(targets)), range(len(values)))) if len(targets) == len(values) else []
+    if len(stars) > 1 or len(values) - 1 > len(targets):
+        return []
+    star, after = stars[0], len(values) - stars[0] - 1
+    return [(i, i) for i in range(star)] + [(len(targets) - after + k, star + 1 + k) for k in range(after)]
+
+
 def drop_bindings(updated: cst.Assign, names: set[str]) -> cst.Assign | cst.RemovalSentinel:
     """The assignment without its device names: `n, device = x.shape[1], x.device` -> `n = x.shape[1]`."""
     target = updated.targets[0].target
     if isinstance(target, cst.Name):
         return cst.RemoveFromParent()
+    dropped = [(t, v) for t, v in aligned(target, updated.value)
+               if isinstance(target.elements[t].value, cst.Name) and target.elements[t].value.value in names]
+    if any(isinstance(e, cst.StarredElement) for e in updated.value.elements):  # it stays: keep the tuples
+        return _without(updated, {t for t, _ in dropped}, {v for _, v in dropped})
     kept = [(t, v) for t, v in zip(target.elements, updated.value.elements)
             if not (isinstance(t.value, cst.Name) and t.value.value in names)]
     if not kept:
@@ -168,3 +185,22 @@ def drop_bindings(updated: cst.Assign, names: set[str]) -> cst.Assign | cst.Remo
     return updated.with_changes(
         targets=[updated.targets[0].with_changes(target=target.with_changes(elements=[t for t, _ in elements]))],
         value=updated.value.with_changes(elements=[v for _, v in elements]))
+
+
+def _without(updated: cst.Assign, targets: set[int], values: set[int]) -> cst.Assign | cst.RemovalSentinel:
+    """`b, c, device = *x.shape[:2], x.device` -> `b, c = *x.shape[:2],` (the starred value keeps a tuple)."""
+    target, value = updated.targets[0].target, updated.value
+    left_targets = [e for i, e in enumerate(target.elements) if i not in targets]
+    left_values = [e for i, e in enumerate(value.elements) if i not in values]
+    if not left_targets:
+        return cst.RemoveFromParent()
+    return updated.with_changes(
+        targets=[updated.targets[0].with_changes(target=target.with_changes(elements=_commas(left_targets)))],
+        value=value.with_changes(elements=_commas(left_values)))
+
+
+def _commas(elements: list) -> list:
+    """Elements of a tuple: a comma after each but the last; after the last only where it is alone."""
+    between = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+    last = cst.Comma() if len(elements) == 1 else cst.MaybeSentinel.DEFAULT
+    return [e.with_changes(comma=between) for e in elements[:-1]] + [elements[-1].with_changes(comma=last)]

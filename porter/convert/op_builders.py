@@ -255,7 +255,11 @@ def expand(rule: Rule, site: Site) -> Application:
         raise Unsupported("expand is a tensor method")
     args = site.call.args
     if len(args) == 1 and args[0].star == "*":
-        return Application(_call("jnp.broadcast_to", site.receiver, args[0].value))  # x.expand(*y.shape)
+        sizes = args[0].value
+        if m.matches(sizes, m.Attribute(attr=m.Name("shape"))):  # x.expand(*y.shape): no -1 there
+            return Application(_call("jnp.broadcast_to", site.receiver, sizes))
+        site.ctx.need_helper("expand_to")  # x.expand(*sizes): a -1 in them is known only when it runs
+        return Application(_call("expand_to", site.receiver, sizes))
     sizes = [a.value for a in args if a.keyword is None and not a.star]
     if any(a.keyword is not None or a.star for a in args):
         raise Unsupported("expand(*sizes) mixing star arguments with sizes (a -1 must be written out)")

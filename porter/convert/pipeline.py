@@ -29,6 +29,7 @@ from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
 from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import output_gate, traverse
+from porter.convert.keyword_helpers import keyword_helpers
 from porter.convert.nesting import too_deep
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
 from porter.rules.loader import load_rules
@@ -128,6 +129,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     if fast and not known and not _TORCH_WORDS.search(source):  # no torch name, no module class imported
         return Conversion(source, [], filename=filename, imports=imports)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
+    ctx.keyword_helpers = keyword_helpers(module)
     for name, kind in (known or {}).items():
         (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
     index = SourceIndex(module)  # positions of the original nodes, for both passes

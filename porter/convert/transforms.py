@@ -102,10 +102,16 @@ def _padding_pairs(node: cst.BaseExpression, value, n: int) -> str:
         per_dim = [repr(v) for v in value]
     elif value is NO_VALUE and not isinstance(node, (cst.Tuple, cst.List)):
         per_dim = [code_of(node)] * n
+    elif value is NO_VALUE and _plain_elements(node, n):  # (padding, 0): one expression per spatial dim
+        per_dim = [code_of(e.value) for e in node.elements]
     else:
         raise Unsupported(f"padding={code_of(node)}")
     pairs = ", ".join(f"({p}, {p})" for p in per_dim)
     return f"({pairs},)" if n == 1 else f"({pairs})"
+
+
+def _plain_elements(node: cst.Tuple | cst.List, n: int) -> bool:
+    return len(node.elements) == n and not any(isinstance(e, (cst.StarredElement,)) for e in node.elements)
 
 
 def one_minus(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:

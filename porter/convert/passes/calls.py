@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, devices, inplace
+from porter.convert import apply, devices, inplace, keyword_helpers
 from porter.convert.layer_values import function_value, value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -276,6 +276,7 @@ class CallRewrite(ScopedTransformer):
                                            "(new weights, training mode) at every call; build the layer in __init__ "
                                            "(self.layer = ...) and call it here; left unchanged")
             return updated
+        updated = keyword_helpers.expand(updated, self.ctx.keyword_helpers) or updated
         rngs = self._rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,
