@@ -916,6 +916,38 @@ def test_einops_on_parameters_and_buffers_gets_their_arrays(tmp_path):
     assert report.passed, report.format()
 
 
+LOCAL_PARAMETER_NAMES_MODEL = '''
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+
+class Net(nn.Module):  # a gating unit: forward binds its parameters to local names, then reads them via einops
+    def __init__(self, h=2, n=3):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(h, n, n))
+        self.bias = nn.Parameter(torch.randn(h, n))
+
+    def forward(self, x):
+        weight, bias = self.weight, self.bias
+        scale = self.bias
+        gate = torch.einsum("b h n d, h m n -> b h m d", rearrange(x, "b n (h d) -> b h n d", h=2), weight)
+        gate = gate + rearrange(bias, "h n -> () h n ()") * rearrange(scale, "h n -> h n ()")
+        return rearrange(gate, "b h n d -> b n (h d)")
+'''
+
+
+def test_parameters_bound_to_local_names_in_forward_are_read_as_arrays(tmp_path):
+    # issue 12 (g-mlp-pytorch gMLP): `weight, bias = self.weight, self.bias` then rearrange(bias, ...)
+    # handed einops the nnx.Param ("Tensor type unknown to einops")
+    c = convert_source(LOCAL_PARAMETER_NAMES_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "weight, bias = self.weight[...], self.bias[...]" in c.code and "scale = self.bias[...]" in c.code
+    torch_model, flax_model = both_nets(tmp_path, LOCAL_PARAMETER_NAMES_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8))
+    assert report.passed, report.format()
+
+
 MODULE_LEVEL_PARTIAL_MODEL = '''
 import functools
 from functools import partial
