@@ -700,6 +700,48 @@ class M(nn.Module):
     assert [(d.code, d.line) for d in c.diagnostics if d.code in ("PT003", "PT005")] == [("PT005", 11), ("PT003", 16)]
 
 
+PICKED_INITIALISER_MODEL = '''
+import torch.nn as nn
+
+INITIALISERS = dict(normal=nn.init.normal_, xavier=nn.init.xavier_uniform_)
+
+
+def pick_initialiser(name):
+    return INITIALISERS[name], dict(std=0.02) if name == "normal" else dict()
+
+
+class Net(nn.Module):
+    def __init__(self, init="normal"):
+        super().__init__()
+        self.init = init
+        self.fc = nn.Linear(4, 3)
+        self.skip = nn.Linear(4, 3) if init else None
+        self.reset()
+
+    def reset(self):
+        initialise, kwargs = pick_initialiser(self.init)
+        initialise(self.fc.weight, **kwargs)
+        if self.skip is not None:
+            initialise(self.skip.weight, **kwargs)
+        return
+
+    def forward(self, x):
+        print(self.fc.weight.shape) if x.shape[0] < 0 else None
+        return self.fc(x) + self.skip(x)
+'''
+
+
+def test_an_initialiser_picked_at_run_time_and_called_on_parameters_is_removed(tmp_path):
+    # issue 12 (pytorch-tcn TCN): `initialise, kw = pick(...)` then `initialise(self.conv.weight, **kw)` in a
+    # method the constructor calls stayed, and the converted constructor failed on `.weight` of an nnx layer
+    c = convert_source(PICKED_INITIALISER_MODEL, filename="net.py")
+    assert "def reset" not in c.code and "self.reset()" not in c.code and "print(" in c.code
+    assert ("PT005", 17) in [(d.code, d.line) for d in c.diagnostics]
+    torch_model, flax_model = both_nets(tmp_path, PICKED_INITIALISER_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 4))
+    assert report.passed, report.format()
+
+
 def test_a_branch_that_only_computes_values_is_no_initialisation():
     # torchvision's Conv2dNormActivation: `if padding is None: padding = ...` must stay (it was removed once)
     source = '''
