@@ -20,7 +20,7 @@ the class made only of such statements, and loops over `self.modules()` /
 ifs / `with torch.no_grad()` blocks made only of them. A call of a local
 function given a parameter, its result dropped (`init(self.conv.weight, **kw)`
 where `init, kw = pick_initialiser(...)`), initialises in place too: why else
-call it for nothing?
+call it for nothing? (Not a builtin's or an imported function's call.)
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_m
     if qualified.startswith("torch.nn.init."):
         return True
     if isinstance(func, cst.Name):
+        local_function = func.value not in BUILTIN_NAMES and func.value not in ctx.bound_imports
         return bool(INIT_FUNCTION_NAME.match(func.value)) or func.value == "named_apply" \
-            or (func.value not in BUILTIN_NAMES and _given_a_parameter(small.value))
+            or (local_function and _given_a_parameter(small.value))
     if not isinstance(func, cst.Attribute):
         return False
     method = func.attr.value
