@@ -2,6 +2,7 @@
 fixture: layer constructors passed as values (`norm_layer: Callable[..., nn.Module]`, `block: type[Block]`)
 and the calls that build layers from them; MaxPool2d's ceil_mode."""
 
+import math
 import textwrap
 
 import numpy as np
@@ -1095,6 +1096,50 @@ def test_in_place_draws_in_an_init_helper_draw_from_the_constructors_rngs(tmp_pa
     w, v = np.asarray(flax_model.w[...]), np.asarray(flax_model.v[...])
     assert w.shape == (64, 256) and -1 / 16 <= w.min() < -0.05 and 0.05 < w.max() <= 1 / 16  # torch's range
     assert abs(v.std() - 0.02) < 0.003 and abs(torch_model.v.std().item() - 0.02) < 0.003
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 64))
+    assert report.passed, report.format()
+
+
+HAND_BACK_METHOD_MODEL = '''
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):  # a sine layer: a method fills the constructor's fresh tensors in place, returning nothing
+    def __init__(self, dim_in=64, dim_out=256, c=6.0):
+        super().__init__()
+        self.dim_in = dim_in
+        weight = torch.zeros(dim_out, dim_in)
+        bias = torch.zeros(dim_out)
+        self.init_(weight, bias, c=c)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    def init_(self, weight, bias, c):
+        std = math.sqrt(c / self.dim_in)
+        weight.uniform_(-std, std)
+        if bias is not None:
+            bias.uniform_(-std, std)
+
+    def forward(self, x):
+        return torch.sin(F.linear(x, self.weight, self.bias))
+'''
+
+
+def test_a_method_drawing_into_its_arguments_hands_them_back(tmp_path):
+    # issue 12 (siren-pytorch SirenNet): `self.init_(weight, bias, c=c)` filled its arguments in place and
+    # returned nothing; converted, the draws were kept (jax arrays have no uniform_)
+    c = convert_source(HAND_BACK_METHOD_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "weight, bias = self.init_(weight, bias, c=c, rngs=rngs)" in c.code and "return weight, bias" in c.code
+    torch_model, flax_model = both_nets(tmp_path, HAND_BACK_METHOD_MODEL, c.code)
+    w = np.asarray(flax_model.weight[...])
+    bound = math.sqrt(6.0 / 64)
+    assert w.shape == (256, 64) and -bound <= w.min() < -0.9 * bound and 0.9 * bound < w.max() <= bound
+    assert float(np.abs(np.asarray(flax_model.bias[...])).max()) > 0.5 * bound  # drawn, not the zeros
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 64))
     assert report.passed, report.format()
 
