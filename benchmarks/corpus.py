@@ -25,8 +25,8 @@ and is classified (see /work/shared/DESIGN.md "Measuring on real code"):
              the failing path: the files of the traceback's frames inside OUT, or for a load failure or
              a numerical difference (no traceback in OUT) the converted files the model imported;
   SILENT     a stage failed with no such diagnostic (an info or a warning does not count);
-  BROKEN     the original itself did not build or run with the table's config: the table's fault,
-             not counted.
+  BROKEN     the original itself did not build or run with the table's config (nor, in porter check,
+             with gradients): the table's fault, not counted.
 
 REPORTED* is a REPORTED whose errors are all elsewhere in those files: none on a statement of the
 traceback (mapped back to the original's lines through a diff: porter keeps the layout) nor on a
@@ -521,6 +521,12 @@ def converted_relative(file: str, converted_package: Path) -> str | None:
     return path.relative_to(root).as_posix() if _inside(path, root) else None
 
 
+def _original_raised_in_check(failure: dict) -> bool:
+    """porter check runs the original with gradients (inputs and weights requiring grad); an original that
+    raises only there (an in-place add to a view of a parameter) never ran as the check needs: its fault."""
+    return failure.get("type") == "ModelRunError" and failure.get("message", "").startswith("the original model raised")
+
+
 def classify(result: dict, report: dict | None, converted_package: Path,
              original_package: Path | None = None) -> Verdict:
     """PASS / REPORTED / SILENT / BROKEN for one model's result and its package's porter report.
@@ -529,9 +535,9 @@ def classify(result: dict, report: dict | None, converted_package: Path,
     original's lines) are told apart from those elsewhere in the same files (Verdict.at_spot)."""
     if result.get("passed"):
         return Verdict(PASS, [], [])
-    if result.get("stage") == "original":
-        return Verdict(BROKEN, [], [])
     failure = result.get("failure") or {}
+    if result.get("stage") == "original" or _original_raised_in_check(failure):
+        return Verdict(BROKEN, [], [])
     inside = [(f, converted_relative(f["file"], converted_package)) for f in failure.get("frames", [])]
     inside = [(f, rel) for f, rel in inside if rel is not None]
     path = list(dict.fromkeys(rel for _, rel in inside))

@@ -194,6 +194,18 @@ def test_original_that_does_not_run_is_broken_not_counted(tmp_path, isolated):
                                    "broken": 1, "pass_percent": 50.0}
 
 
+def test_original_that_raises_only_under_the_checks_gradients_is_broken(tmp_path):
+    # transformer-in-transformer TNT: `patches += ...` on an einops repeat of a parameter slice raises in
+    # torch once gradients are on; the converted model was never at fault
+    failure = {"type": "ModelRunError", "message": "the original model raised RuntimeError: a view of a leaf "
+               "Variable that requires grad is being used in an in-place operation.", "frames": []}
+    result = {"stage": "check", "passed": False, "failure": failure, "imported": [], "check": None}
+    assert corpus.classify(result, report_of("fake_grad", {}), tmp_path).cls == corpus.BROKEN
+    converted_failure = dict(failure, message="the converted model raised TypeError: x")
+    assert corpus.classify(dict(result, failure=converted_failure), report_of("fake_grad", {}), tmp_path).cls \
+        == corpus.SILENT
+
+
 def test_import_of_a_file_porter_could_not_write_puts_it_on_the_path(tmp_path):
     package = tmp_path / "converted" / "fake_missing"
     package.mkdir(parents=True)

@@ -2,6 +2,7 @@
 fixture: layer constructors passed as values (`norm_layer: Callable[..., nn.Module]`, `block: type[Block]`)
 and the calls that build layers from them; MaxPool2d's ceil_mode."""
 
+import math
 import textwrap
 
 import numpy as np
@@ -700,6 +701,63 @@ class M(nn.Module):
     assert [(d.code, d.line) for d in c.diagnostics if d.code in ("PT003", "PT005")] == [("PT005", 11), ("PT003", 16)]
 
 
+PICKED_INITIALISER_MODEL = '''
+import torch.nn as nn
+
+INITIALISERS = dict(normal=nn.init.normal_, xavier=nn.init.xavier_uniform_)
+
+
+def pick_initialiser(name):
+    return INITIALISERS[name], dict(std=0.02) if name == "normal" else dict()
+
+
+class Net(nn.Module):
+    def __init__(self, init="normal"):
+        super().__init__()
+        self.init = init
+        self.fc = nn.Linear(4, 3)
+        self.skip = nn.Linear(4, 3) if init else None
+        self.reset()
+
+    def reset(self):
+        initialise, kwargs = pick_initialiser(self.init)
+        initialise(self.fc.weight, **kwargs)
+        if self.skip is not None:
+            initialise(self.skip.weight, **kwargs)
+        return
+
+    def forward(self, x):
+        print(self.fc.weight.shape) if x.shape[0] < 0 else None
+        return self.fc(x) + self.skip(x)
+'''
+
+
+def test_an_initialiser_picked_at_run_time_and_called_on_parameters_is_removed(tmp_path):
+    # issue 12 (pytorch-tcn TCN): `initialise, kw = pick(...)` then `initialise(self.conv.weight, **kw)` in a
+    # method the constructor calls stayed, and the converted constructor failed on `.weight` of an nnx layer
+    c = convert_source(PICKED_INITIALISER_MODEL, filename="net.py")
+    assert "def reset" not in c.code and "self.reset()" not in c.code and "print(" in c.code
+    assert ("PT005", 17) in [(d.code, d.line) for d in c.diagnostics]
+    torch_model, flax_model = both_nets(tmp_path, PICKED_INITIALISER_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 4))
+    assert report.passed, report.format()
+
+
+def test_a_builtin_or_an_imported_function_given_a_parameter_is_no_initialisation():
+    c = convert("""
+        import torch.nn as nn
+        from mylib import tie_weights
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 3)
+                print(self.fc.weight)
+                tie_weights(self.fc.weight, self.fc.bias)
+        """)
+    assert "print(" in c.code and "tie_weights(" in c.code and "PT005" not in codes(c)
+
+
 def test_a_branch_that_only_computes_values_is_no_initialisation():
     # torchvision's Conv2dNormActivation: `if padding is None: padding = ...` must stay (it was removed once)
     source = '''
@@ -916,6 +974,38 @@ def test_einops_on_parameters_and_buffers_gets_their_arrays(tmp_path):
     assert report.passed, report.format()
 
 
+LOCAL_PARAMETER_NAMES_MODEL = '''
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+
+class Net(nn.Module):  # a gating unit: forward binds its parameters to local names, then reads them via einops
+    def __init__(self, h=2, n=3):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(h, n, n))
+        self.bias = nn.Parameter(torch.randn(h, n))
+
+    def forward(self, x):
+        weight, bias = self.weight, self.bias
+        scale = self.bias
+        gate = torch.einsum("b h n d, h m n -> b h m d", rearrange(x, "b n (h d) -> b h n d", h=2), weight)
+        gate = gate + rearrange(bias, "h n -> () h n ()") * rearrange(scale, "h n -> h n ()")
+        return rearrange(gate, "b h n d -> b n (h d)")
+'''
+
+
+def test_parameters_bound_to_local_names_in_forward_are_read_as_arrays(tmp_path):
+    # issue 12 (g-mlp-pytorch gMLP): `weight, bias = self.weight, self.bias` then rearrange(bias, ...)
+    # handed einops the nnx.Param ("Tensor type unknown to einops")
+    c = convert_source(LOCAL_PARAMETER_NAMES_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "weight, bias = self.weight[...], self.bias[...]" in c.code and "scale = self.bias[...]" in c.code
+    torch_model, flax_model = both_nets(tmp_path, LOCAL_PARAMETER_NAMES_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8))
+    assert report.passed, report.format()
+
+
 MODULE_LEVEL_PARTIAL_MODEL = '''
 import functools
 from functools import partial
@@ -1006,6 +1096,50 @@ def test_in_place_draws_in_an_init_helper_draw_from_the_constructors_rngs(tmp_pa
     w, v = np.asarray(flax_model.w[...]), np.asarray(flax_model.v[...])
     assert w.shape == (64, 256) and -1 / 16 <= w.min() < -0.05 and 0.05 < w.max() <= 1 / 16  # torch's range
     assert abs(v.std() - 0.02) < 0.003 and abs(torch_model.v.std().item() - 0.02) < 0.003
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 64))
+    assert report.passed, report.format()
+
+
+HAND_BACK_METHOD_MODEL = '''
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):  # a sine layer: a method fills the constructor's fresh tensors in place, returning nothing
+    def __init__(self, dim_in=64, dim_out=256, c=6.0):
+        super().__init__()
+        self.dim_in = dim_in
+        weight = torch.zeros(dim_out, dim_in)
+        bias = torch.zeros(dim_out)
+        self.init_(weight, bias, c=c)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    def init_(self, weight, bias, c):
+        std = math.sqrt(c / self.dim_in)
+        weight.uniform_(-std, std)
+        if bias is not None:
+            bias.uniform_(-std, std)
+
+    def forward(self, x):
+        return torch.sin(F.linear(x, self.weight, self.bias))
+'''
+
+
+def test_a_method_drawing_into_its_arguments_hands_them_back(tmp_path):
+    # issue 12 (siren-pytorch SirenNet): `self.init_(weight, bias, c=c)` filled its arguments in place and
+    # returned nothing; converted, the draws were kept (jax arrays have no uniform_)
+    c = convert_source(HAND_BACK_METHOD_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "weight, bias = self.init_(weight, bias, c=c, rngs=rngs)" in c.code and "return weight, bias" in c.code
+    torch_model, flax_model = both_nets(tmp_path, HAND_BACK_METHOD_MODEL, c.code)
+    w = np.asarray(flax_model.weight[...])
+    bound = math.sqrt(6.0 / 64)
+    assert w.shape == (256, 64) and -bound <= w.min() < -0.9 * bound and 0.9 * bound < w.max() <= bound
+    assert float(np.abs(np.asarray(flax_model.bias[...])).max()) > 0.5 * bound  # drawn, not the zeros
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 64))
     assert report.passed, report.format()
 

@@ -163,6 +163,38 @@ def test_a_device_that_only_places_arrays_is_dropped_with_its_binding():
     np.testing.assert_allclose(np.asarray(jax.jit(lambda a: model(a))(x)), expected, rtol=1e-6)
 
 
+STARRED_DEVICE_MODEL = """
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def forward(self, data):
+            b, *axis, _, device, dtype = *data.shape, data.device, data.dtype
+            *rest, dev = *data.shape, data.device
+            pos = torch.linspace(-1.0, 1.0, steps=axis[0], device=device, dtype=dtype)
+            return data * pos[None, :, None] + torch.ones(b, 1, 1, device=dev) * len(rest)
+    """
+
+
+def test_a_device_unpacked_beside_a_starred_shape_is_dropped_with_its_binding():
+    # issue 12 (perceiver-pytorch Perceiver, egnn-pytorch EGNN): `b, *axis, _, device = *x.shape, x.device`
+    # kept its `.device` read, and the model failed under jit
+    import jax
+    from flax import nnx
+    c = convert(STARRED_DEVICE_MODEL)
+    assert errors(c) == []
+    assert "b, *axis, _, dtype = *data.shape, data.dtype\n" in c.code and "*rest, = *data.shape,\n" in c.code
+    assert "device" not in c.code and "dev " not in c.code
+    torch_space, jax_space = {}, {}
+    exec(textwrap.dedent(STARRED_DEVICE_MODEL), torch_space)
+    exec(c.code, jax_space)
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 4, 3)
+    expected = torch_space["Net"]()(torch.tensor(x)).numpy()
+    model = jax_space["Net"](rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda a: model(a))(x)), expected, rtol=1e-6)
+
+
 def test_other_reads_of_a_device_in_traced_code_are_errors():
     c = convert("""
         import torch
@@ -266,7 +298,7 @@ def test_item_assignment_where_only_the_index_shows_an_array():
 
 
 # ------------------------------------------------------------------ a device bound next to a starred shape
-STARRED_DEVICE_MODEL = """
+DEVICE_AFTER_STAR_MODEL = """
     import torch
     from torch import nn
 
@@ -284,11 +316,11 @@ def test_a_device_bound_after_a_starred_shape_is_dropped_with_its_binding():
     # issue 12: `b, c, h, w, device = *x.shape, x.device` (halonet-pytorch) kept its x.device (PT004, jit fails)
     import jax
     from flax import nnx
-    c = convert(STARRED_DEVICE_MODEL)
+    c = convert(DEVICE_AFTER_STAR_MODEL)
     assert errors(c) == [], c.diagnostics
     assert "b, c, w, k = *x.shape, 2\n" in c.code and "(last,) = *x.shape[-1:]," in c.code
     torch_space, jax_space = {}, {}
-    exec(textwrap.dedent(STARRED_DEVICE_MODEL), torch_space)
+    exec(textwrap.dedent(DEVICE_AFTER_STAR_MODEL), torch_space)
     exec(c.code, jax_space)
     x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)
     expected = torch_space["Net"]()(torch.tensor(x)).numpy()

@@ -67,6 +67,10 @@ class ConversionContext:
     # converted, they return the new values instead
     draw_helpers: set[str] = field(default_factory=set)
     in_place_draws: set[int] = field(default_factory=set)  # ids of those draws (original nodes)
+    # module methods with no return that draw their arguments' values in place (`def init_(self, w, b): w.uniform_(...)`):
+    # (class, method) -> (its parameters after self, those it draws into); converted, it returns them and each
+    # statement calling it assigns them (`w, b = self.init_(w, b, rngs=rngs)`)
+    hand_back_methods: dict[tuple[str, str], tuple[list[str], set[str]]] = field(default_factory=dict)
     # local names of einops' functions (`from einops import repeat`) and of the einops module (`import einops`):
     # einops takes arrays, not nnx Variables
     einops_names: set[str] = field(default_factory=set)

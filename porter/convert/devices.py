@@ -3,7 +3,7 @@
 
 Where the device only places new arrays (`torch.zeros(n, device=x.device)`, `y.to(x.device)`) the
 rules drop it with the argument. A local bound to it (`device = x.device`,
-`n, device = x.shape[1], x.device`) whose every use places arrays is dropped with its binding here;
+`n, device = x.shape[1], x.device`, `b, *_, device = *x.shape, x.device`) whose every use places arrays is dropped with its binding here;
 any other read of `.device` on an array in a module's methods (its constructor aside, which runs
 eagerly) is reported (PT004) and left as it was.
 
@@ -102,7 +102,8 @@ class _Reads:
         if isinstance(target, cst.Name):
             pairs = [(target, value)]
         elif isinstance(target, (cst.Tuple, cst.List)) and isinstance(value, (cst.Tuple, cst.List)):
-            pairs = [(target.elements[t].value, value.elements[v].value) for t, v in aligned(target, value)]
+            pairs = [(target.elements[t].value, value.elements[v].value)
+                     for t, v in paired_elements(target.elements, value.elements)]
         else:
             return
         found = [(t.value, v) for t, v in pairs if isinstance(t, cst.Name) and isinstance(v, cst.Attribute)
@@ -147,19 +148,26 @@ class _Reads:
                     and arg.keyword.value == "device")
 
 
-def aligned(target: cst.Tuple | cst.List, value: cst.Tuple | cst.List) -> list[tuple[int, int]]:
-    """(target index, value index) of the elements that bind one to one: all of them, or with one starred
-    value (`b, c, device = *x.shape[:2], x.device`) those before and after it."""
-    targets, values = target.elements, value.elements
-    if any(isinstance(e, cst.StarredElement) for e in targets):
-        return []
-    stars = [i for i, e in enumerate(values) if isinstance(e, cst.StarredElement)]
-    if not stars:
+def paired_elements(targets, values) -> list[tuple[int, int]]:
+    """(target index, value index) of the elements an unpacking binds one to one: all of them without
+    stars (same length); with stars, those before the first star and after the last, on both sides
+    (`b, *axis, device = *x.shape, x.device` pairs `device` with `x.device`)."""
+    def starred(e):
+        return isinstance(e, cst.StarredElement)
+    if not any(map(starred, [*targets, *values])):
         return list(zip(range(len(targets)), range(len(values)))) if len(targets) == len(values) else []
-    if len(stars) > 1 or len(values) - 1 > len(targets):
+    if sum(map(starred, targets)) > 1:
         return []
-    star, after = stars[0], len(values) - stars[0] - 1
-    return [(i, i) for i in range(star)] + [(len(targets) - after + k, star + 1 + k) for k in range(after)]
+    pairs = []
+    for t, v in zip(range(len(targets)), range(len(values))):
+        if starred(targets[t]) or starred(values[v]):
+            break
+        pairs.append((t, v))
+    for t, v in zip(range(len(targets) - 1, -1, -1), range(len(values) - 1, -1, -1)):
+        if starred(targets[t]) or starred(values[v]) or (t, v) in pairs:
+            break
+        pairs.append((t, v))
+    return pairs
 
 
 def drop_bindings(updated: cst.Assign, names: set[str]) -> cst.Assign | cst.RemovalSentinel:
@@ -167,40 +175,21 @@ def drop_bindings(updated: cst.Assign, names: set[str]) -> cst.Assign | cst.Remo
     target = updated.targets[0].target
     if isinstance(target, cst.Name):
         return cst.RemoveFromParent()
-    dropped = [(t, v) for t, v in aligned(target, updated.value)
-               if isinstance(target.elements[t].value, cst.Name) and target.elements[t].value.value in names]
-    if any(isinstance(e, cst.StarredElement) for e in updated.value.elements):  # it stays: keep the tuples
-        return _without(updated, {t for t, _ in dropped}, {v for _, v in dropped})
-    kept = [(t, v) for t, v in zip(target.elements, updated.value.elements)
-            if not (isinstance(t.value, cst.Name) and t.value.value in names)]
-    if not kept:
+    targets, values = target.elements, updated.value.elements
+    dropped = [(t, v) for t, v in paired_elements(targets, values)
+               if isinstance(targets[t].value, cst.Name) and targets[t].value.value in names]
+    kept_targets = [e for i, e in enumerate(targets) if i not in {t for t, _ in dropped}]
+    kept_values = [e for i, e in enumerate(values) if i not in {v for _, v in dropped}]
+    if not kept_targets:
         return cst.RemoveFromParent()
-    if len(kept) == 1:  # `n, = a,` binds as `n = a`
-        return updated.with_changes(targets=[updated.targets[0].with_changes(target=kept[0][0].value)],
-                                    value=kept[0][1].value)
-    last = len(kept) - 1
-    elements = [(t.with_changes(comma=cst.MaybeSentinel.DEFAULT) if i == last else t,
-                 v.with_changes(comma=cst.MaybeSentinel.DEFAULT) if i == last else v)
-                for i, (t, v) in enumerate(kept)]
+    if len(kept_targets) == 1 and len(kept_values) == 1 and not isinstance(kept_targets[0], cst.StarredElement) \
+            and not isinstance(kept_values[0], cst.StarredElement):  # `n, = a,` binds as `n = a`
+        return updated.with_changes(targets=[updated.targets[0].with_changes(target=kept_targets[0].value)],
+                                    value=kept_values[0].value)
+
+    def last_without_comma(elements):
+        return [*elements[:-1], elements[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)] if len(elements) > 1 \
+            else [elements[0].with_changes(comma=cst.Comma())]
     return updated.with_changes(
-        targets=[updated.targets[0].with_changes(target=target.with_changes(elements=[t for t, _ in elements]))],
-        value=updated.value.with_changes(elements=[v for _, v in elements]))
-
-
-def _without(updated: cst.Assign, targets: set[int], values: set[int]) -> cst.Assign | cst.RemovalSentinel:
-    """`b, c, device = *x.shape[:2], x.device` -> `b, c = *x.shape[:2],` (the starred value keeps a tuple)."""
-    target, value = updated.targets[0].target, updated.value
-    left_targets = [e for i, e in enumerate(target.elements) if i not in targets]
-    left_values = [e for i, e in enumerate(value.elements) if i not in values]
-    if not left_targets:
-        return cst.RemoveFromParent()
-    return updated.with_changes(
-        targets=[updated.targets[0].with_changes(target=target.with_changes(elements=_commas(left_targets)))],
-        value=value.with_changes(elements=_commas(left_values)))
-
-
-def _commas(elements: list) -> list:
-    """Elements of a tuple: a comma after each but the last; after the last only where it is alone."""
-    between = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-    last = cst.Comma() if len(elements) == 1 else cst.MaybeSentinel.DEFAULT
-    return [e.with_changes(comma=between) for e in elements[:-1]] + [elements[-1].with_changes(comma=last)]
+        targets=[updated.targets[0].with_changes(target=target.with_changes(elements=last_without_comma(kept_targets)))],
+        value=updated.value.with_changes(elements=last_without_comma(kept_values)))

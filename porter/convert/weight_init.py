@@ -17,11 +17,15 @@ Only statements that do nothing but initialise are removed: calls of
 `torch.nn.init.*`, in-place fills of `.weight`/`.bias`/`.data`
 (`m.weight.data.normal_(0, 0.01)`), `self.apply(...)`, calls of methods of
 the class made only of such statements, and loops over `self.modules()` /
-ifs / `with torch.no_grad()` blocks made only of them.
+ifs / `with torch.no_grad()` blocks made only of them. A call of a local
+function given a parameter, its result dropped (`init(self.conv.weight, **kw)`
+where `init, kw = pick_initialiser(...)`), initialises in place too: why else
+call it for nothing? (Not a builtin's or an imported function's call.)
 """
 
 from __future__ import annotations
 
+import builtins
 import re
 
 import libcst as cst
@@ -35,6 +39,7 @@ PARAMETER_ATTRIBUTES = ("weight", "bias", "data", "in_proj_weight", "in_proj_bia
 # initialisers imported from elsewhere (timm's trunc_normal_, lecun_normal_, ...): named like torch.nn.init's
 INIT_FUNCTION_NAME = re.compile(r"^(trunc_normal|lecun_normal|normal|uniform|zeros|ones|constant|xavier_\w+|"
                                 r"kaiming_\w+|orthogonal|variance_scaling|trunc_normal_tf)_$")
+BUILTIN_NAMES = frozenset(dir(builtins))  # print(self.fc.weight) initialises nothing
 MODULE_ITERATORS = ("modules", "named_modules", "children", "named_children", "parameters", "named_parameters")
 
 
@@ -89,19 +94,30 @@ def _init_with_locals(body, ctx, init_methods) -> bool:
     initialising = [s for s in body if s not in local_lines]
     if not initialising or not all(is_init_statement(s, ctx, init_methods) for s in initialising):
         return False
-    assigned = {t.target.value for s in local_lines for small in s.body for t in small.targets}
+    assigned = {n.value for s in local_lines for small in s.body for t in small.targets for n in _names(t.target)}
     used = {n.value for s in initialising for n in find_all(s, cst.Name)}
     return assigned <= used
 
 
 def _assigns_locals(small: cst.BaseSmallStatement) -> bool:
-    return isinstance(small, cst.Assign) and all(isinstance(t.target, cst.Name) for t in small.targets)
+    """`bound = ...`, `init, kwargs = ...`: assigns local names only."""
+    return isinstance(small, cst.Assign) and all(_names(t.target) is not None for t in small.targets)
+
+
+def _names(target: cst.BaseExpression) -> list[cst.Name] | None:
+    if isinstance(target, cst.Name):
+        return [target]
+    if isinstance(target, cst.Tuple) and all(isinstance(e.value, cst.Name) for e in target.elements):
+        return [e.value for e in target.elements]
+    return None
 
 
 def _is_docstring_and(body, ctx, init_methods) -> bool:
     if body and m.matches(body[0], m.SimpleStatementLine([m.Expr(m.SimpleString() | m.ConcatenatedString())])):
         body = body[1:]
-    return _all_init(body, ctx, init_methods)
+    if body and m.matches(body[-1], m.SimpleStatementLine([m.Return(value=None)])):
+        body = body[:-1]
+    return _all_init(body, ctx, init_methods) or _init_with_locals(body, ctx, init_methods)
 
 
 def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_methods: set[str]) -> bool:
@@ -114,7 +130,9 @@ def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_m
     if qualified.startswith("torch.nn.init."):
         return True
     if isinstance(func, cst.Name):
-        return bool(INIT_FUNCTION_NAME.match(func.value)) or func.value == "named_apply"
+        local_function = func.value not in BUILTIN_NAMES and func.value not in ctx.bound_imports
+        return bool(INIT_FUNCTION_NAME.match(func.value)) or func.value == "named_apply" \
+            or (local_function and _given_a_parameter(small.value))
     if not isinstance(func, cst.Attribute):
         return False
     method = func.attr.value
@@ -123,6 +141,13 @@ def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_m
     receiver = func.value
     return method in INPLACE_FILLS and isinstance(receiver, cst.Attribute) \
         and receiver.attr.value in PARAMETER_ATTRIBUTES
+
+
+def _given_a_parameter(call: cst.Call) -> bool:
+    """`init(self.conv.weight, **kwargs)`: the first argument is a layer's parameter."""
+    first = call.args[0] if call.args else None
+    return first is not None and first.keyword is None and not first.star \
+        and m.matches(first.value, m.Attribute(attr=m.OneOf(*map(m.Name, PARAMETER_ATTRIBUTES))))
 
 
 def _iterates_modules(iterable: cst.BaseExpression) -> bool:

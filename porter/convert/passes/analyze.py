@@ -200,10 +200,25 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             return False
         function = self._functions[-1]
         params = function.params
-        if target not in {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]} \
-                or not any(m.matches(r.value, m.Name(target)) for r in find_all(function.body, cst.Return)):
+        names = [p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]]
+        if target not in names:
+            return False
+        returns = find_all(function.body, cst.Return)
+        if not any(m.matches(r.value, m.Name(target)) for r in returns) \
+                and not (not returns and self._note_hand_back(names, target)):
             return False
         self.ctx.in_place_draws.add(id(node))
+        return True
+
+    def _note_hand_back(self, names: list[str], target: str) -> bool:
+        """A module's method (not its constructor or forward) that returns nothing draws into its argument:
+        converted, it hands the new values back (ConversionContext.hand_back_methods)."""
+        if len(self.function_stack) != 1 or not self.class_stack or self.class_stack[-1] not in self.ctx.module_classes \
+                or self.function_stack[0] in ("__init__", "forward") or not names or names[0] != "self":
+            return False
+        _, filled = self.ctx.hand_back_methods.setdefault((self.class_stack[-1], self.function_stack[0]),
+                                                          (names[1:], set()))
+        filled.add(target)
         return True
 
     def _builds_layer(self, node: cst.Call) -> bool:

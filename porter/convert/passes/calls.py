@@ -103,6 +103,38 @@ class CallRewrite(ScopedTransformer):
             self._device_reads.append(self._analyse_devices(node))
         return visit
 
+    def _hand_back(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        """A method drawing into its arguments in place (ConversionContext.hand_back_methods) returns them."""
+        found = self.ctx.hand_back_methods.get((self.module_class, original.name.value))
+        if found is None or self.function_stack:
+            return updated
+        params, filled = found
+        values = [p for p in params if p in filled]
+        returned = cst.parse_statement(f"return {', '.join(values)}{',' if len(values) == 1 else ''}\n")
+        self.record("hand-back", original, returned)
+        return updated.with_changes(body=updated.body.with_changes(body=[*updated.body.body, returned]))
+
+    def _hand_back_call(self, call: cst.BaseExpression) -> tuple[list[str], set[str]] | None:
+        if not self.module_class or not m.matches(call, m.Call(func=m.Attribute(value=m.Name("self")))):
+            return None
+        return self.ctx.hand_back_methods.get((self.module_class, call.func.attr.value))
+
+    def _assign_handed_back(self, original: cst.Expr, updated: cst.Expr) -> cst.BaseSmallStatement:
+        """`self.init_(w, b, c=c)` as a statement: `w, b = self.init_(w, b, c=c, rngs=rngs)`."""
+        params, filled = self._hand_back_call(original.value)
+        given = {a.keyword.value if a.keyword else (params[i] if i < len(params) else None): a.value
+                 for i, a in enumerate(original.value.args) if not a.star}
+        names = [given.get(p) for p in params if p in filled]
+        if any(a.star for a in original.value.args) or not all(isinstance(n, cst.Name) for n in names):
+            self.report("PT006", original.value, f"{code_of(original.value.func)}(...) fills its arguments in place in "
+                                                 "torch; converted, it returns the new values: only a call given names "
+                                                 "for them is rewritten to assign them; left unchanged")
+            return updated
+        target = ", ".join(n.value for n in names) + ("," if len(names) == 1 else "")
+        new = cst.Assign([cst.AssignTarget(cst.parse_expression(target))], updated.value)
+        self.record("hand-back", original, new)
+        return new
+
     def _analyse_devices(self, node: cst.FunctionDef) -> devices.DeviceReads:
         if not self.mentions("device"):
             return devices.DeviceReads()
@@ -123,10 +155,13 @@ class CallRewrite(ScopedTransformer):
             self._constructor_names.pop()
             self._torch_layer_holders.pop()
             self._device_reads.pop()
+            updated_node = self._hand_back(original_node, updated_node)
         elif kind is cst.ClassDef:
             self._constructor_attributes.pop()
         elif kind is cst.Annotation:
             self._annotation_depth -= 1
+        elif kind is cst.Expr and isinstance(updated_node, cst.Expr) and self._hand_back_call(original_node.value):
+            updated_node = self._assign_handed_back(original_node, updated_node)
         elif kind is cst.Expr and isinstance(updated_node, cst.Expr) \
                 and id(original_node.value) in self._inplace_rebinds:
             updated_node = inplace.rebind(updated_node, self._inplace_rebinds.pop(id(original_node.value)))

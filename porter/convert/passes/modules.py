@@ -72,6 +72,8 @@ class ModuleRewrite(CallRewrite):
             self._note_buffer_tests(node)
         if self.module_class and type(node) is cst.Expr:
             self._note_buffer_write(node.value)
+        if type(node) is cst.Assign and self.module_class and self.method not in (None, "__init__"):
+            self._note_variable_bindings(node)
         if type(node) is cst.Call:
             if self.module_class:
                 self._note_einops_arguments(node)
@@ -199,6 +201,12 @@ class ModuleRewrite(CallRewrite):
         head = call.func.value if isinstance(call.func, cst.Attribute) else call.func
         if isinstance(head, cst.Name) and head.value in self.ctx.einops_names:
             self._variable_reads |= {id(a.value) for a in call.args if self._is_buffer(a.value)}
+
+    def _note_variable_bindings(self, assign: cst.Assign) -> None:
+        """`weight, bias = self.weight, self.bias` in forward: the names hold arrays (einops, jnp read them)."""
+        value = assign.value
+        values = [e.value for e in value.elements] if type(value) is cst.Tuple else [value]
+        self._variable_reads |= {id(v) for v in values if self._is_buffer(v)}
 
     def _is_buffer(self, node: cst.BaseExpression) -> bool:
         return m.matches(node, m.Attribute(value=m.Name("self"))) and node.attr.value in self._buffers()
