@@ -1088,3 +1088,35 @@ def test_parameter_queries_handed_to_an_optimizer_are_left_to_the_training_pass(
         """)
     assert "optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)" in c.code  # reported, as before
     assert "n = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))" in c.code
+
+
+SHIFT_PAD_MODEL = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def shift(x, amt, dim=-1):  # pads are built at run time: zero pairs for the trailing dims, then a crop
+    return F.pad(x, (*((0, 0) * (-dim - 1)), amt, -amt), value=0.)
+
+
+class Net(nn.Module):
+    def __init__(self, d=6):
+        super().__init__()
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        x = self.proj(x)
+        a, b = x.chunk(2, dim=-1)
+        return torch.cat((shift(a, 1, dim=-2), b), dim=-1) + F.pad(x, (1, -1))
+'''
+
+
+def test_pad_with_starred_or_negative_widths_pads_and_crops_at_run_time(tmp_path):
+    # issue 12: token-shift-gpt's `F.pad(x, (*((0, 0) * n), amt, -amt))` was kept (needs an even number of widths)
+    c = convert_source(SHIFT_PAD_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "pad_nchw(x, (*((0, 0) * (-dim - 1)), amt, -amt))" in c.code and "pad_nchw(x, (1, -1))" in c.code
+    torch_model, flax_model = both_nets(tmp_path, SHIFT_PAD_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 5, 6))
+    assert report.passed, report.format()

@@ -420,7 +420,8 @@ def pad(rule: Rule, site: Site) -> Application:
         value = None
     if value is not None and mode != "constant":
         raise Unsupported("value with a mode other than 'constant'")
-    if not isinstance(widths, (cst.Tuple, cst.List)):  # F.pad(x, self.padding): the helper reads the pairs
+    if not isinstance(widths, (cst.Tuple, cst.List)) or _pad_widths_need_helper(widths, mode):
+        # F.pad(x, self.padding), F.pad(x, (*pairs, l, r)) or a crop: the helper reads the pairs at run time
         site.ctx.need_helper("pad_nchw")
         keywords = {"mode": bound["mode"]} if mode != "constant" else {}
         if value is not None:
@@ -443,6 +444,16 @@ def pad(rule: Rule, site: Site) -> Application:
     if value is not None:
         keywords["constant_values"] = value
     return Application(_call("jnp.pad", x, expr(widths_code), **keywords))
+
+
+def _pad_widths_need_helper(widths: cst.Tuple | cst.List, mode: str) -> bool:
+    """Widths whose count is known only at run time (a starred element), or a constant-mode crop
+    (a negative width: jax.lax.pad crops, jnp.pad cannot)."""
+    if any(isinstance(e, cst.StarredElement) for e in widths.elements):
+        return True
+    negative = any(_int(e.value) is not None and _int(e.value) < 0 or isinstance(e.value, cst.UnaryOperation)
+                   and isinstance(e.value.operator, cst.Minus) for e in widths.elements)
+    return negative and mode == "constant"
 
 
 def conv(rule: Rule, site: Site) -> Application:
