@@ -1120,3 +1120,105 @@ def test_pad_with_starred_or_negative_widths_pads_and_crops_at_run_time(tmp_path
     torch_model, flax_model = both_nets(tmp_path, SHIFT_PAD_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 5, 6))
     assert report.passed, report.format()
+
+
+FACTORY_CHOICE_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+def FeedForward(dim, mult=2):
+    return nn.Sequential(nn.Linear(dim, dim * mult), nn.GELU(), nn.Linear(dim * mult, dim))
+
+
+class GatedFeedForward(nn.Module):
+    def __init__(self, dim, mult=2):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim * mult * 2)
+        self.out = nn.Linear(dim * mult, dim)
+
+    def forward(self, x):
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(a * torch.sigmoid(gate))
+
+
+class Net(nn.Module):
+    def __init__(self, dim=8, n=3, gated=False):
+        super().__init__()
+        expert = GatedFeedForward if gated else FeedForward
+        self.experts = nn.ModuleList([expert(dim=dim, mult=2) for _ in range(n)])
+
+    def forward(self, x):
+        return sum(e(x) for e in self.experts)
+'''
+
+
+def test_a_name_choosing_between_a_layer_factory_and_a_module_class_builds_with_rngs(tmp_path):
+    # issue 12: soft-moe's `expert_klass = GLUFeedForward if geglu else FeedForward` (FeedForward a function
+    # returning nn.Sequential): `expert_klass(dim=dim)` got no rngs and failed at construct
+    c = convert_source(FACTORY_CHOICE_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "expert(dim=dim, mult=2, rngs=rngs)" in c.code
+    for gated in (False, True):
+        torch_model, flax_model = both_nets(tmp_path, FACTORY_CHOICE_MODEL.replace("gated=False", f"gated={gated}"),
+                                            c.code.replace("gated=False", f"gated={gated}"))
+        report = check_equivalence(torch_model, flax_model, torch.randn(2, 8))
+        assert report.passed, report.format()
+
+
+MAPPED_WRAPPER_MODEL = '''
+from functools import partial
+import torch
+import torch.nn as nn
+
+
+class PreNorm(nn.Module):
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self.norm(x))
+
+
+class Scaled(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(0.5))
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x) * self.g
+
+
+class Net(nn.Module):
+    def __init__(self, dim=8, depth=2, scaled=False):
+        super().__init__()
+        wrapper = Scaled if scaled else partial(PreNorm, dim)
+        layers = []
+        for _ in range(depth):
+            a, b = nn.Linear(dim, dim), nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
+            a, b = map(wrapper, (a, b))
+            layers.append(nn.ModuleList([a, b]))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for a, b in self.layers:
+            x = a(x) + x
+            x = b(x) + x
+        return x
+'''
+
+
+def test_map_of_a_layer_constructor_in_a_constructor_passes_rngs(tmp_path):
+    # issue 12: performer's `attn, ff = map(wrapper_fn, (attn, ff))` (wrapper_fn a partial of a module class)
+    # built the wrappers without rngs and failed at construct
+    c = convert_source(MAPPED_WRAPPER_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "a, b = map(partial(wrapper, rngs=rngs), (a, b))" in c.code
+    for scaled in (False, True):
+        torch_model, flax_model = both_nets(tmp_path, MAPPED_WRAPPER_MODEL.replace("scaled=False", f"scaled={scaled}"),
+                                            c.code.replace("scaled=False", f"scaled={scaled}"))
+        report = check_equivalence(torch_model, flax_model, torch.randn(2, 8))
+        assert report.passed, report.format()

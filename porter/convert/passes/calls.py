@@ -220,6 +220,9 @@ class CallRewrite(ScopedTransformer):
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
+        mapped = self._map_of_layer_constructor(original_node, updated_node)
+        if mapped is not None:
+            return mapped
         if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
@@ -401,6 +404,26 @@ class CallRewrite(ScopedTransformer):
         return bool(self.module_class and (self.method == "__init__" or self.method in
                                            self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
             or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
+
+    def _map_of_layer_constructor(self, original: cst.Call, updated: cst.Call) -> cst.Call | None:
+        """`map(wrapper_fn, (attn, ff))` in a constructor: map calls the layer constructor, so it gets
+        `partial(wrapper_fn, rngs=rngs)` (the calls map makes cannot be given rngs one by one)."""
+        if not m.matches(original.func, m.Name("map")) or self.ctx.qualified_name(original.func) \
+                or len(original.args) < 2 or original.args[0].keyword or original.args[0].star \
+                or not self._rngs_in_scope():
+            return None
+        constructor = cst.Call(original.args[0].value, [])
+        names = self._constructor_names[-1] if self._constructor_names else set()
+        attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
+        if not (m.matches(constructor.func, m.Name()) and constructor.func.value in
+                self.ctx.module_classes | self.ctx.rngs_functions
+                or calls_layer_constructor(constructor, names, attributes, self.ctx.constructor_fields)):
+            return None
+        bound = cst.Call(cst.Name("partial"), [cst.Arg(updated.args[0].value),
+                                               keyword_arg("rngs", self._rngs(original))])
+        new = updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
+        self.record("module-construct", original, new)
+        return new
 
     def _add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
