@@ -1222,3 +1222,63 @@ def test_map_of_a_layer_constructor_in_a_constructor_passes_rngs(tmp_path):
                                             c.code.replace("scaled=False", f"scaled={scaled}"))
         report = check_equivalence(torch_model, flax_model, torch.randn(2, 8))
         assert report.passed, report.format()
+
+
+EARLY_RETURN_INIT_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Embedder(nn.Module):
+    def __init__(self, n, d):
+        super().__init__()
+        self.emb = nn.Embedding(n, d)
+
+    def forward(self, x):
+        return self.emb(x)
+
+
+class Net(nn.Module):
+    def __init__(self, n=16, d=8, small_init=True):
+        super().__init__()
+        self.small_init = small_init
+        self.tok = Embedder(n, d)
+        self.out = nn.Linear(d, n)
+        self.reset()
+
+    def reset(self):
+        if self.small_init:
+            nn.init.normal_(self.tok.emb.weight, std=1e-5)
+            return
+        nn.init.kaiming_normal_(self.tok.emb.weight)
+
+    def forward(self, x):
+        return self.out(self.tok(x))
+'''
+
+
+def test_an_initialisation_method_with_an_early_return_is_removed_as_one(tmp_path):
+    # issue 12: x-transformers' `def init_(self): if ...: nn.init.normal_(...); return` then kaiming_normal_
+    # was kept (the bare return was not initialisation) and failed at construct
+    c = convert_source(EARLY_RETURN_INIT_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "def reset" not in c.code and "self.reset()" not in c.code and "PT005" in codes(c)
+    torch_model, flax_model = both_nets(tmp_path, EARLY_RETURN_INIT_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randint(0, 16, (2, 5)))
+    assert report.passed, report.format()
+
+
+def test_an_early_return_in_the_constructor_after_initialisation_stays():
+    c = convert("""
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self, plain):
+                super().__init__()
+                self.fc = nn.Linear(4, 2)
+                if plain:
+                    nn.init.zeros_(self.fc.bias)
+                    return
+                self.extra = nn.Linear(2, 2)
+        """)
+    assert "return" in c.code and "self.extra = nnx.Linear(2, 2, rngs=rngs)" in c.code
