@@ -1282,3 +1282,40 @@ def test_an_early_return_in_the_constructor_after_initialisation_stays():
                 self.extra = nn.Linear(2, 2)
         """)
     assert "return" in c.code and "self.extra = nnx.Linear(2, 2, rngs=rngs)" in c.code
+
+
+BUFFER_TO_HELPER_MODEL = '''
+from functools import partial
+
+import torch
+import torch.nn as nn
+from einops import repeat
+
+
+def project(x, *, matrix, scale=1.0):
+    b = x.shape[0]
+    m = repeat(matrix, 'j d -> b j d', b=b)
+    return torch.einsum('bnd,bjd->bnj', x, m) * scale
+
+
+class Net(nn.Module):
+    def __init__(self, d=8, k=5):
+        super().__init__()
+        self.register_buffer("matrix", torch.randn(k, d))
+        self.offset = nn.Parameter(torch.randn(k))
+
+    def forward(self, x):
+        f = partial(project, matrix=self.matrix, scale=0.5)
+        return f(x) + project(x, matrix=self.offset[:, None] * self.matrix) + repeat(self.offset, 'k -> b 1 k', b=x.shape[0])
+'''
+
+
+def test_a_buffer_handed_to_a_function_of_the_file_or_a_partial_of_one_is_read_as_an_array(tmp_path):
+    # issue 12: performer's `partial(softmax_kernel, projection_matrix=self.projection_matrix)` handed the nnx
+    # Variable to a function calling einops' repeat on it: "Tensor type unknown to einops" at eager
+    c = convert_source(BUFFER_TO_HELPER_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "partial(project, matrix=self.matrix[...], scale=0.5)" in c.code
+    torch_model, flax_model = both_nets(tmp_path, BUFFER_TO_HELPER_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8))
+    assert report.passed, report.format()
