@@ -1319,3 +1319,59 @@ def test_a_buffer_handed_to_a_function_of_the_file_or_a_partial_of_one_is_read_a
     torch_model, flax_model = both_nets(tmp_path, BUFFER_TO_HELPER_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 3, 8))
     assert report.passed, report.format()
+
+
+FUNCTION_VALUES_MODEL = '''
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, d, activation=F.gelu):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.activation = activation
+
+    def forward(self, x):
+        return self.activation(self.fc(x))
+
+
+class Net(nn.Module):
+    def __init__(self, d=6, sharp=True):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(d), Block(d, activation=F.silu), Block(d, torch.tanh)])
+        self.normalise = partial(F.softmax, dim=-1) if sharp else partial(F.log_softmax, dim=1)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.normalise(x * 3) + F.softmax(x, -1)
+'''
+
+
+def test_torch_functions_as_values_become_functions_with_torchs_arguments(tmp_path):
+    # issue 12: `activation=F.gelu`, `partial(F.softmax, dim=-1)` (x-transformers' attn_fn) were kept as torch
+    # references (PT003): the converted model called torch on jax arrays
+    c = convert_source(FUNCTION_VALUES_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "lambda input, dim, _stacklevel=3: jax.nn.softmax(input, axis=dim)" in c.code
+    for sharp in (True, False):
+        torch_model, flax_model = both_nets(tmp_path, FUNCTION_VALUES_MODEL.replace("sharp=True", f"sharp={sharp}"),
+                                            c.code.replace("sharp=True", f"sharp={sharp}"))
+        report = check_equivalence(torch_model, flax_model, torch.randn(2, 6))
+        assert report.passed, report.format()
+
+
+def test_a_function_value_bound_to_an_argument_its_rule_cannot_convert_is_an_error():
+    c = convert("""
+        from functools import partial
+        import torch
+        import torch.nn.functional as F
+
+        attend = partial(F.softmax, dtype=torch.float32)
+        """)
+    assert "attend = partial(F.softmax, dtype=torch.float32)" in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT004", 6)]

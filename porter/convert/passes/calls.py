@@ -514,6 +514,18 @@ class CallRewrite(ScopedTransformer):
                     new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])  # must not swallow it
                 self.record(value_rule.id, original, new)
                 return new
+        if rule is not None and rule.kind == "function" and not self._annotation_depth \
+                and id(original) not in self._type_tests:
+            converted = constructor_function(rule, qualified, self.ctx)
+            if converted is not None:  # `activation=F.gelu`, `partial(F.softmax, dim=-1)`: a function taking
+                new, accepted, warnings = converted  # torch's arguments, calling the converted function
+                self._constructor_arguments[id(original)] = (rule, qualified, accepted)
+                for warning in warnings:
+                    self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
+                if id(original) not in self._whole_values:
+                    new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+                self.record(rule.id, original, new)
+                return new
         if rule is not None:
             self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py
             return updated
@@ -547,8 +559,11 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
     None when the rule cannot convert even the required arguments as variables. `fixed`: arguments given
     as source (a partial's `approximate='tanh'`), converted at that value and not taken by the function."""
     fixed = fixed or {}
-    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed]
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed
+                and not p.var_positional]
     optional = [p for p in rule.signature if p.default is not None and p.name not in fixed]
+    if any(p.var_positional for p in rule.signature):
+        return None
 
     def attempt(names: list[str]):
         args = ", ".join([*required, *(f"{n}={v}" for n, v in fixed.items()), *(f"{n}={n}" for n in names)])
@@ -559,6 +574,10 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
         except (Unsupported, KeyError, TypeError, AttributeError):
             return None
 
+    if attempt([]) is None and optional and not optional[0].keyword_only and rule.kind == "function":
+        # F.softmax's dim: optional in torch's signature, required by the rule (torch's implicit choice is
+        # legacy): the function takes it without a default, so a call without it fails loudly
+        required, optional = [*required, optional[0].name], optional[1:]
     if attempt([]) is None:
         return None
     accepted = [p for p in optional if attempt([p.name]) is not None]
@@ -573,7 +592,11 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
     params = [param(n) for n in required]
     params += [param(p.name, p.default) for p in accepted if not p.keyword_only]
     kwonly = [param(p.name, p.default) for p in accepted if p.keyword_only]
-    rngs = param("rngs") if rule.uses_rngs else param("rngs", "None")
-    lambda_ = cst.Lambda(cst.Parameters(params=params, star_arg=cst.ParamStar(), kwonly_params=[*kwonly, rngs]),
-                         result.node)
+    if rule.kind == "function":  # a function value builds no layer: no rngs
+        parameters = cst.Parameters(params=params, star_arg=cst.ParamStar() if kwonly else cst.MaybeSentinel.DEFAULT,
+                                    kwonly_params=kwonly)
+    else:
+        rngs = param("rngs") if rule.uses_rngs else param("rngs", "None")
+        parameters = cst.Parameters(params=params, star_arg=cst.ParamStar(), kwonly_params=[*kwonly, rngs])
+    lambda_ = cst.Lambda(parameters, result.node)
     return lambda_, [*required, *(p.name for p in accepted)], list(result.warnings)
