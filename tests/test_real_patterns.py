@@ -1375,3 +1375,30 @@ def test_a_function_value_bound_to_an_argument_its_rule_cannot_convert_is_an_err
         """)
     assert "attend = partial(F.softmax, dtype=torch.float32)" in c.code
     assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT004", 6)]
+
+
+STARRED_DEVICE_MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, d=4):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, n, device = *x.shape[:2], x.device
+        positions = torch.arange(n, device=device).float()
+        return self.fc(x) + positions[None, :, None] / b
+'''
+
+
+def test_a_device_unpacked_after_a_starred_shape_is_dropped(tmp_path):
+    # issue 12: performer's `b, n, device = *x.shape, x.device` kept x.device (PT004): failed under jit
+    c = convert_source(STARRED_DEVICE_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
+    assert "b, n = (*x.shape[:2],)" in c.code
+    torch_model, flax_model = both_nets(tmp_path, STARRED_DEVICE_MODEL, c.code)
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 5, 4))
+    assert report.passed, report.format()

@@ -101,10 +101,8 @@ class _Reads:
         target, value = assign.targets[0].target, assign.value
         if isinstance(target, cst.Name):
             pairs = [(target, value)]
-        elif isinstance(target, (cst.Tuple, cst.List)) and isinstance(value, (cst.Tuple, cst.List)) \
-                and len(target.elements) == len(value.elements) \
-                and not any(isinstance(e, cst.StarredElement) for e in [*target.elements, *value.elements]):
-            pairs = [(t.value, v.value) for t, v in zip(target.elements, value.elements)]
+        elif isinstance(target, (cst.Tuple, cst.List)) and isinstance(value, (cst.Tuple, cst.List)):
+            pairs = [(target.elements[i].value, value.elements[j].value) for i, j in _paired(target, value)]
         else:
             return
         found = [(t.value, v) for t, v in pairs if isinstance(t, cst.Name) and isinstance(v, cst.Attribute)
@@ -149,22 +147,41 @@ class _Reads:
                     and arg.keyword.value == "device")
 
 
+def _paired(target: cst.Tuple | cst.List, value: cst.Tuple | cst.List) -> list[tuple[int, int]]:
+    """(target index, value index) of the elements that bind one to one: all of them, or where the value
+    unpacks a starred element first (`b, n, device = *x.shape, x.device`), those after it, from the end."""
+    targets, values = target.elements, value.elements
+    starred = [e for e in [*targets, *values] if isinstance(e, cst.StarredElement)]
+    if not starred:
+        return list(zip(range(len(targets)), range(len(values)))) if len(targets) == len(values) else []
+    pairs = []
+    for k in range(1, min(len(targets), len(values)) + 1):
+        if isinstance(targets[-k], cst.StarredElement) or isinstance(values[-k], cst.StarredElement):
+            break
+        pairs.append((len(targets) - k, len(values) - k))
+    return pairs[::-1]
+
+
 def drop_bindings(updated: cst.Assign, names: set[str]) -> cst.Assign | cst.RemovalSentinel:
-    """The assignment without its device names: `n, device = x.shape[1], x.device` -> `n = x.shape[1]`."""
+    """The assignment without its device names: `n, device = x.shape[1], x.device` -> `n = x.shape[1]`,
+    `b, n, device = *x.shape, x.device` -> `b, n = *x.shape,`."""
     target = updated.targets[0].target
     if isinstance(target, cst.Name):
         return cst.RemoveFromParent()
-    kept = [(t, v) for t, v in zip(target.elements, updated.value.elements)
-            if not (isinstance(t.value, cst.Name) and t.value.value in names)]
-    if not kept:
+    dropped = [(i, j) for i, j in _paired(target, updated.value)
+               if isinstance(target.elements[i].value, cst.Name) and target.elements[i].value.value in names]
+    targets = [t for i, t in enumerate(target.elements) if i not in {i for i, _ in dropped}]
+    values = [v for j, v in enumerate(updated.value.elements) if j not in {j for _, j in dropped}]
+    if not targets:
         return cst.RemoveFromParent()
-    if len(kept) == 1:  # `n, = a,` binds as `n = a`
-        return updated.with_changes(targets=[updated.targets[0].with_changes(target=kept[0][0].value)],
-                                    value=kept[0][1].value)
-    last = len(kept) - 1
-    elements = [(t.with_changes(comma=cst.MaybeSentinel.DEFAULT) if i == last else t,
-                 v.with_changes(comma=cst.MaybeSentinel.DEFAULT) if i == last else v)
-                for i, (t, v) in enumerate(kept)]
+    if len(targets) == 1 == len(values) and not isinstance(values[0], cst.StarredElement):  # `n, = a,` as `n = a`
+        return updated.with_changes(targets=[updated.targets[0].with_changes(target=targets[0].value)],
+                                    value=values[0].value)
+    targets = [*targets[:-1], targets[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)]
+    last_comma = cst.Comma() if len(values) == 1 else cst.MaybeSentinel.DEFAULT  # `*x.shape,` stays a tuple
+    values = [*values[:-1], values[-1].with_changes(comma=last_comma)]
+    value = updated.value.with_changes(elements=values)
+    if len(values) == 1 and isinstance(value, cst.Tuple) and not value.lpar:
+        value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
     return updated.with_changes(
-        targets=[updated.targets[0].with_changes(target=target.with_changes(elements=[t for t, _ in elements]))],
-        value=updated.value.with_changes(elements=[v for _, v in elements]))
+        targets=[updated.targets[0].with_changes(target=target.with_changes(elements=targets))], value=value)
