@@ -1343,12 +1343,12 @@ class Net(nn.Module):
     def __init__(self, d=6, sharp=True):
         super().__init__()
         self.blocks = nn.ModuleList([Block(d), Block(d, activation=F.silu), Block(d, torch.tanh)])
-        self.normalise = partial(F.softmax, dim=-1) if sharp else partial(F.log_softmax, dim=1)
+        self.normalise = partial(F.softmax, dtype=torch.float32) if sharp else partial(F.log_softmax, dim=1)
 
     def forward(self, x):
         for block in self.blocks:
             x = block(x)
-        return self.normalise(x * 3) + F.softmax(x, -1)
+        return self.normalise(x * 3, dim=-1) + F.softmax(x, -1)
 '''
 
 
@@ -1357,7 +1357,8 @@ def test_torch_functions_as_values_become_functions_with_torchs_arguments(tmp_pa
     # references (PT003): the converted model called torch on jax arrays
     c = convert_source(FUNCTION_VALUES_MODEL, filename="net.py")
     assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
-    assert "lambda input, dim, _stacklevel=3: jax.nn.softmax(input, axis=dim)" in c.code
+    assert "partial(lambda input, dim, _stacklevel=3, dtype=None: jax.nn.softmax(jnp.asarray(input, dtype=dtype), " \
+           "axis=dim), dtype=jnp.float32)" in c.code
     for sharp in (True, False):
         torch_model, flax_model = both_nets(tmp_path, FUNCTION_VALUES_MODEL.replace("sharp=True", f"sharp={sharp}"),
                                             c.code.replace("sharp=True", f"sharp={sharp}"))
@@ -1371,10 +1372,14 @@ def test_a_function_value_bound_to_an_argument_its_rule_cannot_convert_is_an_err
         import torch
         import torch.nn.functional as F
 
-        attend = partial(F.softmax, dtype=torch.float32)
+        def act(mode):
+            return partial(F.gelu, approximate=mode)
+
+        tanh_gelu = partial(F.gelu, approximate="tanh")
         """)
-    assert "attend = partial(F.softmax, dtype=torch.float32)" in c.code
-    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT004", 6)]
+    assert "return partial(F.gelu, approximate=mode)" in c.code  # converted only at a literal value
+    assert "tanh_gelu = lambda input: jax.nn.gelu(input, approximate=True)" in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT004", 7)]
 
 
 STARRED_DEVICE_MODEL = '''

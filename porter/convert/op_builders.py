@@ -898,3 +898,19 @@ def same_name(rule: Rule, site: Site) -> Application:
 def setitem_statement(rule: Rule, site: Site) -> Application:
     raise Unsupported("x.__setitem__(i, v) called explicitly: write x[i] = v")
 
+
+
+def softmax(rule: Rule, site: Site) -> Application:
+    """F.softmax / F.log_softmax (x.softmax(dim)): torch's dtype= casts the input first (x-transformers'
+    `partial(F.softmax, dtype=torch.float32)`); jax.nn's functions take no dtype."""
+    call = site.call
+    if site.receiver is not None:
+        call = call.with_changes(args=[cst.Arg(site.receiver), *call.args])
+    bound = bind(rule, call)
+    x = bound["input"]
+    axis = VALUE_TRANSFORMS["required_dim"](bound.get("dim", cst.Name("None")), site.ctx)
+    dtype = bound.get("dtype")
+    if dtype is not None and literal(dtype) is not None:
+        x = _call("jnp.asarray", x, dtype=VALUE_TRANSFORMS["dtype"](dtype, site.ctx))
+    target = "jax.nn.log_softmax" if rule.source[0].endswith("log_softmax") else "jax.nn.softmax"
+    return Application(_call(target, x, axis=axis))
