@@ -1407,3 +1407,15 @@ def test_a_device_unpacked_after_a_starred_shape_is_dropped(tmp_path):
     torch_model, flax_model = both_nets(tmp_path, STARRED_DEVICE_MODEL, c.code)
     report = check_equivalence(torch_model, flax_model, torch.randn(2, 5, 4))
     assert report.passed, report.format()
+
+
+def test_in_place_and_random_torch_functions_as_values_stay_reported():
+    # a function returning new values would change nothing where torch's add_ mutates; a draw needs its key
+    c = convert("""
+        import torch
+
+        grow = torch.Tensor.add_
+        noise = torch.randn_like
+        """)
+    assert "grow = torch.Tensor.add_" in c.code and "noise = torch.randn_like" in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT003", 4), ("PT003", 5)]

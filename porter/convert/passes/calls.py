@@ -515,9 +515,9 @@ class CallRewrite(ScopedTransformer):
                 self.record(value_rule.id, original, new)
                 return new
         if rule is not None and rule.kind == "function" and not self._annotation_depth \
-                and id(original) not in self._type_tests:
+                and id(original) not in self._type_tests and not _in_place_or_random(rule, qualified):
             converted = constructor_function(rule, qualified, self.ctx)
-            if converted is not None:  # `activation=F.gelu`, `partial(F.softmax, dim=-1)`: a function taking
+            if converted is not None and "rngs" not in code_of(converted[0]):  # `activation=F.gelu`, `partial(F.softmax, dim=-1)`: a function taking
                 new, accepted, warnings = converted  # torch's arguments, calling the converted function
                 self._constructor_arguments[id(original)] = (rule, qualified, accepted)
                 for warning in warnings:
@@ -531,6 +531,13 @@ class CallRewrite(ScopedTransformer):
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated
+
+
+def _in_place_or_random(rule, qualified: str) -> bool:
+    """`torch.Tensor.add_` (called for its effect: a function returning new values would change nothing) or
+    a random draw (its key comes from where it is called): no function value."""
+    name = qualified.rsplit(".", 1)[-1]
+    return (name.endswith("_") and not name.startswith("_")) or rule.uses_rngs
 
 
 def _drawn_arguments(given: dict, names: tuple[str, str]) -> tuple[str | None, str | None]:
