@@ -232,6 +232,31 @@ def test_device_is_an_error_only_where_jit_traces():
     assert line_of(source, "print(x.device)") in errors  # the rewrite's PT004 (porter/convert/devices.py)
 
 
+def test_reading_values_into_python_is_an_error_where_jit_traces_helpers_of_forward_included():
+    # issue 12: token-shift-gpt's `amts = (2 ** torch.arange(n)).tolist()` in a helper of forward failed
+    # under jit only, with no diagnostic
+    source = """
+    def powers(x, n):
+        amts = (2 ** torch.arange(n)).tolist()
+        return [x * a for a in amts]
+
+    def unused(x):
+        return x.tolist()
+
+    class Net(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc = nn.Linear(d, d)
+            self.scale = torch.ones(1).item()
+
+        def forward(self, x):
+            return sum(powers(self.fc(x), 3)) * x.max().item()
+    """
+    found = pt040(source)
+    assert set(found) == {line_of(source, "amts = "), line_of(source, "x.max().item()")}, found
+    assert "powers, called from a module's forward," in found[line_of(source, "amts = ")][0]
+
+
 # clean code, both modes --------------------------------------------------------------------------
 FIXTURES = sorted([*(ROOT / "fixtures" / "models").glob("*.py"), *(ROOT / "fixtures" / "training").glob("*.py"),
                    *(ROOT / "fixtures" / "distributed").glob("*.py")])

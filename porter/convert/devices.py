@@ -171,7 +171,8 @@ def paired_elements(targets, values) -> list[tuple[int, int]]:
 
 
 def drop_bindings(updated: cst.Assign, names: set[str]) -> cst.Assign | cst.RemovalSentinel:
-    """The assignment without its device names: `n, device = x.shape[1], x.device` -> `n = x.shape[1]`."""
+    """The assignment without its device names: `n, device = x.shape[1], x.device` -> `n = x.shape[1]`,
+    `b, n, device = *x.shape, x.device` -> `b, n = *x.shape,`."""
     target = updated.targets[0].target
     if isinstance(target, cst.Name):
         return cst.RemoveFromParent()

@@ -424,7 +424,8 @@ def pad(rule: Rule, site: Site) -> Application:
         value = None
     if value is not None and mode != "constant":
         raise Unsupported("value with a mode other than 'constant'")
-    if not isinstance(widths, (cst.Tuple, cst.List)):  # F.pad(x, self.padding): the helper reads the pairs
+    if not isinstance(widths, (cst.Tuple, cst.List)) or _pad_widths_need_helper(widths, mode):
+        # F.pad(x, self.padding), F.pad(x, (*pairs, l, r)) or a crop: the helper reads the pairs at run time
         site.ctx.need_helper("pad_nchw")
         keywords = {"mode": bound["mode"]} if mode != "constant" else {}
         if value is not None:
@@ -447,6 +448,16 @@ def pad(rule: Rule, site: Site) -> Application:
     if value is not None:
         keywords["constant_values"] = value
     return Application(_call("jnp.pad", x, expr(widths_code), **keywords))
+
+
+def _pad_widths_need_helper(widths: cst.Tuple | cst.List, mode: str) -> bool:
+    """Widths whose count is known only at run time (a starred element), or a constant-mode crop
+    (a negative width: jax.lax.pad crops, jnp.pad cannot)."""
+    if any(isinstance(e, cst.StarredElement) for e in widths.elements):
+        return True
+    negative = any(_int(e.value) is not None and _int(e.value) < 0 or isinstance(e.value, cst.UnaryOperation)
+                   and isinstance(e.value.operator, cst.Minus) for e in widths.elements)
+    return negative and mode == "constant"
 
 
 def conv(rule: Rule, site: Site) -> Application:
@@ -891,3 +902,19 @@ def same_name(rule: Rule, site: Site) -> Application:
 def setitem_statement(rule: Rule, site: Site) -> Application:
     raise Unsupported("x.__setitem__(i, v) called explicitly: write x[i] = v")
 
+
+
+def softmax(rule: Rule, site: Site) -> Application:
+    """F.softmax / F.log_softmax (x.softmax(dim)): torch's dtype= casts the input first (x-transformers'
+    `partial(F.softmax, dtype=torch.float32)`); jax.nn's functions take no dtype."""
+    call = site.call
+    if site.receiver is not None:
+        call = call.with_changes(args=[cst.Arg(site.receiver), *call.args])
+    bound = bind(rule, call)
+    x = bound["input"]
+    axis = VALUE_TRANSFORMS["required_dim"](bound.get("dim", cst.Name("None")), site.ctx)
+    dtype = bound.get("dtype")
+    if dtype is not None and literal(dtype) is not None:
+        x = _call("jnp.asarray", x, dtype=VALUE_TRANSFORMS["dtype"](dtype, site.ctx))
+    target = "jax.nn.log_softmax" if rule.source[0].endswith("log_softmax") else "jax.nn.softmax"
+    return Application(_call(target, x, axis=axis))

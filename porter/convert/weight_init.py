@@ -52,10 +52,22 @@ def init_only_methods(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
         changed = False
         for method in methods:
             name = method.name.value
-            if name not in found and _is_docstring_and(method.body.body, ctx, found):
+            if name not in found and _is_docstring_and(_bare_returns_as_pass(method.body).body, ctx, found):
                 found.add(name)
                 changed = True
     return found
+
+
+class _BareReturnsAsPass(cst.CSTTransformer):
+    def leave_Return(self, original_node: cst.Return, updated_node: cst.Return):
+        return cst.Pass() if updated_node.value is None else updated_node
+
+
+def _bare_returns_as_pass(body: cst.BaseSuite) -> cst.BaseSuite:
+    """A method's body with each bare `return` as `pass` (x-transformers' `init_`: `if l2norm_embed:
+    nn.init.normal_(...); return`). Only to judge a method made of initialisation alone, removed as a whole:
+    where such a method returns early changes nothing. (In __init__ an early return stays: it skips the rest.)"""
+    return body.visit(_BareReturnsAsPass())
 
 
 def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_methods: set[str],

@@ -319,14 +319,15 @@ def _constructor_annotation(annotation: cst.Annotation | None, ctx: ConversionCo
 
 def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, names: set[str] = frozenset(),
                          attributes: set[str] = frozenset()) -> bool:
-    """nn.BatchNorm2d, a module class, partial(either, ...), a name or self attribute known to hold one,
-    `a if c else b` of two of them."""
+    """nn.BatchNorm2d, a module class or a layer factory (`def FeedForward(...): return nn.Sequential(...)`),
+    partial(either, ...), a name or self attribute known to hold one, `a if c else b` of two of them."""
     if isinstance(value, cst.IfExp):
         return is_layer_constructor(value.body, ctx, names, attributes) \
             and is_layer_constructor(value.orelse, ctx, names, attributes)
     if isinstance(value, cst.Call) and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
         value = value.args[0].value
-    if isinstance(value, cst.Name) and (value.value in names or value.value in ctx.module_classes):
+    if isinstance(value, cst.Name) and (value.value in names or value.value in ctx.module_classes
+                                        or value.value in ctx.rngs_functions):
         return True
     if isinstance(value, cst.Attribute) and isinstance(value.value, cst.Name) and value.value.value == "self" \
             and value.attr.value in attributes:

@@ -6,7 +6,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert import apply, devices, inplace, keyword_helpers
-from porter.convert.layer_values import function_value, value_message
+from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
@@ -265,6 +265,9 @@ class CallRewrite(ScopedTransformer):
                 self.ctx.constructor_fields):
             self._report_hidden_arguments(original_node)
             return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
+        mapped = self._map_of_layer_constructor(original_node, updated_node)
+        if mapped is not None:
+            return mapped
         if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
             if rule and self._looks_like_tensor(original_node):
@@ -479,6 +482,26 @@ class CallRewrite(ScopedTransformer):
                                            self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
             or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
 
+    def _map_of_layer_constructor(self, original: cst.Call, updated: cst.Call) -> cst.Call | None:
+        """`map(wrapper_fn, (attn, ff))` in a constructor: map calls the layer constructor, so it gets
+        `partial(wrapper_fn, rngs=rngs)` (the calls map makes cannot be given rngs one by one)."""
+        if not m.matches(original.func, m.Name("map")) or self.ctx.qualified_name(original.func) \
+                or len(original.args) < 2 or original.args[0].keyword or original.args[0].star \
+                or not self._rngs_in_scope():
+            return None
+        constructor = cst.Call(original.args[0].value, [])
+        names = self._constructor_names[-1] if self._constructor_names else set()
+        attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
+        if not (m.matches(constructor.func, m.Name()) and constructor.func.value in
+                self.ctx.module_classes | self.ctx.rngs_functions
+                or calls_layer_constructor(constructor, names, attributes, self.ctx.constructor_fields)):
+            return None
+        bound = cst.Call(cst.Name("partial"), [cst.Arg(updated.args[0].value),
+                                               keyword_arg("rngs", self._rngs(original))])
+        new = updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
+        self.record("module-construct", original, new)
+        return new
+
     def _add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
             return updated
@@ -568,13 +591,16 @@ class CallRewrite(ScopedTransformer):
                     new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])  # must not swallow it
                 self.record(value_rule.id, original, new)
                 return new
-        if rule is not None and not self._annotation_depth and id(original) not in self._compared:
-            converted = function_value(rule, qualified, self.ctx)  # `silu=F.silu`: porter/convert/layer_values.py
-            if converted is not None:
-                new, warnings = converted
+        if rule is not None and rule.kind == "function" and not self._annotation_depth \
+                and id(original) not in self._type_tests and id(original) not in self._compared \
+                and not _in_place_or_random(rule, qualified):
+            converted = constructor_function(rule, qualified, self.ctx)
+            if converted is not None and "rngs" not in code_of(converted[0]):  # `activation=F.gelu`, `partial(F.softmax, dim=-1)`: a function taking
+                new, accepted, warnings = converted  # torch's arguments, calling the converted function
+                self._constructor_arguments[id(original)] = (rule, qualified, accepted)
                 for warning in warnings:
                     self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
-                if isinstance(new, cst.Lambda) and id(original) not in self._whole_values:
+                if id(original) not in self._whole_values:
                     new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
                 self.record(rule.id, original, new)
                 return new
@@ -583,6 +609,13 @@ class CallRewrite(ScopedTransformer):
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated
+
+
+def _in_place_or_random(rule, qualified: str) -> bool:
+    """`torch.Tensor.add_` (called for its effect: a function returning new values would change nothing) or
+    a random draw (its key comes from where it is called): no function value."""
+    name = qualified.rsplit(".", 1)[-1]
+    return (name.endswith("_") and not name.startswith("_")) or rule.uses_rngs
 
 
 def _drawn_arguments(given: dict, names: tuple[str, str]) -> tuple[str | None, str | None]:
@@ -611,8 +644,11 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
     None when the rule cannot convert even the required arguments as variables. `fixed`: arguments given
     as source (a partial's `approximate='tanh'`), converted at that value and not taken by the function."""
     fixed = fixed or {}
-    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed]
+    required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed
+                and not p.var_positional]
     optional = [p for p in rule.signature if p.default is not None and p.name not in fixed]
+    if any(p.var_positional for p in rule.signature):
+        return None
 
     def attempt(names: list[str]):
         args = ", ".join([*required, *(f"{n}={v}" for n, v in fixed.items()), *(f"{n}={n}" for n in names)])
@@ -623,6 +659,10 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
         except (Unsupported, KeyError, TypeError, AttributeError):
             return None
 
+    if attempt([]) is None and optional and not optional[0].keyword_only and rule.kind == "function":
+        # F.softmax's dim: optional in torch's signature, required by the rule (torch's implicit choice is
+        # legacy): the function takes it without a default, so a call without it fails loudly
+        required, optional = [*required, optional[0].name], optional[1:]
     if attempt([]) is None:
         return None
     accepted = [p for p in optional if attempt([p.name]) is not None]
@@ -637,7 +677,11 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
     params = [param(n) for n in required]
     params += [param(p.name, p.default) for p in accepted if not p.keyword_only]
     kwonly = [param(p.name, p.default) for p in accepted if p.keyword_only]
-    rngs = param("rngs") if rule.uses_rngs else param("rngs", "None")
-    lambda_ = cst.Lambda(cst.Parameters(params=params, star_arg=cst.ParamStar(), kwonly_params=[*kwonly, rngs]),
-                         result.node)
+    if rule.kind == "function":  # a function value builds no layer: no rngs
+        parameters = cst.Parameters(params=params, star_arg=cst.ParamStar() if kwonly else cst.MaybeSentinel.DEFAULT,
+                                    kwonly_params=kwonly)
+    else:
+        rngs = param("rngs") if rule.uses_rngs else param("rngs", "None")
+        parameters = cst.Parameters(params=params, star_arg=cst.ParamStar(), kwonly_params=[*kwonly, rngs])
+    lambda_ = cst.Lambda(parameters, result.node)
     return lambda_, [*required, *(p.name for p in accepted)], list(result.warnings)

@@ -63,9 +63,12 @@ class ModuleRewrite(CallRewrite):
         self._buffer_tests: set[int] = set()  # `self.<buffer>` nodes whose truth is tested
         self._variable_reads: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`), given to einops: an array
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
+        self._file_functions: set[str] = set()  # the file's top-level functions
 
     # weight initialisation in __init__ goes (porter/convert/weight_init.py)
     def on_visit(self, node: cst.CSTNode) -> bool:
+        if type(node) is cst.Module:
+            self._file_functions = {s.name.value for s in node.body if type(s) is cst.FunctionDef}
         if self.module_class:
             self._note_training_context(node)
         if self.module_class and (type(node) in _TRUTH_TESTS or type(node) is cst.Comparison):
@@ -197,9 +200,16 @@ class ModuleRewrite(CallRewrite):
                 self._buffer_tests.add(id(value))
 
     def _note_einops_arguments(self, call: cst.Call) -> None:
-        """`repeat(self.latents, 'n d -> b n d', b=b)`: einops takes the array, not the nnx Variable."""
+        """`repeat(self.latents, 'n d -> b n d', b=b)`: einops takes the array, not the nnx Variable; so do the
+        file's own functions, and partials, that a traced method hands a buffer to (performer's
+        `partial(softmax_kernel, projection_matrix=self.projection_matrix)`, whose body calls einops)."""
         head = call.func.value if isinstance(call.func, cst.Attribute) else call.func
-        if isinstance(head, cst.Name) and head.value in self.ctx.einops_names:
+        if not isinstance(head, cst.Name):
+            return
+        traced = self.method not in (None, "__init__") and self.method not in \
+            self.ctx.methods_needing_rngs.get(self.module_class, ())
+        if head.value in self.ctx.einops_names or traced and call.func is head \
+                and (head.value == "partial" or head.value in self._file_functions):
             self._variable_reads |= {id(a.value) for a in call.args if self._is_buffer(a.value)}
 
     def _note_variable_bindings(self, assign: cst.Assign) -> None:

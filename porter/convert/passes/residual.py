@@ -124,6 +124,25 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         self.words = (tables.flagged_names() | set(aliases) | ctx.module_classes | self.einops
                       | self.torch_packages)
         self.state = 0
+        self.traced_functions = self._functions_called_when_traced(module)
+
+    def _functions_called_when_traced(self, module: cst.Module) -> set[str]:
+        """Top-level functions that the traced methods of the converted modules call by name, directly or
+        through one another (token-shift's `shift_tokens(x, n)` in a forward): traced as well."""
+        functions = {s.name.value: s for s in module.body if type(s) is cst.FunctionDef}
+        if not functions:
+            return set()
+        pending = [method for name, cls in self.class_nodes.items() if name in self.ctx.module_classes
+                   for method in _methods(cls) if method.name.value != "__init__"
+                   and method.name.value not in self.ctx.methods_needing_rngs.get(name, ())]
+        found: set[str] = set()
+        while pending:
+            for call in find_all(pending.pop(), cst.Call):
+                name = call.func.value if type(call.func) is cst.Name else None
+                if name in functions and name not in found and name not in self.ctx.rngs_functions:
+                    found.add(name)
+                    pending.append(functions[name])
+        return found
 
     # the prefilter ----------------------------------------------------------------
     def trigger_words(self) -> set[str]:
@@ -166,8 +185,13 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
     @property
     def traced(self) -> bool:
-        """In a converted module's method that jit traces: not its constructor or a layer-building helper."""
-        if self.module_class is None or not self.functions:
+        """In a converted module's method that jit traces (not its constructor or a layer-building helper), or
+        in a top-level function such a method calls."""
+        if not self.functions:
+            return False
+        if not self.classes:
+            return self.functions[0].name.value in self.traced_functions
+        if self.module_class is None:
             return False
         name, method = self.classes[-1][0], self._method_node()
         return method is not None and method.name.value != "__init__" \
@@ -307,7 +331,9 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         elif tensor is not None and self._flags(tensor, kind):
             what = "method" if called else "attribute"
             if tensor.flag == "traced":
-                message = (f"`{_short(node)}` inside {self.classes[-1][0]}.{self._method_node().name.value}: a jax "
+                where = f"{self.classes[-1][0]}.{self._method_node().name.value}" if self.classes \
+                    else f"{self.functions[0].name.value}, called from a module's forward,"
+                message = (f"`{_short(node)}{'(...)' if called else ''}` inside {where}: a jax "
                            f"array has no {name} under jax.jit or nnx.grad (a tracer)")
             else:
                 message = f"`{_short(node)}{'(...)' if called else ''}`: a jax array has no {name} {what} ({tensor.name})"
