@@ -362,7 +362,9 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                              f"{group.name})", group.hint, self._position(node), name)
 
     def visit_Name(self, node: cst.Name) -> None:
-        if id(node) not in self.not_references and node.value in self.ctx.torch_aliases:
+        # an emitted helper named as the torch import it replaces (`StepLR`) is the helper (passes/imports.py)
+        if id(node) not in self.not_references and node.value in self.ctx.torch_aliases \
+                and node.value not in self.ctx.helpers:
             self._torch_reference(node)
 
     def _torch_reference(self, node: cst.BaseExpression) -> None:
