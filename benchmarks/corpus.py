@@ -26,7 +26,8 @@ and is classified (see /work/shared/DESIGN.md "Measuring on real code"):
              a numerical difference (no traceback in OUT) the converted files the model imported;
   SILENT     a stage failed with no such diagnostic (an info or a warning does not count);
   BROKEN     the original itself did not build or run with the table's config (nor, in porter check,
-             with gradients): the table's fault, not counted.
+             with gradients), or, where only gradients differ, its own gradient fails
+             torch.autograd.gradcheck: not porter's difference, not counted.
 
 REPORTED* is a REPORTED whose errors are all elsewhere in those files: none on a statement of the
 traceback (mapped back to the original's lines through a diff: porter keeps the layout) nor on a
@@ -339,6 +340,8 @@ def run_model(job: dict) -> dict:
             report = check_equivalence(torch_model, flax_model, *args, kw_inputs=kw, seed=seed, mode="eval")
             result["check"] = _check_summary(report)
             if not report.passed:
+                if all(r.kind.startswith("grad ") for r in report.failures):
+                    result["original_gradient_wrong"] = torch_gradient_wrong(torch_model, args, kw)
                 first = report.failures[0] if report.failures else None
                 raise StageFailed(f"{len(report.failures)} of {len(report.rows)} arrays differ"
                                   + (f", first {first.kind} {first.name} rel {first.rel:.3g}" if first else "")
@@ -527,6 +530,35 @@ def _original_raised_in_check(failure: dict) -> bool:
     return failure.get("type") == "ModelRunError" and failure.get("message", "").startswith("the original model raised")
 
 
+def torch_gradient_wrong(torch_model, args, kw) -> str | None:
+    """Why torch's own gradient of the original cannot be the reference, or None: torch.autograd.gradcheck
+    (float64, fast mode) of the original's outputs against its floating inputs. A torch bug (seen: BatchNorm2d
+    in eval mode given a non-contiguous incoming gradient, torch 2.13 CPU) is not a difference porter made."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    model = copy.deepcopy(torch_model).double()
+    arrays = [np.asarray(a) for a in args]
+    floating = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.floating)]
+    if not floating:
+        return None
+    tensors = [torch.tensor(a, dtype=torch.float64 if i in floating else None) for i, a in enumerate(arrays)]
+
+    def outputs(*xs):
+        full = list(tensors)
+        for i, x in zip(floating, xs):
+            full[i] = x
+        out = model(*full, **kw)
+        leaves = out if isinstance(out, (tuple, list)) else [out]
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+    inputs = tuple(tensors[i].clone().requires_grad_() for i in floating)
+    ok = torch.autograd.gradcheck(outputs, inputs, fast_mode=True, raise_exception=False)
+    return None if ok else "the original's own gradient fails torch.autograd.gradcheck (float64): torch's is wrong"
+
+
 def classify(result: dict, report: dict | None, converted_package: Path,
              original_package: Path | None = None) -> Verdict:
     """PASS / REPORTED / SILENT / BROKEN for one model's result and its package's porter report.
@@ -536,7 +568,8 @@ def classify(result: dict, report: dict | None, converted_package: Path,
     if result.get("passed"):
         return Verdict(PASS, [], [])
     failure = result.get("failure") or {}
-    if result.get("stage") == "original" or _original_raised_in_check(failure):
+    if result.get("stage") == "original" or _original_raised_in_check(failure) \
+            or result.get("original_gradient_wrong"):
         return Verdict(BROKEN, [], [])
     inside = [(f, converted_relative(f["file"], converted_package)) for f in failure.get("frames", [])]
     inside = [(f, rel) for f, rel in inside if rel is not None]

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import corpus
@@ -343,3 +344,35 @@ def test_a_numerical_difference_is_explained_by_an_error_in_the_first_diverging_
     elsewhere = corpus.classify(result, report_of("fake_div", {"__init__.py": [("PT005", "error", 13)]}),
                                 package, source)
     assert elsewhere.label == "REPORTED*"
+
+
+def test_an_original_whose_own_gradient_is_wrong_is_broken_not_silent():
+    """Where only gradients differ, torch's own gradient is checked (gradcheck, float64) before blaming
+    the conversion: a torch bug made lambda-networks' reference gradient wrong (torch 2.13 CPU)."""
+    import torch
+
+    class WrongBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 3
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2  # the derivative is 3
+
+    class Wrong(torch.nn.Module):
+        def forward(self, x):
+            return WrongBackward.apply(x)
+
+    class Right(torch.nn.Module):
+        def forward(self, x):
+            return x * 3
+
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    assert "gradcheck" in corpus.torch_gradient_wrong(Wrong(), [x], {})
+    assert corpus.torch_gradient_wrong(Right(), [x], {}) is None
+    failure = {"type": "StageFailed", "message": "2 of 4 arrays differ", "frames": []}
+    result = {"stage": "check", "passed": False, "failure": failure, "imported": [],
+              "original_gradient_wrong": "the original's own gradient fails torch.autograd.gradcheck"}
+    assert corpus.classify(result, None, Path("/nowhere")).cls == corpus.BROKEN
+    assert corpus.classify({**result, "original_gradient_wrong": None}, None, Path("/nowhere")).cls == corpus.SILENT
