@@ -422,7 +422,7 @@ def _eager_check(torch_model, flax_model, args, kw, seed) -> dict:
         failed_grads = [r for r in report.failures if r.kind == "grad"]  # gradients trace the model too
         if not failed_grads:
             return _check_summary(report)
-        error = one_line(f"{failed_grads[0].name}: {failed_grads[0].note}")
+        error = f"{failed_grads[0].name}: {failed_grads[0].note}"[:300]
     except Exception as exc:  # outputs alone then
         error = one_line(describe(exc))
     try:

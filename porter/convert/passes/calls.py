@@ -57,7 +57,7 @@ class CallRewrite(ScopedTransformer):
         self._constructor_names: list[set[str]] = []
         self._constructor_words: set[str] = set()
         # per function: the function, and its names that may hold a torch layer class -> those classes
-        self._torch_layer_holders: list[tuple[cst.FunctionDef, dict[str, set[str]]]] = []
+        self._torch_layer_holders: list[tuple[cst.FunctionDef, set[str], dict[str, set[str]] | None]] = []
         self._annotation_depth = 0  # > 0 inside a type annotation
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
@@ -76,8 +76,8 @@ class CallRewrite(ScopedTransformer):
             names = layer_constructor_names(node, self.ctx, attributes, outer)
             self._constructor_names.append(names)
             self._constructor_words |= names
-            holders = torch_layer_holders(node, self.ctx)
-            self._torch_layer_holders.append((node, {n: holders[n] for n in holders.keys() & names}))
+            self._torch_layer_holders.append((node, names, None))  # computed at its first `**` splat: a walk of
+            # every function body cost about 5% of a conversion
         elif kind is cst.ClassDef:
             self._class_bases.update(id(base.value) for base in node.bases)
             attributes = layer_constructor_attributes(node, self.ctx) \
@@ -450,7 +450,13 @@ class CallRewrite(ScopedTransformer):
         taking only the arguments porter converts; reported unless the splat is a dict of known keys it takes."""
         if not isinstance(call.func, cst.Name) or not self._torch_layer_holders:
             return
-        function, holders = self._torch_layer_holders[-1]
+        if not any(arg.star == "**" for arg in call.args):
+            return
+        function, names, holders = self._torch_layer_holders[-1]
+        if holders is None:
+            found = torch_layer_holders(function, self.ctx)
+            holders = {n: found[n] for n in found.keys() & names}
+            self._torch_layer_holders[-1] = (function, names, holders)
         classes = holders.get(call.func.value)
         if not classes:
             return
