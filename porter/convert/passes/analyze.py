@@ -11,7 +11,7 @@ import libcst.matchers as m
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
-from porter.convert.passes.scope import enter_body, enter_function
+from porter.convert.passes.scope import FunctionBodies, enter_function
 from porter.convert.source_index import SourceIndex
 from porter.convert.traverse import FastDispatch
 
@@ -40,6 +40,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_names: list[set[str]] = []  # per function: names holding layer constructors
         self._constructor_words: set[str] = set()
         self._functions: list[cst.FunctionDef] = []
+        self._bodies = FunctionBodies(ctx)
 
     def trigger_words(self) -> Iterable[str]:
         return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions,
@@ -135,9 +136,14 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self.class_stack.pop()
         self._constructor_attributes.pop()
 
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self._bodies.reached(node)
+        return super().on_visit(node)
+
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
         enter_function(self.ctx)
+        self._bodies.expect(node)
         self._functions.append(node)
         self.bound_names.add(node.name.value)
         attributes = self._constructor_attributes[-1] if self.class_stack else set()
@@ -146,10 +152,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_names.append(names)
         self._constructor_words |= names
 
-    def visit_FunctionDef_body(self, node: cst.FunctionDef) -> None:
-        enter_body(self.ctx, node)
-
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+        self._bodies.forget(original_node)
         self.function_stack.pop()
         self.ctx.shadowed.pop()
         self._functions.pop()

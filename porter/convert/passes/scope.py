@@ -49,6 +49,7 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         self.ctx = ctx
         self.class_stack: list[str] = []
         self.function_stack: list[str] = []
+        self._bodies = FunctionBodies(ctx)
         self._index: SourceIndex | None = None
         self._base_words: tuple[object, frozenset[str]] | None = None
 
@@ -134,16 +135,19 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         self.class_stack.pop()
         return updated_node
 
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self._bodies.reached(node)
+        return super().on_visit(node)
+
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
         enter_function(self.ctx)
-
-    def visit_FunctionDef_body(self, node: cst.FunctionDef) -> None:
-        enter_body(self.ctx, node)
+        self._bodies.expect(node)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
         self.function_stack.pop()
         self.ctx.shadowed.pop()
+        self._bodies.forget(original_node)
         return updated_node
 
     @property
@@ -185,6 +189,28 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 def enter_function(ctx: ConversionContext) -> None:
     """A function's scope: its decorators, annotations and defaults are read in the enclosing one."""
     ctx.shadowed.append(ctx.shadowed[-1] if ctx.shadowed else frozenset())
+
+
+class FunctionBodies:
+    """enter_body when a walk reaches a function's body: after its decorators, parameters (annotations,
+    defaults) and return annotation, which are read in the enclosing scope. (An attribute hook,
+    visit_FunctionDef_body, says the same, but makes the traversal call the attribute hooks for every field
+    of every node: a sixth of a conversion.)"""
+
+    def __init__(self, ctx: ConversionContext) -> None:
+        self.ctx = ctx
+        self._pending: dict[int, cst.FunctionDef] = {}  # id of a body -> its function
+
+    def expect(self, function: cst.FunctionDef) -> None:
+        self._pending[id(function.body)] = function
+
+    def reached(self, node: cst.CSTNode) -> None:
+        function = self._pending.pop(id(node), None)
+        if function is not None:
+            enter_body(self.ctx, function)
+
+    def forget(self, function: cst.FunctionDef) -> None:
+        self._pending.pop(id(function.body), None)
 
 
 def enter_body(ctx: ConversionContext, node: cst.FunctionDef) -> None:
