@@ -140,7 +140,7 @@ class CallRewrite(ScopedTransformer):
             return devices.DeviceReads()
         variables, arrays = self._array_attributes()
         reads = devices.analyse_function(node, self.ctx, variables | arrays, self.mentions_within)
-        if self.module_class and self.method != "__init__":  # a constructor runs eagerly: arrays have devices
+        if self.in_module_method:  # a constructor runs eagerly: arrays have devices
             for read in reads.kept:
                 self.report("PT004", read, f"{code_of(read)}: a traced array (under jax.jit or grad) has no "
                                            "device, and JAX places arrays itself; use it only as device= of a "

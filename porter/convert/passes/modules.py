@@ -75,7 +75,7 @@ class ModuleRewrite(CallRewrite):
             self._note_buffer_tests(node)
         if self.module_class and type(node) is cst.Expr:
             self._note_buffer_write(node.value)
-        if type(node) is cst.Assign and self.module_class and self.method not in (None, "__init__"):
+        if type(node) is cst.Assign and self.in_module_method:
             self._note_variable_bindings(node)
         if type(node) is cst.Call:
             if self.module_class:
@@ -206,8 +206,8 @@ class ModuleRewrite(CallRewrite):
         head = call.func.value if isinstance(call.func, cst.Attribute) else call.func
         if not isinstance(head, cst.Name):
             return
-        traced = self.method not in (None, "__init__") and self.method not in \
-            self.ctx.methods_needing_rngs.get(self.module_class, ())
+        traced = self.in_module_method \
+            and self.method not in self.ctx.methods_needing_rngs.get(self.module_class, ())
         if head.value in self.ctx.einops_names or traced and call.func is head \
                 and (head.value == "partial" or head.value in self._file_functions):
             self._variable_reads |= {id(a.value) for a in call.args if self._is_buffer(a.value)}
@@ -224,7 +224,7 @@ class ModuleRewrite(CallRewrite):
     def _read_variable(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
         new = cst.Subscript(updated.with_changes(lpar=[], rpar=[]), [cst.SubscriptElement(cst.Index(cst.Ellipsis()))],
                             lpar=updated.lpar, rpar=updated.rpar)
-        if self.method not in (None, "__init__") and id(original) in self._buffer_tests:
+        if self.in_module_method and id(original) in self._buffer_tests:
             self.report("PT005", original, f"the truth of {code_of(original)} (an array) is read in Python: this runs "
                                            "eagerly, and fails under jax.jit (a traced value has no truth); "
                                            "branch with jnp.where or jax.lax.cond to jit it")

@@ -161,6 +161,12 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
     def method(self) -> str | None:
         return self.function_stack[-1] if self.module_class and self.function_stack else None
 
+    @property
+    def in_module_method(self) -> bool:
+        """Inside a module class's method other than its constructor: code that jax.jit may trace (a
+        constructor runs eagerly)."""
+        return self.method not in (None, "__init__")
+
     def position(self, node: cst.CSTNode) -> tuple[int, int]:
         """(line, column) of an original node, 1-based both, as diagnostics print them."""
         return self._index.start(node)
