@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,9 +27,10 @@ def add_convert_parser(commands) -> None:
                     "exists, 2 for usage errors, else 0.",
     )
     parser.add_argument("source", type=Path, help="a .py file, a .ipynb notebook or a directory")
-    parser.add_argument("-o", "--output", type=Path,
+    parser.add_argument("-o", "--output", action=_OutputPath,
                         help="where to write (a file for a file, a directory for a directory: the layout is "
-                             "kept, other files are copied); without it a converted file is printed to stdout")
+                             "kept, other files are copied; a trailing slash means a directory, for a file "
+                             "too: -o out/ writes out/NAME); without it a converted file is printed to stdout")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing output: the files porter writes are replaced (and its "
                              "earlier output of a file that fails now is removed), the others are left; the new "
@@ -47,7 +50,15 @@ def add_convert_parser(commands) -> None:
     parser.add_argument("-j", "--jobs", type=int, default=None,
                         help="processes to convert with (default: every core)")
     parser.add_argument("--log", action="store_true", help="also print every change made (rule, line, before -> after)")
-    parser.set_defaults(run=run_convert)
+    parser.set_defaults(run=run_convert, output_is_directory=False)
+
+
+class _OutputPath(argparse.Action):
+    """-o as a Path, and whether it was spelled with a trailing slash (which Path drops): a directory."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, Path(value))
+        namespace.output_is_directory = value.endswith(("/", os.sep))
 
 
 def run_convert(args) -> int:
@@ -133,11 +144,19 @@ def _convert_tree(source: Path, args) -> int:
 
 
 # ---------------------------------------------------------------------------- one file
+PYTHON_SUFFIXES = (".py", ".pyw", ".ipynb")
+
+
 def _convert_file(source: Path, args) -> int:
-    kind = kind_of(source) or "python"  # a file given by name is Python unless it is a notebook
+    kind = kind_of(source) or "python"  # a file given by name without a suffix is read as Python
     output: Path | None = args.output
     if not source.is_file():
         return _usage_error(f"{source} is not a regular file (a FIFO, socket or device): not read")
+    if source.suffix and source.suffix not in PYTHON_SUFFIXES:
+        return _usage_error(f"{source} is not Python source: porter converts .py files, .ipynb notebooks and "
+                            f"directories of them")
+    if output is not None and args.output_is_directory:
+        output = args.output = output / source.name
     if output is not None and output.is_dir():
         return _usage_error(f"{output} is a directory; for a file, -o names the file to write "
                             f"(e.g. {output / source.name})")
