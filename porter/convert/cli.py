@@ -9,6 +9,7 @@ from pathlib import Path
 
 from porter.convert import report as reports
 from porter.convert.diagnostics import Severity
+from porter.convert.siblings import Siblings, command as sibling_command, with_notes
 from porter.convert.tree import (
     REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, output_conflicts,
     plan, write_bytes_atomically, write_inplace, write_tree,
@@ -167,8 +168,13 @@ def _convert_file(source: Path, args) -> int:
     if args.inplace:
         print(f"porter: warning: --inplace rewrites {source}; if it changes, the original is copied to "
               f"{backup_dir(source)} first", file=sys.stderr)
-    task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff)
+    siblings = Siblings.of(source) if kind == "python" else None  # the files it imports its model from
+    task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff, tree=siblings)
     results = _run([task], args)
+    mode = "diff" if args.diff else "inplace" if args.inplace else "file"
+    if siblings is not None:
+        results[0] = with_notes(results[0], siblings.notes(str(source), lambda sibling: sibling_command(
+            source, sibling, output, mode)))
     result = results[0]
     _print_diagnostics(results, args.log)
     changes = len(result.changes)
@@ -194,7 +200,6 @@ def _convert_file(source: Path, args) -> int:
         except OSError as exc:
             return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         print(f"porter: wrote {output}", file=sys.stderr)
-    mode = "diff" if args.diff else "inplace" if args.inplace else "file"
     _write_report(results, source, output, mode, [], report_dir)
     return 1 if result.status == "failed" or result.has_errors else 0
 

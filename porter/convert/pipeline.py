@@ -159,6 +159,19 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     return Conversion(code, diagnostics, changes, filename, exports, imports)
 
 
+def analyze_exports(module: cst.Module, filename: str | None, known: dict[str, str]) -> dict[str, str]:
+    """Conversion.exports from the analysis alone: for a file that a script converted on its own
+    imports from, read but not converted (porter/convert/siblings.py)."""
+    ctx = ConversionContext(rules=load_rules(), filename=filename)
+    ctx.keyword_helpers = keyword_helpers(module)
+    for name, kind in known.items():
+        (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
+    index = SourceIndex(module)
+    analyze = Analyze(ctx, index)
+    traverse.visit(module, analyze, Prefilter(index, analyze))
+    return _exports(module, ctx)
+
+
 def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:
     found = []
     for statement in module.body:

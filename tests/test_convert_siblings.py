@@ -1,0 +1,160 @@
+"""`porter convert train.py` on its own, where train.py imports its model from a file beside it
+(porter/convert/siblings.py): the model class is read, not imported, so building it passes rngs as in
+a tree; a model porter cannot see is PT012."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from porter.cli import main
+
+MODEL = textwrap.dedent("""\
+    import torch
+    import torch.nn as nn
+
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc = nn.Linear(d, d)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+
+    class Net(nn.Module):
+        def __init__(self, d=4, classes=3):
+            super().__init__()
+            self.block = Block(d)
+            self.head = nn.Linear(d, classes)
+
+        def forward(self, x):
+            return self.head(self.block(x))
+    """)
+
+SCRIPT = textwrap.dedent("""\
+    import torch
+    import torch.nn.functional as F
+    {import_line}
+
+    torch.manual_seed(0)
+    model = {build}(d=4, classes=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 3, (8,))
+    for step in range(3):
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+    print("done", float(loss))
+    """)
+
+
+def project(tmp_path: Path, import_line: str, build: str, model_file: str = "models.py") -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / model_file).write_text(MODEL)
+    script = tmp_path / "src" / "train.py"
+    script.write_text(SCRIPT.format(import_line=import_line, build=build))
+    return script
+
+
+def convert(args: list[str], capsys) -> tuple[int, str]:
+    code = main(["convert", *args])
+    return code, capsys.readouterr().err
+
+
+def test_a_model_class_from_a_sibling_file_gets_rngs_and_the_note_says_how_to_convert_the_sibling(tmp_path, capsys):
+    script = project(tmp_path, "from models import Net", "Net")
+    out = tmp_path / "out" / "train.py"
+    code, err = convert([str(script), "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in out.read_text()
+    assert "from models import Net" in out.read_text()
+    sibling_command = f"porter convert {script.parent / 'models.py'} -o {out.parent / 'models.py'}"
+    assert f"{script}:3:1 PT007 info Net, Block: " in err or f"{script}:3:1 PT007 info Net: " in err
+    assert sibling_command in err
+    # the command the note gives, then the converted script runs to the end beside the converted model
+    assert main(sibling_command.split()[1:]) == 0
+    run = subprocess.run([sys.executable, "train.py"], cwd=out.parent, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("done")
+
+
+def test_the_same_output_as_converting_the_directory(tmp_path, capsys):
+    script = project(tmp_path, "from models import Net", "Net")
+    assert main(["convert", str(script), "-o", str(tmp_path / "one.py")]) == 0
+    assert main(["convert", str(script.parent), "-o", str(tmp_path / "tree")]) == 0
+    assert (tmp_path / "one.py").read_text() == (tmp_path / "tree" / "train.py").read_text()
+
+
+def test_a_module_imported_under_an_alias(tmp_path, capsys):
+    script = project(tmp_path, "import models as m", "m.Net")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "model = m.Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
+    assert "PT007 info Block, Net: nn.Module subclass(es) of" in err
+
+
+def test_a_relative_import_in_a_package(tmp_path, capsys):
+    script = project(tmp_path, "from .models import Net", "Net")
+    (script.parent / "__init__.py").write_text("")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
+
+
+def test_a_class_a_package_re_exports(tmp_path, capsys):
+    script = project(tmp_path, "from nets import Net", "Net")
+    (script.parent / "nets").mkdir()
+    (script.parent / "models.py").rename(script.parent / "nets" / "resnet.py")
+    (script.parent / "nets" / "__init__.py").write_text("from .resnet import Net\n")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
+
+
+def test_a_submodule_imported_from_a_package(tmp_path, capsys):
+    script = project(tmp_path, "from nets import resnet", "resnet.Net")
+    (script.parent / "nets").mkdir()
+    (script.parent / "models.py").rename(script.parent / "nets" / "resnet.py")
+    (script.parent / "nets" / "__init__.py").write_text("")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "model = resnet.Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
+
+
+@pytest.mark.parametrize("import_line, build, why", [
+    ("from models import Net", "Net", "no {src}/models.py or {src}/models/__init__.py"),
+    ("import models as m", "m.Net", "no {src}/models.py"),
+    ("import importlib\nm = importlib.import_module('models')", "m.Net", "imported dynamically"),
+])
+def test_a_model_porter_cannot_see_is_an_error_naming_the_file_and_the_fix(tmp_path, capsys, import_line, build, why):
+    script = project(tmp_path, import_line, build, model_file="elsewhere.py")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 1
+    (line,) = [line for line in err.splitlines() if " PT012 " in line]
+    assert line.startswith(f"{script}:") and f"{build} comes from" in line
+    assert why.format(src=script.parent) in line
+    assert "porter convert DIR -o OUT_DIR" in line
+
+
+def test_a_sibling_that_does_not_parse_is_an_error_too(tmp_path, capsys):
+    script = project(tmp_path, "from models import Net", "Net")
+    (script.parent / "models.py").write_text("class Net(:\n")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 1 and f"{script.parent / 'models.py'} does not parse" in err
+
+
+def test_imports_that_are_no_model_say_nothing(tmp_path, capsys):
+    script = project(tmp_path, "from models import Net\nfrom helpers import seed_all\nimport argparse", "Net")
+    (script.parent / "helpers.py").write_text("import random\n\ndef seed_all(s):\n    random.seed(s)\n")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "helpers" not in err and "argparse" not in err and "PT012" not in err
