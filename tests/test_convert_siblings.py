@@ -158,3 +158,22 @@ def test_imports_that_are_no_model_say_nothing(tmp_path, capsys):
     code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
     assert code == 0, err
     assert "helpers" not in err and "argparse" not in err and "PT012" not in err
+
+
+def test_a_sibling_whose_classes_come_from_a_module_it_imports(tmp_path, capsys):
+    script = project(tmp_path, "from models import Net", "Net")
+    (script.parent / "blocks.py").write_text(MODEL)
+    (script.parent / "models.py").write_text("import blocks as b\n\n\nclass Net(b.Net):\n    pass\n")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
+
+
+def test_a_name_the_sibling_defines_that_is_no_module_class_but_is_trained_as_a_model(tmp_path, capsys):
+    script = project(tmp_path, "from models import build", "build")
+    (script.parent / "models.py").write_text("import torchvision\n\n\ndef build(d, classes):\n"
+                                             "    return torchvision.models.resnet18(num_classes=classes)\n")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 1
+    assert f"PT012 error build comes from models ({script.parent / 'models.py'} defines no nn.Module subclass " \
+           f"or layer factory named build)" in err

@@ -93,6 +93,9 @@ class Siblings:
                 if submodule is not None:  # from pkg import models; models.Net()
                     inner = reader.exports(submodule) or {}
                     found._learn(submodule, imported, {f"{imported.local}.{n}": k for n, k in inner.items()})
+                else:  # a constant, a plain function... or a model porter does not convert: said if used as one
+                    found.unseen[imported.local] = (f"{path} defines no nn.Module subclass or layer factory "
+                                                    f"named {imported.name}", imported)
         for dynamic in _dynamic_modules(module):
             found.unseen[dynamic.local] = ("imported dynamically (porter reads imports, it does not run them)",
                                            dynamic)
@@ -187,11 +190,13 @@ class _Reader:
             return None
         known = {}
         for imported in _imports(cst.MetadataWrapper(module, unsafe_skip_copy=True)):
-            if imported.name is None or imported.module.lstrip(".").split(".")[0] in NOT_SIBLINGS:
+            if imported.module.lstrip(".").split(".")[0] in NOT_SIBLINGS:
                 continue
             found, _ = self.resolve(imported.module, start=path.parent)
             inner = self.exports(found, seen | {path}) if found is not None else None
-            if inner and imported.name == "*":
+            if inner and imported.name is None:  # import blocks as b; class Net(b.Block)
+                known.update({f"{imported.local}.{n}": k for n, k in inner.items()})
+            elif inner and imported.name == "*":
                 known.update(inner)
             elif inner and imported.name in inner:
                 known[imported.local] = inner[imported.name]
