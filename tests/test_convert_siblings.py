@@ -77,7 +77,8 @@ def test_a_model_class_from_a_sibling_file_gets_rngs_and_the_note_says_how_to_co
     assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in out.read_text()
     assert "from models import Net" in out.read_text()
     sibling_command = f"porter convert {script.parent / 'models.py'} -o {out.parent / 'models.py'}"
-    assert f"{script}:3:1 PT007 info Net, Block: " in err or f"{script}:3:1 PT007 info Net: " in err
+    assert f"{script}:3:1 PT007 info Net: nn.Module subclass(es) or layer factories of {script.parent / 'models.py'}, " \
+           f"read (not converted in this run)" in err
     assert sibling_command in err
     # the command the note gives, then the converted script runs to the end beside the converted model
     assert main(sibling_command.split()[1:]) == 0
@@ -99,7 +100,7 @@ def test_a_module_imported_under_an_alias(tmp_path, capsys):
     code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
     assert code == 0, err
     assert "model = m.Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
-    assert "PT007 info Block, Net: nn.Module subclass(es) of" in err
+    assert "PT007 info Block, Net: nn.Module subclass(es) or layer factories of" in err
 
 
 def test_a_relative_import_in_a_package(tmp_path, capsys):
@@ -133,7 +134,8 @@ def test_a_submodule_imported_from_a_package(tmp_path, capsys):
 @pytest.mark.parametrize("import_line, build, why", [
     ("from models import Net", "Net", "no {src}/models.py or {src}/models/__init__.py"),
     ("import models as m", "m.Net", "no {src}/models.py"),
-    ("import importlib\nm = importlib.import_module('models')", "m.Net", "imported dynamically"),
+    ("import importlib\nm = importlib.import_module('models')", "m.Net",
+     "importlib.import_module('models') (porter reads imports, it does not run them)"),
 ])
 def test_a_model_porter_cannot_see_is_an_error_naming_the_file_and_the_fix(tmp_path, capsys, import_line, build, why):
     script = project(tmp_path, import_line, build, model_file="elsewhere.py")
@@ -177,3 +179,18 @@ def test_a_name_the_sibling_defines_that_is_no_module_class_but_is_trained_as_a_
     assert code == 1
     assert f"PT012 error build comes from models ({script.parent / 'models.py'} defines no nn.Module subclass " \
            f"or layer factory named build)" in err
+
+
+def test_a_layer_factory_and_a_star_import_from_siblings(tmp_path, capsys):
+    script = project(tmp_path, "from models import *\nfrom heads import make_head", "Net")
+    (script.parent / "heads.py").write_text("import torch.nn as nn\n\n\ndef make_head(d, n):\n"
+                                            "    return nn.Linear(d, n)\n")
+    with open(script, "a") as f:
+        f.write("head = make_head(4, 2)\n")
+    out = tmp_path / "out" / "train.py"
+    code, err = convert([str(script), "-o", str(out)], capsys)
+    assert code == 0, err
+    text = out.read_text()
+    assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in text and "head = make_head(4, 2, rngs=nnx.Rngs(0))" in text
+    assert f"PT007 info Block, Net: nn.Module subclass(es) or layer factories of {script.parent / 'models.py'}" in err
+    assert f"porter convert {script.parent / 'heads.py'} -o {out.parent / 'heads.py'}" in err

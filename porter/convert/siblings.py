@@ -27,6 +27,7 @@ from typing import Callable
 
 import libcst as cst
 
+from porter.convert.context import code_of
 from porter.convert.diagnostics import Diagnostic, Severity, diagnostic
 
 # what a model is used for in a script (an optimizer over its parameters, a mode switch, a checkpoint)
@@ -56,7 +57,8 @@ class Siblings:
 
     script: Path
     names: dict[str, str] = field(default_factory=dict)  # local name (or "alias.Class") -> "module" | "factory"
-    read: dict[str, tuple[Path, Imported]] = field(default_factory=dict)  # local name -> (file read, import)
+    # local name -> (the file read, the import, the names of its module classes and layer factories learnt)
+    read: dict[str, tuple[Path, Imported, list[str]]] = field(default_factory=dict)
     unseen: dict[str, tuple[str, Imported]] = field(default_factory=dict)  # local name -> (why, import)
     uses: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)  # see _models_built
 
@@ -97,34 +99,31 @@ class Siblings:
                     found.unseen[imported.local] = (f"{path} defines no nn.Module subclass or layer factory "
                                                     f"named {imported.name}", imported)
         for dynamic in _dynamic_modules(module):
-            found.unseen[dynamic.local] = ("imported dynamically (porter reads imports, it does not run them)",
-                                           dynamic)
+            found.unseen[dynamic.local] = ("porter reads imports, it does not run them", dynamic)
         found.uses = _models_built(module, wrapper)
         return found
 
     def _learn(self, path: Path, imported: Imported, names: dict[str, str]) -> None:
         self.names.update(names)
-        if any(kind == "module" for kind in names.values()):
-            self.read[imported.local] = (path, imported)
+        if names:
+            self.read[imported.local] = (path, imported, sorted(n.split(".")[-1] for n in names))
 
     def notes(self, display: str, how: Callable[[Path], str]) -> list[Diagnostic]:
         """PT007 for each sibling whose module classes the script may build (`how`: the command that
         converts it where the converted script finds it), PT012 for each model built from a name porter
         could not read."""
         found = []
-        for local, (path, imported) in self.read.items():
-            classes = sorted(n.split(".")[-1] for n, k in self.names.items() if k == "module"
-                             and (n == local or n.startswith(f"{local}.")))
+        for path, imported, names in self.read.values():
             found.append(diagnostic(
                 "PT007", imported.line, imported.col,
-                f"{', '.join(classes)}: nn.Module subclass(es) of {path}, read (not converted in this run) so "
-                f"that building one here passes rngs; the import is kept, so the converted "
+                f"{', '.join(names)}: nn.Module subclass(es) or layer factories of {path}, read (not converted in "
+                f"this run) so that building one here passes rngs; the import is kept, so the converted "
                 f"{path.name} must be importable beside this file's output: {how(path)}", display))
         for local, (why, imported) in self.unseen.items():
             for line, col, name in self.uses.get(local, ()):
                 found.append(diagnostic(
                     "PT012", line, col,
-                    f"{name} comes from {imported.module or '.'} ({why}): porter cannot tell whether it is an "
+                    f"{name} comes from {imported.module} ({why}): porter cannot tell whether it is an "
                     f"nn.Module, so it is built without rngs and trained as an nnx module; if it is a file of "
                     f"yours, convert the directory that holds both (porter convert DIR -o OUT_DIR)", display))
         return found
@@ -244,7 +243,7 @@ def _dynamic_modules(module: cst.Module) -> list[Imported]:
                 if isinstance(small, cst.Assign) and len(small.targets) == 1 \
                         and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, cst.Call) \
                         and _dotted(small.value.func) in DYNAMIC_IMPORTS:
-                    found.append(Imported(small.targets[0].target.value, "", None, 0, 0))
+                    found.append(Imported(small.targets[0].target.value, f"{code_of(small.value)}", None, 0, 0))
     return found
 
 
