@@ -80,6 +80,8 @@ def test_a_model_class_from_a_sibling_file_gets_rngs_and_the_note_says_how_to_co
     assert f"{script}:3:1 PT007 info Net: nn.Module subclass(es) or layer factories of {script.parent / 'models.py'}, " \
            f"read (not converted in this run)" in err
     assert sibling_command in err
+    assert f"porter: train.py imports from {script.parent / 'models.py'}, read but not converted: {sibling_command}" \
+        in err.splitlines()
     # the command the note gives, then the converted script runs to the end beside the converted model
     assert main(sibling_command.split()[1:]) == 0
     run = subprocess.run([sys.executable, "train.py"], cwd=out.parent, capture_output=True, text=True, timeout=300,

@@ -172,9 +172,11 @@ def _convert_file(source: Path, args) -> int:
     task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff, tree=siblings)
     results = _run([task], args)
     mode = "diff" if args.diff else "inplace" if args.inplace else "file"
+    def command(sibling: Path) -> str:
+        return sibling_command(source, sibling, output, mode)
+
     if siblings is not None:
-        results[0] = with_notes(results[0], siblings.notes(str(source), lambda sibling: sibling_command(
-            source, sibling, output, mode)))
+        results[0] = with_notes(results[0], siblings.notes(str(source), command))
     result = results[0]
     _print_diagnostics(results, args.log)
     changes = len(result.changes)
@@ -200,6 +202,10 @@ def _convert_file(source: Path, args) -> int:
         except OSError as exc:
             return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         print(f"porter: wrote {output}", file=sys.stderr)
+    if siblings is not None and result.status != "failed" and not args.diff:
+        for sibling in siblings.files_read():
+            print(f"porter: {source.name} imports from {sibling}, read but not converted: {command(sibling)}",
+                  file=sys.stderr)
     _write_report(results, source, output, mode, [], report_dir)
     return 1 if result.status == "failed" or result.has_errors else 0
 

@@ -108,6 +108,10 @@ class Siblings:
         if names:
             self.read[imported.local] = (path, imported, sorted(n.split(".")[-1] for n in names))
 
+    def files_read(self) -> list[Path]:
+        """The files whose module classes or layer factories the script uses, each once."""
+        return list(dict.fromkeys(path for path, _, _ in self.read.values()))
+
     def notes(self, display: str, how: Callable[[Path], str]) -> list[Diagnostic]:
         """PT007 for each sibling whose module classes the script may build (`how`: the command that
         converts it where the converted script finds it), PT012 for each model built from a name porter
