@@ -226,3 +226,25 @@ def test_porter_scan_covers_what_convert_converts_and_lists_what_it_refuses(tmp_
     assert data["torch.randint"]["reason"].startswith("PT004 torch.randint (PT339): arguments other than")
     assert data["torch.no_grad"]["rule"] == "passes" and data["torch.no_grad"]["refused_uses"] == 0
     assert data["torch.utils.data.DataLoader"]["rule"] == "kept (PT011)"
+
+
+def test_porter_scan_counts_no_use_of_a_file_convert_fails_on_as_covered(tmp_path, capsys, monkeypatch):
+    import porter.convert.pipeline as pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    (tmp_path / "m.py").write_text(SAMPLE)
+    monkeypatch.setattr(pipeline, "convert_in_tree", crash)
+    assert main(["scan", str(tmp_path), "--json", "-j", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["covered_uses"] == 0
+    relu = next(s for s in data["symbols"] if s["symbol"] == "torch.nn.functional.relu")
+    assert relu["rule"] is None and relu["reason"].startswith("PT031 internal error: RuntimeError: boom")
+
+
+def test_porter_scan_skips_what_convert_skips(tmp_path):
+    (tmp_path / "m.py").write_text(SAMPLE)
+    (tmp_path / ".tox").mkdir()
+    (tmp_path / ".tox" / "vendored.py").write_text(SAMPLE)
+    assert scan([tmp_path]).n_files == 1

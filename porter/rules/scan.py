@@ -46,7 +46,7 @@ class Usage:
 def scan(paths: list[Path]) -> Usage:
     usage = Usage()
     for path in paths:
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        files = _python_files(path) if path.is_dir() else [path]
         for file in files:
             try:
                 text = file.read_text(encoding="utf-8")
@@ -61,6 +61,13 @@ def scan(paths: list[Path]) -> Usage:
                 usage.files[symbol].add(str(file))
                 usage.sites[symbol].append((str(file.resolve()), line, col))
     return usage
+
+
+def _python_files(directory: Path) -> list[Path]:
+    """The Python files `porter convert DIR` converts (no caches, environments or porter's own outputs)."""
+    from porter.convert.tree import plan
+
+    return [Path(task.path) for task in plan(directory).tasks if task.kind == "python"]
 
 
 def _aliases(tree: ast.Module) -> tuple[dict[str, str], set[str]]:
@@ -155,6 +162,10 @@ def refusals(paths: list[Path], usage: Usage, jobs: int | None = None) -> Refusa
             results = convert_paths(tasks, jobs=1)
         for task, result in zip(tasks, results):
             file = str(Path(task.path).resolve())
+            if result.code is None:  # not converted at all (an internal error): none of its uses is covered
+                failure = next((f"{d.code} {d.message}" for d in result.diagnostics), "not converted")
+                found.at.update({site: failure for site in sites if site[0] == file})
+                continue
             for d in result.diagnostics:
                 if d.severity is not Severity.ERROR or d.code in FAILURE_CODES or d.code == "PT001":
                     continue
