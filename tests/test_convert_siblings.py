@@ -196,3 +196,16 @@ def test_a_layer_factory_and_a_star_import_from_siblings(tmp_path, capsys):
     assert "model = Net(d=4, classes=3, rngs=nnx.Rngs(0))" in text and "head = make_head(4, 2, rngs=nnx.Rngs(0))" in text
     assert f"PT007 info Block, Net: nn.Module subclass(es) or layer factories of {script.parent / 'models.py'}" in err
     assert f"porter convert {script.parent / 'heads.py'} -o {out.parent / 'heads.py'}" in err
+
+
+def test_skipping_statements_never_changes_a_dotted_module_class_s_conversion():
+    from porter.convert.pipeline import _convert
+
+    source = SCRIPT.format(import_line="import models as m", build="m.Net") \
+        + "state = m.Net(d=2).state_dict()\nmodel.train()\n"
+    known = {"m.Net": "module", "m.Block": "module"}
+    fast, reference = _convert(source, "t.py", fast=True, known=known), _convert(source, "t.py", fast=False, known=known)
+    assert "m.Net(d=4, classes=3, rngs=nnx.Rngs(0))" in fast.code
+    assert fast.code == reference.code
+    assert [d.format() for d in fast.diagnostics] == [d.format() for d in reference.diagnostics]
+    assert any(d.code == "PT040" and "state_dict" in d.message for d in fast.diagnostics)
