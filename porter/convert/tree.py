@@ -598,6 +598,9 @@ class TreeSummary:
         names = {}
         for dots, module, imported, local in imports:
             for target in _import_targets(key, package, dots, module, self.root_name):
+                if not imported:  # import models as m: m.Net(...)
+                    names.update({f"{local}.{name}": kind for name, kind in self.exports.get(target, {}).items()})
+                    continue
                 found = self._kind(target, imported, set())
                 if found:
                     names[local] = found
