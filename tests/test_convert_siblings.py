@@ -209,3 +209,11 @@ def test_skipping_statements_never_changes_a_dotted_module_class_s_conversion():
     assert fast.code == reference.code
     assert [d.format() for d in fast.diagnostics] == [d.format() for d in reference.diagnostics]
     assert any(d.code == "PT040" and "state_dict" in d.message for d in fast.diagnostics)
+
+
+def test_a_sibling_module_imported_from_the_package_itself(tmp_path, capsys):
+    script = project(tmp_path, "from . import models", "models.Net")
+    (script.parent / "__init__.py").write_text("")
+    code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
+    assert code == 0, err
+    assert "model = models.Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()

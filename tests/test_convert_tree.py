@@ -807,3 +807,14 @@ def test_a_module_class_of_a_module_imported_whole(tmp_path, monkeypatch):
     code, _ = _convert_counting(src, monkeypatch)
     assert b"model = base.Base(4, rngs=nnx.Rngs(0))" in code["train.py"]
     assert b"other = nm.More(4, rngs=nnx.Rngs(0))" in code["train.py"]
+
+
+def test_a_module_class_of_a_submodule_imported_from_its_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text(BASE)
+    (pkg / "train.py").write_text("import torch\nfrom . import base\n\nmodel = base.Base(4)\n"
+                                  "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n")
+    code, _ = _convert_counting(pkg, monkeypatch)
+    assert b"model = base.Base(4, rngs=nnx.Rngs(0))" in code["train.py"]

@@ -91,7 +91,8 @@ class Siblings:
             elif imported.name in exports:
                 found._learn(path, imported, {imported.local: exports[imported.name]})
             else:
-                submodule, _ = reader.resolve(f"{imported.module}.{imported.name}")
+                inner_module = imported.module + ("" if imported.module.endswith(".") else ".") + imported.name
+                submodule, _ = reader.resolve(inner_module)  # `from . import models` too
                 if submodule is not None:  # from pkg import models; models.Net()
                     inner = reader.exports(submodule) or {}
                     found._learn(submodule, imported, {f"{imported.local}.{n}": k for n, k in inner.items()})

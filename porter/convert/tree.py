@@ -605,6 +605,8 @@ class TreeSummary:
                 if found:
                     names[local] = found
                     break
+                submodule = self.exports.get(target + (imported,), {})  # from . import models: models.Net(...)
+                names.update({f"{local}.{name}": kind for name, kind in submodule.items()})
         return tuple(sorted(names.items()))
 
     def _kind(self, key: tuple[str, ...], name: str, seen: set) -> str | None:
