@@ -20,6 +20,7 @@ an nnx one.
 
 from __future__ import annotations
 
+import ast
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Callable
 
 import libcst as cst
 
-from porter.convert.context import code_of
 from porter.convert.diagnostics import Diagnostic, Severity, diagnostic
 
 # what a model is used for in a script (an optimizer over its parameters, a mode switch, a checkpoint)
@@ -68,13 +68,12 @@ class Siblings:
     @classmethod
     def of(cls, script: Path) -> Siblings:
         found = cls(script)
-        try:
-            module = cst.parse_module(script.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, cst.ParserSyntaxError):
+        parsed = _parse(script)
+        if parsed is None:
             return found  # the conversion reports it
+        tree, lines = parsed
         reader = _Reader(script.parent)
-        wrapper = cst.MetadataWrapper(module, unsafe_skip_copy=True)
-        for imported in _imports(wrapper):
+        for imported in _imports(tree, lines, _built_with(tree)):
             if imported.module.lstrip(".").split(".")[0] in NOT_SIBLINGS:
                 continue
             path, why = reader.resolve(imported.module)
@@ -99,9 +98,9 @@ class Siblings:
                 else:  # a constant, a plain function... or a model porter does not convert: said if used as one
                     found.unseen[imported.local] = (f"{path} defines no nn.Module subclass or layer factory "
                                                     f"named {imported.name}", imported)
-        for dynamic in _dynamic_modules(module):
+        for dynamic in _dynamic_modules(tree):
             found.unseen[dynamic.local] = ("porter reads imports, it does not run them", dynamic)
-        found.uses = _models_built(module, wrapper)
+        found.uses = _models_built(tree, lines)
         return found
 
     def _learn(self, path: Path, imported: Imported, names: dict[str, str]) -> None:
@@ -188,12 +187,14 @@ class _Reader:
             return {}
         try:
             text = path.read_text(encoding="utf-8")
-            module = cst.parse_module(text)
-        except (OSError, UnicodeDecodeError, cst.ParserSyntaxError):
+            module, tree = cst.parse_module(text), ast.parse(text)
+        except (OSError, UnicodeDecodeError, cst.ParserSyntaxError, SyntaxError, ValueError):
             self._exports[path] = None
             return None
         known = {}
-        for imported in _imports(cst.MetadataWrapper(module, unsafe_skip_copy=True)):
+        # what builds layers here, and what is imported only to be passed on (a package's re-exports)
+        loaded = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        for imported in _imports(tree, [], _built_with(tree), also=lambda local: local not in loaded):
             if imported.module.lstrip(".").split(".")[0] in NOT_SIBLINGS:
                 continue
             found, _ = self.resolve(imported.module, start=path.parent)
@@ -209,94 +210,95 @@ class _Reader:
         return self._exports[path]
 
 
-def _imports(wrapper: cst.MetadataWrapper) -> list[Imported]:
-    """Every import statement of the module, at any depth, one entry per name it binds."""
-    positions = wrapper.resolve(cst.metadata.PositionProvider)
+def _built_with(tree: ast.Module) -> set[str]:
+    """The names that may build a layer or a model here (the heads of what is called, subclassed or passed to
+    a call: `Net(...)`, `m.Net(...)`, `class A(Base)`, `partial(Block, d)`): the only imports worth reading."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            found.update(_dotted(e).split(".")[0] for e in [node.func, *node.args, *(k.value for k in node.keywords)])
+        elif isinstance(node, ast.ClassDef):
+            found.update(_dotted(base).split(".")[0] for base in node.bases)
+    return found - {""}
+
+
+def _imports(tree: ast.Module, lines: list[str], wanted: set[str],
+             also: Callable[[str], bool] = lambda local: False) -> list[Imported]:
+    """The names the module's import statements bind (at any depth) that are in `wanted` (or `also` takes),
+    in order; a star import always."""
     found: list[Imported] = []
-
-    class Collect(cst.CSTVisitor):
-        def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-            where = positions[node].start
-            module = "." * len(node.relative) + (_dotted(node.module) if node.module is not None else "")
-            if isinstance(node.names, cst.ImportStar):
-                found.append(Imported("*", module, "*", where.line, where.column + 1))
-                return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
             for alias in node.names:
-                name = _dotted(alias.name)
-                local = _dotted(alias.asname.name) if alias.asname else name
-                found.append(Imported(local, module, name, where.line, where.column + 1))
-
-        def visit_Import(self, node: cst.Import) -> None:
-            where = positions[node].start
+                found.append(Imported(alias.asname or alias.name, module, alias.name, *_where(node, lines)))
+        elif isinstance(node, ast.Import):
             for alias in node.names:
-                name = _dotted(alias.name)
                 if alias.asname:
-                    found.append(Imported(_dotted(alias.asname.name), name, None, where.line, where.column + 1))
-                elif "." not in name:  # `import pkg.models` binds pkg: pkg.models.Net() is not looked into
-                    found.append(Imported(name, name, None, where.line, where.column + 1))
+                    found.append(Imported(alias.asname, alias.name, None, *_where(node, lines)))
+                elif "." not in alias.name:  # `import pkg.models` binds pkg: pkg.models.Net() is not looked into
+                    found.append(Imported(alias.name, alias.name, None, *_where(node, lines)))
+    return sorted((i for i in found if i.local in wanted or i.local == "*" or also(i.local)),
+                  key=lambda i: (i.line, i.col))
 
-    wrapper.visit(Collect())
-    return found
 
-
-def _dynamic_modules(module: cst.Module) -> list[Imported]:
+def _dynamic_modules(tree: ast.Module) -> list[Imported]:
     """Names bound to `importlib.import_module(...)` / `__import__(...)` at the top level."""
-    found = []
-    for statement in module.body:
-        if isinstance(statement, cst.SimpleStatementLine):
-            for small in statement.body:
-                if isinstance(small, cst.Assign) and len(small.targets) == 1 \
-                        and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, cst.Call) \
-                        and _dotted(small.value.func) in DYNAMIC_IMPORTS:
-                    found.append(Imported(small.targets[0].target.value, f"{code_of(small.value)}", None, 0, 0))
-    return found
+    return [Imported(node.targets[0].id, ast.unparse(node.value), None, node.lineno, 1) for node in tree.body
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Call) and _dotted(node.value.func) in DYNAMIC_IMPORTS]
 
 
-def _models_built(module: cst.Module, wrapper: cst.MetadataWrapper) -> dict[str, list[tuple[int, int, str]]]:
+def _models_built(tree: ast.Module, lines: list[str]) -> dict[str, list[tuple[int, int, str]]]:
     """For each imported name (the head of `Net(...)`, `rs.Net(...)`): where a value built by calling it is
     assigned to a name the script then uses as a model, as (line, col, what was called)."""
-    positions = wrapper.resolve(cst.metadata.PositionProvider)
-    built: dict[str, list[tuple[str, cst.Call]]] = {}  # target name -> (head, the call)
+    built: dict[str, list[ast.Call]] = {}  # target name -> the calls assigned to it
     used: set[str] = set()
-
-    class Collect(cst.CSTVisitor):
-        def visit_Assign(self, node: cst.Assign) -> None:
-            if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
-                call = _constructor_call(node.value)
-                if call is not None:
-                    head = _dotted(call.func).split(".")[0]
-                    built.setdefault(node.targets[0].target.value, []).append((head, call))
-
-        def visit_Call(self, node: cst.Call) -> None:
-            func = node.func
-            if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) \
-                    and func.attr.value in MODEL_METHODS:
-                used.add(func.value.value)
-
-    wrapper.visit(Collect())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            call = _constructor_call(node.value)
+            if call is not None:
+                built.setdefault(node.targets[0].id, []).append(call)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name) and node.func.attr in MODEL_METHODS:
+            used.add(node.func.value.id)
     found: dict[str, list[tuple[int, int, str]]] = {}
-    for target in used & set(built):
-        for head, call in built[target]:
-            where = positions[call].start
-            found.setdefault(head, []).append((where.line, where.column + 1, _dotted(call.func)))
+    for target in sorted(used & set(built)):
+        for call in built[target]:
+            name = _dotted(call.func)
+            found.setdefault(name.split(".")[0], []).append((*_where(call, lines), name))
     return found
 
 
-def _constructor_call(value: cst.BaseExpression) -> cst.Call | None:
+def _constructor_call(value: ast.expr) -> ast.Call | None:
     """`Net(...)` in `Net(...)`, `Net(...).to(device)`, `rs.Net(...).cuda()`; None for anything else."""
-    while isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) \
-            and value.func.attr.value in RETURNS_ITSELF and isinstance(value.func.value, cst.Call):
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+            and value.func.attr in RETURNS_ITSELF and isinstance(value.func.value, ast.Call):
         value = value.func.value
-    if isinstance(value, cst.Call) and _dotted(value.func):
+    if isinstance(value, ast.Call) and _dotted(value.func):
         return value
     return None
 
 
-def _dotted(node: cst.CSTNode) -> str:
-    if isinstance(node, cst.Attribute):
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Attribute):
         inner = _dotted(node.value)
-        return f"{inner}.{node.attr.value}" if inner else ""
-    return node.value if isinstance(node, cst.Name) else ""
+        return f"{inner}.{node.attr}" if inner else ""
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _where(node: ast.AST, lines: list[str]) -> tuple[int, int]:
+    """(line, column) as porter's diagnostics count them: the column in characters, from 1 (ast's are bytes)."""
+    line = lines[node.lineno - 1] if node.lineno <= len(lines) else ""
+    return node.lineno, len(line.encode("utf-8")[:node.col_offset].decode("utf-8", errors="replace")) + 1
+
+
+def _parse(path: Path) -> tuple[ast.Module, list[str]] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+        return ast.parse(text), text.splitlines()
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None
 
 
 def command(script: Path, sibling: Path, output: Path | None, mode: str) -> str:
