@@ -13,7 +13,7 @@ the converted sibling keeps its file and class names, so the user converts it be
 note and a `porter:` line give the exact command).
 
 A model built from a name whose file porter could not read (no such file beside the script, it does not
-parse, a dynamic import) and then used as a model (its parameters given to an optimizer, .train(), ...)
+parse, a dynamic import; or the file defines it as something porter does not convert) and then used as a model (its parameters given to an optimizer, .train(), ...)
 is PT012: porter cannot tell whether it is an nn.Module, and the converted script would train it as
 an nnx one.
 """
