@@ -165,3 +165,42 @@ def test_a_crlf_file_keeps_crlf_in_the_helpers_porter_inserts(tmp_path):
     assert "def adaptive_avg_pool_nchw(" in code  # an emitted helper, with a docstring of several lines
     assert code.count("\n") == code.count("\r\n")
     assert convert_source(source).code == code.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_output_with_a_trailing_slash_is_a_directory_for_a_file_too(tmp_path, capsys, existing):
+    src = tmp_path / "m.py"
+    src.write_text(GOOD)
+    out = tmp_path / "outdir"
+    if existing:
+        out.mkdir()
+    assert main(["convert", str(src), "-o", f"{out}/"]) == 0
+    assert out.is_dir() and "nnx.Linear(2, 2, rngs=rngs)" in (out / "m.py").read_text()
+    assert main(["convert", str(src), "-o", f"{out}/"]) == 2  # the file in it is not overwritten without --force
+    assert "exists" in capsys.readouterr().err
+
+
+def test_a_tree_into_an_output_with_a_trailing_slash(tmp_path):
+    tree = tmp_path / "pkg"
+    tree.mkdir()
+    (tree / "m.py").write_text(GOOD)
+    out = tmp_path / "outdir"
+    assert main(["convert", str(tree), "-o", f"{out}/"]) == 0
+    assert (out / "m.py").is_file()
+
+
+@pytest.mark.parametrize("name", ["data.csv", "notes.txt", "model.json"])
+def test_a_file_that_is_not_python_is_refused(tmp_path, capsys, name):
+    src = tmp_path / name
+    src.write_text("a,b\n1,2\n")
+    out = tmp_path / "x.py"
+    assert main(["convert", str(src), "-o", str(out)]) == 2
+    assert f"{src} is not Python source" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_script_without_a_suffix_is_read_as_python(tmp_path):
+    src = tmp_path / "train"
+    src.write_text("#!/usr/bin/env python\n" + GOOD)
+    assert main(["convert", str(src), "-o", str(tmp_path / "out.py")]) == 0
+    assert "nnx.Linear" in (tmp_path / "out.py").read_text()

@@ -787,3 +787,34 @@ def test_inplace_following_symlinks_rewrites_the_file_not_the_link(project):
     assert main(["convert", str(project), "--inplace", "--follow-symlinks"]) == 1
     assert os.readlink(pkg / "same_layers.py") == "layers.py"
     assert "class Block(nnx.Module):" in (pkg / "layers.py").read_text()
+
+
+def test_a_module_class_of_a_module_imported_whole(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "nets").mkdir(parents=True)
+    (src / "base.py").write_text(BASE)
+    (src / "nets" / "__init__.py").write_text("")
+    (src / "nets" / "more.py").write_text(BASE.replace("Base", "More"))
+    (src / "train.py").write_text(textwrap.dedent("""\
+        import torch
+        import base
+        import nets.more as nm
+
+        model = base.Base(4)
+        other = nm.More(4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        """))
+    code, _ = _convert_counting(src, monkeypatch)
+    assert b"model = base.Base(4, rngs=nnx.Rngs(0))" in code["train.py"]
+    assert b"other = nm.More(4, rngs=nnx.Rngs(0))" in code["train.py"]
+
+
+def test_a_module_class_of_a_submodule_imported_from_its_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text(BASE)
+    (pkg / "train.py").write_text("import torch\nfrom . import base\n\nmodel = base.Base(4)\n"
+                                  "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n")
+    code, _ = _convert_counting(pkg, monkeypatch)
+    assert b"model = base.Base(4, rngs=nnx.Rngs(0))" in code["train.py"]

@@ -172,3 +172,79 @@ def test_porter_scan_lists_uncovered_symbols(tmp_path, capsys):
 
 def test_porter_scan_missing_path_is_a_usage_error(tmp_path, capsys):
     assert main(["scan", str(tmp_path / "nope")]) == 2
+
+
+SCRIPT = '''\
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(1)
+x = torch.randn(16, 4)
+y = torch.randint(0, 3, (16,))
+noise = torch.randint(0, 3, (16,), generator=g)
+loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
+model = Net()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for xb, yb in loader:
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(xb), yb)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+with torch.no_grad():
+    print(model(x).sum())
+'''
+
+
+def test_porter_scan_covers_what_convert_converts_and_lists_what_it_refuses(tmp_path, capsys):
+    (tmp_path / "train.py").write_text(SCRIPT)
+    assert main(["scan", str(tmp_path), "--uncovered", "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    for handled in ("torch.no_grad", "clip_grad_norm_", "torch.Tensor.backward", "torch.nn.init.zeros_",
+                    "DataLoader", "torch.manual_seed"):
+        assert handled not in out, handled
+    # torch.randint converts, but not with a generator: convert's PT004, one use of two
+    randint = next(line for line in out.splitlines() if line.startswith("torch.randint "))
+    assert "PT339; -- 1 of 2 uses not covered: PT004 torch.randint (PT339): arguments other than" in randint
+    assert main(["scan", str(tmp_path / "train.py"), "--json", "-j", "1"]) == 0
+    data = {s["symbol"]: s for s in json.loads(capsys.readouterr().out)["symbols"]}
+    assert data["torch.randint"]["refused_uses"] == 1 and data["torch.randint"]["rule"] == "PT339"
+    assert data["torch.randint"]["reason"].startswith("PT004 torch.randint (PT339): arguments other than")
+    assert data["torch.no_grad"]["rule"] == "passes" and data["torch.no_grad"]["refused_uses"] == 0
+    assert data["torch.utils.data.DataLoader"]["rule"] == "kept (PT011)"
+
+
+def test_porter_scan_counts_no_use_of_a_file_convert_fails_on_as_covered(tmp_path, capsys, monkeypatch):
+    import porter.convert.pipeline as pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    (tmp_path / "m.py").write_text(SAMPLE)
+    monkeypatch.setattr(pipeline, "convert_in_tree", crash)
+    assert main(["scan", str(tmp_path), "--json", "-j", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["covered_uses"] == 0
+    relu = next(s for s in data["symbols"] if s["symbol"] == "torch.nn.functional.relu")
+    assert relu["rule"] is None and relu["reason"].startswith("PT031 internal error: RuntimeError: boom")
+
+
+def test_porter_scan_skips_what_convert_skips(tmp_path):
+    (tmp_path / "m.py").write_text(SAMPLE)
+    (tmp_path / ".tox").mkdir()
+    (tmp_path / ".tox" / "vendored.py").write_text(SAMPLE)
+    assert scan([tmp_path]).n_files == 1

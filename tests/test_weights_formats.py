@@ -181,7 +181,7 @@ def test_missing_shard_truncated_and_corrupt_files(tmp_path, capsys, torch_net):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "orbax"])
-def test_cli_round_trip_outputs_equal_torch(tmp_path, capsys, torch_net, fmt):
+def test_cli_round_trip_outputs_equal_torch(tmp_path, capsys, torch_net, fmt, monkeypatch):
     sd = {f"module.{k}": v for k, v in torch_net.state_dict().items()}  # DataParallel prefix
     torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, tmp_path / "ckpt.pth")
     out = tmp_path / ("net.safetensors" if fmt == "safetensors" else "net_orbax")
@@ -192,9 +192,11 @@ def test_cli_round_trip_outputs_equal_torch(tmp_path, capsys, torch_net, fmt):
     restore = restore_safetensors if fmt == "safetensors" else restore_orbax
     model = restore(M.FNet(rngs=nnx.Rngs(7)), out)
     net_outputs_match(model, torch_net)
-    # the printed three lines do the same
+    # the printed lines do the same, the model's class imported from its file as they say
     snippet = printed[printed.index("restore it into"):].splitlines()[1:]
-    namespace = {"FNet": M.FNet, "nnx": nnx}
+    assert snippet[2].strip().startswith(f"from {MODELS.stem} import FNet  # {MODELS}: run from {MODELS.parent}")
+    monkeypatch.syspath_prepend(str(MODELS.parent))
+    namespace = {}
     exec("\n".join(line.strip() for line in snippet), namespace)
     net_outputs_match(namespace["model"], torch_net)
     assert no_temp_files(tmp_path)
@@ -707,3 +709,10 @@ def test_copy_into_lays_out_transposed_views_bit_for_bit(dtype, shape):
     copy_into(view, out)
     width = np.uint8 if view.dtype.itemsize == 1 else f"u{view.dtype.itemsize}"
     np.testing.assert_array_equal(out.view(width), np.ascontiguousarray(view).view(width))
+
+
+def test_without_a_model_the_restore_snippet_says_which_import_to_fill_in(tmp_path, capsys, torch_net):
+    torch.save(torch_net.state_dict(), tmp_path / "net.pt")
+    assert run_weights(str(tmp_path / "net.pt"), "-o", str(tmp_path / "out.safetensors")) == 0
+    printed = capsys.readouterr().out
+    assert "from YOUR_MODULE import Net  # fill in: the module of your converted model and its class" in printed

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
 from porter.convert import report as reports
 from porter.convert.diagnostics import Severity
+from porter.convert.siblings import Siblings, command as sibling_command, with_notes
 from porter.convert.tree import (
     REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, output_conflicts,
     plan, write_bytes_atomically, write_inplace, write_tree,
@@ -25,9 +28,10 @@ def add_convert_parser(commands) -> None:
                     "exists, 2 for usage errors, else 0.",
     )
     parser.add_argument("source", type=Path, help="a .py file, a .ipynb notebook or a directory")
-    parser.add_argument("-o", "--output", type=Path,
+    parser.add_argument("-o", "--output", action=_OutputPath,
                         help="where to write (a file for a file, a directory for a directory: the layout is "
-                             "kept, other files are copied); without it a converted file is printed to stdout")
+                             "kept, other files are copied; a trailing slash means a directory, for a file "
+                             "too: -o out/ writes out/NAME); without it a converted file is printed to stdout")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing output: the files porter writes are replaced (and its "
                              "earlier output of a file that fails now is removed), the others are left; the new "
@@ -47,7 +51,15 @@ def add_convert_parser(commands) -> None:
     parser.add_argument("-j", "--jobs", type=int, default=None,
                         help="processes to convert with (default: every core)")
     parser.add_argument("--log", action="store_true", help="also print every change made (rule, line, before -> after)")
-    parser.set_defaults(run=run_convert)
+    parser.set_defaults(run=run_convert, output_is_directory=False)
+
+
+class _OutputPath(argparse.Action):
+    """-o as a Path, and whether it was spelled with a trailing slash (which Path drops): a directory."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, Path(value))
+        namespace.output_is_directory = value.endswith(("/", os.sep))
 
 
 def run_convert(args) -> int:
@@ -133,11 +145,19 @@ def _convert_tree(source: Path, args) -> int:
 
 
 # ---------------------------------------------------------------------------- one file
+PYTHON_SUFFIXES = (".py", ".pyw", ".ipynb")
+
+
 def _convert_file(source: Path, args) -> int:
-    kind = kind_of(source) or "python"  # a file given by name is Python unless it is a notebook
+    kind = kind_of(source) or "python"  # a file given by name without a suffix is read as Python
     output: Path | None = args.output
     if not source.is_file():
         return _usage_error(f"{source} is not a regular file (a FIFO, socket or device): not read")
+    if source.suffix and source.suffix not in PYTHON_SUFFIXES:
+        return _usage_error(f"{source} is not Python source: porter converts .py files, .ipynb notebooks and "
+                            f"directories of them")
+    if output is not None and args.output_is_directory:
+        output = args.output = output / source.name
     if output is not None and output.is_dir():
         return _usage_error(f"{output} is a directory; for a file, -o names the file to write "
                             f"(e.g. {output / source.name})")
@@ -148,8 +168,15 @@ def _convert_file(source: Path, args) -> int:
     if args.inplace:
         print(f"porter: warning: --inplace rewrites {source}; if it changes, the original is copied to "
               f"{backup_dir(source)} first", file=sys.stderr)
-    task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff)
+    siblings = Siblings.of(source) if kind == "python" else None  # the files it imports its model from
+    task = Task(str(source), str(source), source.name, kind, args.annotate, args.diff, tree=siblings)
     results = _run([task], args)
+    mode = "diff" if args.diff else "inplace" if args.inplace else "file"
+    def command(sibling: Path) -> str:
+        return sibling_command(source, sibling, output, mode)
+
+    if siblings is not None:
+        results[0] = with_notes(results[0], siblings.notes(str(source), command))
     result = results[0]
     _print_diagnostics(results, args.log)
     changes = len(result.changes)
@@ -175,7 +202,10 @@ def _convert_file(source: Path, args) -> int:
         except OSError as exc:
             return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         print(f"porter: wrote {output}", file=sys.stderr)
-    mode = "diff" if args.diff else "inplace" if args.inplace else "file"
+    if siblings is not None and result.status != "failed" and not args.diff:
+        for sibling in siblings.files_read():
+            print(f"porter: {source.name} imports from {sibling}, read but not converted: {command(sibling)}",
+                  file=sys.stderr)
     _write_report(results, source, output, mode, [], report_dir)
     return 1 if result.status == "failed" or result.has_errors else 0
 

@@ -110,6 +110,12 @@ class ConversionContext:
     shadowed: list[frozenset[str]] = field(default_factory=list)
 
     @property
+    def class_words(self) -> set[str]:
+        """The identifiers that name a module class or a layer factory: `Net`, and `models` of `models.Net`
+        (one of a file a script imports as a module, porter/convert/siblings.py)."""
+        return {name.partition(".")[0] for name in (*self.module_classes, *self.rngs_functions)}
+
+    @property
     def torch_aliases(self) -> dict[str, str]:
         return {**self.assumed_imports, **self.imports}
 

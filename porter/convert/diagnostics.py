@@ -49,6 +49,11 @@ CODES: dict[str, Code] = {
              "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
              "original; batches become jax arrays at the train_step call. Swap in a numpy or grain loader "
              "to drop torch."),
+        Code("PT012", Severity.ERROR, "model class in a file porter did not read",
+             "A script converted on its own builds its model from a name it imports from a file porter "
+             "could not find or parse (or a dynamic import), then trains or switches it as a model: porter "
+             "cannot tell whether it is an nn.Module, and the converted script treats it as an nnx one. "
+             "Convert the directory holding the script and that file (porter convert DIR -o OUT_DIR)."),
         Code("PT020", Severity.INFO, "distributed training mapped to JAX's runtime",
              "One JAX process per host drives all of that host's devices; a Mesh made current with "
              "jax.set_mesh holds them all. Ranks become jax.process_index(), the world size "
@@ -141,6 +146,13 @@ DOCS: dict[str, str] = {
              "ties an output head with `self.embed.attend(x)`). Left unchanged; convert it by hand.",
     "PT007": "porter made a choice the message names (for example: a layer built outside any module is "
              "initialised from nnx.Rngs(0)). Nothing to do unless the choice does not fit.",
+    "PT012": "`porter convert train.py` reads the files train.py imports from (beside it, the root of the "
+             "package it is in, the package for `from .models import Net`) to learn which names are nn.Module "
+             "subclasses, as converting the directory would. Where the file is not there, does not parse, or "
+             "the module is imported with importlib, and the name built from it is then used as a model "
+             "(`optimizer = SGD(model.parameters())`, `model.train()`), porter cannot know what it is.\n\n"
+             "Example:\n    from nowhere import Net\n    model = Net()\n"
+             "    -> PT012 error Net comes from nowhere (no ./nowhere.py or ./nowhere/__init__.py): ...",
     "PT040": "Reported by the residual check, a pass that reads the converted code after the rewrite: a torch "
              "meaning porter left in place with no other error on that line. The message names the construct and "
              "what to write instead; the tables of attributes live in rules/residual.toml.\n\nExample:\n"

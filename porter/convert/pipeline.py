@@ -51,7 +51,8 @@ class Conversion:
     filename: str | None = None
     # for a tree (porter/convert/tree.py): what this file defines that others may construct
     # (name -> "module" for nn.Module subclasses, "factory" for functions that build layers), and its
-    # `from X import Y [as Z]` statements at the top level, as (dots, module, name, local name)
+    # `from X import Y [as Z]` statements at the top level, as (dots, module, name, local name), and its
+    # `import X [as Z]` ones as (0, X, "", local name)
     exports: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     imports: list[tuple[int, str, str, str]] = field(default_factory=list, repr=False, compare=False)
 
@@ -159,12 +160,32 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     return Conversion(code, diagnostics, changes, filename, exports, imports)
 
 
+def analyze_exports(module: cst.Module, filename: str | None, known: dict[str, str]) -> dict[str, str]:
+    """Conversion.exports from the analysis alone: for a file that a script converted on its own
+    imports from, read but not converted (porter/convert/siblings.py)."""
+    ctx = ConversionContext(rules=load_rules(), filename=filename)
+    ctx.keyword_helpers = keyword_helpers(module)
+    for name, kind in known.items():
+        (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
+    index = SourceIndex(module)
+    analyze = Analyze(ctx, index)
+    traverse.visit(module, analyze, Prefilter(index, analyze))
+    return _exports(module, ctx)
+
+
 def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:
     found = []
     for statement in module.body:
         if not isinstance(statement, cst.SimpleStatementLine):
             continue
         for small in statement.body:
+            if isinstance(small, cst.Import):  # import pkg.models as m: (0, "pkg.models", "", "m")
+                for alias in small.names:
+                    where = cst.Module([]).code_for_node(alias.name)
+                    if alias.asname and isinstance(alias.asname.name, cst.Name):
+                        found.append((0, where, "", alias.asname.name.value))
+                    elif "." not in where:
+                        found.append((0, where, "", where))
             if isinstance(small, cst.ImportFrom) and not isinstance(small.names, cst.ImportStar):
                 where = cst.Module([]).code_for_node(small.module) if small.module is not None else ""
                 for alias in small.names:

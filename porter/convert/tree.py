@@ -598,10 +598,15 @@ class TreeSummary:
         names = {}
         for dots, module, imported, local in imports:
             for target in _import_targets(key, package, dots, module, self.root_name):
+                if not imported:  # import models as m: m.Net(...)
+                    names.update({f"{local}.{name}": kind for name, kind in self.exports.get(target, {}).items()})
+                    continue
                 found = self._kind(target, imported, set())
                 if found:
                     names[local] = found
                     break
+                submodule = self.exports.get(target + (imported,), {})  # from . import models: models.Net(...)
+                names.update({f"{local}.{name}": kind for name, kind in submodule.items()})
         return tuple(sorted(names.items()))
 
     def _kind(self, key: tuple[str, ...], name: str, seen: set) -> str | None:

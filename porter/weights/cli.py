@@ -85,7 +85,7 @@ def run_weights(args: argparse.Namespace) -> int:
     from porter.weights.outputs import OutputError, check_output
     from porter.weights.readers import CheckpointError, open_checkpoint
     from porter.weights.report import StateDictMismatch
-    from porter.weights.writers import restore_snippet
+    from porter.weights.writers import model_import, restore_snippet
 
     out = Path(args.output)
     if (out.exists() or out.is_symlink()) and not args.force and not overlaps(out, args.checkpoint):
@@ -166,6 +166,7 @@ def run_weights(args: argparse.Namespace) -> int:
     constructor = spec.call_text(extra="rngs=nnx.Rngs(0)") if spec is not None else "Net(rngs=nnx.Rngs(0))"
     print("restore it into the converted model with:" if spec is not None else
           "restore it into the converted model (your class for Net) with:")
-    for line in restore_snippet(fmt, Path(result.output).absolute(), constructor).splitlines():
+    imported = model_import(spec.path, spec.name) if spec is not None else model_import(None, "Net")
+    for line in restore_snippet(fmt, Path(result.output).absolute(), constructor, imported).splitlines():
         print(f"    {line}")
     return 0

@@ -117,12 +117,26 @@ def restore_safetensors(model: nnx.Module, path: str | Path) -> nnx.Module:
     return model
 
 
-def restore_snippet(fmt: str, out: str | Path, constructor: str) -> str:
-    """The lines a user runs to load `out` into the converted model built by `constructor`."""
+def model_import(path: str | Path | None, name: str) -> str:
+    """The line that imports the converted model's class `name` from the file `path` (None: not given,
+    a placeholder the user fills in), for restore_snippet."""
+    if path is None:
+        return f"from YOUR_MODULE import {name}  # fill in: the module of your converted model and its class"
+    path = Path(path).absolute()
+    if not path.stem.isidentifier():
+        return f"from YOUR_MODULE import {name}  # fill in: {path.name} is not importable by that name"
+    return f"from {path.stem} import {name}  # {path}: run from {path.parent} or put it on PYTHONPATH"
+
+
+def restore_snippet(fmt: str, out: str | Path, constructor: str, import_line: str = "") -> str:
+    """The lines a user runs to load `out` into the converted model built by `constructor` (its class
+    imported by `import_line`, see model_import)."""
+    imports = [import_line] if import_line else []
     if fmt == "orbax":
         return "\n".join([
             "import orbax.checkpoint as ocp",
             "from flax import nnx",
+            *imports,
             f"model = {constructor}",
             f"state = ocp.StandardCheckpointer().restore({str(Path(out).absolute())!r}, "
             "nnx.state(model, nnx.Not(nnx.RngState)))",
@@ -131,6 +145,7 @@ def restore_snippet(fmt: str, out: str | Path, constructor: str) -> str:
     return "\n".join([
         "from safetensors.numpy import load_file",
         "from flax import nnx",
+        *imports,
         f"model, arrays = {constructor}, load_file({str(out)!r})",
         "paths = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))]",
         "nnx.update(model, nnx.from_flat_state({p: arrays['.'.join(map(str, p))] for p in paths}))",

@@ -43,7 +43,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._bodies = FunctionBodies(ctx)
 
     def trigger_words(self) -> Iterable[str]:
-        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.module_classes, *self.ctx.rngs_functions,
+        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.class_words, *self.ctx.rngs_functions,
                 *self._constructor_words, *self.ctx.constructor_globals, *IN_PLACE_DRAWS}
 
     def trigger_state(self) -> object:
@@ -229,7 +229,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         """Builds a layer, or draws a tensor's values in place: needs rngs."""
         if self._draws_in_place(node):
             return True
-        if isinstance(node.func, cst.Name) and node.func.value in self.ctx.module_classes | self.ctx.rngs_functions:
+        if dotted(node.func) in self.ctx.module_classes | self.ctx.rngs_functions:  # Net(...), models.Net(...)
             return True
         if self._constructor_names and calls_layer_constructor(
                 node, self._constructor_names[-1], self._constructor_attributes[-1] if self.class_stack else set(),

@@ -10,7 +10,7 @@ from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
-                                           dict_keys_bound)
+                                           dict_keys_bound, dotted)
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
@@ -255,7 +255,7 @@ class CallRewrite(ScopedTransformer):
                                                 "returns the new values and leaves the argument as it was: assign its "
                                                 "result (x = init_(x)); left unchanged")
             return updated_node
-        if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
+        if dotted(func) in self.ctx.module_classes | self.ctx.rngs_functions:  # Net(...), models.Net(...)
             return self._add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
             return self._add_rngs(original_node, updated_node)

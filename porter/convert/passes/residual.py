@@ -121,7 +121,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         self.einops, self.torch_packages = self._imported_names(module)
         aliases = ctx.torch_aliases
         self.modules = (ctx.bound_imports | CONVERTED_MODULES) - set(aliases)
-        self.words = (tables.flagged_names() | set(aliases) | ctx.module_classes | self.einops
+        self.words = (tables.flagged_names() | set(aliases) | ctx.module_classes | ctx.class_words | self.einops
                       | self.torch_packages)
         self.state = 0
         self.traced_functions = self._functions_called_when_traced(module)

@@ -88,7 +88,7 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
             words.update(cls.__dict__.get("TRIGGER_WORDS", ()))
         words.update(ctx.imports)
         words.update(ctx.assumed_imports)
-        words.update(ctx.module_classes)
+        words.update(ctx.class_words)
         words.update(ctx.rngs_functions)
         for methods in [*ctx.methods_needing_rngs.values(), *ctx.init_methods.values(),
                         *ctx.none_first_attributes.values()]:
