@@ -206,3 +206,21 @@ def test_in_a_notebook_the_rngs_is_defined_in_the_cell_that_imports_torch():
     for cell in json.loads(converted.code)["cells"]:
         exec("".join(cell["source"]), namespace)  # cell by cell, as a kernel runs them
     assert np.array_equal(namespace["first"], namespace["second"]) and namespace["first"].shape == (2,)
+
+
+def test_a_draw_from_a_torch_generator_of_its_own_is_an_error_not_a_dropped_generator():
+    """`generator=g` is a seeded stream of its own: dropping it would draw from _rngs instead, silently."""
+    source = textwrap.dedent('''\
+        import torch
+        g = torch.Generator().manual_seed(1)
+        a = torch.randn(3, generator=g)
+        b = torch.rand(3, generator=g)
+        c = torch.randperm(4, generator=g)
+        d = torch.normal(0.0, 1.0, size=(3,), generator=g)
+        e = torch.randn(3, generator=None)
+        ''')
+    conversion = convert_source(source)
+    refused = {d.line for d in conversion.diagnostics if d.code == "PT004" and "generator=g" in d.message}
+    assert refused == {3, 4, 5, 6}
+    assert "torch.randn(3, generator=g)" in conversion.code
+    assert "e = jax.random.normal(_rngs(), (3,))" in conversion.code

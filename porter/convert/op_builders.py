@@ -666,6 +666,10 @@ def _size(values: list) -> cst.BaseExpression:
 
 
 def _random_application(site: Site, call: cst.BaseExpression) -> Application:
+    generator = next((a.value for a in site.call.args if a.keyword and a.keyword.value == "generator"), None)
+    if generator is not None and code_of(generator) != "None":
+        # a torch.Generator's own stream (seeded, shared between draws) has no key to stand for it here
+        raise Unsupported(f"generator={code_of(generator)}: draws from a torch.Generator of their own")
     key, infos, warnings = _key(site)
     node = call.visit(_ReplaceName("KEY", key))
     return Application(node, warnings, infos)
