@@ -5,6 +5,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from porter import convert_source, load_torch_state_dict
@@ -306,3 +307,111 @@ def test_gan_two_models_two_optimizers_is_reported_by_name():
     [d] = [d for d in c.diagnostics if d.code == "PT010"]
     assert d.line == 8 and "several optimizers step in one loop (opt_d, opt_g" in d.message
     assert "loss_g.backward()" in c.code
+
+
+# ----------------------------------------------------------------------------
+# zero_grad() where people write it: between forward and backward, set_to_none, the model's
+
+SHAPED_LOOP = """\
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+losses = []
+for x, y in batches:
+{body}
+    losses.append(loss.item())
+"""
+
+
+def errors(conversion):
+    return [d.format() for d in conversion.diagnostics if d.severity != "info"]
+
+
+def losses_of_both(source: str, batch_count: int = 20):
+    """Per-step losses of `source` run with torch and converted, from the same initial weights."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((6, 4)).astype(np.float32) for _ in range(batch_count)]
+    batches = [(x, x[:, :3].argmax(1)) for x in inputs]  # labels it can learn
+    torch_ns = {"batches": [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]}
+    exec(compile(source, "torch.py", "exec"), torch_ns)
+    torch.manual_seed(0)
+    initial = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).state_dict()
+    conversion = convert_source(source, filename="train.py")
+    code = conversion.code.replace("optimizer = nnx.Optimizer(", "load_torch_state_dict(model, initial)\n"
+                                                                 "optimizer = nnx.Optimizer(")
+    jax_ns = {"batches": batches, "load_torch_state_dict": load_torch_state_dict, "initial": initial}
+    exec(compile(code, "converted.py", "exec"), jax_ns)
+    return conversion, torch_ns["losses"], jax_ns["losses"]
+
+
+@pytest.mark.parametrize("body", [
+    # zero_grad between the forward pass and backward(), the fixture project's shape
+    "    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n    optimizer.zero_grad()\n"
+    "    loss.backward()\n    optimizer.step()",
+    "    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n    optimizer.zero_grad(set_to_none=True)\n"
+    "    loss.backward()\n    optimizer.step()",
+    "    optimizer.zero_grad(set_to_none=True)\n    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n"
+    "    loss.backward()\n    optimizer.step()",
+    "    model.zero_grad()\n    loss = F.cross_entropy(model(x), y)\n    loss.backward()\n    optimizer.step()",
+    "    loss = F.cross_entropy(model(x), y)\n    model.zero_grad(set_to_none=False)\n    loss.backward()\n"
+    "    optimizer.step()",
+    # a statement before the forward pass stays in the loop; zero_grad() in the middle is skipped
+    "    y = y.long()\n    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n    optimizer.zero_grad()\n"
+    "    loss.backward()\n    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)\n    optimizer.step()",
+    # placement after zero_grad() rebinds the batch: it stays in the loop (it made an UnboundLocalError)
+    "    optimizer.zero_grad()\n    x, y = x.to('cpu'), y.to('cpu')\n    loss = F.cross_entropy(model(x), y)\n"
+    "    loss.backward()\n    optimizer.step()",
+], ids=["between", "between-set-to-none", "before-set-to-none", "model-before", "model-between", "clipped",
+        "placement-after-zero-grad"])
+def test_zero_grad_anywhere_before_backward_trains_like_torch(body):
+    conversion, torch_losses, jax_losses = losses_of_both(SHAPED_LOOP.format(body=body))
+    assert errors(conversion) == []
+    assert "zero_grad" not in conversion.code and "backward" not in conversion.code
+    assert "loss = train_step_fast(" in conversion.code
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
+    assert torch_losses[-1] < torch_losses[0] - 0.1  # it trained
+
+
+def test_zero_grad_between_backward_and_step_is_reported():
+    # it zeroes what step() reads: not the same training, so the loop stays as it is
+    c = convert("""
+        for x, y in batches:
+            loss = model(x).sum()
+            loss.backward()
+            optimizer.zero_grad()
+            optimizer.step()
+        """)
+    assert "PT010" in codes(c) and "loss.backward()" in c.code
+
+
+def test_zero_grad_of_another_model_stays_in_the_forward_and_is_reported():
+    c = convert("""
+        other = nn.Linear(4, 2)
+        for x, y in batches:
+            loss = model(x).sum()
+            other.zero_grad()
+            loss.backward()
+            optimizer.step()
+        """)
+    assert "PT010" in codes(c) and "loss.backward()" in c.code
+
+
+@pytest.mark.parametrize("body", [
+    # zeroed before each backward(): the step every 3 batches sees the last batch's gradient only
+    "    optimizer.zero_grad()\n    loss = F.cross_entropy(model(x), y)\n    loss.backward()\n"
+    "    if (len(losses) + 1) % 3 == 0:\n        optimizer.step()",
+    "    loss = F.cross_entropy(model(x), y) / 3\n    loss.backward()\n"
+    "    if (len(losses) + 1) % 3 == 0:\n        optimizer.step()\n        model.zero_grad(set_to_none=True)",
+    "    loss = F.cross_entropy(model(x), y)\n    optimizer.zero_grad()\n    loss.backward()\n"
+    "    if (len(losses) + 1) % 3 == 0:\n        optimizer.step()",
+], ids=["zeroed-before", "accumulated-model-zero-grad", "zeroed-between"])
+def test_accumulation_zero_grad_placements_train_like_torch(body):
+    conversion, torch_losses, jax_losses = losses_of_both(SHAPED_LOOP.format(body=body), batch_count=30)
+    assert errors(conversion) == []
+    assert "zero_grad" not in conversion.code and "apply_grads_fast(grads)" in conversion.code
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
+    assert torch_losses[-1] != torch_losses[0]

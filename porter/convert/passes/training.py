@@ -316,9 +316,9 @@ class TrainingRewrite(ModuleRewrite):
         backward, step = backwards[0], steps[0]
         optimizer = small(body[step]).value.func.value.value
         model = next((info.model for info in self.ctx.optimizers.values() if info.name == optimizer), None)
-        zero_grads = [i for i, s in enumerate(body) if m.matches(small(s), ZERO_GRAD)]
-        start = max([i + 1 for i in zero_grads if i < backward], default=self._forward_start(body, backward))
-        forward = body[start:backward]
+        # zero_grad() between backward() and step() would zero what step() reads: left in place, reported below
+        zero_grads = [i for i, s in enumerate(body) if self._zero_grad_of(s, optimizer) and not backward < i < step]
+        first, forward = self._forward_span(body, backward, zero_grads)
         problem = model is None and f"the model that {optimizer} trains is not known (expected "\
                                     f"{optimizer} = torch.optim.X(model.parameters(), ...))"
         problem = problem or self._forward_problem(forward)
@@ -331,7 +331,6 @@ class TrainingRewrite(ModuleRewrite):
             self.report("PT010", original, "statements between backward() and step() other than gradient "
                                            "clipping; training loop left unchanged")
             return None
-        first = min([start, *[i for i in zero_grads if i < backward]])
         return TrainingLoop(optimizer, model, forward, objective, first, step, removed)
 
     # --------------------------------------------------------------------
@@ -351,8 +350,7 @@ class TrainingRewrite(ModuleRewrite):
         optimizer = next(self._optimizer_step(t) for t in body[guarded[0]].body.body if self._optimizer_step(t))
         model = next((i.model for i in self.ctx.optimizers.values() if i.name == optimizer), None)
         zero_grads = [i for i, s in enumerate(body) if self._zero_grad_of(s, optimizer)]
-        start = max([i + 1 for i in zero_grads if i < backward], default=self._forward_start(body, backward))
-        forward = body[start:backward]
+        first, forward = self._forward_span(body, backward, zero_grads)
         problem = self._forward_problem(forward)
         if any(self._is_clip(s) for s in body):
             problem = "gradient clipping after each backward() (it clips the running sum; porter converts " \
@@ -360,8 +358,7 @@ class TrainingRewrite(ModuleRewrite):
         if problem:
             self.report("PT010", original, f"gradient accumulation loop left unchanged: {problem}")
             return LEFT_UNCHANGED
-        loop = TrainingLoop(optimizer, model, forward, small(body[backward]).value.func.value,
-                            min([start, *[i for i in zero_grads if i < backward]]), backward,
+        loop = TrainingLoop(optimizer, model, forward, small(body[backward]).value.func.value, first, backward,
                             removed=set(zero_grads))
         return Accumulation(loop, guarded[0])
 
@@ -373,8 +370,14 @@ class TrainingRewrite(ModuleRewrite):
         return None
 
     def _zero_grad_of(self, statement: cst.BaseStatement, optimizer: str) -> bool:
+        """`optimizer.zero_grad(...)` or `model.zero_grad(...)` of the model it trains (set_to_none or not: JAX's
+        gradients of parameters the loss does not reach are zeros either way)."""
         expression = small(statement)
-        return m.matches(expression, ZERO_GRAD) and m.matches(expression.value.func.value, m.Name(optimizer))
+        if not (m.matches(expression, ZERO_GRAD) and m.matches(expression.value.func.value, m.Name())):
+            return False
+        owner = expression.value.func.value.value
+        return owner == optimizer or any(info.name == optimizer and info.model == owner
+                                         for info in self.ctx.optimizers.values())
 
     def _convert_accumulation(self, original: cst.For, updated: cst.For, accumulation: Accumulation) -> cst.For:
         loop = accumulation.loop
@@ -392,8 +395,11 @@ class TrainingRewrite(ModuleRewrite):
         new_body = []
         for i, statement in enumerate(body):
             if i == loop.first:
-                call = self._accumulate_call(names, batch, outputs)
-                new_body.append(call.with_changes(leading_lines=statement.leading_lines))
+                call = self._accumulate_call(names, batch, outputs).with_changes(leading_lines=statement.leading_lines)
+                if any(j < loop.last for j in loop.removed):  # zeroed before each backward(): only this batch's
+                    new_body.append(cst.parse_statement(zero).with_changes(leading_lines=statement.leading_lines))
+                    call = call.with_changes(leading_lines=[])
+                new_body.append(call)
             if i in loop.removed and i > loop.last:
                 new_body.append(cst.parse_statement(zero).with_changes(leading_lines=statement.leading_lines))
             elif i == accumulation.guard:
@@ -477,12 +483,27 @@ class TrainingRewrite(ModuleRewrite):
         targets = ", ".join([*(outputs or ["_"]), names.grads])
         return cst.parse_statement(f"{targets} = {names.accumulate}_fast({args})\n")
 
-    def _forward_start(self, body, backward: int) -> int:
-        """Without a zero_grad before it, the forward pass is the run of assignments before backward()."""
-        start = backward
-        while start > 0 and isinstance(small(body[start - 1]), (cst.Assign, cst.AugAssign, cst.AnnAssign)):
+    def _forward_span(self, body, backward: int, zero_grads: list[int]) -> tuple[int, list[cst.BaseStatement]]:
+        """(the index of the first statement the step call replaces, the forward pass). The forward pass is what
+        follows the last zero_grad() that precedes it, else the run of assignments before backward(); a
+        zero_grad() between the forward pass and backward() (as common as before it) is skipped over. Leading
+        statements that rebind a name before the rest reads it (`x = x.to(device)`, `y = y.long()`) stay in the
+        loop: inside the loss function they would read a local not yet assigned."""
+        before = [i for i in zero_grads if i < backward]
+        leading = [i for i in before if any(j not in before for j in range(i + 1, backward))]
+        start = max(leading) + 1 if leading else backward
+        while not leading and start > 0 and (start - 1 in before or isinstance(
+                small(body[start - 1]), (cst.Assign, cst.AugAssign, cst.AnnAssign))):
             start -= 1
-        return start
+        def forward_from(index: int) -> list[cst.BaseStatement]:
+            return [body[i] for i in range(index, backward) if i not in before]
+
+        while start < backward and _reads_before_rebinding(forward_from(start)):
+            start += 1
+        first = start
+        while first - 1 in before:
+            first -= 1
+        return first, forward_from(start)
 
     def _forward_problem(self, forward: list[cst.BaseStatement]) -> str | None:
         for statement in forward:
@@ -600,6 +621,16 @@ def _model_of_params(call: cst.Call) -> str | None:
     except ImportError:
         return None
     return model_of_params(call)
+
+
+def _reads_before_rebinding(statements: list[cst.BaseStatement]) -> bool:
+    """Whether a name is read before the statements assign it, and then assigned by them."""
+    assigned, free = set(), set()
+    for statement in statements:
+        names = names_in(statement)
+        free |= set(names.loaded) - assigned
+        assigned |= set(names.assigned)
+    return bool(free & assigned)
 
 
 def stop_gradients(body: list[cst.BaseStatement]) -> list[cst.BaseStatement] | None:
