@@ -333,6 +333,12 @@ def errors(conversion):
 
 def losses_of_both(source: str, batch_count: int = 20):
     """Per-step losses of `source` run with torch and converted, from the same initial weights."""
+    conversion, torch_ns, jax_ns = run_both(source, batch_count)
+    return conversion, torch_ns["losses"], jax_ns["losses"]
+
+
+def run_both(source: str, batch_count: int = 20):
+    """`source` run with torch and converted, from the same initial weights: (conversion, namespaces)."""
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((6, 4)).astype(np.float32) for _ in range(batch_count)]
     batches = [(x, x[:, :3].argmax(1)) for x in inputs]  # labels it can learn
@@ -345,7 +351,7 @@ def losses_of_both(source: str, batch_count: int = 20):
                                                                  "optimizer = nnx.Optimizer(")
     jax_ns = {"batches": batches, "load_torch_state_dict": load_torch_state_dict, "initial": initial}
     exec(compile(code, "converted.py", "exec"), jax_ns)
-    return conversion, torch_ns["losses"], jax_ns["losses"]
+    return conversion, torch_ns, jax_ns
 
 
 @pytest.mark.parametrize("body", [
@@ -374,6 +380,17 @@ def test_zero_grad_anywhere_before_backward_trains_like_torch(body):
     assert "loss = train_step_fast(" in conversion.code
     np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
     assert torch_losses[-1] < torch_losses[0] - 0.1  # it trained
+
+
+def test_zero_grad_outside_loops_goes_for_the_optimizer_and_its_model():
+    c = convert("""
+        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad()
+        other = nn.Linear(2, 2)
+        other.zero_grad()
+        """)
+    assert "optimizer.zero_grad" not in c.code and "model.zero_grad" not in c.code
+    assert "other.zero_grad()" in c.code and "PT040" in codes(c)
 
 
 def test_zero_grad_between_backward_and_step_is_reported():
@@ -415,3 +432,53 @@ def test_accumulation_zero_grad_placements_train_like_torch(body):
     assert "zero_grad" not in conversion.code and "apply_grads_fast(grads)" in conversion.code
     np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
     assert torch_losses[-1] != torch_losses[0]
+
+
+# ----------------------------------------------------------------------------
+# Learning-rate schedulers in scripts: the rate each optimizer step uses, as torch's
+
+SCHEDULED = """\
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+optimizer = torch.optim.{optimizer}
+scheduler = torch.optim.lr_scheduler.{scheduler}
+losses, lrs = [], []
+for epoch in range(6):
+    model.train()
+    for x, y in batches:
+        lrs.append(scheduler.get_last_lr()[0])
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+{per_batch}        losses.append(loss.item())
+{per_epoch}"""
+
+
+@pytest.mark.parametrize("optimizer,scheduler,every", [
+    # fixtures/scripts/project/train_encoder.py's: StepLR stepped once an epoch
+    ("Adam(model.parameters(), lr=1e-2)", "StepLR(optimizer, step_size=2, gamma=0.5)", "epoch"),
+    ("SGD(model.parameters(), lr=0.5)", "StepLR(optimizer, step_size=2, gamma=0.5)", "epoch"),
+    # train.py's cosine: once a batch over the whole run, once an epoch, and past T_max
+    ("AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)", "CosineAnnealingLR(optimizer, T_max=24)", "batch"),
+    ("SGD(model.parameters(), lr=0.5, momentum=0.9)", "CosineAnnealingLR(optimizer, T_max=6, eta_min=0.01)",
+     "epoch"),
+    ("SGD(model.parameters(), lr=0.5)", "CosineAnnealingLR(optimizer, T_max=10)", "batch"),
+], ids=["steplr-adam-epoch", "steplr-sgd-epoch", "cosine-adamw-batch", "cosine-sgd-epoch", "cosine-past-tmax"])
+def test_scheduled_script_uses_torch_s_rate_at_every_optimizer_step(optimizer, scheduler, every):
+    source = SCHEDULED.format(optimizer=optimizer, scheduler=scheduler,
+                              per_batch="        scheduler.step()\n" if every == "batch" else "",
+                              per_epoch="    scheduler.step()\n" if every == "epoch" else "")
+    conversion, torch_ns, jax_ns = run_both(source, batch_count=4)
+    assert errors(conversion) == [] and "loss = train_step_fast(" in conversion.code
+    assert len(jax_ns["lrs"]) == 24 and len(set(torch_ns["lrs"])) > 2
+    np.testing.assert_allclose(jax_ns["lrs"], torch_ns["lrs"], rtol=1e-6)
+    # the rate the jitted step applies is the scheduler's: the losses follow torch's step by step
+    np.testing.assert_allclose(jax_ns["losses"], torch_ns["losses"], rtol=2e-5)
+    applied = float(jax_ns["optimizer"].opt_state.hyperparams["learning_rate"][...])
+    assert applied == pytest.approx(torch_ns["optimizer"].param_groups[0]["lr"], rel=1e-6)

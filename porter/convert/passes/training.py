@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import checkpoints
 from porter.convert.context import OptimizerInfo, code_of
 from porter.convert.traverse import find_all
 from porter.convert.passes.modules import ModuleRewrite
@@ -133,7 +134,7 @@ class AccumulationNames:
 
 class TrainingRewrite(ModuleRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", *PLACEMENT_METHODS})
+    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", "state_dict", "load_state_dict", *PLACEMENT_METHODS})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -143,8 +144,14 @@ class TrainingRewrite(ModuleRewrite):
         self._step_names: set[str] = set()
         self._grad_contexts: set[int] = set()  # ids of torch.no_grad() & co. (call or decorator)
         self._folded_clips: set[int] = set()  # clip_grad_*_ calls in training loops: they move into the optimizer
+        self._checkpoints: checkpoints.Checkpoints | None = None
 
     def visit_Module(self, node: cst.Module) -> None:
+        self._analyze_training(node)
+        self._checkpoints = checkpoints.find_checkpoints(node, self.ctx) \
+            if any(self.mentions(word) for word in ("state_dict", "load_state_dict", "save")) else None
+
+    def _analyze_training(self, node: cst.Module) -> None:
         """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
         and how often each name is read (to know which forward results the rest of the file uses)."""
         self._reads = {}
@@ -231,14 +238,58 @@ class TrainingRewrite(ModuleRewrite):
         if qualified in ("torch.manual_seed", "torch.random.manual_seed") and not self.function_stack \
                 and original_node.args:
             self.ctx.seed = code_of(original_node.args[0].value)
+        checkpoint = self._checkpoint_call(qualified, original_node, updated_node)
+        if checkpoint is not None:
+            return checkpoint
         return super().leave_Call(original_node, updated_node)
+
+    def _converts_checkpoints(self) -> bool:
+        return True  # a subclass that writes checkpoints its own way says no
+
+    def _checkpoint_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.Call | None:
+        """torch.save / torch.load / load_state_dict of a checkpoint (porter/convert/checkpoints.py); None:
+        the call is not one of those."""
+        found = self._checkpoints
+        if found is None or not self._converts_checkpoints():
+            return None
+        owners = checkpoints.state_owners(self.ctx, found.models)
+        if qualified in checkpoints.SAVE and checkpoints.saves_owner_state(original, owners):
+            new, helper = checkpoints.convert_save(updated, owners), "save_pickle"
+            note = ("PT007", "torch.save -> save_pickle: the checkpoint is a pickle of numpy arrays (numpy_state: "
+                             "nnx.state as a pure dict), not a torch checkpoint: load_pickle reads it, torch.load "
+                             "does not (`porter weights` converts torch checkpoints)")
+        elif qualified in checkpoints.LOAD and id(original) in found.loads:
+            new, helper = checkpoints.convert_load(updated), "load_pickle"
+            note = ("PT007", "torch.load -> load_pickle: it reads the pickles save_pickle writes, not torch "
+                             "checkpoints (`porter weights` converts those); map_location has no counterpart: the "
+                             "arrays go to JAX's default device") if found.saves else \
+                ("PT005", "torch.load -> load_pickle: it reads checkpoints the converted code wrote (save_pickle), "
+                          "not torch checkpoints: convert one of those with `porter weights`")
+        elif checkpoints.copies_owner_state(original, owners):
+            new, helper, note = checkpoints.convert_copy(updated), "numpy_state", None
+        elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
+                and id(original) in self._statement_calls:
+            new, helper, note = checkpoints.convert_load_state_dict(updated), "load_numpy_state", None
+        else:
+            return None
+        if isinstance(new, str):
+            self.report("PT004", original, f"{new}; left unchanged")
+            return updated
+        self.ctx.need_helper(helper)
+        if helper == "save_pickle":
+            self.ctx.need_helper("numpy_state")
+        if note:
+            code, message = note
+            self.report(code, original, message)
+        self.record("checkpoint", original, new)
+        return new
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
         """`model.to(device)` as a statement: nothing left to do once placement is dropped. Neither for
         `optimizer.zero_grad()` outside loops: JAX gradients start from nothing."""
         statement = small(original_node)
         if self._loop_depth == 0 and m.matches(statement, ZERO_GRAD) \
-                and m.matches(statement.value.func.value, m.Name()) and self._is_optimizer(statement):
+                and any(self._zero_grad_of(original_node, info.name) for info in self.ctx.optimizers.values()):
             self.record("zero-grad", original_node, cst.Pass())
             return cst.RemoveFromParent()
         if isinstance(statement, cst.Expr) and m.matches(statement.value, m.Call(func=m.Attribute(
