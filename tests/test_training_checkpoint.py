@@ -230,3 +230,40 @@ def test_best_weights_snapshot_with_deepcopy_restores():
     assert np.array_equal(kernel, namespace["best"]["fc1"]["kernel"])
     # epoch 2 trained on, and the model went back
     assert not np.allclose(np.asarray(namespace["trained"]), np.asarray(namespace["restored"]))
+
+
+def test_fast_path_converts_checkpoints_as_the_plain_path():
+    # `best = copy.deepcopy(model.state_dict())` and `model.load_state_dict(ckpt["model"])` name no torch
+    # API: the prefilter must not skip them
+    from porter.convert.pipeline import _convert
+    source = "import copy\n" + NET + TRAIN + "start = 0\n" + EPOCHS + RESUME + "best = copy.deepcopy(model.state_dict())\n"
+    fast, plain = _convert(source, "c.py", fast=True), _convert(source, "c.py", fast=False)
+    assert "best = numpy_state(model)" in fast.code
+    assert (fast.code, fast.diagnostics) == (plain.code, plain.diagnostics)
+
+
+def test_state_dict_built_just_before_the_save_is_saved():
+    source = NET + TRAIN + "start = 0\n" + EPOCHS.replace(
+        '        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, path)',
+        '        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}\n'
+        '        torch.save(state, path)') + RESUME
+    conversion = convert_source(source, filename="c.py")
+    assert 'state = {"model": numpy_state(model), "optimizer": numpy_state(optimizer), "epoch": epoch}\n' \
+           '        save_pickle(state, path)' in conversion.code
+    assert not any(d.severity == "error" for d in conversion.diagnostics)
+
+
+def test_state_dict_built_long_before_the_save_stays_an_error():
+    # torch's state_dict() aliases the parameters: saved after more training, it holds the trained values
+    source = NET + TRAIN + textwrap.dedent("""\
+        state = {"model": model.state_dict()}
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        torch.save(state, path)
+        """)
+    conversion = convert_source(source, filename="c.py")
+    assert "torch.save(state, path)" in conversion.code and 'state = {"model": model.state_dict()}' in conversion.code
+    assert {"PT003", "PT040"} <= {d.code for d in conversion.diagnostics}

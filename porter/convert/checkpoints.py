@@ -44,10 +44,14 @@ class Checkpoints:
     models: set[str] = field(default_factory=set)  # names bound only to converted models
     loads: set[int] = field(default_factory=set)  # torch.load calls whose result goes into a load_state_dict()
     saves: bool = False  # a torch.save the rewrite converts (so the file reads back its own checkpoints)
+    # `state = {"model": model.state_dict(), ...}` right before `torch.save(state, path)`: those state_dict()
+    # calls (snapshots, as nothing runs in between) and that torch.save
+    snapshots: set[int] = field(default_factory=set)
+    saved_names: set[int] = field(default_factory=set)
 
 
 def find_checkpoints(module: cst.Module, ctx: ConversionContext) -> Checkpoints:
-    nodes = find_all(module, (cst.Assign, cst.Call, cst.Expr))
+    nodes = find_all(module, (cst.Assign, cst.Call, cst.Expr, cst.IndentedBlock))
     assigns = [a for a in nodes if type(a) is cst.Assign and len(a.targets) == 1
                and type(a.targets[0].target) is cst.Name]
     found = Checkpoints(models=_model_names(assigns, ctx))
@@ -65,9 +69,26 @@ def find_checkpoints(module: cst.Module, ctx: ConversionContext) -> Checkpoints:
                 sources.add(value.value)
     found.loads |= {id(a.value) for a in assigns if a.targets[0].target.value in sources
                     and type(a.value) is cst.Call and (ctx.qualified_name(a.value.func) or "") in LOAD}
-    found.saves = any(type(c) is cst.Call and (ctx.qualified_name(c.func) or "") in SAVE
-                      and saves_owner_state(c, owners) for c in nodes)
+    for block in [module, *(b for b in nodes if type(b) is cst.IndentedBlock)]:
+        for first, second in zip(block.body, block.body[1:]):
+            _find_saved_name(first, second, owners, ctx, found)
+    found.saves = bool(found.saved_names) or any(type(c) is cst.Call and (ctx.qualified_name(c.func) or "") in SAVE
+                                                 and saves_owner_state(c, owners) for c in nodes)
     return found
+
+
+def _find_saved_name(first: cst.BaseStatement, second: cst.BaseStatement, owners: set[str],
+                     ctx: ConversionContext, found: Checkpoints) -> None:
+    """`state = {... X.state_dict() ...}` then `torch.save(state, path)`."""
+    if not (m.matches(first, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())])]))
+            and m.matches(second, m.SimpleStatementLine([m.Expr(m.Call())]))):
+        return
+    assign, save = first.body[0], second.body[0].value
+    if (ctx.qualified_name(save.func) or "") in SAVE and save.args and save.args[0].keyword is None \
+            and m.matches(save.args[0].value, m.Name(assign.targets[0].target.value)) \
+            and saves_owner_state(assign.value, owners):
+        found.saved_names.add(id(save))
+        found.snapshots |= {id(c) for c in find_all(assign.value, cst.Call) if m.matches(c, STATE_DICT)}
 
 
 def state_owners(ctx: ConversionContext, models: set[str]) -> set[str]:
@@ -94,9 +115,11 @@ def _builds_a_model(value: cst.BaseExpression, ctx: ConversionContext) -> bool:
     return layer != qualified and "." not in layer and layer[:1].isupper() and qualified not in NOT_LAYERS
 
 
-def saves_owner_state(save: cst.Call, owners: set[str]) -> bool:
-    """Whether a torch.save call saves an owner's state_dict() and no other state_dict(), or an owner itself."""
-    if save.args and type(save.args[0].value) is cst.Name and save.args[0].value.value in owners:
+def saves_owner_state(save: cst.CSTNode, owners: set[str]) -> bool:
+    """Whether a torch.save call (or a value) holds an owner's state_dict() and no other state_dict(), or saves
+    an owner itself."""
+    if type(save) is cst.Call and save.args and type(save.args[0].value) is cst.Name \
+            and save.args[0].value.value in owners:
         return True
     calls = [c for c in find_all(save, cst.Call) if m.matches(c.func, m.Attribute(attr=m.Name("state_dict")))]
     return bool(calls) and all(m.matches(c, STATE_DICT) and c.func.value.value in owners for c in calls)
@@ -131,7 +154,11 @@ def copies_owner_state(call: cst.Call, owners: set[str]) -> bool:
 
 
 def convert_copy(call: cst.Call) -> cst.Call:
-    return cst.Call(cst.Name("numpy_state"), [cst.Arg(call.args[0].value.func.value)])
+    return convert_snapshot(call.args[0].value)
+
+
+def convert_snapshot(state_dict: cst.Call) -> cst.Call:
+    return cst.Call(cst.Name("numpy_state"), [cst.Arg(state_dict.func.value)])
 
 
 def convert_load(call: cst.Call) -> cst.Call | str:

@@ -253,7 +253,8 @@ class TrainingRewrite(ModuleRewrite):
         if found is None or not self._converts_checkpoints():
             return None
         owners = checkpoints.state_owners(self.ctx, found.models)
-        if qualified in checkpoints.SAVE and checkpoints.saves_owner_state(original, owners):
+        if qualified in checkpoints.SAVE and (checkpoints.saves_owner_state(original, owners)
+                                              or id(original) in found.saved_names):
             new, helper = checkpoints.convert_save(updated, owners), "save_pickle"
             note = ("PT007", "torch.save -> save_pickle: the checkpoint is a pickle of numpy arrays (numpy_state: "
                              "nnx.state as a pure dict), not a torch checkpoint: load_pickle reads it, torch.load "
@@ -265,6 +266,8 @@ class TrainingRewrite(ModuleRewrite):
                              "arrays go to JAX's default device") if found.saves else \
                 ("PT005", "torch.load -> load_pickle: it reads checkpoints the converted code wrote (save_pickle), "
                           "not torch checkpoints: convert one of those with `porter weights`")
+        elif id(original) in found.snapshots:
+            new, helper, note = checkpoints.convert_snapshot(updated), "numpy_state", None
         elif checkpoints.copies_owner_state(original, owners):
             new, helper, note = checkpoints.convert_copy(updated), "numpy_state", None
         elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
