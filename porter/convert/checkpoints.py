@@ -149,8 +149,8 @@ def convert_save(call: cst.Call, owners: set[str]) -> cst.Call | str:
 
 def copies_owner_state(call: cst.Call, owners: set[str]) -> bool:
     """`copy.deepcopy(X.state_dict())` of an owner (a snapshot, as numpy_state's is)."""
-    return code_of(call.func) in DEEPCOPY and len(call.args) == 1 and m.matches(call.args[0].value, STATE_DICT) \
-        and call.args[0].value.func.value.value in owners
+    return len(call.args) == 1 and m.matches(call.args[0].value, STATE_DICT) \
+        and call.args[0].value.func.value.value in owners and code_of(call.func) in DEEPCOPY
 
 
 def convert_copy(call: cst.Call) -> cst.Call:

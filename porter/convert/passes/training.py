@@ -424,8 +424,9 @@ class TrainingRewrite(ModuleRewrite):
         return None
 
     def _zero_grad_of(self, statement: cst.BaseStatement, optimizer: str) -> bool:
-        """`optimizer.zero_grad(...)` or `model.zero_grad(...)` of the model it trains (set_to_none or not: JAX's
-        gradients of parameters the loss does not reach are zeros either way)."""
+        """`optimizer.zero_grad(...)` or `model.zero_grad(...)` of the model it trains, set_to_none or not (a JAX
+        gradient is never None: set_to_none=True's skipping of parameters the loss does not reach is a
+        difference of every converted step, zero_grad or not)."""
         expression = small(statement)
         if not (m.matches(expression, ZERO_GRAD) and m.matches(expression.value.func.value, m.Name())):
             return False
