@@ -267,3 +267,11 @@ def test_state_dict_built_long_before_the_save_stays_an_error():
     conversion = convert_source(source, filename="c.py")
     assert "torch.save(state, path)" in conversion.code and 'state = {"model": model.state_dict()}' in conversion.code
     assert {"PT003", "PT040"} <= {d.code for d in conversion.diagnostics}
+
+
+def test_resuming_a_scheduled_optimizer_warns_about_the_scheduler():
+    source = NET + TRAIN + "scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2)\n" + RESUME
+    conversion = convert_source(source, filename="c.py")
+    assert 'load_numpy_state(optimizer, ckpt["optimizer"])' in conversion.code
+    [warning] = [d for d in conversion.diagnostics if d.code == "PT005" and "scheduler" in d.message]
+    assert warning.line == source.splitlines().index('optimizer.load_state_dict(ckpt["optimizer"])') + 1

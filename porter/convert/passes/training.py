@@ -273,6 +273,11 @@ class TrainingRewrite(ModuleRewrite):
         elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
                 and id(original) in self._statement_calls:
             new, helper, note = checkpoints.convert_load_state_dict(updated), "load_numpy_state", None
+            if any(i.name == original.func.value.value and i.scheduled for i in self.ctx.optimizers.values()):
+                note = ("PT005", f"{original.func.value.value} has a learning-rate scheduler: the rate comes back "
+                                 "from the checkpoint, but the converted scheduler keeps its own count of steps "
+                                 "and sets the rate from it at its next step() (torch's goes on from the loaded "
+                                 "rate): check the rates after resuming")
         else:
             return None
         if isinstance(new, str):
