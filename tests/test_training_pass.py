@@ -482,3 +482,13 @@ def test_scheduled_script_uses_torch_s_rate_at_every_optimizer_step(optimizer, s
     np.testing.assert_allclose(jax_ns["losses"], torch_ns["losses"], rtol=2e-5)
     applied = float(jax_ns["optimizer"].opt_state.hyperparams["learning_rate"][...])
     assert applied == pytest.approx(torch_ns["optimizer"].param_groups[0]["lr"], rel=1e-6)
+
+
+def test_fixture_project_loops_convert_with_zero_grad_between_forward_and_backward():
+    """Issue 18's repro in its fixture project: both scripts' loops used to stay (PT010, half converted)."""
+    from pathlib import Path
+    project = Path(__file__).resolve().parent.parent / "fixtures" / "scripts" / "project"
+    for name in ("train.py", "train_encoder.py"):
+        conversion = convert_source((project / name).read_text(), filename=name)
+        assert "PT010" not in {d.code for d in conversion.diagnostics}, name
+        assert "= train_step_fast(" in conversion.code and ".backward()" not in conversion.code, name
