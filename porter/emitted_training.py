@@ -1,7 +1,8 @@
 """Training helpers that porter copies, as source text, into converted files:
 losses with torch's semantics, the few optimizers whose optax alias does not
-follow torch's update rule, gradient clipping, parameter groups, and
-learning-rate schedulers that step like torch's.
+follow torch's update rule, gradient clipping, parameter groups,
+learning-rate schedulers that step like torch's, and checkpoints of model and
+optimizer state (torch.save / torch.load of state dicts).
 
 Same contract as ``porter/emitted.py`` (which re-exports every name in
 ``DEPENDS``): each helper is a self-contained top-level definition that uses
@@ -10,11 +11,14 @@ Converted code never imports porter.
 """
 
 import math
+import pickle
 import weakref
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
 
 # ---------------------------------------------------------------------------
 # Losses: torch.nn.functional / torch.nn loss semantics (reductions, weights,
@@ -691,13 +695,86 @@ class ReduceLROnPlateau(LRScheduler):
             self.num_bad_epochs = 0
 
 
+# ---------------------------------------------------------------------------
+# Checkpoints: what torch.save / torch.load do with state dicts, as a pickle of
+# numpy arrays (nnx.state as a pure dict), the format flax's own guides use.
+
+
+def numpy_state(module):
+    """torch's ``model.state_dict()`` / ``optimizer.state_dict()`` for an nnx.Module or nnx.Optimizer:
+    its ``nnx.state`` as a nested dict of numpy arrays, copied to the host (a snapshot, picklable).
+    Random-number state is left out, as torch's state_dict leaves its generator out."""
+    return jax.device_get(nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.RngState))))
+
+
+def load_numpy_state(module, state):
+    """torch's ``model.load_state_dict(state)`` (strict) for a dict ``numpy_state`` made: every entry
+    must be there with its shape, and nothing else."""
+    current = nnx.state(module, nnx.Not(nnx.RngState))
+
+    def shapes(tree):
+        return {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+    expected, given = shapes(nnx.to_pure_dict(current)), shapes(state)
+    if expected != given:
+        missing = sorted(set(expected) - set(given))
+        unexpected = sorted(set(given) - set(expected))
+        resized = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+        raise ValueError(f"state does not fit {type(module).__name__}: missing {missing}, unexpected {unexpected}, "
+                         f"other shapes {resized} (a torch state_dict loads with porter.load_torch_state_dict)")
+    nnx.replace_by_pure_dict(current, jax.tree.map(jnp.asarray, state))
+    nnx.update(module, current)
+
+
+def save_pickle(obj, f):
+    """``torch.save(obj, f)`` for checkpoints of converted code: ``obj`` (dicts of ``numpy_state``
+    results, numbers, strings, ...) pickled, JAX arrays in it copied to numpy. The file is not a torch
+    checkpoint: ``load_pickle`` reads it, torch.load does not."""
+    obj = jax.device_get(obj)
+    if hasattr(f, "write"):
+        pickle.dump(obj, f)
+        return
+    with open(f, "wb") as file:
+        pickle.dump(obj, file)
+
+
+class NumpyUnpickler(pickle.Unpickler):
+    """Unpickles containers, numbers, strings and numpy arrays only: torch.load's ``weights_only=True``."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or module in ("numpy.dtypes", "ml_dtypes"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not loaded with weights_only=True (only containers, "
+                                     "numbers, strings and arrays are): pass weights_only=False for a file you trust")
+
+
+def load_pickle(f, weights_only=True):
+    """``torch.load(f)`` for a file ``save_pickle`` wrote. A torch checkpoint is not one: convert it with
+    ``porter weights`` (or load its state_dict with porter.load_torch_state_dict)."""
+    file = f if hasattr(f, "read") else open(f, "rb")
+    try:
+        if file.read(4) == b"PK\x03\x04":
+            raise ValueError(f"{f} is a torch checkpoint (torch.save's zip format), not a pickle save_pickle wrote: "
+                             "convert it with `porter weights`")
+        file.seek(0)
+        return (NumpyUnpickler(file) if weights_only else pickle.Unpickler(file)).load()
+    finally:
+        if file is not f:
+            file.close()
+
+
 __all__ = [
     "reduce_loss", "cross_entropy_loss", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "cosine_embedding_loss",
     "adagrad_torch", "nadam_torch", "radam_torch", "clip_by_global_norm_torch", "param_group_labels",
     "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
     "CosineAnnealingLR", "LambdaLR", "MultiplicativeLR", "SequentialLR", "CosineAnnealingWarmRestarts",
-    "OneCycleLR", "ReduceLROnPlateau",
+    "OneCycleLR", "ReduceLROnPlateau", "numpy_state", "load_numpy_state", "save_pickle", "NumpyUnpickler",
+    "load_pickle",
 ]
 
 _SCHEDULERS = ("StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
@@ -724,4 +801,9 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "LRScheduler": (),
     **{name: ("LRScheduler",) for name in _SCHEDULERS},
     "ReduceLROnPlateau": ("LRScheduler",),
+    "numpy_state": (),
+    "load_numpy_state": (),
+    "save_pickle": (),
+    "NumpyUnpickler": (),
+    "load_pickle": ("NumpyUnpickler",),
 }

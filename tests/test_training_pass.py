@@ -5,6 +5,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from porter import convert_source, load_torch_state_dict
@@ -306,3 +307,188 @@ def test_gan_two_models_two_optimizers_is_reported_by_name():
     [d] = [d for d in c.diagnostics if d.code == "PT010"]
     assert d.line == 8 and "several optimizers step in one loop (opt_d, opt_g" in d.message
     assert "loss_g.backward()" in c.code
+
+
+# ----------------------------------------------------------------------------
+# zero_grad() where people write it: between forward and backward, set_to_none, the model's
+
+SHAPED_LOOP = """\
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+losses = []
+for x, y in batches:
+{body}
+    losses.append(loss.item())
+"""
+
+
+def errors(conversion):
+    return [d.format() for d in conversion.diagnostics if d.severity != "info"]
+
+
+def losses_of_both(source: str, batch_count: int = 20):
+    """Per-step losses of `source` run with torch and converted, from the same initial weights."""
+    conversion, torch_ns, jax_ns = run_both(source, batch_count)
+    return conversion, torch_ns["losses"], jax_ns["losses"]
+
+
+def run_both(source: str, batch_count: int = 20):
+    """`source` run with torch and converted, from the same initial weights: (conversion, namespaces)."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((6, 4)).astype(np.float32) for _ in range(batch_count)]
+    batches = [(x, x[:, :3].argmax(1)) for x in inputs]  # labels it can learn
+    torch_ns = {"batches": [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]}
+    exec(compile(source, "torch.py", "exec"), torch_ns)
+    torch.manual_seed(0)
+    initial = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).state_dict()
+    conversion = convert_source(source, filename="train.py")
+    code = conversion.code.replace("optimizer = nnx.Optimizer(", "load_torch_state_dict(model, initial)\n"
+                                                                 "optimizer = nnx.Optimizer(")
+    jax_ns = {"batches": batches, "load_torch_state_dict": load_torch_state_dict, "initial": initial}
+    exec(compile(code, "converted.py", "exec"), jax_ns)
+    return conversion, torch_ns, jax_ns
+
+
+@pytest.mark.parametrize("body", [
+    # zero_grad between the forward pass and backward(), the fixture project's shape
+    "    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n    optimizer.zero_grad()\n"
+    "    loss.backward()\n    optimizer.step()",
+    "    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n    optimizer.zero_grad(set_to_none=True)\n"
+    "    loss.backward()\n    optimizer.step()",
+    "    optimizer.zero_grad(set_to_none=True)\n    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n"
+    "    loss.backward()\n    optimizer.step()",
+    "    model.zero_grad()\n    loss = F.cross_entropy(model(x), y)\n    loss.backward()\n    optimizer.step()",
+    "    loss = F.cross_entropy(model(x), y)\n    model.zero_grad(set_to_none=False)\n    loss.backward()\n"
+    "    optimizer.step()",
+    # a statement before the forward pass stays in the loop; zero_grad() in the middle is skipped
+    "    y = y.long()\n    logits = model(x)\n    loss = F.cross_entropy(logits, y)\n    optimizer.zero_grad()\n"
+    "    loss.backward()\n    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)\n    optimizer.step()",
+    # placement after zero_grad() rebinds the batch: it stays in the loop (it made an UnboundLocalError)
+    "    optimizer.zero_grad()\n    x, y = x.to('cpu'), y.to('cpu')\n    loss = F.cross_entropy(model(x), y)\n"
+    "    loss.backward()\n    optimizer.step()",
+], ids=["between", "between-set-to-none", "before-set-to-none", "model-before", "model-between", "clipped",
+        "placement-after-zero-grad"])
+def test_zero_grad_anywhere_before_backward_trains_like_torch(body):
+    conversion, torch_losses, jax_losses = losses_of_both(SHAPED_LOOP.format(body=body))
+    assert errors(conversion) == []
+    assert "zero_grad" not in conversion.code and "backward" not in conversion.code
+    assert "loss = train_step_fast(" in conversion.code
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
+    assert torch_losses[-1] < torch_losses[0] - 0.1  # it trained
+
+
+def test_zero_grad_outside_loops_goes_for_the_optimizer_and_its_model():
+    c = convert("""
+        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad()
+        other = nn.Linear(2, 2)
+        other.zero_grad()
+        """)
+    assert "optimizer.zero_grad" not in c.code and "model.zero_grad" not in c.code
+    assert "other.zero_grad()" in c.code and "PT040" in codes(c)
+
+
+def test_zero_grad_between_backward_and_step_is_reported():
+    # it zeroes what step() reads: not the same training, so the loop stays as it is
+    c = convert("""
+        for x, y in batches:
+            loss = model(x).sum()
+            loss.backward()
+            optimizer.zero_grad()
+            optimizer.step()
+        """)
+    assert "PT010" in codes(c) and "loss.backward()" in c.code
+
+
+def test_zero_grad_of_another_model_stays_in_the_forward_and_is_reported():
+    c = convert("""
+        other = nn.Linear(4, 2)
+        for x, y in batches:
+            loss = model(x).sum()
+            other.zero_grad()
+            loss.backward()
+            optimizer.step()
+        """)
+    assert "PT010" in codes(c) and "loss.backward()" in c.code
+
+
+@pytest.mark.parametrize("body", [
+    # zeroed before each backward(): the step every 3 batches sees the last batch's gradient only
+    "    optimizer.zero_grad()\n    loss = F.cross_entropy(model(x), y)\n    loss.backward()\n"
+    "    if (len(losses) + 1) % 3 == 0:\n        optimizer.step()",
+    "    loss = F.cross_entropy(model(x), y) / 3\n    loss.backward()\n"
+    "    if (len(losses) + 1) % 3 == 0:\n        optimizer.step()\n        model.zero_grad(set_to_none=True)",
+    "    loss = F.cross_entropy(model(x), y)\n    optimizer.zero_grad()\n    loss.backward()\n"
+    "    if (len(losses) + 1) % 3 == 0:\n        optimizer.step()",
+], ids=["zeroed-before", "accumulated-model-zero-grad", "zeroed-between"])
+def test_accumulation_zero_grad_placements_train_like_torch(body):
+    conversion, torch_losses, jax_losses = losses_of_both(SHAPED_LOOP.format(body=body), batch_count=30)
+    assert errors(conversion) == []
+    assert "zero_grad" not in conversion.code and "apply_grads_fast(grads)" in conversion.code
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-5)
+    assert torch_losses[-1] != torch_losses[0]
+
+
+# ----------------------------------------------------------------------------
+# Learning-rate schedulers in scripts: the rate each optimizer step uses, as torch's
+
+SCHEDULED = """\
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+optimizer = torch.optim.{optimizer}
+scheduler = torch.optim.lr_scheduler.{scheduler}
+losses, lrs = [], []
+for epoch in range(6):
+    model.train()
+    for x, y in batches:
+        lrs.append(scheduler.get_last_lr()[0])
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+{per_batch}        losses.append(loss.item())
+{per_epoch}"""
+
+
+@pytest.mark.parametrize("optimizer,scheduler,every", [
+    # fixtures/scripts/project/train_encoder.py's: StepLR stepped once an epoch
+    ("Adam(model.parameters(), lr=1e-2)", "StepLR(optimizer, step_size=2, gamma=0.5)", "epoch"),
+    ("SGD(model.parameters(), lr=0.5)", "StepLR(optimizer, step_size=2, gamma=0.5)", "epoch"),
+    # train.py's cosine: once a batch over the whole run, once an epoch, and past T_max
+    ("AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)", "CosineAnnealingLR(optimizer, T_max=24)", "batch"),
+    ("SGD(model.parameters(), lr=0.5, momentum=0.9)", "CosineAnnealingLR(optimizer, T_max=6, eta_min=0.01)",
+     "epoch"),
+    ("SGD(model.parameters(), lr=0.5)", "CosineAnnealingLR(optimizer, T_max=10)", "batch"),
+], ids=["steplr-adam-epoch", "steplr-sgd-epoch", "cosine-adamw-batch", "cosine-sgd-epoch", "cosine-past-tmax"])
+def test_scheduled_script_uses_torch_s_rate_at_every_optimizer_step(optimizer, scheduler, every):
+    source = SCHEDULED.format(optimizer=optimizer, scheduler=scheduler,
+                              per_batch="        scheduler.step()\n" if every == "batch" else "",
+                              per_epoch="    scheduler.step()\n" if every == "epoch" else "")
+    conversion, torch_ns, jax_ns = run_both(source, batch_count=4)
+    assert errors(conversion) == [] and "loss = train_step_fast(" in conversion.code
+    assert len(jax_ns["lrs"]) == 24 and len(set(torch_ns["lrs"])) > 2
+    np.testing.assert_allclose(jax_ns["lrs"], torch_ns["lrs"], rtol=1e-6)
+    # the rate the jitted step applies is the scheduler's: the losses follow torch's step by step
+    np.testing.assert_allclose(jax_ns["losses"], torch_ns["losses"], rtol=2e-5)
+    applied = float(jax_ns["optimizer"].opt_state.hyperparams["learning_rate"][...])
+    assert applied == pytest.approx(torch_ns["optimizer"].param_groups[0]["lr"], rel=1e-6)
+
+
+def test_fixture_project_loops_convert_with_zero_grad_between_forward_and_backward():
+    """Issue 18's repro in its fixture project: both scripts' loops used to stay (PT010, half converted)."""
+    from pathlib import Path
+    project = Path(__file__).resolve().parent.parent / "fixtures" / "scripts" / "project"
+    for name in ("train.py", "train_encoder.py"):
+        conversion = convert_source((project / name).read_text(), filename=name)
+        assert "PT010" not in {d.code for d in conversion.diagnostics}, name
+        assert "= train_step_fast(" in conversion.code and ".backward()" not in conversion.code, name

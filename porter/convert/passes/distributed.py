@@ -464,6 +464,9 @@ class DistributedRewrite(TrainingRewrite):
                                        "times that average, so the optimizer divides it first")
         return self._changed("ddp-gradient-average", original, optimizer.with_changes(args=args))
 
+    def _converts_checkpoints(self) -> bool:
+        return not self.dist.active  # torch.save -> save_checkpoint (Orbax), written by every process
+
     def _state_owners(self) -> set[str]:
         return self.dist.models | {i.name for i in self.ctx.optimizers.values()}
 

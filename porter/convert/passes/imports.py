@@ -26,6 +26,7 @@ NEEDED_IMPORTS = [
     ("import optax", re.compile(r"\boptax\.")),
     ("import einops", re.compile(r"\beinops\.")),  # einops.layers.torch layers become einops functions
     ("import weakref", re.compile(r"\bweakref\.")),  # porter/emitted_training.py's schedulers
+    ("import pickle", re.compile(r"\bpickle\.")),  # porter/emitted_training.py's checkpoints
     # what porter/emitted_distributed.py's helpers use
     ("import os", re.compile(r"\bos\.")),
     ("import numpy as np", re.compile(r"\bnp\.")),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import checkpoints
 from porter.convert.context import OptimizerInfo, code_of
 from porter.convert.traverse import find_all
 from porter.convert.passes.modules import ModuleRewrite
@@ -133,7 +134,7 @@ class AccumulationNames:
 
 class TrainingRewrite(ModuleRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", *PLACEMENT_METHODS})
+    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", "state_dict", "load_state_dict", *PLACEMENT_METHODS})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
@@ -143,8 +144,14 @@ class TrainingRewrite(ModuleRewrite):
         self._step_names: set[str] = set()
         self._grad_contexts: set[int] = set()  # ids of torch.no_grad() & co. (call or decorator)
         self._folded_clips: set[int] = set()  # clip_grad_*_ calls in training loops: they move into the optimizer
+        self._checkpoints: checkpoints.Checkpoints | None = None
 
     def visit_Module(self, node: cst.Module) -> None:
+        self._analyze_training(node)
+        self._checkpoints = checkpoints.find_checkpoints(node, self.ctx) \
+            if any(self.mentions(word) for word in ("state_dict", "load_state_dict", "save")) else None
+
+    def _analyze_training(self, node: cst.Module) -> None:
         """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
         and how often each name is read (to know which forward results the rest of the file uses)."""
         self._reads = {}
@@ -231,14 +238,66 @@ class TrainingRewrite(ModuleRewrite):
         if qualified in ("torch.manual_seed", "torch.random.manual_seed") and not self.function_stack \
                 and original_node.args:
             self.ctx.seed = code_of(original_node.args[0].value)
+        checkpoint = self._checkpoint_call(qualified, original_node, updated_node)
+        if checkpoint is not None:
+            return checkpoint
         return super().leave_Call(original_node, updated_node)
+
+    def _converts_checkpoints(self) -> bool:
+        return True  # a subclass that writes checkpoints its own way says no
+
+    def _checkpoint_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.Call | None:
+        """torch.save / torch.load / load_state_dict of a checkpoint (porter/convert/checkpoints.py); None:
+        the call is not one of those."""
+        found = self._checkpoints
+        if found is None or not self._converts_checkpoints():
+            return None
+        owners = checkpoints.state_owners(self.ctx, found.models)
+        if qualified in checkpoints.SAVE and (checkpoints.saves_owner_state(original, owners)
+                                              or id(original) in found.saved_names):
+            new, helper = checkpoints.convert_save(updated, owners), "save_pickle"
+            note = ("PT007", "torch.save -> save_pickle: the checkpoint is a pickle of numpy arrays (numpy_state: "
+                             "nnx.state as a pure dict), not a torch checkpoint: load_pickle reads it, torch.load "
+                             "does not (`porter weights` converts torch checkpoints)")
+        elif qualified in checkpoints.LOAD and id(original) in found.loads:
+            new, helper = checkpoints.convert_load(updated), "load_pickle"
+            note = ("PT007", "torch.load -> load_pickle: it reads the pickles save_pickle writes, not torch "
+                             "checkpoints (`porter weights` converts those); map_location has no counterpart: the "
+                             "arrays go to JAX's default device") if found.saves else \
+                ("PT005", "torch.load -> load_pickle: it reads checkpoints the converted code wrote (save_pickle), "
+                          "not torch checkpoints: convert one of those with `porter weights`")
+        elif id(original) in found.snapshots:
+            new, helper, note = checkpoints.convert_snapshot(updated), "numpy_state", None
+        elif checkpoints.copies_owner_state(original, owners):
+            new, helper, note = checkpoints.convert_copy(updated), "numpy_state", None
+        elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
+                and id(original) in self._statement_calls:
+            new, helper, note = checkpoints.convert_load_state_dict(updated), "load_numpy_state", None
+            if any(i.name == original.func.value.value and i.scheduled for i in self.ctx.optimizers.values()):
+                note = ("PT005", f"{original.func.value.value} has a learning-rate scheduler: the rate comes back "
+                                 "from the checkpoint, but the converted scheduler keeps its own count of steps "
+                                 "and sets the rate from it at its next step() (torch's goes on from the loaded "
+                                 "rate): check the rates after resuming")
+        else:
+            return None
+        if isinstance(new, str):
+            self.report("PT004", original, f"{new}; left unchanged")
+            return updated
+        self.ctx.need_helper(helper)
+        if helper == "save_pickle":
+            self.ctx.need_helper("numpy_state")
+        if note:
+            code, message = note
+            self.report(code, original, message)
+        self.record("checkpoint", original, new)
+        return new
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
         """`model.to(device)` as a statement: nothing left to do once placement is dropped. Neither for
         `optimizer.zero_grad()` outside loops: JAX gradients start from nothing."""
         statement = small(original_node)
         if self._loop_depth == 0 and m.matches(statement, ZERO_GRAD) \
-                and m.matches(statement.value.func.value, m.Name()) and self._is_optimizer(statement):
+                and any(self._zero_grad_of(original_node, info.name) for info in self.ctx.optimizers.values()):
             self.record("zero-grad", original_node, cst.Pass())
             return cst.RemoveFromParent()
         if isinstance(statement, cst.Expr) and m.matches(statement.value, m.Call(func=m.Attribute(
@@ -316,9 +375,9 @@ class TrainingRewrite(ModuleRewrite):
         backward, step = backwards[0], steps[0]
         optimizer = small(body[step]).value.func.value.value
         model = next((info.model for info in self.ctx.optimizers.values() if info.name == optimizer), None)
-        zero_grads = [i for i, s in enumerate(body) if m.matches(small(s), ZERO_GRAD)]
-        start = max([i + 1 for i in zero_grads if i < backward], default=self._forward_start(body, backward))
-        forward = body[start:backward]
+        # zero_grad() between backward() and step() would zero what step() reads: left in place, reported below
+        zero_grads = [i for i, s in enumerate(body) if self._zero_grad_of(s, optimizer) and not backward < i < step]
+        first, forward = self._forward_span(body, backward, zero_grads)
         problem = model is None and f"the model that {optimizer} trains is not known (expected "\
                                     f"{optimizer} = torch.optim.X(model.parameters(), ...))"
         problem = problem or self._forward_problem(forward)
@@ -331,7 +390,6 @@ class TrainingRewrite(ModuleRewrite):
             self.report("PT010", original, "statements between backward() and step() other than gradient "
                                            "clipping; training loop left unchanged")
             return None
-        first = min([start, *[i for i in zero_grads if i < backward]])
         return TrainingLoop(optimizer, model, forward, objective, first, step, removed)
 
     # --------------------------------------------------------------------
@@ -351,8 +409,7 @@ class TrainingRewrite(ModuleRewrite):
         optimizer = next(self._optimizer_step(t) for t in body[guarded[0]].body.body if self._optimizer_step(t))
         model = next((i.model for i in self.ctx.optimizers.values() if i.name == optimizer), None)
         zero_grads = [i for i, s in enumerate(body) if self._zero_grad_of(s, optimizer)]
-        start = max([i + 1 for i in zero_grads if i < backward], default=self._forward_start(body, backward))
-        forward = body[start:backward]
+        first, forward = self._forward_span(body, backward, zero_grads)
         problem = self._forward_problem(forward)
         if any(self._is_clip(s) for s in body):
             problem = "gradient clipping after each backward() (it clips the running sum; porter converts " \
@@ -360,8 +417,7 @@ class TrainingRewrite(ModuleRewrite):
         if problem:
             self.report("PT010", original, f"gradient accumulation loop left unchanged: {problem}")
             return LEFT_UNCHANGED
-        loop = TrainingLoop(optimizer, model, forward, small(body[backward]).value.func.value,
-                            min([start, *[i for i in zero_grads if i < backward]]), backward,
+        loop = TrainingLoop(optimizer, model, forward, small(body[backward]).value.func.value, first, backward,
                             removed=set(zero_grads))
         return Accumulation(loop, guarded[0])
 
@@ -373,8 +429,15 @@ class TrainingRewrite(ModuleRewrite):
         return None
 
     def _zero_grad_of(self, statement: cst.BaseStatement, optimizer: str) -> bool:
+        """`optimizer.zero_grad(...)` or `model.zero_grad(...)` of the model it trains, set_to_none or not (a JAX
+        gradient is never None: set_to_none=True's skipping of parameters the loss does not reach is a
+        difference of every converted step, zero_grad or not)."""
         expression = small(statement)
-        return m.matches(expression, ZERO_GRAD) and m.matches(expression.value.func.value, m.Name(optimizer))
+        if not (m.matches(expression, ZERO_GRAD) and m.matches(expression.value.func.value, m.Name())):
+            return False
+        owner = expression.value.func.value.value
+        return owner == optimizer or any(info.name == optimizer and info.model == owner
+                                         for info in self.ctx.optimizers.values())
 
     def _convert_accumulation(self, original: cst.For, updated: cst.For, accumulation: Accumulation) -> cst.For:
         loop = accumulation.loop
@@ -392,8 +455,11 @@ class TrainingRewrite(ModuleRewrite):
         new_body = []
         for i, statement in enumerate(body):
             if i == loop.first:
-                call = self._accumulate_call(names, batch, outputs)
-                new_body.append(call.with_changes(leading_lines=statement.leading_lines))
+                call = self._accumulate_call(names, batch, outputs).with_changes(leading_lines=statement.leading_lines)
+                if any(j < loop.last for j in loop.removed):  # zeroed before each backward(): only this batch's
+                    new_body.append(cst.parse_statement(zero).with_changes(leading_lines=statement.leading_lines))
+                    call = call.with_changes(leading_lines=[])
+                new_body.append(call)
             if i in loop.removed and i > loop.last:
                 new_body.append(cst.parse_statement(zero).with_changes(leading_lines=statement.leading_lines))
             elif i == accumulation.guard:
@@ -477,12 +543,27 @@ class TrainingRewrite(ModuleRewrite):
         targets = ", ".join([*(outputs or ["_"]), names.grads])
         return cst.parse_statement(f"{targets} = {names.accumulate}_fast({args})\n")
 
-    def _forward_start(self, body, backward: int) -> int:
-        """Without a zero_grad before it, the forward pass is the run of assignments before backward()."""
-        start = backward
-        while start > 0 and isinstance(small(body[start - 1]), (cst.Assign, cst.AugAssign, cst.AnnAssign)):
+    def _forward_span(self, body, backward: int, zero_grads: list[int]) -> tuple[int, list[cst.BaseStatement]]:
+        """(the index of the first statement the step call replaces, the forward pass). The forward pass is what
+        follows the last zero_grad() that precedes it, else the run of assignments before backward(); a
+        zero_grad() between the forward pass and backward() (as common as before it) is skipped over. Leading
+        statements that rebind a name before the rest reads it (`x = x.to(device)`, `y = y.long()`) stay in the
+        loop: inside the loss function they would read a local not yet assigned."""
+        before = [i for i in zero_grads if i < backward]
+        leading = [i for i in before if any(j not in before for j in range(i + 1, backward))]
+        start = max(leading) + 1 if leading else backward
+        while not leading and start > 0 and (start - 1 in before or isinstance(
+                small(body[start - 1]), (cst.Assign, cst.AugAssign, cst.AnnAssign))):
             start -= 1
-        return start
+        def forward_from(index: int) -> list[cst.BaseStatement]:
+            return [body[i] for i in range(index, backward) if i not in before]
+
+        while start < backward and _reads_before_rebinding(forward_from(start)):
+            start += 1
+        first = start
+        while first - 1 in before:
+            first -= 1
+        return first, forward_from(start)
 
     def _forward_problem(self, forward: list[cst.BaseStatement]) -> str | None:
         for statement in forward:
@@ -600,6 +681,16 @@ def _model_of_params(call: cst.Call) -> str | None:
     except ImportError:
         return None
     return model_of_params(call)
+
+
+def _reads_before_rebinding(statements: list[cst.BaseStatement]) -> bool:
+    """Whether a name is read before the statements assign it, and then assigned by them."""
+    assigned, free = set(), set()
+    for statement in statements:
+        names = names_in(statement)
+        free |= set(names.loaded) - assigned
+        assigned |= set(names.assigned)
+    return bool(free & assigned)
 
 
 def stop_gradients(body: list[cst.BaseStatement]) -> list[cst.BaseStatement] | None:
