@@ -8,6 +8,7 @@ from typing import Iterable
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import data_side
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
@@ -259,6 +260,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         return f"{module}.{rest}" if rest and module else module
 
     def leave_Module(self, original_node: cst.Module) -> None:
+        self._note_data_side(original_node)
         for name, node in self.used_names.items():
             if name in self.bound_names:
                 continue
@@ -270,6 +272,24 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 f"'{name}' is used but never imported; assumed `import {qualified} as {name}`"
                 if name != "torch" else "'torch' is used but never imported; assumed `import torch`",
             )
+
+
+    def _note_data_side(self, module: cst.Module) -> None:
+        """What feeds torch.utils.data stays torch (porter/convert/data_side.py): PT011 says so once."""
+        if not self._index.mentions("data"):  # torch.utils.data, imported or not
+            return
+        data = self.ctx.data_side = data_side.analyse(module, self.ctx)
+        if data is None:
+            return
+        message = "torch's data loading and seeding are kept: the same batches in the same order as the original"
+        if data.tensors:
+            drawn = ", drawn from torch's global generator: the very same numbers as the original" \
+                if data.draws else ""
+            message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
+        if data.boundaries:
+            message += "; each batch or tensor of it becomes a jax array where it meets the converted code " \
+                       "(jnp.asarray)"
+        self.ctx.report("PT011", *self._index.start(data.first), message)
 
 
 # in-place random fills of a tensor (`t.uniform_(-s, s)`): a function doing one on a name needs rngs
