@@ -18,8 +18,11 @@ moves into its jitted step gets its batches converted at the step's call instead
 
 from __future__ import annotations
 
+import ast
+import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import libcst as cst
 import libcst.matchers as m
@@ -43,9 +46,9 @@ NOT_TENSOR_FUNCTIONS = frozenset({"torch.device", "torch.Generator", "torch.manu
                                   "torch.iinfo", "torch.get_default_dtype", "torch.is_tensor", "torch.numel",
                                   "torch.Size", "torch.seed", "torch.initial_seed", "torch.load", "torch.save"})
 # torch values the converted code computes as well: the data side does not keep them (`rank = dist.get_rank()`
-# given to a DistributedSampler becomes jax.process_index())
+# given to a DistributedSampler becomes jax.process_index()). A torch.device the data is moved to stays torch's.
 CONVERTED_PREFIXES = ("torch.distributed.", "torch.cuda.", "torch.backends.", "torch.nn.", "torch.optim.",
-                      "torch.device", "torch.set_default_")
+                      "torch.set_default_")
 # placement methods: converted, `x.to(device)` is x (porter/convert/devices.py)
 PLACEMENT = frozenset({"to", "cuda", "cpu"})
 # iterating one of these over a loader yields its batches
@@ -243,12 +246,11 @@ class _Analysis:
                     self._mark(scope, unit, work)
 
     def _converted(self, value: cst.BaseExpression) -> bool:
-        """A value the converted code computes (a rank, a device, the model): not the data's to keep."""
-        for call in find_all(value, cst.Call):
-            if (self.ctx.qualified_name(call.func) or "").startswith(CONVERTED_PREFIXES) \
-                    or isinstance(call.func, cst.Name) and call.func.value in self.ctx.module_classes:
-                return True
-        return False
+        """A value the converted code computes (a rank, the model): not the data's to keep."""
+        if isinstance(value, cst.Call) and (self.ctx.qualified_name(value.func) or "").startswith(CONVERTED_PREFIXES):
+            return True
+        return any(isinstance(call.func, cst.Name) and call.func.value in self.ctx.module_classes
+                   for call in find_all(value, cst.Call))
 
     def _mark(self, scope: _Scope, unit: _Unit, work: list) -> None:
         """The statement stays torch, and so does what it reads."""
@@ -552,7 +554,9 @@ class _Boundaries:
             self.expression(func.value, env, func.attr.value not in NEUTRAL_MEMBERS)
         else:
             self.expression(func, env, False)
-        neutral = isinstance(func, cst.Name) and func.value in NEUTRAL_CALLS
+        neutral = isinstance(func, cst.Name) and (func.value in NEUTRAL_CALLS or func.value in _emitted_names()) \
+            or isinstance(func, cst.Attribute) and _base(func) is not None \
+            and _base(func).value in self.analysis.ctx.bound_imports  # np.mean(y), jnp.asarray(x)
         for arg in node.args:
             self.expression(arg.value, env, not neutral and not arg.star)
 
@@ -570,6 +574,17 @@ class _Boundaries:
             self.expression(node.value, inner, wrap)
         else:
             self.expression(node.elt, inner, wrap)
+
+
+@functools.cache
+def _emitted_names() -> frozenset[str]:
+    """The helpers porter emits (porter/emitted*.py): they take host arrays, torch's included (`shard_batch`),
+    so converting a converted file again changes nothing. Read from their source: importing them imports jax."""
+    names = set()
+    for path in Path(__file__).parent.parent.glob("emitted*.py"):
+        names |= {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body
+                  if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    return frozenset(names)
 
 
 # helpers on nodes --------------------------------------------------------------------------------------------

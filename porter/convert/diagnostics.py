@@ -47,7 +47,9 @@ CODES: dict[str, Code] = {
              "the forward pass as plain assignments; write the train_step by hand for other shapes."),
         Code("PT011", Severity.INFO, "torch kept for data loading",
              "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
-             "original; batches become jax arrays at the train_step call. Swap in a numpy or grain loader "
+             "original. What feeds it stays torch too (the tensors built for it, edited in place, drawn from "
+             "torch's generator: the original's numbers); batches and those tensors become jax arrays where "
+             "they meet the converted code (jnp.asarray, the train_step call). Swap in a numpy or grain loader "
              "to drop torch."),
         Code("PT020", Severity.INFO, "distributed training mapped to JAX's runtime",
              "One JAX process per host drives all of that host's devices; a Mesh made current with "

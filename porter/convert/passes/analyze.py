@@ -287,8 +287,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 if data.draws else ""
             message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
         if data.boundaries:
-            message += "; each batch or tensor of it becomes a jax array where it meets the converted code " \
-                       "(jnp.asarray)"
+            message += "; its batches become jax arrays where they meet the converted code"
         self.ctx.report("PT011", *self._index.start(data.first), message)
 
 
