@@ -255,3 +255,32 @@ def test_a_rank_given_to_a_sampler_is_the_converted_code_s():
         """))
     assert "rank = jax.process_index()" in conversion.code
     assert "data = torch.randn(16, 4)" in conversion.code
+
+
+def test_batches_moved_to_a_device_cast_or_taken_with_next_match_torch():
+    torch_ns, jax_ns, conversion = run_both("""\
+        import torch
+        import torch.nn as nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(0)
+        images = torch.randn(32, 4).to(device)
+        labels = torch.randint(0, 3, (32,), device=device)
+        loader = DataLoader(TensorDataset(images, labels), batch_size=8)
+        model = nn.Linear(4, 3)
+        results = []
+        with torch.no_grad():
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                if (y == 0).any():
+                    results.append((model(x).argmax(1) == y).float().sum().item())
+                results.append(model(x.to(torch.float64).float()).sum().item())
+            first, _ = next(iter(loader))
+            results.append(model(first).sum().item())
+        """)
+    code = conversion.code
+    assert 'device = torch.device("cuda" if torch.cuda.is_available() else "cpu")' in code  # the data's device
+    assert "model(jnp.asarray(first))" in code and "(jnp.asarray(y) == 0)" in code
+    np.testing.assert_allclose(jax_ns["results"], torch_ns["results"], rtol=1e-5, atol=1e-5)
+    assert errors(conversion) == []

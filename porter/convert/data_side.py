@@ -44,7 +44,7 @@ NOT_TENSOR_PREFIXES = ("torch.utils.", "torch.cuda.", "torch.backends.", "torch.
                        "torch.optim.")
 NOT_TENSOR_FUNCTIONS = frozenset({"torch.device", "torch.Generator", "torch.manual_seed", "torch.finfo",
                                   "torch.iinfo", "torch.get_default_dtype", "torch.is_tensor", "torch.numel",
-                                  "torch.Size", "torch.seed", "torch.initial_seed", "torch.load", "torch.save"})
+                                  "torch.Size", "torch.seed", "torch.initial_seed"})
 # torch values the converted code computes as well: the data side does not keep them (`rank = dist.get_rank()`
 # given to a DistributedSampler becomes jax.process_index()). A torch.device the data is moved to stays torch's.
 CONVERTED_PREFIXES = ("torch.distributed.", "torch.cuda.", "torch.backends.", "torch.nn.", "torch.optim.",
@@ -56,6 +56,7 @@ LOADER_WRAPPERS = frozenset({"tqdm", "iter"})
 RANDOM_DRAWS = frozenset({"torch.rand", "torch.randn", "torch.randint", "torch.randperm", "torch.normal",
                           "torch.bernoulli", "torch.multinomial", "torch.poisson", "torch.rand_like",
                           "torch.randn_like", "torch.randint_like"})
+SEEDS = ("torch.manual_seed", "torch.random.manual_seed")
 _LAST = math.inf
 
 
@@ -64,11 +65,12 @@ class DataSide:
     """What the analysis found (ConversionContext.data_side); ids are of the original module's nodes."""
 
     statements: set[int] = field(default_factory=set)  # simple statement lines left as torch
-    boundaries: set[int] = field(default_factory=set)  # Name/Subscript reads that become jnp.asarray(...)
+    boundaries: set[int] = field(default_factory=set)  # reads (x, x[i], x.to(d)) that become jnp.asarray(...)
     words: frozenset[str] = frozenset()  # the names read at those boundaries (the rewrite's prefilter)
     tensors: list[str] = field(default_factory=list)  # torch-side tensors (the PT011 message)
     draws: bool = False  # a torch-side statement draws from torch's global generator
     first: cst.CSTNode | None = None  # the first torch.utils.data call: where PT011 is reported
+    seeds: list[cst.Call] = field(default_factory=list)  # torch.manual_seed calls (kept too: PT011 may go there)
 
 
 def analyse(module: cst.Module, ctx: ConversionContext) -> DataSide | None:
@@ -205,6 +207,8 @@ class _Analysis:
                     self.data.first = call
             elif isinstance(call.func, cst.Name):
                 unit.calls.append(call)
+            elif self.ctx.qualified_name(call.func) in SEEDS:
+                self.data.seeds.append(call)
         return unit
 
     def _is_sink(self, call: cst.Call) -> bool:
@@ -437,6 +441,12 @@ class _Boundaries:
                                  for e, a in zip(target.elements, iterable.args)))
         return set()
 
+    def next_batch(self, target: cst.BaseExpression, value: cst.BaseExpression, env: set[str]) -> set[str]:
+        """`x, y = next(iter(loader))`: one batch."""
+        if m.matches(value, m.Call(func=m.Name("next"), args=[m.Arg()])):
+            return self.batches(target, value.args[0].value, env)
+        return set()
+
     def simple(self, line: cst.SimpleStatementLine, env: set[str]) -> set[str]:
         torch_side = id(line) in self.data.statements
         if not torch_side and any(_edits(small) & env for small in line.body):
@@ -478,6 +488,7 @@ class _Boundaries:
             for target in targets:
                 for name, value in _pairs(target, small.value):
                     env = env | {name} if value is not None and _torch_value(value, env) else env - {name}
+                env |= self.next_batch(target, small.value, env)
             return env
         if isinstance(small, cst.AugAssign):
             self.target_parts(small.target, env)

@@ -276,7 +276,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def _note_data_side(self, module: cst.Module) -> None:
         """What feeds torch.utils.data stays torch (porter/convert/data_side.py): PT011 says so once."""
-        if not self._index.mentions("data"):  # torch.utils.data, imported or not
+        if not any(q.startswith("torch.utils.data") for q in self.ctx.imports.values()) \
+                and not self._index.mentions("utils"):  # (torch.utils.data.DataLoader without an import of it)
             return
         data = self.ctx.data_side = data_side.analyse(module, self.ctx)
         if data is None:
@@ -286,9 +287,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             drawn = ", drawn from torch's global generator: the very same numbers as the original" \
                 if data.draws else ""
             message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
-        if data.boundaries:
-            message += "; its batches become jax arrays where they meet the converted code"
-        self.ctx.report("PT011", *self._index.start(data.first), message)
+        message += "; its batches become jax arrays where they meet the converted code"
+        self.ctx.report("PT011", *min(self._index.start(node) for node in [data.first, *data.seeds]), message)
 
 
 # in-place random fills of a tensor (`t.uniform_(-s, s)`): a function doing one on a name needs rngs

@@ -613,13 +613,14 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
 
 def _first_original(node: cst.CSTNode, index: SourceIndex) -> cst.CSTNode | None:
-    """The node itself when the rewrite kept it, else its first descendant the rewrite kept (source order)."""
+    """The node itself when the rewrite kept it, else its first descendant the rewrite kept (source order), its
+    comment lines aside (a statement starts at its keyword, where the rewrite's diagnostics put it)."""
     stack = [node]
     while stack:
         current = stack.pop()
         if index.contains(current):
             return current
-        stack.extend(reversed(current.children))
+        stack.extend(reversed([c for c in current.children if type(c) is not cst.EmptyLine]))
     return None
 
 
