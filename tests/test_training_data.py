@@ -284,3 +284,19 @@ def test_batches_moved_to_a_device_cast_or_taken_with_next_match_torch():
     assert "model(jnp.asarray(first))" in code and "(jnp.asarray(y) == 0)" in code
     np.testing.assert_allclose(jax_ns["results"], torch_ns["results"], rtol=1e-5, atol=1e-5)
     assert errors(conversion) == []
+
+
+def test_data_computed_by_the_converted_model_is_an_error():
+    conversion = convert_source(textwrap.dedent("""\
+        import torch
+        import torch.nn as nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+        teacher = nn.Linear(4, 3)
+        x = torch.randn(16, 4)
+        with torch.no_grad():
+            soft = teacher(x).softmax(-1)
+        loader = DataLoader(TensorDataset(x, soft), batch_size=8)
+        """))
+    assert [(d.code, d.line) for d in conversion.diagnostics if d.severity == "error"] == [("PT043", 8)]
+    assert "x = torch.randn(16, 4)" in conversion.code

@@ -71,6 +71,8 @@ class DataSide:
     draws: bool = False  # a torch-side statement draws from torch's global generator
     first: cst.CSTNode | None = None  # the first torch.utils.data call: where PT011 is reported
     seeds: list[cst.Call] = field(default_factory=list)  # torch.manual_seed calls (kept too: PT011 may go there)
+    # statements that would stay torch but run the converted model (PT043): id -> (statement, the model's name)
+    conflicts: dict[int, tuple[cst.CSTNode, str]] = field(default_factory=dict)
 
 
 def analyse(module: cst.Module, ctx: ConversionContext) -> DataSide | None:
@@ -142,6 +144,8 @@ class _Analysis:
         self._collect(module.body, self.module_scope)
         for scope in self.scopes:
             self._units(_body(scope.node), scope, True)
+        self.models = {name for scope in self.scopes for unit in scope.units
+                       for name in unit.binds if self._builds_model(_value_of(unit.node, name))}
 
     # scopes and units -----------------------------------------------------------------------------------
     def _collect(self, statements, scope: _Scope) -> None:
@@ -211,6 +215,15 @@ class _Analysis:
                 self.data.seeds.append(call)
         return unit
 
+    def _builds_model(self, value: cst.BaseExpression | None) -> bool:
+        """`SmallResNet(...)`, `nn.Linear(4, 3)`: a module the converted code builds."""
+        if not isinstance(value, cst.Call):
+            return False
+        if isinstance(value.func, cst.Name) and value.func.value in self.ctx.module_classes:
+            return True
+        qualified = self.ctx.qualified_name(value.func) or ""
+        return qualified.startswith("torch.nn.") and qualified.rsplit(".", 1)[-1][:1].isupper()
+
     def _is_sink(self, call: cst.Call) -> bool:
         if isinstance(call.func, cst.Name) and call.func.value in self.dataset_classes:
             return True
@@ -249,6 +262,14 @@ class _Analysis:
                 if name in unit.edits:
                     self._mark(scope, unit, work)
 
+    def _model_called(self, node: cst.CSTNode) -> str | None:
+        """The converted model (or layer) that `node` calls, `teacher(x)`, `model.encode(x)`."""
+        for call in find_all(node, cst.Call):
+            base = _base(call.func)
+            if base is not None and base.value in self.models:
+                return base.value
+        return None
+
     def _converted(self, value: cst.BaseExpression) -> bool:
         """A value the converted code computes (a rank, the model): not the data's to keep."""
         if isinstance(value, cst.Call) and (self.ctx.qualified_name(value.func) or "").startswith(CONVERTED_PREFIXES):
@@ -257,7 +278,11 @@ class _Analysis:
                    for call in find_all(value, cst.Call))
 
     def _mark(self, scope: _Scope, unit: _Unit, work: list) -> None:
-        """The statement stays torch, and so does what it reads."""
+        """The statement stays torch, and so does what it reads; unless it runs the converted model (PT043)."""
+        model = self._model_called(unit.node)
+        if model is not None:
+            self.data.conflicts.setdefault(id(unit.node), (unit.node, model))
+            return
         if id(unit.node) not in self.data.statements:
             self.data.statements.add(id(unit.node))
             self._follow(scope, unit.node, unit.index, work)

@@ -115,6 +115,10 @@ CODES.update({
         Code("PT042", Severity.ERROR, "random draw with no key to thread",
              "A torch random draw outside a module whose key porter cannot thread (no seed or key in reach). "
              "Left unchanged: pass a jax.random key into the function and split it per draw."),
+        Code("PT043", Severity.ERROR, "data for torch's data loading computed by converted code",
+             "What a Dataset or DataLoader is given stays torch (PT011), but this value comes from the converted "
+             "model: the loader would get a jax array. Hand the loader torch.from_numpy(np.asarray(value)), or "
+             "compute the value with the original torch model."),
     ]
 })
 

@@ -289,6 +289,11 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
         message += "; its batches become jax arrays where they meet the converted code"
         self.ctx.report("PT011", *min(self._index.start(node) for node in [data.first, *data.seeds]), message)
+        for statement, model in data.conflicts.values():
+            self.ctx.report("PT043", *self._index.start(statement),
+                            f"this statement computes data for torch's data loading (kept as torch) with the "
+                            f"converted {model}: the loader would get a jax array; give it "
+                            f"torch.from_numpy(np.asarray(...)) of the value, or compute it with the torch model")
 
 
 # in-place random fills of a tensor (`t.uniform_(-s, s)`): a function doing one on a name needs rngs
