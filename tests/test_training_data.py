@@ -300,3 +300,29 @@ def test_data_computed_by_the_converted_model_is_an_error():
         """))
     assert [(d.code, d.line) for d in conversion.diagnostics if d.severity == "error"] == [("PT043", 8)]
     assert "x = torch.randn(16, 4)" in conversion.code
+
+
+def test_a_loader_made_and_read_by_functions_matches_torch():
+    torch_ns, jax_ns, conversion = run_both("""\
+        import torch
+        import torch.nn as nn
+        from torch.utils.data import DataLoader, TensorDataset
+
+
+        def make_loader(x, y):
+            return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+        def evaluate(model, loader):
+            return sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
+
+
+        torch.manual_seed(0)
+        images = torch.randn(32, 4)
+        labels = torch.randint(0, 3, (32,))
+        model = nn.Linear(4, 3)
+        correct = evaluate(model, make_loader(images.double().float(), labels))
+        """)
+    assert "make_loader(images.double().float(), labels)" in conversion.code  # torch's, for the loader
+    assert jax_ns["correct"] == torch_ns["correct"]
+    assert errors(conversion) == []

@@ -71,6 +71,7 @@ class DataSide:
     draws: bool = False  # a torch-side statement draws from torch's global generator
     first: cst.CSTNode | None = None  # the first torch.utils.data call: where PT011 is reported
     seeds: list[cst.Call] = field(default_factory=list)  # torch.manual_seed calls (kept too: PT011 may go there)
+    arguments: set[int] = field(default_factory=set)  # cst.Args left as torch: given to a function for its loader
     # statements that would stay torch but run the converted model (PT043): id -> (statement, the model's name)
     conflicts: dict[int, tuple[cst.CSTNode, str]] = field(default_factory=dict)
 
@@ -297,15 +298,22 @@ class _Analysis:
                 self._mark(function, returning, work)
 
     def _arguments_of(self, function: _Scope, param: str, work: list) -> None:
-        """`def make_loader(x, y): ...DataLoader(TensorDataset(x, y))`: what each call gives x and y."""
+        """`def make_loader(x, y): ...DataLoader(TensorDataset(x, y))`: what each call gives x and y stays torch
+        (the whole statement when the call is all it computes: `loader = make_loader(images.float(), labels)`)."""
         name = function.node.name.value
         position = function.params.index(param)
         for scope in self.scopes:
             for unit in scope.units:
                 for call in (c for c in unit.calls if c.func.value == name):
                     argument = _argument(call, param, position)
-                    if argument is not None:
+                    if argument is None:
+                        continue
+                    if any(_value_of(unit.node, n) is call for n in unit.binds) \
+                            or m.matches(unit.node, m.SimpleStatementLine([m.Expr(call) | m.Return(call)])):
                         self._mark(scope, unit, work)
+                    else:
+                        self.data.arguments |= {id(a) for a in call.args if a.value is argument}
+                        self._follow(scope, argument, unit.index, work)
 
     # the boundary: forward through each scope ------------------------------------------------------------
     def find_boundaries(self) -> None:
@@ -316,7 +324,7 @@ class _Analysis:
                     function = self.functions.get(call.func.value)
                     for position, param in enumerate(function.params if function else ()):
                         argument = _argument(call, param, position)
-                        if isinstance(argument, cst.Name) and self._is_loader(argument, scope):
+                        if argument is not None and self._is_loader(argument, scope):
                             self.loaders[id(function)].add(param)
         self.module_tensors: set[str] = set()
         self.words: set[str] = set()
@@ -357,7 +365,7 @@ class _Analysis:
 
     def _is_loader(self, node: cst.BaseExpression, scope: _Scope) -> bool:
         if isinstance(node, cst.Call):
-            return self._is_sink(node)
+            return self._loader_value(node, set())
         if not isinstance(node, cst.Name):
             return False
         if node.value in self.loaders[id(scope)]:
@@ -594,7 +602,8 @@ class _Boundaries:
             or isinstance(func, cst.Attribute) and _base(func) is not None \
             and _base(func).value in self.analysis.ctx.bound_imports  # np.mean(y), jnp.asarray(x)
         for arg in node.args:
-            self.expression(arg.value, env, not neutral and not arg.star)
+            if id(arg) not in self.data.arguments:  # (`make_loader(images, labels)`: torch's for its loader)
+                self.expression(arg.value, env, not neutral and not arg.star)
 
     def comprehension(self, node, env: set[str], wrap: bool) -> None:
         inner = set(env)

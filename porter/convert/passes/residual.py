@@ -279,9 +279,11 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
     def visit_Param(self, node: cst.Param) -> None:
         self.not_references.add(id(node.name))
 
-    def visit_Arg(self, node: cst.Arg) -> None:
+    def visit_Arg(self, node: cst.Arg) -> bool:
         if node.keyword is not None:
             self.not_references.add(id(node.keyword))
+        data = self.ctx.data_side  # torch's data given to a function for its loader (`make_loader(images, labels)`)
+        return data is None or id(node) not in data.arguments
 
     # what the check reacts to ----------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> None:
