@@ -56,6 +56,9 @@ LOADER_WRAPPERS = frozenset({"tqdm", "iter"})
 RANDOM_DRAWS = frozenset({"torch.rand", "torch.randn", "torch.randint", "torch.randperm", "torch.normal",
                           "torch.bernoulli", "torch.multinomial", "torch.poisson", "torch.rand_like",
                           "torch.randn_like", "torch.randint_like"})
+LINES = (cst.SimpleStatementLine, cst.SimpleStatementSuite)  # `x = 1` on its line, or after `if c:` on one line
+# the nodes DataSide.statements holds: statements, and a Dataset subclass of the file as a whole
+KEPT_NODES = frozenset({*LINES, cst.ClassDef})
 SEEDS = ("torch.manual_seed", "torch.random.manual_seed")
 _LAST = math.inf
 
@@ -173,7 +176,7 @@ class _Analysis:
 
     def _units(self, statements, scope: _Scope, top: bool) -> None:
         for statement in statements:
-            if isinstance(statement, cst.SimpleStatementLine):
+            if isinstance(statement, LINES):
                 scope.units.append(self._simple(statement, len(scope.units), top))
             elif isinstance(statement, (cst.For, cst.While, cst.If, cst.Try)):
                 if isinstance(statement, cst.For):
@@ -188,7 +191,7 @@ class _Analysis:
             elif isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
                 scope.units.append(_Unit(statement, len(scope.units), top, {statement.name.value}))
 
-    def _simple(self, line: cst.SimpleStatementLine, index: int, top: bool) -> _Unit:
+    def _simple(self, line: cst.SimpleStatementLine | cst.SimpleStatementSuite, index: int, top: bool) -> _Unit:
         unit = _Unit(line, index, top)
         for small in line.body:
             if isinstance(small, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
@@ -234,7 +237,7 @@ class _Analysis:
     def mark_torch_side(self) -> None:
         work: list[tuple[_Scope, str, float]] = []
         for cls in self.dataset_classes.values():
-            self.data.statements |= {id(s) for s in find_all(cls, cst.SimpleStatementLine)}
+            self.data.statements |= {id(cls), *(id(s) for s in find_all(cls, LINES))}
         for scope in self.scopes:
             for unit in scope.units:
                 for call in unit.sinks:  # (the call itself is kept: porter/convert/passes/calls.py, KEPT_TORCH)
@@ -256,7 +259,7 @@ class _Analysis:
                 value = _value_of(unit.node, name)
                 if value is not None and (isinstance(value, cst.Call) and self._is_sink(value) or self._converted(value)):
                     continue  # a Dataset (its arguments are followed), or what the converted code needs too
-                if isinstance(unit.node, cst.SimpleStatementLine):
+                if isinstance(unit.node, LINES):
                     self._mark(scope, unit, work)
                 work += [(scope, read, unit.index) for read in unit.reads]
             for unit in scope.units:
@@ -309,7 +312,7 @@ class _Analysis:
                     if argument is None:
                         continue
                     if any(_value_of(unit.node, n) is call for n in unit.binds) \
-                            or m.matches(unit.node, m.SimpleStatementLine([m.Expr(call) | m.Return(call)])):
+                            or len(unit.node.body) == 1 and m.matches(unit.node.body[0], m.Expr(call) | m.Return(call)):
                         self._mark(scope, unit, work)
                     else:
                         self.data.arguments |= {id(a) for a in call.args if a.value is argument}
@@ -338,14 +341,15 @@ class _Analysis:
         names: set[str] = set()
         for _ in range(2):  # `loader = DataLoader(...)`, `train_loader = make_loader(...)`, `loader = train_loader`
             for unit in scope.units:
-                for small in unit.node.body if isinstance(unit.node, cst.SimpleStatementLine) else ():
+                for small in unit.node.body if isinstance(unit.node, LINES) else ():
                     if isinstance(small, cst.Assign) and len(small.targets) == 1 \
                             and isinstance(small.targets[0].target, cst.Name) \
                             and self._loader_value(small.value, names):
                         names.add(small.targets[0].target.value)
         return names
 
-    def _loader_value(self, value: cst.BaseExpression, names: set[str]) -> bool:
+    def _loader_value(self, value: cst.BaseExpression, names: set[str], depth: int = 0) -> bool:
+        """A DataLoader (or Dataset), a name holding one, or a call of the file's function returning one."""
         if isinstance(value, cst.Name):
             return value.value in names
         if not isinstance(value, cst.Call):
@@ -353,12 +357,13 @@ class _Analysis:
         if self._is_sink(value):
             return True
         function = self.functions.get(value.func.value) if isinstance(value.func, cst.Name) else None
-        returned = [r for u in function.units for r in u.returns] if function else []
-        return bool(returned) and all(self._loader_value(r, self._loader_names_shallow(function)) for r in returned)
+        returned = [r for u in function.units for r in u.returns] if function and depth < 4 else []
+        return bool(returned) and all(self._loader_value(r, self._loader_names_shallow(function), depth + 1)
+                                      for r in returned)
 
     def _loader_names_shallow(self, scope: _Scope) -> set[str]:
         return {small.targets[0].target.value for u in scope.units
-                for small in (u.node.body if isinstance(u.node, cst.SimpleStatementLine) else ())
+                for small in (u.node.body if isinstance(u.node, LINES) else ())
                 if isinstance(small, cst.Assign) and len(small.targets) == 1
                 and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, cst.Call)
                 and self._is_sink(small.value)}
@@ -415,7 +420,7 @@ class _Boundaries:
         return env
 
     def statement(self, statement: cst.CSTNode, env: set[str]) -> set[str]:
-        if isinstance(statement, cst.SimpleStatementLine):
+        if isinstance(statement, LINES):
             return self.simple(statement, env)
         if isinstance(statement, cst.For):
             return self.loop(statement, env)
@@ -424,22 +429,22 @@ class _Boundaries:
             return self.loop(statement, env)
         if isinstance(statement, cst.If):
             self.expression(statement.test, env, False)
-            after = self.statements(statement.body.body, set(env))
+            after = self.statements(_block(statement.body), set(env))
             orelse = statement.orelse
             if isinstance(orelse, cst.If):
                 return after | self.statement(orelse, set(env))
-            return after | (self.statements(orelse.body.body, set(env)) if orelse else env)
+            return after | (self.statements(_block(orelse.body), set(env)) if orelse else env)
         if isinstance(statement, cst.With):
             for item in statement.items:
                 self.expression(item.item, env, False)
-            return self.statements(statement.body.body, env)
+            return self.statements(_block(statement.body), env)
         if isinstance(statement, cst.Try):
-            after = self.statements(statement.body.body, set(env))
+            after = self.statements(_block(statement.body), set(env))
             for handler in statement.handlers:
-                after |= self.statements(handler.body.body, set(env))
+                after |= self.statements(_block(handler.body), set(env))
             for block in (statement.orelse, statement.finalbody):
                 if block is not None:
-                    after = self.statements(block.body.body, after)
+                    after = self.statements(_block(block.body), after)
             return after
         return env  # definitions: their own scopes
 
@@ -453,9 +458,9 @@ class _Boundaries:
             inside = (inside - _bound(loop.target)) | batches
         after = inside
         for _ in range(2):  # what one pass leaves in may reach the next one's start
-            after = self.statements(loop.body.body, after | inside)
+            after = self.statements(_block(loop.body), after | inside)
         if loop.orelse is not None:
-            after = self.statements(loop.orelse.body.body, after)
+            after = self.statements(_block(loop.orelse.body), after)
         return env | after
 
     def batches(self, target: cst.BaseExpression, iterable: cst.BaseExpression, env: set[str]) -> set[str]:
@@ -480,7 +485,7 @@ class _Boundaries:
             return self.batches(target, value.args[0].value, env)
         return set()
 
-    def simple(self, line: cst.SimpleStatementLine, env: set[str]) -> set[str]:
+    def simple(self, line: cst.SimpleStatementLine | cst.SimpleStatementSuite, env: set[str]) -> set[str]:
         torch_side = id(line) in self.data.statements
         if not torch_side and any(_edits(small) & env for small in line.body):
             self.data.statements.add(id(line))  # `x[x < 0] = 0` on a batch: edited in place, as torch
@@ -639,12 +644,12 @@ def _inner_statements(statement: cst.CSTNode) -> list[cst.CSTNode]:
     for block in (getattr(statement, "body", None), getattr(statement, "orelse", None),
                   getattr(statement, "finalbody", None), *getattr(statement, "handlers", ())):
         while isinstance(block, cst.If):  # elif
-            found += block.body.body
+            found += _block(block.body)
             block = block.orelse
         if isinstance(block, (cst.Else, cst.Finally, cst.ExceptHandler)):
             block = block.body
-        if isinstance(block, cst.IndentedBlock):
-            found += block.body
+        if isinstance(block, (cst.IndentedBlock, cst.SimpleStatementSuite)):
+            found += _block(block)
     return found
 
 
@@ -722,10 +727,13 @@ def _edits(small: cst.BaseSmallStatement) -> set[str]:
 
 
 def _body(node: cst.CSTNode) -> list[cst.CSTNode]:
-    """The statements of a module, a function or a class (none for a one-line `def f(): ...`)."""
-    if isinstance(node, cst.Module):
-        return list(node.body)
-    return list(node.body.body) if isinstance(node.body, cst.IndentedBlock) else []
+    """The statements of a module, a function or a class."""
+    return list(node.body) if isinstance(node, cst.Module) else _block(node.body)
+
+
+def _block(block: cst.BaseSuite) -> list[cst.CSTNode]:
+    """A block's statements; a one-line block (`def f(): return x`) is one statement of its own."""
+    return list(block.body) if isinstance(block, cst.IndentedBlock) else [block]
 
 
 def _pairs(target: cst.BaseExpression, value: cst.BaseExpression) -> list[tuple[str, cst.BaseExpression | None]]:
@@ -760,7 +768,7 @@ def _dtype(node: cst.BaseExpression) -> bool:
 
 def _value_of(statement: cst.CSTNode, name: str) -> cst.BaseExpression | None:
     """The value a simple statement binds `name` to (None if not by a plain assignment)."""
-    for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+    for small in statement.body if isinstance(statement, LINES) else ():
         if isinstance(small, (cst.Assign, cst.AnnAssign)) and small.value is not None:
             targets = [t.target for t in small.targets] if isinstance(small, cst.Assign) else [small.target]
             for target in targets:

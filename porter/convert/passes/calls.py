@@ -102,8 +102,8 @@ class CallRewrite(ScopedTransformer):
         visit = super().on_visit(node)
         if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
             self._device_reads.append(self._analyse_devices(node))
-        elif (kind is cst.SimpleStatementLine and self._data is not None and id(node) in self._data.statements
-              or kind is cst.Arg and self._data is not None and id(node) in self._data.arguments):
+        elif self._data is not None and (id(node) in self._data.statements if kind in data_side.KEPT_NODES
+                                         else kind is cst.Arg and id(node) in self._data.arguments):
             return False  # it feeds torch's data loading: left as torch (porter/convert/data_side.py)
         return visit
 

@@ -212,7 +212,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             self.state += 1
         self.classes.append((name, info))
         self.statements.append(node)
-        return self._not_whole_error(node)
+        return self._not_whole_error(node) and self._not_data(node)
 
     def leave_ClassDef(self, node: cst.ClassDef) -> None:
         self.classes.pop()
@@ -233,7 +233,14 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
     def visit_SimpleStatementLine(self, node) -> bool:
         self.statements.append(node)
-        data = self.ctx.data_side  # a statement feeding torch's data loading is torch on purpose
+        return self._not_data(node)
+
+    def visit_SimpleStatementSuite(self, node) -> bool:
+        return self._not_data(node)
+
+    def _not_data(self, node) -> bool:
+        """False for a statement (or Dataset class) feeding torch's data loading: torch on purpose."""
+        data = self.ctx.data_side
         return data is None or id(node) not in data.statements
 
     def leave_SimpleStatementLine(self, node) -> None:
