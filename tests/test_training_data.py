@@ -326,3 +326,30 @@ def test_a_loader_made_and_read_by_functions_matches_torch():
     assert "make_loader(images.double().float(), labels)" in conversion.code  # torch's, for the loader
     assert jax_ns["correct"] == torch_ns["correct"]
     assert errors(conversion) == []
+
+
+def test_a_dataset_of_one_line_methods_and_dict_batches_matches_torch():
+    torch_ns, jax_ns, conversion = run_both("""\
+        import torch
+        import torch.nn as nn
+        from torch.utils import data as tud
+
+
+        def loader_of(*args, **kwargs): return tud.DataLoader(*args, **kwargs)
+
+
+        class Pairs(tud.Dataset):
+            def __len__(self): return 6
+            def __getitem__(self, i): return {"x": torch.ones(4) * i, "y": torch.tensor(i % 3)}
+
+
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        results = []
+        for step, batch in enumerate(loader_of(Pairs(), batch_size=2)):
+            results.append(model(batch["x"]).argmax(-1).eq(batch["y"]).sum().item())
+        results += [model(b["x"]).sum().item() for b in loader_of(Pairs(), batch_size=3)]
+        """)
+    assert 'def __getitem__(self, i): return {"x": torch.ones(4) * i, "y": torch.tensor(i % 3)}' in conversion.code
+    np.testing.assert_allclose(jax_ns["results"], torch_ns["results"], rtol=1e-5, atol=1e-5)
+    assert errors(conversion) == []
