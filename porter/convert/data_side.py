@@ -5,8 +5,10 @@ values reach one stay torch too. Which they are is decided by data flow, not by 
 arguments of each torch.utils.data call (or of a Dataset subclass of the file) back through the
 assignments that reach it, the in-place edits of those names anywhere (`images[labels == 3] += 0.5`,
 `tokens[i, n:] = 0` in a loop), the names each of those reads, the arguments given to a function's
-parameters and the values a function returns. Those statements are left exactly as they are: drawn from
-torch's global generator, they hold the very same numbers as the original's.
+parameters and the values a function returns; a Dataset subclass of the file is left whole. Those
+statements are left exactly as they are: drawn from torch's global generator, they hold the very same
+numbers as the original's. One that runs the converted model (a teacher's logits put in a TensorDataset)
+cannot stay torch: it is converted and reported (PT043).
 
 The boundary is where a torch tensor meets the converted code: a batch of a loader (`for x, y in loader`,
 `enumerate(loader)`, a comprehension's `for t, y in val_loader`, `x, y = batch`) or a torch-side tensor

@@ -273,7 +273,6 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 if name != "torch" else "'torch' is used but never imported; assumed `import torch`",
             )
 
-
     def _note_data_side(self, module: cst.Module) -> None:
         """What feeds torch.utils.data stays torch (porter/convert/data_side.py): PT011 says so once."""
         if not any(q.startswith("torch.utils.data") for q in self.ctx.imports.values()) \
