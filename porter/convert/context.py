@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from porter.convert.diagnostics import Change, Diagnostic, diagnostic
 from porter.rules.loader import RuleSet
+
+if TYPE_CHECKING:
+    from porter.convert.data_side import DataSide
 
 # Names the seed document (and much real code) uses without always importing.
 CONVENTIONAL_ALIASES = {
@@ -99,6 +103,9 @@ class ConversionContext:
     # id of each torch.optim.X(...) call (the original node) -> the optimizer it builds
     optimizers: dict[int, OptimizerInfo] = field(default_factory=dict)
     helpers: list[str] = field(default_factory=list)
+    # what feeds torch's data loading and stays torch, and where its tensors meet the converted code
+    # (porter/convert/data_side.py; None without torch.utils.data)
+    data_side: DataSide | None = None
     # id of each statement the rewrite built -> (that statement, the original it replaces): the output gate
     # (porter/convert/output_gate.py) puts the original back where the new one does not compile
     rewritten_statements: dict[int, tuple[cst.CSTNode, cst.CSTNode]] = field(default_factory=dict)

@@ -47,7 +47,9 @@ CODES: dict[str, Code] = {
              "the forward pass as plain assignments; write the train_step by hand for other shapes."),
         Code("PT011", Severity.INFO, "torch kept for data loading",
              "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
-             "original; batches become jax arrays at the train_step call. Swap in a numpy or grain loader "
+             "original. What feeds it stays torch too (the tensors built for it, edited in place, drawn from "
+             "torch's generator: the original's numbers); batches and those tensors become jax arrays where "
+             "they meet the converted code (jnp.asarray, the train_step call). Swap in a numpy or grain loader "
              "to drop torch."),
         Code("PT012", Severity.ERROR, "model class in a file porter did not read",
              "A script converted on its own builds its model from a name it imports from a file porter "
@@ -118,6 +120,10 @@ CODES.update({
         Code("PT042", Severity.ERROR, "random draw with no key to thread",
              "A torch random draw outside a module whose key porter cannot thread (no seed or key in reach). "
              "Left unchanged: pass a jax.random key into the function and split it per draw."),
+        Code("PT043", Severity.ERROR, "data for torch's data loading computed by converted code",
+             "What a Dataset or DataLoader is given stays torch (PT011), but this value comes from the converted "
+             "model: the loader would get a jax array. Hand the loader torch.from_numpy(np.asarray(value)), or "
+             "compute the value with the original torch model."),
     ]
 })
 

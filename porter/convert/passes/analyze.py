@@ -8,6 +8,7 @@ from typing import Iterable
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import data_side
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
@@ -259,6 +260,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         return f"{module}.{rest}" if rest and module else module
 
     def leave_Module(self, original_node: cst.Module) -> None:
+        self._note_data_side(original_node)
         for name, node in self.used_names.items():
             if name in self.bound_names:
                 continue
@@ -270,6 +272,27 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 f"'{name}' is used but never imported; assumed `import {qualified} as {name}`"
                 if name != "torch" else "'torch' is used but never imported; assumed `import torch`",
             )
+
+    def _note_data_side(self, module: cst.Module) -> None:
+        """What feeds torch.utils.data stays torch (porter/convert/data_side.py): PT011 says so once."""
+        if not any(q.startswith("torch.utils.data") for q in self.ctx.imports.values()) \
+                and not self._index.mentions("utils"):  # (torch.utils.data.DataLoader without an import of it)
+            return
+        data = self.ctx.data_side = data_side.analyse(module, self.ctx)
+        if data is None:
+            return
+        message = "torch's data loading and seeding are kept: the same batches in the same order as the original"
+        if data.tensors:
+            drawn = ", drawn from torch's global generator: the very same numbers as the original" \
+                if data.draws else ""
+            message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
+        message += "; its batches become jax arrays where they meet the converted code"
+        self.ctx.report("PT011", *min(self._index.start(node) for node in [data.first, *data.seeds]), message)
+        for statement, model in data.conflicts.values():
+            self.ctx.report("PT043", *self._index.start(statement),
+                            f"this statement computes data for torch's data loading (kept as torch) with the "
+                            f"converted {model}: the loader would get a jax array; give it "
+                            f"torch.from_numpy(np.asarray(...)) of the value, or compute it with the torch model")
 
 
 # in-place random fills of a tensor (`t.uniform_(-s, s)`): a function doing one on a name needs rngs

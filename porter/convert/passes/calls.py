@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, devices, inplace, keyword_helpers
+from porter.convert import apply, data_side, devices, inplace, keyword_helpers
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -61,6 +61,7 @@ class CallRewrite(ScopedTransformer):
         self._annotation_depth = 0  # > 0 inside a type annotation
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
+        self._data = ctx.data_side  # the statements left as torch, and where their tensors meet converted code
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
@@ -101,6 +102,9 @@ class CallRewrite(ScopedTransformer):
         visit = super().on_visit(node)
         if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
             self._device_reads.append(self._analyse_devices(node))
+        elif self._data is not None and (id(node) in self._data.statements if kind in data_side.KEPT_NODES
+                                         else kind is cst.Arg and id(node) in self._data.arguments):
+            return False  # it feeds torch's data loading: left as torch (porter/convert/data_side.py)
         return visit
 
     def _hand_back(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
@@ -183,6 +187,10 @@ class CallRewrite(ScopedTransformer):
                 self.record(rule.id if rule else "setitem", original_node, updated_node)
         elif kind is cst.Subscript or kind is cst.Attribute:
             updated_node = inplace.pick_item(updated_node)
+        if (kind is cst.Name or kind is cst.Subscript or kind is cst.Call) and self._data is not None \
+                and id(original_node) in self._data.boundaries:
+            updated_node = data_side.to_jax(updated_node)  # a torch tensor meets the converted code
+            self.record("data-boundary", original_node, updated_node)
         return updated_node
 
     def _array_attributes(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -198,7 +206,7 @@ class CallRewrite(ScopedTransformer):
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
         words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields \
-            | self.ctx.constructor_globals
+            | self.ctx.constructor_globals | (self._data.words if self._data is not None else frozenset())
         if not self._tensor_names:
             return words
         return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
@@ -612,6 +620,8 @@ class CallRewrite(ScopedTransformer):
                 return new
         if rule is not None:
             self.report("PT003", original, value_message(rule, qualified))  # porter/convert/layer_values.py
+            return updated
+        if qualified.startswith(KEPT_TORCH):  # `class Pairs(Dataset)`: torch's data loading, kept
             return updated
         self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
         return updated

@@ -212,7 +212,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             self.state += 1
         self.classes.append((name, info))
         self.statements.append(node)
-        return self._not_whole_error(node)
+        return self._not_whole_error(node) and self._not_data(node)
 
     def leave_ClassDef(self, node: cst.ClassDef) -> None:
         self.classes.pop()
@@ -231,8 +231,17 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         self.functions.pop()
         self.statements.pop()
 
-    def visit_SimpleStatementLine(self, node) -> None:
+    def visit_SimpleStatementLine(self, node) -> bool:
         self.statements.append(node)
+        return self._not_data(node)
+
+    def visit_SimpleStatementSuite(self, node) -> bool:
+        return self._not_data(node)
+
+    def _not_data(self, node) -> bool:
+        """False for a statement (or Dataset class) feeding torch's data loading: torch on purpose."""
+        data = self.ctx.data_side
+        return data is None or id(node) not in data.statements
 
     def leave_SimpleStatementLine(self, node) -> None:
         self.statements.pop()
@@ -277,9 +286,11 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
     def visit_Param(self, node: cst.Param) -> None:
         self.not_references.add(id(node.name))
 
-    def visit_Arg(self, node: cst.Arg) -> None:
+    def visit_Arg(self, node: cst.Arg) -> bool:
         if node.keyword is not None:
             self.not_references.add(id(node.keyword))
+        data = self.ctx.data_side  # torch's data given to a function for its loader (`make_loader(images, labels)`)
+        return data is None or id(node) not in data.arguments
 
     # what the check reacts to ----------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> None:
@@ -611,13 +622,14 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
 
 def _first_original(node: cst.CSTNode, index: SourceIndex) -> cst.CSTNode | None:
-    """The node itself when the rewrite kept it, else its first descendant the rewrite kept (source order)."""
+    """The node itself when the rewrite kept it, else its first descendant the rewrite kept (source order), its
+    comment lines aside (a statement starts at its keyword, where the rewrite's diagnostics put it)."""
     stack = [node]
     while stack:
         current = stack.pop()
         if index.contains(current):
             return current
-        stack.extend(reversed(current.children))
+        stack.extend(reversed([c for c in current.children if type(c) is not cst.EmptyLine]))
     return None
 
 

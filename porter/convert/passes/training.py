@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import checkpoints
+from porter.convert import checkpoints, data_side
 from porter.convert.context import OptimizerInfo, code_of
 from porter.convert.traverse import find_all
 from porter.convert.passes.modules import ModuleRewrite
@@ -342,6 +342,7 @@ class TrainingRewrite(ModuleRewrite):
         step_name = self._unique_step_name()
         self._note_step_calls(original, loop)
         batch = self._batch_arguments(original, loop)
+        self._batches_converted_at_call(loop, batch)
         outputs = self._outputs(loop)
         self._pending_steps.extend(self._train_step(step_name, loop, batch, outputs))
         call = self._step_call(step_name, batch, outputs)
@@ -449,6 +450,7 @@ class TrainingRewrite(ModuleRewrite):
         names = self._accumulation_names()
         self._note_step_calls(original, loop)
         batch = self._batch_arguments(original, loop)
+        self._batches_converted_at_call(loop, batch)
         outputs = self._outputs(loop)
         self._pending_steps.extend(self._accumulation_steps(names, loop, batch, outputs))
         zero = f"{names.grads} = jax.tree.map(jnp.zeros_like, {names.grads})\n"
@@ -591,6 +593,12 @@ class TrainingRewrite(ModuleRewrite):
         bound_by_loop = set(names_in(original.target).loaded)
         bound_by_loop |= set(names_in(*original.body.body[:loop.first]).assigned)
         return [n for n in read if n in bound_by_loop and n not in assigned_in_forward and n != loop.model]
+
+    def _batches_converted_at_call(self, loop: TrainingLoop, batch: list[str]) -> None:
+        """The step's call converts its batches (batch_argument): the forward it takes in reads them as they are,
+        without the jnp.asarray that porter/convert/data_side.py put where they met the model."""
+        loop.forward = [data_side.unwrap(s, set(batch)) for s in loop.forward]
+        loop.objective = data_side.unwrap(loop.objective, set(batch))
 
     def _outputs(self, loop: TrainingLoop) -> list[str]:
         """Forward results the rest of the file reads (e.g. `loss` for logging)."""
