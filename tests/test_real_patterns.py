@@ -1710,3 +1710,21 @@ def test_in_place_and_random_torch_functions_as_values_stay_reported():
         """)
     assert "grow = torch.Tensor.add_" in c.code and "noise = torch.randn_like" in c.code
     assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT003", 4), ("PT003", 5)]
+
+
+def test_a_str_method_named_like_a_tensor_method_torch_would_refuse_is_left_alone():
+    """pytorch/examples' word_language_model/data.py: `line.split()` is no Tensor.split (which needs a size:
+    torch would raise on a tensor), so it is neither converted nor reported; `x.split(2)` still converts."""
+    conversion = convert('''\
+        import torch
+
+        def words(path):
+            with open(path) as f:
+                return [w for line in f for w in line.split() + ["<eos>"]]
+
+        def halves(x):
+            return x.split(2)
+        ''')
+    assert "line.split() + " in conversion.code
+    assert codes(conversion) == []
+    assert "split_by_size(x, 2" in conversion.code

@@ -170,6 +170,25 @@ def _fresh_temporary(node: cst.BaseExpression, site: Site) -> bool:
     return False
 
 
+def torch_would_refuse(rule: Rule, call: cst.Call) -> bool:
+    """`line.split()` under Tensor.split's rule: a required argument is missing, so torch would raise on a
+    tensor; the receiver is something else (a str) and the call is none of porter's business."""
+    if any(arg.star for arg in call.args):
+        return False
+    params = rule.signature[1:] if rule.kind != "method" and rule.signature and rule.signature[0].name == "input" \
+        else rule.signature
+    positional = sum(1 for arg in call.args if arg.keyword is None)
+    keywords = {arg.keyword.value for arg in call.args if arg.keyword is not None}
+    for param in params:
+        if param.var_positional:  # *size, **kwargs: takes every positional argument left
+            positional = 0
+        elif positional and not param.keyword_only:
+            positional -= 1
+        elif param.default is None and param.name not in keywords:
+            return True
+    return False
+
+
 def as_function_call(rule: Rule, site: Site) -> Site:
     """`x.abs()` under a rule whose signature starts with `input` binds as `torch.abs(x)`."""
     if site.receiver is None or rule.kind == "method" or not rule.signature or rule.signature[0].name != "input":

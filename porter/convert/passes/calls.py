@@ -7,7 +7,7 @@ import libcst.matchers as m
 
 from porter.convert import apply, data_side, devices, inplace, keyword_helpers
 from porter.convert.layer_values import value_message
-from porter.convert.apply import Site, apply_rule
+from porter.convert.apply import Site, apply_rule, torch_would_refuse
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
                                            dict_keys_bound, dotted)
@@ -278,7 +278,7 @@ class CallRewrite(ScopedTransformer):
             return mapped
         if isinstance(updated_node.func, cst.Attribute) and isinstance(func, cst.Attribute):
             rule = self.ctx.rules.method(updated_node.func.attr.value)
-            if rule and self._looks_like_tensor(original_node):
+            if rule and self._looks_like_tensor(original_node) and not torch_would_refuse(rule, original_node):
                 return self._apply(rule, original_node, updated_node,
                                    receiver=without_added_parentheses(updated_node.func.value))
         return updated_node
