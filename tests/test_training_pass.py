@@ -306,3 +306,26 @@ def test_gan_two_models_two_optimizers_is_reported_by_name():
     [d] = [d for d in c.diagnostics if d.code == "PT010"]
     assert d.line == 8 and "several optimizers step in one loop (opt_d, opt_g" in d.message
     assert "loss_g.backward()" in c.code
+
+
+def test_an_unseeded_shuffle_is_reported_at_its_line_with_the_fix():
+    """PT011 no longer claims the same order for a shuffle without a generator of its own (building the
+    model draws from torch's global generator in the original only): each such loader, sampler or
+    random_split is reported at its line with generator=torch.Generator().manual_seed(s)."""
+    c = convert_source(textwrap.dedent("""\
+        import torch
+        from torch.utils.data import DataLoader, RandomSampler, TensorDataset, random_split
+        torch.manual_seed(0)
+        data = TensorDataset(torch.zeros(8, 2))
+        seeded = DataLoader(data, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0))
+        ordered = DataLoader(data, batch_size=2)
+        shuffled = DataLoader(data, batch_size=2, shuffle=True)
+        positional = DataLoader(data, 2, True)
+        sampled = DataLoader(data, sampler=RandomSampler(data))
+        train, val = random_split(data, [6, 2])
+        """))
+    pt011 = [d for d in c.diagnostics if d.code == "PT011"]
+    assert pt011[0].line == 3 and pt011[0].message.endswith("where each shuffle has a seeded generator of its own")
+    unseeded = pt011[1:]
+    assert [d.line for d in unseeded] == [7, 8, 9, 10]
+    assert all("generator=torch.Generator().manual_seed(s)" in d.message for d in unseeded)

@@ -7,7 +7,8 @@ a few hooks installed before it starts:
   trains (the smallest nn.Module, found among the creating frames' variables, whose parameters include all
   of the optimizer's) and that module's state_dict: the initial weights. `torch.Tensor.backward` records
   the loss each backward() starts from; a global optimizer step hook counts steps and stops the script
-  after N of them.
+  after N of them. Building a module and `torch.nn.init.*` draw from a stream of their own
+  (ConstructionStream), so torch's global generator advances as in the conversion.
 - jax: the i-th `nnx.Optimizer(model, ...)` first loads the i-th torch optimizer's initial state_dict into
   `model` (porter.load_torch_state_dict, strict), so both start from the same weights whatever the two
   frameworks' initialisers drew. `nnx.value_and_grad` records each value it computes and
@@ -15,11 +16,14 @@ a few hooks installed before it starts:
   `nnx.jit`; the script stops on return from the `nnx.jit` function (or the eager update) that took step N.
 
 The batches are the script's own: converted scripts keep torch's DataLoader and seeds (README, "Training
-loops"), so both runs see the same batches in the same order. After the run each side saves the final
-state_dict of each optimizer's model (the flax one mapped back to torch names and layouts). The parent
-compares the loss recorded at every step (per-step relative difference |jax - torch| / |torch|) and every
-final state_dict entry (norm-wise, max|a - b| / max|torch|), names the first step whose loss is out of
-tolerance, and prints both curves as a table (and a PNG with --plot when matplotlib is installed).
+loops"), and with the construction stream torch's global generator takes the same draws in both runs, so
+both see the same batches in the same order, an unseeded shuffle included. After the run each side saves
+the final state_dict of each optimizer's model (the flax one mapped back to torch names and layouts). The
+parent compares the loss recorded at every step (per-step relative difference |jax - torch| / |torch|) and
+every final state_dict entry (norm-wise, max|a - b| / max|torch|); rows out of tolerance get the float64
+verdict (explain_by_float64: the original, and if needed the conversion, run again in float64); it names
+the first step whose loss is out of tolerance, and prints both curves as a table (and a PNG with --plot
+when matplotlib is installed).
 
 Not comparable this way: randomness drawn inside the training step (dropout, data augmentation on torch's
 RNG against nnx.Rngs) and scripts whose steps are not driven by `loss.backward()` / `optimizer.step()`.

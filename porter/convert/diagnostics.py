@@ -47,8 +47,9 @@ CODES: dict[str, Code] = {
              "the forward pass as plain assignments; write the train_step by hand for other shapes."),
         Code("PT011", Severity.INFO, "torch kept for data loading",
              "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
-             "original; batches become jax arrays at the train_step call. Swap in a numpy or grain loader "
-             "to drop torch."),
+             "original where each shuffle has a seeded generator= of its own (without one, the order comes from "
+             "torch's global generator, which the original's layer initialisation also draws from); batches "
+             "become jax arrays at the train_step call. Swap in a numpy or grain loader to drop torch."),
         Code("PT020", Severity.INFO, "distributed training mapped to JAX's runtime",
              "One JAX process per host drives all of that host's devices; a Mesh made current with "
              "jax.set_mesh holds them all. Ranks become jax.process_index(), the world size "
