@@ -14,8 +14,7 @@ import pytest
 
 from porter import convert_source
 from porter.check.training import (
-    ConstructionStream, Run, StateRow, StepRow, TrainingReport, _execute, check_training, compare_runs,
-    explain_by_float64,
+    ConstructionStream, Run, _execute, check_training, compare_runs, explain_by_float64,
 )
 from porter.cli import main
 from porter.convert.diagnostics import Severity
@@ -80,6 +79,9 @@ def test_wrong_learning_rate_is_caught_at_the_first_update(tmp_path):
     assert result.first_divergence.step == 2
     assert "diverge first at step 2" in result.format()
     assert any(not row.ok for row in result.state)
+    # the float64 verdict: in float64 the scripts differ as much, far beyond the original's own rounding
+    assert result.float64_runs == ["torch64", "jax64"]
+    assert result.steps[1].note.startswith("not float32 rounding: the original moves by"), result.steps[1].note
 
 
 def test_wrong_loss_is_caught_at_step_1_through_the_cli(tmp_path, capsys):

@@ -79,8 +79,8 @@ class Run:
         arrays = {f"{kind}/{i}/{name}": value for kind in ("initial", "final")
                   for i, state in enumerate(getattr(self, kind)) for name, value in state.items()}
         np.savez(out / f"{self.framework}.npz", **arrays)
-        meta = {k: getattr(self, k) for k in ("framework", "losses", "step_ends", "owners", "stopped", "error", "traceback",
-                                               "notes")}
+        meta = {k: getattr(self, k) for k in ("framework", "losses", "step_ends", "owners", "stopped", "error",
+                                               "traceback", "notes")}
         meta["optimizers"] = len(self.owners)
         (out / f"{self.framework}.json").write_text(json.dumps(meta))
 
@@ -220,7 +220,7 @@ class ConstructionStream:
 
 def run_torch(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]] | None = None) -> Run:
     """The original, in float32; with `initial` (the float32 run's initial weights), its float64 run: each
-    optimizer's module is loaded with them and cast to float64 before the optimizer is built, and every
+    optimizer's module is loaded with them and cast to float64 in place as its optimizer is built, and every
     module casts its floating inputs to its parameters' dtype (FLOAT64_RUN)."""
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -621,12 +621,12 @@ def explain_by_float64(report: TrainingReport, torch_run: Run, torch64: Run, jax
       rounding does to this training; a row within CONDITION_FACTOR times it (per step: the largest own error
       up to that step, since rounding differences carry over from step to step) plus the tolerance is rounding;
     - both scripts in float64 (`jax64`): where their losses and state agree to FLOAT64_AGREEMENT, or differ
-      by no more than the band (CONDITION_FACTOR times the original's own float32 error: what the conversion
-      changes in exact arithmetic is below what float32 resolves in this training, as with the `1e-6` torch's
-      clip_grad_norm_ adds to the norm and optax.clip_by_global_norm does not), the float32 difference is rounding that the training amplified: a max-pool window
-      whose two largest inputs are within rounding of each other sends a gradient one way in one run and
-      the other way in the other, Adam divides by the root of small second moments, and the runs part
-      from there on, by far more than any one step's rounding.
+      by no more than the band (what the conversion changes in exact arithmetic is then below what float32
+      resolves in this training, as the 1e-6 torch's clip_grad_norm_ adds to the norm and
+      optax.clip_by_global_norm does not), the float32 difference is that change or rounding, amplified by
+      the training: a max-pool window whose two largest inputs are within rounding of each other sends a
+      gradient one way in one run and the other way in the other, Adam divides by the root of small second
+      moments, and the runs part from there on, by far more than any one step's rounding.
     A conversion that computes something else (a learning rate, an epsilon, a momentum, a reduction) differs
     in float64 too, and by more than the original's own rounding.
     """
