@@ -256,8 +256,8 @@ def test_a_crash_before_the_optimizer_is_reported_without_the_optimizer_count():
     jax_run = Run("jax", error="TypeError: 'int' object is not callable",
                   traceback=["/tmp/x/train_jax.py:41 in <module>: criterion = cross_entropy_loss(1)"])
     text = compare_runs(torch_run, jax_run, "train.py", "train_jax.py").format()
-    assert ("FAIL: the converted script raised TypeError: 'int' object is not callable, after 0 optimizer steps, "
-            "at:\n    /tmp/x/train_jax.py:41 in <module>: criterion = cross_entropy_loss(1)") in text, text
+    assert ("FAIL: the converted script raised TypeError: 'int' object is not callable\n  after 0 optimizer steps, "
+            "at (innermost last):\n    /tmp/x/train_jax.py:41 in <module>: criterion = cross_entropy_loss(1)") in text, text
     assert "nnx.Optimizers" not in text and "took different numbers" not in text
     assert "final state not compared" in text
 

@@ -565,8 +565,9 @@ def compare_runs(torch_run: Run, jax_run: Run, original: str, converted: str, *,
         side = "the original" if run is torch_run else "the converted script"
         if run.error:
             where = "".join(f"\n    {frame}" for frame in run.traceback) or " (no frame in the script's own files)"
-            report.problems.append(f"{side} raised {run.error}, after {len(run.step_ends)} optimizer steps, at:{where}"
-                                   if run.traceback else f"{side} raised {run.error}{where}")
+            report.problems.append(f"{side} raised {run.error}{where}" if not run.traceback else
+                                   f"{side} raised {run.error}\n  after {len(run.step_ends)} optimizer steps, "
+                                   f"at (innermost last):{where}")
     crashed = bool(torch_run.error or jax_run.error)
     report.notes.append(f"optimizer steps: torch {len(torch_run.step_ends)}, jax {len(jax_run.step_ends)}"
                         + (" (stopped after the requested steps)" if torch_run.stopped else ""))
