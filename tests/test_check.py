@@ -314,3 +314,31 @@ def test_check_cli_bad_spec(mlp_files, capsys):
     assert run_check(f"{mlp_files / 'nope.py'}:MLP", f"{mlp_files / 'good.py'}:MLP",
                      "--input-shape", "4,8") == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_an_embedding_padding_idx_gradient_failure_names_the_convert_warning():
+    """torch keeps nn.Embedding(padding_idx=0)'s row 0 out of the gradient; the converted nnx.Embed does not
+    (porter convert says so, PT005): the check's FAIL on that gradient says it is that difference."""
+
+    class TorchBag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(12, 4, padding_idx=0)
+
+        def forward(self, ids):
+            return self.embed(ids).sum(1)
+
+    class FlaxBag(nnx.Module):
+        def __init__(self, *, rngs):
+            self.embed = nnx.Embed(12, 4, rngs=rngs)
+
+        def __call__(self, ids):
+            return self.embed(ids).sum(1)
+
+    torch.manual_seed(0)
+    ids = np.array([[0, 3, 5], [0, 0, 7]])
+    report = check_equivalence(TorchBag(), FlaxBag(rngs=nnx.Rngs(0)), torch.from_numpy(ids))
+    row = report.row("embed.weight", "grad param")
+    assert not row.ok and not report.passed
+    assert "nn.Embedding(padding_idx=0)" in row.note and "PT005" in row.note, report.format()
+    assert report.row("output").ok

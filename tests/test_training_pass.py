@@ -492,3 +492,26 @@ def test_fixture_project_loops_convert_with_zero_grad_between_forward_and_backwa
         conversion = convert_source((project / name).read_text(), filename=name)
         assert "PT010" not in {d.code for d in conversion.diagnostics}, name
         assert "= train_step_fast(" in conversion.code and ".backward()" not in conversion.code, name
+
+
+def test_an_unseeded_shuffle_is_reported_at_its_line_with_the_fix():
+    """PT011 no longer claims the same order for a shuffle without a generator of its own (building the
+    model draws from torch's global generator in the original only): each such loader, sampler or
+    random_split is reported at its line with generator=torch.Generator().manual_seed(s)."""
+    c = convert_source(textwrap.dedent("""\
+        import torch
+        from torch.utils.data import DataLoader, RandomSampler, TensorDataset, random_split
+        torch.manual_seed(0)
+        data = TensorDataset(torch.zeros(8, 2))
+        seeded = DataLoader(data, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0))
+        ordered = DataLoader(data, batch_size=2)
+        shuffled = DataLoader(data, batch_size=2, shuffle=True)
+        positional = DataLoader(data, 2, True)
+        sampled = DataLoader(data, sampler=RandomSampler(data))
+        train, val = random_split(data, [6, 2])
+        """))
+    pt011 = [d for d in c.diagnostics if d.code == "PT011"]
+    assert pt011[0].line == 3 and "where each shuffle has a seeded generator of its own" in pt011[0].message
+    unseeded = pt011[1:]
+    assert [d.line for d in unseeded] == [7, 8, 9, 10]
+    assert all("generator=torch.Generator().manual_seed(s)" in d.message for d in unseeded)

@@ -529,6 +529,7 @@ def check_equivalence(
             converted64 = lambda: _converted_in_float64(pristine, pristine_flax, arrays, cotangents, jax_device)  # noqa: E731
             explain_by_conditioning(report, pristine, arrays, cotangents, torch_device, _run_reference,
                                     set_mode=lambda model: _set_torch_mode(model, mode), converted64=converted64)
+        _name_convert_warnings(report, torch_model)
     finally:
         torch_model.eval()
         flax_model.eval()
@@ -856,6 +857,20 @@ def _jit_outputs_row(eager: dict[str, Any], jitted: dict[str, Any], torch_output
     note = next((r.note for r in rows if r.note), f"as the eager run ({len(rows)} outputs)") if worst.ok else \
         f"{worst.name} differs from the eager run{': ' + worst.note if worst.note else ''}"
     return Row("jit", JIT_FORWARD, worst.shape, worst.max_abs, worst.rel, worst.ok, note, worst.scale)
+
+
+def _name_convert_warnings(report: EquivalenceReport, torch_model: Any) -> None:
+    """A failing gradient or state row that a difference porter convert already reported explains."""
+    import torch
+
+    padded = {f"{path}.weight" if path else "weight": module.padding_idx
+              for path, module in torch_model.named_modules()
+              if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None}
+    for row in report.failures:
+        if row.kind in ("grad param", "state") and row.name in padded:
+            row.note = (row.note + "; " if row.note else "") + (
+                f"expected: nn.Embedding(padding_idx={padded[row.name]}) keeps row {padded[row.name]}'s gradient "
+                f"at zero in torch, not in the converted nnx.Embed (porter convert's PT005 warning on that line)")
 
 
 def _failed_row(kind: str, name: str, exc: BaseException, consequence: str) -> Row:

@@ -7,7 +7,8 @@ a few hooks installed before it starts:
   trains (the smallest nn.Module, found among the creating frames' variables, whose parameters include all
   of the optimizer's) and that module's state_dict: the initial weights. `torch.Tensor.backward` records
   the loss each backward() starts from; a global optimizer step hook counts steps and stops the script
-  after N of them.
+  after N of them. Building a module and `torch.nn.init.*` draw from a stream of their own
+  (ConstructionStream), so torch's global generator advances as in the conversion.
 - jax: the i-th `nnx.Optimizer(model, ...)` first loads the i-th torch optimizer's initial state_dict into
   `model` (porter.load_torch_state_dict, strict), so both start from the same weights whatever the two
   frameworks' initialisers drew. `nnx.value_and_grad` records each value it computes and
@@ -15,11 +16,14 @@ a few hooks installed before it starts:
   `nnx.jit`; the script stops on return from the `nnx.jit` function (or the eager update) that took step N.
 
 The batches are the script's own: converted scripts keep torch's DataLoader and seeds (README, "Training
-loops"), so both runs see the same batches in the same order. After the run each side saves the final
-state_dict of each optimizer's model (the flax one mapped back to torch names and layouts). The parent
-compares the loss recorded at every step (per-step relative difference |jax - torch| / |torch|) and every
-final state_dict entry (norm-wise, max|a - b| / max|torch|), names the first step whose loss is out of
-tolerance, and prints both curves as a table (and a PNG with --plot when matplotlib is installed).
+loops"), and with the construction stream torch's global generator takes the same draws in both runs, so
+both see the same batches in the same order, an unseeded shuffle included. After the run each side saves
+the final state_dict of each optimizer's model (the flax one mapped back to torch names and layouts). The
+parent compares the loss recorded at every step (per-step relative difference |jax - torch| / |torch|) and
+every final state_dict entry (norm-wise, max|a - b| / max|torch|); rows out of tolerance get the float64
+verdict (explain_by_float64: the original, and if needed the conversion, run again in float64); it names
+the first step whose loss is out of tolerance, and prints both curves as a table (and a PNG with --plot
+when matplotlib is installed).
 
 Not comparable this way: randomness drawn inside the training step (dropout, data augmentation on torch's
 RNG against nnx.Rngs) and scripts whose steps are not driven by `loss.backward()` / `optimizer.step()`.
@@ -27,6 +31,7 @@ RNG against nnx.Rngs) and scripts whose steps are not driven by `loss.backward()
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -37,10 +42,16 @@ from pathlib import Path
 
 import numpy as np
 
+from porter.check.conditioning import CONDITION_FACTOR, FLOAT64_AGREEMENT
+
 LOSS_RTOL = 1e-4  # per step, float32: the issue's acceptance for the seed scripts is 1e-4 (final) / 1e-3 (CNN)
 STATE_RTOL = 1e-4  # final parameters and buffers, as the model check's "state after K steps"
 STATE_ATOL = 1e-12
 TINY = float(np.finfo(np.float32).tiny)
+
+
+FLOAT64_RUN = "torch64"  # the original run a second time in float64: the truth float32 rounding is judged against
+JAX_FLOAT64_RUN = "jax64"  # the converted script in float64: does it train as the original does in float64?
 
 
 class StopTraining(BaseException):
@@ -61,13 +72,15 @@ class Run:
     final: list[dict[str, np.ndarray]] = field(default_factory=list)  # per optimizer: state_dict at the end
     stopped: bool = False  # stopped after N steps (rather than running to its end)
     error: str | None = None
+    traceback: list[str] = field(default_factory=list)  # where it raised: the script's own frames (_user_frames)
     notes: list[str] = field(default_factory=list)
 
     def save(self, out: Path) -> None:
         arrays = {f"{kind}/{i}/{name}": value for kind in ("initial", "final")
                   for i, state in enumerate(getattr(self, kind)) for name, value in state.items()}
         np.savez(out / f"{self.framework}.npz", **arrays)
-        meta = {k: getattr(self, k) for k in ("framework", "losses", "step_ends", "owners", "stopped", "error", "notes")}
+        meta = {k: getattr(self, k) for k in ("framework", "losses", "step_ends", "owners", "stopped", "error",
+                                               "traceback", "notes")}
         meta["optimizers"] = len(self.owners)
         (out / f"{self.framework}.json").write_text(json.dumps(meta))
 
@@ -97,17 +110,123 @@ def _execute(script: Path, run: Run) -> None:
         run.stopped = True
     except BaseException as exc:  # noqa: BLE001 - reported, the steps so far still compare
         run.error = f"{type(exc).__name__}: {exc}"
+        run.traceback = _user_frames(exc, script)
+
+
+def _user_frames(exc: BaseException, script: Path) -> list[str]:
+    """The traceback's frames in the script and the files beside it (a converted tree), innermost last, each
+    'FILE:LINE in FUNCTION: SOURCE LINE'."""
+    import traceback
+
+    root = script.resolve().parent
+    checker = Path(__file__).resolve().parent
+    frames = []
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(root) and not path.is_relative_to(checker) and "site-packages" not in path.parts:
+            frames.append(f"{frame.filename}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}")
+    return frames
+
+
+# ----------------------------------------------------------------------------
+# torch's global generator: the original's draws that its conversion does not make
+
+
+class ConstructionStream:
+    """While it is installed, building a module (the outermost constructor) and `torch.nn.init.*` draw from a
+    generator of their own, so torch's global generator advances in the original exactly as in its
+    conversion, whose modules draw from nnx.Rngs: every other draw (data made with torch.randn, each
+    DataLoader iteration's seed, a shuffle without a generator of its own) then takes the same numbers in
+    both runs. The own stream starts from the global generator's state at the first construction (the
+    first model gets the weights a plain run gives it) and again after each torch.manual_seed.
+    """
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.depth = 0
+        self.state = None  # the own stream's generator state; None: start from the global one
+        self.restore: list = []
+
+    def __enter__(self):
+        torch = self.torch
+        classes, pending = {}, [torch.nn.Module]
+        while pending:
+            cls = pending.pop()
+            if cls not in classes:
+                classes[cls] = None
+                pending += cls.__subclasses__()
+        for cls in classes:
+            self._wrap(cls, "__init__")
+        stream = self
+
+        def init_subclass(cls, **kwargs):
+            stream._wrap(cls, "__init__")
+        self._patch(torch.nn.Module, "__init_subclass__", classmethod(init_subclass))
+        for name in dir(torch.nn.init):
+            if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.nn.init, name)):
+                self._patch(torch.nn.init, name, self._drawing_apart(getattr(torch.nn.init, name)))
+        for owner in (torch, torch.random):
+            self._patch(owner, "manual_seed", self._reseeding(owner.manual_seed))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, had, value in reversed(self.restore):
+            if had:
+                setattr(owner, name, value)
+            else:
+                delattr(owner, name)
+        self.restore.clear()
+
+    def _patch(self, owner, name, value):
+        self.restore.append((owner, name, name in vars(owner), vars(owner).get(name)))
+        setattr(owner, name, value)
+
+    def _wrap(self, cls, name):
+        if name in vars(cls):
+            self._patch(cls, name, self._drawing_apart(vars(cls)[name]))
+
+    def _drawing_apart(self, function):
+        stream = self
+
+        @functools.wraps(function)
+        def apart(*args, **kwargs):
+            if stream.depth:
+                return function(*args, **kwargs)
+            torch = stream.torch
+            outer = torch.get_rng_state()
+            torch.set_rng_state(outer if stream.state is None else stream.state)
+            stream.depth += 1
+            try:
+                return function(*args, **kwargs)
+            finally:
+                stream.depth -= 1
+                stream.state = torch.get_rng_state()
+                torch.set_rng_state(outer)
+        return apart
+
+    def _reseeding(self, manual_seed):
+        stream = self
+
+        @functools.wraps(manual_seed)
+        def reseed(seed):
+            stream.state = None
+            return manual_seed(seed)
+        return reseed
 
 
 # ----------------------------------------------------------------------------
 # torch side
 
 
-def run_torch(script: Path, steps: int | None) -> Run:
+def run_torch(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]] | None = None) -> Run:
+    """The original, in float32; with `initial` (the float32 run's initial weights), its float64 run: each
+    optimizer's module is loaded with them and cast to float64 in place as its optimizer is built, and every
+    module casts its floating inputs to its parameters' dtype (FLOAT64_RUN)."""
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    run = Run("torch")
+    wide = initial is not None
+    run = Run(FLOAT64_RUN if wide else "torch")
     modules = []  # per optimizer: the module it trains
     original_init = torch.optim.Optimizer.__init__
     original_backward = torch.Tensor.backward
@@ -116,12 +235,16 @@ def run_torch(script: Path, steps: int | None) -> Run:
         params = list(params)
         original_init(self, params, defaults)
         label, module = _owner([p for group in self.param_groups for p in group["params"]], sys._getframe(1))
+        if wide and module is not None:
+            if len(modules) < len(initial):
+                module.load_state_dict({k: torch.from_numpy(v) for k, v in initial[len(modules)].items()})
+            module.to(torch.float64)  # in place: the optimizer keeps the same Parameter objects
         modules.append(module)
         run.owners.append(label)
-        run.initial.append(_torch_state(module))
+        run.initial.append(_torch_state(module, wide))
 
     def recording_backward(self, *args, **kwargs):
-        run.losses.append(float(self.detach().float()) if self.numel() == 1 else float("nan"))
+        run.losses.append(float(self.detach().double()) if self.numel() == 1 else float("nan"))
         return original_backward(self, *args, **kwargs)
 
     def after_step(optimizer, args, kwargs):
@@ -132,21 +255,41 @@ def run_torch(script: Path, steps: int | None) -> Run:
     torch.optim.Optimizer.__init__ = recording_init
     torch.Tensor.backward = recording_backward
     handle = register_optimizer_step_post_hook(after_step)
+    widening = torch.nn.modules.module.register_module_forward_pre_hook(_inputs_in_own_dtype) if wide else None
     try:
-        _execute(script, run)
+        with ConstructionStream(torch):
+            _execute(script, run)
     finally:
         handle.remove()
+        if widening is not None:
+            widening.remove()
         torch.optim.Optimizer.__init__ = original_init
         torch.Tensor.backward = original_backward
-    run.final = [_torch_state(module) if module is not None else {} for module in modules]
+    run.final = [_torch_state(module, wide) for module in modules]
     return run
 
 
-def _torch_state(module) -> dict[str, np.ndarray]:
+def _inputs_in_own_dtype(module, args):
+    """Float64 run: a module's floating tensor inputs cast to its parameters' dtype (the data stays float32)."""
+    import torch
+
+    own = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if own is None:
+        return None
+    return tuple(a.to(own) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != own else a
+                 for a in args)
+
+
+def _torch_state(module, wide: bool = False) -> dict[str, np.ndarray]:
     if module is None:
         return {}
-    return {name: np.array(value.detach().cpu().float() if value.is_floating_point() else value.cpu(), copy=True)
-            for name, value in module.state_dict().items()}
+
+    def host(value):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.double() if wide else value.float()
+        return np.array(value, copy=True)
+    return {name: host(value) for name, value in module.state_dict().items()}
 
 
 def _owner(params, frame):
@@ -174,13 +317,19 @@ def _owner(params, frame):
 # jax side
 
 
-def run_jax(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]]) -> Run:
+def run_jax(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]], wide: bool = False) -> Run:
+    """The converted script; `wide`: its float64 run (jax's 64-bit types on, each optimizer's model loaded
+    with the initial weights in float64: the data stays float32 and is promoted at the first layer)."""
     import jax
     from flax import nnx
 
     from porter.weights.loader import load_torch_state_dict
 
-    run = Run("jax")
+    if wide:
+        jax.config.update("jax_enable_x64", True)
+        initial = [{k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()}
+                   for state in initial]
+    run = Run(JAX_FLOAT64_RUN if wide else "jax")
     models = []
     counted = {"steps": 0}
     originals = {name: getattr(nnx, name) for name in ("jit", "value_and_grad")}
@@ -201,7 +350,7 @@ def run_jax(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]
     def loading_init(self, model, tx, *args, **kwargs):
         index = len(models)
         if index < len(initial):
-            load_torch_state_dict(model, initial[index], strict=True)
+            load_torch_state_dict(model, initial[index], strict=True, dtype="checkpoint" if wide else "model")
         else:
             run.notes.append(f"nnx.Optimizer #{index + 1} has no torch counterpart: its model keeps its own "
                              f"initial weights")
@@ -271,6 +420,7 @@ class StepRow:
     jax: float
     rel: float
     ok: bool
+    note: str = ""
 
 
 @dataclass
@@ -293,6 +443,11 @@ class TrainingReport:
     problems: list[str] = field(default_factory=list)  # failures that are not a number out of tolerance
     loss_rtol: float = LOSS_RTOL
     state_rtol: float = STATE_RTOL
+    float64_runs: list[str] = field(default_factory=list)  # the float64 runs the verdict used
+
+    @property
+    def out_of_tolerance(self) -> list[StepRow | StateRow]:
+        return [row for row in self.steps if not row.ok] + [row for row in self.state if not row.ok]
 
     @property
     def first_divergence(self) -> StepRow | None:
@@ -313,6 +468,11 @@ class TrainingReport:
         lines += [f"  {note}" for note in self.notes]
         lines.append(f"  tolerances: loss at each step rel {self.loss_rtol:g} (|jax - torch| / |torch|); final "
                      f"state rel {self.state_rtol:g} (max|a-b| / max|torch|)")
+        if self.float64_runs:
+            lines.append(f"  float64 verdict ({' and '.join(self.float64_runs)} runs): a row out of tolerance is "
+                         f"float32 rounding when within {CONDITION_FACTOR:g}x the original's own float32 error "
+                         f"(vs its float64 run) plus the tolerance, or when in float64 both scripts agree to "
+                         f"{FLOAT64_AGREEMENT:g} or within {CONDITION_FACTOR:g}x that error")
         lines.append("  loss curves:")
         table = [("step", "torch loss", "jax loss", "rel diff", "")]
         for row in self._shown(rows):
@@ -320,7 +480,7 @@ class TrainingReport:
                 table.append(("...", "", "", "", ""))
                 continue
             table.append((str(row.step), f"{row.torch:.7g}", f"{row.jax:.7g}", f"{row.rel:.2e}",
-                          "" if row.ok else "FAIL"))
+                          ("" if row.ok else "FAIL") + (f"  {row.note}" if row.note else "")))
         lines += _columns(table)
         if self.state:
             lines.append("  final state:")
@@ -332,9 +492,11 @@ class TrainingReport:
         lines += [f"FAIL: {problem}" for problem in self.problems]
         first = self.first_divergence
         bad_state = [r for r in self.state if not r.ok]
+        rounding = sum(r.note.startswith("float32 rounding") for r in [*self.steps, *self.state])
         if self.passed:
             lines.append(f"PASS: {len(self.steps)} losses (max rel diff {self.max_loss_rel:.2e}) and "
-                         f"{len(self.state)} final state entries within tolerance")
+                         f"{len(self.state)} final state entries within tolerance"
+                         + (f" ({rounding} by the float64 verdict: float32 rounding)" if rounding else ""))
         elif first is not None:
             lines.append(f"FAIL: the losses diverge first at step {first.step} (torch {first.torch:.7g}, jax "
                          f"{first.jax:.7g}, rel diff {first.rel:.2e}); "
@@ -353,7 +515,8 @@ class TrainingReport:
         if n <= limit:
             return list(self.steps)
         keep = set(range(min(10, n))) | set(range(max(0, n - 3), n))
-        keep |= {round(i * (n - 1) / (limit - 14)) for i in range(limit - 13)}
+        spaced = max(limit - 13, 2)  # evenly spaced steps, first and last among them
+        keep |= {round(i * (n - 1) / (spaced - 1)) for i in range(spaced)}
         first = self.first_divergence
         if first is not None:
             keep |= {first.step - 2, first.step - 1}
@@ -401,13 +564,18 @@ def compare_runs(torch_run: Run, jax_run: Run, original: str, converted: str, *,
     for run in (torch_run, jax_run):
         side = "the original" if run is torch_run else "the converted script"
         if run.error:
-            report.problems.append(f"{side} raised {run.error}")
+            where = "".join(f"\n    {frame}" for frame in run.traceback) or " (no frame in the script's own files)"
+            report.problems.append(f"{side} raised {run.error}{where}" if not run.traceback else
+                                   f"{side} raised {run.error}\n  after {len(run.step_ends)} optimizer steps, "
+                                   f"at (innermost last):{where}")
+    crashed = bool(torch_run.error or jax_run.error)
     report.notes.append(f"optimizer steps: torch {len(torch_run.step_ends)}, jax {len(jax_run.step_ends)}"
                         + (" (stopped after the requested steps)" if torch_run.stopped else ""))
-    if len(torch_run.step_ends) != len(jax_run.step_ends):
+    # after a crash, fewer steps, losses or optimizers on one side are its consequence, not another finding
+    if len(torch_run.step_ends) != len(jax_run.step_ends) and not crashed:
         report.problems.append(f"the scripts took different numbers of optimizer steps (torch "
                                f"{len(torch_run.step_ends)}, jax {len(jax_run.step_ends)})")
-    if len(torch_run.losses) != len(jax_run.losses):
+    if len(torch_run.losses) != len(jax_run.losses) and not crashed:
         report.problems.append(f"different numbers of losses (torch {len(torch_run.losses)} backward() calls, "
                                f"jax {len(jax_run.losses)} value_and_grad calls)")
     if len(torch_run.losses) != len(torch_run.step_ends):
@@ -416,6 +584,9 @@ def compare_runs(torch_run: Run, jax_run: Run, original: str, converted: str, *,
     for i, (t, j) in enumerate(zip(torch_run.losses, jax_run.losses)):
         rel = abs(j - t) / max(abs(t), TINY)
         report.steps.append(StepRow(i + 1, t, j, rel, bool(rel <= loss_rtol)))
+    if crashed and len(torch_run.step_ends) != len(jax_run.step_ends):
+        report.notes.append("final state not compared: the scripts stopped after different numbers of steps")
+        return report
     if len(torch_run.final) != len(jax_run.final):
         report.problems.append(f"{len(torch_run.final)} torch optimizers but {len(jax_run.final)} nnx.Optimizers")
     for label, t_state, j_state in zip(torch_run.owners, torch_run.final, jax_run.final):
@@ -440,38 +611,139 @@ def _state_row(name: str, ref: np.ndarray, got: np.ndarray | None, rtol: float) 
 
 
 # ----------------------------------------------------------------------------
+# The float64 verdict: is a difference float32 rounding, or the conversion?
+
+
+def explain_by_float64(report: TrainingReport, torch_run: Run, torch64: Run, jax64: Run | None = None) -> None:
+    """Marks the steps and final state entries out of tolerance that float32 rounding explains.
+
+    Two witnesses, as the model check's (porter/check/conditioning.py):
+    - the band: the original's own float32 error, |torch float32 - torch float64| in the row's units, is what
+      rounding does to this training; a row within CONDITION_FACTOR times it (per step: the largest own error
+      up to that step, since rounding differences carry over from step to step) plus the tolerance is rounding;
+    - both scripts in float64 (`jax64`): where their losses and state agree to FLOAT64_AGREEMENT, or differ
+      by no more than the band (what the conversion changes in exact arithmetic is then below what float32
+      resolves in this training, as the 1e-6 torch's clip_grad_norm_ adds to the norm and
+      optax.clip_by_global_norm does not), the float32 difference is that change or rounding, amplified by
+      the training: a max-pool window whose two largest inputs are within rounding of each other sends a
+      gradient one way in one run and the other way in the other, Adam divides by the root of small second
+      moments, and the runs part from there on, by far more than any one step's rounding.
+    A conversion that computes something else (a learning rate, an epsilon, a momentum, a reduction) differs
+    in float64 too, and by more than the original's own rounding.
+    """
+    envelope = 0.0
+    for i, row in enumerate(report.steps):
+        if i >= len(torch64.losses):
+            break
+        exact = torch64.losses[i]
+        envelope = max(envelope, _relative(torch_run.losses[i], exact))
+        if row.ok:
+            continue
+        in_float64 = _relative(jax64.losses[i], exact) if jax64 is not None and i < len(jax64.losses) else None
+        _judge(row, envelope, report.loss_rtol, in_float64)
+    exact_states = _by_name(torch_run.owners, torch64.final)
+    single_states = _by_name(torch_run.owners, torch_run.final)
+    converted64 = _by_name(torch_run.owners, jax64.final) if jax64 is not None else {}
+    for row in report.state:
+        if row.ok or row.name not in exact_states or row.name not in single_states:
+            continue
+        exact, single = exact_states[row.name], single_states[row.name]
+        scale = max(_largest(single), TINY)
+        in_float64 = _largest(converted64[row.name] - exact) / max(_largest(exact), TINY) \
+            if row.name in converted64 and converted64[row.name].shape == exact.shape else None
+        _judge(row, _largest(single - exact) / scale, report.state_rtol, in_float64)
+
+
+def _judge(row: StepRow | StateRow, own_error: float, tolerance: float, in_float64: float | None) -> None:
+    if row.rel <= CONDITION_FACTOR * own_error + tolerance:
+        row.ok, row.note = True, f"float32 rounding: the original itself moves by {own_error:.2g} (float64 run)"
+    elif in_float64 is not None and in_float64 <= FLOAT64_AGREEMENT:
+        row.ok, row.note = True, f"float32 rounding: in float64 both scripts agree to {in_float64:.1g}"
+    elif in_float64 is not None and in_float64 <= CONDITION_FACTOR * own_error:
+        row.ok, row.note = True, (f"float32 rounding, amplified: in float64 the scripts differ by {in_float64:.2g}, "
+                                  f"no more than float32 rounding moves the original ({own_error:.2g})")
+    else:
+        earlier = "" if row.note.startswith("not float32 rounding") else row.note  # a first verdict's, redone
+        row.note = (earlier + "; " if earlier else "") + f"not float32 rounding: the original moves by " \
+            f"{own_error:.2g}" + (f", and in float64 the scripts differ by {in_float64:.2g}"
+                                  if in_float64 is not None else "")
+
+
+def _relative(value: float, exact: float) -> float:
+    return abs(value - exact) / max(abs(exact), TINY)
+
+
+def _largest(a: np.ndarray) -> float:
+    return float(np.max(np.abs(a), initial=0.0))
+
+
+def _by_name(owners: list[str], states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Final state entries under the report's row names (prefixed by the model when several)."""
+    prefix = (lambda label: f"{label}.") if len(owners) > 1 else (lambda label: "")
+    return {prefix(label) + name: np.asarray(value, np.float64) for label, state in zip(owners, states)
+            for name, value in state.items()}
+
+
+# ----------------------------------------------------------------------------
 # Driver: both scripts in subprocesses
 
 
 def check_training(original: str | Path, converted: str | Path, *, steps: int | None = None,
-                   loss_rtol: float = LOSS_RTOL, state_rtol: float = STATE_RTOL,
+                   loss_rtol: float = LOSS_RTOL, state_rtol: float = STATE_RTOL, float64: bool = True,
                    timeout: float | None = None) -> TrainingReport:
     """Run the original training script and its conversion for `steps` optimizer steps (all, when None)
-    from the same initial weights and compare the loss at every step and the final state."""
+    from the same initial weights and compare the loss at every step and the final state. With `float64`,
+    rows out of tolerance get the float64 verdict (explain_by_float64): the original is run again in
+    float64 and, if its own rounding does not explain them, the conversion too."""
     original, converted = Path(original), Path(converted)
     with tempfile.TemporaryDirectory(prefix="porter-check-training-") as tmp:
         out = Path(tmp)
-        for framework, script in (("torch", original), ("jax", converted)):
+
+        def run(framework: str, script: Path) -> str | None:
+            """None, or why the run did not record anything."""
             command = [sys.executable, "-m", "porter.check.training", framework, str(script), str(out)]
             if steps is not None:
                 command += ["--steps", str(steps)]
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
             if done.returncode != 0 or not (out / f"{framework}.json").exists():
+                return f"the {framework} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            return None
+
+        for framework, script in (("torch", original), ("jax", converted)):
+            failure = run(framework, script)
+            if failure:
                 report = TrainingReport(str(original), str(converted), loss_rtol=loss_rtol, state_rtol=state_rtol)
-                report.problems.append(f"the {framework} run failed (exit {done.returncode}):\n"
-                                       f"{done.stderr[-3000:]}")
+                report.problems.append(failure)
                 return report
         torch_run, jax_run = Run.load(out, "torch"), Run.load(out, "jax")
-    return compare_runs(torch_run, jax_run, str(original), str(converted), loss_rtol=loss_rtol,
-                        state_rtol=state_rtol)
+        report = compare_runs(torch_run, jax_run, str(original), str(converted), loss_rtol=loss_rtol,
+                              state_rtol=state_rtol)
+        if not float64 or not report.out_of_tolerance or torch_run.error or jax_run.error:
+            return report
+        witnesses = []
+        for framework, script in ((FLOAT64_RUN, original), (JAX_FLOAT64_RUN, converted)):
+            failure = run(framework, script)
+            witness = None if failure else Run.load(out, framework)
+            if witness is not None and witness.error:
+                failure = f"the {framework} run raised {witness.error}"
+            if failure:
+                report.notes.append(f"float64 verdict incomplete: {failure.splitlines()[0]}")
+                break
+            witnesses.append(witness)
+            explain_by_float64(report, torch_run, *witnesses)
+            if not report.out_of_tolerance:
+                break
+        report.float64_runs = [w.framework for w in witnesses]
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m porter.check.training torch|jax SCRIPT OUT [--steps N]` (the jax run reads OUT/torch.*)."""
+    """`python -m porter.check.training torch|jax|torch64 SCRIPT OUT [--steps N]` (the jax and float64 runs
+    read OUT/torch.*)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m porter.check.training")
-    parser.add_argument("framework", choices=("torch", "jax"))
+    parser.add_argument("framework", choices=("torch", "jax", FLOAT64_RUN, JAX_FLOAT64_RUN))
     parser.add_argument("script", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int)
@@ -479,8 +751,10 @@ def main(argv: list[str] | None = None) -> int:
     script = args.script.resolve()
     if args.framework == "torch":
         run = run_torch(script, args.steps)
+    elif args.framework == FLOAT64_RUN:
+        run = run_torch(script, args.steps, initial=Run.load(args.out, "torch").initial)
     else:
-        run = run_jax(script, args.steps, Run.load(args.out, "torch").initial)
+        run = run_jax(script, args.steps, Run.load(args.out, "torch").initial, wide=args.framework == JAX_FLOAT64_RUN)
     run.save(args.out)
     return 0
 

@@ -35,7 +35,8 @@ def run_training_check(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: --steps must be >= 1", file=sys.stderr)
         return 2
     report = check_training(args.original, args.converted, steps=args.steps,
-                            loss_rtol=args.rtol or LOSS_RTOL, state_rtol=args.rtol or STATE_RTOL)
+                            loss_rtol=args.rtol or LOSS_RTOL, state_rtol=args.rtol or STATE_RTOL,
+                            float64=args.rtol is None)
     print(report.format(rows=args.rows))
     if args.plot:
         try:

@@ -47,10 +47,11 @@ CODES: dict[str, Code] = {
              "the forward pass as plain assignments; write the train_step by hand for other shapes."),
         Code("PT011", Severity.INFO, "torch kept for data loading",
              "torch.utils.data (Dataset, DataLoader) is kept: the same batches in the same order as the "
-             "original. What feeds it stays torch too (the tensors built for it, edited in place, drawn from "
-             "torch's generator: the original's numbers); batches and those tensors become jax arrays where "
-             "they meet the converted code (jnp.asarray, the train_step call). Swap in a numpy or grain loader "
-             "to drop torch."),
+             "original where each shuffle has a seeded generator= of its own (without one, the order comes from "
+             "torch's global generator, which the original's layer initialisation also draws from). What feeds "
+             "it stays torch too (the tensors built for it, edited in place, drawn from torch's generator: the "
+             "original's numbers); batches and those tensors become jax arrays where they meet the converted "
+             "code (jnp.asarray, the train_step call). Swap in a numpy or grain loader to drop torch."),
         Code("PT012", Severity.ERROR, "model class in a file porter did not read",
              "A script converted on its own builds its model from a name it imports from a file porter "
              "could not find or parse (or a dynamic import), then trains or switches it as a model: porter "

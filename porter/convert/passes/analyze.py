@@ -281,10 +281,11 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         data = self.ctx.data_side = data_side.analyse(module, self.ctx)
         if data is None:
             return
-        message = "torch's data loading and seeding are kept: the same batches in the same order as the original"
+        message = "torch's data loading and seeding are kept: the same batches in the same order as the original " \
+                  "where each shuffle has a seeded generator of its own"
         if data.tensors:
-            drawn = ", drawn from torch's global generator: the very same numbers as the original" \
-                if data.draws else ""
+            drawn = ", drawn from torch's global generator: the very same numbers as the original where drawn " \
+                    "before a model is built (building one draws from it in torch only)" if data.draws else ""
             message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
         message += "; its batches become jax arrays where they meet the converted code"
         self.ctx.report("PT011", *min(self._index.start(node) for node in [data.first, *data.seeds]), message)

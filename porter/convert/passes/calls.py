@@ -22,6 +22,11 @@ _WHOLE_VALUE = {cst.Arg: "value", cst.Assign: "value", cst.AnnAssign: "value", c
                 cst.Element: "value", cst.DictElement: "value", cst.Return: "value"}
 # torch APIs the converted code keeps on purpose, arguments and all
 KEPT_TORCH = ("torch.utils.data.", "torch.manual_seed", "torch.random.manual_seed")
+# torch.utils.data calls that draw from torch's global generator unless given a generator of their own
+# (qualified name, index of `shuffle` when only shuffle=True draws)
+GLOBAL_DRAWING_DATA = {"torch.utils.data.DataLoader": 2, "torch.utils.data.dataloader.DataLoader": 2,
+                       "torch.utils.data.RandomSampler": None, "torch.utils.data.SubsetRandomSampler": None,
+                       "torch.utils.data.WeightedRandomSampler": None, "torch.utils.data.random_split": None}
 
 
 # `torch.empty(shape).normal_(...)`: a new tensor filled in place, a parameter's initial value
@@ -233,6 +238,20 @@ class CallRewrite(ScopedTransformer):
     def _is_kept(self, call: cst.Call) -> bool:
         return (self.ctx.qualified_name(call.func) or "").startswith(KEPT_TORCH)
 
+    def _draws_from_the_global_generator(self, call: cst.Call) -> bool:
+        """A shuffling DataLoader, a random sampler or random_split without generator=."""
+        name = self.ctx.qualified_name(call.func) or ""
+        if name not in GLOBAL_DRAWING_DATA or any(a.keyword and a.keyword.value == "generator" for a in call.args):
+            return False
+        shuffle_at = GLOBAL_DRAWING_DATA[name]
+        if shuffle_at is None:
+            return True
+        keyword = next((a for a in call.args if a.keyword and a.keyword.value in ("shuffle", "sampler",
+                                                                                   "batch_sampler")), None)
+        shuffle = keyword.value if keyword is not None and keyword.keyword.value == "shuffle" else \
+            call.args[shuffle_at].value if len(call.args) > shuffle_at and not call.args[shuffle_at].keyword else None
+        return shuffle is not None and not (isinstance(shuffle, cst.Name) and shuffle.value in ("False", "None"))
+
     def visit_Attribute(self, node: cst.Attribute) -> None:
         self._inner.add(id(node.value))
         self._inner.add(id(node.attr))  # the nn of torch.nn.Sequential is no use of an imported `nn`
@@ -240,9 +259,17 @@ class CallRewrite(ScopedTransformer):
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
         if self._is_kept(original_node):
             self._kept_depth -= 1
-            if not any(d.code == "PT011" for d in self.ctx.diagnostics):
+            if self._draws_from_the_global_generator(original_node):
+                self.report("PT011", original_node, "no generator= of its own: the order comes from torch's global "
+                                                    "generator, which the original also draws from to initialise its "
+                                                    "layers and the converted script does not, so with a model built "
+                                                    "before the loop the batches come in another order; pass "
+                                                    "generator=torch.Generator().manual_seed(s) for the same order in "
+                                                    "both (porter check --script aligns the two runs by itself)")
+            elif not any(d.code == "PT011" for d in self.ctx.diagnostics):
                 self.report("PT011", original_node, "torch's data loading and seeding are kept: the same batches "
-                                                    "in the same order as the original")
+                                                    "in the same order as the original where each shuffle has a "
+                                                    "seeded generator of its own")
             return updated_node
         if self._kept_depth:
             return updated_node
