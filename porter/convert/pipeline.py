@@ -54,6 +54,8 @@ class Conversion:
     # `from X import Y [as Z]` statements at the top level, as (dots, module, name, local name)
     exports: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     imports: list[tuple[int, str, str, str]] = field(default_factory=list, repr=False, compare=False)
+    # the emitted helpers the code imports from the tree's helpers module (convert_in_tree's helpers_from)
+    helpers: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -72,13 +74,15 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
 
 
 def convert_in_tree(source: str, *, filename: str | None = None, known: Known | None = None,
-                    notebook: bool = False) -> Conversion:
+                    notebook: bool = False, helpers_from: str | None = None) -> Conversion:
     """convert_source for a file of a tree: `known` names what this file imports from the others of
     the tree that are nn.Module subclasses ("module") or layer factories ("factory"), so that
     `Block(d)` gets its rngs as it would were Block defined here. It may be a function of the file's
-    `from ... import` statements (Conversion.imports), called once they are parsed."""
+    `from ... import` statements (Conversion.imports), called once they are parsed. `helpers_from`: the
+    module of the output the emitted helpers are imported from (`porter_helpers`, `..porter_helpers`)
+    instead of being pasted into the file (Conversion.helpers lists them)."""
     with _no_cyclic_gc(), _recursion_room():
-        return _convert(source, filename, fast=True, notebook=notebook, known=known)
+        return _convert(source, filename, fast=True, notebook=notebook, known=known, helpers_from=helpers_from)
 
 
 @contextlib.contextmanager
@@ -111,7 +115,7 @@ def _recursion_room(frames: int = 10_000):
 
 
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
-             known: Known | None = None) -> Conversion:
+             known: Known | None = None, helpers_from: str | None = None) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter (in the rewrite and the residual check). The output
     must be identical."""
@@ -148,7 +152,8 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     statement_code = StatementCode(index if fast else None)
 
     def finish(tree: cst.Module) -> str:
-        final = tree.visit(FinalizeImports(ctx, statement_code, helpers_after_new_imports=notebook))
+        final = tree.visit(FinalizeImports(ctx, statement_code, helpers_after_new_imports=notebook,
+                                           helpers_from=helpers_from))
         return statement_code.module_code(final) if fast else final.code
 
     residual.check(ctx, index, rewritten, fast)  # the import pass reports nothing: every diagnostic is in
@@ -156,7 +161,8 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     code = output_gate.gate(source, rewritten, finish, ctx, index, notebook=notebook)  # it compiles
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
-    return Conversion(code, diagnostics, changes, filename, exports, imports)
+    helpers = list(ctx.helpers) if helpers_from is not None and code is not source else []
+    return Conversion(code, diagnostics, changes, filename, exports, imports, helpers)
 
 
 def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:

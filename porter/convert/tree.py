@@ -53,6 +53,7 @@ class Task:
     annotate: bool = False
     diff: bool = False
     tree: "TreeSummary | None" = None  # what the files of the tree converted before this one define
+    helpers_from: str | None = None  # the output's module to import emitted helpers from (shared_helpers.py)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class FileResult:
     exports: dict[str, str] = field(default_factory=dict)  # see pipeline.Conversion
     imports: list[tuple[int, str, str, str]] = field(default_factory=list)
     known: tuple[tuple[str, str], ...] = ()  # what it learnt from task.tree: (local name, "module" | "factory")
+    helpers: list[str] = field(default_factory=list)  # the emitted helpers it imports from task.helpers_from
 
     @property
     def has_errors(self) -> bool:
@@ -256,7 +258,8 @@ def _convert_task(task: Task) -> FileResult:
             learnt.update(task.tree.known(task.relative, imports) if task.tree else ())
             return learnt
 
-        conversion = convert_python(text, task.display, annotate=task.annotate, known=learn)
+        conversion = convert_python(text, task.display, annotate=task.annotate, known=learn,
+                                    helpers_from=task.helpers_from)
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
     if conversion.failed:  # did not parse (PT001), nests too deep (PT034), not a notebook (PT032): nothing to write
@@ -273,14 +276,15 @@ def _convert_task(task: Task) -> FileResult:
                                             f"a/{task.relative}", f"b/{task.relative}"))
     return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff,
                       exports=getattr(conversion, "exports", {}), imports=getattr(conversion, "imports", []),
-                      known=tuple(sorted(learnt.items())) if task.kind == "python" else ())
+                      known=tuple(sorted(learnt.items())) if task.kind == "python" else (),
+                      helpers=getattr(conversion, "helpers", []))
 
 
-def convert_python(text: str, filename: str, *, annotate: bool = False, known=None):
+def convert_python(text: str, filename: str, *, annotate: bool = False, known=None, helpers_from: str | None = None):
     from porter.convert.pipeline import convert_in_tree
 
     def convert(source: str, name: str):
-        return convert_in_tree(source, filename=name, known=known)
+        return convert_in_tree(source, filename=name, known=known, helpers_from=helpers_from)
 
     if not annotate:
         return convert(text, filename)
@@ -663,12 +667,14 @@ def copy_atomically(source: Path, target: Path) -> None:
 
 
 def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path, *,
-               finish: Callable[[Path, list[str]], None] | None = None) -> list[str]:
+               finish: Callable[[Path, list[str]], None] | None = None,
+               extra: list[tuple[str, bytes]] = ()) -> list[str]:
     """Converted files (failed ones aside) and the copied files under `output`, the layout kept.
 
     A failed file's output from an earlier run (an existing `output`, --force) is deleted, so that
     `output` holds what the report says: no stale conversion beside a `failed`. Returns the relative
-    paths deleted.
+    paths deleted. `extra`: files porter writes that have no source, (relative path, bytes): the
+    helpers module (shared_helpers.py).
 
     Nothing is written into `output` itself: the new tree is built in a temporary sibling directory
     (with what `finish(directory, removed)` adds there: the report), the files of an existing
@@ -684,6 +690,8 @@ def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source
                 write_bytes_atomically(staging / result.relative, result.code, mode_from=source / result.relative)
         for path, relative in copies:
             copy_atomically(path, staging / relative)
+        for relative, data in extra:
+            write_bytes_atomically(staging / relative, data)
         failed = {result.relative for result in results if result.code is None}
         removed = []
         if output.exists():
