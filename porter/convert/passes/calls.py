@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, devices, inplace, keyword_helpers
+from porter.convert import apply, devices, inplace, keyword_helpers, no_ops
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -61,6 +61,7 @@ class CallRewrite(ScopedTransformer):
         self._annotation_depth = 0  # > 0 inside a type annotation
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
+        self._class_bodies: set[int] = set()  # ids of class bodies (`w = w` there copies an outer name: kept)
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
@@ -80,6 +81,7 @@ class CallRewrite(ScopedTransformer):
             # every function body cost about 5% of a conversion
         elif kind is cst.ClassDef:
             self._class_bases.update(id(base.value) for base in node.bases)
+            self._class_bodies.add(id(node.body))
             attributes = layer_constructor_attributes(node, self.ctx) \
                 if node.name.value in self.ctx.module_classes else set()
             self._constructor_attributes.append(attributes)
@@ -183,7 +185,18 @@ class CallRewrite(ScopedTransformer):
                 self.record(rule.id if rule else "setitem", original_node, updated_node)
         elif kind is cst.Subscript or kind is cst.Attribute:
             updated_node = inplace.pick_item(updated_node)
+        elif (kind is cst.IndentedBlock and id(original_node) not in self._class_bodies) or kind is cst.Module:
+            updated_node = no_ops.drop_self_assignments(original_node, updated_node, self._drop_no_op)
         return updated_node
+
+    def _drop_no_op(self, line: cst.SimpleStatementLine, rest: cst.CSTNode) -> bool:
+        """A line the rewrite left with a self-assignment (`x = x` from `x = x.to(device)`): logged, and
+        dropped (no_ops.py); kept where the original line is unknown."""
+        built = self.ctx.rewritten_statements.get(id(line))
+        if built is None or built[0] is not line:
+            return False
+        self.record("no-op-assignment", built[1], rest)
+        return True
 
     def _array_attributes(self) -> tuple[frozenset[str], frozenset[str]]:
         """The module's buffers and parameters (nnx.Variables, which take item assignment themselves), and
