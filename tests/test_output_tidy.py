@@ -86,3 +86,119 @@ def test_in_a_module_forward_and_a_training_loop():
     assert "x = x\n" not in code
     assert "        return self.fc(x)" in code
     exec(code, {})
+
+
+# ---------------------------------------------------------------------------- rngs only where drawn
+LAYERS = """\
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Flatten(nn.Module):
+        def forward(self, x):
+            return F.relu(x).reshape(x.shape[0], -1)
+
+
+    class Pools(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+            self.pool = nn.MaxPool2d(2)
+            self.flat = Flatten()
+
+        def forward(self, x):
+            return self.flat(self.pool(self.act(x)))
+
+
+    class Dropped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout(0.1)
+
+        def forward(self, x):
+            return self.drop(x)
+
+
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return x + torch.randn_like(x)
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = Pools()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.features(x))
+
+
+    class Passed(nn.Module):
+        def forward(self, x):
+            return x
+
+
+    def build(cls=Passed):
+        return cls()
+    """
+
+
+def test_module_classes_that_draw_nothing_take_no_rngs():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    code = _convert(textwrap.dedent(LAYERS) + "\n\nnet = Net()\npools = Pools()\n").code
+    assert "class Flatten(nnx.Module):\n    def __call__" in code  # no constructor added for rngs
+    assert "    def __init__(self):\n        self.act = jax.nn.relu" in code
+    assert "self.flat = Flatten()\n" in code and "self.features = Pools()\n" in code
+    assert "pools = Pools()\n" in code and "net = Net(rngs=nnx.Rngs(0))\n" in code
+    namespace = {}
+    exec(code, namespace)
+    assert namespace["net"](jnp.ones((2, 1, 4, 4))).shape == (2, 2)
+    for drawing in ("Dropped", "Noisy", "Net"):  # a dropout child, a draw in forward, a layer with parameters
+        namespace[drawing](rngs=nnx.Rngs(0))
+    namespace["Passed"](rngs=nnx.Rngs(0))  # passed as a value: called elsewhere with rngs
+
+
+def test_a_draw_the_analysis_misses_converts_again_with_rngs(monkeypatch):
+    from flax import nnx
+    from porter.convert import rngs_free
+
+    monkeypatch.setattr(rngs_free, "_random_torch", lambda expression, ctx: False)
+    code = _convert(LAYERS).code
+    namespace = {}
+    exec(code, namespace)
+    namespace["Net"](rngs=nnx.Rngs(0))
+    namespace["Dropped"](rngs=nnx.Rngs(0))
+    namespace["Pools"]()
+
+
+def test_a_tree_constructs_another_files_rngs_free_class_without_rngs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from porter.cli import main
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "layers.py").write_text(textwrap.dedent(LAYERS))
+    (source / "train.py").write_text(textwrap.dedent("""\
+        import torch
+        from layers import Net, Pools
+
+        pools = Pools()
+        net = Net()
+        x = torch.ones(2, 1, 4, 4)
+        print(net(x).shape, pools(x).shape)
+        """))
+    out = tmp_path / "out"
+    assert main(["convert", str(source), "-o", str(out), "-j", "1"]) == 0
+    train = (out / "train.py").read_text()
+    assert "pools = Pools()\n" in train and "net = Net(rngs=nnx.Rngs(0))\n" in train
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "train.py"], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.util
+import inspect
 import re
 import sys
 import uuid
@@ -150,6 +151,18 @@ def _where(exc: BaseException, path: Path) -> str:
     return f"line {line}: " if line else ""
 
 
+def takes_keyword(function: Callable, name: str) -> bool:
+    """Whether `function(..., name=...)` is accepted (a parameter of that name, or **kwargs); True when
+    the signature cannot be read."""
+    if isinstance(function, type):  # nnx.Module's metaclass __call__ takes anything: its __init__ says
+        function = function.__init__
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def build_model(spec: ModelSpec, *, module: ModuleType | None = None, args: tuple[Any, ...] | None = None,
                 kwargs: dict[str, Any] | None = None, extra_kwargs: dict[str, Any] | None = None,
                 preseed: dict[str, Any] | None = None, warn: Callable[[str], None] | None = None) -> Any:
@@ -165,7 +178,10 @@ def build_model(spec: ModelSpec, *, module: ModuleType | None = None, args: tupl
     if not callable(cls):
         raise ModelSpecError(f"{spec.path}: {spec.name} is not a class or function")
     call_args = spec.args if args is None else args
-    call_kwargs = {**(spec.kwargs if kwargs is None else kwargs), **(extra_kwargs or {})}
+    extra = dict(extra_kwargs or {})
+    if "rngs" in extra and not takes_keyword(cls, "rngs"):
+        del extra["rngs"]  # a converted module class that builds nothing random takes no rngs
+    call_kwargs = {**(spec.kwargs if kwargs is None else kwargs), **extra}
     try:
         return cls(*call_args, **call_kwargs)
     except Exception as exc:

@@ -28,7 +28,7 @@ from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
 from porter.convert.passes.random_keys import seed_global_rngs
-from porter.convert import output_gate, traverse
+from porter.convert import output_gate, rngs_free, traverse
 from porter.convert.keyword_helpers import keyword_helpers
 from porter.convert.nesting import too_deep
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
@@ -115,7 +115,8 @@ def _recursion_room(frames: int = 10_000):
 
 
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
-             known: Known | None = None, helpers_from: str | None = None) -> Conversion:
+             known: Known | None = None, helpers_from: str | None = None,
+             keep_rngs: frozenset[str] = frozenset()) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter (in the rewrite and the residual check). The output
     must be identical."""
@@ -135,10 +136,13 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     ctx = ConversionContext(rules=load_rules(), filename=filename)
     ctx.keyword_helpers = keyword_helpers(module)
     for name, kind in (known or {}).items():
-        (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
+        (ctx.module_classes if kind in ("module", "plain-module") else ctx.rngs_functions).add(name)
+        if kind == "plain-module":
+            ctx.rngs_free_classes.add(name)
     index = SourceIndex(module)  # positions of the original nodes, for both passes
     analyze = Analyze(ctx, index)
     traverse.visit(module, analyze, Prefilter(index, analyze) if fast else None)
+    ctx.rngs_free_classes |= rngs_free.find(module, ctx, source, keep_rngs)
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
@@ -148,6 +152,10 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with
     # libcst's is tests/test_convert_properties.py's test_the_traversal_engine_visits_like_libcst
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite) if fast else None)
+    missed = rngs_free.still_random(rewritten, ctx)
+    if missed:  # a class the analysis found rngs-free draws after all: again, with it taking rngs
+        return _convert(source, filename, fast=fast, notebook=notebook, known=known, helpers_from=helpers_from,
+                        keep_rngs=keep_rngs | missed)
     rewritten = seed_global_rngs(rewritten, ctx)
     statement_code = StatementCode(index if fast else None)
 
@@ -186,7 +194,9 @@ def _exports(module: cst.Module, ctx: ConversionContext) -> dict[str, str]:
     exports = {}
     for statement in module.body:
         if isinstance(statement, cst.ClassDef) and statement.name.value in ctx.module_classes:
-            exports[statement.name.value] = "module"
+            # "plain-module": a module class that takes no rngs (porter/convert/rngs_free.py)
+            exports[statement.name.value] = "plain-module" if statement.name.value in ctx.rngs_free_classes \
+                else "module"
         elif isinstance(statement, cst.FunctionDef) and statement.name.value in ctx.rngs_functions:
             exports[statement.name.value] = "factory"
     return exports

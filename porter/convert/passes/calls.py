@@ -269,6 +269,8 @@ class CallRewrite(ScopedTransformer):
                                                 "result (x = init_(x)); left unchanged")
             return updated_node
         if isinstance(func, cst.Name) and func.value in self.ctx.module_classes | self.ctx.rngs_functions:
+            if func.value in self.ctx.rngs_free_classes:
+                return updated_node  # builds nothing random: takes no rngs (porter/convert/rngs_free.py)
             return self._add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
             return self._add_rngs(original_node, updated_node)
