@@ -202,3 +202,51 @@ def test_a_tree_constructs_another_files_rngs_free_class_without_rngs(tmp_path):
     env.pop("PYTHONPATH", None)
     done = subprocess.run([sys.executable, "train.py"], cwd=out, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_subclass_in_another_file_of_a_class_without_rngs_calls_its_constructor_without_them(tmp_path):
+    from porter.cli import main
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "base.py").write_text(textwrap.dedent("""\
+        import torch.nn as nn
+
+
+        class Scale(nn.Module):
+            def __init__(self, s=2.0):
+                super().__init__()
+                self.s = s
+
+            def forward(self, x):
+                return x * self.s
+        """))
+    (source / "net.py").write_text(textwrap.dedent("""\
+        import torch.nn as nn
+        from base import Scale
+
+
+        class Scaled(Scale):
+            def __init__(self):
+                super().__init__(3.0)
+                self.fc = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.fc(super().forward(x))
+        """))
+    out = tmp_path / "out"
+    assert main(["convert", str(source), "-o", str(out), "-j", "1"]) == 0
+    assert "class Scale(nnx.Module):\n    def __init__(self, s=2.0):\n" in (out / "base.py").read_text()
+    net = (out / "net.py").read_text()
+    assert "super().__init__(3.0)\n" in net and "def __init__(self, *, rngs: nnx.Rngs):" in net
+    import sys
+
+    from flax import nnx
+    sys.path.insert(0, str(out))
+    try:
+        import net as converted
+        assert converted.Scaled(rngs=nnx.Rngs(0)).s == 3.0
+    finally:
+        sys.path.remove(str(out))
+        sys.modules.pop("net", None)
+        sys.modules.pop("base", None)

@@ -34,11 +34,15 @@ def find(module: cst.Module, ctx: ConversionContext, source: str, keep: frozense
     """The module classes defined at the top of `module` that need no rngs (not those in `keep`)."""
     classes = {s.name.value: s for s in module.body
                if type(s) is cst.ClassDef and s.name.value in ctx.module_classes and s.name.value not in keep}
+    plain = {name for name, node in classes.items() if _plain(name, node, ctx)}
     constructs: dict[str, set[str]] = {}
-    for name, node in classes.items():
-        built = _constructed_classes(node, ctx) if _plain(name, node, ctx) and _only_called(name, source) else None
+    for name in plain & _only_called(plain, source):
+        built = _constructed_classes(classes[name], ctx)
         if built is not None:
             constructs[name] = built
+    ctx.rngs_free_bases |= {s.name.value for s in module.body if type(s) is cst.ClassDef
+                            and s.name.value in ctx.module_classes and _module_class_bases(s, ctx)
+                            and _module_class_bases(s, ctx) <= ctx.rngs_free_classes}
     free = set(constructs)
     changed = True
     while changed:  # a class constructing one that needs rngs needs them too
@@ -48,6 +52,11 @@ def find(module: cst.Module, ctx: ConversionContext, source: str, keep: frozense
                 free.discard(name)
                 changed = True
     return free
+
+
+def _module_class_bases(node: cst.ClassDef, ctx: ConversionContext) -> set[str]:
+    return {base.value.value for base in node.bases
+            if type(base.value) is cst.Name and base.value.value in ctx.module_classes}
 
 
 def still_random(module: cst.Module, ctx: ConversionContext) -> set[str]:
@@ -71,19 +80,28 @@ def _plain(name: str, node: cst.ClassDef, ctx: ConversionContext) -> bool:
         and not ctx.methods_needing_rngs.get(name)
 
 
-def _only_called(name: str, source: str) -> bool:
-    """Every mention of the name in the file's text (attribute names aside) is its definition or a call."""
-    mentions = len(re.findall(rf"(?<![\w.]){re.escape(name)}(?!\w)", source))
-    calls = len(re.findall(rf"(?<![\w.]){re.escape(name)}\s*\(", source))
-    definitions = len(re.findall(rf"\bclass\s+{re.escape(name)}\b", source))
-    return mentions == calls and definitions == 1
+def _only_called(names: set[str], source: str) -> set[str]:
+    """The names every mention of which in the file's text (attribute names aside) is a call (`class
+    Name(` included) and which are defined once."""
+    if not names:
+        return set()
+    mentions = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, sorted(names))) + r")(?!\w)(\s*\()?")
+    called, other = set(), set()
+    for match in mentions.finditer(source):
+        (called if match.group(2) else other).add(match.group(1))
+    defined = re.findall(r"\bclass\s+(\w+)", source)
+    return {name for name in called - other if defined.count(name) == 1}
 
 
 def _constructed_classes(node: cst.ClassDef, ctx: ConversionContext) -> set[str] | None:
     """The module classes the class body constructs; None when it builds or draws anything else random."""
-    parameters = {p.name.value for p in find_all(node.body, cst.Param)}
+    found = find_all(node.body, (cst.Call, cst.Param, cst.Assign))
+    parameters = {n.name.value for n in found if type(n) is cst.Param}
+    handed_in = {target.target.attr.value for n in found if type(n) is cst.Assign  # self.act = act_layer
+                 and type(n.value) is cst.Name and n.value.value in parameters
+                 for target in n.targets if type(target.target) is cst.Attribute}
     built: set[str] = set()
-    for call in find_all(node.body, cst.Call):
+    for call in (n for n in found if type(n) is cst.Call):
         func = call.func
         if type(func) is cst.Name and func.value in ctx.module_classes:
             built.add(func.value)
@@ -91,25 +109,12 @@ def _constructed_classes(node: cst.ClassDef, ctx: ConversionContext) -> set[str]
         if type(func) is cst.Name and (func.value in ctx.rngs_functions or func.value in parameters
                                        or func.value in ctx.constructor_globals):
             return None  # a layer factory, or a constructor handed in (`act_layer()`)
-        if type(func) is cst.Attribute and func.attr.value in IN_PLACE_DRAWS:
-            return None
-        if type(func) is cst.Attribute and type(func.value) is cst.Name and func.value.value == "self" \
-                and func.attr.value not in ("register_buffer", "register_parameter", "add_module") \
-                and _assigned_from_parameter(node, func.attr.value, parameters):
-            return None  # self._norm_layer(c): a constructor kept on the instance
+        if type(func) is cst.Attribute and (func.attr.value in IN_PLACE_DRAWS or func.attr.value in handed_in):
+            return None  # t.uniform_(), self._norm_layer(c)
         for expression in (func, *(arg.value for arg in call.args)):  # partial(nn.Linear, ...) too
             if _random_torch(expression, ctx):
                 return None
     return built
-
-
-def _assigned_from_parameter(node: cst.ClassDef, attribute: str, parameters: set[str]) -> bool:
-    for assign in find_all(node.body, cst.Assign):
-        for target in assign.targets:
-            if type(target.target) is cst.Attribute and target.target.attr.value == attribute \
-                    and type(assign.value) is cst.Name and assign.value.value in parameters:
-                return True
-    return False
 
 
 def _random_torch(expression: cst.BaseExpression, ctx: ConversionContext) -> bool:

@@ -309,8 +309,9 @@ class ModuleRewrite(CallRewrite):
             if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
                 call = statement.value
                 if self.module_class in self.ctx.layer_inheriting_classes:
-                    if any(a.keyword and a.keyword.value == "rngs" for a in call.args):
-                        return updated_node
+                    if any(a.keyword and a.keyword.value == "rngs" for a in call.args) \
+                            or self.module_class in self.ctx.rngs_free_bases:
+                        return updated_node  # (a base that takes no rngs: porter/convert/rngs_free.py)
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
                     self.record("module-super", original_node.body[0], new)
                     return updated_node.with_changes(body=[statement.with_changes(value=new)])
