@@ -47,6 +47,7 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def _convert(tmp_path: Path, files: dict[str, str], *extra: str) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     source, out = tmp_path / "src", tmp_path / "out"
     _write(source, files)
     assert main(["convert", str(source), "-o", str(out), "-j", "1", *extra]) == 0
@@ -138,3 +139,13 @@ def test_diff_shows_the_helpers_module_as_a_new_file(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "+++ b/porter_helpers.py" in shown and "+def max_pool_nchw" in shown
     assert not (source / "porter_helpers.py").exists()
+
+
+def test_porter_check_imports_each_trees_own_helpers_module(tmp_path):
+    from porter.check.modelspec import import_file
+
+    first = _convert(tmp_path / "a", {"net.py": MODEL})
+    second = _convert(tmp_path / "b", {"net.py": MODEL, "train.py": SCRIPT.format(module="net")})
+    import_file(first / "net.py")  # imports first/porter_helpers.py (max_pool_nchw only)
+    module = import_file(second / "train.py")  # needs cross_entropy_loss, from second/porter_helpers.py
+    assert module.loss is not None

@@ -126,6 +126,7 @@ def import_file(path: str | Path, *, preseed: dict[str, Any] | None = None,
                 warn(f"{path.name} uses {name!r} without importing it; running it as if it began "
                      f"with '{statement}'")
     directory = str(path.resolve().parent)
+    _forget_other_helpers(directory)
     sys.modules[module_name] = module
     sys.path.insert(0, directory)
     try:
@@ -139,6 +140,16 @@ def import_file(path: str | Path, *, preseed: dict[str, Any] | None = None,
         except ValueError:
             pass
     return module
+
+
+def _forget_other_helpers(directory: str) -> None:
+    """A converted tree's files import their helpers as `porter_helpers` (porter/convert/shared_helpers.py):
+    one imported earlier from another directory (another tree) is not this file's."""
+    for name, module in list(sys.modules.items()):
+        where = getattr(module, "__file__", None)
+        if name.split(".")[0].startswith("porter_helpers") and "." not in name and where \
+                and str(Path(where).resolve().parent) != directory:
+            del sys.modules[name]
 
 
 def _where(exc: BaseException, path: Path) -> str:
