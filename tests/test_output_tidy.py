@@ -250,3 +250,32 @@ def test_a_subclass_in_another_file_of_a_class_without_rngs_calls_its_constructo
         sys.path.remove(str(out))
         sys.modules.pop("net", None)
         sys.modules.pop("base", None)
+
+
+def test_normalize_and_stateless_children_take_no_rngs_an_init_to_port_keeps_them():
+    code = convert_source(textwrap.dedent("""\
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+
+        class L2(nn.Module):
+            def forward(self, x):
+                return F.normalize(x, dim=-1)
+
+
+        class W(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = nn.Parameter(torch.empty(3, 3))
+                nn.init.xavier_uniform_(self.w)
+
+
+        class Seq(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.ReLU(), nn.Flatten(), L2())
+        """)).code
+    assert "class L2(nnx.Module):\n    def __call__" in code
+    assert "class Seq(nnx.Module):\n    def __init__(self):\n" in code and "L2())" in code
+    assert "class W(nnx.Module):\n    def __init__(self, *, rngs: nnx.Rngs):\n" in code  # the init is ported by hand

@@ -27,7 +27,8 @@ from porter.convert.traverse import find_all
 
 # what makes a rule random besides taking rngs: its builder draws (porter/convert/op_builders.py's _key users)
 # or builds a dropout layer (builders.dropout)
-_RANDOM_WORDS = ("rand", "bernoulli", "normal", "dropout", "multinomial", "poisson", "exponential", "geometric")
+_RANDOM_WORDS = ("rand", "bernoulli", "normal", "uniform", "dropout", "multinomial", "poisson", "exponential",
+                 "geometric", "init.", "xavier", "kaiming", "orthogonal")
 
 
 def find(module: cst.Module, ctx: ConversionContext, source: str, keep: frozenset[str] = frozenset()) -> set[str]:
@@ -122,10 +123,8 @@ def _random_torch(expression: cst.BaseExpression, ctx: ConversionContext) -> boo
     a tensor method that draws (x.bernoulli(), x.uniform_())."""
     qualified = ctx.qualified_name(expression) if type(expression) in (cst.Name, cst.Attribute) else None
     if qualified is not None:
-        rule = ctx.rules.lookup(qualified)
-        if rule is None:
-            return False
-        return rule.uses_rngs or _random_words(qualified) or _random_words(rule.builder or "")
+        rule = ctx.rules.lookup(qualified)  # no rule (nn.init.xavier_uniform_, removed): rngs for the hand port
+        return _random_words(qualified) or (rule is not None and (rule.uses_rngs or _random_words(rule.builder or "")))
     if type(expression) is cst.Attribute:
         rule = ctx.rules.method(expression.attr.value)
         return rule is not None and (rule.uses_rngs or _random_words(expression.attr.value)
@@ -134,4 +133,5 @@ def _random_torch(expression: cst.BaseExpression, ctx: ConversionContext) -> boo
 
 
 def _random_words(text: str) -> bool:
-    return any(word in text.lower() for word in _RANDOM_WORDS)
+    text = text.lower().replace("normalize", "")  # F.normalize draws nothing
+    return any(word in text for word in _RANDOM_WORDS)
