@@ -141,7 +141,8 @@ def _convert_tree(source: Path, args) -> int:
     for relative, _ in helper_modules:
         where = source if args.inplace else output
         if where is not None:
-            print(f"porter: wrote {where / relative}: the emitted helpers the converted files import",
+            undo = " (new: not in the backup; delete it to undo)" if args.inplace else ""
+            print(f"porter: wrote {where / relative}: the emitted helpers the converted files import{undo}",
                   file=sys.stderr)
     return _finish(results, f"{source}")
 
