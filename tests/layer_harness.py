@@ -134,10 +134,14 @@ def build(source: str, code: str, rule_id: str, seed: int = 0, *, abstract: bool
     converted: dict = {}
     exec(compile(code, f"<converted {rule_id}>", "exec"), converted)
     # a converted module that builds nothing random takes no rngs (porter/convert/rngs_free.py)
-    rngs = {"rngs": nnx.Rngs(seed)} if takes_keyword(converted[cls], "rngs") else {}
+    takes_rngs = takes_keyword(converted[cls], "rngs")
+
+    def construct():  # the Rngs made where the model is (under eval_shape, inside its trace)
+        return converted[cls](**({"rngs": nnx.Rngs(seed)} if takes_rngs else {}))
+
     if not abstract:
-        return torch_model, converted[cls](**rngs)
-    flax_model = nnx.eval_shape(lambda: converted[cls](**rngs))
+        return torch_model, construct()
+    flax_model = nnx.eval_shape(construct)
     load_torch_state_dict(flax_model, torch_model.state_dict())
     concretize(flax_model, seed)
     return torch_model, flax_model
