@@ -279,3 +279,18 @@ def test_normalize_and_stateless_children_take_no_rngs_an_init_to_port_keeps_the
     assert "class L2(nnx.Module):\n    def __call__" in code
     assert "class Seq(nnx.Module):\n    def __init__(self):\n" in code and "L2())" in code
     assert "class W(nnx.Module):\n    def __init__(self, *, rngs: nnx.Rngs):\n" in code  # the init is ported by hand
+
+
+def test_rngs_free_across_files_is_transitive(tmp_path):
+    from porter.cli import main
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "b.py").write_text("import torch.nn as nn\nimport torch.nn.functional as F\n\n\nclass Act(nn.Module):\n"
+                                 "    def forward(self, x):\n        return F.relu(x)\n")
+    (source / "a.py").write_text("import torch.nn as nn\nfrom b import Act\n\n\nclass Wrap(nn.Module):\n"
+                                 "    def __init__(self):\n        super().__init__()\n        self.act = Act()\n\n"
+                                 "    def forward(self, x):\n        return self.act(x)\n\n\nw = Wrap()\n")
+    assert main(["convert", str(source), "-o", str(tmp_path / "out"), "-j", "1"]) == 0
+    code = (tmp_path / "out" / "a.py").read_text()
+    assert "    def __init__(self):\n        self.act = Act()\n" in code and "\nw = Wrap()\n" in code
