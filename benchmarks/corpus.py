@@ -318,7 +318,9 @@ def run_model(job: dict) -> dict:
             flax_module = __import__(module_name, fromlist=["_"])
             flax_class = getattr(flax_module, class_name)
         with stage("construct"):
-            flax_model = flax_class(**_resolve(job["kwargs"], torch_side=False, seed=seed), rngs=nnx.Rngs(seed))
+            from porter.check.modelspec import takes_keyword  # a class that builds nothing random takes no rngs
+            rngs = {"rngs": nnx.Rngs(seed)} if takes_keyword(flax_class, "rngs") else {}
+            flax_model = flax_class(**_resolve(job["kwargs"], torch_side=False, seed=seed), **rngs)
         with stage("load"):
             from porter import load_torch_state_dict
 
@@ -469,8 +471,9 @@ def _resolve(value, *, torch_side: bool, seed: int = 0):
         if torch_side:
             return target(**kwargs)
         from flax import nnx
+        from porter.check.modelspec import takes_keyword  # a class that builds nothing random takes no rngs
 
-        return target(**kwargs, rngs=nnx.Rngs(seed))
+        return target(**kwargs, **({"rngs": nnx.Rngs(seed)} if takes_keyword(target, "rngs") else {}))
     if isinstance(value, dict):
         return {k: _resolve(v, torch_side=torch_side, seed=seed) for k, v in value.items()}
     if isinstance(value, list):

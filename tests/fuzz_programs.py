@@ -469,4 +469,5 @@ def converted_model(code: str, seed: int):
 
     namespace: dict = {}
     exec(compile(code, "<converted program>", "exec"), namespace)
-    return namespace["Net"](rngs=nnx.Rngs(seed))
+    from porter.check.modelspec import takes_keyword  # a Net that builds nothing random takes no rngs
+    return namespace["Net"](**({"rngs": nnx.Rngs(seed)} if takes_keyword(namespace["Net"], "rngs") else {}))

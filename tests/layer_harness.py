@@ -31,6 +31,7 @@ import numpy as np
 
 from porter import convert_source
 from porter.check.equivalence import check_equivalence
+from porter.check.modelspec import takes_keyword
 from porter.weights.loader import load_torch_state_dict
 from porter.rules.verify import _literal, draw_values
 
@@ -132,9 +133,15 @@ def build(source: str, code: str, rule_id: str, seed: int = 0, *, abstract: bool
     randomize(torch_model, seed)
     converted: dict = {}
     exec(compile(code, f"<converted {rule_id}>", "exec"), converted)
+    # a converted module that builds nothing random takes no rngs (porter/convert/rngs_free.py)
+    takes_rngs = takes_keyword(converted[cls], "rngs")
+
+    def construct():  # the Rngs made where the model is (under eval_shape, inside its trace)
+        return converted[cls](**({"rngs": nnx.Rngs(seed)} if takes_rngs else {}))
+
     if not abstract:
-        return torch_model, converted[cls](rngs=nnx.Rngs(seed))
-    flax_model = nnx.eval_shape(lambda: converted[cls](rngs=nnx.Rngs(seed)))
+        return torch_model, construct()
+    flax_model = nnx.eval_shape(construct)
     load_torch_state_dict(flax_model, torch_model.state_dict())
     concretize(flax_model, seed)
     return torch_model, flax_model

@@ -94,7 +94,10 @@ def test_the_same_output_as_converting_the_directory(tmp_path, capsys):
     script = project(tmp_path, "from models import Net", "Net")
     assert main(["convert", str(script), "-o", str(tmp_path / "one.py")]) == 0
     assert main(["convert", str(script.parent), "-o", str(tmp_path / "tree")]) == 0
-    assert (tmp_path / "one.py").read_text() == (tmp_path / "tree" / "train.py").read_text()
+    # the same code, the emitted helpers aside (pasted into a single file, imported from porter_helpers in a tree)
+    one, tree = (tmp_path / "one.py").read_text(), (tmp_path / "tree" / "train.py").read_text()
+    assert "from porter_helpers import cross_entropy_loss\n" in tree and "def cross_entropy_loss(" in one
+    assert one[one.index("_rngs = nnx.Rngs(0)"):] == tree[tree.index("_rngs = nnx.Rngs(0)"):]
 
 
 def test_a_module_imported_under_an_alias(tmp_path, capsys):
@@ -217,3 +220,40 @@ def test_a_sibling_module_imported_from_the_package_itself(tmp_path, capsys):
     code, err = convert([str(script), "-o", str(tmp_path / "out.py")], capsys)
     assert code == 0, err
     assert "model = models.Net(d=4, classes=3, rngs=nnx.Rngs(0))" in (tmp_path / "out.py").read_text()
+
+
+def test_a_sibling_class_that_draws_nothing_is_built_without_rngs_as_its_own_conversion_defines_it(tmp_path, capsys):
+    """layers.Act draws nothing: converted on its own it takes no rngs, so the script converted on its own
+    must build it without (and Net, which has a Linear, with)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "layers.py").write_text(textwrap.dedent("""\
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+
+        class Act(nn.Module):
+            def forward(self, x):
+                return F.relu(x)
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+                self.act = Act()
+
+            def forward(self, x):
+                return self.act(self.fc(x))
+        """))
+    (source / "run.py").write_text("import torch\nfrom layers import Act, Net\n\nact = Act()\nnet = Net()\n"
+                                   "print(tuple(net(act(torch.ones(2, 4))).shape))\n")
+    out = tmp_path / "out"
+    for name in ("run.py", "layers.py"):
+        assert main(["convert", str(source / name), "-o", str(out / name)]) == 0
+    code = (out / "run.py").read_text()
+    assert "act = Act()\n" in code and "net = Net(rngs=nnx.Rngs(0))\n" in code
+    run = subprocess.run([sys.executable, "run.py"], cwd=out, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(2, 4)"

@@ -12,7 +12,7 @@ from flax import nnx
 import porter
 from porter import convert_source
 from porter.check.equivalence import check_equivalence
-from porter.check.modelspec import import_file
+from porter.check.modelspec import import_file, takes_keyword
 
 
 def convert(source: str):
@@ -24,11 +24,14 @@ def codes(conversion) -> list[str]:
 
 
 def both_nets(tmp_path, source: str, converted: str):
-    """`Net()` of the torch source (eval mode, seeded) and `Net(rngs=...)` of its conversion."""
+    """`Net()` of the torch source (eval mode, seeded) and `Net(rngs=...)` of its conversion (`Net()` where it
+    builds nothing random: porter/convert/rngs_free.py)."""
     (tmp_path / "torch_net.py").write_text(source)
     (tmp_path / "jax_net.py").write_text(converted)
     torch.manual_seed(0)
-    return import_file(tmp_path / "torch_net.py").Net().eval(), import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    converted_net = import_file(tmp_path / "jax_net.py").Net
+    rngs = {"rngs": nnx.Rngs(0)} if takes_keyword(converted_net, "rngs") else {}
+    return import_file(tmp_path / "torch_net.py").Net().eval(), converted_net(**rngs)
 
 
 # A backbone in the style of the classic ones: the norm layer is a constructor argument (a module

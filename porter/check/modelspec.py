@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.util
+import inspect
 import re
 import sys
 import uuid
@@ -125,6 +126,7 @@ def import_file(path: str | Path, *, preseed: dict[str, Any] | None = None,
                 warn(f"{path.name} uses {name!r} without importing it; running it as if it began "
                      f"with '{statement}'")
     directory = str(path.resolve().parent)
+    _forget_other_helpers(directory)
     sys.modules[module_name] = module
     sys.path.insert(0, directory)
     try:
@@ -140,6 +142,16 @@ def import_file(path: str | Path, *, preseed: dict[str, Any] | None = None,
     return module
 
 
+def _forget_other_helpers(directory: str) -> None:
+    """A converted tree's files import their helpers as `porter_helpers` (porter/convert/shared_helpers.py):
+    one imported earlier from another directory (another tree) is not this file's."""
+    for name, module in list(sys.modules.items()):
+        where = getattr(module, "__file__", None)
+        if name.split(".")[0].startswith("porter_helpers") and "." not in name and where \
+                and str(Path(where).resolve().parent) != directory:
+            del sys.modules[name]
+
+
 def _where(exc: BaseException, path: Path) -> str:
     tb, line = exc.__traceback__, None
     resolved = str(path.resolve())
@@ -148,6 +160,18 @@ def _where(exc: BaseException, path: Path) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     return f"line {line}: " if line else ""
+
+
+def takes_keyword(function: Callable, name: str) -> bool:
+    """Whether `function(..., name=...)` is accepted (a parameter of that name, or **kwargs); True when
+    the signature cannot be read."""
+    if isinstance(function, type):  # nnx.Module's metaclass __call__ takes anything: its __init__ says
+        function = function.__init__
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def build_model(spec: ModelSpec, *, module: ModuleType | None = None, args: tuple[Any, ...] | None = None,
@@ -165,7 +189,10 @@ def build_model(spec: ModelSpec, *, module: ModuleType | None = None, args: tupl
     if not callable(cls):
         raise ModelSpecError(f"{spec.path}: {spec.name} is not a class or function")
     call_args = spec.args if args is None else args
-    call_kwargs = {**(spec.kwargs if kwargs is None else kwargs), **(extra_kwargs or {})}
+    extra = dict(extra_kwargs or {})
+    if "rngs" in extra and not takes_keyword(cls, "rngs"):
+        del extra["rngs"]  # a converted module class that builds nothing random takes no rngs
+    call_kwargs = {**(spec.kwargs if kwargs is None else kwargs), **extra}
     try:
         return cls(*call_args, **call_kwargs)
     except Exception as exc:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from pathlib import Path
 
 from porter.convert import report as reports
+from porter.convert import shared_helpers
 from porter.convert.diagnostics import Severity
 from porter.convert.siblings import Siblings, command as sibling_command, with_notes
 from porter.convert.tree import (
@@ -92,7 +94,9 @@ def _convert_tree(source: Path, args) -> int:
         if overlaps(source, output):
             return _usage_error(f"{output} and {source} overlap; pick an output outside the source (or --inplace)")
     tree = plan(source, annotate=args.annotate, diff=args.diff, follow_symlinks=args.follow_symlinks)
-    tasks, copies = tree.tasks, tree.copies
+    copies = tree.copies
+    tasks, helpers_at = shared_helpers.place(tree.tasks, [t.relative for t in tree.tasks] +
+                                             [r for _, r in copies] + [r for r, _ in tree.not_read])
     if output is not None and output.exists():
         written = [t.relative for t in tasks] + [relative for _, relative in copies]
         conflicts = output_conflicts(output, written + ([] if args.report else list(REPORT_NAMES)))
@@ -109,6 +113,7 @@ def _convert_tree(source: Path, args) -> int:
         print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
     results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
+    helper_modules = shared_helpers.modules(results, helpers_at)
     _print_diagnostics(results, args.log)
     mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
 
@@ -118,11 +123,14 @@ def _convert_tree(source: Path, args) -> int:
 
     if args.diff:
         _print_diffs(results)
+        _print_new_files(helper_modules)
         report(args.report)
     elif args.inplace:
         backup = backup_dir(source)
         try:
             written = write_inplace(results, source, backup)
+            for relative, data in helper_modules:  # new files: nothing to back up (undo: delete them)
+                write_bytes_atomically(source / relative, data)
         except OSError as exc:
             return _write_error(source, exc, f"the files rewritten so far have their originals in {backup}")
         print(f"porter: rewrote {len(written)} file(s) under {source}; originals in {backup} (undo: "
@@ -131,7 +139,8 @@ def _convert_tree(source: Path, args) -> int:
     else:
         try:
             removed = write_tree(results, copies, source, output, finish=None if args.report else
-                                 lambda staging, removed: report(staging, removed, announce=False))
+                                 lambda staging, removed: report(staging, removed, announce=False),
+                                 extra=helper_modules)
         except OSError as exc:
             return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         if not args.report:
@@ -141,6 +150,12 @@ def _convert_tree(source: Path, args) -> int:
                   f"failed now: {', '.join(removed)}", file=sys.stderr)
         if args.report:
             report(args.report, removed)
+    for relative, _ in helper_modules:
+        where = source if args.inplace else output
+        if where is not None:
+            undo = " (new: not in the backup; delete it to undo)" if args.inplace else ""
+            print(f"porter: wrote {where / relative}: the emitted helpers the converted files import{undo}",
+                  file=sys.stderr)
     return _finish(results, f"{source}")
 
 
@@ -236,6 +251,13 @@ def _print_diffs(results: list[FileResult]) -> None:
     for result in results:
         if result.diff:
             sys.stdout.write(result.diff)
+    sys.stdout.flush()
+
+
+def _print_new_files(files: list[tuple[str, bytes]]) -> None:
+    for relative, data in files:
+        text = data.decode("utf-8").splitlines(keepends=True)
+        sys.stdout.write("".join(difflib.unified_diff([], text, "/dev/null", f"b/{relative}")))
     sys.stdout.flush()
 
 

@@ -86,6 +86,9 @@ class ConversionContext:
     init_methods: dict[str, set[str]] = field(default_factory=dict)
     # module-level functions that build layers (factories such as `def conv_bn(...)`)
     rngs_functions: set[str] = field(default_factory=set)
+    # module classes that build nothing random: no rngs parameter, none passed (porter/convert/rngs_free.py)
+    rngs_free_classes: set[str] = field(default_factory=set)
+    rngs_free_bases: set[str] = field(default_factory=set)  # subclasses of such a class (from another file)
     # module-level functions returning a dict of keyword arguments (`def to(x): return {'dtype': x.dtype}`),
     # written out where torch calls take them as `**to(x)` (porter/convert/keyword_helpers.py)
     keyword_helpers: dict = field(default_factory=dict)

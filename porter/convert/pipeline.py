@@ -28,7 +28,7 @@ from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
 from porter.convert.passes.random_keys import seed_global_rngs
-from porter.convert import output_gate, traverse
+from porter.convert import output_gate, rngs_free, traverse
 from porter.convert.keyword_helpers import keyword_helpers
 from porter.convert.nesting import too_deep
 from porter.convert.source_index import Prefilter, SourceIndex, StatementCode
@@ -55,6 +55,8 @@ class Conversion:
     # `import X [as Z]` ones as (0, X, "", local name)
     exports: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     imports: list[tuple[int, str, str, str]] = field(default_factory=list, repr=False, compare=False)
+    # the emitted helpers the code imports from the tree's helpers module (convert_in_tree's helpers_from)
+    helpers: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -73,13 +75,19 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
 
 
 def convert_in_tree(source: str, *, filename: str | None = None, known: Known | None = None,
-                    notebook: bool = False) -> Conversion:
+                    notebook: bool = False, helpers_from: str | None = None,
+                    keep_rngs: frozenset[str] = frozenset()) -> Conversion:
     """convert_source for a file of a tree: `known` names what this file imports from the others of
     the tree that are nn.Module subclasses ("module") or layer factories ("factory"), so that
     `Block(d)` gets its rngs as it would were Block defined here. It may be a function of the file's
-    `from ... import` statements (Conversion.imports), called once they are parsed."""
+    `from ... import` statements (Conversion.imports), called once they are parsed. `helpers_from`: the
+    module of the output the emitted helpers are imported from (`porter_helpers`, `..porter_helpers`)
+    instead of being pasted into the file (Conversion.helpers lists them). `keep_rngs`: module classes of this
+    file that take rngs even if they draw nothing (another file of the tree passes them as a value, to be
+    called with rngs=: porter/convert/rngs_free.py)."""
     with _no_cyclic_gc(), _recursion_room():
-        return _convert(source, filename, fast=True, notebook=notebook, known=known)
+        return _convert(source, filename, fast=True, notebook=notebook, known=known, helpers_from=helpers_from,
+                        keep_rngs=keep_rngs)
 
 
 @contextlib.contextmanager
@@ -112,7 +120,8 @@ def _recursion_room(frames: int = 10_000):
 
 
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
-             known: Known | None = None) -> Conversion:
+             known: Known | None = None, helpers_from: str | None = None,
+             keep_rngs: frozenset[str] = frozenset()) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter (in the rewrite and the residual check). The output
     must be identical."""
@@ -131,11 +140,11 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
         return Conversion(source, [], filename=filename, imports=imports)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
     ctx.keyword_helpers = keyword_helpers(module)
-    for name, kind in (known or {}).items():
-        (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
+    _learn(ctx, known or {})
     index = SourceIndex(module)  # positions of the original nodes, for both passes
     analyze = Analyze(ctx, index)
     traverse.visit(module, analyze, Prefilter(index, analyze) if fast else None)
+    ctx.rngs_free_classes |= rngs_free.find(module, ctx, source, keep_rngs)
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
@@ -145,11 +154,16 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with
     # libcst's is tests/test_convert_properties.py's test_the_traversal_engine_visits_like_libcst
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite) if fast else None)
+    missed = rngs_free.still_random(rewritten, ctx)
+    if missed:  # a class the analysis found rngs-free draws after all: again, with it taking rngs
+        return _convert(source, filename, fast=fast, notebook=notebook, known=known, helpers_from=helpers_from,
+                        keep_rngs=keep_rngs | missed)
     rewritten = seed_global_rngs(rewritten, ctx)
     statement_code = StatementCode(index if fast else None)
 
     def finish(tree: cst.Module) -> str:
-        final = tree.visit(FinalizeImports(ctx, statement_code, helpers_after_new_imports=notebook))
+        final = tree.visit(FinalizeImports(ctx, statement_code, helpers_after_new_imports=notebook,
+                                           helpers_from=helpers_from))
         return statement_code.module_code(final) if fast else final.code
 
     residual.check(ctx, index, rewritten, fast)  # the import pass reports nothing: every diagnostic is in
@@ -157,7 +171,8 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     code = output_gate.gate(source, rewritten, finish, ctx, index, notebook=notebook)  # it compiles
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
-    return Conversion(code, diagnostics, changes, filename, exports, imports)
+    helpers = list(ctx.helpers) if helpers_from is not None and code is not source else []
+    return Conversion(code, diagnostics, changes, filename, exports, imports, helpers)
 
 
 def analyze_exports(module: cst.Module, filename: str | None, known: dict[str, str]) -> dict[str, str]:
@@ -165,12 +180,20 @@ def analyze_exports(module: cst.Module, filename: str | None, known: dict[str, s
     imports from, read but not converted (porter/convert/siblings.py)."""
     ctx = ConversionContext(rules=load_rules(), filename=filename)
     ctx.keyword_helpers = keyword_helpers(module)
-    for name, kind in known.items():
-        (ctx.module_classes if kind == "module" else ctx.rngs_functions).add(name)
+    _learn(ctx, known)
     index = SourceIndex(module)
     analyze = Analyze(ctx, index)
     traverse.visit(module, analyze, Prefilter(index, analyze))
+    ctx.rngs_free_classes |= rngs_free.find(module, ctx, module.code)
     return _exports(module, ctx)
+
+
+def _learn(ctx: ConversionContext, known: dict[str, str]) -> None:
+    """What other files define: module classes (taking rngs or not) and layer factories."""
+    for name, kind in known.items():
+        (ctx.module_classes if kind in ("module", "plain-module") else ctx.rngs_functions).add(name)
+        if kind == "plain-module":
+            ctx.rngs_free_classes.add(name)
 
 
 def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:
@@ -201,7 +224,9 @@ def _exports(module: cst.Module, ctx: ConversionContext) -> dict[str, str]:
     exports = {}
     for statement in module.body:
         if isinstance(statement, cst.ClassDef) and statement.name.value in ctx.module_classes:
-            exports[statement.name.value] = "module"
+            # "plain-module": a module class that takes no rngs (porter/convert/rngs_free.py)
+            exports[statement.name.value] = "plain-module" if statement.name.value in ctx.rngs_free_classes \
+                else "module"
         elif isinstance(statement, cst.FunctionDef) and statement.name.value in ctx.rngs_functions:
             exports[statement.name.value] = "factory"
     return exports

@@ -53,6 +53,8 @@ class Task:
     annotate: bool = False
     diff: bool = False
     tree: "TreeSummary | None" = None  # what the files of the tree converted before this one define
+    helpers_from: str | None = None  # the output's module to import emitted helpers from (shared_helpers.py)
+    keep_rngs: frozenset[str] = frozenset()  # its module classes another file passes as a value (ImportGraph)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class FileResult:
     exports: dict[str, str] = field(default_factory=dict)  # see pipeline.Conversion
     imports: list[tuple[int, str, str, str]] = field(default_factory=list)
     known: tuple[tuple[str, str], ...] = ()  # what it learnt from task.tree: (local name, "module" | "factory")
+    helpers: list[str] = field(default_factory=list)  # the emitted helpers it imports from task.helpers_from
 
     @property
     def has_errors(self) -> bool:
@@ -256,7 +259,8 @@ def _convert_task(task: Task) -> FileResult:
             learnt.update(task.tree.known(task.relative, imports) if task.tree else ())
             return learnt
 
-        conversion = convert_python(text, task.display, annotate=task.annotate, known=learn)
+        conversion = convert_python(text, task.display, annotate=task.annotate, known=learn,
+                                    helpers_from=task.helpers_from, keep_rngs=task.keep_rngs)
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
     if conversion.failed:  # did not parse (PT001), nests too deep (PT034), not a notebook (PT032): nothing to write
@@ -273,14 +277,16 @@ def _convert_task(task: Task) -> FileResult:
                                             f"a/{task.relative}", f"b/{task.relative}"))
     return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff,
                       exports=getattr(conversion, "exports", {}), imports=getattr(conversion, "imports", []),
-                      known=tuple(sorted(learnt.items())) if task.kind == "python" else ())
+                      known=tuple(sorted(learnt.items())) if task.kind == "python" else (),
+                      helpers=getattr(conversion, "helpers", []))
 
 
-def convert_python(text: str, filename: str, *, annotate: bool = False, known=None):
+def convert_python(text: str, filename: str, *, annotate: bool = False, known=None, helpers_from: str | None = None,
+                   keep_rngs: frozenset[str] = frozenset()):
     from porter.convert.pipeline import convert_in_tree
 
     def convert(source: str, name: str):
-        return convert_in_tree(source, filename=name, known=known)
+        return convert_in_tree(source, filename=name, known=known, helpers_from=helpers_from, keep_rngs=keep_rngs)
 
     if not annotate:
         return convert(text, filename)
@@ -443,8 +449,9 @@ def convert_tree(tasks: list[Task], *, root_name: str | None = None, jobs: int |
     import the text scan missed), the files that learn something new are converted again, until
     nothing new is learnt (at most `rounds` more times). `root_name`: the name of the tree's
     directory (absolute imports may start with it)."""
-    tasks = list(tasks)
-    graph = ImportGraph.of(tasks, root_name)
+    graph = ImportGraph.of(list(tasks), root_name)
+    tasks = [replace(task, keep_rngs=frozenset(graph.passed_as_values.get(i, ()))) if i in graph.passed_as_values
+             else task for i, task in enumerate(tasks)]
 
     def prepare(i: int, done: list[FileResult | None]) -> Task:
         return replace(tasks[i], tree=TreeSummary.of(tasks, done, root_name, graph, i))
@@ -494,12 +501,14 @@ _FROM_IMPORT = re.compile(rb"^from[ \t]+(\.*)[ \t]*([\w.]*)[ \t]+import[ \t]*(\(
                           re.MULTILINE)
 _DEFINITION = re.compile(rb"^(?:async[ \t]+)?(?:class|def)[ \t]+(\w+)", re.MULTILINE)
 _IMPORTED_NAME = re.compile(rb"(\w+)(?:[ \t]+as[ \t]+(\w+))?")
+_CLASS_LINE = re.compile(rb"^[ \t]*class[ \t]+\w+[ \t]*\([^)]*\)", re.MULTILINE)
 
 
 @dataclass
 class TextScan:
     defined: set[str]
     imports: list[tuple[int, str, str, str]]  # as FileResult.imports
+    values: set[str] = field(default_factory=set)  # imported names mentioned other than as a call (`act=Act`)
 
     @classmethod
     def of(cls, path: str) -> TextScan:
@@ -514,7 +523,18 @@ class TextScan:
                 if match:
                     imported, local = match.group(1).decode(), (match.group(2) or match.group(1)).decode()
                     imports.append((len(dots), module.decode(), imported, local))
-        return cls({name.decode() for name in _DEFINITION.findall(data)}, imports)
+        return cls({name.decode() for name in _DEFINITION.findall(data)}, imports, _values(data, imports))
+
+
+def _values(data: bytes, imports: list[tuple[int, str, str, str]]) -> set[str]:
+    """The imported names the file's text mentions, outside its from-imports and class bases (a subclass
+    calls its base's constructor as written: rngs_free.py), other than as a call."""
+    if not imports:
+        return set()
+    names = b"|".join(re.escape(local.encode()) for local in sorted({local for *_, local in imports}))
+    mentions = re.compile(rb"(?<![\w.])(" + names + rb")(?!\w)([ \t]*\()?")
+    body = _CLASS_LINE.sub(b"", _FROM_IMPORT.sub(b"", data))
+    return {m.group(1).decode() for m in mentions.finditer(body) if not m.group(2)}
 
 
 @dataclass
@@ -527,6 +547,8 @@ class ImportGraph:
     after: dict[int, set[int]]
     reads: dict[int, set[int]]
     scans: dict[int, TextScan]
+    # file -> its names other files pass as values (`block=Block`): called with rngs= there, so they take rngs
+    passed_as_values: dict[int, set[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, tasks: list[Task], root_name: str | None) -> ImportGraph:
@@ -552,12 +574,14 @@ class ImportGraph:
         graph = cls({}, {}, scans)
         for i, scan in scans.items():
             key, package = _module_key(tasks[i].relative), _is_package(tasks[i].relative)
-            for dots, module, imported, _ in scan.imports:
+            for dots, module, imported, local in scan.imports:
                 for target in _import_targets(key, package, dots, module, root_name):
                     found = chain(target, imported, set())
                     if found:
                         graph.after.setdefault(i, set()).add(found[-1])
                         graph.reads.setdefault(i, set()).update(found)
+                        if local in scan.values:
+                            graph.passed_as_values.setdefault(found[-1], set()).add(imported)
                         break
         return graph
 
@@ -668,12 +692,14 @@ def copy_atomically(source: Path, target: Path) -> None:
 
 
 def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source: Path, output: Path, *,
-               finish: Callable[[Path, list[str]], None] | None = None) -> list[str]:
+               finish: Callable[[Path, list[str]], None] | None = None,
+               extra: list[tuple[str, bytes]] = ()) -> list[str]:
     """Converted files (failed ones aside) and the copied files under `output`, the layout kept.
 
     A failed file's output from an earlier run (an existing `output`, --force) is deleted, so that
     `output` holds what the report says: no stale conversion beside a `failed`. Returns the relative
-    paths deleted.
+    paths deleted. `extra`: files porter writes that have no source, (relative path, bytes): the
+    helpers module (shared_helpers.py).
 
     Nothing is written into `output` itself: the new tree is built in a temporary sibling directory
     (with what `finish(directory, removed)` adds there: the report), the files of an existing
@@ -689,6 +715,8 @@ def write_tree(results: list[FileResult], copies: list[tuple[Path, str]], source
                 write_bytes_atomically(staging / result.relative, result.code, mode_from=source / result.relative)
         for path, relative in copies:
             copy_atomically(path, staging / relative)
+        for relative, data in extra:
+            write_bytes_atomically(staging / relative, data)
         failed = {result.relative for result in results if result.code is None}
         removed = []
         if output.exists():

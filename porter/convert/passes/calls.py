@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, data_side, devices, inplace, keyword_helpers
+from porter.convert import apply, data_side, devices, inplace, keyword_helpers, no_ops
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule, torch_would_refuse
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -67,6 +67,7 @@ class CallRewrite(ScopedTransformer):
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
         self._data = ctx.data_side  # the statements left as torch, and where their tensors meet converted code
+        self._class_bodies: set[int] = set()  # ids of class bodies (`w = w` there copies an outer name: kept)
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
     # the subclasses' own leave_Assign/leave_Expr stay as they are.
@@ -86,6 +87,7 @@ class CallRewrite(ScopedTransformer):
             # every function body cost about 5% of a conversion
         elif kind is cst.ClassDef:
             self._class_bases.update(id(base.value) for base in node.bases)
+            self._class_bodies.add(id(node.body))
             attributes = layer_constructor_attributes(node, self.ctx) \
                 if node.name.value in self.ctx.module_classes else set()
             self._constructor_attributes.append(attributes)
@@ -192,11 +194,22 @@ class CallRewrite(ScopedTransformer):
                 self.record(rule.id if rule else "setitem", original_node, updated_node)
         elif kind is cst.Subscript or kind is cst.Attribute:
             updated_node = inplace.pick_item(updated_node)
+        elif (kind is cst.IndentedBlock and id(original_node) not in self._class_bodies) or kind is cst.Module:
+            updated_node = no_ops.drop_self_assignments(original_node, updated_node, self._drop_no_op)
         if (kind is cst.Name or kind is cst.Subscript or kind is cst.Call) and self._data is not None \
                 and id(original_node) in self._data.boundaries:
             updated_node = data_side.to_jax(updated_node)  # a torch tensor meets the converted code
             self.record("data-boundary", original_node, updated_node)
         return updated_node
+
+    def _drop_no_op(self, line: cst.SimpleStatementLine, rest: cst.CSTNode) -> bool:
+        """A line the rewrite left with a self-assignment (`x = x` from `x = x.to(device)`): logged, and
+        dropped (no_ops.py); kept where the original line is unknown."""
+        built = self.ctx.rewritten_statements.get(id(line))
+        if built is None or built[0] is not line:
+            return False
+        self.record("no-op-assignment", built[1], rest)
+        return True
 
     def _array_attributes(self) -> tuple[frozenset[str], frozenset[str]]:
         """The module's buffers and parameters (nnx.Variables, which take item assignment themselves), and
@@ -290,7 +303,10 @@ class CallRewrite(ScopedTransformer):
                                                 "returns the new values and leaves the argument as it was: assign its "
                                                 "result (x = init_(x)); left unchanged")
             return updated_node
-        if dotted(func) in self.ctx.module_classes | self.ctx.rngs_functions:  # Net(...), models.Net(...)
+        name = dotted(func)
+        if name in self.ctx.module_classes | self.ctx.rngs_functions:  # Net(...), models.Net(...)
+            if name in self.ctx.rngs_free_classes:
+                return updated_node  # builds nothing random: takes no rngs (porter/convert/rngs_free.py)
             return self._add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
             return self._add_rngs(original_node, updated_node)

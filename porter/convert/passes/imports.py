@@ -43,9 +43,12 @@ class FinalizeImports(cst.CSTTransformer):
     """
 
     def __init__(self, ctx: ConversionContext, code: StatementCode | None = None, *,
-                 helpers_after_new_imports: bool = False) -> None:
+                 helpers_after_new_imports: bool = False, helpers_from: str | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        # a tree's files import the helpers from one module of the output (porter/convert/shared_helpers.py):
+        # the module to import them from (`porter_helpers`, `..porter_helpers`); None: pasted into the file
+        self.helpers_from = helpers_from
         self.code = code or StatementCode(None)
         # notebooks: the helpers go right after the imports porter adds (in the cell that imported torch),
         # not after the file's leading import block (the first cell), which may run before jax is imported
@@ -77,17 +80,27 @@ class FinalizeImports(cst.CSTTransformer):
                 out.append(stmt)
         if insert_at >= len(body):
             out.extend(new_imports)
-        helpers = [_parsed_helper(src, updated_node.default_newline) for src in helper_sources(self.ctx.helpers)]
+        helpers = self._helper_statements(updated_node.default_newline)
         if helpers:
-            spaced = [h.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()]) for h in helpers]
+            imported = self.helpers_from is not None  # one import statement, in a group of its own
+            blank = [cst.EmptyLine()] if imported else [cst.EmptyLine(), cst.EmptyLine()]
+            spaced = [h.with_changes(leading_lines=blank) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
             # never above the imports porter adds (below a `try: ... except ImportError` that precedes the torch
             # import): a helper class's base (`class NamedSequential(nnx.Module)`) is read at definition
             at = max(at, imports_at + len(new_imports))
-            if at < len(out) and len(out[at].leading_lines) < 2:
+            if at < len(out) and len(out[at].leading_lines) < 2 and not imported:
                 out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
             out[at:at] = spaced
         return updated_node.with_changes(body=out)
+
+    def _helper_statements(self, newline: str) -> list[cst.BaseStatement]:
+        """The helpers' definitions, or the import of them from the tree's helpers module."""
+        if not self.ctx.helpers:
+            return []
+        if self.helpers_from is not None:
+            return [cst.parse_statement(helpers_import(self.helpers_from, self.ctx.helpers))]
+        return [_parsed_helper(src, newline) for src in helper_sources(self.ctx.helpers)]
 
     def _assumed_imports_still_used(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
         """`import torch` for a conventional alias used but never imported (PT002: a star import's, a
@@ -98,7 +111,9 @@ class FinalizeImports(cst.CSTTransformer):
                 for name, qualified in sorted(self.ctx.assumed_imports.items(), key=lambda item: item[1]) if name in used]
 
     def _imports_to_add(self, module: cst.Module) -> list[cst.SimpleStatementLine]:
-        code = self.code.module_code(module) + "\n".join(helper_sources(self.ctx.helpers))
+        code = self.code.module_code(module)
+        if self.helpers_from is None:
+            code += "\n".join(helper_sources(self.ctx.helpers))
         present = {cst.Module([]).code_for_node(s.body[0]) for s in module.body if _is_import(s)}
         return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
                 if pattern.search(code) and stmt not in present]
@@ -281,6 +296,26 @@ def helper_sources(names: list[str]) -> list[str]:
     for name in names:
         add(name)
     return [_helper_source(name) for name in ordered]
+
+
+def helpers_import(module: str, names: list[str]) -> str:
+    """`from MODULE import a, b` (one name a line when that is long)."""
+    line = f"from {module} import {', '.join(names)}\n"
+    if len(line) <= 100:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {name},\n" for name in names) + ")\n"
+
+
+def helpers_module_source(names: list[str]) -> str:
+    """A module holding the helpers `names` need (dependencies first), with their imports: what a tree's
+    converted files import the helpers from instead of each holding a copy."""
+    sources = helper_sources(names)
+    body = "\n".join(sources)
+    imports = [statement for statement, pattern in NEEDED_IMPORTS if pattern.search(body)]
+    text = ('"""torch behaviour written with jax and flax: the helpers the converted files of this tree\n'
+            'import (written by porter convert)."""\n\n' + "\n".join(imports) + "\n\n\n" + "\n\n".join(sources))
+    ast.parse(text)
+    return text
 
 
 @functools.cache

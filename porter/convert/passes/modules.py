@@ -4,6 +4,8 @@ and state assignments outside the constructor."""
 
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 import libcst.matchers as m
 
@@ -290,7 +292,8 @@ class ModuleRewrite(CallRewrite):
             return self._add_rngs_param(original_node, updated_node)
         if cls is None or len(self.function_stack) != 0:
             return updated_node
-        if method == "__init__" or method in self.ctx.methods_needing_rngs.get(cls, ()):
+        if (method == "__init__" and cls not in self.ctx.rngs_free_classes) \
+                or method in self.ctx.methods_needing_rngs.get(cls, ()):
             updated_node = self._add_rngs_param(original_node, updated_node)
         if method == "forward":
             updated_node = updated_node.with_changes(name=cst.Name("__call__"))
@@ -306,8 +309,9 @@ class ModuleRewrite(CallRewrite):
             if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
                 call = statement.value
                 if self.module_class in self.ctx.layer_inheriting_classes:
-                    if any(a.keyword and a.keyword.value == "rngs" for a in call.args):
-                        return updated_node
+                    if any(a.keyword and a.keyword.value == "rngs" for a in call.args) \
+                            or self.module_class in self.ctx.rngs_free_bases:
+                        return updated_node  # (a base that takes no rngs: porter/convert/rngs_free.py)
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
                     self.record("module-super", original_node.body[0], new)
                     return updated_node.with_changes(body=[statement.with_changes(value=new)])
@@ -407,7 +411,7 @@ class ModuleRewrite(CallRewrite):
         """A class right under nn.Module without a constructor gets one taking rngs: every call of a converted
         module class passes rngs (`self.act = Act(rngs=rngs)`, `act_layer(rngs=rngs)`)."""
         if any(isinstance(item, cst.FunctionDef) and item.name.value == "__init__" for item in node.body.body) \
-                or not original.bases \
+                or original.name.value in self.ctx.rngs_free_classes or not original.bases \
                 or not all(self.ctx.qualified_name(base.value) in MODULE_BASES for base in original.bases):
             return node
         body = list(node.body.body)
@@ -515,7 +519,10 @@ class ModuleRewrite(CallRewrite):
             if isinstance(item, cst.FunctionDef) and item.name.value == "__init__":
                 extra = [cst.parse_statement(s) for s in statements]
                 block = item.body.visit(_BeforeReturns(extra))  # an early return skips the end
-                kept = [s for s in block.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))]
+                # `del rngs` (the constructor porter added) goes where an injected statement keeps rngs
+                uses_rngs = any(re.search(r"\brngs\b", s) for s in statements)
+                kept = [s for s in block.body if not m.matches(s, m.SimpleStatementLine([m.Pass()]))
+                        and not (uses_rngs and m.matches(s, m.SimpleStatementLine([m.Del(m.Name("rngs"))])))]
                 body[i] = item.with_changes(body=block.with_changes(body=[*kept, *extra]))
                 return node.with_changes(body=node.body.with_changes(body=body))
         self.ctx.report("PT006", 0, 0, f"class {name} needs {statements} in an __init__ it does not define")
