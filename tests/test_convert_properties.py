@@ -150,3 +150,12 @@ def test_the_name_walk_finds_what_libcsts_visitor_finds(path):
     names: set[str] = set()
     _collect_names(module, names, None)
     assert names == visitor.names
+
+
+@pytest.mark.parametrize("source", ["x = {a for *_, a in b}\n", "*_, a = b\n", "y = [*a, b]\n", "y = [*(a), b]\n"])
+def test_positions_of_starred_elements_are_libcsts(source):
+    """A starred element's comma is generated after its syntactic range (it was counted in)."""
+    module = cst.parse_module(source)
+    expected = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    index = SourceIndex(module)
+    assert all(index.code_range(node) == position for node, position in expected.items())

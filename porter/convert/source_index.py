@@ -111,7 +111,8 @@ class _IndexingState(CodegenState):
         self.after_codegen = after_codegen
 
     def record_syntactic_position(self, node, *, start_node=None, end_node=None):
-        if start_node is None and end_node is None and not getattr(node, "lpar", True):
+        if start_node is None and end_node is None and not getattr(node, "lpar", True) \
+                and type(node) is not cst.StarredElement:  # (whose comma comes after its syntactic range)
             # an expression without parentheses: its syntactic range is its whole range
             return _NULL_CONTEXT
         return _Syntactic(self, node, start_node, end_node)

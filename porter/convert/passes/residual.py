@@ -646,13 +646,14 @@ def _short(node: cst.CSTNode, limit: int = 60) -> str:
 
 def _array_index(elements) -> bool:
     """An index only an array takes: a boolean mask (`y[y < 0]`, `x[~m]`), or several dimensions with a slice,
-    `...` or None among them (`x[:, 0]`); a list or a dict takes neither."""
+    `...` or None among them (`x[:, 0]`); a list or a dict takes neither. `v[...]` alone is how an nnx.Variable
+    is set (porter's emitted helpers do it to variables it cannot see the kind of): not counted."""
     if len(elements) == 1:
         slice_ = elements[0].slice
         if type(slice_) is not cst.Index:
             return False
         value = slice_.value
-        return type(value) is cst.Comparison or type(value) is cst.Ellipsis or (
+        return type(value) is cst.Comparison or (
             type(value) is cst.UnaryOperation and type(value.operator) is cst.BitInvert)
     return any(type(e.slice) is cst.Slice or (type(e.slice) is cst.Index and (
         type(e.slice.value) is cst.Ellipsis or (type(e.slice.value) is cst.Name and e.slice.value.value == "None")))
