@@ -140,6 +140,29 @@ def test_the_report_json_follows_its_schema(tmp_path, capsys):
     assert sum(report["summary"][s] for s in ("clean", "issues", "skipped", "failed")) == report["summary"]["files"]
 
 
+# statement kinds (searched within statements alone), expression kinds, and a mix with whitespace
+FIND_ALL_KINDS = [cst.SimpleStatementLine, cst.Assign, cst.Return, (cst.Assign, cst.For, cst.IndentedBlock),
+                  tuple(traverse._node_kinds()[2]), cst.Name, (cst.Name, cst.Attribute), cst.Call, cst.Subscript,
+                  (cst.Call, cst.Assign, cst.For), (cst.Comment, cst.Name), cst.Comma, cst.Lambda]
+
+
+@pytest.mark.parametrize("path", FIXTURES + [ROOT / "porter" / "convert" / "traverse.py"],
+                         ids=IDS + ["traverse"])
+def test_find_all_finds_what_libcsts_matchers_find(path):
+    """traverse.find_all enters only the subtrees that can hold what it looks for: the same nodes, in the
+    same order, as libcst's findall, from the module and from each statement and expression in it."""
+    import libcst.matchers as m
+
+    module = cst.parse_module(path.read_text())
+    roots = [module, *traverse.find_all(module, tuple(traverse._node_kinds()[2] - {cst.Module}))[1::7],
+             *traverse.find_all(module, cst.Call)[::17]]
+    for kinds in FIND_ALL_KINDS:
+        matcher = m.OneOf(*(m.MatchIfTrue(lambda n, k=k: type(n) is k) for k in
+                            (kinds if isinstance(kinds, tuple) else (kinds,))))
+        for root in roots:
+            assert [id(n) for n in traverse.find_all(root, kinds)] == [id(n) for n in m.findall(root, matcher)]
+
+
 @pytest.mark.parametrize("path", FIXTURES, ids=IDS)
 def test_the_name_walk_finds_what_libcsts_visitor_finds(path):
     from porter.convert.passes.imports import _collect_names, _NameCollector

@@ -308,16 +308,49 @@ class _Walker:
 def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
     """The nodes of the given types in `node`'s subtree (`node` included), in source order: what
     `libcst.matchers.findall(node, m.TypeName())` returns, without running a matcher visitor over it.
-    (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)"""
-    wanted = set(kinds) if isinstance(kinds, tuple) else {kinds}
+    (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)
+    Subtrees that cannot hold such a node are not entered (see _search_plan)."""
+    wanted = frozenset(kinds) if isinstance(kinds, tuple) else frozenset((kinds,))
+    only, skip = _search_plan(wanted)
     found: list[CSTNode] = []
     stack = [node]
     while stack:
         current = stack.pop()
-        if type(current) in wanted:
+        kind = type(current)
+        if kind in wanted:
             found.append(current)
+        if kind in skip or (only is not None and kind not in only):
+            continue
         stack.extend(reversed(_child_nodes(current)))
     return found
+
+
+_TRIVIA_MODULES = ("libcst._nodes.whitespace", "libcst._nodes.op")  # whitespace, comments, punctuation, operators
+
+
+@functools.cache
+def _node_kinds() -> tuple[frozenset[type], frozenset[type], frozenset[type]]:
+    """(whitespace and punctuation, small statements, what holds statements: compound statements, their
+    blocks and clauses, a statement line, the module) among libcst's node classes."""
+    classes = {cls for stem in _NODE_MODULES for cls in vars(importlib.import_module(f"libcst._nodes.{stem}")).values()
+               if isinstance(cls, type) and issubclass(cls, CSTNode) and not inspect.isabstract(cls)}
+    trivia = frozenset(cls for cls in classes if cls.__module__ in _TRIVIA_MODULES)
+    small = frozenset(cls for cls in classes if issubclass(cls, cst.BaseSmallStatement))
+    holders = frozenset(cls for cls in classes if issubclass(cls, (cst.BaseCompoundStatement, cst.BaseSuite))) \
+        | {cst.Module, cst.SimpleStatementLine, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally,
+           cst.MatchCase}
+    return trivia, small, holders
+
+
+@functools.cache
+def _search_plan(wanted: frozenset[type]) -> tuple[frozenset[type] | None, frozenset[type]]:
+    """(the only node types worth entering, or None for any; node types never worth entering) for a search
+    of `wanted`: statements are found within statements and their blocks alone, and nothing but whitespace
+    and punctuation is found within whitespace and punctuation (operators included)."""
+    trivia, small, holders = _node_kinds()
+    skip = frozenset() if wanted & trivia else trivia
+    only = holders if wanted <= holders | small else None
+    return only, skip
 
 
 def _child_nodes(node: CSTNode) -> list[CSTNode]:
