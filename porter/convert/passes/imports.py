@@ -100,7 +100,16 @@ class FinalizeImports(cst.CSTTransformer):
         code = self.code.module_code(module) + "\n".join(helper_sources(self.ctx.helpers))
         present = {cst.Module([]).code_for_node(s.body[0]) for s in module.body if _is_import(s)}
         return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
-                if pattern.search(code) and stmt not in present]
+                if _required_text(pattern) in code and pattern.search(code) and stmt not in present]
+
+
+@functools.cache
+def _required_text(pattern: re.Pattern) -> str:
+    """The text every match of a NEEDED_IMPORTS pattern holds ('jnp.' for `\\bjnp\\.`): where it is absent, the
+    regex need not scan the whole file ('' for a pattern of another shape)."""
+    body = pattern.pattern.removeprefix(r"\b")
+    text = re.sub(r"\\(.)", r"\1", body)
+    return text if re.escape(text) == body else ""
 
 
 class _NameCollector(cst.CSTVisitor):
