@@ -190,11 +190,11 @@ def visit(module: cst.Module, visitor, skip: Callable[[CSTNode], bool] | None = 
 
 
 class _Walker:
-    def __init__(self, visitor, skip) -> None:
+    def __init__(self, visitor, skip, never: frozenset[type] = frozenset()) -> None:
         self.visitor = visitor
         self.skip = skip
-        # node types `skip` always skips (whitespace, punctuation): not even walked to
-        self.never = frozenset(getattr(skip, "never", ()))
+        # node types `skip` always skips (whitespace, punctuation), and `never`: not even walked to
+        self.never = frozenset(getattr(skip, "never", ())) | never
         self.transformer = isinstance(visitor, CSTTransformer)
         self.hooks = _has_attribute_hooks(type(visitor))
 
@@ -212,7 +212,8 @@ class _Walker:
                 updated = self._children(node, kinds)
         if self.transformer:
             result = visitor.on_leave(node, updated)
-            if not isinstance(result, (CSTNode, RemovalSentinel, FlattenSentinel)):
+            if result is not updated and result is not node \
+                    and not isinstance(result, (CSTNode, RemovalSentinel, FlattenSentinel)):
                 raise cst.CSTValidationError(
                     f"Expected a node of type CSTNode or a RemovalSentinel, but got a return value of "
                     f"{type(result).__name__}")
@@ -237,10 +238,11 @@ class _Walker:
                 new = self._sequence(old, kind is BODY)
             elif kind is REQUIRED:
                 new = self.walk(old)
-                if isinstance(new, RemovalSentinel):
+                # (a node that came back unchanged is no sentinel: the checks, through ABCMeta, are skipped)
+                if new is not old and isinstance(new, RemovalSentinel):
                     raise TypeError(f"We got a RemovalSentinel while visiting a {type(old).__name__}. This "
                                     "node's parent does not allow it to be removed.")
-                if isinstance(new, FlattenSentinel):
+                if new is not old and isinstance(new, FlattenSentinel):
                     raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
                                     "node's parent does not allow for it to be it to be replaced with a sequence.")
             elif kind is OPTIONAL:
@@ -248,22 +250,22 @@ class _Walker:
                     new = None
                 else:
                     new = self.walk(old)
-                    if isinstance(new, FlattenSentinel):
+                    if new is not old and isinstance(new, FlattenSentinel):
                         raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
                                         "node's parent does not allow for it to be it to be replaced with a "
                                         "sequence.")
-                    if isinstance(new, RemovalSentinel):
+                    if new is not old and isinstance(new, RemovalSentinel):
                         new = None
             else:  # SENTINEL
                 if isinstance(old, MaybeSentinel):
                     new = old  # MaybeSentinel.DEFAULT, its only value
                 else:
                     new = self.walk(old)
-                    if isinstance(new, FlattenSentinel):
+                    if new is not old and isinstance(new, FlattenSentinel):
                         raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
                                         "node's parent does not allow for it to be it to be replaced with a "
                                         "sequence.")
-                    if isinstance(new, RemovalSentinel):
+                    if new is not old and isinstance(new, RemovalSentinel):
                         new = MaybeSentinel.DEFAULT
             if hooks:
                 visitor.on_leave_attribute(node, field)
@@ -326,6 +328,11 @@ def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
 
 
 _TRIVIA_MODULES = ("libcst._nodes.whitespace", "libcst._nodes.op")  # whitespace, comments, punctuation, operators
+
+
+def trivia() -> frozenset[type]:
+    """libcst's whitespace, comment and punctuation nodes (operators included): they hold nothing else."""
+    return _node_kinds()[0]
 
 
 @functools.cache
