@@ -281,7 +281,8 @@ class Prefilter:
         if state == self.state:
             return
         self.state = state
-        new = [w for w in self.visitor.trigger_words() if w not in self.words]
+        words = self.visitor.trigger_words()
+        new = words - self.words if isinstance(words, (set, frozenset)) else [w for w in words if w not in self.words]
         if not new:
             return
         self.words.update(new)
