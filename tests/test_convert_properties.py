@@ -173,3 +173,15 @@ def test_the_name_walk_finds_what_libcsts_visitor_finds(path):
     names: set[str] = set()
     _collect_names(module, names, None)
     assert names == visitor.names
+
+
+@pytest.mark.parametrize("code", ["np.zeros(3)", "x = jnp.ones(2)\n", "y = jnp.a + np.b", "é np.x", "énp.x", "_np.x",
+                                  "pos.x; os.path", "jax.numpy", "partial(f)", "functools.partial(", "x.partial(",
+                                  "einops.rearrange", "# jnp.x\nmath.pi", ""])
+def test_the_needed_imports_are_found_as_their_patterns_find_them(code):
+    """FinalizeImports tries an import's pattern only where its text ('np.') occurs: the same answer as a search."""
+    from porter.convert.passes.imports import NEEDED_IMPORTS, _occurs, _required_text
+
+    for _, pattern in NEEDED_IMPORTS:
+        assert _required_text(pattern)  # each pattern is of the shape the shortcut reads
+        assert _occurs(pattern, code) == (pattern.search(code) is not None), pattern.pattern
