@@ -150,7 +150,8 @@ FIND_ALL_KINDS = [cst.SimpleStatementLine, cst.Assign, cst.Return, (cst.Assign, 
                          ids=IDS + ["traverse"])
 def test_find_all_finds_what_libcsts_matchers_find(path):
     """traverse.find_all enters only the subtrees that can hold what it looks for: the same nodes, in the
-    same order, as libcst's findall, from the module and from each statement and expression in it."""
+    same order, as libcst's findall, from the module and from each statement and expression in it; and
+    traverse.child_nodes is libcst's `children`."""
     import libcst.matchers as m
 
     module = cst.parse_module(path.read_text())
@@ -161,6 +162,8 @@ def test_find_all_finds_what_libcsts_matchers_find(path):
                             (kinds if isinstance(kinds, tuple) else (kinds,))))
         for root in roots:
             assert [id(n) for n in traverse.find_all(root, kinds)] == [id(n) for n in m.findall(root, matcher)]
+    for node in traverse.find_all(module, tuple(traverse._node_kinds()[2]))[::5] + roots:
+        assert [id(n) for n in traverse.child_nodes(node)] == [id(n) for n in node.children]
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=IDS)
@@ -185,3 +188,15 @@ def test_the_needed_imports_are_found_as_their_patterns_find_them(code):
     for _, pattern in NEEDED_IMPORTS:
         assert _required_text(pattern)  # each pattern is of the shape the shortcut reads
         assert _occurs(pattern, code) == (pattern.search(code) is not None), pattern.pattern
+
+
+@pytest.mark.parametrize("code", ["sum(p.numel() for p in m.parameters())", "any([x for x in y])", "len({1 for _ in a})",
+                                  "sum(*[a for a in b])", "max(x=[a for a in b])", "sum((a for a in b), 0)",
+                                  "f(a for a in b)", "m.sum(a for a in b)", "sum()", "min([a, b])"])
+def test_order_free_consumers_are_the_matchers(code):
+    import libcst.matchers as m
+    from porter.convert.module_queries import _ORDER_FREE, order_free
+
+    call = cst.parse_expression(code)
+    matcher = m.Call(func=m.Name(m.MatchIfTrue(lambda n: n in _ORDER_FREE)), args=[m.Arg(m.GeneratorExp() | m.ListComp())])
+    assert order_free(call) is (call.args[0].value if m.matches(call, matcher) else None)

@@ -323,7 +323,7 @@ def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
             found.append(current)
         if kind in skip or (only is not None and kind not in only):
             continue
-        stack.extend(reversed(_child_nodes(current)))
+        stack.extend(reversed(child_nodes(current)))
     return found
 
 
@@ -360,7 +360,8 @@ def _search_plan(wanted: frozenset[type]) -> tuple[frozenset[type] | None, froze
     return only, skip
 
 
-def _child_nodes(node: CSTNode) -> list[CSTNode]:
+def child_nodes(node: CSTNode) -> list[CSTNode]:
+    """`node.children`, in the same order, without libcst's visitor (read from the fields the traversal visits)."""
     fields = spec(type(node))
     if fields is _FALLBACK:
         return list(node.children)
