@@ -341,12 +341,12 @@ def _node_kinds() -> tuple[frozenset[type], frozenset[type], frozenset[type]]:
     blocks and clauses, a statement line, the module) among libcst's node classes."""
     classes = {cls for stem in _NODE_MODULES for cls in vars(importlib.import_module(f"libcst._nodes.{stem}")).values()
                if isinstance(cls, type) and issubclass(cls, CSTNode) and not inspect.isabstract(cls)}
-    trivia = frozenset(cls for cls in classes if cls.__module__ in _TRIVIA_MODULES)
+    spacing = frozenset(cls for cls in classes if cls.__module__ in _TRIVIA_MODULES)
     small = frozenset(cls for cls in classes if issubclass(cls, cst.BaseSmallStatement))
     holders = frozenset(cls for cls in classes if issubclass(cls, (cst.BaseCompoundStatement, cst.BaseSuite))) \
         | {cst.Module, cst.SimpleStatementLine, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally,
            cst.MatchCase}
-    return trivia, small, holders
+    return spacing, small, holders
 
 
 @functools.cache
@@ -354,8 +354,8 @@ def _search_plan(wanted: frozenset[type]) -> tuple[frozenset[type] | None, froze
     """(the only node types worth entering, or None for any; node types never worth entering) for a search
     of `wanted`: statements are found within statements and their blocks alone, and nothing but whitespace
     and punctuation is found within whitespace and punctuation (operators included)."""
-    trivia, small, holders = _node_kinds()
-    skip = frozenset() if wanted & trivia else trivia
+    spacing, small, holders = _node_kinds()
+    skip = frozenset() if wanted & spacing else spacing
     only = holders if wanted <= holders | small else None
     return only, skip
 
