@@ -140,6 +140,32 @@ def test_the_report_json_follows_its_schema(tmp_path, capsys):
     assert sum(report["summary"][s] for s in ("clean", "issues", "skipped", "failed")) == report["summary"]["files"]
 
 
+# statement kinds (searched within statements alone), expression kinds, and a mix with whitespace
+FIND_ALL_KINDS = [cst.SimpleStatementLine, cst.Assign, cst.Return, (cst.Assign, cst.For, cst.IndentedBlock),
+                  tuple(traverse._node_kinds()[2]), cst.Name, (cst.Name, cst.Attribute), cst.Call, cst.Subscript,
+                  (cst.Call, cst.Assign, cst.For), (cst.Comment, cst.Name), cst.Comma, cst.Lambda]
+
+
+@pytest.mark.parametrize("path", FIXTURES + [ROOT / "porter" / "convert" / "traverse.py"],
+                         ids=IDS + ["traverse"])
+def test_find_all_finds_what_libcsts_matchers_find(path):
+    """traverse.find_all enters only the subtrees that can hold what it looks for: the same nodes, in the
+    same order, as libcst's findall, from the module and from each statement and expression in it; and
+    traverse.child_nodes is libcst's `children`."""
+    import libcst.matchers as m
+
+    module = cst.parse_module(path.read_text())
+    roots = [module, *traverse.find_all(module, tuple(traverse._node_kinds()[2] - {cst.Module}))[1::7],
+             *traverse.find_all(module, cst.Call)[::17]]
+    for kinds in FIND_ALL_KINDS:
+        matcher = m.OneOf(*(m.MatchIfTrue(lambda n, k=k: type(n) is k) for k in
+                            (kinds if isinstance(kinds, tuple) else (kinds,))))
+        for root in roots:
+            assert [id(n) for n in traverse.find_all(root, kinds)] == [id(n) for n in m.findall(root, matcher)]
+    for node in traverse.find_all(module, tuple(traverse._node_kinds()[2]))[::5] + roots:
+        assert [id(n) for n in traverse.child_nodes(node)] == [id(n) for n in node.children]
+
+
 @pytest.mark.parametrize("path", FIXTURES, ids=IDS)
 def test_the_name_walk_finds_what_libcsts_visitor_finds(path):
     from porter.convert.passes.imports import _collect_names, _NameCollector
@@ -159,3 +185,27 @@ def test_positions_of_starred_elements_are_libcsts(source):
     expected = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
     index = SourceIndex(module)
     assert all(index.code_range(node) == position for node, position in expected.items())
+
+
+@pytest.mark.parametrize("code", ["np.zeros(3)", "x = jnp.ones(2)\n", "y = jnp.a + np.b", "é np.x", "énp.x", "_np.x",
+                                  "pos.x; os.path", "jax.numpy", "partial(f)", "functools.partial(", "x.partial(",
+                                  "einops.rearrange", "# jnp.x\nmath.pi", ""])
+def test_the_needed_imports_are_found_as_their_patterns_find_them(code):
+    """FinalizeImports tries an import's pattern only where its text ('np.') occurs: the same answer as a search."""
+    from porter.convert.passes.imports import NEEDED_IMPORTS, _occurs, _required_text
+
+    for _, pattern in NEEDED_IMPORTS:
+        assert _required_text(pattern)  # each pattern is of the shape the shortcut reads
+        assert _occurs(pattern, code) == (pattern.search(code) is not None), pattern.pattern
+
+
+@pytest.mark.parametrize("code", ["sum(p.numel() for p in m.parameters())", "any([x for x in y])", "len({1 for _ in a})",
+                                  "sum(*[a for a in b])", "max(x=[a for a in b])", "sum((a for a in b), 0)",
+                                  "f(a for a in b)", "m.sum(a for a in b)", "sum()", "min([a, b])"])
+def test_order_free_consumers_are_the_matchers(code):
+    import libcst.matchers as m
+    from porter.convert.module_queries import _ORDER_FREE, order_free
+
+    call = cst.parse_expression(code)
+    matcher = m.Call(func=m.Name(m.MatchIfTrue(lambda n: n in _ORDER_FREE)), args=[m.Arg(m.GeneratorExp() | m.ListComp())])
+    assert order_free(call) is (call.args[0].value if m.matches(call, matcher) else None)

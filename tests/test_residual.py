@@ -281,6 +281,25 @@ def test_the_prefilter_changes_no_finding(source):
     assert fast.diagnostics == full.diagnostics
 
 
+
+# the flagged names trigger the prefilter as attribute names only (`.name`), spelled across spaces, comments and
+# line continuations; the same words as plain names trigger nothing
+ATTRIBUTE_SPELLINGS = [
+    "        z = (x .\n             pin_memory())",
+    "        z = (x.  # why\n             pin_memory())",
+    "        z = x.\\\n            pin_memory()",
+    "        name, index, t = 1, 2, 3\n        z = x.pin_memory()",
+    "        data = [name for name in ('a', 'b')]\n        w = x\\\n            .data",
+]
+
+
+@pytest.mark.parametrize("source", [in_module(s) for s in ATTRIBUTE_SPELLINGS])
+def test_attributes_spelled_across_lines_are_found_by_the_prefiltered_check(source):
+    fast = _convert(HEADER + dedent(source), None, fast=True)
+    full = _convert(HEADER + dedent(source), None, fast=False)
+    assert [d for d in fast.diagnostics if d.code == "PT040"], fast.diagnostics
+    assert fast.diagnostics == full.diagnostics
+
 # the tables ----------------------------------------------------------------------------------------------
 def test_the_tables_cover_exactly_the_installed_libraries_differences():
     found = changes()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from porter.convert import traverse
 from porter.convert.context import ConversionContext, code_of
 from porter.convert.transforms import keyword_arg, NO_VALUE, VALUE_TRANSFORMS, Unsupported, expr, literal
 from porter.rules.loader import Rule
@@ -209,7 +210,11 @@ def fill_template(template: str, values: dict[str, cst.BaseExpression]) -> cst.B
     for name in values:
         text = text.replace("{" + name + "}", f"__porter_{name}__")
     tree = cst.parse_expression(text)
-    return tree.visit(_Fill(sentinels))
+    return traverse.visit(tree, _Fill(sentinels))  # libcst's visit, without rebuilding every node
+
+
+_OPERATORS = frozenset({cst.BinaryOperation, cst.UnaryOperation, cst.Comparison, cst.ComparisonTarget,
+                        cst.BooleanOperation, cst.IfExp, cst.Await})  # (libcst's node classes have no subclasses)
 
 
 class _Fill(cst.CSTTransformer):
@@ -219,8 +224,7 @@ class _Fill(cst.CSTTransformer):
         self._operators: list[bool] = []  # per open node: is it an operator (its operands may need parentheses)
 
     def on_visit(self, node: cst.CSTNode) -> bool:
-        operator = isinstance(node, (cst.BinaryOperation, cst.UnaryOperation, cst.Comparison, cst.ComparisonTarget,
-                                     cst.BooleanOperation, cst.IfExp, cst.Await))
+        operator = type(node) in _OPERATORS
         self._operators.append(operator)
         return super().on_visit(node)
 

@@ -21,7 +21,9 @@ import libcst as cst
 from porter.convert.builders import role_of  # how x.to(...) reads a positional argument
 from porter.convert.context import ConversionContext
 from porter.convert.source_index import STATEMENT_TYPES
+from porter.convert.traverse import child_nodes, trivia
 
+TRIVIA = trivia()
 PLACEMENT_METHODS = frozenset({"to", "cuda"})  # x.to(device), x.cuda(device): the device is dropped
 # names that hold settings, not arrays: `args.device`, `config.device`
 NOT_ARRAYS = frozenset({"self", "args", "opt", "opts", "config", "cfg", "conf", "hparams", "params", "settings",
@@ -90,8 +92,9 @@ class _Reads:
                 self.other_uses[node.value] = self.other_uses.get(node.value, 0) + 1
             return
         parents.append(node)
-        for child in node.children:
-            self.walk(child, parents, nested)
+        for child in child_nodes(node):
+            if type(child) not in TRIVIA:  # whitespace and punctuation hold no name
+                self.walk(child, parents, nested)
         parents.pop()
 
     def _binding(self, assign: cst.Assign) -> None:

@@ -80,9 +80,12 @@ def replacement(method: str, receiver: cst.BaseExpression, ctx: ConversionContex
 
 def order_free(call: cst.Call) -> cst.BaseExpression | None:
     """The comprehension of `sum(... for m in ...)`, `any([...])`: a consumer the order does not matter to."""
-    if m.matches(call, m.Call(func=m.Name(m.MatchIfTrue(lambda n: n in _ORDER_FREE)),
-                              args=[m.Arg(m.GeneratorExp() | m.ListComp())])):
-        return call.args[0].value
+    # (`m.Call(func=m.Name(...), args=[m.Arg(m.GeneratorExp() | m.ListComp())])` spelled out: asked at every call
+    # the rewrite visits, the matcher cost 2% of a conversion)
+    func, args = call.func, call.args
+    if type(func) is cst.Name and func.value in _ORDER_FREE and len(args) == 1 \
+            and type(args[0].value) in (cst.GeneratorExp, cst.ListComp):
+        return args[0].value
     return None
 
 

@@ -106,8 +106,9 @@ class _FitOperands(cst.CSTTransformer):
 
 
 def fit_all_operands(node: cst.CSTNode) -> cst.CSTNode:
-    """fit_operands throughout `node`'s subtree (a replacement a rule built, whose inner nodes no pass left)."""
-    return traverse._Walker(_FitOperands(), None).walk(node)
+    """fit_operands throughout `node`'s subtree (a replacement a rule built, whose inner nodes no pass left).
+    Whitespace and punctuation have no operands, nor anything inside that has: not walked."""
+    return traverse._Walker(_FitOperands(), None, traverse.trivia()).walk(node)
 
 
 def keep_parentheses(replaced: cst.CSTNode, new):

@@ -256,6 +256,9 @@ NO_IDENTIFIERS = frozenset({
 })
 
 
+_REFRESH_AT = STATEMENT_TYPES | {cst.IndentedBlock}  # where the prefilter reads a pass's trigger state again
+
+
 class Prefilter:
     """`skip(node)` for porter/convert/traverse.py: True for a node of the original module whose code
     (comments and strings aside) holds none of the pass's trigger words.
@@ -282,7 +285,8 @@ class Prefilter:
         if state == self.state:
             return
         self.state = state
-        new = [w for w in self.visitor.trigger_words() if w not in self.words]
+        words = self.visitor.trigger_words()
+        new = words - self.words if isinstance(words, (set, frozenset)) else [w for w in words if w not in self.words]
         if not new:
             return
         self.words.update(new)
@@ -308,16 +312,17 @@ class Prefilter:
         if kind is cst.Module:
             self._refresh()
             return False  # its visit and leave hooks always run
-        span = self.index._inclusive.get(id(node))
+        index = self.index
+        span = index._inclusive.get(id(node))
         if span is None:
             return False  # not from the original module
-        if kind in STATEMENT_TYPES or kind is cst.IndentedBlock:  # a function's visit hook may add words
+        if kind in _REFRESH_AT:  # a function's visit hook may add words
             self._refresh()
-        offsets = self.index._offsets
-        start, end = offsets[span[0]], offsets[span[1]]
+        offsets = index._offsets
+        start = offsets[span[0]]
         found = self.offsets
         i = bisect_left(found, start)
-        return not (i < len(found) and found[i] < end)
+        return not (i < len(found) and found[i] < offsets[span[1]])
 
 
 # containers of statements -> their fields that hold statements or clauses holding statements

@@ -190,11 +190,11 @@ def visit(module: cst.Module, visitor, skip: Callable[[CSTNode], bool] | None = 
 
 
 class _Walker:
-    def __init__(self, visitor, skip) -> None:
+    def __init__(self, visitor, skip, never: frozenset[type] = frozenset()) -> None:
         self.visitor = visitor
         self.skip = skip
-        # node types `skip` always skips (whitespace, punctuation): not even walked to
-        self.never = frozenset(getattr(skip, "never", ()))
+        # node types `skip` always skips (whitespace, punctuation), and `never`: not even walked to
+        self.never = frozenset(getattr(skip, "never", ())) | never
         self.transformer = isinstance(visitor, CSTTransformer)
         self.hooks = _has_attribute_hooks(type(visitor))
 
@@ -212,7 +212,8 @@ class _Walker:
                 updated = self._children(node, kinds)
         if self.transformer:
             result = visitor.on_leave(node, updated)
-            if not isinstance(result, (CSTNode, RemovalSentinel, FlattenSentinel)):
+            if result is not updated and result is not node \
+                    and not isinstance(result, (CSTNode, RemovalSentinel, FlattenSentinel)):
                 raise cst.CSTValidationError(
                     f"Expected a node of type CSTNode or a RemovalSentinel, but got a return value of "
                     f"{type(result).__name__}")
@@ -237,10 +238,11 @@ class _Walker:
                 new = self._sequence(old, kind is BODY)
             elif kind is REQUIRED:
                 new = self.walk(old)
-                if isinstance(new, RemovalSentinel):
+                # (a node that came back unchanged is no sentinel: the checks, through ABCMeta, are skipped)
+                if new is not old and isinstance(new, RemovalSentinel):
                     raise TypeError(f"We got a RemovalSentinel while visiting a {type(old).__name__}. This "
                                     "node's parent does not allow it to be removed.")
-                if isinstance(new, FlattenSentinel):
+                if new is not old and isinstance(new, FlattenSentinel):
                     raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
                                     "node's parent does not allow for it to be it to be replaced with a sequence.")
             elif kind is OPTIONAL:
@@ -248,22 +250,22 @@ class _Walker:
                     new = None
                 else:
                     new = self.walk(old)
-                    if isinstance(new, FlattenSentinel):
+                    if new is not old and isinstance(new, FlattenSentinel):
                         raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
                                         "node's parent does not allow for it to be it to be replaced with a "
                                         "sequence.")
-                    if isinstance(new, RemovalSentinel):
+                    if new is not old and isinstance(new, RemovalSentinel):
                         new = None
             else:  # SENTINEL
                 if isinstance(old, MaybeSentinel):
                     new = old  # MaybeSentinel.DEFAULT, its only value
                 else:
                     new = self.walk(old)
-                    if isinstance(new, FlattenSentinel):
+                    if new is not old and isinstance(new, FlattenSentinel):
                         raise TypeError(f"We got a FlattenSentinel while visiting a {type(old).__name__}. This "
                                         "node's parent does not allow for it to be it to be replaced with a "
                                         "sequence.")
-                    if isinstance(new, RemovalSentinel):
+                    if new is not old and isinstance(new, RemovalSentinel):
                         new = MaybeSentinel.DEFAULT
             if hooks:
                 visitor.on_leave_attribute(node, field)
@@ -308,19 +310,58 @@ class _Walker:
 def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
     """The nodes of the given types in `node`'s subtree (`node` included), in source order: what
     `libcst.matchers.findall(node, m.TypeName())` returns, without running a matcher visitor over it.
-    (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)"""
-    wanted = set(kinds) if isinstance(kinds, tuple) else {kinds}
+    (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)
+    Subtrees that cannot hold such a node are not entered (see _search_plan)."""
+    wanted = frozenset(kinds) if isinstance(kinds, tuple) else frozenset((kinds,))
+    only, skip = _search_plan(wanted)
     found: list[CSTNode] = []
     stack = [node]
     while stack:
         current = stack.pop()
-        if type(current) in wanted:
+        kind = type(current)
+        if kind in wanted:
             found.append(current)
-        stack.extend(reversed(_child_nodes(current)))
+        if kind in skip or (only is not None and kind not in only):
+            continue
+        stack.extend(reversed(child_nodes(current)))
     return found
 
 
-def _child_nodes(node: CSTNode) -> list[CSTNode]:
+_TRIVIA_MODULES = ("libcst._nodes.whitespace", "libcst._nodes.op")  # whitespace, comments, punctuation, operators
+
+
+def trivia() -> frozenset[type]:
+    """libcst's whitespace, comment and punctuation nodes (operators included): they hold nothing else."""
+    return _node_kinds()[0]
+
+
+@functools.cache
+def _node_kinds() -> tuple[frozenset[type], frozenset[type], frozenset[type]]:
+    """(whitespace and punctuation, small statements, what holds statements: compound statements, their
+    blocks and clauses, a statement line, the module) among libcst's node classes."""
+    classes = {cls for stem in _NODE_MODULES for cls in vars(importlib.import_module(f"libcst._nodes.{stem}")).values()
+               if isinstance(cls, type) and issubclass(cls, CSTNode) and not inspect.isabstract(cls)}
+    spacing = frozenset(cls for cls in classes if cls.__module__ in _TRIVIA_MODULES)
+    small = frozenset(cls for cls in classes if issubclass(cls, cst.BaseSmallStatement))
+    holders = frozenset(cls for cls in classes if issubclass(cls, (cst.BaseCompoundStatement, cst.BaseSuite))) \
+        | {cst.Module, cst.SimpleStatementLine, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally,
+           cst.MatchCase}
+    return spacing, small, holders
+
+
+@functools.cache
+def _search_plan(wanted: frozenset[type]) -> tuple[frozenset[type] | None, frozenset[type]]:
+    """(the only node types worth entering, or None for any; node types never worth entering) for a search
+    of `wanted`: statements are found within statements and their blocks alone, and nothing but whitespace
+    and punctuation is found within whitespace and punctuation (operators included)."""
+    spacing, small, holders = _node_kinds()
+    skip = frozenset() if wanted & spacing else spacing
+    only = holders if wanted <= holders | small else None
+    return only, skip
+
+
+def child_nodes(node: CSTNode) -> list[CSTNode]:
+    """`node.children`, in the same order, without libcst's visitor (read from the fields the traversal visits)."""
     fields = spec(type(node))
     if fields is _FALLBACK:
         return list(node.children)

@@ -67,6 +67,8 @@ def _bare_returns_as_pass(body: cst.BaseSuite) -> cst.BaseSuite:
     """A method's body with each bare `return` as `pass` (x-transformers' `init_`: `if l2norm_embed:
     nn.init.normal_(...); return`). Only to judge a method made of initialisation alone, removed as a whole:
     where such a method returns early changes nothing. (In __init__ an early return stays: it skips the rest.)"""
+    if all(r.value is not None for r in find_all(body, cst.Return)):
+        return body  # nothing to replace (and libcst's visit would rebuild every node)
     return body.visit(_BareReturnsAsPass())
 
 

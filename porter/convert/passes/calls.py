@@ -454,7 +454,9 @@ class CallRewrite(ScopedTransformer):
     def _partial_binding_fixed_arguments(self, call: cst.Call, updated: cst.Call) -> cst.BaseExpression | None:
         """`partial(nn.GELU, approximate='tanh')`: a keyword the converted constructor takes only at a fixed
         value goes into it (a constructor built for that value); one it cannot take at all is PT004, kept."""
-        if code_of(call.func).rsplit(".", 1)[-1] != "partial" or not call.args \
+        func = call.func  # (its last name first: generating the code of every call's function cost 1% of a conversion)
+        last = func.value if type(func) is cst.Name else func.attr.value if type(func) is cst.Attribute else None
+        if last != "partial" or code_of(func).rsplit(".", 1)[-1] != "partial" or not call.args \
                 or id(call.args[0].value) not in self._constructor_arguments:
             return None
         rule, qualified, accepted = self._constructor_arguments[id(call.args[0].value)]

@@ -116,7 +116,30 @@ class FinalizeImports(cst.CSTTransformer):
             code += "\n".join(helper_sources(self.ctx.helpers))
         present = {cst.Module([]).code_for_node(s.body[0]) for s in module.body if _is_import(s)}
         return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
-                if pattern.search(code) and stmt not in present]
+                if stmt not in present and _occurs(pattern, code)]
+
+
+def _occurs(pattern: re.Pattern, code: str) -> bool:
+    """`pattern.search(code)`, tried only where the text every match starts with occurs (`\\bnp\\.` at each 'np.',
+    most of them in 'jnp.'): a regex beginning with `\\b` scans the whole file character by character."""
+    text = _required_text(pattern)
+    if not text:
+        return pattern.search(code) is not None
+    at = code.find(text)
+    while at != -1:
+        if pattern.match(code, at):  # (`\\b` still sees the character before `at`)
+            return True
+        at = code.find(text, at + 1)
+    return False
+
+
+@functools.cache
+def _required_text(pattern: re.Pattern) -> str:
+    """The text every match of a NEEDED_IMPORTS pattern starts with ('jnp.' for `\\bjnp\\.`), '' for a pattern of
+    another shape."""
+    body = pattern.pattern.removeprefix(r"\b")
+    text = re.sub(r"\\(.)", r"\1", body)
+    return text if re.escape(text) == body else ""
 
 
 class _NameCollector(cst.CSTVisitor):

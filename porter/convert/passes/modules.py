@@ -17,6 +17,7 @@ from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
 from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
+from porter.convert.traverse import find_all
 
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
 SUPER_INIT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
@@ -258,7 +259,7 @@ class ModuleRewrite(CallRewrite):
 
     def _initialises(self, loop: cst.For) -> bool:
         methods = self.ctx.init_methods.get(self.module_class, set()) if self.module_class else set()
-        return any(is_init_statement(s, self.ctx, methods) for s in m.findall(loop.body, m.SimpleStatementLine()))
+        return any(is_init_statement(s, self.ctx, methods) for s in find_all(loop.body, cst.SimpleStatementLine))
 
     def visit_Call(self, node: cst.Call) -> None:
         """Marks `self.training` in arguments a rule consumes (F.dropout's training=...)."""

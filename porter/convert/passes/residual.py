@@ -55,6 +55,8 @@ _ARRAY_TYPES = frozenset({"jax.Array", "jnp.ndarray", "jax.numpy.ndarray", "Arra
 _TEST_FIELDS = {cst.If: "test", cst.While: "test", cst.IfExp: "test", cst.Assert: "test"}
 # `x[...] = v`, `x[i] += v` (and `(x[i]) = v`): a subscript target
 ITEM_ASSIGNMENT = re.compile(r"\][\s)\\]*(?:\*\*|//|>>|<<|[-+*/%@&|^])?=(?!=)")
+# `.name` (an attribute's name, across spaces and line continuations)
+ATTRIBUTE_NAME = re.compile(r"\.[\s\\]*(\w+)")
 # attribute names that are also words of a message: an error names them as `.name`
 _WORDS = frozenset({"to", "type", "data", "apply", "float", "int", "long", "bool", "half", "t", "name", "index",
                     "values", "mode", "grad", "new", "add", "put", "select", "all", "any", "forward", "double"})
@@ -84,6 +86,8 @@ def check(ctx: ConversionContext, index: SourceIndex, module: cst.Module, fast: 
     if fast:
         prefilter = Prefilter(index, residual)
         prefilter.also_at(m.start() for m in ITEM_ASSIGNMENT.finditer(index.code_text))
+        prefilter.also_at(m.start(1) for m in ATTRIBUTE_NAME.finditer(index.code_text)
+                          if m.group(1) in residual.attribute_words)
         visit(part, residual, prefilter)
     else:
         visit(part, residual)
@@ -121,8 +125,11 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         self.einops, self.torch_packages = self._imported_names(module)
         aliases = ctx.torch_aliases
         self.modules = (ctx.bound_imports | CONVERTED_MODULES) - set(aliases)
-        self.words = (tables.flagged_names() | set(aliases) | ctx.module_classes | ctx.class_words | self.einops
-                      | self.torch_packages)
+        names = set(aliases) | ctx.module_classes | ctx.class_words | self.einops | self.torch_packages
+        self.words = tables.flagged_names() | names
+        # the flagged names count only as attribute names (visit_Attribute): the prefilter's triggers are their
+        # `.name` places (check()), not a variable of the same name (`name`, `index`, `t`)
+        self.attribute_words = tables.flagged_names() - names
         self.state = 0
         self.traced_functions = self._functions_called_when_traced(module)
 
@@ -146,7 +153,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
     # the prefilter ----------------------------------------------------------------
     def trigger_words(self) -> set[str]:
-        return self.words
+        return self.words - self.attribute_words
 
     def trigger_state(self) -> int:
         return self.state
