@@ -276,7 +276,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def _note_data_side(self, module: cst.Module) -> None:
         """What feeds torch.utils.data stays torch (porter/convert/data_side.py): PT011 says so once."""
         if not any(q.startswith("torch.utils.data") for q in self.ctx.imports.values()) \
-                and not self._index.mentions("utils"):  # (torch.utils.data.DataLoader without an import of it)
+                and "utils.data" not in self._index.code_text:  # (torch.utils.data.DataLoader without an import)
             return
         data = self.ctx.data_side = data_side.analyse(module, self.ctx)
         if data is None:

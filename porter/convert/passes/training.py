@@ -149,7 +149,8 @@ class TrainingRewrite(ModuleRewrite):
     def visit_Module(self, node: cst.Module) -> None:
         self._analyze_training(node)
         self._checkpoints = checkpoints.find_checkpoints(node, self.ctx) \
-            if any(self.mentions(word) for word in ("state_dict", "load_state_dict", "save")) else None
+            if any(self.mentions(word) for word in ("load_state_dict", "save", "load")) else None  # (a state_dict()
+        # converts only inside a torch.save or under deepcopy, restored by load_state_dict)
 
     def _analyze_training(self, node: cst.Module) -> None:
         """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
