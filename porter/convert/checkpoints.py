@@ -57,7 +57,8 @@ def find_checkpoints(module: cst.Module, ctx: ConversionContext) -> Checkpoints:
     found = Checkpoints(models=_model_names(assigns, ctx))
     owners = state_owners(ctx, found.models)
     sources: set[str] = set()
-    restores = [e.value for e in nodes if type(e) is cst.Expr and m.matches(e.value, LOAD_STATE_DICT)]
+    restores = [e.value for e in nodes if type(e) is cst.Expr and _calls_method(e.value, "load_state_dict")
+                and m.matches(e.value, LOAD_STATE_DICT)]
     for call in restores:
         if call.func.value.value in owners and isinstance(convert_load_state_dict(call), cst.Call):
             value = call.args[0].value
@@ -80,8 +81,11 @@ def find_checkpoints(module: cst.Module, ctx: ConversionContext) -> Checkpoints:
 def _find_saved_name(first: cst.BaseStatement, second: cst.BaseStatement, owners: set[str],
                      ctx: ConversionContext, found: Checkpoints) -> None:
     """`state = {... X.state_dict() ...}` then `torch.save(state, path)`."""
-    if not (m.matches(first, m.SimpleStatementLine([m.Assign([m.AssignTarget(m.Name())])]))
-            and m.matches(second, m.SimpleStatementLine([m.Expr(m.Call())]))):
+    # (plain type tests, not matchers: this runs for every pair of statements in the file)
+    if type(first) is not cst.SimpleStatementLine or type(second) is not cst.SimpleStatementLine \
+            or len(first.body) != 1 or len(second.body) != 1 or type(first.body[0]) is not cst.Assign \
+            or len(first.body[0].targets) != 1 or type(first.body[0].targets[0].target) is not cst.Name \
+            or type(second.body[0]) is not cst.Expr or type(second.body[0].value) is not cst.Call:
         return
     assign, save = first.body[0], second.body[0].value
     if (ctx.qualified_name(save.func) or "") in SAVE and save.args and save.args[0].keyword is None \
@@ -184,3 +188,7 @@ def convert_load_state_dict(call: cst.Call) -> cst.Call | str:
             or any(not m.matches(s, m.Name("True")) for s in strict):
         return f"`{code_of(call)}`: only load_state_dict(state) with strict=True is converted"
     return cst.Call(cst.Name("load_numpy_state"), [cst.Arg(call.func.value), cst.Arg(call.args[0].value)])
+
+
+def _calls_method(node: cst.BaseExpression, name: str) -> bool:
+    return type(node) is cst.Call and type(node.func) is cst.Attribute and node.func.attr.value == name
