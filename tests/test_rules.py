@@ -23,7 +23,7 @@ PRELUDE = textwrap.dedent("""\
     class M(nn.Module):
         def __init__(self):
             super().__init__()
-            y = {before}
+            result = {before}
     """)
 
 
@@ -36,8 +36,8 @@ def test_rule_example_converts_as_documented(rule_id, before, after):
         assert lines[-len(after.splitlines()):] == [line.strip() for line in after.splitlines()]
     else:
         conversion = convert_source(PRELUDE.format(before=before))
-        line = [l for l in conversion.code.splitlines() if l.startswith("        y = ")][-1]
-        assert line.strip() == f"y = {after}"
+        line = [l for l in conversion.code.splitlines() if l.startswith("        result = ")][-1]
+        assert line.strip() == f"result = {after}"
     assert not [d for d in conversion.diagnostics if d.severity.value == "error"]
 
 
