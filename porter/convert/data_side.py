@@ -91,6 +91,12 @@ def analyse(module: cst.Module, ctx: ConversionContext) -> DataSide | None:
     return analysis.data
 
 
+# PT011, said once per file: by the analysis where data feeds a loader (with what stays torch), else by the
+# call pass at the first torch.utils.data call or seed it keeps
+KEPT = ("torch's data loading and seeding are kept: the same batches in the same order as the original where "
+        "each shuffle has a seeded generator of its own")
+
+
 def to_jax(node: cst.BaseExpression) -> cst.Call:
     return cst.Call(cst.Attribute(cst.Name("jnp"), cst.Name("asarray")), [cst.Arg(node)])
 

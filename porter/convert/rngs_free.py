@@ -86,12 +86,21 @@ def _only_called(names: set[str], source: str) -> set[str]:
     Name(` included) and which are defined once."""
     if not names:
         return set()
-    mentions = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, sorted(names))) + r")(?!\w)(\s*\()?")
-    called, other = set(), set()
-    for match in mentions.finditer(source):
-        (called if match.group(2) else other).add(match.group(1))
+    called, other = mentions(names, source)
     defined = re.findall(r"\bclass\s+(\w+)", source)
     return {name for name in called - other if defined.count(name) == 1}
+
+
+def mentions(names: set[str], text: str) -> tuple[set[str], set[str]]:
+    """Which of `names` the text mentions as a callee (`Name(`), and which otherwise (a value: `act=Name`,
+    `Name` passed on), attribute names (`.Name`) aside. The tree runner asks it too, of other files' text."""
+    if not names:
+        return set(), set()
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, sorted(names))) + r")(?!\w)(\s*\()?")
+    called, other = set(), set()
+    for match in pattern.finditer(text):
+        (called if match.group(2) else other).add(match.group(1))
+    return called, other
 
 
 def _constructed_classes(node: cst.ClassDef, ctx: ConversionContext) -> set[str] | None:

@@ -529,12 +529,10 @@ class TextScan:
 def _values(data: bytes, imports: list[tuple[int, str, str, str]]) -> set[str]:
     """The imported names the file's text mentions, outside its from-imports and class bases (a subclass
     calls its base's constructor as written: rngs_free.py), other than as a call."""
-    if not imports:
-        return set()
-    names = b"|".join(re.escape(local.encode()) for local in sorted({local for *_, local in imports}))
-    mentions = re.compile(rb"(?<![\w.])(" + names + rb")(?!\w)([ \t]*\()?")
-    body = _CLASS_LINE.sub(b"", _FROM_IMPORT.sub(b"", data))
-    return {m.group(1).decode() for m in mentions.finditer(body) if not m.group(2)}
+    from porter.convert.rngs_free import mentions
+
+    body = _CLASS_LINE.sub(b"", _FROM_IMPORT.sub(b"", data)).decode("utf-8", "replace")
+    return mentions({local for *_, local in imports}, body)[1]
 
 
 @dataclass

@@ -281,8 +281,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         data = self.ctx.data_side = data_side.analyse(module, self.ctx)
         if data is None:
             return
-        message = "torch's data loading and seeding are kept: the same batches in the same order as the original " \
-                  "where each shuffle has a seeded generator of its own"
+        message = data_side.KEPT
         if data.tensors:
             drawn = ", drawn from torch's global generator: the very same numbers as the original where drawn " \
                     "before a model is built (building one draws from it in torch only)" if data.draws else ""

@@ -280,9 +280,7 @@ class CallRewrite(ScopedTransformer):
                                                     "generator=torch.Generator().manual_seed(s) for the same order in "
                                                     "both (porter check --script aligns the two runs by itself)")
             elif not any(d.code == "PT011" for d in self.ctx.diagnostics):
-                self.report("PT011", original_node, "torch's data loading and seeding are kept: the same batches "
-                                                    "in the same order as the original where each shuffle has a "
-                                                    "seeded generator of its own")
+                self.report("PT011", original_node, data_side.KEPT)
             return updated_node
         if self._kept_depth:
             return updated_node
