@@ -225,6 +225,24 @@ def test_building_or_calling_a_factory_of_an_installed_package_in_a_module_class
     assert not any(d.code == "PT040" and d.line in (9, 10) for d in conversion.diagnostics)  # said once
 
 
+def test_a_layer_factory_building_a_module_of_an_installed_package_is_an_error(site, tmp_path):
+    conversion = convert(tmp_path, """\
+        import torch.nn as nn
+        from helperpkg import Sequential
+
+
+        def head(d):
+            return Sequential(nn.Linear(d, d), nn.ReLU())
+
+
+        def plain(d):
+            return Sequential()  # no layer of torch: porter does not convert it as a factory
+        """)
+    [error] = errors(conversion)
+    assert error.line == 6 and error.message.startswith("the layer factory head builds Sequential")
+    assert "so it would build a torch module where nnx ones are expected" in error.message
+
+
 def test_a_torch_class_reexported_by_a_package_is_named_as_torch(site, tmp_path):
     conversion = convert(tmp_path, """\
         import torch.nn as nn

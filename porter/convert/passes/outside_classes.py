@@ -31,7 +31,8 @@ def check(module: cst.Module, ctx: ConversionContext, index: SourceIndex) -> Non
         if type(statement) is cst.ClassDef:
             _check_class(statement, names, ctx, index)
         elif type(statement) is cst.FunctionDef and statement.name.value in ctx.rngs_functions:
-            _check_uses(statement, f"the layer factory {statement.name.value}", names, ctx, index)
+            _check_uses(statement, f"the layer factory {statement.name.value}", names, ctx, index,
+                        "so it would build a torch module where nnx ones are expected")
 
 
 def outside_imports(module: cst.Module, ctx: ConversionContext) -> dict[str, str]:
@@ -110,7 +111,8 @@ def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionConte
         for base, found in mixins:
             _report_mixin(name, base, found, ctx, index)
     if name in ctx.module_classes:
-        _check_uses(node.body, f"the module class {name}", names, ctx, index)
+        _check_uses(node.body, f"the module class {name}", names, ctx, index,
+                    "so the nnx module would hold a torch module")
 
 
 def _report_mixin(name: str, base: cst.BaseExpression, found: OutsideName, ctx: ConversionContext,
@@ -130,7 +132,7 @@ def _report_mixin(name: str, base: cst.BaseExpression, found: OutsideName, ctx: 
 
 
 def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: ConversionContext,
-                index: SourceIndex) -> None:
+                index: SourceIndex, outcome: str) -> None:
     uses = _Uses(names)
     node.visit(uses)
     for used, called in uses.found:
@@ -147,7 +149,7 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
         else:
             what = f"{'calls' if called else 'uses'} {text} ({found.where}), which returns an nn.Module ({found.why})"
         ctx.report("PT013", line, col, f"{owner} {what} of the installed package {found.package}: {_NOT_CONVERTED}, "
-                                       "so the nnx module would hold a torch module. " + _what_to_do(found))
+                                       f"{outcome}. " + _what_to_do(found))
 
 
 def _what_to_do(found: OutsideName, rewrite: str = "that part") -> str:
