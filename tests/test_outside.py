@@ -276,6 +276,31 @@ def test_a_mixin_of_an_installed_package_is_a_warning_or_an_error_where_nnx_cann
     assert f"Net also derives from {mixin} (helperpkg.hub.{mixin}" in found.message
 
 
+def test_a_class_with_forward_deriving_from_a_package_porter_cannot_read_is_an_error(site, tmp_path):
+    source = """\
+        import torch.nn as nn
+        from notinstalled.layers import Base
+
+
+        class Encoder(Base):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.fc(x)
+
+
+        class Config(Base):  # no forward: nothing says it is a module
+            size = 3
+        """
+    [error] = errors(convert(tmp_path, source))
+    assert (error.line, error.col) == (5, 15)
+    assert "Encoder derives from Base (notinstalled.layers.Base), which porter cannot read (no installed package " \
+           "notinstalled found), and defines forward" in error.message
+    assert not errors(porter.convert_source(textwrap.dedent(source)))  # no file: the name may be of its tree
+
+
 def test_a_plain_class_with_a_mixin_is_none_of_porters_business(site, tmp_path):
     conversion = convert(tmp_path, """\
         import torch

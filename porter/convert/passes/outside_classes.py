@@ -16,7 +16,7 @@ from __future__ import annotations
 import libcst as cst
 
 from porter.convert.context import ConversionContext, code_of
-from porter.convert.outside import CLASS, FACTORY, MODULE, OutsideName, in_tree, is_installed, is_stdlib, what_is
+from porter.convert.outside import CLASS, FACTORY, MODULE, UNKNOWN, OutsideName, in_tree, is_installed, is_stdlib, what_is
 from porter.convert.source_index import SourceIndex
 
 _NOT_CONVERTED = "porter converts only the tree it is given"
@@ -43,7 +43,8 @@ def outside_imports(module: cst.Module, ctx: ConversionContext) -> dict[str, str
         top = dotted.partition(".")[0]
         if top == "torch" or is_stdlib(top) or local in ctx.module_classes or local in ctx.rngs_functions:
             continue
-        if not in_tree(top, ctx.filename) and is_installed(top):
+        # a package porter cannot find is still outside the tree when the file's place is known (not beside it)
+        if not in_tree(top, ctx.filename) and (ctx.filename or is_installed(top)):
             names[local] = dotted
     return names
 
@@ -107,12 +108,23 @@ def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionConte
                        + _what_to_do(found, name))
         elif found.kind == CLASS:
             mixins.append((base.value, found))
+        elif found.kind == UNKNOWN and not derives and _defines(node, "forward"):
+            base_name = code_of(base.value)
+            ctx.report("PT013", *index.start(base.value),
+                       f"{name} derives from {base_name} ({found.where or found.name}), which porter cannot read "
+                       f"({found.why}), and defines forward: if {base_name} is an nn.Module, {name} stays a torch "
+                       f"class, as {_NOT_CONVERTED}. Install {found.package} where porter runs so that porter can "
+                       f"tell, and copy the file defining {base_name} into your tree to have it converted")
     if derives:
         for base, found in mixins:
             _report_mixin(name, base, found, ctx, index)
     if name in ctx.module_classes:
         _check_uses(node.body, f"the module class {name}", names, ctx, index,
                     "so the nnx module would hold a torch module")
+
+
+def _defines(node: cst.ClassDef, method: str) -> bool:
+    return any(type(s) is cst.FunctionDef and s.name.value == method for s in node.body.body)
 
 
 def _report_mixin(name: str, base: cst.BaseExpression, found: OutsideName, ctx: ConversionContext,
