@@ -58,11 +58,12 @@ CODES: dict[str, Code] = {
              "cannot tell whether it is an nn.Module, and the converted script treats it as an nnx one. "
              "Convert the directory holding the script and that file (porter convert DIR -o OUT_DIR)."),
         Code("PT013", Severity.ERROR, "class of an installed package in a converted module",
-             "porter converts only the tree it is given: a class of another installed package stays torch, and an "
+             "porter converts only the tree it is given (and the packages named with --with): a class of another "
+             "installed package stays torch, and an "
              "nnx module deriving from it, building it or calling a function of it that returns one fails at its "
-             "first call. Copy the file that defines it (and what it imports from its package) into your tree "
-             "and import it from there, so that porter converts it with your code, or rewrite that part with "
-             "flax.nnx. A base that is not an nn.Module but that nnx.Module cannot take (a __new__ setting "
+             "first call. Convert the modules of that package your tree reaches with it (porter convert SRC -o OUT "
+             "--with PKG: they go to OUT/PKG/..., which shadows the installed package), or rewrite that part "
+             "with flax.nnx. A base that is not an nn.Module but that nnx.Module cannot take (a __new__ setting "
              "attributes, a metaclass of its own) has to go from the converted class's bases."),
         Code("PT014", Severity.WARNING, "base of an installed package kept on a converted module",
              "A base class of an installed package that is not an nn.Module (a mixin: model hub, config) stays a "

@@ -28,6 +28,7 @@ MODULE, FACTORY, CLASS, UNKNOWN = "module", "factory", "class", "unknown"
 
 # the root every module class derives from, under the names torch's own source binds it to
 _ROOT = frozenset({"torch.nn.Module", "torch.nn.modules.module.Module"})
+CONVERTED_PACKAGES = "PORTER_WITH"  # the environment variable --with sets, for the worker processes
 _DEPTH = 40  # re-exports and bases followed before giving up (a guard against cycles and deep chains)
 
 
@@ -76,6 +77,16 @@ def what_is(dotted: str) -> OutsideName:
 def is_installed(top: str) -> bool:
     """A top-level module or package porter can read (or at least find) outside the current directory."""
     return _spec(top) is not None
+
+
+def converted_packages() -> frozenset[str]:
+    """The packages converted with the tree (`porter convert --with PKG`: closure.py): not outside it."""
+    return frozenset(filter(None, os.environ.get(CONVERTED_PACKAGES, "").split(",")))
+
+
+def find_spec(module: str) -> ModuleSpec | None:
+    """The module's spec, found as `import` would (the current directory aside), importing nothing."""
+    return _spec(module)
 
 
 def is_stdlib(dotted: str) -> bool:

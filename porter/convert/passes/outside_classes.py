@@ -16,7 +16,9 @@ from __future__ import annotations
 import libcst as cst
 
 from porter.convert.context import ConversionContext, code_of
-from porter.convert.outside import CLASS, FACTORY, MODULE, UNKNOWN, OutsideName, in_tree, is_installed, is_stdlib, what_is
+from porter.convert.outside import (
+    CLASS, FACTORY, MODULE, UNKNOWN, OutsideName, converted_packages, in_tree, is_installed, is_stdlib, what_is,
+)
 from porter.convert.source_index import SourceIndex
 
 _NOT_CONVERTED = "porter converts only the tree it is given"
@@ -38,10 +40,11 @@ def check(module: cst.Module, ctx: ConversionContext, index: SourceIndex) -> Non
 def outside_imports(module: cst.Module, ctx: ConversionContext) -> dict[str, str]:
     """Local name -> dotted name, for the file's top-level imports of installed packages outside its tree
     (torch, the standard library and what the tree told porter about excepted)."""
-    names = {}
+    names, converted = {}, converted_packages()
     for local, dotted in _imports(module.body):
         top = dotted.partition(".")[0]
-        if top == "torch" or is_stdlib(top) or local in ctx.module_classes or local in ctx.rngs_functions:
+        if top == "torch" or is_stdlib(top) or top in converted or local in ctx.module_classes \
+                or local in ctx.rngs_functions:
             continue
         # a package porter cannot find is still outside the tree when the file's place is known (not beside it)
         if not in_tree(top, ctx.filename) and (ctx.filename or is_installed(top)):
@@ -167,8 +170,8 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
 def _what_to_do(found: OutsideName, rewrite: str = "that part") -> str:
     if found.in_torch:
         return f"It is torch's own {found.where}: import it from torch so that porter converts it"
-    return f"Copy {found.file} (and what it imports from {found.package}) into your tree and import it from " \
-           f"there, so that porter converts it with your code, or rewrite {rewrite} with flax.nnx"
+    return f"Convert the modules of {found.package} your tree reaches with it: porter convert SRC -o OUT --with " \
+           f"{found.package} (or copy {found.file} into your tree, or rewrite {rewrite} with flax.nnx)"
 
 
 class _Uses(cst.CSTVisitor):
