@@ -123,7 +123,8 @@ def _convert_tree(source: Path, args) -> int:
     if args.inplace:
         print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
-    results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
+    with closures.converting(closure):
+        results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
     if closure is not None:
         results = closures.shadow(results, closure)
         closures.announce(closure, sys.stderr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -89,22 +90,40 @@ def add(tasks: list[Task], helpers_at: dict[str, str], packages: list[str],
     theirs = closure.tasks(annotate=any(t.annotate for t in tasks), diff=any(t.diff for t in tasks))
     # placed apart: OUT/torchvision is a top-level package beside the tree, not a subpackage of it
     theirs, their_helpers = shared_helpers.place(theirs, [t.relative for t in theirs])
-    os.environ[outside.CONVERTED_PACKAGES] = ",".join(packages)  # for the worker processes, spawned ones too
     return [*tasks, *theirs], {**helpers_at, **their_helpers}, closure
+
+
+@contextmanager
+def converting(closure: Closure | None):
+    """While the tree converts, its --with packages are not outside it (PT013), for every worker process."""
+    if closure is None:
+        yield
+        return
+    before = os.environ.get(outside.CONVERTED_PACKAGES)
+    os.environ[outside.CONVERTED_PACKAGES] = ",".join(closure.packages)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[outside.CONVERTED_PACKAGES]
+        else:
+            os.environ[outside.CONVERTED_PACKAGES] = before
 
 
 def find(files: list[str], packages: list[str]) -> Closure:
     """The modules of `packages` that the files reach, module by module."""
     closure = Closure(sorted(set(packages)))
     wanted = set(closure.packages)
-    queue = [name for file in files for name in _imported(_parse(file), None, False)]
+
+    def reached(module: str) -> bool:
+        return module.partition(".")[0] in wanted and outside.find_spec(module) is not None
+
+    queue = [name for file in files for name in _imported(_parse(file), None, False, reached)]
     while queue:
         dotted = queue.pop()
-        if dotted.partition(".")[0] not in wanted or dotted in closure.followed or dotted in closure.not_read:
+        if dotted in closure.followed or dotted in closure.not_read or not reached(dotted):
             continue
         spec = outside.find_spec(dotted)
-        if spec is None:  # `from a.b import name`: a.b.name is a module only where a spec says so
-            continue
         if not spec.origin or not spec.origin.endswith(".py"):
             if spec.submodule_search_locations is None:
                 closure.not_read[dotted] = f"no Python source ({spec.origin})"
@@ -112,7 +131,7 @@ def find(files: list[str], packages: list[str]) -> Closure:
         closure.followed[dotted] = spec.origin
         closure.parents.pop(dotted, None)
         _add_parents(closure, dotted)
-        queue.extend(_imported(_parse(spec.origin), dotted, _is_init(spec.origin)))
+        queue.extend(_imported(_parse(spec.origin), dotted, _is_init(spec.origin), reached))
     return closure
 
 
@@ -136,18 +155,23 @@ def _parse(path: str) -> ast.Module | None:
         return None  # porter's conversion reports it
 
 
-def _imported(tree: ast.Module | None, module: str | None, package: bool):
-    """The dotted names a module's imports may name as modules: `import a.b` -> a.b; `from a.b import c`
-    -> a.b and a.b.c (a module only if it is one). `module`: the importing module's name (None: a file of
-    the tree, whose relative imports stay in the tree)."""
+def _imported(tree: ast.Module | None, module: str | None, package: bool, reached):
+    """The modules a module's imports reach: `import a.b` -> a.b; `from a.b import c` -> a.b.c where it is a
+    module (`reached`), and a.b where a name is taken from it (a.b.c is not a module, or `import *`): a
+    package a name is not taken from only runs, as the parent of a.b.c. `module`: the importing module's
+    name (None: a file of the tree, whose relative imports stay in the tree)."""
     for node in _run_on_import(tree.body if tree is not None else []):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node, module, package)
-            if base:
+            if not base:
+                continue
+            submodules = [f"{base}.{alias.name}" for alias in node.names
+                          if alias.name != "*" and reached(f"{base}.{alias.name}")]
+            yield from submodules
+            if len(submodules) < len(node.names):
                 yield base
-                yield from (f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
 
 
 def _run_on_import(statements):
