@@ -243,6 +243,24 @@ def test_a_layer_factory_building_a_module_of_an_installed_package_is_an_error(s
     assert "so it would build a torch module where nnx ones are expected" in error.message
 
 
+def test_an_isinstance_test_against_a_module_of_an_installed_package_says_it_is_always_false(site, tmp_path):
+    conversion = convert(tmp_path, """\
+        import torch.nn as nn
+        from helperpkg import PublicBlock, Sequential
+
+
+        def unwrap(module):
+            if isinstance(module, (PublicBlock, nn.ReLU)):
+                return nn.Linear(2, 2)
+            return Sequential() if issubclass(type(module), Sequential) else module
+        """)
+    found = sorted((e.line, e.message.split(" (")[0]) for e in errors(conversion))
+    assert found == [(6, "the layer factory unwrap tests whether a module is a PublicBlock"),
+                     (8, "the layer factory unwrap builds Sequential"),
+                     (8, "the layer factory unwrap tests whether a module is a Sequential")]
+    assert all("always false" in e.message for e in errors(conversion) if "tests whether" in e.message)
+
+
 def test_a_torch_class_reexported_by_a_package_is_named_as_torch(site, tmp_path):
     conversion = convert(tmp_path, """\
         import torch.nn as nn

@@ -159,6 +159,11 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
         if ctx.already_reported(line, col):
             continue
         text = code_of(target)
+        if id(used) in uses.type_checks and found.kind == MODULE:
+            ctx.report("PT013", line, col, f"{owner} tests whether a module is a {text} ({found.where}), an nn.Module "
+                                           f"of the installed package {found.package}: {_NOT_CONVERTED}, so no "
+                                           "converted module is one and the test is always false. " + _what_to_do(found))
+            continue
         if found.kind == MODULE:
             what = f"{'builds' if called else 'uses'} {text} ({found.where}), an nn.Module"
         else:
@@ -182,11 +187,16 @@ class _Uses(cst.CSTVisitor):
         self.names = names
         self.found: list[tuple[cst.CSTNode, bool]] = []  # (the call or the name, called)
         self.callees: set[int] = set()
+        self.type_checks: set[int] = set()  # the classes of isinstance(x, A) and issubclass(x, (A, B))
 
     def visit_Annotation(self, node: cst.Annotation) -> bool:
         return False
 
     def visit_Call(self, node: cst.Call) -> None:
+        if type(node.func) is cst.Name and node.func.value in ("isinstance", "issubclass") and len(node.args) == 2:
+            classes = node.args[1].value
+            listed = classes.elements if type(classes) is cst.Tuple else [cst.Element(classes)]
+            self.type_checks.update(id(element.value) for element in listed)
         if _dotted(node.func, self.names) is not None:
             self.found.append((node, True))
             self.callees.add(id(node.func))
