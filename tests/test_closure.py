@@ -211,7 +211,7 @@ CHECK = textwrap.dedent("""\
     from model import SegModel
     torch.manual_seed(0)
     original = SegModel().eval()
-    for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "model", "encoders")]:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "model", "encoders", "modules")]:
         del sys.modules[name]
     sys.path[0] = out
     from flax import nnx
@@ -227,7 +227,8 @@ CHECK = textwrap.dedent("""\
 
 
 def test_an_encoder_on_torchvisions_resnet_converts_with_torchvision_and_passes_check(tmp_path, monkeypatch):
-    """fixtures/outside/segproject: `class ResNetEncoder(ResNet)` with torchvision's ResNet, and a decoder."""
+    """fixtures/outside/segproject: `class ResNetEncoder(ResNet)` with torchvision's ResNet, and a decoder
+    whose blocks are reached as `md.Conv2dReLU` (`import modules as md`)."""
     paths = [CORPUS / "torchvision-0.28.0", CORPUS / "pillow-12.0.0"]
     if not all(p.is_dir() for p in paths):
         pytest.skip("torchvision and pillow are not unpacked under ~/.cache/porter-corpus")
@@ -242,6 +243,7 @@ def test_an_encoder_on_torchvisions_resnet_converts_with_torchvision_and_passes_
             for d in f["diagnostics"] if d["severity"] == "error"]
     assert not ours, ours
     assert "rngs=rngs" in (out / "encoders.py").read_text(), convert.stderr[-2000:]
+    assert "md.Conv2dReLU(32, 32, rngs=rngs)" in (out / "model.py").read_text()
     run = subprocess.run([sys.executable, "-c", CHECK, str(FIXTURE), str(out)], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.stdout.split("\n")[:2] == ["eval PASSED", "train PASSED"], run.stdout[-2000:] + run.stderr[-3000:]
