@@ -177,6 +177,27 @@ def test_with_converts_the_closure_beside_the_tree_and_runs_as_the_original(vend
     assert run.stdout.strip().endswith("PASSED"), run.stdout[-2000:] + run.stderr[-3000:]
 
 
+def test_with_a_name_the_tree_does_not_resolve_is_an_error_saying_how_to_import_it(vendor, tmp_path, capsys):
+    src = write(tmp_path / "proj", {"model.py": """\
+        import torch.nn as nn
+        import vendorpkg
+        from vendorpkg.models.blocks import Block
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = vendorpkg.models.blocks.Block(4)  # attributes porter does not follow
+                self.b = Block(4)
+        """})
+    main(["convert", str(src), "-o", str(tmp_path / "out"), "--with", "vendorpkg", "-j", "1"])
+    report = json.loads((tmp_path / "out" / "porter_report.json").read_text())
+    [error] = [d for f in report["files"] if f["relative"] == "model.py" for d in f["diagnostics"]]
+    assert (error["code"], error["line"]) == ("PT013", 9)
+    assert "from vendorpkg.models.blocks import Block" in error["message"]
+    assert "self.b = Block(4, rngs=rngs)" in (tmp_path / "out" / "model.py").read_text()
+
+
 @pytest.mark.parametrize("argv, said", [
     (["--with", "torch"], "--with torch"),
     (["--with", "nosuchpackage"], "no installed package nosuchpackage"),

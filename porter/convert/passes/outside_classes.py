@@ -40,11 +40,10 @@ def check(module: cst.Module, ctx: ConversionContext, index: SourceIndex) -> Non
 def outside_imports(module: cst.Module, ctx: ConversionContext) -> dict[str, str]:
     """Local name -> dotted name, for the file's top-level imports of installed packages outside its tree
     (torch, the standard library and what the tree told porter about excepted)."""
-    names, converted = {}, converted_packages()
+    names = {}
     for local, dotted in _imports(module.body):
         top = dotted.partition(".")[0]
-        if top == "torch" or is_stdlib(top) or top in converted or local in ctx.module_classes \
-                or local in ctx.rngs_functions:
+        if top == "torch" or is_stdlib(top) or local in ctx.module_classes or local in ctx.rngs_functions:
             continue
         # a package porter cannot find is still outside the tree when the file's place is known (not beside it)
         if not in_tree(top, ctx.filename) and (ctx.filename or is_installed(top)):
@@ -93,7 +92,14 @@ def _what(node: cst.BaseExpression, names: dict[str, str], ctx: ConversionContex
     dotted = _dotted(node, names)
     if dotted is None or ctx.rules.lookup(dotted) is not None:  # porter converts it (einops' layers)
         return None
+    if dotted.partition(".")[0] in converted_packages() and _known(node, ctx):
+        return None  # converted with the tree (--with), and the tree knows what it is
     return what_is(dotted)
+
+
+def _known(node: cst.BaseExpression, ctx: ConversionContext) -> bool:
+    text = code_of(node.value if type(node) is cst.Subscript else node)
+    return text in ctx.module_classes or text in ctx.rngs_functions
 
 
 def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionContext, index: SourceIndex) -> None:
@@ -103,7 +109,10 @@ def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionConte
         found = _what(base.value, names, ctx) if base.keyword is None else None
         if found is None:
             continue
-        if found.kind == MODULE:
+        if found.kind == MODULE and found.package in converted_packages():
+            derives = True
+            _report_unseen(base.value, f"{name} derives from", found, ctx, index)
+        elif found.kind == MODULE:
             derives = True
             ctx.report("PT013", *index.start(base.value),
                        f"{name} derives from {code_of(base.value)} ({found.where}), an nn.Module of the installed "
@@ -159,6 +168,9 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
         if ctx.already_reported(line, col):
             continue
         text = code_of(target)
+        if found.package in converted_packages():
+            _report_unseen(target, f"{owner} {'calls' if called else 'uses'}", found, ctx, index)
+            continue
         if id(used) in uses.type_checks and found.kind == MODULE:
             ctx.report("PT013", line, col, f"{owner} tests whether a module is a {text} ({found.where}), an nn.Module "
                                            f"of the installed package {found.package}: {_NOT_CONVERTED}, so no "
@@ -170,6 +182,18 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
             what = f"{'calls' if called else 'uses'} {text} ({found.where}), which returns an nn.Module ({found.why})"
         ctx.report("PT013", line, col, f"{owner} {what} of the installed package {found.package}: {_NOT_CONVERTED}, "
                                        f"{outcome}. " + _what_to_do(found))
+
+
+def _report_unseen(node: cst.BaseExpression, said: str, found: OutsideName, ctx: ConversionContext,
+                   index: SourceIndex) -> None:
+    """A name of a package converted with the tree (--with) that the tree's analysis did not resolve."""
+    module, _, name = (found.where or found.name).rpartition(".")
+    what = "an nn.Module" if found.kind == MODULE else "a function returning an nn.Module"
+    ctx.report("PT013", *index.start(node),
+               f"{said} {code_of(node)} ({found.where}), {what} of {found.package}, which --with converts with the "
+               f"tree, but porter does not see it as one here (reached through attributes or a star re-export, "
+               f"which it does not follow), so it gets no rngs and the converted code fails when built: import it "
+               f"by name from the module defining it (from {module} import {name})")
 
 
 def _what_to_do(found: OutsideName, rewrite: str = "that part") -> str:
