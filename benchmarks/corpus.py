@@ -166,12 +166,14 @@ def module_path(root: Path, module: str) -> Path:
 
 # ----------------------------------------------------------------------------------------- converting
 
-def convert(source: Path, out: Path, report_dir: Path, timeout: int, porter: Path = ROOT) -> dict:
-    """`porter convert SOURCE -o OUT` with the porter of the checkout `porter`; its JSON report, and how it went."""
+def convert(source: Path, out: Path, report_dir: Path, timeout: int, porter: Path = ROOT,
+            deps: list[str] = ()) -> dict:
+    """`porter convert SOURCE -o OUT` with the porter of the checkout `porter`, the package's deps installed (on
+    the path, as a user's would be: porter reads their source); its JSON report, and how it went."""
     shutil.rmtree(out, ignore_errors=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(porter)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(porter), *deps])}
     started = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "porter", "convert", str(source), "-o", str(out),
@@ -806,7 +808,7 @@ def measure(packages: dict[str, Package], models: list[Model], *, cache: Path, w
                 source = module_path(root, package.module)
                 out = work / package.name / "converted" / source.name
                 conversions[package.name] = (root, deps, source, out,
-                                             convert(source, out, work / package.name, convert_timeout, porter))
+                                             convert(source, out, work / package.name, convert_timeout, porter, deps))
             root, deps, source, out, conversion = conversions[package.name]
         except Exception as exc:  # the registry or the archive: nothing measured
             rows.append(Row(package.name, package.version, model.cls, "fetch", BROKEN, failure=f"{exc}"[:300]))

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from porter.convert import closure as closures
 from porter.convert import report as reports
 from porter.convert import shared_helpers
 from porter.convert.diagnostics import Severity
@@ -52,6 +53,10 @@ def add_convert_parser(commands) -> None:
                              "directory with --inplace, none otherwise)")
     parser.add_argument("-j", "--jobs", type=int, default=None,
                         help="processes to convert with (default: every core)")
+    parser.add_argument("--with", dest="with_packages", action="append", default=[], metavar="PKG",
+                        help="also convert the modules of the installed package PKG that the tree reaches (its "
+                             "import closure), into OUT/PKG/..., which shadows the installed package when OUT "
+                             "comes first on sys.path; repeatable")
     parser.add_argument("--log", action="store_true", help="also print every change made (rule, line, before -> after)")
     parser.set_defaults(run=run_convert, output_is_directory=False)
 
@@ -74,6 +79,9 @@ def run_convert(args) -> int:
         return _usage_error("--diff writes nothing: drop -o")
     if args.jobs is not None and args.jobs < 1:
         return _usage_error("--jobs must be at least 1")
+    problem = closures.problem(args.with_packages, source, inplace=args.inplace) if args.with_packages else None
+    if problem:
+        return _usage_error(problem)
     if source.is_dir():
         return _convert_tree(source, args)
     return _convert_file(source, args)
@@ -97,6 +105,9 @@ def _convert_tree(source: Path, args) -> int:
     copies = tree.copies
     tasks, helpers_at = shared_helpers.place(tree.tasks, [t.relative for t in tree.tasks] +
                                              [r for _, r in copies] + [r for r, _ in tree.not_read])
+    closure = None
+    if args.with_packages:  # the modules of installed packages the tree reaches, converted with it
+        tasks, helpers_at, closure = closures.add(tasks, helpers_at, args.with_packages)
     if output is not None and output.exists():
         written = [t.relative for t in tasks] + [relative for _, relative in copies]
         conflicts = output_conflicts(output, written + ([] if args.report else list(REPORT_NAMES)))
@@ -112,14 +123,18 @@ def _convert_tree(source: Path, args) -> int:
     if args.inplace:
         print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
-    results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
+    with closures.converting(closure):
+        results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
+    if closure is not None:
+        results = closures.shadow(results, closure)
+        closures.announce(closure, sys.stderr)
     helper_modules = shared_helpers.modules(results, helpers_at)
     _print_diagnostics(results, args.log)
     mode = "diff" if args.diff else "inplace" if args.inplace else "tree"
 
     def report(directory: Path | None, removed: list[str] = (), announce: bool = True) -> None:
         _write_report(results, source, output, mode, [relative for _, relative in copies], directory, removed,
-                      tree.not_read, announce)
+                      tree.not_read, announce, extra={"with": closure.to_json()} if closure else None)
 
     if args.diff:
         _print_diffs(results)
@@ -138,9 +153,10 @@ def _convert_tree(source: Path, args) -> int:
         report(args.report or backup)
     else:
         try:
-            removed = write_tree(results, copies, source, output, finish=None if args.report else
+            tree_results, theirs = closures.split(results, closure)
+            removed = write_tree(tree_results, copies, source, output, finish=None if args.report else
                                  lambda staging, removed: report(staging, removed, announce=False),
-                                 extra=helper_modules)
+                                 extra=helper_modules + theirs)
         except OSError as exc:
             return _write_error(output, exc, f"{output} is as it was" if output.exists() else "nothing written")
         if not args.report:
@@ -263,13 +279,14 @@ def _print_new_files(files: list[tuple[str, bytes]]) -> None:
 
 def _write_report(results, source: Path, output: Path | None, mode: str, copied: list[str],
                   directory: Path | None, removed: list[str] = (), not_read: list[tuple[str, str]] = (),
-                  announce: bool = True) -> None:
+                  announce: bool = True, extra: dict | None = None) -> None:
     """The report into `directory` (none if None). A tree's output (and its report) is written in a
     temporary directory, then renamed: it is announced once it is in place (announce=False here)."""
     if directory is None:
         return
     data = reports.build(results, source=str(source), output=str(output) if output else None, mode=mode,
                          copied=copied, version=reports.porter_version(), removed=removed, not_read=not_read)
+    data.update(extra or {})
     reports.write(data, directory)
     if announce:
         _announce_report(directory)

@@ -57,6 +57,19 @@ CODES: dict[str, Code] = {
              "could not find or parse (or a dynamic import), then trains or switches it as a model: porter "
              "cannot tell whether it is an nn.Module, and the converted script treats it as an nnx one. "
              "Convert the directory holding the script and that file (porter convert DIR -o OUT_DIR)."),
+        Code("PT013", Severity.ERROR, "class of an installed package in a converted module",
+             "porter converts only the tree it is given (and the packages named with --with): a class of another "
+             "installed package stays torch, and an "
+             "nnx module deriving from it, building it or calling a function of it that returns one fails at its "
+             "first call. Convert the modules of that package your tree reaches with it (porter convert SRC -o OUT "
+             "--with PKG: they go to OUT/PKG/..., which shadows the installed package), or rewrite that part "
+             "with flax.nnx. A base that is not an nn.Module but that nnx.Module cannot take (a __new__ setting "
+             "attributes, a metaclass of its own) has to go from the converted class's bases."),
+        Code("PT014", Severity.WARNING, "base of an installed package kept on a converted module",
+             "A base class of an installed package that is not an nn.Module (a mixin: model hub, config) stays a "
+             "base of the converted nnx.Module. Its own __init__ or __new__ may not cooperate with nnx.Module's, "
+             "and its methods that work on torch modules (parameters(), state_dict(), saving and loading weights) "
+             "do not work on an nnx one: check what the class uses of it, or drop it."),
         Code("PT020", Severity.INFO, "distributed training mapped to JAX's runtime",
              "One JAX process per host drives all of that host's devices; a Mesh made current with "
              "jax.set_mesh holds them all. Ranks become jax.process_index(), the world size "
@@ -160,6 +173,14 @@ DOCS: dict[str, str] = {
              "(`optimizer = SGD(model.parameters())`, `model.train()`), porter cannot know what it is.\n\n"
              "Example:\n    from nowhere import Net\n    model = Net()\n"
              "    -> PT012 error Net comes from nowhere (no ./nowhere.py or ./nowhere/__init__.py): ...",
+    "PT013": "porter reads the source of the installed packages a file imports from (found the way `import` "
+             "finds them, never imported) to learn what each name is: an nn.Module class (its bases lead to "
+             "torch.nn.Module), a function that returns one (annotated so, or returning such a class built), "
+             "another class, or unknown (then nothing is said). A module class of the tree deriving from such an "
+             "nn.Module, or building one or calling such a function in its body, is reported: that class stays "
+             "torch in the converted code.\n\nExample:\n    from torchvision.models.resnet import ResNet\n"
+             "    class Encoder(ResNet): ...\n    -> PT013 error Encoder derives from ResNet "
+             "(torchvision.models.resnet.ResNet), an nn.Module of the installed package torchvision, ...",
     "PT040": "Reported by the residual check, a pass that reads the converted code after the rewrite: a torch "
              "meaning porter left in place with no other error on that line. The message names the construct and "
              "what to write instead; the tables of attributes live in rules/residual.toml.\n\nExample:\n"

@@ -27,6 +27,7 @@ from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
+from porter.convert.passes import outside_classes
 from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import output_gate, rngs_free, traverse
 from porter.convert.keyword_helpers import keyword_helpers
@@ -145,6 +146,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     analyze = Analyze(ctx, index)
     traverse.visit(module, analyze, Prefilter(index, analyze) if fast else None)
     ctx.rngs_free_classes |= rngs_free.find(module, ctx, source, keep_rngs)
+    outside_classes.check(module, ctx, index)  # classes of installed packages in module classes
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
