@@ -168,7 +168,11 @@ class _TieHead(cst.CSTTransformer):
 
     def _removed(self, statement: cst.SimpleStatementLine) -> bool:
         assign = _single_assign(statement)
-        return assign is not None and (assign is self.tie.assign or self._is_head(assign.targets[0].target))
+        return assign is not None and (self._is_tie(assign) or self._is_head(assign.targets[0].target))
+
+    def _is_tie(self, assign: cst.Assign) -> bool:
+        # by value: a transform of the class before this one (statements injected in __init__) rebuilt its nodes
+        return assign.deep_equals(self.tie.assign)
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if self._is_head(updated_node.func):
@@ -182,7 +186,7 @@ class _TieHead(cst.CSTTransformer):
                 carried += list(statement.leading_lines)
                 if statement.trailing_whitespace.comment:  # `...weight  # tie them`: the comment stays
                     carried.append(cst.EmptyLine(comment=statement.trailing_whitespace.comment))
-                if statement.body[0] is self.tie.assign:
+                if self._is_tie(statement.body[0]):
                     carried.append(cst.EmptyLine(comment=cst.Comment(
                         f"# {self.tie.head} is tied to {self.tie.embedding} (torch's {self.tie.head}.weight is "
                         f"{self.tie.embedding}.weight): computed by self.{self.tie.embedding}.attend")))
