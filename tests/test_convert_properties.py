@@ -20,6 +20,15 @@ from porter.convert.source_index import SourceIndex, StatementCode
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted(p for p in (ROOT / "fixtures").rglob("*.py") if "expected" not in p.parts)
 IDS = [f"{p.parent.name}/{p.stem}" for p in FIXTURES]
+# issue 16's fixtures still convert with errors (docs/gpt_status.md): the torch code left in the output
+# (`import torch` kept) makes a second pass read `x.swapaxes(...)` as torch's, and sample.py's second pass
+# adds `import jax` again. Strict: these start failing the day the fixtures convert clean.
+NOT_YET_IDEMPOTENT = {"gpt/model", "gpt/sample"}
+
+
+def fixtures_but(unstable: set[str], reason: str):
+    return [pytest.param(p, id=i, marks=pytest.mark.xfail(strict=True, reason=reason)) if i in unstable
+            else pytest.param(p, id=i) for p, i in zip(FIXTURES, IDS)]
 # porter's own sources that never import torch (some name it in strings or comments)
 NO_TORCH = [ROOT / "porter" / "convert" / name for name in ("tree.py", "report.py", "notebook.py", "annotate.py")]
 
@@ -37,7 +46,7 @@ def test_deterministic_and_equal_to_the_plain_path(path):
     assert key(_convert(source, str(path), fast=False)) == key(first)
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=IDS)
+@pytest.mark.parametrize("path", fixtures_but(NOT_YET_IDEMPOTENT, "issue 16: torch left in the output"))
 def test_porter_on_its_own_output_changes_nothing_and_reports_nothing_new(path):
     once = convert_source(path.read_text(), filename="x.py")
     twice = convert_source(once.code, filename="x.py")
@@ -45,7 +54,7 @@ def test_porter_on_its_own_output_changes_nothing_and_reports_nothing_new(path):
     assert {(d.code, d.message) for d in twice.diagnostics} <= {(d.code, d.message) for d in once.diagnostics}
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=IDS)
+@pytest.mark.parametrize("path", fixtures_but({"gpt/model"}, "issue 16: torch left in the output"))
 def test_annotating_twice_adds_nothing(path):
     source = path.read_text()
     spots = convert_source(source).diagnostics

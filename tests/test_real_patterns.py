@@ -544,13 +544,13 @@ class Tied(nn.Module):
 '''
 
 
-def test_layer_parameters_read_in_torchs_layout_and_tying_is_reported(tmp_path):
+def test_layer_parameters_read_in_torchs_layout_and_tying_is_converted(tmp_path):
     # `self.fc.weight` is the transposed kernel in flax, `self.emb.weight` its embedding: reads convert
-    # exactly; assigning one (weight tying) cannot, and says so instead of leaving code that crashes
+    # exactly; tying a bias-free head to an embedding becomes the embedding's attend (porter/convert/tying.py)
 
     c = convert_source(LAYER_PARAMETERS_MODEL, filename="net.py")
-    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == [("PT006", 27)]
-    assert "self.head.weight = self.embed.weight" in c.code and "embed.attend" in c.diagnostics[-1].message
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == []
+    assert "self.head" not in c.code and "return self.embed.attend(self.embed(idx))" in c.code
     for line in ("y = x @ self.fc.kernel[...] + self.fc.bias", "self.emb.embedding.sum()",
                  "jnp.transpose(self.conv.kernel[...], (3, 2, 0, 1))", "(self.fc.kernel[...].T ** 2)",
                  "w = self.ln.scale * self.ln.bias + self.bn.mean.sum()"):
@@ -563,7 +563,7 @@ def test_layer_parameters_read_in_torchs_layout_and_tying_is_reported(tmp_path):
     assert report.passed, report.format()
 
 
-def test_tying_a_nested_layers_parameter_is_reported():
+def test_tying_a_nested_layers_parameter_is_converted():
     source = '''
 import torch.nn as nn
 
@@ -579,6 +579,11 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.wte(idx))
 '''
     c = convert_source(source, filename="gpt.py")
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == []
+    assert "lm_head = " not in c.code and "# nanoGPT's tying" in c.code
+    assert "return self.transformer.wte.attend(self.transformer.wte(idx))" in c.code
+    # a head with a bias is not the embedding's attend: still refused
+    c = convert_source(source.replace("bias=False", "bias=True"), filename="gpt.py")
     assert [(d.code, d.line) for d in c.diagnostics if d.severity.name != "INFO"] == [("PT006", 10)]
     assert "self.transformer.wte.weight = self.lm_head.weight" in c.code
 

@@ -114,6 +114,7 @@ from porter.check.conditioning import explain_by_conditioning
 from porter.weights.arrays import is_torch_tensor, to_numpy
 from porter.weights.loader import load_torch_state_dict
 from porter.weights.mapping import build_mapping
+from porter.weights.plan import identity_of
 
 OUTPUT_RTOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -943,11 +944,13 @@ def _compare_param_grads(report, torch_model, flax_model, param_grads, mapping, 
     if frozen:
         report.notes.append(f"gradients not compared for frozen torch parameters (requires_grad=False): "
                             f"{', '.join(frozen)}")
-    for name, p in torch_model.named_parameters(remove_duplicate=False):
+    named = list(torch_model.named_parameters(remove_duplicate=False))
+    tied = _tied_in_torch([(name, id(p)) for name, p in named], mapping)
+    for name, p in named:
         if not p.requires_grad:
             continue
         ref = p.grad if p.grad is not None else torch.zeros_like(p)
-        entry = mapping.entries.get(name)
+        entry = mapping.entries.get(name) or mapping.entries.get(tied.get(name))
         if entry is None:
             report.rows.append(Row("grad param", name, tuple(p.shape), float("inf"), float("inf"), False,
                                    "no such variable in the flax model"))
@@ -961,6 +964,25 @@ def _compare_param_grads(report, torch_model, flax_model, param_grads, mapping, 
         grad = flat_grads[path]
         grad = getattr(grad, "get_raw_value", lambda: grad)()
         add("grad param", name, ref, entry.layout.to_torch(np.asarray(grad)), report.grad_rtol, report.grad_atol)
+        if name in tied:
+            report.rows[-1].note = _tied_note(tied[name], entry)
+
+
+def _tied_in_torch(names_and_ids: list[tuple[str, Any]], mapping) -> dict[str, str]:
+    """{torch name: the other name of the same tensor} for names with no flax variable of their own whose
+    tensor (same id: one Parameter, or one storage in a state_dict) has another name that has one: a head
+    tied to the embedding in torch, computed by the embedding's attend in the converted model. Both sides
+    then hold one array, and its gradient sums both uses in torch and in JAX alike."""
+    mapped: dict[Any, str] = {}
+    for name, identity in names_and_ids:
+        if name in mapping.entries:
+            mapped.setdefault(identity, name)
+    return {name: mapped[identity] for name, identity in names_and_ids
+            if name not in mapping.entries and name not in mapping.ignored and identity in mapped}
+
+
+def _tied_note(other: str, entry) -> str:
+    return f"tied in torch to {other}: one flax variable ({entry.nnx_name}) for both"
 
 
 def _train_steps(report, torch_model, flax_model, graphdef, param_state, param_grads, torch_items,
@@ -1006,8 +1028,10 @@ def _train_steps(report, torch_model, flax_model, graphdef, param_state, param_g
 
     report.notes.append(f"train steps: {steps} SGD steps (lr {lr:g}) on the cotangent loss, same inputs each "
                         f"step; then every state_dict entry compared (kind 'state')")
-    for key, ref in torch_model.state_dict().items():
-        entry = mapping.entries.get(key)
+    state = torch_model.state_dict()
+    tied = _tied_in_torch([(key, identity_of(ref)) for key, ref in state.items()], mapping)
+    for key, ref in state.items():
+        entry = mapping.entries.get(key) or mapping.entries.get(tied.get(key))
         if entry is None:
             if key in mapping.ignored:
                 continue
@@ -1017,3 +1041,5 @@ def _train_steps(report, torch_model, flax_model, graphdef, param_state, param_g
         value = np.asarray(entry.variable.get_raw_value())
         report.rows.append(compare("state", key, ref, entry.layout.to_torch(value),
                                    report.grad_rtol, report.grad_atol))
+        if key in tied:
+            report.rows[-1].note = _tied_note(tied[key], entry)

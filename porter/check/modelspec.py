@@ -1,8 +1,11 @@
 """`FILE.py:Name` / `FILE.py:Name(arg, kw=2)` model specs, and importing a .py file by path.
 
-The arguments are Python literals, each parsed with `ast.literal_eval`: the
-spec is data, never evaluated as code. (The file itself is imported, so it
-runs: point porter only at model files you trust, as you would `python`.)
+The arguments are Python literals, each parsed with `ast.literal_eval`, or
+calls of a name of the same file with such arguments (a config object:
+`model.py:GPT(GPTConfig(n_layer=2, vocab_size=47))`), built from the file the
+model comes from: the spec is data, never evaluated as code. (The file itself
+is imported, so it runs: point porter only at model files you trust, as you
+would `python`.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,19 @@ from typing import Any, Callable
 
 class ModelSpecError(ValueError):
     """A malformed spec, a file that cannot be imported, or a model that cannot be built."""
+
+
+@dataclass(frozen=True)
+class Construct:
+    """An argument `Name(args)`: Name looked up in the model's file when the model is built."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.name}({', '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -69,11 +85,17 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 
 def _literal(node: ast.expr, text: str) -> Any:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            raise ModelSpecError(f"model spec {text!r}: write the arguments of {node.func.id} out")
+        return Construct(node.func.id, tuple(_literal(a, text) for a in node.args),
+                         {k.arg: _literal(k.value, text) for k in node.keywords})
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ModelSpecError(f"model spec {text!r}: argument {ast.unparse(node)!r} is not a Python literal "
-                             f"(numbers, strings, tuples, lists, dicts, True/False/None)") from None
+                             f"(numbers, strings, tuples, lists, dicts, True/False/None) or a call of a "
+                             f"name of the model's file with such arguments") from None
 
 
 def undefined_conventional_names(source: str, conventional: dict[str, Any]) -> list[str]:
@@ -193,10 +215,29 @@ def build_model(spec: ModelSpec, *, module: ModuleType | None = None, args: tupl
     if "rngs" in extra and not takes_keyword(cls, "rngs"):
         del extra["rngs"]  # a converted module class that builds nothing random takes no rngs
     call_kwargs = {**(spec.kwargs if kwargs is None else kwargs), **extra}
+    call_args = tuple(_construct(a, module, spec) for a in call_args)
+    call_kwargs = {k: v if k == "rngs" else _construct(v, module, spec) for k, v in call_kwargs.items()}
     try:
         return cls(*call_args, **call_kwargs)
     except Exception as exc:
         shown = ", ".join([*map(repr, call_args), *(f"{k}=..." if k == "rngs" else f"{k}={v!r}"
                                                     for k, v in call_kwargs.items())])
         raise ModelSpecError(f"building {spec.name}({shown}) failed: {_where(exc, spec.path)}"
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _construct(value: Any, module: ModuleType, spec: ModelSpec) -> Any:
+    """`value` with every Construct built from `module`'s names (innermost first)."""
+    if not isinstance(value, Construct):
+        return value
+    function = getattr(module, value.name, None)
+    if not callable(function):
+        raise ModelSpecError(f"{spec.path}: the argument {value!r} is not a Python literal nor a call of a "
+                             f"class or function of the file")
+    args = [_construct(a, module, spec) for a in value.args]
+    kwargs = {k: _construct(v, module, spec) for k, v in value.kwargs.items()}
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:
+        raise ModelSpecError(f"building the argument {value!r} failed: {_where(exc, spec.path)}"
                              f"{type(exc).__name__}: {exc}") from exc

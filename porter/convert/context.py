@@ -52,6 +52,8 @@ class ConversionContext:
     module_classes: set[str] = field(default_factory=set)
     # class name -> attribute -> qualified torch name of the layer assigned in __init__
     layer_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # class name -> 'dict.key' -> qualified torch name of a layer in an nn.ModuleDict attribute (tying.py)
+    sublayers: dict[str, dict[str, str]] = field(default_factory=dict)
     # class name -> statements (source) to append to __init__, e.g. injected dropout layers
     injected_init_statements: dict[str, list[str]] = field(default_factory=dict)
     # class name -> methods other than __init__ that construct layers and so need rngs

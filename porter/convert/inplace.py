@@ -62,15 +62,27 @@ def analyse_function(node: cst.FunctionDef, ctx: ConversionContext, method: bool
             if isinstance(target.target, cst.Name):
                 verdicts.setdefault(target.target.value, []).append(_classify(assign.value, verdicts, ctx))
             elif isinstance(target.target, (cst.Tuple, cst.List)):
+                # `logits, _ = self(idx)` in a method (nanoGPT's generate): the model's outputs may be tensors
+                kind = "maybe" if method and _calls_the_module(assign.value) else None
                 for element in target.target.elements:
                     if isinstance(element.value, cst.Name):
-                        verdicts.setdefault(element.value.value, []).append(None)
+                        verdicts.setdefault(element.value.value, []).append(kind)
     for name, kinds in verdicts.items():
         if kinds and all(kinds):
             (names.maybe if any(k.startswith("maybe") for k in kinds) else names.tensors).add(name)
         if "shared" in kinds or "maybe-shared" in kinds or name in params:
             names.shared.add(name)
     return names
+
+
+def _calls_the_module(value: cst.BaseExpression) -> bool:
+    """`self(...)` or `self.forward(...)`."""
+    if not isinstance(value, cst.Call):
+        return False
+    func = value.func
+    if isinstance(func, cst.Attribute) and func.attr.value == "forward":
+        func = func.value
+    return isinstance(func, cst.Name) and func.value == "self"
 
 
 def _assignments(body: cst.CSTNode) -> list[cst.Assign]:

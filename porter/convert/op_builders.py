@@ -739,6 +739,27 @@ def randperm(rule: Rule, site: Site) -> Application:
     return _random_application(site, _call("jax.random.permutation", cst.Name("KEY"), bound["n"]))
 
 
+def multinomial(rule: Rule, site: Site) -> Application:
+    """torch.multinomial(probs, n) -> jax.random.categorical(key, jnp.log(probs), axis=-1), the samples on a
+    new last axis: the same distribution (torch takes non-negative weights, not necessarily normalised; the
+    log-weights normalise the same way under categorical's softmax). n draws with replacement are n
+    categorical draws; without replacement only one converts."""
+    bound = bind(rule, site.call)
+    probs, n = bound["input"], bound["num_samples"]
+    replacement = bound.get("replacement")
+    log_probs = f"jnp.log({code_of(probs)})"
+    if _int(n) == 1:
+        return _random_application(site, expr(f"jax.random.categorical(KEY, {log_probs}, axis=-1)[..., None]"))
+    if replacement is None or literal(replacement) is not True:
+        raise Unsupported("more than one sample without replacement (jax.random.categorical draws with "
+                          "replacement; jax.random.choice(key, n, (k,), replace=False, p=p) per row does not)")
+    if not _simple(probs):
+        raise Unsupported(f"multinomial of {code_of(probs)}: assign it to a name first")
+    return _random_application(site, expr(
+        f"jnp.moveaxis(jax.random.categorical(KEY, {log_probs}, axis=-1, shape=({code_of(n)},) + "
+        f"{code_of(probs)}.shape[:-1]), 0, -1)"))
+
+
 def normal(rule: Rule, site: Site) -> Application:
     """torch.normal(mean, std, size=None) -> mean + std * jax.random.normal(key, shape)."""
     bound = bind(rule, site.call)

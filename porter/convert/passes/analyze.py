@@ -11,6 +11,7 @@ import libcst.matchers as m
 from porter.convert import data_side
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
+from porter.convert.tying import note_sublayers
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.passes.scope import FunctionBodies, enter_function
 from porter.convert.source_index import SourceIndex
@@ -177,6 +178,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 qualified = self._qualified(node.value.func)
                 if qualified:
                     self.ctx.layer_attributes[self.class_stack[-1]][t.attr.value] = qualified
+                    note_sublayers(self.ctx, self.class_stack[-1], t.attr.value, node.value, self._qualified)
 
     def visit_Call(self, node: cst.Call) -> None:
         """Functions that build layers need an rngs argument: module methods other than

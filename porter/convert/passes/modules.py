@@ -10,6 +10,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert import module_queries
+from porter.convert.tying import sublayer_parameter, tie_heads
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.calls import CallRewrite
@@ -282,6 +283,7 @@ class ModuleRewrite(CallRewrite):
                 updated_node = self._add_training_mode(name, updated_node)
             updated_node = self._add_constructor_taking_rngs(original_node, updated_node)
             updated_node = self._inject_init_statements(name, updated_node)
+            updated_node = tie_heads(self, original_node, updated_node)
         return super().leave_ClassDef(original_node, updated_node)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
@@ -336,7 +338,7 @@ class ModuleRewrite(CallRewrite):
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
         if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
             return self._read_variable(original_node, updated_node)
-        parameter = self._layer_parameter(original_node)
+        parameter = self._layer_parameter(original_node) or sublayer_parameter(self, original_node)
         if parameter is not None:
             return self._read_layer_parameter(original_node, *parameter)
         transposed = self._layer_parameter(original_node.value) if original_node.attr.value == "T" else None

@@ -51,6 +51,8 @@ _VARIABLE_CLASSES = frozenset({"Param", "Variable", "BatchStat", "Cache", "Inter
 # nnx classes that are no module (a Variable, the optimizer, the random streams)
 _NOT_MODULES = _VARIABLE_CLASSES | {"Optimizer", "Rngs", "RngStream", "Metric", "MultiMetric"}
 _ARRAY_TYPES = frozenset({"jax.Array", "jnp.ndarray", "jax.numpy.ndarray", "Array"})
+# `model = torch.compile(model)`, `model = replicate_params(model)` (DDP's conversion): the same object
+_SAME_OBJECT_CALLS = frozenset({"torch.compile", "replicate_params"})
 # methods of a module that build its layers: not traced
 _TEST_FIELDS = {cst.If: "test", cst.While: "test", cst.IfExp: "test", cst.Assert: "test"}
 # `x[...] = v`, `x[i] += v` (and `(x[i]) = v`): a subscript target
@@ -524,9 +526,20 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             for param in [*scope.params.params, *scope.params.kwonly_params, *scope.params.posonly_params]:
                 annotated = param.annotation is not None and dotted(param.annotation.annotation) in _ARRAY_TYPES
                 kinds.setdefault(param.name.value, set()).add(ARRAY if annotated else UNKNOWN)
+        aliases: dict[str, list[str]] = {}  # `raw_model = model if ddp else model`: the kind of model
         for target, value in _assignments(scope):
-            kinds.setdefault(target, set()).add(self._value_kind(value))
-        found = self.bindings[id(scope)] = {name: next(iter(k)) if len(k) == 1 else UNKNOWN for name, k in kinds.items()}
+            if _same_object(value) == target:
+                continue  # `model = torch.compile(model)` keeps model's kind
+            alias = _alias(value)
+            if alias is not None:
+                aliases.setdefault(target, []).append(alias)
+            else:
+                kinds.setdefault(target, set()).add(self._value_kind(value))
+        found = {name: next(iter(k)) if len(k) == 1 else UNKNOWN for name, k in kinds.items()}
+        for target, names in aliases.items():  # one round: an alias of an alias stays unknown
+            known = {found.get(name, UNKNOWN) for name in names} | kinds.get(target, set())
+            found[target] = next(iter(known)) if len(known) == 1 else UNKNOWN
+        self.bindings[id(scope)] = found
         return found
 
     def _value_kind(self, value: cst.BaseExpression | None) -> str:
@@ -539,6 +552,9 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                 return ARRAY
             if func in self.ctx.module_classes or (func.startswith("nnx.") and func[4:5].isupper()
                                                     and func[4:] not in _NOT_MODULES):
+                return MODULE
+            owner, _, method = func.rpartition(".")
+            if method == "from_pretrained" and owner in self.ctx.module_classes:  # `GPT.from_pretrained(name)`
                 return MODULE
             if func in _CONTAINER_CALLS:
                 return NOT_ARRAY
@@ -686,6 +702,24 @@ _STATEMENT_FIELDS: dict[type, tuple[str, ...]] = {
     cst.For: ("body", "orelse"), cst.While: ("body", "orelse"), cst.With: ("body",),
     cst.Try: ("body", "handlers", "orelse", "finalbody"), cst.ExceptHandler: ("body",), cst.Finally: ("body",),
 }
+
+
+def _same_object(value: cst.BaseExpression | None) -> str | None:
+    """x for `torch.compile(x)` / `replicate_params(x)` (returns x itself, compiled or replicated)."""
+    if type(value) is cst.Call and dotted(value.func) in _SAME_OBJECT_CALLS and value.args \
+            and type(value.args[0].value) is cst.Name and value.args[0].keyword is None:
+        return value.args[0].value.value
+    return None
+
+
+def _alias(value: cst.BaseExpression | None) -> str | None:
+    """x for `x`, and for `x if c else x` (what `model.module if ddp else model` becomes)."""
+    if type(value) is cst.Name and value.value not in ("None", "True", "False"):
+        return value.value
+    if type(value) is cst.IfExp and type(value.body) is cst.Name and type(value.orelse) is cst.Name \
+            and value.body.value == value.orelse.value:
+        return value.body.value
+    return None
 
 
 def _assignments(scope: cst.CSTNode, self_attributes: bool = False) -> list[tuple[str, cst.BaseExpression | None]]:
