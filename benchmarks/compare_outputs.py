@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,7 +80,9 @@ def snapshot_tree(source: Path, out: Path, jobs: int | None) -> int:
 
 
 def snapshot(out: Path, corpus: Path, jobs: int | None) -> None:
-    fixtures = ROOT / "fixtures"
+    out = out.resolve()
+    os.chdir(ROOT)  # fixtures by a relative path: the reports name them alike from any checkout
+    fixtures = Path("fixtures")
     started = time.perf_counter()
     count = snapshot_single(fixtures, out / "single")
     print(f"single files: {count}", file=sys.stderr)
