@@ -68,8 +68,12 @@ class ModuleRewrite(CallRewrite):
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
         self._file_functions: set[str] = set()  # the file's top-level functions
 
-    # weight initialisation in __init__ goes (porter/convert/weight_init.py)
+    # weight initialisation in __init__ goes (porter/convert/weight_init.py): the statements are marked when their
+    # class (methods) or constructor (statements) is entered, and are removed unvisited, so that nothing is
+    # converted or reported inside them
     def on_visit(self, node: cst.CSTNode) -> bool:
+        if id(node) in self._init_statements:
+            return False
         if type(node) is cst.Module:
             self._file_functions = {s.name.value for s in node.body if type(s) is cst.FunctionDef}
         if self.module_class:
@@ -99,16 +103,23 @@ class ModuleRewrite(CallRewrite):
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
+        if id(original_node) in self._init_statements:
+            return self._remove_init(original_node)
         updated_node = super().on_leave(original_node, updated_node)
         if type(original_node) is cst.For and type(updated_node) is cst.For:  # (the training pass's leave_For is its own)
             updated_node = self._unpack_query(original_node, updated_node)
         if id(original_node) in self._not_training and m.matches(updated_node.expression, m.UnaryOperation(m.Not())):
             return updated_node.expression.expression.with_changes(lpar=original_node.lpar, rpar=original_node.rpar)
-        if id(original_node) not in self._init_statements:
-            return updated_node
+        return updated_node
+
+    def _remove_init(self, original_node):
+        """A statement the constructor's or class's entry marked as weight initialisation goes, unvisited. A
+        removed method's decorators stand above the lines it reports: they are converted (and their changes
+        logged) as the decorators of any method."""
+        for decorator in getattr(original_node, "decorators", ()):
+            decorator.visit(self)
         span = self.get_metadata(PositionProvider, original_node)
         first, last = span.start.line, span.end.line
-        self.ctx.forget_reports(first, last)
         lines = f"line {first}" if first == last else f"lines {first}-{last}"
         what = f"method {original_node.name.value}" if isinstance(original_node, cst.FunctionDef) else lines
         self.report("PT005", original_node,
