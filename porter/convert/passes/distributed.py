@@ -184,7 +184,6 @@ class _State:
     rank0: list = field(default_factory=list)  # per enclosing if: its body's statements when it tests rank 0
     direct_rank0_child: bool = False  # the statement being converted sits right in a rank-0 if
     hoisted: set[int] = field(default_factory=set)  # converted saves to move out of their rank-0 test
-    last_batch: list[str] = field(default_factory=list)
     summed: set[str] = field(default_factory=set)  # optimizers whose loop's loss sums over the batch
     summed_statements: set[int] = field(default_factory=set)  # the statements of those loops
     orphans: dict = field(default_factory=dict)  # id of a removed statement -> its blank lines and comments
@@ -232,6 +231,7 @@ class DistributedRewrite(TrainingRewrite):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.dist = _State()  # one attribute: the base classes' own state stays out of the way
+        self.loop_adapters.append(self._shard_batches)
 
     # analysis -------------------------------------------------------------------
     def visit_Module(self, node: cst.Module) -> None:
@@ -259,6 +259,8 @@ class DistributedRewrite(TrainingRewrite):
                     self.dist.policies |= {id(s) for s in found.assignments_to(policy.value)}
         if not self.dist.active:
             return
+        self.converts_checkpoints = False  # torch.save -> save_checkpoint (Orbax), written by every process
+        self.batches_as_they_are = True  # sharded by shard_batch before the step's call
         self.dist.kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
         for assign in found.assigns_to_a_name:
             target = assign.targets[0].target.value
@@ -463,9 +465,6 @@ class DistributedRewrite(TrainingRewrite):
                                        "ranks' gradients: over the global batch the gradient is jax.device_count() "
                                        "times that average, so the optimizer divides it first")
         return self._changed("ddp-gradient-average", original, optimizer.with_changes(args=args))
-
-    def _converts_checkpoints(self) -> bool:
-        return not self.dist.active  # torch.save -> save_checkpoint (Orbax), written by every process
 
     def _state_owners(self) -> set[str]:
         return self.dist.models | {i.name for i in self.ctx.optimizers.values()}
@@ -806,24 +805,15 @@ class DistributedRewrite(TrainingRewrite):
         return cst.FlattenSentinel([new_if, *[h.with_changes(leading_lines=[]) for h in hoisted]])
 
     # training loops --------------------------------------------------------------------
-    def batch_argument(self, name: str) -> str:
-        return name if self.dist.active else super().batch_argument(name)
-
-    def _batch_arguments(self, original, loop):
-        batch = super()._batch_arguments(original, loop)
-        self.dist.last_batch = batch
-        return batch
-
-    def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
-        steps = len(self.ctx.training_steps)
-        converted = super()._convert_loop_body(original, updated)
-        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.dist.last_batch:
+    def _shard_batches(self, original: cst.For, converted: cst.For, steps: int) -> cst.For:
+        """A loop made into a train step: its batch is sharded over the mesh before the step's call."""
+        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.last_batch:
             return converted
         step = f"{self.ctx.training_steps[-1]}_fast"
         body = list(converted.body.body)
         at = next(i for i, s in enumerate(body) if m.findall(s, m.Call(func=m.Name(step))))
         axes = MESHES[self.dist.kind or "ddp"][3]
-        batch = self.dist.last_batch
+        batch = self.last_batch
         targets = ", ".join(batch)
         values = ", ".join(f"shard_batch({b}, {axes})" for b in batch)
         rebind = cst.parse_statement(f"{targets} = {values}  # this process's rows -> the global batch\n")

@@ -145,6 +145,12 @@ class TrainingRewrite(ModuleRewrite):
         self._grad_contexts: set[int] = set()  # ids of torch.no_grad() & co. (call or decorator)
         self._folded_clips: set[int] = set()  # clip_grad_*_ calls in training loops: they move into the optimizer
         self._checkpoints: checkpoints.Checkpoints | None = None
+        # what another concern (distributed) changes about training loops, without overriding this class:
+        self.converts_checkpoints = True  # False: checkpoints are written another way (torch.save kept here)
+        self.batches_as_they_are = False  # True: the step's call takes the batch names without jnp.asarray
+        self.last_batch: list[str] = []  # the batch arguments of the loop converted last
+        # called with (original loop, converted loop, len(ctx.training_steps) before it) after each loop
+        self.loop_adapters: list = []
 
     def visit_Module(self, node: cst.Module) -> None:
         self._analyze_training(node)
@@ -244,14 +250,11 @@ class TrainingRewrite(ModuleRewrite):
             return checkpoint
         return super().leave_Call(original_node, updated_node)
 
-    def _converts_checkpoints(self) -> bool:
-        return True  # a subclass that writes checkpoints its own way says no
-
     def _checkpoint_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.Call | None:
         """torch.save / torch.load / load_state_dict of a checkpoint (porter/convert/checkpoints.py); None:
         the call is not one of those."""
         found = self._checkpoints
-        if found is None or not self._converts_checkpoints():
+        if found is None or not self.converts_checkpoints:
             return None
         owners = checkpoints.state_owners(self.ctx, found.models)
         if qualified in checkpoints.SAVE and (checkpoints.saves_owner_state(original, owners)
@@ -323,7 +326,10 @@ class TrainingRewrite(ModuleRewrite):
     def leave_For(self, original_node: cst.For, updated_node: cst.For):
         self._loop_depth -= 1
         self._loop_targets.pop()
+        steps = len(self.ctx.training_steps)
         updated_node = self._convert_loop_body(original_node, updated_node)
+        for adapt in self.loop_adapters:
+            updated_node = adapt(original_node, updated_node, steps)
         if self._loop_depth == 0 and self._pending_steps:
             steps, self._pending_steps = self._pending_steps, []
             return cst.FlattenSentinel([*steps, updated_node])
@@ -593,7 +599,8 @@ class TrainingRewrite(ModuleRewrite):
         assigned_in_forward = set(names_in(*loop.forward).assigned)
         bound_by_loop = set(names_in(original.target).loaded)
         bound_by_loop |= set(names_in(*original.body.body[:loop.first]).assigned)
-        return [n for n in read if n in bound_by_loop and n not in assigned_in_forward and n != loop.model]
+        self.last_batch = [n for n in read if n in bound_by_loop and n not in assigned_in_forward and n != loop.model]
+        return self.last_batch
 
     def _batches_converted_at_call(self, loop: TrainingLoop, batch: list[str]) -> None:
         """The step's call converts its batches (batch_argument): the forward it takes in reads them as they are,
@@ -659,8 +666,8 @@ class TrainingRewrite(ModuleRewrite):
                                 for call in m.findall(s, m.Call(func=m.Name()))]
 
     def batch_argument(self, name: str) -> str:
-        """How a batch variable is handed to the train step (a subclass may shard it)."""
-        return f"jnp.asarray({name})"
+        """How a batch variable is handed to the train step (as it is where another concern shards it)."""
+        return name if self.batches_as_they_are else f"jnp.asarray({name})"
 
     def _step_call(self, name: str, batch: list[str], outputs: list[str]) -> cst.SimpleStatementLine:
         args = ", ".join(self.batch_argument(b) for b in batch)
