@@ -24,6 +24,7 @@ import libcst as cst
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
+from porter.convert.passes.concerns import Rewrite
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
 from porter.convert.passes import residual
@@ -148,7 +149,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
-    rewrite = DistributedRewrite(ctx)
+    rewrite = Rewrite(DistributedRewrite(ctx), [])
     rewrite.attach(index)
     # the reference mode visits every node with porter's engine too: the residual check finds where a node was
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with

@@ -21,7 +21,7 @@ from libcst.metadata import PositionProvider
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.precedence import fit_all_operands, fit_operands, keep_parentheses
 from porter.convert.source_index import STATEMENT_TYPES, SourceIndex
-from porter.convert.traverse import FastDispatch
+from porter.convert.passes.concerns import hook_table
 
 TENSOR_METHOD_PREFIX = "torch.Tensor."
 
@@ -38,7 +38,7 @@ def _tensor_methods(rules) -> frozenset[str]:
     return found[1]
 
 
-class ScopedTransformer(FastDispatch, cst.CSTTransformer):
+class ScopedTransformer(cst.CSTTransformer):
     METADATA_DEPENDENCIES = ()
     # identifiers this class's leave_/visit_ methods react to beyond the torch names, module classes,
     # layer factories and tensor methods every pass sees (union over the class hierarchy)
@@ -52,6 +52,11 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         self._bodies = FunctionBodies(ctx)
         self._index: SourceIndex | None = None
         self._base_words: tuple[object, frozenset[str]] | None = None
+        self._visits, self._leaves = hook_table(self, [])
+
+    def use_concerns(self, concerns: list) -> None:
+        """The concerns whose node-type hooks wrap this pass's own (passes/concerns.py)."""
+        self._visits, self._leaves = hook_table(self, concerns)
 
     def attach(self, index: SourceIndex) -> None:
         """The positions (and text) of the module this pass will visit."""
@@ -114,7 +119,8 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         every operand the rule built inside it. Each statement built in the place of an original one is noted
         for the output gate (porter/convert/output_gate.py), which puts the original back where the new one
         does not compile."""
-        new = super().on_leave(original_node, updated_node)
+        leave = self._leaves[type(original_node)]
+        new = updated_node if leave is None else leave(original_node, updated_node)
         if new is original_node:
             return new
         if new is updated_node:  # a child was replaced
@@ -137,7 +143,8 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         self._bodies.reached(node)
-        return super().on_visit(node)
+        visit = self._visits[type(node)]
+        return True if visit is None else visit(node) is not False
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
