@@ -27,6 +27,7 @@ from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.concerns import Rewrite
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import DistributedRewrite
+from porter.convert.passes.training import TrainingLoops
 from porter.convert.passes import residual
 from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import output_gate, rngs_free, traverse
@@ -37,6 +38,10 @@ from porter.rules.loader import load_rules
 
 # Without one of these identifiers a file cannot import or use torch: it comes out unchanged.
 _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES)) + r")(?!\w)")
+
+# the rewrite's concerns (passes/concerns.py), outermost first: each wraps the ones after it, and all wrap the
+# calls and modules rewrite (the scope they share)
+CONCERNS = (TrainingLoops,)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree
@@ -149,7 +154,8 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
-    rewrite = Rewrite(DistributedRewrite(ctx), [])
+    scope = DistributedRewrite(ctx)
+    rewrite = Rewrite(scope, [concern(scope) for concern in CONCERNS])
     rewrite.attach(index)
     # the reference mode visits every node with porter's engine too: the residual check finds where a node was
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with

@@ -47,7 +47,8 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import code_of
-from porter.convert.passes.training import TrainingRewrite, small
+from porter.convert.passes.modules import ModuleRewrite
+from porter.convert.passes.training import small
 from porter.convert.transforms import expr, keyword_arg
 from porter.convert.traverse import find_all
 
@@ -225,13 +226,13 @@ class _Found:
         return self.by_target.get(name, [])
 
 
-class DistributedRewrite(TrainingRewrite):
+class DistributedRewrite(ModuleRewrite):
     TRIGGER_WORDS = frozenset({"environ", "getenv", "module", "state_dict"})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.dist = _State()  # one attribute: the base classes' own state stays out of the way
-        self.loop_adapters.append(self._shard_batches)
+        self.training_loops.adapters.append(self._shard_batches)
 
     # analysis -------------------------------------------------------------------
     def visit_Module(self, node: cst.Module) -> None:
@@ -259,8 +260,8 @@ class DistributedRewrite(TrainingRewrite):
                     self.dist.policies |= {id(s) for s in found.assignments_to(policy.value)}
         if not self.dist.active:
             return
-        self.converts_checkpoints = False  # torch.save -> save_checkpoint (Orbax), written by every process
-        self.batches_as_they_are = True  # sharded by shard_batch before the step's call
+        self.training_loops.converts_checkpoints = False  # torch.save -> save_checkpoint (Orbax), written by every process
+        self.training_loops.batches_as_they_are = True  # sharded by shard_batch before the step's call
         self.dist.kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
         for assign in found.assigns_to_a_name:
             target = assign.targets[0].target.value
@@ -807,13 +808,13 @@ class DistributedRewrite(TrainingRewrite):
     # training loops --------------------------------------------------------------------
     def _shard_batches(self, original: cst.For, converted: cst.For, steps: int) -> cst.For:
         """A loop made into a train step: its batch is sharded over the mesh before the step's call."""
-        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.last_batch:
+        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.training_loops.last_batch:
             return converted
         step = f"{self.ctx.training_steps[-1]}_fast"
         body = list(converted.body.body)
         at = next(i for i, s in enumerate(body) if m.findall(s, m.Call(func=m.Name(step))))
         axes = MESHES[self.dist.kind or "ddp"][3]
-        batch = self.last_batch
+        batch = self.training_loops.last_batch
         targets = ", ".join(batch)
         values = ", ".join(f"shard_batch({b}, {axes})" for b in batch)
         rebind = cst.parse_statement(f"{targets} = {values}  # this process's rows -> the global batch\n")

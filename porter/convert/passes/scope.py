@@ -13,6 +13,7 @@ skipping never changes the output.
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import libcst as cst
@@ -38,6 +39,17 @@ def _tensor_methods(rules) -> frozenset[str]:
     return found[1]
 
 
+@dataclass
+class LoopOptions:
+    """What concerns other than the training loops' change about converting a training loop (distributed)."""
+
+    converts_checkpoints: bool = True  # False: checkpoints are written another way (torch.save kept by training)
+    batches_as_they_are: bool = False  # True: the step's call takes the batch names without jnp.asarray
+    last_batch: list[str] = field(default_factory=list)  # the batch arguments of the loop converted last
+    # called with (original loop, converted loop, len(ctx.training_steps) before it) after each loop
+    adapters: list = field(default_factory=list)
+
+
 class ScopedTransformer(cst.CSTTransformer):
     METADATA_DEPENDENCIES = ()
     # identifiers this class's leave_/visit_ methods react to beyond the torch names, module classes,
@@ -52,6 +64,7 @@ class ScopedTransformer(cst.CSTTransformer):
         self._bodies = FunctionBodies(ctx)
         self._index: SourceIndex | None = None
         self._base_words: tuple[object, frozenset[str]] | None = None
+        self.training_loops = LoopOptions()
         self._visits, self._leaves = hook_table(self, [])
 
     def use_concerns(self, concerns: list) -> None:
