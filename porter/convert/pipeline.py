@@ -29,6 +29,7 @@ from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import Distributed
 from porter.convert.passes.modules import ModuleRewrite
 from porter.convert.passes.training import TrainingLoops
+from porter.convert.passes.weight_initialisation import WeightInitialisation
 from porter.convert.passes import residual
 from porter.convert.passes.random_keys import seed_global_rngs
 from porter.convert import output_gate, rngs_free, traverse
@@ -42,7 +43,7 @@ _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES))
 
 # the rewrite's concerns (passes/concerns.py), outermost first: each wraps the ones after it, and all wrap the
 # calls and modules rewrite (the scope they share)
-CONCERNS = (Distributed, TrainingLoops)
+CONCERNS = (Distributed, TrainingLoops, WeightInitialisation)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree

@@ -15,7 +15,6 @@ from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_
 from porter.convert.passes.calls import CallRewrite
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
-from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
 from porter.convert.traverse import find_all
 
@@ -43,15 +42,13 @@ LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_va
 
 class ModuleRewrite(CallRewrite):
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "apply", "modules",
-                               "named_modules", "named_apply", "trunc_normal_", "lecun_normal_",
+    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "modules", "named_modules",
                                *module_queries.MODULE_ITERATORS, *module_queries.PARAMETER_ITERATORS,
                                *LAYER_PARAMETER_NAMES})
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
-        self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
         self._bare_training: set[int] = set()  # self.training where `not self.deterministic` needs no parentheses
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
         self._training_classes: set[str] = set()  # module classes that read self.training
@@ -68,11 +65,8 @@ class ModuleRewrite(CallRewrite):
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
         self._file_functions: set[str] = set()  # the file's top-level functions
 
-    # weight initialisation in __init__ goes (porter/convert/weight_init.py): the statements are marked when their
-    # class (methods) or constructor (statements) is entered, and are removed unvisited, so that nothing is
-    # converted or reported inside them
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if id(node) in self._init_statements:
+        if id(node) in self.replaced_unvisited:  # (weight initialisation: passes/weight_initialisation.py)
             return False
         if type(node) is cst.Module:
             self._file_functions = {s.name.value for s in node.body if type(s) is cst.FunctionDef}
@@ -92,42 +86,18 @@ class ModuleRewrite(CallRewrite):
                 self._order_free.add(id(generator))
         elif type(node) in module_queries.COMPREHENSIONS or type(node) is cst.For:
             self._note_query(node)
-        if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
-            methods = self.ctx.init_methods.get(node.name.value, set())
-            self._init_statements |= {id(s) for s in node.body.body
-                                      if isinstance(s, cst.FunctionDef) and s.name.value in methods}
-        elif type(node) is cst.FunctionDef and node.name.value == "__init__" and self.module_class \
-                and not self.function_stack:
-            methods = self.ctx.init_methods.get(self.module_class, set())
-            self._init_statements |= {id(s) for s in node.body.body if is_init_statement(s, self.ctx, methods)}
         return super().on_visit(node)
 
     def on_leave(self, original_node, updated_node):
-        if id(original_node) in self._init_statements:
-            return self._remove_init(original_node)
+        replace = self.replaced_unvisited.get(id(original_node))
+        if replace is not None:
+            return replace(original_node)
         updated_node = super().on_leave(original_node, updated_node)
         if type(original_node) is cst.For and type(updated_node) is cst.For:  # (the training pass's leave_For is its own)
             updated_node = self._unpack_query(original_node, updated_node)
         if id(original_node) in self._not_training and m.matches(updated_node.expression, m.UnaryOperation(m.Not())):
             return updated_node.expression.expression.with_changes(lpar=original_node.lpar, rpar=original_node.rpar)
         return updated_node
-
-    def _remove_init(self, original_node):
-        """A statement the constructor's or class's entry marked as weight initialisation goes, unvisited. A
-        removed method's decorators stand above the lines it reports: they are converted (and their changes
-        logged) as the decorators of any method."""
-        for decorator in getattr(original_node, "decorators", ()):
-            decorator.visit(self)
-        span = self.get_metadata(PositionProvider, original_node)
-        first, last = span.start.line, span.end.line
-        lines = f"line {first}" if first == last else f"lines {first}-{last}"
-        what = f"method {original_node.name.value}" if isinstance(original_node, cst.FunctionDef) else lines
-        self.report("PT005", original_node,
-                    f"weight initialisation removed ({what}): the converted layers start from flax's initialisers; "
-                    "load the original's weights (porter weights / load_torch_state_dict), or port this "
-                    "initialisation by hand to train from scratch")
-        self.record("weight-init", original_node, cst.Pass())
-        return cst.RemoveFromParent()
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
         if id(original_node) in self._buffer_writes:

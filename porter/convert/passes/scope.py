@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import libcst as cst
 from libcst.metadata import PositionProvider
@@ -65,6 +65,9 @@ class ScopedTransformer(cst.CSTTransformer):
         self._index: SourceIndex | None = None
         self._base_words: tuple[object, frozenset[str]] | None = None
         self.training_loops = LoopOptions()
+        # original statements a concern replaces whole, decided when the traversal entered their parent (weight
+        # initialisation): skipped unvisited, and at their leave replaced by what the function returns
+        self.replaced_unvisited: dict[int, Callable[[cst.CSTNode], object]] = {}
         self._visits, self._leaves = hook_table(self, [])
 
     def use_concerns(self, concerns: list) -> None:
