@@ -604,6 +604,9 @@ class CallRewrite(ScopedTransformer):
         return True
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
+        replace = self.replaced_references.get(id(original))
+        if replace is not None and id(original) not in self._inner:
+            return replace(original, updated)
         if id(original) in self._decorators:
             return updated
         if id(original) in self._inner or id(original) in self._call_funcs or self._kept_depth:

@@ -6,7 +6,14 @@ the traversal is, ConversionContext as `scope.ctx`, report/record/mentions), nam
 - `TRIGGER_WORDS` (and `trigger_words()`/`trigger_state()` when they grow with what it has seen): the
   identifiers without which a statement is skipped unvisited (source_index.Prefilter);
 - hooks by node type: `visit_X(node)`, `after_visit_X(node)`, `leave_X(original, updated)`,
-  `after_leave_X(original, updated)`; and `left(original, result)`, called once a node's leave is over.
+  `after_leave_X(original, updated)`;
+- hooks for every node, where a concern notes something about most node types (module structure):
+  `visit_any(node)`, before the scope's visit (and every node-type hook), and `after_leave_any(original,
+  result)`, after the scope's leave, returning the result; and `left(original, result)`, called once a
+  node's leave is over;
+- statements it replaces whole, decided when the traversal entered their parent (weight initialisation):
+  `scope.replaced_unvisited[id(statement)] = function`; the statement is skipped unvisited (no hook sees
+  it) and replaced by `function(statement, visitor)` at its leave (the visitor: to convert parts it keeps).
 
 The order, stated once in pipeline.py's CONCERNS, is the order of a subclass chain: a concern wraps
 the concerns after it. For a node of type X, its `visit_X` runs before theirs and its `after_visit_X`
@@ -15,8 +22,8 @@ its `after_leave_X` after theirs, on their result. Each leave hook gets the node
 returned (a replacement, RemoveFromParent or a FlattenSentinel included: a hook checks the type before
 touching it). A `leave_X` that returns `Final(node)` ends the leave: the hooks of the concerns after it
 and their after_ hooks do not run; the after_ hooks of the concerns before it do. The hooks of the
-innermost concern, the calls, modules and training rewrite (still one class chain, scope included:
-passes/scope.py), run at the end of the list. Each node type's hooks are looked up once, in a table.
+innermost, the calls rewrite and the scope (still one class chain: passes/calls.py, passes/scope.py), run
+at the end of the list. Each node type's hooks are looked up once, in a table.
 """
 
 from __future__ import annotations
@@ -96,21 +103,36 @@ def _leave_function(layers, own):
 
 
 class Rewrite(cst.CSTTransformer):
-    """The one traversal's visitor: the scope (the innermost concern, which dispatches the node-type hooks
-    of every concern: passes/scope.py) and the concerns' `left` hooks and trigger words."""
+    """The one traversal's visitor: the scope (the innermost, which dispatches the node-type hooks of every
+    concern: passes/scope.py), the statements a concern replaces unvisited (`scope.replaced_unvisited`), the
+    concerns' hooks for every node (`visit_any`, `after_leave_any`, `left`) and their trigger words."""
 
     def __init__(self, scope, concerns: list) -> None:
         super().__init__()
         self.scope = scope
         self.concerns = concerns
         scope.use_concerns(concerns)
-        self.on_visit = scope.on_visit
+        self._replaced = scope.replaced_unvisited
+        self._scope_visit, self._scope_leave = scope.on_visit, scope.on_leave
+        self._visit_any = [c.visit_any for c in concerns if hasattr(c, "visit_any")]
+        self._after_leave_any = [c.after_leave_any for c in reversed(concerns) if hasattr(c, "after_leave_any")]
         self._left = [c.left for c in concerns if hasattr(c, "left")]
-        if not self._left:
-            self.on_leave = scope.on_leave
+
+    def on_visit(self, node) -> bool:
+        if id(node) in self._replaced:
+            return False
+        for visit in self._visit_any:
+            visit(node)
+        return self._scope_visit(node)
 
     def on_leave(self, original_node, updated_node):
-        result = self.scope.on_leave(original_node, updated_node)
+        replace = self._replaced.get(id(original_node))
+        if replace is not None:
+            result = replace(original_node, self)
+        else:
+            result = self._scope_leave(original_node, updated_node)
+            for after in self._after_leave_any:
+                result = after(original_node, result)
         for left in self._left:
             left(original_node, result)
         return result

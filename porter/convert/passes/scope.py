@@ -67,7 +67,10 @@ class ScopedTransformer(cst.CSTTransformer):
         self.training_loops = LoopOptions()
         # original statements a concern replaces whole, decided when the traversal entered their parent (weight
         # initialisation): skipped unvisited, and at their leave replaced by what the function returns
-        self.replaced_unvisited: dict[int, Callable[[cst.CSTNode], object]] = {}
+        self.replaced_unvisited: dict[int, Callable[[cst.CSTNode, cst.CSTTransformer], object]] = {}
+        # imported names and attributes another concern converts in the calls rewrite's place (module queries'
+        # isinstance tests): (original, updated) -> the replacement
+        self.replaced_references: dict[int, Callable[[cst.CSTNode, cst.CSTNode], cst.BaseExpression]] = {}
         self._visits, self._leaves = hook_table(self, [])
 
     def use_concerns(self, concerns: list) -> None:

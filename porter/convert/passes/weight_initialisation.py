@@ -3,7 +3,7 @@ that only initialise weights (porter/convert/weight_init.py says which) go, with
 
 They are decided before anything inside them is converted: entering a module class marks its init-only methods,
 entering its constructor marks the initialisation statements, as statements the rewrite replaces unvisited
-(`scope.replaced_unvisited`, passes/scope.py). No other concern sees them; at their leave they become what
+(`scope.replaced_unvisited`, passes/concerns.py). No other concern sees them; at their leave they become what
 `_remove` returns.
 """
 
@@ -38,12 +38,12 @@ class WeightInitialisation:
         for statement in statements:
             self.scope.replaced_unvisited[id(statement)] = self._remove
 
-    def _remove(self, original_node):
+    def _remove(self, original_node, visitor):
         """A removed method's decorators stand above the lines it reports: they are converted (and their
         changes logged) as the decorators of any method."""
         scope = self.scope
         for decorator in getattr(original_node, "decorators", ()):
-            decorator.visit(scope)
+            decorator.visit(visitor)
         span = scope.get_metadata(PositionProvider, original_node)
         first, last = span.start.line, span.end.line
         lines = f"line {first}" if first == last else f"lines {first}-{last}"
