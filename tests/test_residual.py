@@ -177,8 +177,8 @@ def test_einops_on_a_variable_is_an_error(monkeypatch):
 
 def test_torch_left_without_an_error_on_its_line_is_reported(monkeypatch):
     # rms_norm converts now; a rewrite that leaves a torch call without a word is what the backstop is for
-    from porter.convert.passes.calls import CallRewrite
-    monkeypatch.setattr(CallRewrite, "_convert_torch_call", lambda self, qualified, original, updated: updated)
+    from porter.convert.passes.calls import Calls
+    monkeypatch.setattr(Calls, "_convert_torch_call", lambda self, qualified, original, updated: updated)
     source = "from torch.nn.functional import rms_norm\n" + in_module("        x = rms_norm(x, (4,))")
     conversion = convert_source(HEADER + dedent(source))
     line = line_of(source, "rms_norm(x")

@@ -2,7 +2,7 @@
 
 The rewrite runs as one traversal over the original tree, so every diagnostic and change carries the line
 and column of the user's original code: the concerns listed in CONCERNS (passes/concerns.py), dispatched in
-that order around the calls rewrite (CallRewrite, which holds the scope they share). Then two checks read
+that order, sharing the scope (where the traversal is: passes/scope.py). Then two checks read
 the result: the output gate (output_gate.py) makes sure what comes out compiles, and the residual check
 (passes/residual.py) reports what still means torch as an error.
 """
@@ -27,8 +27,9 @@ from porter.convert.passes.analyze import Analyze
 from porter.convert.passes.concerns import Rewrite
 from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import Distributed
-from porter.convert.passes.calls import CallRewrite
+from porter.convert.passes.calls import Calls
 from porter.convert.passes.modules import ModuleStructure
+from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.passes.training import TrainingLoops
 from porter.convert.passes.weight_initialisation import WeightInitialisation
 from porter.convert.passes import residual
@@ -42,9 +43,9 @@ from porter.rules.loader import load_rules
 # Without one of these identifiers a file cannot import or use torch: it comes out unchanged.
 _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES)) + r")(?!\w)")
 
-# the rewrite's concerns (passes/concerns.py), outermost first: each wraps the ones after it, and all wrap the
-# calls rewrite (which holds the scope they share)
-CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, ModuleStructure)
+# the rewrite (passes/concerns.py): its concerns, outermost first, each wrapping the ones after it; all share
+# the scope (passes/scope.py: where the traversal is), the traversal's innermost layer
+CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, ModuleStructure, Calls)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree
@@ -157,7 +158,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
-    scope = CallRewrite(ctx)
+    scope = ScopedTransformer(ctx)
     rewrite = Rewrite(scope, [concern(scope) for concern in CONCERNS])
     rewrite.attach(index)
     # the reference mode visits every node with porter's engine too: the residual check finds where a node was

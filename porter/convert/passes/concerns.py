@@ -8,8 +8,9 @@ the traversal is, ConversionContext as `scope.ctx`, report/record/mentions), nam
 - hooks by node type: `visit_X(node)`, `after_visit_X(node)`, `leave_X(original, updated)`,
   `after_leave_X(original, updated)`;
 - hooks for every node, where a concern notes something about most node types (module structure):
-  `visit_any(node)`, before the scope's visit (and every node-type hook), and `after_leave_any(original,
-  result)`, after the scope's leave, returning the result; and `left(original, result)`, called once a
+  `visit_any(node)` before the scope's visit (and every node-type hook), `after_visit_any(node)` after it
+  (False: the children are skipped), and `after_leave_any(original, result)`, after the scope's leave,
+  returning the result; and `left(original, result)`, called once a
   node's leave is over;
 - statements it replaces whole, decided when the traversal entered their parent (weight initialisation):
   `scope.replaced_unvisited[id(statement)] = function`; the statement is skipped unvisited (no hook sees
@@ -21,9 +22,9 @@ after theirs (children are skipped when any visit hook returns False); its `leav
 its `after_leave_X` after theirs, on their result. Each leave hook gets the node the hook before it
 returned (a replacement, RemoveFromParent or a FlattenSentinel included: a hook checks the type before
 touching it). A `leave_X` that returns `Final(node)` ends the leave: the hooks of the concerns after it
-and their after_ hooks do not run; the after_ hooks of the concerns before it do. The hooks of the
-innermost, the calls rewrite and the scope (still one class chain: passes/calls.py, passes/scope.py), run
-at the end of the list. Each node type's hooks are looked up once, in a table.
+and their after_ hooks do not run; the after_ hooks of the concerns before it do. The scope
+(passes/scope.py) is the traversal's innermost layer: its own hooks (entering and leaving classes and
+functions) run after every concern's visit_X and leave_X, before their after_ hooks. Each node type's hooks are looked up once, in a table.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class _Table(dict):
         layers = [layer for layer in layers if layer != (None, None)]
         if not layers:
             function = own
+        elif own is None and len(layers) == 1 and None in layers[0]:  # one hook: called as it is (one call less
+            function = layers[0][0] or layers[0][1]  # per node; the scope unwraps a Final it returns)
         elif self.kind == "visit":
             function = _visit_function(layers, own)
         else:
@@ -69,34 +72,39 @@ class _Table(dict):
 
 
 def _visit_function(layers, own):
+    befores = [before for before, _ in layers if before is not None]
+    if own is not None:
+        befores.append(own)
+    afters = [after for _, after in reversed(layers) if after is not None]
+    hooks = befores + afters
+
     def visit(node) -> bool:
         go = True
-        for before, _ in layers:
-            if before is not None and before(node) is False:
-                go = False
-        if own is not None and own(node) is False:
-            go = False
-        for _, after in reversed(layers):
-            if after is not None and after(node) is False:
+        for hook in hooks:
+            if hook(node) is False:
                 go = False
         return go
     return visit
 
 
 def _leave_function(layers, own):
+    # (index of the layer, hook): an after_ hook runs when the leave did not end at or before its layer
+    befores = [(i, before) for i, (before, _) in enumerate(layers) if before is not None]
+    afters = [(i, after) for i, (_, after) in reversed(list(enumerate(layers))) if after is not None]
+    everything = len(layers)
+
     def leave(original, updated):
-        ended = len(layers)
-        for i, (before, _) in enumerate(layers):
-            if before is not None:
-                updated = before(original, updated)
-                if type(updated) is Final:
-                    updated, ended = updated.node, i
-                    break
+        ended = everything
+        for i, before in befores:
+            updated = before(original, updated)
+            if type(updated) is Final:
+                updated, ended = updated.node, i
+                break
         else:
             if own is not None:
                 updated = own(original, updated)
-        for _, after in reversed(layers[:ended]):
-            if after is not None:
+        for i, after in afters:
+            if i < ended:
                 updated = after(original, updated)
         return updated
     return leave
@@ -115,15 +123,23 @@ class Rewrite(cst.CSTTransformer):
         self._replaced = scope.replaced_unvisited
         self._scope_visit, self._scope_leave = scope.on_visit, scope.on_leave
         self._visit_any = [c.visit_any for c in concerns if hasattr(c, "visit_any")]
+        self._after_visit_any = [c.after_visit_any for c in reversed(concerns) if hasattr(c, "after_visit_any")]
         self._after_leave_any = [c.after_leave_any for c in reversed(concerns) if hasattr(c, "after_leave_any")]
         self._left = [c.left for c in concerns if hasattr(c, "left")]
+        self._words = None  # (the scope's words, those and every concern's TRIGGER_WORDS)
+        self._trigger_words = [c.trigger_words for c in concerns if hasattr(c, "trigger_words")]
+        self._trigger_states = [c.trigger_state for c in concerns if hasattr(c, "trigger_state")]
 
     def on_visit(self, node) -> bool:
         if id(node) in self._replaced:
             return False
         for visit in self._visit_any:
             visit(node)
-        return self._scope_visit(node)
+        go = self._scope_visit(node)
+        for after in self._after_visit_any:
+            if after(node) is False:
+                go = False
+        return go
 
     def on_leave(self, original_node, updated_node):
         replace = self._replaced.get(id(original_node))
@@ -141,13 +157,13 @@ class Rewrite(cst.CSTTransformer):
         self.scope.attach(index)
 
     def trigger_words(self):
-        words = self.scope.trigger_words()
-        for concern in self.concerns:
-            words = words | frozenset(getattr(concern, "TRIGGER_WORDS", ()))
-            if hasattr(concern, "trigger_words"):
-                words = words | set(concern.trigger_words())
+        base = self.scope.trigger_words()  # the same object while the scope's words do not change
+        if self._words is None or self._words[0] is not base:
+            self._words = (base, base.union(*(getattr(c, "TRIGGER_WORDS", ()) for c in self.concerns)))
+        words = self._words[1]
+        for concern_words in self._trigger_words:
+            words = words | concern_words()
         return words
 
     def trigger_state(self):
-        return self.scope.trigger_state(), tuple(c.trigger_state() for c in self.concerns
-                                                 if hasattr(c, "trigger_state"))
+        return self.scope.trigger_state(), [state() for state in self._trigger_states]

@@ -396,7 +396,7 @@ class Distributed:
         if not self.dist.active:
             return
         if _normal(self.ctx.qualified_name(node.func)) in OWN_CALLS:
-            self.scope._kept_depth += 1  # the arguments are this pass's business
+            self.scope.kept_depth += 1  # the arguments are this pass's business
         if m.matches(node.func, m.Name("int")) and len(node.args) == 1 and self._env_name(node.args[0].value):
             self.dist.int_env.add(id(node.args[0].value))
 
@@ -406,7 +406,7 @@ class Distributed:
             return updated_node
         qualified = _normal(self.ctx.qualified_name(original_node.func))
         if qualified in OWN_CALLS:
-            self.scope._kept_depth -= 1
+            self.scope.kept_depth -= 1
         if qualified in SAMPLER or qualified in DATALOADER:
             return updated_node  # kept as torch's data loading by the calls rewrite, then after_leave_Call
         if qualified in DDP or qualified in FSDP:
@@ -427,7 +427,7 @@ class Distributed:
             return Final(self._changed("device-count", original_node, expr("jax.local_device_count()")))
         if qualified in SET_DEVICE or qualified in ("torch.distributed.init_process_group",
                                                     "torch.distributed.all_reduce"):
-            if id(original_node) not in self.scope._statement_calls:
+            if id(original_node) not in self.scope.statement_calls:
                 self.report("PT023", original_node, f"{qualified} is converted as a statement of its own only; "
                                                     "left unchanged")
             return Final(updated_node)  # statements: leave_SimpleStatementLine
@@ -644,7 +644,7 @@ class Distributed:
                                        "devices, so the function runs once, with the process index as its rank")
         new = cst.Call(positional[0], _with_commas(call_args))
         if isinstance(positional[0], cst.Name) and positional[0].value in self.ctx.rngs_functions:
-            new = self.scope._add_rngs(original, new)  # the function builds layers: it takes rngs now
+            new = self.scope.add_rngs(original, new)  # the function builds layers: it takes rngs now
         return self._changed("spawn", original, new)
 
     def _save(self, original: cst.Call, updated: cst.Call):
@@ -666,13 +666,13 @@ class Distributed:
         frame = self.dist.rank0[-1] if self.dist.rank0 else None
         self.dist.direct_rank0_child = frame is not None and id(node) in frame
         if self.dist.active and id(node) in self.dist.policies:
-            self.scope._kept_depth += 1
+            self.scope.kept_depth += 1
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
         if not self.dist.active:
             return updated_node
         if id(original_node) in self.dist.policies:
-            self.scope._kept_depth -= 1
+            self.scope.kept_depth -= 1
             self.record("fsdp-policy", original_node, cst.Pass())
             return Final(self._remove(original_node))
         if id(original_node) in self.dist.divisions:

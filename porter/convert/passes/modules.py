@@ -42,7 +42,7 @@ LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_va
 
 
 class ModuleStructure:
-    """Innermost in the pipeline's list: its hooks run right around the calls rewrite's (the scope's)."""
+    """Next to the calls concern in the pipeline's list: its hooks run right around the calls concern's."""
 
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
     TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "modules", "named_modules",

@@ -22,7 +22,8 @@ from libcst.metadata import PositionProvider
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.precedence import fit_all_operands, fit_operands, keep_parentheses
 from porter.convert.source_index import STATEMENT_TYPES, SourceIndex
-from porter.convert.passes.concerns import hook_table
+from porter.convert.passes.concerns import Final, hook_table
+from porter.convert.transforms import expr, keyword_arg
 
 TENSOR_METHOD_PREFIX = "torch.Tensor."
 
@@ -70,6 +71,8 @@ class ScopedTransformer(cst.CSTTransformer):
         self.replaced_unvisited: dict[int, Callable[[cst.CSTNode, cst.CSTTransformer], object]] = {}
         # imported names and attributes another concern converts in the calls rewrite's place (module queries'
         # isinstance tests): (original, updated) -> the replacement
+        self.kept_depth = 0  # > 0 inside a call whose arguments stay as they are (torch's data loading, a folded clip)
+        self.statement_calls: set[int] = set()  # ids of calls that are whole expression statements
         self.replaced_references: dict[int, Callable[[cst.CSTNode, cst.CSTNode], cst.BaseExpression]] = {}
         self._visits, self._leaves = hook_table(self, [])
 
@@ -140,6 +143,8 @@ class ScopedTransformer(cst.CSTTransformer):
         does not compile."""
         leave = self._leaves[type(original_node)]
         new = updated_node if leave is None else leave(original_node, updated_node)
+        if type(new) is Final:  # a lone concern's leave_X (passes/concerns.py)
+            new = new.node
         if new is original_node:
             return new
         if new is updated_node:  # a child was replaced
@@ -205,6 +210,25 @@ class ScopedTransformer(cst.CSTTransformer):
                 return default
             raise KeyError(f"{type(node).__name__} is not a node of the original module")
         return super().get_metadata(key, node, default) if default is not ... else super().get_metadata(key, node)
+
+    # layers built here: the rngs they take --------------------------------------
+    def add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
+            return updated
+        new = updated.with_changes(args=[*updated.args, keyword_arg("rngs", self.rngs(original))])
+        self.record("module-construct", original, new)
+        return new
+
+    def rngs(self, node: cst.CSTNode) -> cst.BaseExpression:
+        """Inside a module's methods and layer factories the `rngs` argument; elsewhere a seeded Rngs."""
+        if self.module_class and self.method != "forward":
+            return cst.Name("rngs")
+        if self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions:
+            return cst.Name("rngs")
+        seed = self.ctx.seed or "0"
+        self.report("PT007", node, f"layers built outside a module get their initial values from nnx.Rngs({seed}) "
+                                   "(JAX's generator: not the numbers torch would draw)")
+        return expr(f"nnx.Rngs({seed})")
 
     def report(self, code: str, node: cst.CSTNode, message: str) -> None:
         self.ctx.report(code, *self.position(node), message)

@@ -229,11 +229,11 @@ class TrainingLoops:
 
     def after_visit_Call(self, node: cst.Call) -> None:
         if id(node) in self._folded_clips:
-            self.scope._kept_depth += 1  # nothing inside a folded clip call is converted or reported
+            self.scope.kept_depth += 1  # nothing inside a folded clip call is converted or reported
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
         if id(original_node) in self._folded_clips:
-            self.scope._kept_depth -= 1
+            self.scope.kept_depth -= 1
             return Final(updated_node)  # the statement goes with the loop's conversion (PT010 if the loop stays)
         if id(original_node) in self._grad_contexts or id(original_node.func) in self._grad_contexts:
             return Final(updated_node)
@@ -271,7 +271,7 @@ class TrainingLoops:
         elif checkpoints.copies_owner_state(original, owners):
             new, helper, note = checkpoints.convert_copy(updated), "numpy_state", None
         elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
-                and id(original) in self.scope._statement_calls:
+                and id(original) in self.scope.statement_calls:
             new, helper, note = checkpoints.convert_load_state_dict(updated), "load_numpy_state", None
             if any(i.name == original.func.value.value and i.scheduled for i in self.ctx.optimizers.values()):
                 note = ("PT005", f"{original.func.value.value} has a learning-rate scheduler: the rate comes back "
