@@ -1,4 +1,4 @@
-"""DistributedRewrite on small pieces of torch.distributed code: what converts, what is reported."""
+"""The distributed concern (passes/distributed.py) on small pieces of torch.distributed code: what converts, what is reported."""
 
 import ast
 import textwrap

@@ -8,7 +8,7 @@ import pytest
 
 from porter import convert_source
 from porter.convert.pipeline import _convert
-from porter.convert.passes.modules import ModuleRewrite
+from porter.convert.passes.modules import ModuleStructure
 from porter.rules.loader import load_residual, load_rules
 from porter.rules.residual_tables import changes
 
@@ -139,7 +139,7 @@ def test_item_assignment_to_lists_dicts_and_variables_is_not_reported():
                                   "ok = self.initted and x is not None"])
 def test_truth_value_of_a_variable_is_an_error(test, monkeypatch):
     # the rewrite reads the Variable's array now (CONVERTED_CASES below); the residual check is the backstop
-    monkeypatch.setattr(ModuleRewrite, "_note_buffer_tests", lambda self, node: None)
+    monkeypatch.setattr(ModuleStructure, "_note_buffer_tests", lambda self, node: None)
     source = in_module(f"        {test}")
     found = pt040(source)
     assert any("truth value of `self.initted`" in m for m in found[line_of(source, test.splitlines()[0])]), found
@@ -167,7 +167,7 @@ def test_constructs_the_rewrite_converts_leave_no_residual(where, statement, con
 
 def test_einops_on_a_variable_is_an_error(monkeypatch):
     # the rewrite passes the Variable's array now (CONVERTED_CASES below); the residual check is the backstop
-    monkeypatch.setattr(ModuleRewrite, "_note_einops_arguments", lambda self, call: None)
+    monkeypatch.setattr(ModuleStructure, "_note_einops_arguments", lambda self, call: None)
     source = "from einops import repeat\n" + in_module("        lat = repeat(self.latents, 'n d -> b n d', b=2)")
     found = pt040(source)
     assert any("self.latents[...]" in m for m in found[line_of(source, "repeat(self.latents")])
@@ -177,8 +177,8 @@ def test_einops_on_a_variable_is_an_error(monkeypatch):
 
 def test_torch_left_without_an_error_on_its_line_is_reported(monkeypatch):
     # rms_norm converts now; a rewrite that leaves a torch call without a word is what the backstop is for
-    from porter.convert.passes.calls import CallRewrite
-    monkeypatch.setattr(CallRewrite, "_convert_torch_call", lambda self, qualified, original, updated: updated)
+    from porter.convert.passes.calls import Calls
+    monkeypatch.setattr(Calls, "_convert_torch_call", lambda self, qualified, original, updated: updated)
     source = "from torch.nn.functional import rms_norm\n" + in_module("        x = rms_norm(x, (4,))")
     conversion = convert_source(HEADER + dedent(source))
     line = line_of(source, "rms_norm(x")

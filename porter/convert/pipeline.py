@@ -1,10 +1,10 @@
 """Converts one file: parse, analyse, rewrite, fix imports, check what is left.
 
-The rewrite of calls, module classes and training loops runs as one traversal
-over the original tree (TrainingRewrite extends ModuleRewrite extends CallRewrite), so every diagnostic and
-change carries the line and column of the user's original code. Then two checks read the result: the output
-gate (output_gate.py) makes sure what comes out compiles, and the residual check (passes/residual.py) reports
-what still means torch as an error.
+The rewrite runs as one traversal over the original tree, so every diagnostic and change carries the line
+and column of the user's original code: the concerns listed in CONCERNS (passes/concerns.py), dispatched in
+that order, sharing the scope (where the traversal is: passes/scope.py). Then two checks read
+the result: the output gate (output_gate.py) makes sure what comes out compiles, and the residual check
+(passes/residual.py) reports what still means torch as an error.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ import libcst as cst
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.diagnostics import Change, Diagnostic, Severity, diagnostic
 from porter.convert.passes.analyze import Analyze
+from porter.convert.passes.concerns import Rewrite
 from porter.convert.passes.imports import FinalizeImports
-from porter.convert.passes.distributed import DistributedRewrite
+from porter.convert.passes.distributed import Distributed
+from porter.convert.passes.calls import Calls
+from porter.convert.passes.modules import ModuleStructure
+from porter.convert.passes.scope import ScopedTransformer
+from porter.convert.passes.training import TrainingLoops
+from porter.convert.passes.weight_initialisation import WeightInitialisation
 from porter.convert.passes import residual
 from porter.convert.passes import outside_classes
 from porter.convert.passes.random_keys import seed_global_rngs
@@ -37,6 +43,10 @@ from porter.rules.loader import load_rules
 
 # Without one of these identifiers a file cannot import or use torch: it comes out unchanged.
 _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES)) + r")(?!\w)")
+
+# the rewrite (passes/concerns.py): its concerns, outermost first, each wrapping the ones after it; all share
+# the scope (passes/scope.py: where the traversal is), the traversal's innermost layer
+CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, ModuleStructure, Calls)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree
@@ -150,7 +160,8 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     exports = _exports(module, ctx)
     if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
         return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
-    rewrite = DistributedRewrite(ctx)
+    scope = ScopedTransformer(ctx)
+    rewrite = Rewrite(scope, [concern(scope) for concern in CONCERNS])
     rewrite.attach(index)
     # the reference mode visits every node with porter's engine too: the residual check finds where a node was
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with

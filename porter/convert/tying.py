@@ -72,7 +72,7 @@ def layer_of(ctx, class_name: str, path: str) -> str | None:
 
 
 def sublayer_parameter(rewrite, node: cst.BaseExpression):
-    """As ModuleRewrite._layer_parameter, for `self.<dict>.<key>.<parameter>` of a ModuleDict entry."""
+    """As ModuleStructure._layer_parameter, for `self.<dict>.<key>.<parameter>` of a ModuleDict entry."""
     if not rewrite.module_class or not isinstance(node, cst.Attribute) or not isinstance(node.value, cst.Attribute):
         return None
     path = self_path(node.value)
@@ -202,7 +202,7 @@ class _TieHead(cst.CSTTransformer):
 
 
 def tie_heads(rewrite, original: cst.ClassDef, updated: cst.ClassDef) -> cst.ClassDef:
-    """The converted class with its convertible ties made one variable (ModuleRewrite.leave_ClassDef)."""
+    """The converted class with its convertible ties made one variable (ModuleStructure.leave_ClassDef)."""
     for tie in find_ties(rewrite.ctx, original):
         transformer = _TieHead(tie)
         tied = updated.visit(transformer)

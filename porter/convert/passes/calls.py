@@ -1,4 +1,4 @@
-"""Calls, tensor methods and constants, converted with the rules in rules/."""
+"""Calls, tensor methods and constants, converted with the rules in rules/ (the calls concern: passes/concerns.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from porter.convert.apply import Site, apply_rule, torch_would_refuse
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
                                            dict_keys_bound, dotted)
-from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
 from porter.convert.transforms import atom, keyword_arg, Unsupported, expr
@@ -38,17 +37,22 @@ VARIABLE_KINDS = ("buffer", "torch.nn.Parameter", "torch.nn.parameter.Parameter"
 _INIT_DRAW_ARGUMENTS = {"normal_": ("mean", "std"), "uniform_": ("a", "b")}
 
 
-class CallRewrite(ScopedTransformer):
+class Calls:
+    """Innermost in the pipeline's list: its hooks run right around the scope's."""
+
     # `device = x.device` bindings dropped (porter/convert/devices.py); `t.uniform_(-s, s)` in an init helper
     TRIGGER_WORDS = frozenset({"device"}) | frozenset(NEW_TENSOR_INITIALISERS)
 
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx)
+    def __init__(self, scope) -> None:
+        self.scope = scope
+        ctx = self.ctx = scope.ctx
+        self.report, self.record, self.position = scope.report, scope.record, scope.position
+        self.mentions, self.mentions_within = scope.mentions, scope.mentions_within
+        self.class_stack, self.function_stack = scope.class_stack, scope.function_stack  # (the same lists)
+        self.statement_calls = scope.statement_calls
         self._device_reads: list[devices.DeviceReads] = []  # per enclosing function
         self._call_funcs: set[int] = set()  # ids of original nodes in call position
         self._inner: set[int] = set()  # ids of attribute chains inside a longer chain
-        self._kept_depth = 0  # > 0 inside a call of a KEPT_TORCH API
-        self._statement_calls: set[int] = set()  # ids of calls that are whole expression statements
         self._inplace_rebinds: dict[int, cst.Name] = {}  # in-place method calls converted: id -> the name to rebind
         self._tensor_names: list[inplace.TensorNames] = []  # per enclosing function
         self._decorators: set[int] = set()  # ids of decorator expressions a decorator rule removes
@@ -69,11 +73,24 @@ class CallRewrite(ScopedTransformer):
         self._data = ctx.data_side  # the statements left as torch, and where their tensors meet converted code
         self._class_bodies: set[int] = set()  # ids of class bodies (`w = w` there copies an outer name: kept)
 
-    # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Generic hooks, so
-    # the subclasses' own leave_Assign/leave_Expr stay as they are.
+    # where the traversal is: the scope's
+    @property
+    def module_class(self) -> str | None:
+        return self.scope.module_class
+
+    @property
+    def method(self) -> str | None:
+        return self.scope.method
+
+    @property
+    def in_module_method(self) -> bool:
+        return self.scope.in_module_method
+
+    # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Hooks for every node, so
+    # the other concerns' own leave_Assign/leave_Expr stay as they are.
     # (type(...) is: libcst's node classes have no subclasses, and isinstance on them goes through
     # ABCMeta, which these hooks, run for every node visited, made a tenth of the conversion)
-    def on_visit(self, node: cst.CSTNode) -> bool:
+    def visit_any(self, node: cst.CSTNode) -> None:
         kind = type(node)
         if kind is cst.FunctionDef:
             method = self.module_class is not None  # (this function is not on the scope's stack yet)
@@ -95,7 +112,7 @@ class CallRewrite(ScopedTransformer):
         elif kind is cst.Annotation:
             self._annotation_depth += 1
         elif kind is cst.Expr:
-            self._statement_calls.add(id(node.value))
+            self.statement_calls.add(id(node.value))
         elif kind is cst.Comparison:
             self._compared.update(id(operand) for operand in (node.left, *(c.comparator for c in node.comparisons)))
         elif kind in _WHOLE_VALUE:  # a lambda put here needs no parentheses
@@ -106,13 +123,15 @@ class CallRewrite(ScopedTransformer):
                 self._global_constructors.update(id(n) for n in m.findall(node.value, m.Name() | m.Attribute()))
         if kind is cst.Param:
             self._inner.add(id(node.name))  # `def f(tensor)` binds a name: no use of torch.tensor
-        visit = super().on_visit(node)
+
+    def after_visit_any(self, node: cst.CSTNode) -> bool:
+        kind = type(node)
         if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
             self._device_reads.append(self._analyse_devices(node))
         elif self._data is not None and (id(node) in self._data.statements if kind in data_side.KEPT_NODES
                                          else kind is cst.Arg and id(node) in self._data.arguments):
             return False  # it feeds torch's data loading: left as torch (porter/convert/data_side.py)
-        return visit
+        return True
 
     def _hand_back(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
         """A method drawing into its arguments in place (ConversionContext.hand_back_methods) returns them."""
@@ -158,8 +177,7 @@ class CallRewrite(ScopedTransformer):
                                            "new array (dropped), or drop it; left unchanged")
         return reads
 
-    def on_leave(self, original_node, updated_node):
-        updated_node = super().on_leave(original_node, updated_node)
+    def after_leave_any(self, original_node, updated_node):
         kind = type(original_node)
         if kind is cst.FunctionDef:
             self._tensor_names.pop()
@@ -223,14 +241,14 @@ class CallRewrite(ScopedTransformer):
 
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
-        words = super().trigger_words() | self._constructor_words | self.ctx.constructor_fields \
+        words = self._constructor_words | self.ctx.constructor_fields \
             | self.ctx.constructor_globals | (self._data.words if self._data is not None else frozenset())
         if not self._tensor_names:
             return words
         return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
 
     def trigger_state(self):
-        return super().trigger_state(), self._tensor_names[-1] if self._tensor_names else None, \
+        return self._tensor_names[-1] if self._tensor_names else None, \
             len(self._constructor_words)
 
     # imports are the finalize pass's business
@@ -246,7 +264,7 @@ class CallRewrite(ScopedTransformer):
             # isinstance(m, nn.Conv2d) tests for the class itself: no constructor function stands in for it
             self._type_tests.update(id(n) for n in m.findall(node.args[1].value, m.Name() | m.Attribute()))
         if self._is_kept(node):
-            self._kept_depth += 1
+            self.scope.kept_depth += 1
 
     def _is_kept(self, call: cst.Call) -> bool:
         return (self.ctx.qualified_name(call.func) or "").startswith(KEPT_TORCH)
@@ -271,7 +289,7 @@ class CallRewrite(ScopedTransformer):
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
         if self._is_kept(original_node):
-            self._kept_depth -= 1
+            self.scope.kept_depth -= 1
             if self._draws_from_the_global_generator(original_node):
                 self.report("PT011", original_node, "no generator= of its own: the order comes from torch's global "
                                                     "generator, which the original also draws from to initialise its "
@@ -282,7 +300,7 @@ class CallRewrite(ScopedTransformer):
             elif not any(d.code == "PT011" for d in self.ctx.diagnostics):
                 self.report("PT011", original_node, data_side.KEPT)
             return updated_node
-        if self._kept_depth:
+        if self.scope.kept_depth:
             return updated_node
         initialised = self._initialised_new_tensor(original_node, updated_node)
         if initialised is None:
@@ -296,7 +314,7 @@ class CallRewrite(ScopedTransformer):
         qualified = self.ctx.qualified_name(func)
         if qualified and qualified.split(".")[0] in ("torch", "einops"):
             return self._convert_torch_call(qualified, original_node, updated_node)
-        if isinstance(func, cst.Name) and func.value in self.ctx.draw_helpers and id(original_node) in self._statement_calls:
+        if isinstance(func, cst.Name) and func.value in self.ctx.draw_helpers and id(original_node) in self.statement_calls:
             self.report("PT006", original_node, f"{func.value}(...) fills its argument in place in torch; converted, it "
                                                 "returns the new values and leaves the argument as it was: assign its "
                                                 "result (x = init_(x)); left unchanged")
@@ -305,15 +323,15 @@ class CallRewrite(ScopedTransformer):
         if name in self.ctx.module_classes | self.ctx.rngs_functions:  # Net(...), models.Net(...)
             if name in self.ctx.rngs_free_classes:
                 return updated_node  # builds nothing random: takes no rngs (porter/convert/rngs_free.py)
-            return self._add_rngs(original_node, updated_node)
+            return self.scope.add_rngs(original_node, updated_node)
         if self._calls_method_needing_rngs(func):
-            return self._add_rngs(original_node, updated_node)
+            return self.scope.add_rngs(original_node, updated_node)
         if self._constructor_names and self._rngs_in_scope() and calls_layer_constructor(
                 original_node, self._constructor_names[-1],
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
             self._report_hidden_arguments(original_node)
-            return self._add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
+            return self.scope.add_rngs(original_node, updated_node)  # norm_layer(planes), block(...)
         mapped = self._map_of_layer_constructor(original_node, updated_node)
         if mapped is not None:
             return mapped
@@ -364,9 +382,9 @@ class CallRewrite(ScopedTransformer):
                                            "(self.layer = ...) and call it here; left unchanged")
             return updated
         updated = keyword_helpers.expand(updated, self.ctx.keyword_helpers) or updated
-        rngs = self._rngs(original) if rule.uses_rngs else None
+        rngs = self.scope.rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
-        site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self._statement_calls,
+        site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self.statement_calls,
                     rngs_in_scope=rngs_in_scope, method=self.method, original=original,
                     function=self.function_stack[0] if self.function_stack and not self.class_stack else None)
         try:
@@ -412,7 +430,7 @@ class CallRewrite(ScopedTransformer):
         """`t.uniform_(-s, s)` / `nn.init.normal_(t, std=0.02)` as a statement on a name (an init helper's
         argument, lucidrains' `def init_(t): t.uniform_(-s, s); return t`): `t = jax.random.uniform(rngs.params(),
         t.shape, t.dtype, minval=-s, maxval=s)`, where an rngs is in scope (the analysis gives such helpers one)."""
-        if id(original) not in self._statement_calls:
+        if id(original) not in self.statement_calls:
             return None
         func, args = original.func, list(original.args)
         if self._module_variable(func.value if isinstance(func, cst.Attribute) else None) \
@@ -554,15 +572,8 @@ class CallRewrite(ScopedTransformer):
                 or calls_layer_constructor(constructor, names, attributes, self.ctx.constructor_fields)):
             return None
         bound = cst.Call(cst.Name("partial"), [cst.Arg(updated.args[0].value),
-                                               keyword_arg("rngs", self._rngs(original))])
+                                               keyword_arg("rngs", self.scope.rngs(original))])
         new = updated.with_changes(args=[updated.args[0].with_changes(value=bound), *updated.args[1:]])
-        self.record("module-construct", original, new)
-        return new
-
-    def _add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
-            return updated
-        new = updated.with_changes(args=[*updated.args, keyword_arg("rngs", self._rngs(original))])
         self.record("module-construct", original, new)
         return new
 
@@ -570,17 +581,6 @@ class CallRewrite(ScopedTransformer):
         return (self.module_class is not None and isinstance(func, cst.Attribute)
                 and isinstance(func.value, cst.Name) and func.value.value == "self"
                 and func.attr.value in self.ctx.methods_needing_rngs.get(self.module_class, ()))
-
-    def _rngs(self, node: cst.CSTNode) -> cst.BaseExpression:
-        """Inside a module's methods and layer factories the `rngs` argument; elsewhere a seeded Rngs."""
-        if self.module_class and self.method != "forward":
-            return cst.Name("rngs")
-        if self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions:
-            return cst.Name("rngs")
-        seed = self.ctx.seed or "0"
-        self.report("PT007", node, f"layers built outside a module get their initial values from nnx.Rngs({seed}) "
-                                   "(JAX's generator: not the numbers torch would draw)")
-        return expr(f"nnx.Rngs({seed})")
 
     def _looks_like_tensor(self, call: cst.Call) -> bool:
         receiver = call.func.value
@@ -604,9 +604,12 @@ class CallRewrite(ScopedTransformer):
         return True
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
+        replace = self.scope.replaced_references.get(id(original))
+        if replace is not None and id(original) not in self._inner:
+            return replace(original, updated)
         if id(original) in self._decorators:
             return updated
-        if id(original) in self._inner or id(original) in self._call_funcs or self._kept_depth:
+        if id(original) in self._inner or id(original) in self._call_funcs or self.scope.kept_depth:
             return updated
         qualified = self.ctx.qualified_name(original)
         if not qualified or qualified.split(".")[0] not in ("torch", "einops"):

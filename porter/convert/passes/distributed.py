@@ -36,7 +36,7 @@ on the global batch:
 What is not understood (process groups, no_sync, pipeline and tensor
 parallelism, other collectives) is left unchanged and reported (PT023).
 Everything here applies only to files that use torch.distributed or
-torch.nn.parallel: other files convert exactly as TrainingRewrite does.
+torch.nn.parallel: other files convert exactly as they do without this concern.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert.context import code_of
-from porter.convert.passes.training import TrainingRewrite, small
+from porter.convert.passes.concerns import Final
+from porter.convert.passes.training import small
 from porter.convert.transforms import expr, keyword_arg
 from porter.convert.traverse import find_all
 
@@ -163,7 +164,7 @@ def _parenthesized(node: cst.BaseExpression) -> cst.BaseExpression:
 
 @dataclass
 class _State:
-    """What DistributedRewrite knows about the file (filled by visit_Module) and where it is in it."""
+    """What the distributed concern knows about the file (filled by after_visit_Module) and where it is in it."""
 
     active: bool = False  # the file uses torch.distributed / torch.nn.parallel: nothing changes otherwise
     kind: str | None = None  # "ddp", "fsdp" or "hybrid": the mesh
@@ -184,7 +185,6 @@ class _State:
     rank0: list = field(default_factory=list)  # per enclosing if: its body's statements when it tests rank 0
     direct_rank0_child: bool = False  # the statement being converted sits right in a rank-0 if
     hoisted: set[int] = field(default_factory=set)  # converted saves to move out of their rank-0 test
-    last_batch: list[str] = field(default_factory=list)
     summed: set[str] = field(default_factory=set)  # optimizers whose loop's loss sums over the batch
     summed_statements: set[int] = field(default_factory=set)  # the statements of those loops
     orphans: dict = field(default_factory=dict)  # id of a removed statement -> its blank lines and comments
@@ -226,16 +226,20 @@ class _Found:
         return self.by_target.get(name, [])
 
 
-class DistributedRewrite(TrainingRewrite):
+class Distributed:
+    """The distributed concern (passes/concerns.py): it wraps the training loops concern and the calls and
+    modules rewrite (`scope`)."""
+
     TRIGGER_WORDS = frozenset({"environ", "getenv", "module", "state_dict"})
 
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx)
-        self.dist = _State()  # one attribute: the base classes' own state stays out of the way
+    def __init__(self, scope) -> None:
+        self.scope = scope
+        self.ctx, self.report, self.record, self.mentions = scope.ctx, scope.report, scope.record, scope.mentions
+        self.dist = _State()
+        scope.training_loops.adapters.append(self._shard_batches)
 
     # analysis -------------------------------------------------------------------
-    def visit_Module(self, node: cst.Module) -> None:
-        super().visit_Module(node)
+    def after_visit_Module(self, node: cst.Module) -> None:  # after the training loops' analysis (ctx.optimizers)
         uses = [v for v in self.ctx.torch_aliases.values() if v.startswith((DIST, "torch.nn.parallel"))]
         if not uses and not any(self.mentions(w) for w in ("distributed", "parallel", "DataParallel")):
             return
@@ -259,6 +263,8 @@ class DistributedRewrite(TrainingRewrite):
                     self.dist.policies |= {id(s) for s in found.assignments_to(policy.value)}
         if not self.dist.active:
             return
+        self.scope.training_loops.converts_checkpoints = False  # torch.save -> save_checkpoint (Orbax), written by every process
+        self.scope.training_loops.batches_as_they_are = True  # sharded by shard_batch before the step's call
         self.dist.kind = "hybrid" if "hybrid" in kinds else "fsdp" if "fsdp" in kinds else "ddp"
         for assign in found.assigns_to_a_name:
             target = assign.targets[0].target.value
@@ -316,10 +322,10 @@ class DistributedRewrite(TrainingRewrite):
                     self.dist.world_counts.add(id(value))
 
     def trigger_words(self):
-        return {*super().trigger_words(), *self.dist.words}
+        return self.dist.words
 
     def trigger_state(self):
-        return super().trigger_state(), len(self.dist.words)
+        return len(self.dist.words)
 
     def _fsdp_kind(self, call: cst.Call) -> str:
         strategy = _keyword(call, "sharding_strategy")
@@ -386,66 +392,74 @@ class DistributedRewrite(TrainingRewrite):
         return name if name in ENVIRONMENT else None
 
     # calls ----------------------------------------------------------------------
-    def visit_Call(self, node: cst.Call) -> None:
-        super().visit_Call(node)
+    def after_visit_Call(self, node: cst.Call) -> None:
         if not self.dist.active:
             return
         if _normal(self.ctx.qualified_name(node.func)) in OWN_CALLS:
-            self._kept_depth += 1  # the arguments are this pass's business
+            self.scope.kept_depth += 1  # the arguments are this pass's business
         if m.matches(node.func, m.Name("int")) and len(node.args) == 1 and self._env_name(node.args[0].value):
             self.dist.int_env.add(id(node.args[0].value))
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
+        """Before the other concerns: the calls this concern converts itself end the leave (Final)."""
         if not self.dist.active:
-            return super().leave_Call(original_node, updated_node)
+            return updated_node
         qualified = _normal(self.ctx.qualified_name(original_node.func))
         if qualified in OWN_CALLS:
-            self._kept_depth -= 1
+            self.scope.kept_depth -= 1
         if qualified in SAMPLER or qualified in DATALOADER:
-            updated_node = super().leave_Call(original_node, updated_node)  # kept: torch's data loading
-            return self._sampler(original_node, updated_node) if qualified in SAMPLER \
-                else self._loader(original_node, updated_node)
+            return updated_node  # kept as torch's data loading by the calls rewrite, then after_leave_Call
         if qualified in DDP or qualified in FSDP:
-            return self._wrap(qualified, original_node, updated_node)
+            return Final(self._wrap(qualified, original_node, updated_node))
         if qualified in SPAWN:
-            return self._spawn(original_node, updated_node)
+            return Final(self._spawn(original_node, updated_node))
         if qualified in SAVE:
-            return self._save(original_node, updated_node)
+            return Final(self._save(original_node, updated_node))
         if qualified in SYNC_BN and len(updated_node.args) == 1:
             self.report("PT020", original_node, "SyncBatchNorm: the converted step computes batch statistics over "
                                                 "the global batch already; the conversion is dropped")
-            return self._changed("sync-batchnorm", original_node, updated_node.args[0].value)
+            return Final(self._changed("sync-batchnorm", original_node, updated_node.args[0].value))
         if qualified in DEVICE_COUNT and id(original_node) in self.dist.world_counts:
             self.report("PT020", original_node, "torch.cuda.device_count() gives the number of processes "
                                                 "mp.spawn starts, one per GPU: the world size, jax.device_count()")
-            return self._changed("device-count", original_node, expr("jax.device_count()"))
+            return Final(self._changed("device-count", original_node, expr("jax.device_count()")))
         if qualified in DEVICE_COUNT:
-            return self._changed("device-count", original_node, expr("jax.local_device_count()"))
+            return Final(self._changed("device-count", original_node, expr("jax.local_device_count()")))
         if qualified in SET_DEVICE or qualified in ("torch.distributed.init_process_group",
                                                     "torch.distributed.all_reduce"):
-            if id(original_node) not in self._statement_calls:
+            if id(original_node) not in self.scope.statement_calls:
                 self.report("PT023", original_node, f"{qualified} is converted as a statement of its own only; "
                                                     "left unchanged")
-            return updated_node  # statements: leave_SimpleStatementLine
+            return Final(updated_node)  # statements: leave_SimpleStatementLine
         if qualified.startswith(DIST):
-            return self._dist_call(qualified, original_node, updated_node)
+            return Final(self._dist_call(qualified, original_node, updated_node))
         name = self._env_name(original_node)
         if name:
             self._report_env(name, original_node, "kept: a launcher sets it, a single process reads the default "
                                                   "as the original does")
-            return updated_node
+            return Final(updated_node)
         if m.matches(updated_node.func, m.Attribute(value=m.Name(), attr=m.Name("state_dict"))) \
                 and not updated_node.args and updated_node.func.value.value in self._state_owners():
             owner = updated_node.func.value.value  # `ddp_model.module.state_dict()`: .module went already
             new = expr(f"nnx.state({owner}, nnx.Not(nnx.RngState))") if owner in self.dist.models \
                 else expr(f"nnx.state({owner})")
-            return self._changed("state-dict", original_node, new)
+            return Final(self._changed("state-dict", original_node, new))
         if m.matches(original_node.func, m.Attribute(value=m.Name(), attr=m.Name())) \
                 and original_node.func.value.value in self.dist.models \
                 and original_node.func.attr.value in WRAPPER_METHODS:
             self.report("PT023", original_node, f"{WRAPPER_METHODS[original_node.func.attr.value]}; left unchanged")
-            return updated_node
-        result = super().leave_Call(original_node, updated_node)
+            return Final(updated_node)
+        return updated_node
+
+    def after_leave_Call(self, original_node: cst.Call, result):
+        """After the other concerns: samplers and loaders adapted, a summed loss's optimizer averaging."""
+        if not self.dist.active:
+            return result
+        qualified = _normal(self.ctx.qualified_name(original_node.func))
+        if qualified in SAMPLER:
+            return self._sampler(original_node, result)
+        if qualified in DATALOADER:
+            return self._loader(original_node, result)
         if qualified.startswith("torch.optim.") and m.matches(result, m.Call(
                 func=m.Attribute(value=m.Name("nnx"), attr=m.Name("Optimizer")))) and len(result.args) >= 2:
             info = self.ctx.optimizers.get(id(original_node))
@@ -463,9 +477,6 @@ class DistributedRewrite(TrainingRewrite):
                                        "ranks' gradients: over the global batch the gradient is jax.device_count() "
                                        "times that average, so the optimizer divides it first")
         return self._changed("ddp-gradient-average", original, optimizer.with_changes(args=args))
-
-    def _converts_checkpoints(self) -> bool:
-        return not self.dist.active  # torch.save -> save_checkpoint (Orbax), written by every process
 
     def _state_owners(self) -> set[str]:
         return self.dist.models | {i.name for i in self.ctx.optimizers.values()}
@@ -517,8 +528,7 @@ class DistributedRewrite(TrainingRewrite):
             return self._env(name, original_node)
         return updated_node
 
-    def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
-        updated = super().leave_Attribute(original_node, updated_node)
+    def after_leave_Attribute(self, original_node: cst.Attribute, updated: cst.Attribute):
         if self.dist.active and m.matches(original_node, m.Attribute(value=m.Name(), attr=m.Name("module"))) \
                 and original_node.value.value in self.dist.wrapped and isinstance(updated, cst.Attribute):
             return self._changed("ddp-module", original_node, updated.value)
@@ -634,7 +644,7 @@ class DistributedRewrite(TrainingRewrite):
                                        "devices, so the function runs once, with the process index as its rank")
         new = cst.Call(positional[0], _with_commas(call_args))
         if isinstance(positional[0], cst.Name) and positional[0].value in self.ctx.rngs_functions:
-            new = self._add_rngs(original, new)  # the function builds layers: it takes rngs now
+            new = self.scope.add_rngs(original, new)  # the function builds layers: it takes rngs now
         return self._changed("spawn", original, new)
 
     def _save(self, original: cst.Call, updated: cst.Call):
@@ -656,29 +666,33 @@ class DistributedRewrite(TrainingRewrite):
         frame = self.dist.rank0[-1] if self.dist.rank0 else None
         self.dist.direct_rank0_child = frame is not None and id(node) in frame
         if self.dist.active and id(node) in self.dist.policies:
-            self._kept_depth += 1
+            self.scope.kept_depth += 1
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
         if not self.dist.active:
-            return super().leave_SimpleStatementLine(original_node, updated_node)
+            return updated_node
         if id(original_node) in self.dist.policies:
-            self._kept_depth -= 1
+            self.scope.kept_depth -= 1
             self.record("fsdp-policy", original_node, cst.Pass())
-            return self._remove(original_node)
+            return Final(self._remove(original_node))
         if id(original_node) in self.dist.divisions:
             self.record("all-reduce-mean", original_node, cst.Pass())
-            return self._remove(original_node)
-        statement = small(original_node)
-        call = statement.value if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call) else None
+            return Final(self._remove(original_node))
+        call = _statement_call(original_node)
         qualified = _normal(self.ctx.qualified_name(call.func)) if call is not None else ""
         if qualified == "torch.distributed.init_process_group":
-            return self._mesh(original_node, updated_node, replace=True)
+            return Final(self._mesh(original_node, updated_node, replace=True))
         if qualified in SET_DEVICE:
             self.record("set-device", original_node, cst.Pass())
-            return self._remove(original_node)
+            return Final(self._remove(original_node))
         if qualified == "torch.distributed.all_reduce":
-            return self._all_reduce(original_node, call, updated_node)
-        updated = super().leave_SimpleStatementLine(original_node, updated_node)
+            return Final(self._all_reduce(original_node, call, updated_node))
+        return updated_node
+
+    def after_leave_SimpleStatementLine(self, original_node, updated):
+        if not self.dist.active:
+            return updated
+        statement = small(original_node)
         if isinstance(updated, cst.SimpleStatementLine) and _self_assignment(small(updated)) \
                 and not _self_assignment(statement):
             self.record("self-assignment", original_node, cst.Pass())  # `model = model.cuda()` once placement went
@@ -750,14 +764,12 @@ class DistributedRewrite(TrainingRewrite):
             self.dist.orphans[id(original)] = original.leading_lines
         return cst.RemoveFromParent()
 
-    def on_leave(self, original_node, updated_node):
-        result = super().on_leave(original_node, updated_node)
+    def left(self, original_node, result) -> None:
         if self.dist.active and isinstance(original_node, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
             self.dist.converted[id(original_node)] = result
-        return result
 
     def leave_IndentedBlock(self, original_node, updated_node):
-        return super().leave_IndentedBlock(original_node, self._adopt_orphans(original_node.body, updated_node))
+        return self._adopt_orphans(original_node.body, updated_node)
 
     def _adopt_orphans(self, original_body, updated):
         if not self.dist.orphans:
@@ -806,24 +818,15 @@ class DistributedRewrite(TrainingRewrite):
         return cst.FlattenSentinel([new_if, *[h.with_changes(leading_lines=[]) for h in hoisted]])
 
     # training loops --------------------------------------------------------------------
-    def batch_argument(self, name: str) -> str:
-        return name if self.dist.active else super().batch_argument(name)
-
-    def _batch_arguments(self, original, loop):
-        batch = super()._batch_arguments(original, loop)
-        self.dist.last_batch = batch
-        return batch
-
-    def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
-        steps = len(self.ctx.training_steps)
-        converted = super()._convert_loop_body(original, updated)
-        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.dist.last_batch:
+    def _shard_batches(self, original: cst.For, converted: cst.For, steps: int) -> cst.For:
+        """A loop made into a train step: its batch is sharded over the mesh before the step's call."""
+        if not self.dist.active or len(self.ctx.training_steps) == steps or not self.scope.training_loops.last_batch:
             return converted
         step = f"{self.ctx.training_steps[-1]}_fast"
         body = list(converted.body.body)
         at = next(i for i, s in enumerate(body) if m.findall(s, m.Call(func=m.Name(step))))
         axes = MESHES[self.dist.kind or "ddp"][3]
-        batch = self.dist.last_batch
+        batch = self.scope.training_loops.last_batch
         targets = ", ".join(batch)
         values = ", ".join(f"shard_batch({b}, {axes})" for b in batch)
         rebind = cst.parse_statement(f"{targets} = {values}  # this process's rows -> the global batch\n")
@@ -844,6 +847,11 @@ class DistributedRewrite(TrainingRewrite):
         body.insert(at, start.with_changes(leading_lines=[cst.EmptyLine()]))
         self.ctx.need_helper("initialize_distributed")
         return updated_node.with_changes(body=body)
+
+
+def _statement_call(line: cst.SimpleStatementLine) -> cst.Call | None:
+    statement = small(line)
+    return statement.value if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call) else None
 
 
 def _self_assignment(statement) -> bool:

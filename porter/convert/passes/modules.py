@@ -1,6 +1,7 @@
-"""nn.Module subclasses -> nnx.Module: bases, constructor signature (plus
-keyword-only rngs), super().__init__(), forward -> __call__, register_buffer,
-and state assignments outside the constructor."""
+"""The module structure concern (passes/concerns.py): nn.Module subclasses -> nnx.Module: bases, constructor
+signature (plus keyword-only rngs), super().__init__(), forward -> __call__, register_buffer, state
+assignments outside the constructor, self.training, buffers read as arrays, and module and parameter queries
+(`self.modules()`, porter/convert/module_queries.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from porter.convert import module_queries
 from porter.convert.tying import sublayer_parameter, tie_heads
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
-from porter.convert.passes.calls import CallRewrite
+from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
-from libcst.metadata import PositionProvider
 from porter.convert.transforms import keyword_arg, expr
 from porter.convert.traverse import find_all
 
@@ -42,24 +42,24 @@ LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
 LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
 
 
-class ModuleRewrite(CallRewrite):
+class ModuleStructure:
+    """Next to the calls concern in the pipeline's list: its hooks run right around the calls concern's."""
+
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "apply", "modules",
-                               "named_modules", "named_apply", "trunc_normal_", "lecun_normal_",
+    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "modules", "named_modules",
                                *module_queries.MODULE_ITERATORS, *module_queries.PARAMETER_ITERATORS,
                                *LAYER_PARAMETER_NAMES})
 
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx)
+    def __init__(self, scope) -> None:
+        self.scope = scope
+        self.ctx, self.report, self.record = scope.ctx, scope.report, scope.record
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
-        self._init_statements: set[int] = set()  # ids of __init__ statements that only initialise weights
         self._bare_training: set[int] = set()  # self.training where `not self.deterministic` needs no parentheses
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
         self._training_classes: set[str] = set()  # module classes that read self.training
         self._training_stores: set[int] = set()
         # module and parameter queries (porter/convert/module_queries.py)
         self._queries: dict[int, tuple[str, cst.CSTNode]] = {}  # id of `R.modules()` -> (method, its loop)
-        self._query_type_tests: set[int] = set()  # class expressions of isinstance tests on a query's variable
         self._order_free: set[int] = set()  # generators whose consumer ignores order (sum, any)
         self._parameter_loops: dict[int, str] = {}  # id of `for p in R.parameters()` (CompFor) -> p
         self._unpacked_loops: set[int] = set()  # `for m in R.modules()` (For, CompFor): `for _, m in ...` will do
@@ -69,67 +69,59 @@ class ModuleRewrite(CallRewrite):
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
         self._file_functions: set[str] = set()  # the file's top-level functions
 
-    # weight initialisation in __init__ goes (porter/convert/weight_init.py)
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if type(node) is cst.Module:
+    # where the traversal is: the scope's
+    @property
+    def module_class(self) -> str | None:
+        return self.scope.module_class
+
+    @property
+    def method(self) -> str | None:
+        return self.scope.method
+
+    @property
+    def in_module_method(self) -> bool:
+        return self.scope.in_module_method
+
+    def visit_any(self, node: cst.CSTNode) -> None:
+        kind = type(node)
+        if kind is cst.Module:
             self._file_functions = {s.name.value for s in node.body if type(s) is cst.FunctionDef}
-        if self.module_class:
+        module_class = self.scope.module_class
+        if module_class:
             self._note_training_context(node)
-        if self.module_class and (type(node) in _TRUTH_TESTS or type(node) is cst.Comparison):
-            self._note_buffer_tests(node)
-        if self.module_class and type(node) is cst.Expr:
-            self._note_buffer_write(node.value)
-        if type(node) is cst.Assign and self.in_module_method:
+            if kind in _TRUTH_TESTS or kind is cst.Comparison:
+                self._note_buffer_tests(node)
+            if kind is cst.Expr:
+                self._note_buffer_write(node.value)
+        if kind is cst.Assign and self.scope.in_module_method:
             self._note_variable_bindings(node)
-        if type(node) is cst.Call:
-            if self.module_class:
+        if kind is cst.Call:
+            if module_class:
                 self._note_einops_arguments(node)
             generator = module_queries.order_free(node)
             if generator is not None:
                 self._order_free.add(id(generator))
-        elif type(node) in module_queries.COMPREHENSIONS or type(node) is cst.For:
+        elif kind in module_queries.COMPREHENSIONS or kind is cst.For:
             self._note_query(node)
-        if type(node) is cst.ClassDef and node.name.value in self.ctx.module_classes:
-            methods = self.ctx.init_methods.get(node.name.value, set())
-            self._init_statements |= {id(s) for s in node.body.body
-                                      if isinstance(s, cst.FunctionDef) and s.name.value in methods}
-        elif type(node) is cst.FunctionDef and node.name.value == "__init__" and self.module_class \
-                and not self.function_stack:
-            methods = self.ctx.init_methods.get(self.module_class, set())
-            self._init_statements |= {id(s) for s in node.body.body if is_init_statement(s, self.ctx, methods)}
-        return super().on_visit(node)
 
-    def on_leave(self, original_node, updated_node):
-        updated_node = super().on_leave(original_node, updated_node)
+    def after_leave_any(self, original_node, updated_node):
         if type(original_node) is cst.For and type(updated_node) is cst.For:  # (the training pass's leave_For is its own)
             updated_node = self._unpack_query(original_node, updated_node)
         if id(original_node) in self._not_training and m.matches(updated_node.expression, m.UnaryOperation(m.Not())):
             return updated_node.expression.expression.with_changes(lpar=original_node.lpar, rpar=original_node.rpar)
-        if id(original_node) not in self._init_statements:
-            return updated_node
-        span = self.get_metadata(PositionProvider, original_node)
-        first, last = span.start.line, span.end.line
-        self.ctx.forget_reports(first, last)
-        lines = f"line {first}" if first == last else f"lines {first}-{last}"
-        what = f"method {original_node.name.value}" if isinstance(original_node, cst.FunctionDef) else lines
-        self.report("PT005", original_node,
-                    f"weight initialisation removed ({what}): the converted layers start from flax's initialisers; "
-                    "load the original's weights (porter weights / load_torch_state_dict), or port this "
-                    "initialisation by hand to train from scratch")
-        self.record("weight-init", original_node, cst.Pass())
-        return cst.RemoveFromParent()
+        return updated_node
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
         if id(original_node) in self._buffer_writes:
-            return updated_node  # leave_Expr makes it an item assignment
+            return Final(updated_node)  # leave_Expr makes it an item assignment
         if id(original_node) in self._queries:
             method, loop = self._queries.pop(id(original_node))
             new = module_queries.replacement(method, updated_node.func.value, self.ctx)
             for warning in module_queries.warnings(method, loop, id(loop) not in self._order_free):
                 self.report("PT005", original_node, f"{code_of(original_node.func)}(): {warning}")
             self.record(f"module-{method}", original_node, new)
-            return new
-        return super().leave_Call(original_node, updated_node)
+            return Final(new)
+        return updated_node
 
     def leave_CompFor(self, original_node: cst.CompFor, updated_node: cst.CompFor) -> cst.CompFor:
         """`if p.requires_grad` on a parameter query goes: every flax Param is trained."""
@@ -149,10 +141,9 @@ class ModuleRewrite(CallRewrite):
         return updated.with_changes(target=inner.target.with_changes(lpar=[], rpar=[]).deep_replace(
             inner.target.elements[1].value, updated.target), iter=inner.iter)
 
-    def _convert_reference(self, original, updated) -> cst.BaseExpression:
-        """`isinstance(m, nn.Linear)` on a module query's variable: the class porter builds for nn.Linear."""
-        if id(original) not in self._query_type_tests or id(original) in self._inner:
-            return super()._convert_reference(original, updated)
+    def _query_type_test(self, original, updated) -> cst.BaseExpression:
+        """`isinstance(m, nn.Linear)` on a module query's variable: the class porter builds for nn.Linear (the
+        calls rewrite hands it over: scope.replaced_references)."""
         qualified = self.ctx.qualified_name(original)
         if not qualified or qualified.split(".")[0] != "torch":
             return updated  # a module class of this code: the converted class has its name
@@ -168,7 +159,7 @@ class ModuleRewrite(CallRewrite):
 
     def _note_query(self, loop: cst.CSTNode) -> None:
         """`for m in self.modules()` / `[... for p in model.parameters() ...]`: the query is rewritten in
-        leave_Call, isinstance tests on its variable in _convert_reference."""
+        leave_Call, isinstance tests on its variable by _query_type_test."""
         comprehension = type(loop) is not cst.For
         if not comprehension and self._initialises(loop):
             return  # weight initialisation mixed with other work: kept whole, its init calls reported
@@ -187,7 +178,8 @@ class ModuleRewrite(CallRewrite):
         if method in module_queries.PARAMETER_ITERATORS:
             self._parameter_loops[id(for_in)] = variable
         else:
-            self._query_type_tests |= module_queries.type_tests(loop, variable)
+            for test in module_queries.type_tests(loop, variable):
+                self.scope.replaced_references[test] = self._query_type_test
 
     def _note_buffer_tests(self, node: cst.CSTNode) -> None:
         """`if self.initted:`, `not self.initted`, `self.initted and ...`: an nnx Variable has no truth value."""
@@ -262,9 +254,8 @@ class ModuleRewrite(CallRewrite):
         methods = self.ctx.init_methods.get(self.module_class, set()) if self.module_class else set()
         return any(is_init_statement(s, self.ctx, methods) for s in find_all(loop.body, cst.SimpleStatementLine))
 
-    def visit_Call(self, node: cst.Call) -> None:
+    def after_visit_Call(self, node: cst.Call) -> None:
         """Marks `self.training` in arguments a rule consumes (F.dropout's training=...)."""
-        super().visit_Call(node)
         qualified = self.ctx.qualified_name(node.func)
         rule = self.ctx.rules.lookup(qualified) if qualified else None
         if rule is None:
@@ -283,17 +274,16 @@ class ModuleRewrite(CallRewrite):
                 updated_node = self._add_training_mode(name, updated_node)
             updated_node = self._add_constructor_taking_rngs(original_node, updated_node)
             updated_node = self._inject_init_statements(name, updated_node)
-            updated_node = tie_heads(self, original_node, updated_node)
-        return super().leave_ClassDef(original_node, updated_node)
+            updated_node = tie_heads(self.scope, original_node, updated_node)
+        return updated_node
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
-        cls, method = self.module_class, self.method
-        is_factory = not self.class_stack and len(self.function_stack) == 1 \
-            and original_node.name.value in self.ctx.rngs_functions
-        updated_node = super().leave_FunctionDef(original_node, updated_node)
-        if is_factory:
+        scope = self.scope  # (before the scope leaves the function)
+        cls, method = scope.module_class, scope.method
+        if not scope.class_stack and len(scope.function_stack) == 1 \
+                and original_node.name.value in self.ctx.rngs_functions:  # a layer factory
             return self._add_rngs_param(original_node, updated_node)
-        if cls is None or len(self.function_stack) != 0:
+        if cls is None or len(scope.function_stack) != 1:
             return updated_node
         if (method == "__init__" and cls not in self.ctx.rngs_free_classes) \
                 or method in self.ctx.methods_needing_rngs.get(cls, ()):
@@ -337,23 +327,23 @@ class ModuleRewrite(CallRewrite):
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
         if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
-            return self._read_variable(original_node, updated_node)
-        parameter = self._layer_parameter(original_node) or sublayer_parameter(self, original_node)
+            return Final(self._read_variable(original_node, updated_node))
+        parameter = self._layer_parameter(original_node) or sublayer_parameter(self.scope, original_node)
         if parameter is not None:
-            return self._read_layer_parameter(original_node, *parameter)
+            return Final(self._read_layer_parameter(original_node, *parameter))
         transposed = self._layer_parameter(original_node.value) if original_node.attr.value == "T" else None
         if transposed is not None and transposed[2].layout == "matrix_transpose":  # `self.fc.weight.T`: the kernel
             new = expr(f"{code_of(original_node.value.value)}.{transposed[2].flax_name}[...]")
             self.record("layer-parameter", original_node, new)
-            return new
+            return Final(new)
         if self.module_class and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
             new = updated_node.with_changes(attr=cst.Name("__call__"))
             self.record("module-forward", original_node, new)
-            return new
+            return Final(new)
         if self.module_class and m.matches(original_node, SELF_TRAINING) \
                 and id(original_node) not in self._understood_training | self._training_stores:
-            return self._training_mode(original_node)
-        return super().leave_Attribute(original_node, updated_node)
+            return Final(self._training_mode(original_node))
+        return updated_node
 
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign):
         """self.buf = expr outside __init__ updates the variable in place (nnx state); in __init__, an

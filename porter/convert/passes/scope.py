@@ -13,7 +13,8 @@ skipping never changes the output.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import libcst as cst
 from libcst.metadata import PositionProvider
@@ -21,7 +22,8 @@ from libcst.metadata import PositionProvider
 from porter.convert.context import CONVENTIONAL_ALIASES, ConversionContext
 from porter.convert.precedence import fit_all_operands, fit_operands, keep_parentheses
 from porter.convert.source_index import STATEMENT_TYPES, SourceIndex
-from porter.convert.traverse import FastDispatch
+from porter.convert.passes.concerns import Final, hook_table
+from porter.convert.transforms import expr, keyword_arg
 
 TENSOR_METHOD_PREFIX = "torch.Tensor."
 
@@ -38,7 +40,18 @@ def _tensor_methods(rules) -> frozenset[str]:
     return found[1]
 
 
-class ScopedTransformer(FastDispatch, cst.CSTTransformer):
+@dataclass
+class LoopOptions:
+    """What concerns other than the training loops' change about converting a training loop (distributed)."""
+
+    converts_checkpoints: bool = True  # False: checkpoints are written another way (torch.save kept by training)
+    batches_as_they_are: bool = False  # True: the step's call takes the batch names without jnp.asarray
+    last_batch: list[str] = field(default_factory=list)  # the batch arguments of the loop converted last
+    # called with (original loop, converted loop, len(ctx.training_steps) before it) after each loop
+    adapters: list = field(default_factory=list)
+
+
+class ScopedTransformer(cst.CSTTransformer):
     METADATA_DEPENDENCIES = ()
     # identifiers this class's leave_/visit_ methods react to beyond the torch names, module classes,
     # layer factories and tensor methods every pass sees (union over the class hierarchy)
@@ -52,6 +65,20 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         self._bodies = FunctionBodies(ctx)
         self._index: SourceIndex | None = None
         self._base_words: tuple[object, frozenset[str]] | None = None
+        self.training_loops = LoopOptions()
+        # original statements a concern replaces whole, decided when the traversal entered their parent (weight
+        # initialisation): skipped unvisited, and at their leave replaced by what the function returns
+        self.replaced_unvisited: dict[int, Callable[[cst.CSTNode, cst.CSTTransformer], object]] = {}
+        # imported names and attributes another concern converts in the calls rewrite's place (module queries'
+        # isinstance tests): (original, updated) -> the replacement
+        self.kept_depth = 0  # > 0 inside a call whose arguments stay as they are (torch's data loading, a folded clip)
+        self.statement_calls: set[int] = set()  # ids of calls that are whole expression statements
+        self.replaced_references: dict[int, Callable[[cst.CSTNode, cst.CSTNode], cst.BaseExpression]] = {}
+        self._visits, self._leaves = hook_table(self, [])
+
+    def use_concerns(self, concerns: list) -> None:
+        """The concerns whose node-type hooks wrap this pass's own (passes/concerns.py)."""
+        self._visits, self._leaves = hook_table(self, concerns)
 
     def attach(self, index: SourceIndex) -> None:
         """The positions (and text) of the module this pass will visit."""
@@ -114,7 +141,10 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
         every operand the rule built inside it. Each statement built in the place of an original one is noted
         for the output gate (porter/convert/output_gate.py), which puts the original back where the new one
         does not compile."""
-        new = super().on_leave(original_node, updated_node)
+        leave = self._leaves[type(original_node)]
+        new = updated_node if leave is None else leave(original_node, updated_node)
+        if type(new) is Final:  # a lone concern's leave_X (passes/concerns.py)
+            new = new.node
         if new is original_node:
             return new
         if new is updated_node:  # a child was replaced
@@ -137,7 +167,8 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
 
     def on_visit(self, node: cst.CSTNode) -> bool:
         self._bodies.reached(node)
-        return super().on_visit(node)
+        visit = self._visits[type(node)]
+        return True if visit is None else visit(node) is not False
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.function_stack.append(node.name.value)
@@ -179,6 +210,25 @@ class ScopedTransformer(FastDispatch, cst.CSTTransformer):
                 return default
             raise KeyError(f"{type(node).__name__} is not a node of the original module")
         return super().get_metadata(key, node, default) if default is not ... else super().get_metadata(key, node)
+
+    # layers built here: the rngs they take --------------------------------------
+    def add_rngs(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if any(arg.keyword and arg.keyword.value == "rngs" for arg in updated.args):
+            return updated
+        new = updated.with_changes(args=[*updated.args, keyword_arg("rngs", self.rngs(original))])
+        self.record("module-construct", original, new)
+        return new
+
+    def rngs(self, node: cst.CSTNode) -> cst.BaseExpression:
+        """Inside a module's methods and layer factories the `rngs` argument; elsewhere a seeded Rngs."""
+        if self.module_class and self.method != "forward":
+            return cst.Name("rngs")
+        if self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions:
+            return cst.Name("rngs")
+        seed = self.ctx.seed or "0"
+        self.report("PT007", node, f"layers built outside a module get their initial values from nnx.Rngs({seed}) "
+                                   "(JAX's generator: not the numbers torch would draw)")
+        return expr(f"nnx.Rngs({seed})")
 
     def report(self, code: str, node: cst.CSTNode, message: str) -> None:
         self.ctx.report(code, *self.position(node), message)

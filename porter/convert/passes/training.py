@@ -25,7 +25,7 @@ import libcst.matchers as m
 from porter.convert import checkpoints, data_side
 from porter.convert.context import OptimizerInfo, code_of
 from porter.convert.traverse import find_all
-from porter.convert.passes.modules import ModuleRewrite
+from porter.convert.passes.concerns import Final
 
 ZERO_GRAD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("zero_grad"))))
 BACKWARD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("backward")), args=[]))
@@ -132,12 +132,16 @@ class AccumulationNames:
     grads: str  # the gradient sum (torch's .grad)
 
 
-class TrainingRewrite(ModuleRewrite):
+class TrainingLoops:
+    """The training loops concern (passes/concerns.py): it wraps the calls and modules rewrite (`scope`)."""
+
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
     TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", "state_dict", "load_state_dict", *PLACEMENT_METHODS})
 
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx)
+    def __init__(self, scope) -> None:
+        self.scope = scope
+        self.ctx, self.report, self.record, self.mentions = scope.ctx, scope.report, scope.record, scope.mentions
+        self.loops = scope.training_loops  # what other concerns change about training loops (scope.LoopOptions)
         self._loop_depth = 0
         self._pending_steps: list[cst.BaseStatement] = []
         self._loop_targets: list[set[str]] = []
@@ -200,7 +204,7 @@ class TrainingRewrite(ModuleRewrite):
         if len(original_node.items) == 1 and id(original_node.items[0].item) in self._grad_contexts \
                 and original_node.items[0].asname is None and isinstance(updated_node.body, cst.IndentedBlock):
             body = list(updated_node.body.body)
-            if self.module_class is not None:  # inside the model: its gradients must not flow through the block
+            if self.scope.module_class is not None:  # inside the model: its gradients must not flow through the block
                 body = stop_gradients(body)
                 if body is None:
                     self.report("PT004", original_node, "torch.no_grad() block in model code holds more than "
@@ -216,42 +220,37 @@ class TrainingRewrite(ModuleRewrite):
     def visit_Decorator(self, node: cst.Decorator) -> None:
         if self._is_grad_context(node.decorator):
             self._grad_contexts.add(id(node.decorator))
-        super().visit_Decorator(node)
 
     def leave_Decorator(self, original_node: cst.Decorator, updated_node: cst.Decorator):
         if id(original_node.decorator) in self._grad_contexts:
             self.record("no-grad", original_node, cst.Pass())
-            return cst.RemoveFromParent()
-        return super().leave_Decorator(original_node, updated_node)
+            return Final(cst.RemoveFromParent())
+        return updated_node
 
-    def visit_Call(self, node: cst.Call) -> None:
-        super().visit_Call(node)
+    def after_visit_Call(self, node: cst.Call) -> None:
         if id(node) in self._folded_clips:
-            self._kept_depth += 1  # nothing inside a folded clip call is converted or reported
+            self.scope.kept_depth += 1  # nothing inside a folded clip call is converted or reported
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call):
         if id(original_node) in self._folded_clips:
-            self._kept_depth -= 1
-            return updated_node  # the statement goes with the loop's conversion (PT010 if the loop stays)
+            self.scope.kept_depth -= 1
+            return Final(updated_node)  # the statement goes with the loop's conversion (PT010 if the loop stays)
         if id(original_node) in self._grad_contexts or id(original_node.func) in self._grad_contexts:
-            return updated_node
+            return Final(updated_node)
         qualified = self.ctx.qualified_name(original_node.func) or ""
-        if qualified in ("torch.manual_seed", "torch.random.manual_seed") and not self.function_stack \
+        if qualified in ("torch.manual_seed", "torch.random.manual_seed") and not self.scope.function_stack \
                 and original_node.args:
             self.ctx.seed = code_of(original_node.args[0].value)
         checkpoint = self._checkpoint_call(qualified, original_node, updated_node)
         if checkpoint is not None:
-            return checkpoint
-        return super().leave_Call(original_node, updated_node)
-
-    def _converts_checkpoints(self) -> bool:
-        return True  # a subclass that writes checkpoints its own way says no
+            return Final(checkpoint)
+        return updated_node
 
     def _checkpoint_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.Call | None:
         """torch.save / torch.load / load_state_dict of a checkpoint (porter/convert/checkpoints.py); None:
         the call is not one of those."""
         found = self._checkpoints
-        if found is None or not self._converts_checkpoints():
+        if found is None or not self.loops.converts_checkpoints:
             return None
         owners = checkpoints.state_owners(self.ctx, found.models)
         if qualified in checkpoints.SAVE and (checkpoints.saves_owner_state(original, owners)
@@ -272,7 +271,7 @@ class TrainingRewrite(ModuleRewrite):
         elif checkpoints.copies_owner_state(original, owners):
             new, helper, note = checkpoints.convert_copy(updated), "numpy_state", None
         elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
-                and id(original) in self._statement_calls:
+                and id(original) in self.scope.statement_calls:
             new, helper, note = checkpoints.convert_load_state_dict(updated), "load_numpy_state", None
             if any(i.name == original.func.value.value and i.scheduled for i in self.ctx.optimizers.values()):
                 note = ("PT005", f"{original.func.value.value} has a learning-rate scheduler: the rate comes back "
@@ -300,13 +299,13 @@ class TrainingRewrite(ModuleRewrite):
         if self._loop_depth == 0 and m.matches(statement, ZERO_GRAD) \
                 and any(self._zero_grad_of(original_node, info.name) for info in self.ctx.optimizers.values()):
             self.record("zero-grad", original_node, cst.Pass())
-            return cst.RemoveFromParent()
+            return Final(cst.RemoveFromParent())
         if isinstance(statement, cst.Expr) and m.matches(statement.value, m.Call(func=m.Attribute(
                 attr=m.OneOf(*[m.Name(n) for n in PLACEMENT_METHODS])))) \
                 and isinstance(small(updated_node), cst.Expr) and isinstance(small(updated_node).value, cst.Name):
             self.record("device-placement", original_node, cst.Pass())
-            return cst.RemoveFromParent()
-        return super().leave_SimpleStatementLine(original_node, updated_node)
+            return Final(cst.RemoveFromParent())
+        return updated_node
 
     def _is_grad_context(self, node: cst.BaseExpression) -> bool:
         target = node.func if isinstance(node, cst.Call) else node
@@ -323,7 +322,10 @@ class TrainingRewrite(ModuleRewrite):
     def leave_For(self, original_node: cst.For, updated_node: cst.For):
         self._loop_depth -= 1
         self._loop_targets.pop()
+        steps = len(self.ctx.training_steps)
         updated_node = self._convert_loop_body(original_node, updated_node)
+        for adapt in self.loops.adapters:
+            updated_node = adapt(original_node, updated_node, steps)
         if self._loop_depth == 0 and self._pending_steps:
             steps, self._pending_steps = self._pending_steps, []
             return cst.FlattenSentinel([*steps, updated_node])
@@ -535,7 +537,7 @@ class TrainingRewrite(ModuleRewrite):
             f"{names.grads} = jax.tree.map(jnp.zeros_like, nnx.state({model}, nnx.Param))  # torch's .grad, summed\n"
         )
         self.ctx.training_steps += [names.accumulate, names.apply]
-        blank = [cst.EmptyLine()] * (1 if self.function_stack else 2)
+        blank = [cst.EmptyLine()] * (1 if self.scope.function_stack else 2)
         setup_statements = list(cst.parse_module(setup).body)
         setup_statements[0] = setup_statements[0].with_changes(leading_lines=blank)
         return [cst.parse_statement(accumulate).with_changes(leading_lines=blank),
@@ -593,7 +595,9 @@ class TrainingRewrite(ModuleRewrite):
         assigned_in_forward = set(names_in(*loop.forward).assigned)
         bound_by_loop = set(names_in(original.target).loaded)
         bound_by_loop |= set(names_in(*original.body.body[:loop.first]).assigned)
-        return [n for n in read if n in bound_by_loop and n not in assigned_in_forward and n != loop.model]
+        self.loops.last_batch = [n for n in read if n in bound_by_loop and n not in assigned_in_forward
+                                 and n != loop.model]
+        return self.loops.last_batch
 
     def _batches_converted_at_call(self, loop: TrainingLoop, batch: list[str]) -> None:
         """The step's call converts its batches (batch_argument): the forward it takes in reads them as they are,
@@ -639,7 +643,7 @@ class TrainingRewrite(ModuleRewrite):
         fast = f"{name}_fast = nnx.cached_partial({name}, {', '.join([model, optimizer, *rngs])})  # skips nnx.jit's " \
                "per-call graph walk\n"
         self.ctx.training_steps.append(name)
-        top_level = not self.function_stack
+        top_level = not self.scope.function_stack
         blank = [cst.EmptyLine()] * (2 if top_level else 1)
         return [cst.parse_statement(source).with_changes(leading_lines=blank),
                 cst.parse_statement(fast).with_changes(leading_lines=blank)]
@@ -654,13 +658,13 @@ class TrainingRewrite(ModuleRewrite):
 
     def _note_step_calls(self, original: cst.For, loop: TrainingLoop) -> None:
         """The functions the jitted step's forward calls: one drawing from the module-level Rngs is PT042."""
-        line, col = self.position(original)
+        line, col = self.scope.position(original)
         self.ctx.step_calls += [(call.func.value, line, col) for s in loop.forward
                                 for call in m.findall(s, m.Call(func=m.Name()))]
 
     def batch_argument(self, name: str) -> str:
-        """How a batch variable is handed to the train step (a subclass may shard it)."""
-        return f"jnp.asarray({name})"
+        """How a batch variable is handed to the train step (as it is where another concern shards it)."""
+        return name if self.loops.batches_as_they_are else f"jnp.asarray({name})"
 
     def _step_call(self, name: str, batch: list[str], outputs: list[str]) -> cst.SimpleStatementLine:
         args = ", ".join(self.batch_argument(b) for b in batch)
