@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from porter.convert.diagnostics import Change, Diagnostic, diagnostic
+from porter.convert.source_index import code_for_node
 from porter.rules.loader import RuleSet
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ _EMPTY_MODULE = cst.Module(body=[])
 
 
 def code_of(node: cst.CSTNode) -> str:
-    return _EMPTY_MODULE.code_for_node(node)
+    """`cst.Module([]).code_for_node(node)`: the node's code at the default indentation and newline."""
+    return code_for_node(_EMPTY_MODULE, node)
 
 
 @dataclass
