@@ -28,6 +28,7 @@ import functools
 import importlib
 import inspect
 import re
+import typing
 from typing import Callable
 
 import libcst as cst
@@ -311,20 +312,73 @@ def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
     """The nodes of the given types in `node`'s subtree (`node` included), in source order: what
     `libcst.matchers.findall(node, m.TypeName())` returns, without running a matcher visitor over it.
     (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)
-    Subtrees that cannot hold such a node are not entered (see _search_plan)."""
+    Subtrees that cannot hold such a node are not entered (see _search_plan), nor are the fields that can
+    hold only such subtrees (see _search_fields)."""
     wanted = frozenset(kinds) if isinstance(kinds, tuple) else frozenset((kinds,))
     only, skip = _search_plan(wanted)
+    past_trivia = bool(skip)
     found: list[CSTNode] = []
     stack = [node]
+    pop, push, extend, keep = stack.pop, stack.append, stack.extend, found.append
     while stack:
-        current = stack.pop()
+        current = pop()
         kind = type(current)
         if kind in wanted:
-            found.append(current)
+            keep(current)
         if kind in skip or (only is not None and kind not in only):
             continue
-        stack.extend(reversed(child_nodes(current)))
+        fields = _search_fields(kind, past_trivia)
+        if fields is None:
+            extend(reversed(current.children))
+            continue
+        for field in fields:  # last first: the stack pops them in order
+            value = getattr(current, field)
+            value_type = type(value)
+            if value_type is tuple or value_type is list:
+                extend(reversed(value))
+            elif value is not None and value_type is not MaybeSentinel:
+                push(value)
     return found
+
+
+@functools.cache
+def _search_fields(cls: type, past_trivia: bool) -> tuple[str, ...] | None:
+    """The fields of `cls` that find_all walks into, last first; None: it reads `node.children`. Past trivia (a
+    search that does not enter whitespace and punctuation, and finds none): without the fields whose type
+    allows only those (`whitespace_after_func`, `lpar`'s is not: a LeftParen is an expression node)."""
+    fields = spec(cls)
+    if fields is _FALLBACK:
+        return None
+    names = [field for field, _ in fields]
+    if past_trivia:
+        hints = _field_hints(cls)
+        names = [field for field in names if not _only_trivia(hints.get(field))]
+    return tuple(reversed(names))
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, object]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # pragma: no cover - an annotation that does not resolve: every field is walked
+        return {}
+
+
+def _only_trivia(hint: object) -> bool:
+    """The annotation allows only whitespace and punctuation nodes (and None, MaybeSentinel)."""
+    if hint is None:
+        return False
+    classes = _classes_of(hint)
+    return any(c.__module__ in _TRIVIA_MODULES for c in classes) \
+        and all(c.__module__ in _TRIVIA_MODULES or c is MaybeSentinel or c is type(None) for c in classes)
+
+
+def _classes_of(hint: object) -> list[type]:
+    """The classes an annotation names (Optional, Union, Sequence: their arguments); object for anything else."""
+    arguments = typing.get_args(hint)
+    if arguments:
+        return [c for argument in arguments for c in _classes_of(argument)]
+    return [hint] if isinstance(hint, type) else [object]
 
 
 _TRIVIA_MODULES = ("libcst._nodes.whitespace", "libcst._nodes.op")  # whitespace, comments, punctuation, operators
