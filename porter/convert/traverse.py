@@ -198,6 +198,10 @@ class _Walker:
         self.never = frozenset(getattr(skip, "never", ())) | never
         self.transformer = isinstance(visitor, CSTTransformer)
         self.hooks = _has_attribute_hooks(type(visitor))
+        # node type -> its fields to walk: without those that can hold only `never` types (an attribute hook
+        # is called for every field: then all)
+        self.specs: dict[type, tuple[tuple[str, str], ...] | None] = {}
+        self.pruned = frozenset() if self.hooks else self.never
 
     def walk(self, node: CSTNode):
         skip = self.skip
@@ -206,7 +210,10 @@ class _Walker:
         visitor = self.visitor
         updated = node
         if visitor.on_visit(node):
-            kinds = spec(type(node))
+            kind = type(node)
+            kinds = self.specs.get(kind, _UNKNOWN)
+            if kinds is _UNKNOWN:
+                kinds = self.specs[kind] = _walked_fields(kind, self.pruned)
             if kinds is _FALLBACK:
                 updated = node._visit_and_replace_children(visitor)
             elif kinds:
@@ -345,15 +352,23 @@ def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
 def _search_fields(cls: type, past_trivia: bool) -> tuple[str, ...] | None:
     """The fields of `cls` that find_all walks into, last first; None: it reads `node.children`. Past trivia (a
     search that does not enter whitespace and punctuation, and finds none): without the fields whose type
-    allows only those (`whitespace_after_func`, `lpar`'s is not: a LeftParen is an expression node)."""
+    allows only those (`whitespace_after_func`; not `lpar`: a LeftParen is an expression node)."""
+    fields = _walked_fields(cls, trivia() if past_trivia else frozenset())
+    return None if fields is _FALLBACK else tuple(field for field, _ in reversed(fields))
+
+
+_UNKNOWN = object()
+
+
+@functools.cache
+def _walked_fields(cls: type, left_out: frozenset[type]) -> tuple[tuple[str, str], ...] | None:
+    """spec(cls) without the fields whose annotation allows only nodes of the `left_out` types: a walk that
+    neither visits nor enters those has nothing to do there."""
     fields = spec(cls)
-    if fields is _FALLBACK:
-        return None
-    names = [field for field, _ in fields]
-    if past_trivia:
-        hints = _field_hints(cls)
-        names = [field for field in names if not _only_trivia(hints.get(field))]
-    return tuple(reversed(names))
+    if fields is _FALLBACK or not left_out:
+        return fields
+    hints = _field_hints(cls)
+    return tuple((field, kind) for field, kind in fields if not _only_of(hints.get(field), left_out))
 
 
 @functools.cache
@@ -364,13 +379,12 @@ def _field_hints(cls: type) -> dict[str, object]:
         return {}
 
 
-def _only_trivia(hint: object) -> bool:
-    """The annotation allows only whitespace and punctuation nodes (and None, MaybeSentinel)."""
+def _only_of(hint: object, kinds: frozenset[type]) -> bool:
+    """The annotation allows only nodes of `kinds` (besides None and MaybeSentinel)."""
     if hint is None:
         return False
-    classes = _classes_of(hint)
-    return any(c.__module__ in _TRIVIA_MODULES for c in classes) \
-        and all(c.__module__ in _TRIVIA_MODULES or c is MaybeSentinel or c is type(None) for c in classes)
+    classes = [c for c in _classes_of(hint) if c is not MaybeSentinel and c is not type(None)]
+    return bool(classes) and all(_concrete(c) and _concrete(c) <= kinds for c in classes)
 
 
 def _classes_of(hint: object) -> list[type]:
@@ -379,6 +393,15 @@ def _classes_of(hint: object) -> list[type]:
     if arguments:
         return [c for argument in arguments for c in _classes_of(argument)]
     return [hint] if isinstance(hint, type) else [object]
+
+
+@functools.cache
+def _concrete(cls: type) -> frozenset[type]:
+    """`cls` and its subclasses that are not abstract."""
+    found = {cls} if not inspect.isabstract(cls) else set()
+    for sub in cls.__subclasses__():
+        found |= _concrete(sub)
+    return frozenset(found)
 
 
 _TRIVIA_MODULES = ("libcst._nodes.whitespace", "libcst._nodes.op")  # whitespace, comments, punctuation, operators
