@@ -110,13 +110,12 @@ class _IndexingState(_FastTokens):
             push(len(tokens))
 
         def after_codegen(node) -> None:
-            start = pop()
-            end = len(tokens)
-            remember(id(node), (start, end))
+            span = (pop(), len(tokens))
+            remember(id(node), span)
             special = special_of(type(node))
             if special is not None:
                 if special is _PROSE_NODE:
-                    prose.append((start, end))
+                    prose.append(span)
                 elif indent_tokens:
                     indents[id(node)] = "".join(indent_tokens)
 
@@ -390,6 +389,8 @@ class _PlainState(_FastTokens):
 
 def code_for_node(module: cst.Module, node: cst.CSTNode) -> str:
     """`module.code_for_node(node)`, faster."""
+    if type(node) is CodeText:  # (the change log's original one-line expressions)
+        return node.text
     state = _PlainState(default_indent=module.default_indent, default_newline=module.default_newline)
     node._codegen(state)
     return "".join(state.tokens)
