@@ -218,3 +218,57 @@ def test_order_free_consumers_are_the_matchers(code):
     call = cst.parse_expression(code)
     matcher = m.Call(func=m.Name(m.MatchIfTrue(lambda n: n in _ORDER_FREE)), args=[m.Arg(m.GeneratorExp() | m.ListComp())])
     assert order_free(call) is (call.args[0].value if m.matches(call, matcher) else None)
+
+
+EVERY_SYNTAX = '''\
+"""doc"""
+from __future__ import annotations
+import a.b as c, d
+from .e import (f as g,  # why
+                h)
+@deco(1)
+@other
+async def fn[T](x: int = 1, /, *args: T, y=lambda q, *, r=2: q, **kw) -> list[T]:
+    global G
+    async with open(x) as (u, v), w:
+        async for i, *j in aiter(x):
+            yield i ** -j[1:2, ::3] @ k if (n := i) else not n
+    try:
+        pass
+    except* (E, F) as exc:
+        raise G from exc
+    finally:
+        del x, kw["a"]
+    while x < 1 <= y is not None:
+        x += 1; continue
+    else:
+        return {**kw, 'a': [*args], 'b': {1, 2}, 'c': (e for e in x if e), 'd': {k: v for k, v in kw.items()}}
+class C(B, metaclass=M):
+    x: int = 1
+    def m(self):
+        nonlocal z
+        print(f"{self.x!r:>{width}} {'q'}" "s", sep='', end=b'')
+        assert x, "m"
+match p:
+    case [1, *rest] | {"k": _, **kw} if rest:
+        pass
+    case Point(x=0, y=(1 | 2) as y) | None:
+        pass
+type Alias[K] = dict[K, int]
+x = yield_ = await_ = 1 if a else 2; y: list[int]
+'''
+
+
+def test_find_all_finds_each_kind_of_node_where_libcst_does():
+    """Every libcst node kind, searched for in a module using most of Python's syntax: find_all, which leaves out
+    the fields that can hold only whitespace and punctuation, finds what libcst's findall finds."""
+    import libcst.matchers as m
+
+    module = cst.parse_module(EVERY_SYNTAX)
+    spacing, small, holders = traverse._node_kinds()
+    kinds = sorted({type(n) for n in m.findall(module, m.MatchIfTrue(lambda n: True))}, key=lambda k: k.__name__)
+    assert len(kinds) > 100
+    for kind in kinds + [tuple(holders), tuple(spacing), (cst.Name, cst.Comma)]:
+        wanted = kind if isinstance(kind, tuple) else (kind,)
+        matcher = m.MatchIfTrue(lambda n: type(n) in wanted)
+        assert [id(n) for n in traverse.find_all(module, kind)] == [id(n) for n in m.findall(module, matcher)], kind

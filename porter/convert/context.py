@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from porter.convert.diagnostics import Change, Diagnostic, diagnostic
+from porter.convert.source_index import code_for_node
 from porter.rules.loader import RuleSet
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ _EMPTY_MODULE = cst.Module(body=[])
 
 
 def code_of(node: cst.CSTNode) -> str:
-    return _EMPTY_MODULE.code_for_node(node)
+    """`cst.Module([]).code_for_node(node)`: the node's code at the default indentation and newline."""
+    return code_for_node(_EMPTY_MODULE, node)
 
 
 @dataclass
@@ -131,20 +133,28 @@ class ConversionContext:
     def torch_aliases(self) -> dict[str, str]:
         return {**self.assumed_imports, **self.imports}
 
+    def torch_alias(self, name: str) -> str | None:
+        """`torch_aliases.get(name)`, without building the dictionary (asked for every name and dotted name)."""
+        found = self.imports.get(name)
+        return found if found is not None else self.assumed_imports.get(name)
+
     def qualified_name(self, node: cst.BaseExpression) -> str | None:
         """'nn.Conv2d' -> 'torch.nn.Conv2d' when nn is torch.nn; None if not a dotted name."""
         parts: list[str] = []
-        while isinstance(node, cst.Attribute):
+        while type(node) is cst.Attribute:  # (libcst's node classes have no subclasses; isinstance goes through ABCMeta)
             parts.append(node.attr.value)
             node = node.value
-        if not isinstance(node, cst.Name):
+        if type(node) is not cst.Name:
             return None
         if self.shadowed and node.value in self.shadowed[-1]:
             return None
-        head = self.torch_aliases.get(node.value)
+        head = self.torch_alias(node.value)
         if head is None:
             return None
-        return ".".join([head, *reversed(parts)])
+        if not parts:
+            return head
+        parts.append(head)
+        return ".".join(reversed(parts))
 
     def report(self, code: str, line: int, col: int, message: str) -> None:
         self._reported.add((line, col))

@@ -28,6 +28,7 @@ import functools
 import importlib
 import inspect
 import re
+import typing
 from typing import Callable
 
 import libcst as cst
@@ -197,6 +198,10 @@ class _Walker:
         self.never = frozenset(getattr(skip, "never", ())) | never
         self.transformer = isinstance(visitor, CSTTransformer)
         self.hooks = _has_attribute_hooks(type(visitor))
+        # node type -> its fields to walk: without those that can hold only `never` types (an attribute hook
+        # is called for every field: then all)
+        self.specs: dict[type, tuple[tuple[str, str], ...] | None] = {}
+        self.pruned = frozenset() if self.hooks else self.never
 
     def walk(self, node: CSTNode):
         skip = self.skip
@@ -205,7 +210,10 @@ class _Walker:
         visitor = self.visitor
         updated = node
         if visitor.on_visit(node):
-            kinds = spec(type(node))
+            kind = type(node)
+            kinds = self.specs.get(kind, _UNKNOWN)
+            if kinds is _UNKNOWN:
+                kinds = self.specs[kind] = _walked_fields(kind, self.pruned)
             if kinds is _FALLBACK:
                 updated = node._visit_and_replace_children(visitor)
             elif kinds:
@@ -311,20 +319,89 @@ def find_all(node: CSTNode, kinds: type | tuple[type, ...]) -> list[CSTNode]:
     """The nodes of the given types in `node`'s subtree (`node` included), in source order: what
     `libcst.matchers.findall(node, m.TypeName())` returns, without running a matcher visitor over it.
     (Exact types: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta.)
-    Subtrees that cannot hold such a node are not entered (see _search_plan)."""
+    Subtrees that cannot hold such a node are not entered (see _search_plan), nor are the fields that can
+    hold only such subtrees (see _search_fields)."""
     wanted = frozenset(kinds) if isinstance(kinds, tuple) else frozenset((kinds,))
     only, skip = _search_plan(wanted)
+    past_trivia = bool(skip)
     found: list[CSTNode] = []
     stack = [node]
+    pop, push, extend, keep = stack.pop, stack.append, stack.extend, found.append
     while stack:
-        current = stack.pop()
+        current = pop()
         kind = type(current)
         if kind in wanted:
-            found.append(current)
+            keep(current)
         if kind in skip or (only is not None and kind not in only):
             continue
-        stack.extend(reversed(child_nodes(current)))
+        fields = _search_fields(kind, past_trivia)
+        if fields is None:
+            extend(reversed(current.children))
+            continue
+        for field in fields:  # last first: the stack pops them in order
+            value = getattr(current, field)
+            value_type = type(value)
+            if value_type is tuple or value_type is list:
+                extend(reversed(value))
+            elif value is not None and value_type is not MaybeSentinel:
+                push(value)
     return found
+
+
+@functools.cache
+def _search_fields(cls: type, past_trivia: bool) -> tuple[str, ...] | None:
+    """The fields of `cls` that find_all walks into, last first; None: it reads `node.children`. Past trivia (a
+    search that does not enter whitespace and punctuation, and finds none): without the fields whose type
+    allows only those (`whitespace_after_func`; not `lpar`: a LeftParen is an expression node)."""
+    fields = _walked_fields(cls, trivia() if past_trivia else frozenset())
+    return None if fields is _FALLBACK else tuple(field for field, _ in reversed(fields))
+
+
+_UNKNOWN = object()
+
+
+@functools.cache
+def _walked_fields(cls: type, left_out: frozenset[type]) -> tuple[tuple[str, str], ...] | None:
+    """spec(cls) without the fields whose annotation allows only nodes of the `left_out` types: a walk that
+    neither visits nor enters those has nothing to do there."""
+    fields = spec(cls)
+    if fields is _FALLBACK or not left_out:
+        return fields
+    hints = _field_hints(cls)
+    return tuple((field, kind) for field, kind in fields if not _only_of(hints.get(field), left_out))
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, object]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # pragma: no cover - an annotation that does not resolve: every field is walked
+        return {}
+
+
+def _only_of(hint: object, kinds: frozenset[type]) -> bool:
+    """The annotation allows only nodes of `kinds` (besides None and MaybeSentinel)."""
+    if hint is None:
+        return False
+    classes = [c for c in _classes_of(hint) if c is not MaybeSentinel and c is not type(None)]
+    return bool(classes) and all(_concrete(c) and _concrete(c) <= kinds for c in classes)
+
+
+def _classes_of(hint: object) -> list[type]:
+    """The classes an annotation names (Optional, Union, Sequence: their arguments); object for anything else."""
+    arguments = typing.get_args(hint)
+    if arguments:
+        return [c for argument in arguments for c in _classes_of(argument)]
+    return [hint] if isinstance(hint, type) else [object]
+
+
+@functools.cache
+def _concrete(cls: type) -> frozenset[type]:
+    """`cls` and its subclasses that are not abstract."""
+    found = {cls} if not inspect.isabstract(cls) else set()
+    for sub in cls.__subclasses__():
+        found |= _concrete(sub)
+    return frozenset(found)
 
 
 _TRIVIA_MODULES = ("libcst._nodes.whitespace", "libcst._nodes.op")  # whitespace, comments, punctuation, operators

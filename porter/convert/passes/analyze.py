@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Iterable
 
 import libcst as cst
-import libcst.matchers as m
 
 from porter.convert import data_side
 from porter.convert.traverse import find_all
@@ -19,11 +18,21 @@ from porter.convert.traverse import FastDispatch
 
 
 def dotted(node: cst.BaseExpression) -> str:
-    if isinstance(node, cst.Attribute):
+    # (type(...) is: libcst's node classes have no subclasses, and isinstance on them goes through ABCMeta)
+    if type(node) is cst.Attribute:
         return f"{dotted(node.value)}.{node.attr.value}"
-    if isinstance(node, cst.Name):
+    if type(node) is cst.Name:
         return node.value
     return ""
+
+
+def _is_self_attribute(node: cst.CSTNode | None) -> bool:
+    """`self.x` (a libcst matcher, run for every assignment and call of a constructor, cost more than the test)."""
+    return type(node) is cst.Attribute and type(node.value) is cst.Name and node.value.value == "self"
+
+
+def _is_name(node: cst.CSTNode | None, value: str) -> bool:
+    return type(node) is cst.Name and node.value == value
 
 
 class Analyze(FastDispatch, cst.CSTVisitor):
@@ -99,7 +108,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             self.used_names[node.value] = node
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        if isinstance(node.target, cst.Name):
+        if type(node.target) is cst.Name:
             self.bound_names.add(node.target.value)
 
     def visit_Param(self, node: cst.Param) -> None:
@@ -128,8 +137,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def _note_constructor_fields(self, node: cst.ClassDef) -> None:
         """`block: Callable[..., nn.Module]` in a class body (a config): ConversionContext.constructor_fields."""
         for statement in node.body.body:
-            for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
-                if isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name) \
+            for small in statement.body if type(statement) is cst.SimpleStatementLine else ():
+                if type(small) is cst.AnnAssign and type(small.target) is cst.Name \
                         and _constructor_annotation(small.annotation, self.ctx):
                     self.ctx.constructor_fields.add(small.target.value)
                     self._constructor_words.add(small.target.value)
@@ -165,7 +174,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         """self.x = nn.Something(...) inside a module class: remember the layer type. A module-level
         `Linear = partial(nn.Linear, bias=False)`: a layer constructor (ConversionContext.constructor_globals)."""
         if not self.class_stack and not self.function_stack and len(node.targets) == 1 \
-                and isinstance(node.targets[0].target, cst.Name) \
+                and type(node.targets[0].target) is cst.Name \
                 and is_layer_constructor(node.value, self.ctx, self.ctx.constructor_globals):
             self.ctx.constructor_globals.add(node.targets[0].target.value)
         if not self.class_stack or self.class_stack[-1] not in self.ctx.module_classes:
@@ -174,7 +183,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             return
         for target in node.targets:
             t = target.target
-            if isinstance(t, cst.Attribute) and isinstance(t.value, cst.Name) and t.value.value == "self":
+            if type(t) is cst.Attribute and type(t.value) is cst.Name and t.value.value == "self":
                 qualified = self._qualified(node.value.func)
                 if qualified:
                     self.ctx.layer_attributes[self.class_stack[-1]][t.attr.value] = qualified
@@ -197,11 +206,12 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         returns (lucidrains' `def init_(t): ...; return t`): converted, it draws new values and returns them
         (ConversionContext.in_place_draws). On another name (a loop's `for w in m.parameters()`) rebinding the
         name would change nothing: not this."""
-        if m.matches(node.func, m.Attribute(value=m.Name(), attr=m.Name(m.MatchIfTrue(IN_PLACE_DRAWS.__contains__)))) \
-                and self.ctx.qualified_name(node.func) is None:
+        func = node.func
+        if type(func) is cst.Attribute and type(func.value) is cst.Name and func.attr.value in IN_PLACE_DRAWS \
+                and self.ctx.qualified_name(func) is None:
             target = node.func.value.value
         elif self.ctx.qualified_name(node.func) in IN_PLACE_INIT_DRAWS and node.args \
-                and isinstance(node.args[0].value, cst.Name):  # nn.init.normal_(t, std=0.02)
+                and type(node.args[0].value) is cst.Name:  # nn.init.normal_(t, std=0.02)
             target = node.args[0].value.value
         else:
             return False
@@ -211,7 +221,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if target not in names:
             return False
         returns = find_all(function.body, cst.Return)
-        if not any(m.matches(r.value, m.Name(target)) for r in returns) \
+        if not any(_is_name(r.value, target) for r in returns) \
                 and not (not returns and self._note_hand_back(names, target)):
             return False
         self.ctx.in_place_draws.add(id(node))
@@ -328,7 +338,7 @@ def layer_value_rule(node: cst.BaseExpression, ctx: ConversionContext):
 
 def _mentions_module(node: cst.CSTNode, ctx: ConversionContext) -> bool:
     for n in find_all(node, (cst.Name, cst.Attribute)):
-        if isinstance(n, cst.Name) and n.value in ctx.module_classes:
+        if type(n) is cst.Name and n.value in ctx.module_classes:
             return True
         if ctx.qualified_name(n) in MODULE_BASES or layer_value_rule(n, ctx) is not None:
             return True
@@ -350,16 +360,17 @@ def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, name
                          attributes: set[str] = frozenset()) -> bool:
     """nn.BatchNorm2d, a module class or a layer factory (`def FeedForward(...): return nn.Sequential(...)`),
     partial(either, ...), a name or self attribute known to hold one, `a if c else b` of two of them."""
-    if isinstance(value, cst.IfExp):
+    kind = type(value)
+    if kind is cst.IfExp:
         return is_layer_constructor(value.body, ctx, names, attributes) \
             and is_layer_constructor(value.orelse, ctx, names, attributes)
-    if isinstance(value, cst.Call) and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
+    if kind is cst.Call and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
         value = value.args[0].value
-    if isinstance(value, cst.Name) and (value.value in names or value.value in ctx.module_classes
-                                        or value.value in ctx.rngs_functions):
+        kind = type(value)
+    if kind is cst.Name and (value.value in names or value.value in ctx.module_classes
+                             or value.value in ctx.rngs_functions):
         return True
-    if isinstance(value, cst.Attribute) and isinstance(value.value, cst.Name) and value.value.value == "self" \
-            and value.attr.value in attributes:
+    if _is_self_attribute(value) and value.attr.value in attributes:
         return True
     return layer_value_rule(value, ctx) is not None
 
@@ -385,9 +396,9 @@ def _layer_constructor_names(function: cst.FunctionDef, ctx: ConversionContext,
         # `def make(attn_layer, ...) -> nn.Module: return attn_layer(...)`: what it calls for the module it returns
         own = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]}
         names |= {r.value.func.value for r in find_all(function.body, cst.Return)
-                  if m.matches(r.value, m.Call(func=m.Name())) and r.value.func.value in own}
+                  if type(r.value) is cst.Call and type(r.value.func) is cst.Name and r.value.func.value in own}
     assigns = [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
-               and isinstance(a.targets[0].target, cst.Name)]
+               and type(a.targets[0].target) is cst.Name]
     for _ in range(2):  # `a = nn.BatchNorm2d; b = a`
         for assign in assigns:
             if is_layer_constructor(assign.value, ctx, names, attributes):
@@ -417,12 +428,12 @@ def dict_keys_bound(function: cst.FunctionDef, name: str) -> set[str] | None:
     bindings = [a.value for a in _single_name_assigns(function) if a.targets[0].target.value == name]
     keys: set[str] = set()
     for value in bindings:
-        displays = [value.body, value.orelse] if isinstance(value, cst.IfExp) else [value]
+        displays = [value.body, value.orelse] if type(value) is cst.IfExp else [value]
         for display in displays:
             if not isinstance(display, cst.Dict):
                 return None
             for element in display.elements:
-                if not (isinstance(element, cst.DictElement) and isinstance(element.key, cst.SimpleString)):
+                if not (type(element) is cst.DictElement and type(element.key) is cst.SimpleString):
                     return None
                 keys.add(element.key.evaluated_value)
     return keys if bindings else None
@@ -430,12 +441,12 @@ def dict_keys_bound(function: cst.FunctionDef, name: str) -> set[str] | None:
 
 def _single_name_assigns(function: cst.FunctionDef) -> list[cst.Assign]:
     return [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1
-            and isinstance(a.targets[0].target, cst.Name)]
+            and type(a.targets[0].target) is cst.Name]
 
 
 def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
     """`self.x = <layer constructor>` in the class's __init__: the attributes that hold one."""
-    init = next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == "__init__"), None)
+    init = next((s for s in cls.body.body if type(s) is cst.FunctionDef and s.name.value == "__init__"), None)
     if init is None:
         return set()
     names = layer_constructor_names(init, ctx)
@@ -443,7 +454,7 @@ def layer_constructor_attributes(cls: cst.ClassDef, ctx: ConversionContext) -> s
     for assign in find_all(init.body, cst.Assign):
         for target in assign.targets:
             t = target.target
-            if m.matches(t, m.Attribute(value=m.Name("self"))) and is_layer_constructor(assign.value, ctx, names):
+            if _is_self_attribute(t) and is_layer_constructor(assign.value, ctx, names):
                 attributes.add(t.attr.value)
     return attributes
 
@@ -453,22 +464,22 @@ def calls_layer_constructor(call: cst.Call, names: set[str], attributes: set[str
     """`norm_layer(c)` (a name holding a layer constructor), `self._norm_layer(c)` (such an attribute) or
     `cnf.block(cnf)` (a field declared as one, ConversionContext.constructor_fields)."""
     func = call.func
-    if isinstance(func, cst.Name):
+    if type(func) is cst.Name:
         return func.value in names
-    if isinstance(func, cst.Attribute) and func.attr.value in fields:
+    if type(func) is cst.Attribute and func.attr.value in fields:
         return True
-    return m.matches(func, m.Attribute(value=m.Name("self"))) and func.attr.value in attributes
+    return _is_self_attribute(func) and func.attr.value in attributes
 
 
 def none_first_attributes(cls: cst.ClassDef) -> set[str]:
     """Attributes the constructor sets to None and also to something else (`self.proj = None`, then
     `if ...: self.proj = Conv(...)`): nnx would take them as static and refuse the layer."""
-    init = next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == "__init__"), None)
+    init = next((s for s in cls.body.body if type(s) is cst.FunctionDef and s.name.value == "__init__"), None)
     if init is None:
         return set()
     nones, valued = set(), set()
     for assign in find_all(init, cst.Assign):
-        if not m.matches(assign.targets[0].target, m.Attribute(value=m.Name("self"))):
+        if not _is_self_attribute(assign.targets[0].target):
             continue
-        (nones if m.matches(assign.value, m.Name("None")) else valued).add(assign.targets[0].target.attr.value)
+        (nones if _is_name(assign.value, "None") else valued).add(assign.targets[0].target.attr.value)
     return nones & valued

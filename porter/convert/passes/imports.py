@@ -11,7 +11,7 @@ import re
 
 import libcst as cst
 
-from porter.convert.context import ConversionContext
+from porter.convert.context import ConversionContext, code_of
 from porter.convert.passes.scope import local_names
 from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerSet
 
@@ -114,7 +114,7 @@ class FinalizeImports(cst.CSTTransformer):
         code = self.code.module_code(module)
         if self.helpers_from is None:
             code += "\n".join(helper_sources(self.ctx.helpers))
-        present = {cst.Module([]).code_for_node(s.body[0]) for s in module.body if _is_import(s)}
+        present = {code_of(s.body[0]) for s in module.body if _is_import(s)}
         return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
                 if stmt not in present and _occurs(pattern, code)]
 
@@ -258,13 +258,13 @@ def _torch_bindings(node: cst.CSTNode) -> set[str]:
     if isinstance(node, cst.Import):
         names = set()
         for alias in node.names:
-            dotted = cst.Module([]).code_for_node(alias.name)
+            dotted = code_of(alias.name)
             if dotted.split(".")[0] != "torch":
                 return set()
             names.add(alias.asname.name.value if alias.asname else dotted.split(".")[0])
         return names
     if isinstance(node, cst.ImportFrom) and node.module is not None and not node.relative:
-        module = cst.Module([]).code_for_node(node.module)
+        module = code_of(node.module)
         if (module.split(".")[0] != "torch" and module != "einops.layers.torch") or isinstance(node.names, cst.ImportStar):
             return set()
         return {(a.asname.name.value if a.asname else a.name.value) for a in node.names}
@@ -286,7 +286,7 @@ def _after_docstring_and_future(body) -> int:
     if i < len(body) and _is_docstring(body[i]):
         i += 1
     while i < len(body) and _is_import(body[i]) and isinstance(body[i].body[0], cst.ImportFrom) \
-            and cst.Module([]).code_for_node(body[i].body[0].module) == "__future__":
+            and code_of(body[i].body[0].module) == "__future__":
         i += 1
     return i
 

@@ -383,7 +383,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
 
     def visit_Name(self, node: cst.Name) -> None:
         # an emitted helper named as the torch import it replaces (`StepLR`) is the helper (passes/imports.py)
-        if id(node) not in self.not_references and node.value in self.ctx.torch_aliases \
+        if id(node) not in self.not_references and self.ctx.torch_alias(node.value) is not None \
                 and node.value not in self.ctx.helpers:
             self._torch_reference(node)
 
@@ -467,7 +467,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             head = node
             while type(head) is cst.Attribute:
                 head = head.value
-            if type(head) is cst.Name and (head.value in self.modules or head.value in self.ctx.torch_aliases):
+            if type(head) is cst.Name and (head.value in self.modules or self.ctx.torch_alias(head.value) is not None):
                 return NOT_ARRAY
             return UNKNOWN
         if kind is cst.Call:
@@ -508,7 +508,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
     def _name_kind(self, name: str) -> str:
         if name == "self":
             return MODULE if self.module_class is not None else NOT_ARRAY
-        if name in self.modules or name in self.ctx.torch_aliases or name in self.ctx.module_classes:
+        if name in self.modules or self.ctx.torch_alias(name) is not None or name in self.ctx.module_classes:
             return NOT_ARRAY
         scope = self.functions[-1] if self.functions else self.module
         kind = self._bindings(scope).get(name)
