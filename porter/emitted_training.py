@@ -320,6 +320,44 @@ def param_group_labels(*prefixes):
     return labels
 
 
+def grad_scaler(inner, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
+                enabled=True):
+    """torch's ``torch.amp.GradScaler`` (dynamic loss scaling for float16) around an optax optimizer.
+
+    Differentiate the scaled loss, ``loss * opt_state["scale"]`` (torch's ``scaler.scale(loss)``), and
+    pass its gradients to this transformation: it does ``scaler.unscale_``, ``scaler.step`` and
+    ``scaler.update`` with torch's rule. When any scaled gradient is inf or nan, the step is skipped
+    (zero updates, ``inner``'s state kept) and the scale multiplied by ``backoff_factor``; after
+    ``growth_interval`` finite steps in a row it is multiplied by ``growth_factor`` (unless that
+    overflows). Wrap a chain to clip after unscaling, as torch's ``unscale_`` then ``clip_grad_norm_``.
+    ``enabled=False``: scale 1, ``inner`` unchanged.
+    """
+
+    def init(params):
+        scale = init_scale if enabled else 1.0
+        return {"inner": inner.init(params), "scale": jnp.asarray(scale, jnp.float32),
+                "growth_tracker": jnp.asarray(0, jnp.int32)}
+
+    def update(scaled_grads, state, params=None):
+        if not enabled:
+            updates, inner_state = inner.update(scaled_grads, state["inner"], params)
+            return updates, {**state, "inner": inner_state}
+        scale, tracker = state["scale"], state["growth_tracker"]
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(scaled_grads)]))
+        grads = jax.tree.map(lambda g: g * (1.0 / scale).astype(g.dtype), scaled_grads)
+        updates, inner_state = inner.update(grads, state["inner"], params)
+        updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+        inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state, state["inner"])
+        tracker = jnp.where(finite, tracker + 1, 0)
+        grown = scale * growth_factor
+        grow = tracker == growth_interval
+        scale = jnp.where(finite, jnp.where(grow & jnp.isfinite(grown), grown, scale), scale * backoff_factor)
+        tracker = jnp.where(grow, 0, tracker)
+        return updates, {"inner": inner_state, "scale": scale, "growth_tracker": tracker}
+
+    return optax.GradientTransformation(init, update)
+
+
 # ---------------------------------------------------------------------------
 # Learning-rate schedulers. torch's scheduler is stepped by the training code
 # (per epoch or per batch, wherever scheduler.step() sits); so are these. Each
@@ -771,6 +809,7 @@ __all__ = [
     "reduce_loss", "cross_entropy_loss", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "cosine_embedding_loss",
     "adagrad_torch", "nadam_torch", "radam_torch", "clip_by_global_norm_torch", "param_group_labels",
+    "grad_scaler",
     "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
     "CosineAnnealingLR", "LambdaLR", "MultiplicativeLR", "SequentialLR", "CosineAnnealingWarmRestarts",
     "OneCycleLR", "ReduceLROnPlateau", "numpy_state", "load_numpy_state", "save_pickle", "NumpyUnpickler",
@@ -798,6 +837,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "radam_torch": (),
     "clip_by_global_norm_torch": (),
     "param_group_labels": (),
+    "grad_scaler": (),
     "LRScheduler": (),
     **{name: ("LRScheduler",) for name in _SCHEDULERS},
     "ReduceLROnPlateau": ("LRScheduler",),
