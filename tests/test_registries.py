@@ -178,3 +178,22 @@ def test_with_rngs_if_taken_passes_rngs_only_to_callees_taking_it():
     bound = partial(_TakesRngs, rngs=rngs)
     assert with_rngs_if_taken(bound, nnx.Rngs(1)) is bound  # already given: left alone
     assert with_rngs_if_taken(max, rngs)(1, 2) == 2  # a builtin without a signature
+
+
+def test_a_module_class_reached_as_an_attribute_of_an_imported_module_of_the_tree_gets_rngs(tmp_path):
+    """`from . import layers as md; md.Block(d)`, `import proj.layers; proj.layers.Block(d)`: known
+    from the tree (what the README's "Not yet" said was missing)."""
+    from porter.convert import tree
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "layers.py").write_text("import torch.nn as nn\n\n\nclass Block(nn.Module):\n"
+                                    "    def __init__(self, d):\n        super().__init__()\n"
+                                    "        self.fc = nn.Linear(d, d)\n")
+    (root / "net.py").write_text("import torch.nn as nn\nfrom . import layers as md\nimport proj.layers\n\n\n"
+                                 "class Net(nn.Module):\n    def __init__(self, d):\n        super().__init__()\n"
+                                 "        self.a = md.Block(d)\n        self.b = proj.layers.Block(d)\n")
+    results = tree.convert_tree(tree.plan(root).tasks, root_name="proj", jobs=1)
+    net = next(r for r in results if r.relative.endswith("net.py")).code.decode()
+    assert "self.a = md.Block(d, rngs=rngs)" in net
+    assert "self.b = proj.layers.Block(d, rngs=rngs)" in net
