@@ -129,8 +129,8 @@ def picks(subscript: cst.Subscript, ctx: ConversionContext, is_constructor) -> s
         values = reached(ctx.registries[root.value], keys)
         if values is None:
             return "unknown"
-        found = [v for v in values for v in leaves(v) or [None]]
-        constructors = [v is not None and is_constructor(v) for v in found]
+        found = [leaves(value) for value in values]
+        constructors = [each is not None and all(is_constructor(v) for v in each) for each in found]
         if constructors and all(constructors):
             return "constructor"
         return "unknown" if any(constructors) else None

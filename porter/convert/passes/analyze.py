@@ -155,8 +155,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         names = layer_constructor_names(node, self.ctx, attributes, outer)
         self._constructor_names.append(names)
         self._constructor_words |= names
+        module_init = self.function_stack == ["__init__"] and bool(set(self.class_stack[-1:]) & self.ctx.module_classes)
         registries.note_unknown_constructions(node, self.ctx, lambda v: is_layer_constructor(v, self.ctx, names, attributes),
-                                              module_init=self.function_stack == ["__init__"] and self.class_stack[-1:] and self.class_stack[-1] in self.ctx.module_classes)
+                                              module_init)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self._bodies.forget(original_node)
