@@ -6,7 +6,9 @@ so the converter pastes the helpers it needs (plus those named in ``DEPENDS``)
 into the file it writes.  A helper may use only the module-level imports below.
 """
 
+import inspect
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -974,6 +976,25 @@ def named_children(module):
             yield str(name), child
 
 
+def with_rngs_if_taken(constructor, rngs):
+    """``constructor`` with ``rngs=rngs`` bound where it takes an ``rngs`` argument (a converted module
+    class, a layer factory), else ``constructor`` itself (a module class that builds nothing random, a
+    plain function). porter writes ``with_rngs_if_taken(block, rngs)(c)`` where the code does not say
+    what ``block`` is: a class picked from a registry that also holds other values, or handed to a
+    module's constructor. nnx module classes are asked through ``__init__`` (calling the class goes
+    through nnx's metaclass, whose signature says nothing)."""
+    target = constructor
+    while isinstance(target, partial):
+        if "rngs" in target.keywords:
+            return constructor
+        target = target.func
+    try:
+        parameters = inspect.signature(target.__init__ if isinstance(target, type) else target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: takes no rngs of porter's
+        return constructor
+    return partial(constructor, rngs=rngs) if "rngs" in parameters else constructor
+
+
 DEPENDS: dict[str, tuple[str, ...]] = {
     "Buffer": (),
     "ChannelsFirstConv": (),
@@ -1024,6 +1045,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "TorchGroupNorm": ("group_norm",),
     "TorchConv2d": (),
     "named_children": (),
+    "with_rngs_if_taken": (),
 }
 
 # Training helpers (losses, optimizers, gradient clipping, learning-rate schedulers) live in

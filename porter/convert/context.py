@@ -71,6 +71,10 @@ class ConversionContext:
     # module-level names bound to a layer constructor (`Linear = partial(nn.Linear, bias=False)`):
     # calls of them in constructors build layers, and the value itself becomes the converted constructor
     constructor_globals: set[str] = field(default_factory=set)
+    # module-level literals holding layer constructors among other values (porter/convert/registries.py),
+    # and the calls whose callee may or may not be a module class: they pass rngs where the callee takes it
+    registries: dict[str, cst.BaseExpression] = field(default_factory=dict)
+    unknown_constructions: dict[int, str] = field(default_factory=dict)  # id of the call -> its callee's name
     # module-level functions that draw their argument's values in place (`def init_(t): t.uniform_(-s, s); return t`):
     # converted, they return the new values instead
     draw_helpers: set[str] = field(default_factory=set)

@@ -220,7 +220,7 @@ def _from_imports(module: cst.Module) -> list[tuple[int, str, str, str]]:
                     where = cst.Module([]).code_for_node(alias.name)
                     if alias.asname and isinstance(alias.asname.name, cst.Name):
                         found.append((0, where, "", alias.asname.name.value))
-                    elif "." not in where:
+                    else:  # import pkg.models: pkg.models.Net(...)
                         found.append((0, where, "", where))
             if isinstance(small, cst.ImportFrom) and not isinstance(small.names, cst.ImportStar):
                 where = cst.Module([]).code_for_node(small.module) if small.module is not None else ""

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import libcst as cst
 
-from porter.convert import data_side
+from porter.convert import data_side, registries
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.tying import note_sublayers
@@ -55,11 +55,14 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def trigger_words(self) -> Iterable[str]:
         return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.class_words, *self.ctx.rngs_functions,
-                *self._constructor_words, *self.ctx.constructor_globals, *IN_PLACE_DRAWS}
+                *self._constructor_words, *self.ctx.constructor_globals, *self.ctx.registries, *IN_PLACE_DRAWS}
 
     def trigger_state(self) -> object:
         return len(self.ctx.imports), len(self.ctx.module_classes), len(self.ctx.rngs_functions), \
-            len(self._constructor_words), len(self.ctx.constructor_globals)
+            len(self._constructor_words), len(self.ctx.constructor_globals), len(self.ctx.registries)
+
+    def visit_Module(self, node: cst.Module) -> None:
+        registries.note(node, self.ctx)  # ENCODERS = {"a": {"encoder": A, "params": {}}}, before any function reads it
 
     # imports ---------------------------------------------------------------
     def visit_Import(self, node: cst.Import) -> bool:
@@ -162,6 +165,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         names = layer_constructor_names(node, self.ctx, attributes, outer)
         self._constructor_names.append(names)
         self._constructor_words |= names
+        module_init = self.function_stack == ["__init__"] and bool(set(self.class_stack[-1:]) & self.ctx.module_classes)
+        registries.note_unknown_constructions(node, self.ctx, lambda v: is_layer_constructor(v, self.ctx, names, attributes),
+                                              module_init)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self._bodies.forget(original_node)
@@ -240,7 +246,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
 
     def _builds_layer(self, node: cst.Call) -> bool:
         """Builds a layer, or draws a tensor's values in place: needs rngs."""
-        if self._draws_in_place(node):
+        if self._draws_in_place(node) or id(node) in self.ctx.unknown_constructions:
             return True
         if dotted(node.func) in self.ctx.module_classes | self.ctx.rngs_functions:  # Net(...), models.Net(...)
             return True
@@ -367,6 +373,8 @@ def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, name
     if kind is cst.Call and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
         value = value.args[0].value
         kind = type(value)
+    if kind in (cst.List, cst.Tuple, cst.Dict, cst.Subscript):  # [A, B], blocks[0]: porter/convert/registries.py
+        return registries.constructs(value, ctx, lambda v: is_layer_constructor(v, ctx, names, attributes))
     if kind is cst.Name and (value.value in names or value.value in ctx.module_classes
                              or value.value in ctx.rngs_functions):
         return True
@@ -463,7 +471,7 @@ def calls_layer_constructor(call: cst.Call, names: set[str], attributes: set[str
                             fields: set[str] = frozenset()) -> bool:
     """`norm_layer(c)` (a name holding a layer constructor), `self._norm_layer(c)` (such an attribute) or
     `cnf.block(cnf)` (a field declared as one, ConversionContext.constructor_fields)."""
-    func = call.func
+    func = registries.picked(call.func)[0] if type(call.func) is cst.Subscript else call.func  # blocks[0](c)
     if type(func) is cst.Name:
         return func.value in names
     if type(func) is cst.Attribute and func.attr.value in fields:

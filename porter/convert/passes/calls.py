@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, data_side, devices, inplace, keyword_helpers, no_ops
+from porter.convert import apply, data_side, devices, inplace, keyword_helpers, no_ops, registries
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule, torch_would_refuse
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -242,7 +242,8 @@ class Calls:
     def trigger_words(self):
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
         words = self._constructor_words | self.ctx.constructor_fields \
-            | self.ctx.constructor_globals | (self._data.words if self._data is not None else frozenset())
+            | self.ctx.constructor_globals | (self._data.words if self._data is not None else frozenset()) \
+            | set(self.ctx.unknown_constructions.values())
         if not self._tensor_names:
             return words
         return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
@@ -324,6 +325,8 @@ class Calls:
             if name in self.ctx.rngs_free_classes:
                 return updated_node  # builds nothing random: takes no rngs (porter/convert/rngs_free.py)
             return self.scope.add_rngs(original_node, updated_node)
+        if id(original_node) in self.ctx.unknown_constructions:  # REG[k](c), block(c): porter/convert/registries.py
+            return registries.pass_rngs_if_taken(self, original_node, updated_node)
         if self._calls_method_needing_rngs(func):
             return self.scope.add_rngs(original_node, updated_node)
         if self._constructor_names and self._rngs_in_scope() and calls_layer_constructor(

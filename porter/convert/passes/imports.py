@@ -18,6 +18,7 @@ from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerS
 # import statement -> what in the converted code needs it
 NEEDED_IMPORTS = [
     ("import math", re.compile(r"\bmath\.")),
+    ("import inspect", re.compile(r"\binspect\.")),  # porter/emitted.py's with_rngs_if_taken
     ("import typing", re.compile(r"\btyping\.")),
     ("from functools import partial", re.compile(r"\bpartial\(")),
     ("import jax", re.compile(r"\bjax\.")),

@@ -1,0 +1,223 @@
+"""Module classes reached through registries: containers of layer constructors, and what is picked from them.
+
+Real model code keeps its building blocks in literals and picks one by key or position:
+
+    ENCODERS = {"resnet": {"encoder": ResNetEncoder, "params": {...}}, ...}   # a registry of the file
+    Encoder = ENCODERS[name]["encoder"]; Encoder(**params)                   # a name bound from it
+    blocks = [BasicConv2d, Inception, InceptionAux]; blocks[0](3, 64)        # googlenet
+
+Each such call builds a module and needs `rngs=` like `ResNetEncoder(...)` itself. A literal of constructors
+at any depth is a layer constructor for porter's analysis (porter/convert/passes/analyze.py:
+is_layer_constructor), so a name bound to it holds constructors, and a subscript of such a name picks one.
+A registry that also holds other values (the "params" dicts above) is kept by name
+(ConversionContext.registries) and a subscript is followed key by key: a constant key picks its entry,
+any other key may pick every entry. What the subscript may reach decides:
+
+- only layer constructors: the call gets `rngs=` (the same injection as for `Block(...)`);
+- constructors and other values (`{"a": Block, "b": make_config}[k]`): porter cannot tell; the call
+  becomes `with_rngs_if_taken(f, rngs)(...)`, which passes `rngs` where the callee takes it
+  (porter/emitted.py);
+- nothing of the kind: an ordinary value.
+
+A class handed to a module's constructor without a default or annotation that says what it is
+(`def __init__(self, block): self.layer = block(c)`) is the same unknown: it gets the runtime helper too.
+Where no `rngs` is in scope for the helper (a module-level call), the call is an error (PT006) instead.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+import libcst.matchers as m
+
+from porter.convert.context import ConversionContext
+from porter.convert.traverse import find_all
+
+_CONTAINERS = (cst.List, cst.Tuple, cst.Set, cst.Dict)
+HELPER = "with_rngs_if_taken"
+
+
+def leaves(literal: cst.BaseExpression) -> list[cst.BaseExpression] | None:
+    """The values of a container literal at any depth (None where one is unpacked: `[*more, A]`)."""
+    if not isinstance(literal, _CONTAINERS):
+        return [literal]
+    found = []
+    for element in literal.elements:
+        if isinstance(element, (cst.StarredElement, cst.StarredDictElement)):
+            return None
+        inner = leaves(element.value)
+        if inner is None:
+            return None
+        found += inner
+    return found
+
+
+def holds_only(literal: cst.BaseExpression, is_constructor) -> bool:
+    """A container literal whose values, at any depth, are all layer constructors."""
+    values = leaves(literal)
+    return bool(values) and all(is_constructor(v) for v in values)
+
+
+def note(module: cst.Module, ctx: ConversionContext) -> None:
+    """Module-level `NAME = {...}` / `[...]` literals with a name among their values: the registries
+    that a subscript may pick a module class from (what the values are is asked at the pick: the
+    classes of the file are not all known before the analysis has read them)."""
+    for statement in module.body:
+        for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 \
+                    and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, _CONTAINERS):
+                values = leaves(small.value)
+                if values and any(isinstance(v, (cst.Name, cst.Attribute)) for v in values):
+                    ctx.registries[small.targets[0].target.value] = small.value
+
+
+def picked(subscript: cst.Subscript) -> tuple[cst.BaseExpression, list[cst.BaseExpression | None]]:
+    """`REG[name]["encoder"]` -> (REG, [name, "encoder"]); a slice or several indices are None keys."""
+    keys = []
+    node: cst.BaseExpression = subscript
+    while isinstance(node, cst.Subscript):
+        index = node.slice[0].slice if len(node.slice) == 1 else None
+        keys.insert(0, index.value if isinstance(index, cst.Index) else None)
+        node = node.value
+    return node, keys
+
+
+def reached(literal: cst.BaseExpression, keys: list) -> list[cst.BaseExpression] | None:
+    """What `literal[k1][k2]...` may be; None where porter cannot follow it (a key past the literal, `*more`)."""
+    values = [literal]
+    for key in keys:
+        step = []
+        for value in values:
+            entries = _entries(value, key)
+            if entries is None:
+                return None
+            step += entries
+        values = step
+    return values
+
+
+def _entries(container: cst.BaseExpression, key) -> list[cst.BaseExpression] | None:
+    if not isinstance(container, _CONTAINERS) or isinstance(container, cst.Set):
+        return None
+    if any(isinstance(e, (cst.StarredElement, cst.StarredDictElement)) for e in container.elements):
+        return None
+    constant = _constant(key)
+    if isinstance(container, cst.Dict):
+        if constant is not None:
+            return [e.value for e in container.elements if _constant(e.key) == constant]
+        return [e.value for e in container.elements]
+    values = [e.value for e in container.elements]
+    if isinstance(constant, int) and -len(values) <= constant < len(values):
+        return [values[constant]]
+    return values
+
+
+def _constant(node) -> str | int | None:
+    if isinstance(node, cst.SimpleString):
+        return node.evaluated_value
+    if isinstance(node, cst.Integer):
+        return int(node.value)
+    if m.matches(node, m.UnaryOperation(operator=m.Minus(), expression=m.Integer())):
+        return -int(node.expression.value)
+    return None
+
+
+def picks(subscript: cst.Subscript, ctx: ConversionContext, is_constructor) -> str | None:
+    """What a subscript picks: "constructor" (only layer constructors), "unknown" (constructors and
+    other values of a registry of the file) or None (no constructor, or not a registry)."""
+    root, keys = picked(subscript)
+    if isinstance(root, cst.Name) and root.value in ctx.registries:
+        values = reached(ctx.registries[root.value], keys)
+        if values is None:
+            return "unknown"
+        found = [leaves(value) for value in values]
+        constructors = [each is not None and all(is_constructor(v) for v in each) for each in found]
+        if constructors and all(constructors):
+            return "constructor"
+        return "unknown" if any(constructors) else None
+    return "constructor" if is_constructor(root) else None
+
+
+def constructs(value: cst.BaseExpression, ctx: ConversionContext, is_constructor) -> bool:
+    """A literal holding only layer constructors, or a subscript picking only such (is_layer_constructor)."""
+    if isinstance(value, cst.Subscript):
+        return picks(value, ctx, is_constructor) == "constructor"
+    return holds_only(value, is_constructor)
+
+
+def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext, is_constructor,
+                               module_init: bool) -> None:
+    """The calls of `function` whose callee may or may not be a module class: ConversionContext.unknown_constructions."""
+    names = unknown_names(function, ctx, is_constructor, module_init)
+    for call in find_all(function.body, cst.Call):
+        if is_unknown_construction(call, ctx, names, is_constructor):
+            ctx.unknown_constructions[id(call)] = _root_name(call.func)
+
+
+def _root_name(func: cst.BaseExpression) -> str:
+    root = picked(func)[0] if isinstance(func, cst.Subscript) else func
+    return root.value if isinstance(root, cst.Name) else ""
+
+
+def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_constructor, module_init: bool) -> set[str]:
+    """Names of `function` that may hold a module class porter cannot tell from anything else: bound
+    from a registry pick reaching both, or (in a module class's constructor) a parameter with neither
+    a default nor an annotation whose call is stored on the module (`self.layer = block(c)`)."""
+    names = set()
+    for assign in _single_name_assigns(function):
+        if isinstance(assign.value, cst.Subscript) and picks(assign.value, ctx, is_constructor) == "unknown":
+            names.add(assign.targets[0].target.value)
+    if module_init:
+        params = function.params
+        bare = {p.name.value for p in [*params.params, *params.kwonly_params]
+                if p.default is None and p.annotation is None and p.name.value != "self"}
+        names |= {call.func.value for call in _stored_calls(function) if isinstance(call.func, cst.Name)
+                  and call.func.value in bare and not is_constructor(call.func)}
+    return names
+
+
+def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor) -> bool:
+    """A call whose callee may or may not be a module class: a name of `unknown_names`, or a registry
+    pick reaching both (`ENCODERS[k]["encoder"](c)`)."""
+    if isinstance(call.func, cst.Name):
+        return call.func.value in names
+    return isinstance(call.func, cst.Subscript) and picks(call.func, ctx, is_constructor) == "unknown"
+
+
+def _stored_calls(function: cst.FunctionDef) -> list[cst.Call]:
+    """Calls whose result is stored on the module: `self.x = f(...)`, `self.x.append(f(...))`, `layers.append(f())`."""
+    found = []
+    for node in _walk(function.body):
+        if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call) and any(
+                m.matches(t.target, m.Attribute(value=m.Name("self"))) for t in node.targets):
+            found.append(node.value)
+        if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("append")), args=[m.Arg(value=m.Call())])):
+            found.append(node.args[0].value)
+    return found
+
+
+def _single_name_assigns(function: cst.FunctionDef) -> list[cst.Assign]:
+    return [a for a in _walk(function.body) if isinstance(a, cst.Assign) and len(a.targets) == 1
+            and isinstance(a.targets[0].target, cst.Name)]
+
+
+def _walk(node: cst.CSTNode):
+    return find_all(node, (cst.Assign, cst.Call))
+
+
+def with_rngs_call(call: cst.Call, rngs: cst.BaseExpression) -> cst.Call:
+    """`f(args)` -> `with_rngs_if_taken(f, rngs)(args)`."""
+    return call.with_changes(func=cst.Call(cst.Name(HELPER), [cst.Arg(call.func), cst.Arg(rngs)]))
+
+
+def pass_rngs_if_taken(rewrite, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+    """The rewrite of a call of ConversionContext.unknown_constructions by the calls pass (`rewrite`):
+    the runtime helper where an `rngs` is in scope, else an error at the call."""
+    if not rewrite._rngs_in_scope():
+        rewrite.report("PT006", original, "porter cannot tell whether this call builds a module (its callee is "
+                                          "picked from a registry that also holds other values, or handed in): "
+                                          "no rngs is in scope here to pass it; left unchanged")
+        return updated
+    rewrite.ctx.need_helper(HELPER)
+    new = with_rngs_call(updated, rewrite.scope.rngs(original))
+    rewrite.record("module-construct", original, new)
+    return new

@@ -1,0 +1,199 @@
+"""Module classes reached through registries (porter/convert/registries.py): picked from a literal of
+module classes (a dict or list, at any depth) directly or through a name bound from it, or handed to a
+constructor with nothing saying what they are; each construction gets `rngs` (statically where porter
+can tell, through the emitted with_rngs_if_taken where it cannot), checked against torch."""
+
+import textwrap
+
+import pytest
+import torch
+from flax import nnx
+
+from porter import convert_source
+from porter.check.equivalence import check_equivalence
+from porter.check.modelspec import import_file
+from porter.emitted import with_rngs_if_taken
+
+BLOCKS = '''
+import torch
+import torch.nn as nn
+
+
+class ConvA(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+class ConvB(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        return self.conv(x) * 2
+'''
+
+# googlenet's `blocks` list, a module-level list and a segmentation-style dict of encoders with their params
+REGISTRY_MODEL = BLOCKS + '''
+
+ENCODERS = {"a": {"encoder": ConvA, "params": {"cout": 4}}, "b": {"encoder": ConvB, "params": {"cout": 6}}}
+STAGES = [ConvA, (ConvB, ConvA)]
+
+
+def get_encoder(name, cin):
+    Encoder = ENCODERS[name]["encoder"]
+    params = ENCODERS[name]["params"]
+    return Encoder(cin, **params)
+
+
+class Net(nn.Module):
+    def __init__(self, blocks=None):
+        super().__init__()
+        if blocks is None:
+            blocks = [ConvA, ConvB]
+        first = blocks[0]
+        self.first = first(3, 4)
+        self.second = blocks[1](4, 4)
+        self.third = STAGES[1][-1](4, 4)
+        self.enc = get_encoder("b", 4)
+
+    def forward(self, x):
+        return self.enc(self.third(self.second(self.first(x))))
+'''
+
+# what porter cannot tell: a registry of module classes, a plain function and a number, and a class handed in
+UNKNOWN_MODEL = BLOCKS + '''
+
+class Scale(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.factor = (cout + 1) / cin
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def pooled(cin, cout):
+    return nn.AvgPool2d(3, stride=1, padding=1)
+
+
+REGISTRY = {"conv": ConvA, "scale": Scale, "pool": pooled, "width": 4}
+
+
+class Net(nn.Module):
+    def __init__(self, block, kinds=("conv", "scale", "pool")):
+        super().__init__()
+        self.stem = block(4, 4)
+        self.layers = nn.ModuleList()
+        for kind in kinds:
+            self.layers.append(REGISTRY[kind](4, 4))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+'''
+
+
+def errors(conversion):
+    return [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
+
+
+def pair(tmp_path, source):
+    conversion = convert_source(textwrap.dedent(source), filename="net.py")
+    (tmp_path / "torch_net.py").write_text(source)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    return conversion, import_file(tmp_path / "torch_net.py"), import_file(tmp_path / "jax_net.py")
+
+
+def test_classes_picked_from_registries_get_rngs():
+    code = convert_source(REGISTRY_MODEL, filename="net.py").code
+    assert "self.first = first(3, 4, rngs=rngs)" in code  # a name bound from a local list
+    assert "self.second = blocks[1](4, 4, rngs=rngs)" in code  # a pick called directly
+    assert "self.third = STAGES[1][-1](4, 4, rngs=rngs)" in code  # two levels down a module-level list
+    # a dict whose "encoder" entries are module classes (its "params" are not): the factory takes rngs
+    assert "def get_encoder(name, cin, *, rngs: nnx.Rngs):" in code
+    assert "return Encoder(cin, **params, rngs=rngs)" in code
+    assert "self.enc = get_encoder(\"b\", 4, rngs=rngs)" in code
+    assert "with_rngs_if_taken" not in code  # porter could tell every one
+
+
+def test_classes_picked_from_registries_match_torch(tmp_path):
+    conversion, torch_module, jax_module = pair(tmp_path, REGISTRY_MODEL)
+    assert errors(conversion) == []
+    report = check_equivalence(torch_module.Net().eval(), jax_module.Net(rngs=nnx.Rngs(0)),
+                               torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
+
+
+def test_callees_porter_cannot_tell_get_rngs_where_they_take_it():
+    code = convert_source(UNKNOWN_MODEL, filename="net.py").code
+    assert "self.stem = with_rngs_if_taken(block, rngs)(4, 4)" in code
+    assert "self.layers.append(with_rngs_if_taken(REGISTRY[kind], rngs)(4, 4))" in code
+    assert "def with_rngs_if_taken(constructor, rngs):" in code and "import inspect" in code
+
+
+@pytest.mark.parametrize("block", ["ConvA", "Scale", "pooled"])
+def test_callees_porter_cannot_tell_match_torch(tmp_path, block):
+    conversion, torch_module, jax_module = pair(tmp_path, UNKNOWN_MODEL)
+    assert errors(conversion) == []
+    torch_model = torch_module.Net(getattr(torch_module, block)).eval()
+    flax_model = jax_module.Net(getattr(jax_module, block), rngs=nnx.Rngs(0))
+    report = check_equivalence(torch_model, flax_model, torch.randn(2, 4, 6, 6))
+    assert report.passed, report.format()
+
+
+def test_a_construction_porter_cannot_tell_without_rngs_in_scope_is_an_error():
+    source = UNKNOWN_MODEL.replace("            x = layer(x)\n",
+                                   "            x = layer(x)\n        x = REGISTRY[self.kind](4, 4)(x)\n")
+    conversion = convert_source(source, filename="net.py")
+    found = [d for d in errors(conversion) if d.code == "PT006"]
+    assert found and "cannot tell whether this call builds a module" in found[0].message, conversion.diagnostics
+
+
+class _TakesRngs(nnx.Module):
+    def __init__(self, c, *, rngs):
+        self.c, self.rngs_given = c, rngs is not None
+
+
+class _NoRngs(nnx.Module):
+    def __init__(self, c):
+        self.c = c
+
+
+def test_with_rngs_if_taken_passes_rngs_only_to_callees_taking_it():
+    from functools import partial
+    rngs = nnx.Rngs(0)
+    assert with_rngs_if_taken(_TakesRngs, rngs)(3).rngs_given  # an nnx class: asked through __init__
+    assert with_rngs_if_taken(_NoRngs, rngs)(3).c == 3
+    assert with_rngs_if_taken(lambda c: c + 1, rngs)(3) == 4  # a plain function
+    assert with_rngs_if_taken(lambda c, *, rngs: rngs, rngs)(3) is rngs  # a layer factory
+    assert with_rngs_if_taken(partial(_TakesRngs, 5), rngs)().c == 5  # a partial of a class
+    bound = partial(_TakesRngs, rngs=rngs)
+    assert with_rngs_if_taken(bound, nnx.Rngs(1)) is bound  # already given: left alone
+    assert with_rngs_if_taken(max, rngs)(1, 2) == 2  # a builtin without a signature
+
+
+def test_a_module_class_reached_as_an_attribute_of_an_imported_module_of_the_tree_gets_rngs(tmp_path):
+    """`from . import layers as md; md.Block(d)`, `import proj.layers; proj.layers.Block(d)`: known
+    from the tree (what the README's "Not yet" said was missing)."""
+    from porter.convert import tree
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "layers.py").write_text("import torch.nn as nn\n\n\nclass Block(nn.Module):\n"
+                                    "    def __init__(self, d):\n        super().__init__()\n"
+                                    "        self.fc = nn.Linear(d, d)\n")
+    (root / "net.py").write_text("import torch.nn as nn\nfrom . import layers as md\nimport proj.layers\n\n\n"
+                                 "class Net(nn.Module):\n    def __init__(self, d):\n        super().__init__()\n"
+                                 "        self.a = md.Block(d)\n        self.b = proj.layers.Block(d)\n")
+    results = tree.convert_tree(tree.plan(root).tasks, root_name="proj", jobs=1)
+    net = next(r for r in results if r.relative.endswith("net.py")).code.decode()
+    assert "self.a = md.Block(d, rngs=rngs)" in net
+    assert "self.b = proj.layers.Block(d, rngs=rngs)" in net
