@@ -136,9 +136,6 @@ import pytest  # noqa: E402
 
 from porter import convert_source  # noqa: E402
 
-# One worker runs this module (./run test --dist loadgroup): the `runs` fixture's subprocesses start once.
-pytestmark = pytest.mark.xdist_group("distributed")
-
 
 def report(conversion) -> str:
     return "".join(d.format() + "\n" for d in conversion.diagnostics)
