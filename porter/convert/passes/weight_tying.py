@@ -49,7 +49,7 @@ class WeightTying:
         self._heads = self._heads | {tie.head for tie in ties}
 
     def after_leave_Call(self, original_node: cst.Call, updated_node):
-        if not isinstance(updated_node, cst.Call):
+        if not self._heads or not isinstance(updated_node, cst.Call):
             return updated_node
         tie = next((t for ties in self._ties for t in ties if _is_head(updated_node.func, t)), None)
         if tie is None:
