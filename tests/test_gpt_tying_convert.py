@@ -122,3 +122,18 @@ def test_ties_of_another_shape_keep_pt006(source_change, why):
     assert any(d.code == "PT006" and "self.head.weight" in d.message for d in conversion.diagnostics), why
     assert "self.head.weight = self.wte.weight" in conversion.code
     assert ".attend(" not in conversion.code
+
+
+def test_a_tied_class_reports_what_is_left_where_the_user_wrote_it():
+    """The tie is decided before the class converts (passes/weight_tying.py): the class is not rebuilt after,
+    so the residual check finds its nodes, and its PT040 points at the attribute (it fell back to a column
+    before the attribute when a post-pass rebuilt the class)."""
+    source = textwrap.dedent(TIED).replace("{tie}", "self.head.weight = self.wte.weight") + textwrap.dedent('''
+        def trainable(self):
+            return {pn: p for pn, p in self.named_parameters()}
+    ''').replace("\n", "\n    ")
+    conversion = convert(source)
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if "named_parameters" in text)
+    residual = [d for d in conversion.diagnostics if d.code == "PT040" and d.line == line]
+    assert residual and residual[0].col == source.splitlines()[line - 1].index("named_parameters") + 1
+    assert "self.wte.attend(" in conversion.code

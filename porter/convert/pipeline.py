@@ -32,6 +32,7 @@ from porter.convert.passes.modules import ModuleStructure
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.passes.training import TrainingLoops
 from porter.convert.passes.weight_initialisation import WeightInitialisation
+from porter.convert.passes.weight_tying import WeightTying
 from porter.convert.passes import residual
 from porter.convert.passes import outside_classes
 from porter.convert.passes.random_keys import seed_global_rngs
@@ -46,7 +47,7 @@ _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES))
 
 # the rewrite (passes/concerns.py): its concerns, outermost first, each wrapping the ones after it; all share
 # the scope (passes/scope.py: where the traversal is), the traversal's innermost layer
-CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, ModuleStructure, Calls)
+CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, WeightTying, ModuleStructure, Calls)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree

@@ -7,12 +7,13 @@ is.
 
 Tying: in a module class's __init__, `self.lm_head.weight = self.transformer.wte.weight` (or the
 reverse, `self.transformer.wte.weight = self.lm_head.weight`) makes one Parameter of a bias-free
-nn.Linear head's weight and an nn.Embedding's, both (vocab, dim). Converted, the class builds no head
-and computes it with the embedding's attend (`x @ embedding.T`, nnx.Embed): one variable, whose
-gradient sums both uses as the tied Parameter's does in torch. porter weights / load_torch_state_dict
+nn.Linear head's weight and an nn.Embedding's, both (vocab, dim). Converted (the weight tying concern,
+passes/weight_tying.py), the class builds no head and computes it with the embedding's attend
+(`x @ embedding.T`, nnx.Embed): one variable, whose gradient sums both uses as the tied Parameter's does in torch. porter weights / load_torch_state_dict
 load torch's two names of the tensor into it once (porter/weights/plan.py), and porter check compares
 the head's rows against it (porter/check/equivalence.py). A tie that is not of this shape (a head with
-a bias, two Linears, a head used other than by calling it) keeps the PT006 error modules.py reports.
+a bias, two Linears, a head used other than by calling it) keeps the PT006 error modules.py reports
+for assigning a layer's parameter.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from dataclasses import dataclass
 
 import libcst as cst
 import libcst.matchers as m
-from libcst.metadata import PositionProvider
-
-from porter.convert.context import code_of
 
 HEAD = "torch.nn.Linear"
 EMBEDDING = "torch.nn.Embedding"
@@ -91,7 +89,7 @@ class Tie:
     embedding: str  # 'transformer.wte'
 
 
-def _init_body(class_node: cst.ClassDef) -> list[cst.BaseStatement]:
+def init_body(class_node: cst.ClassDef) -> list[cst.BaseStatement]:
     for item in class_node.body.body:
         if isinstance(item, cst.FunctionDef) and item.name.value == "__init__" \
                 and isinstance(item.body, cst.IndentedBlock):
@@ -99,7 +97,7 @@ def _init_body(class_node: cst.ClassDef) -> list[cst.BaseStatement]:
     return []
 
 
-def _single_assign(statement: cst.BaseStatement) -> cst.Assign | None:
+def single_assign(statement: cst.BaseStatement) -> cst.Assign | None:
     if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
             and isinstance(statement.body[0], cst.Assign) and len(statement.body[0].targets) == 1:
         return statement.body[0]
@@ -119,16 +117,16 @@ def _bias_free(call: cst.BaseExpression) -> bool:
 def find_ties(ctx, class_node: cst.ClassDef) -> list[Tie]:
     """The convertible ties of an original module class's __init__ (see the module's docstring)."""
     name = class_node.name.value
-    body = _init_body(class_node)
+    body = init_body(class_node)
     declarations = {}
     for statement in body:
-        assign = _single_assign(statement)
+        assign = single_assign(statement)
         path = self_path(assign.targets[0].target) if assign else None
         if path and "." not in path:
             declarations.setdefault(path, []).append(assign.value)
     ties = []
     for statement in body:
-        assign = _single_assign(statement)
+        assign = single_assign(statement)
         if assign is None or not all(isinstance(n, cst.Attribute) and n.attr.value == WEIGHT
                                      for n in (assign.targets[0].target, assign.value)):
             continue
@@ -140,87 +138,3 @@ def find_ties(ctx, class_node: cst.ClassDef) -> list[Tie]:
         if len(declarations.get(head, ())) == 1 and _bias_free(declarations[head][0]):
             ties.append(Tie(assign, head, embedding))
     return ties
-
-
-class _TieHead(cst.CSTTransformer):
-    """On the converted class: the head's declaration and the tie statement go (their comments stay, with a
-    note of the tie), and `self.<head>(x)` becomes `self.<embedding>.attend(x)`."""
-
-    def __init__(self, tie: Tie) -> None:
-        self.tie = tie
-        self.other_uses = 0  # `self.<head>` not called: its weight read, the layer passed on
-        self._called: set[int] = set()
-
-    def _is_head(self, node: cst.BaseExpression) -> bool:
-        return m.matches(node, m.Attribute(value=m.Name("self"), attr=m.Name(self.tie.head)))
-
-    def visit_Call(self, node: cst.Call) -> None:
-        if self._is_head(node.func):
-            self._called.add(id(node.func))
-
-    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
-        return not self._removed(node)
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        if self._is_head(node) and id(node) not in self._called:
-            self.other_uses += 1
-        return True
-
-    def _removed(self, statement: cst.SimpleStatementLine) -> bool:
-        assign = _single_assign(statement)
-        return assign is not None and (self._is_tie(assign) or self._is_head(assign.targets[0].target))
-
-    def _is_tie(self, assign: cst.Assign) -> bool:
-        # by value: a transform of the class before this one (statements injected in __init__) rebuilt its nodes
-        return assign.deep_equals(self.tie.assign)
-
-    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if self._is_head(updated_node.func):
-            return updated_node.with_changes(func=cst.parse_expression(f"self.{self.tie.embedding}.attend"))
-        return updated_node
-
-    def leave_IndentedBlock(self, original_node, updated_node):
-        body, carried = [], []
-        for statement in updated_node.body:
-            if isinstance(statement, cst.SimpleStatementLine) and self._removed(statement):
-                carried += list(statement.leading_lines)
-                if statement.trailing_whitespace.comment:  # `...weight  # tie them`: the comment stays
-                    carried.append(cst.EmptyLine(comment=statement.trailing_whitespace.comment))
-                if self._is_tie(statement.body[0]):
-                    carried.append(cst.EmptyLine(comment=cst.Comment(
-                        f"# {self.tie.head} is tied to {self.tie.embedding} (torch's {self.tie.head}.weight is "
-                        f"{self.tie.embedding}.weight): computed by self.{self.tie.embedding}.attend")))
-                continue
-            if carried:
-                statement = statement.with_changes(leading_lines=[*carried, *statement.leading_lines])
-                carried = []
-            body.append(statement)
-        if carried:  # the block ended with the tie: the comments close it
-            return updated_node.with_changes(body=body or [cst.SimpleStatementLine([cst.Pass()])],
-                                             footer=[*carried, *updated_node.footer])
-        return updated_node.with_changes(body=body)
-
-
-def tie_heads(rewrite, original: cst.ClassDef, updated: cst.ClassDef) -> cst.ClassDef:
-    """The converted class with its convertible ties made one variable (ModuleStructure.leave_ClassDef)."""
-    for tie in find_ties(rewrite.ctx, original):
-        transformer = _TieHead(tie)
-        tied = updated.visit(transformer)
-        if transformer.other_uses:
-            continue
-        for statement in _init_body(original):
-            assign = _single_assign(statement)
-            if assign is tie.assign or (assign is not None and self_path(assign.targets[0].target) == tie.head):
-                rewrite.ctx.forget_reports(*_lines(rewrite, statement))  # PT006, the head's conversion
-        updated = tied
-        rewrite.record("tied-head", tie.assign, cst.parse_expression(f"self.{tie.embedding}.attend"))
-        rewrite.report("PT007", tie.assign,
-                       f"{code_of(tie.assign.targets[0].target)} tied to {code_of(tie.assign.value)}: one variable, "
-                       f"self.{tie.head}(x) is computed as self.{tie.embedding}.attend(x) (x @ embedding.T); "
-                       f"porter weights loads torch's {tie.head}.weight into {tie.embedding}'s embedding")
-    return updated
-
-
-def _lines(rewrite, node: cst.CSTNode) -> tuple[int, int]:
-    span = rewrite.get_metadata(PositionProvider, node)
-    return span.start.line, span.end.line

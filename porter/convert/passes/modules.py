@@ -11,7 +11,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert import module_queries
-from porter.convert.tying import sublayer_parameter, tie_heads
+from porter.convert.tying import sublayer_parameter
 from porter.convert.context import code_of
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.concerns import Final
@@ -274,7 +274,6 @@ class ModuleStructure:
                 updated_node = self._add_training_mode(name, updated_node)
             updated_node = self._add_constructor_taking_rngs(original_node, updated_node)
             updated_node = self._inject_init_statements(name, updated_node)
-            updated_node = tie_heads(self.scope, original_node, updated_node)
         return updated_node
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
