@@ -55,10 +55,12 @@ def test_normalisation_layer_matches_torch_in_train_mode(rule_id, index, data):
     run_layer_case(rule, rule.verify[index], data, mode="train", train_steps=1)
 
 
-def test_layer_class_used_as_a_value_is_reported_with_its_converted_form():
-    """Outside code that builds layers (here a module-level table) `nn.BatchNorm2d` as a value stays: what
-    arrives where it is used cannot be known; the report shows what a call of the class becomes, from the
-    rule itself. (Where layers are built it becomes a function: tests/test_real_patterns.py.)"""
+def test_layer_classes_in_a_module_level_table_become_constructors_taking_rngs():
+    """A module-level table of layer classes (a registry: porter/convert/registries.py) holds functions with
+    torch's arguments and rngs, each building the converted layer; the report says so where the table is."""
+    import numpy as np
+    import torch
+    from flax import nnx
     from porter import convert_source
 
     source = (
@@ -66,9 +68,16 @@ def test_layer_class_used_as_a_value_is_reported_with_its_converted_form():
         "LAYERS = {'norm': nn.BatchNorm2d, 'act': nn.GELU}\n"
     )
     conversion = convert_source(source)
-    assert "LAYERS = {'norm': nn.BatchNorm2d, 'act': nn.GELU}" in conversion.code
-    messages = {d.message.split(" is used")[0]: d for d in conversion.diagnostics if d.code == "PT003"}
-    assert "`BatchNorm2d(num_features)` converts to `TorchBatchNorm(num_features, epsilon=1e-05, momentum=0.9, " \
-        "axis=1, use_fast_variance=False, rngs=rngs)`" in messages["torch.nn.BatchNorm2d"].message
-    assert "`GELU()` converts to `partial(jax.nn.gelu, approximate=False)`, a function, not a layer" in \
-        messages["torch.nn.GELU"].message
+    messages = {d.col: d.message for d in conversion.diagnostics if d.code == "PT007" and d.line == 4}
+    assert "torch.nn.BatchNorm2d used as a value (a layer constructor) becomes a function with torch's " \
+        "arguments (num_features, eps, momentum, affine, device) and rngs" in messages[19]
+    assert "torch.nn.GELU used as a value" in messages[42]
+    namespace: dict = {}
+    exec(compile(conversion.code, "converted.py", "exec"), namespace)
+    norm = namespace["LAYERS"]["norm"](3, rngs=nnx.Rngs(0))
+    assert isinstance(norm, nnx.Module) and norm.scale[...].shape == (3,)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    expected = torch.nn.BatchNorm2d(3)(torch.from_numpy(x)).detach().numpy()  # train mode: batch statistics
+    np.testing.assert_allclose(np.asarray(norm(x)), expected, rtol=1e-5, atol=1e-5)
+    gelu = namespace["LAYERS"]["act"](rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(np.asarray(gelu(x)), torch.nn.GELU()(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
