@@ -43,7 +43,8 @@ class FeatureProbes:
 
     def _converted_name(self, call: cst.Call) -> str | None:
         """`torch.nn.functional.scaled_dot_product_attention` for a probe of a name a rule converts."""
-        if not m.matches(call, _PROBE) or "hasattr" in self.ctx.imports:
+        if type(call.func) is not cst.Name or call.func.value != "hasattr" or not m.matches(call, _PROBE) \
+                or "hasattr" in self.ctx.imports:  # (the cheap test first: every call of the file comes here)
             return None
         module = self.ctx.qualified_name(call.args[0].value)
         attribute = call.args[1].value.evaluated_value
