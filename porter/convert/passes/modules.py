@@ -13,6 +13,7 @@ import libcst.matchers as m
 from porter.convert import module_queries
 from porter.convert.tying import sublayer_parameter
 from porter.convert.context import code_of
+from porter.convert.replaced_variables import buffer_update, replaced_parameter
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
@@ -354,6 +355,11 @@ class ModuleStructure:
                 self.report("PT006", target.target, "assigning self.training is not converted: switch modes with "
                                                     "model.train() / model.eval() (they set self.deterministic)")
                 return original_node
+            parameter = self._layer_parameter(target.target) or sublayer_parameter(self.scope, target.target)
+            replaced = parameter and replaced_parameter(self.ctx, original_node, updated_node, parameter)
+            if replaced:  # `self.transformer.wpe.weight = nn.Parameter(...)`: porter/convert/replaced_variables.py
+                self.record("layer-parameter", original_node, replaced)
+                return replaced
             if self._layer_parameter(target.target) or self._sublayer_parameter(target.target):
                 self.report("PT006", target.target,
                             f"assigning {code_of(target.target)} (a converted layer's parameter: its flax variable "
@@ -368,6 +374,10 @@ class ModuleStructure:
             return new
         if not self.module_class or self.method in (None, "__init__") or len(updated_node.targets) != 1:
             return updated_node
+        update = buffer_update(self.ctx, original_node, updated_node)  # `block.attn.bias = block.attn.bias[...]`
+        if update is not None:
+            self.record("module-state-update", original_node, update)
+            return update
         target = updated_node.targets[0].target
         if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers():
             new = updated_node.with_changes(targets=[cst.AssignTarget(cst.Subscript(
