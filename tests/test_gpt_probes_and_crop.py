@@ -111,3 +111,44 @@ def test_cropped_gpt_matches_torch(gpt, flash):
     np.testing.assert_allclose(float(loss), expected_loss.item(), rtol=1e-5)
     with pytest.raises(AssertionError):  # six tokens are past the cropped block size, in both
         converted(np.zeros((1, 6), dtype=np.int32))
+
+
+SLICED_BUFFER = '''import torch
+import torch.nn as nn
+
+
+class Masked(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.register_buffer("mask", torch.tril(torch.ones(n, n)))
+
+    def crop(self, n):
+        self.mask = self.mask[:n, :n]
+
+    def forward(self, x):
+        return x @ self.mask
+
+
+def shrink(model, n):
+    model.mask = model.mask[:n, :n]
+'''
+
+
+def test_a_buffer_sliced_from_itself_keeps_its_variable_in_methods_and_scripts():
+    """`self.mask = self.mask[:n, :n]` cannot be `self.mask[...] = ...` (the shape changes), and
+    `model.mask = model.mask[:n, :n]` in a script's function must not turn the Buffer into a plain array:
+    both become the Variable's set_value, and compute what torch computes."""
+    from porter import convert_source
+    conversion = convert_source(SLICED_BUFFER)
+    assert "self.mask.set_value(self.mask[:n, :n])" in conversion.code
+    assert "model.mask.set_value(model.mask[:n, :n])" in conversion.code
+    torch_ns: dict = {}
+    exec(compile(SLICED_BUFFER, "original.py", "exec"), torch_ns)
+    jax_ns: dict = {}
+    exec(compile(conversion.code, "converted.py", "exec"), jax_ns)
+    original, converted = torch_ns["Masked"](6), jax_ns["Masked"](6)
+    x = np.random.default_rng(0).standard_normal((2, 4), dtype=np.float32)
+    original.crop(5), converted.crop(5)
+    torch_ns["shrink"](original, 4), jax_ns["shrink"](converted, 4)
+    assert isinstance(converted.mask, nnx.Variable) and converted.mask.shape == (4, 4)
+    np.testing.assert_allclose(np.asarray(converted(x)), original(torch.from_numpy(x)).numpy(), rtol=1e-6)

@@ -32,18 +32,22 @@ def replaced_parameter(ctx, original: cst.Assign, updated: cst.Assign, parameter
 
 
 def buffer_update(ctx, original: cst.Assign, updated: cst.Assign) -> cst.SimpleStatementLine | None:
-    """`x.<buffer> = <expression reading x.<buffer>>` outside `self.<buffer>`: the buffer's set_value."""
+    """`x.<buffer> = <expression reading x.<buffer>>`, in a module method or a script's function: the buffer's
+    set_value; for `self.<buffer>` only where the value slices it (`self.bias = self.bias[:n, :n]`: the shape
+    may change, which `self.bias[...] = v` cannot do)."""
     if len(original.targets) != 1:
         return None
     target = original.targets[0].target
-    if not isinstance(target, cst.Attribute) or m.matches(target.value, m.Name("self")) \
-            or target.attr.value not in _buffer_names(ctx) \
+    if not isinstance(target, cst.Attribute) or target.attr.value not in buffer_names(ctx) \
             or not m.findall(original.value, m.MatchIfTrue(lambda node: node.deep_equals(target))):
+        return None
+    if m.matches(target.value, m.Name("self")) and not m.findall(
+            original.value, m.Subscript(value=m.MatchIfTrue(lambda node: node.deep_equals(target)))):
         return None
     return cst.Expr(cst.Call(func=cst.Attribute(updated.targets[0].target, cst.Name("set_value")),
                              args=[cst.Arg(updated.value)]))
 
 
-def _buffer_names(ctx) -> set[str]:
+def buffer_names(ctx) -> set[str]:
     return {name for attributes in ctx.layer_attributes.values() for name, kind in attributes.items()
             if kind == "buffer"}

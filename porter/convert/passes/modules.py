@@ -13,7 +13,7 @@ import libcst.matchers as m
 from porter.convert import module_queries
 from porter.convert.tying import sublayer_parameter
 from porter.convert.context import code_of
-from porter.convert.replaced_variables import buffer_update, replaced_parameter
+from porter.convert.replaced_variables import buffer_names, buffer_update, replaced_parameter
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
@@ -54,6 +54,8 @@ class ModuleStructure:
     def __init__(self, scope) -> None:
         self.scope = scope
         self.ctx, self.report, self.record = scope.ctx, scope.report, scope.record
+        # a buffer replaced from its own value (`model.mask = model.mask[:n]`) may be in a script, with no torch word
+        self.TRIGGER_WORDS = ModuleStructure.TRIGGER_WORDS | buffer_names(scope.ctx)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._bare_training: set[int] = set()  # self.training where `not self.deterministic` needs no parentheses
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
@@ -372,12 +374,12 @@ class ModuleStructure:
             new = updated_node.with_changes(value=expr("nnx.data(None)"))
             self.record("module-data-attribute", original_node, new)
             return new
-        if not self.module_class or self.method in (None, "__init__") or len(updated_node.targets) != 1:
-            return updated_node
-        update = buffer_update(self.ctx, original_node, updated_node)  # `block.attn.bias = block.attn.bias[...]`
-        if update is not None:
+        update = None if self.method == "__init__" else buffer_update(self.ctx, original_node, updated_node)
+        if update is not None:  # `block.attn.bias = block.attn.bias[...]`: porter/convert/replaced_variables.py
             self.record("module-state-update", original_node, update)
             return update
+        if not self.module_class or self.method in (None, "__init__") or len(updated_node.targets) != 1:
+            return updated_node
         target = updated_node.targets[0].target
         if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers():
             new = updated_node.with_changes(targets=[cst.AssignTarget(cst.Subscript(
