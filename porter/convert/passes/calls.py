@@ -73,19 +73,6 @@ class Calls:
         self._data = ctx.data_side  # the statements left as torch, and where their tensors meet converted code
         self._class_bodies: set[int] = set()  # ids of class bodies (`w = w` there copies an outer name: kept)
 
-    # where the traversal is: the scope's
-    @property
-    def module_class(self) -> str | None:
-        return self.scope.module_class
-
-    @property
-    def method(self) -> str | None:
-        return self.scope.method
-
-    @property
-    def in_module_method(self) -> bool:
-        return self.scope.in_module_method
-
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Hooks for every node, so
     # the other concerns' own leave_Assign/leave_Expr stay as they are.
     # (type(...) is: libcst's node classes have no subclasses, and isinstance on them goes through
@@ -93,7 +80,7 @@ class Calls:
     def visit_any(self, node: cst.CSTNode) -> None:
         kind = type(node)
         if kind is cst.FunctionDef:
-            method = self.module_class is not None  # (this function is not on the scope's stack yet)
+            method = self.scope.module_class is not None  # (this function is not on the scope's stack yet)
             self._tensor_names.append(inplace.analyse_function(node, self.ctx, method=method))
             attributes = self._constructor_attributes[-1] if self._constructor_attributes else set()
             outer = self._constructor_names[-1] if self._constructor_names else self.ctx.constructor_globals
@@ -126,7 +113,7 @@ class Calls:
 
     def after_visit_any(self, node: cst.CSTNode) -> bool:
         kind = type(node)
-        if kind is cst.FunctionDef:  # after the scope's visit: self.method names this function
+        if kind is cst.FunctionDef:  # after the scope's visit: self.scope.method names this function
             self._device_reads.append(self._analyse_devices(node))
         elif self._data is not None and (id(node) in self._data.statements if kind in data_side.KEPT_NODES
                                          else kind is cst.Arg and id(node) in self._data.arguments):
@@ -135,7 +122,7 @@ class Calls:
 
     def _hand_back(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
         """A method drawing into its arguments in place (ConversionContext.hand_back_methods) returns them."""
-        found = self.ctx.hand_back_methods.get((self.module_class, original.name.value))
+        found = self.ctx.hand_back_methods.get((self.scope.module_class, original.name.value))
         if found is None or self.function_stack:
             return updated
         params, filled = found
@@ -145,9 +132,9 @@ class Calls:
         return updated.with_changes(body=updated.body.with_changes(body=[*updated.body.body, returned]))
 
     def _hand_back_call(self, call: cst.BaseExpression) -> tuple[list[str], set[str]] | None:
-        if not self.module_class or not m.matches(call, m.Call(func=m.Attribute(value=m.Name("self")))):
+        if not self.scope.module_class or not m.matches(call, m.Call(func=m.Attribute(value=m.Name("self")))):
             return None
-        return self.ctx.hand_back_methods.get((self.module_class, call.func.attr.value))
+        return self.ctx.hand_back_methods.get((self.scope.module_class, call.func.attr.value))
 
     def _assign_handed_back(self, original: cst.Expr, updated: cst.Expr) -> cst.BaseSmallStatement:
         """`self.init_(w, b, c=c)` as a statement: `w, b = self.init_(w, b, c=c, rngs=rngs)`."""
@@ -170,7 +157,7 @@ class Calls:
             return devices.DeviceReads()
         variables, arrays = self._array_attributes()
         reads = devices.analyse_function(node, self.ctx, variables | arrays, self.mentions_within)
-        if self.in_module_method:  # a constructor runs eagerly: arrays have devices
+        if self.scope.in_module_method:  # a constructor runs eagerly: arrays have devices
             for read in reads.kept:
                 self.report("PT004", read, f"{code_of(read)}: a traced array (under jax.jit or grad) has no "
                                            "device, and JAX places arrays itself; use it only as device= of a "
@@ -232,7 +219,7 @@ class Calls:
     def _array_attributes(self) -> tuple[frozenset[str], frozenset[str]]:
         """The module's buffers and parameters (nnx.Variables, which take item assignment themselves), and
         the attributes its constructor sets to a new tensor (`self.cache = torch.zeros(...)`: arrays)."""
-        attributes = self.ctx.layer_attributes.get(self.module_class, {}) if self.module_class else {}
+        attributes = self.ctx.layer_attributes.get(self.scope.module_class, {}) if self.scope.module_class else {}
         variables = frozenset(name for name, kind in attributes.items()
                               if kind == "buffer" or kind.endswith("Parameter"))
         arrays = frozenset(name for name, kind in attributes.items()
@@ -379,7 +366,7 @@ class Calls:
         return self._apply(rule, original, updated, receiver=None)
 
     def _apply(self, rule, original: cst.Call, updated: cst.Call, receiver) -> cst.BaseExpression:
-        if rule.uses_rngs and rule.kind == "layer" and self.method == "forward":
+        if rule.uses_rngs and rule.kind == "layer" and self.scope.method == "forward":
             self.report("PT006", original, f"{rule.source[0]} built inside forward: torch builds a new layer "
                                            "(new weights, training mode) at every call; build the layer in __init__ "
                                            "(self.layer = ...) and call it here; left unchanged")
@@ -387,8 +374,8 @@ class Calls:
         updated = keyword_helpers.expand(updated, self.ctx.keyword_helpers) or updated
         rngs = self.scope.rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self._rngs_in_scope()
-        site = Site(updated, receiver, rngs, self.ctx, self.module_class, statement=id(original) in self.statement_calls,
-                    rngs_in_scope=rngs_in_scope, method=self.method, original=original,
+        site = Site(updated, receiver, rngs, self.ctx, self.scope.module_class, statement=id(original) in self.statement_calls,
+                    rngs_in_scope=rngs_in_scope, method=self.scope.method, original=original,
                     function=self.function_stack[0] if self.function_stack and not self.class_stack else None)
         try:
             result = apply_rule(rule, site)
@@ -497,8 +484,8 @@ class Calls:
 
     def _module_variable(self, node: cst.BaseExpression | None) -> bool:
         """`self.w`: a parameter or buffer of the module class we are in."""
-        return self.module_class is not None and m.matches(node, m.Attribute(value=m.Name("self"))) \
-            and self.ctx.layer_attributes.get(self.module_class, {}).get(node.attr.value) in VARIABLE_KINDS
+        return self.scope.module_class is not None and m.matches(node, m.Attribute(value=m.Name("self"))) \
+            and self.ctx.layer_attributes.get(self.scope.module_class, {}).get(node.attr.value) in VARIABLE_KINDS
 
     def _draw_into_variable(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         """`self.learned_bias.uniform_(a, b)` in a constructor: `self.learned_bias[...] = jax.random.uniform(...)`."""
@@ -556,8 +543,8 @@ class Calls:
 
     def _rngs_in_scope(self) -> bool:
         """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
-        return bool(self.module_class and (self.method == "__init__" or self.method in
-                                           self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
+        return bool(self.scope.module_class and (self.scope.method == "__init__" or self.scope.method in
+                                           self.ctx.methods_needing_rngs.get(self.scope.module_class, ()))) \
             or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
 
     def _map_of_layer_constructor(self, original: cst.Call, updated: cst.Call) -> cst.Call | None:
@@ -581,9 +568,9 @@ class Calls:
         return new
 
     def _calls_method_needing_rngs(self, func: cst.BaseExpression) -> bool:
-        return (self.module_class is not None and isinstance(func, cst.Attribute)
+        return (self.scope.module_class is not None and isinstance(func, cst.Attribute)
                 and isinstance(func.value, cst.Name) and func.value.value == "self"
-                and func.attr.value in self.ctx.methods_needing_rngs.get(self.module_class, ()))
+                and func.attr.value in self.ctx.methods_needing_rngs.get(self.scope.module_class, ()))
 
     def _looks_like_tensor(self, call: cst.Call) -> bool:
         receiver = call.func.value
@@ -595,8 +582,8 @@ class Calls:
         if isinstance(receiver, cst.Name) and receiver.value == "self":
             return False  # self.norm(x), self.flatten(x): the module's own layers and methods
         if isinstance(receiver, cst.Attribute) and isinstance(receiver.value, cst.Name) \
-                and receiver.value.value == "self" and self.module_class \
-                and self.ctx.layer_attributes.get(self.module_class, {}).get(receiver.attr.value, "buffer") \
+                and receiver.value.value == "self" and self.scope.module_class \
+                and self.ctx.layer_attributes.get(self.scope.module_class, {}).get(receiver.attr.value, "buffer") \
                 not in ("buffer", "torch.nn.Parameter", "torch.nn.parameter.Parameter"):
             return False  # self.block.mean(...): a submodule's method
         head = receiver  # os.path.split(p), np.split(a): a function of an imported module

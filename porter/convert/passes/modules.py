@@ -72,19 +72,6 @@ class ModuleStructure:
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
         self._file_functions: set[str] = set()  # the file's top-level functions
 
-    # where the traversal is: the scope's
-    @property
-    def module_class(self) -> str | None:
-        return self.scope.module_class
-
-    @property
-    def method(self) -> str | None:
-        return self.scope.method
-
-    @property
-    def in_module_method(self) -> bool:
-        return self.scope.in_module_method
-
     def visit_any(self, node: cst.CSTNode) -> None:
         kind = type(node)
         if kind is cst.Module:
@@ -167,7 +154,7 @@ class ModuleStructure:
         if not comprehension and self._initialises(loop):
             return  # weight initialisation mixed with other work: kept whole, its init calls reported
         for_in = loop.for_in if comprehension else loop
-        method = module_queries.query(for_in.iter, self.module_class is not None,
+        method = module_queries.query(for_in.iter, self.scope.module_class is not None,
                                       comprehension and id(loop) in self._order_free)
         if method is None:
             return
@@ -205,8 +192,8 @@ class ModuleStructure:
         head = call.func.value if isinstance(call.func, cst.Attribute) else call.func
         if not isinstance(head, cst.Name):
             return
-        traced = self.in_module_method \
-            and self.method not in self.ctx.methods_needing_rngs.get(self.module_class, ())
+        traced = self.scope.in_module_method \
+            and self.scope.method not in self.ctx.methods_needing_rngs.get(self.scope.module_class, ())
         if head.value in self.ctx.einops_names or traced and call.func is head \
                 and (head.value == "partial" or head.value in self._file_functions):
             self._variable_reads |= {id(a.value) for a in call.args if self._is_buffer(a.value)}
@@ -223,7 +210,7 @@ class ModuleStructure:
     def _read_variable(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
         new = cst.Subscript(updated.with_changes(lpar=[], rpar=[]), [cst.SubscriptElement(cst.Index(cst.Ellipsis()))],
                             lpar=updated.lpar, rpar=updated.rpar)
-        if self.in_module_method and id(original) in self._buffer_tests:
+        if self.scope.in_module_method and id(original) in self._buffer_tests:
             self.report("PT005", original, f"the truth of {code_of(original)} (an array) is read in Python: this runs "
                                            "eagerly, and fails under jax.jit (a traced value has no truth); "
                                            "branch with jnp.where or jax.lax.cond to jit it")
@@ -254,7 +241,7 @@ class ModuleStructure:
         return new
 
     def _initialises(self, loop: cst.For) -> bool:
-        methods = self.ctx.init_methods.get(self.module_class, set()) if self.module_class else set()
+        methods = self.ctx.init_methods.get(self.scope.module_class, set()) if self.scope.module_class else set()
         return any(is_init_statement(s, self.ctx, methods) for s in find_all(loop.body, cst.SimpleStatementLine))
 
     def after_visit_Call(self, node: cst.Call) -> None:
@@ -299,18 +286,18 @@ class ModuleStructure:
         """super().__init__(): dropped under nn.Module (an nnx.Module needs no base constructor call), kept
         under nn.Sequential (it takes the layers), and given rngs under a module class of this code base
         or a torch layer (its constructor builds the layers or parameters the subclass inherits)."""
-        if self.module_class and len(updated_node.body) == 1:
+        if self.scope.module_class and len(updated_node.body) == 1:
             statement = updated_node.body[0]
             if isinstance(statement, cst.Expr) and m.matches(statement.value, SUPER_INIT):
                 call = statement.value
-                if self.module_class in self.ctx.layer_inheriting_classes:
+                if self.scope.module_class in self.ctx.layer_inheriting_classes:
                     if any(a.keyword and a.keyword.value == "rngs" for a in call.args) \
-                            or self.module_class in self.ctx.rngs_free_bases:
+                            or self.scope.module_class in self.ctx.rngs_free_bases:
                         return updated_node  # (a base that takes no rngs: porter/convert/rngs_free.py)
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
                     self.record("module-super", original_node.body[0], new)
                     return updated_node.with_changes(body=[statement.with_changes(value=new)])
-                if not (self.module_class in self.ctx.sequential_classes and call.args):
+                if not (self.scope.module_class in self.ctx.sequential_classes and call.args):
                     self.record("module-super", original_node, cst.Pass())
                     return cst.RemoveFromParent()
         return updated_node
@@ -323,7 +310,7 @@ class ModuleStructure:
     def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr):
         if id(original_node.value) in self._buffer_writes:
             return self._write_buffer(original_node, updated_node)
-        if self.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
+        if self.scope.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
             return self._register_buffer(original_node, updated_node)
         return updated_node
 
@@ -338,11 +325,11 @@ class ModuleStructure:
             new = expr(f"{code_of(original_node.value.value)}.{transposed[2].flax_name}[...]")
             self.record("layer-parameter", original_node, new)
             return Final(new)
-        if self.module_class and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
+        if self.scope.module_class and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
             new = updated_node.with_changes(attr=cst.Name("__call__"))
             self.record("module-forward", original_node, new)
             return Final(new)
-        if self.module_class and m.matches(original_node, SELF_TRAINING) \
+        if self.scope.module_class and m.matches(original_node, SELF_TRAINING) \
                 and id(original_node) not in self._understood_training | self._training_stores:
             return Final(self._training_mode(original_node))
         return updated_node
@@ -353,7 +340,7 @@ class ModuleStructure:
         starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer.
         A layer's torch parameter assigned (`self.head.weight = self.embed.weight`, tying) stays as it was."""
         for target in original_node.targets:
-            if self.module_class and m.matches(target.target, SELF_TRAINING):
+            if self.scope.module_class and m.matches(target.target, SELF_TRAINING):
                 self.report("PT006", target.target, "assigning self.training is not converted: switch modes with "
                                                     "model.train() / model.eval() (they set self.deterministic)")
                 return original_node
@@ -368,17 +355,17 @@ class ModuleStructure:
                             "has another name and layout) is not converted. To tie an output head to an embedding, "
                             "call the embedding's attend (`self.embed.attend(x)`, nnx.Embed) instead of the head")
                 return original_node
-        if self.method == "__init__" and m.matches(original_node, SELF_ASSIGN) \
+        if self.scope.method == "__init__" and m.matches(original_node, SELF_ASSIGN) \
                 and m.matches(original_node.value, m.Name("None")) \
-                and original_node.targets[0].target.attr.value in self.ctx.none_first_attributes.get(self.module_class, ()):
+                and original_node.targets[0].target.attr.value in self.ctx.none_first_attributes.get(self.scope.module_class, ()):
             new = updated_node.with_changes(value=expr("nnx.data(None)"))
             self.record("module-data-attribute", original_node, new)
             return new
-        update = None if self.method == "__init__" else buffer_update(self.ctx, original_node, updated_node)
+        update = None if self.scope.method == "__init__" else buffer_update(self.ctx, original_node, updated_node)
         if update is not None:  # `block.attn.bias = block.attn.bias[...]`: porter/convert/replaced_variables.py
             self.record("module-state-update", original_node, update)
             return update
-        if not self.module_class or self.method in (None, "__init__") or len(updated_node.targets) != 1:
+        if not self.scope.module_class or self.scope.method in (None, "__init__") or len(updated_node.targets) != 1:
             return updated_node
         target = updated_node.targets[0].target
         if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers():
@@ -404,7 +391,7 @@ class ModuleStructure:
     def _training_mode(self, original: cst.Attribute) -> cst.BaseExpression:
         """self.training -> not self.deterministic, an attribute the class gets (False: torch modules start in
         training mode), which model.eval() / model.train() set on every module that has one, as torch's do."""
-        self._training_classes.add(self.module_class)
+        self._training_classes.add(self.scope.module_class)
         new = expr("not self.deterministic")
         if id(original) not in self._bare_training:
             new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
@@ -443,10 +430,10 @@ class ModuleStructure:
     def _layer_parameter(self, node: cst.BaseExpression):
         """(layer qualified name, torch parameter, its WeightMap) for `self.<layer>.<parameter>` of a layer this
         class built with a rule that maps that parameter; else None."""
-        if not self.module_class or not isinstance(node, cst.Attribute) or node.attr.value not in LAYER_PARAMETER_NAMES \
+        if not self.scope.module_class or not isinstance(node, cst.Attribute) or node.attr.value not in LAYER_PARAMETER_NAMES \
                 or not m.matches(node, LAYER_PARAMETER):
             return None
-        qualified = self.ctx.layer_attributes.get(self.module_class, {}).get(node.value.attr.value)
+        qualified = self.ctx.layer_attributes.get(self.scope.module_class, {}).get(node.value.attr.value)
         rule = self.ctx.rules.lookup(qualified) if qualified and qualified != "buffer" else None
         if rule is None or rule.kind != "layer" or node.attr.value not in rule.layout:
             return None
@@ -455,7 +442,7 @@ class ModuleStructure:
     def _sublayer_parameter(self, node: cst.BaseExpression) -> bool:
         """`self.transformer.wte.weight`: a parameter of a layer somewhere below this class (nanoGPT ties
         its embedding so), whatever the layer is."""
-        if not self.module_class or not isinstance(node, cst.Attribute) or node.attr.value not in LAYER_PARAMETER_NAMES:
+        if not self.scope.module_class or not isinstance(node, cst.Attribute) or node.attr.value not in LAYER_PARAMETER_NAMES:
             return False
         inner = node.value
         while isinstance(inner, cst.Attribute):
@@ -505,13 +492,13 @@ class ModuleStructure:
                 wrapped_args.append(keyword_arg("persistent", persistent))
             self.ctx.need_helper("Buffer")
             wrapped = cst.Call(cst.Name("Buffer"), wrapped_args)
-        self.ctx.layer_attributes.setdefault(self.module_class, {})[attribute] = "buffer"
+        self.ctx.layer_attributes.setdefault(self.scope.module_class, {})[attribute] = "buffer"
         new = cst.Assign([cst.AssignTarget(cst.Attribute(cst.Name("self"), cst.Name(attribute)))], wrapped)
         self.record("module-buffer", original, new)
         return new
 
     def _buffers(self) -> set[str]:
-        attributes = self.ctx.layer_attributes.get(self.module_class, {})
+        attributes = self.ctx.layer_attributes.get(self.scope.module_class, {})
         return {n for n, kind in attributes.items() if kind in ("buffer", "torch.nn.Parameter")}
 
     def _inject_init_statements(self, name: str, node: cst.ClassDef) -> cst.ClassDef:
