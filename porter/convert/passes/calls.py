@@ -71,6 +71,8 @@ class Calls:
         self._compared: set[int] = set()  # ids of comparison operands (`fn is F.relu`: a lambda would never match)
         self._type_tests: set[int] = set()  # ids of names and attributes in isinstance/issubclass class arguments
         self._data = ctx.data_side  # the statements left as torch, and where their tensors meet converted code
+        # names called where the callee may be a module class (registries.py), known once the analysis is done
+        self._unknown_callees = frozenset(ctx.unknown_constructions.values())
         self._class_bodies: set[int] = set()  # ids of class bodies (`w = w` there copies an outer name: kept)
 
     # in-place updates and (values, indices) pairs: porter/convert/inplace.py. Hooks for every node, so
@@ -230,7 +232,7 @@ class Calls:
         """Plus the current function's tensor names: `x[i] = v` needs no torch name to be converted."""
         words = self._constructor_words | self.ctx.constructor_fields \
             | self.ctx.constructor_globals | (self._data.words if self._data is not None else frozenset()) \
-            | set(self.ctx.unknown_constructions.values())
+            | self._unknown_callees
         if not self._tensor_names:
             return words
         return words | self._tensor_names[-1].tensors | self._tensor_names[-1].maybe
