@@ -212,7 +212,7 @@ def with_rngs_call(call: cst.Call, rngs: cst.BaseExpression) -> cst.Call:
 def pass_rngs_if_taken(rewrite, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
     """The rewrite of a call of ConversionContext.unknown_constructions by the calls pass (`rewrite`):
     the runtime helper where an `rngs` is in scope, else an error at the call."""
-    if not rewrite._rngs_in_scope():
+    if not rewrite.scope.rngs_in_scope():
         rewrite.report("PT006", original, "porter cannot tell whether this call builds a module (its callee is "
                                           "picked from a registry that also holds other values, or handed in): "
                                           "no rngs is in scope here to pass it; left unchanged")

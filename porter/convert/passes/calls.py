@@ -318,7 +318,7 @@ class Calls:
             return registries.pass_rngs_if_taken(self, original_node, updated_node)
         if self._calls_method_needing_rngs(func):
             return self.scope.add_rngs(original_node, updated_node)
-        if self._constructor_names and self._rngs_in_scope() and calls_layer_constructor(
+        if self._constructor_names and self.scope.rngs_in_scope() and calls_layer_constructor(
                 original_node, self._constructor_names[-1],
                 self._constructor_attributes[-1] if self._constructor_attributes else set(),
                 self.ctx.constructor_fields):
@@ -375,7 +375,7 @@ class Calls:
             return updated
         updated = keyword_helpers.expand(updated, self.ctx.keyword_helpers) or updated
         rngs = self.scope.rngs(original) if rule.uses_rngs else None
-        rngs_in_scope = self._rngs_in_scope()
+        rngs_in_scope = self.scope.rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.scope.module_class, statement=id(original) in self.statement_calls,
                     rngs_in_scope=rngs_in_scope, method=self.scope.method, original=original,
                     function=self.function_stack[0] if self.function_stack and not self.class_stack else None)
@@ -410,7 +410,7 @@ class Calls:
                                                  and a.keyword.value == "dtype"]
         given = {a.keyword.value if a.keyword else i: code_of(a.value) for i, a in enumerate(original.args)}
         method = func.attr.value
-        if not self._rngs_in_scope():
+        if not self.scope.rngs_in_scope():
             self.report("PT004", original, f"{method} on a new tensor needs a random key: only a module's "
                                            "constructor (or a function given rngs) has one; left unchanged")
             return updated
@@ -448,7 +448,7 @@ class Calls:
         if not isinstance(target, cst.Name) or any(a.star for a in args) \
                 or any(a.keyword and a.keyword.value not in names[method] for a in args):
             return None
-        if not self._rngs_in_scope():
+        if not self.scope.rngs_in_scope():
             self.report("PT042", original, f"{method} draws random numbers in place: no key here to draw them with "
                                            "(a constructor's rngs, or a function that builds layers); left unchanged")
             return updated
@@ -492,7 +492,7 @@ class Calls:
     def _draw_into_variable(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         """`self.learned_bias.uniform_(a, b)` in a constructor: `self.learned_bias[...] = jax.random.uniform(...)`."""
         method, variable = original.func.attr.value, code_of(original.func.value)
-        if not self._rngs_in_scope():
+        if not self.scope.rngs_in_scope():
             self.report("PT042", original, f"{method} draws random numbers in place: no key here to draw them with "
                                            "(a constructor's rngs); left unchanged")
             return updated
@@ -543,18 +543,12 @@ class Calls:
             accepted = names if accepted is None else accepted & names
         return accepted or set()
 
-    def _rngs_in_scope(self) -> bool:
-        """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
-        return bool(self.scope.module_class and (self.scope.method == "__init__" or self.scope.method in
-                                           self.ctx.methods_needing_rngs.get(self.scope.module_class, ()))) \
-            or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
-
     def _map_of_layer_constructor(self, original: cst.Call, updated: cst.Call) -> cst.Call | None:
         """`map(wrapper_fn, (attn, ff))` in a constructor: map calls the layer constructor, so it gets
         `partial(wrapper_fn, rngs=rngs)` (the calls map makes cannot be given rngs one by one)."""
         if not m.matches(original.func, m.Name("map")) or self.ctx.qualified_name(original.func) \
                 or len(original.args) < 2 or original.args[0].keyword or original.args[0].star \
-                or not self._rngs_in_scope():
+                or not self.scope.rngs_in_scope():
             return None
         constructor = cst.Call(original.args[0].value, [])
         names = self._constructor_names[-1] if self._constructor_names else set()
@@ -628,7 +622,7 @@ class Calls:
             return new
         value_rule = layer_value_rule(original, self.ctx)
         if value_rule is not None and not self._annotation_depth and id(original) not in self._type_tests \
-                and (self._rngs_in_scope() or id(original) in self._global_constructors):
+                and (self.scope.rngs_in_scope() or id(original) in self._global_constructors):
             # where layers are built (a default of such a function's parameter too), or a module-level constructor
             converted = constructor_function(value_rule, qualified, self.ctx)
             if converted is not None:

@@ -219,6 +219,12 @@ class ScopedTransformer(cst.CSTTransformer):
         self.record("module-construct", original, new)
         return new
 
+    def rngs_in_scope(self) -> bool:
+        """An `rngs` argument is in scope: a module's constructor, a method or a layer factory given one."""
+        return bool(self.module_class and (self.method == "__init__" or self.method in
+                                           self.ctx.methods_needing_rngs.get(self.module_class, ()))) \
+            or bool(self.function_stack and not self.class_stack and self.function_stack[0] in self.ctx.rngs_functions)
+
     def rngs(self, node: cst.CSTNode) -> cst.BaseExpression:
         """Inside a module's methods and layer factories the `rngs` argument; elsewhere a seeded Rngs."""
         if self.module_class and self.method != "forward":
