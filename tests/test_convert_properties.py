@@ -20,10 +20,10 @@ from porter.convert.source_index import SourceIndex, StatementCode
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted(p for p in (ROOT / "fixtures").rglob("*.py") if "expected" not in p.parts)
 IDS = [f"{p.parent.name}/{p.stem}" for p in FIXTURES]
-# issue 16's fixtures still convert with errors (docs/gpt_status.md): the torch code left in the output
-# (`import torch` kept) makes a second pass read `x.swapaxes(...)` as torch's, and sample.py's second pass
-# adds `import jax` again. Strict: these start failing the day the fixtures convert clean.
-NOT_YET_IDEMPOTENT = {"gpt/model", "gpt/sample"}
+# issue 16's sample.py still converts with errors (docs/gpt_status.md): the torch code left in the output
+# (`import torch` kept) makes a second pass read `x.swapaxes(...)` as torch's, and its second pass
+# adds `import jax` again. Strict: it starts failing the day the fixture converts clean.
+NOT_YET_IDEMPOTENT = {"gpt/sample"}
 
 
 def fixtures_but(unstable: set[str], reason: str):
@@ -54,7 +54,9 @@ def test_porter_on_its_own_output_changes_nothing_and_reports_nothing_new(path):
     assert {(d.code, d.message) for d in twice.diagnostics} <= {(d.code, d.message) for d in once.diagnostics}
 
 
-@pytest.mark.parametrize("path", fixtures_but({"gpt/model"}, "issue 16: torch left in the output"))
+# gpt/model: the PT005 notes of removed initialisation name their lines ("lines 130-132"), which the notes
+# added above them shift, so a second annotation adds the same note again with other line numbers
+@pytest.mark.parametrize("path", fixtures_but({"gpt/model"}, "PT005 messages name line numbers the notes shift"))
 def test_annotating_twice_adds_nothing(path):
     source = path.read_text()
     spots = convert_source(source).diagnostics
