@@ -127,7 +127,7 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
         self.einops, self.torch_packages = self._imported_names(module)
         aliases = ctx.torch_aliases
         self.modules = (ctx.bound_imports | CONVERTED_MODULES) - set(aliases)
-        names = set(aliases) | ctx.module_classes | ctx.class_words | self.einops | self.torch_packages
+        names = set(aliases) | ctx.module_classes | ctx.class_words | self.einops | set(self.torch_packages)
         self.words = tables.flagged_names() | names
         # the flagged names count only as attribute names (visit_Attribute): the prefilter's triggers are their
         # `.name` places (check()), not a variable of the same name (`name`, `index`, `t`)
@@ -160,26 +160,26 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
     def trigger_state(self) -> int:
         return self.state
 
-    def _imported_names(self, module: cst.Module) -> tuple[set[str], set[str]]:
-        """Local names of einops functions, and of what the file imports from torch packages other than torch."""
-        einops, packages = set(), set()
-        for statement in module.body:
-            if type(statement) is not cst.SimpleStatementLine:
-                continue
-            for small in statement.body:
-                if type(small) is cst.ImportFrom and small.module is not None and not small.relative \
-                        and not isinstance(small.names, cst.ImportStar):
-                    source = dotted(small.module)
-                    for alias in small.names:
-                        local = alias.evaluated_alias or alias.evaluated_name
-                        if source == "einops" and alias.evaluated_name in self.tables.einops_functions:
-                            einops.add(local)
-                        elif self._torch_package(source):
-                            packages.add(local)
-                elif type(small) is cst.Import:
-                    for alias in small.names:
-                        if self._torch_package(alias.evaluated_name):
-                            packages.add((alias.evaluated_alias or alias.evaluated_name).split(".")[0])
+    def _imported_names(self, module: cst.Module) -> tuple[set[str], dict[str, str]]:
+        """Local names of einops functions, and of what the file imports from torch packages other than torch
+        (local name -> package), at the top level or in a function (nanoGPT's from_pretrained imports
+        transformers' GPT2LMHeadModel in its body)."""
+        einops, packages = set(), {}
+        for small in find_all(module, (cst.ImportFrom, cst.Import)):
+            if type(small) is cst.ImportFrom and small.module is not None and not small.relative \
+                    and not isinstance(small.names, cst.ImportStar):
+                source = dotted(small.module)
+                for alias in small.names:
+                    local = alias.evaluated_alias or alias.evaluated_name
+                    if source == "einops" and alias.evaluated_name in self.tables.einops_functions:
+                        einops.add(local)
+                    elif self._torch_package(source):
+                        packages[local] = source.split(".")[0]
+            elif type(small) is cst.Import:
+                for alias in small.names:
+                    if self._torch_package(alias.evaluated_name):
+                        packages[(alias.evaluated_alias or alias.evaluated_name).split(".")[0]] = \
+                            alias.evaluated_name.split(".")[0]
         return einops, packages
 
     def _torch_package(self, name: str) -> bool:
@@ -323,6 +323,13 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
             if type(head) is cst.Name and head.value in self.torch_packages:
                 self._add(head, f"`{_short(func)}(...)` is a class of a torch package, built inside the nnx module "
                                 f"{self.classes[-1][0]}: it runs torch there",
+                          "convert it too (porter convert the package's source with the rest of the tree), or write "
+                          "the flax equivalent")
+        elif self.module_class is not None and type(func) is cst.Attribute and type(func.value) is cst.Name \
+                and func.value.value in self.torch_packages and _class_name(func.value):
+            package = self.torch_packages[func.value.value]  # GPT2LMHeadModel.from_pretrained(model_type)
+            self._add(func.value, f"`{_short(func)}(...)` builds {func.value.value} of {package}, a torch "
+                                  f"package, inside the nnx module {self.classes[-1][0]}: it runs torch there",
                           "convert it too (porter convert the package's source with the rest of the tree), or write "
                           "the flax equivalent")
 
