@@ -152,3 +152,42 @@ def test_a_buffer_sliced_from_itself_keeps_its_variable_in_methods_and_scripts()
     torch_ns["shrink"](original, 4), jax_ns["shrink"](converted, 4)
     assert isinstance(converted.mask, nnx.Variable) and converted.mask.shape == (4, 4)
     np.testing.assert_allclose(np.asarray(converted(x)), original(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+OWN_PARAMETER = '''import torch
+import torch.nn as nn
+
+
+class Pos(nn.Module):
+    def __init__(self, n, d):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n, d))
+
+    def crop(self, n):
+        self.w = nn.Parameter(self.w[:n])
+
+    def forward(self, x):
+        return x + self.w[:x.shape[1]]
+'''
+
+
+def test_a_class_own_parameter_replaced_by_a_slice_of_itself_is_a_new_param():
+    """`self.w = nn.Parameter(self.w[:n])` replaces the Variable (`self.w[...] = nnx.Param(...)` was wrong: a
+    Param written into the old array, whose shape cannot change); the cropped module computes torch's values."""
+    conversion = convert_source(OWN_PARAMETER)
+    assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"], conversion.diagnostics
+    assert "self.w = nnx.Param(self.w[:n])" in conversion.code
+    torch_ns: dict = {}
+    exec(compile(OWN_PARAMETER, "original.py", "exec"), torch_ns)
+    jax_ns: dict = {}
+    exec(compile(conversion.code, "converted.py", "exec"), jax_ns)
+    original, converted = torch_ns["Pos"](6, 3), jax_ns["Pos"](6, 3, rngs=nnx.Rngs(0))
+    assert load_torch_state_dict(converted, original.state_dict()).ok
+    original.crop(4), converted.crop(4)
+    assert isinstance(converted.w, nnx.Param) and converted.w.shape == (4, 3)
+    assert [n for n, _ in nnx.iter_graph(converted) if isinstance(_, nnx.Param)]  # still the module's parameter
+    assert load_torch_state_dict(converted, original.state_dict()).ok
+    x = np.random.default_rng(0).standard_normal((2, 4, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = original(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(converted(x)), expected, rtol=1e-6)

@@ -6,7 +6,9 @@
 - `block.attn.bias = block.attn.bias[:, :, :n, :n]`: a buffer of another module (an attribute the file's module
   classes register as a buffer) set from its own value keeps its Variable, `block.attn.bias.set_value(...)`
   (assigning the array would turn the Buffer into a plain attribute, which nnx.state(model, Buffer) and the
-  weight loader no longer see; `[...] =` cannot change its shape).
+  weight loader no longer see; `[...] =` cannot change its shape);
+- `self.w = nn.Parameter(self.w[:n])`: a class's own parameter replaced by a new one stays an assignment of the
+  new nnx.Param (the Variable replaced, its shape free to change), not an item assignment into the old one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def replaced_parameter(ctx, original: cst.Assign, updated: cst.Assign, parameter
         return None
     target = original.targets[0].target
     return updated.with_changes(targets=[cst.AssignTarget(expr(f"{code_of(target.value)}.{weight_map.flax_name}"))])
+
+
+def replaces_own_parameter(ctx, original: cst.Assign) -> bool:
+    """`self.w = nn.Parameter(...)` in a method: the value is a new parameter, assigned as it is."""
+    return isinstance(original.value, cst.Call) and ctx.qualified_name(original.value.func) in PARAMETER_CLASSES
 
 
 def buffer_update(ctx, original: cst.Assign, updated: cst.Assign) -> cst.SimpleStatementLine | None:

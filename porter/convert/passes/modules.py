@@ -13,7 +13,8 @@ import libcst.matchers as m
 from porter.convert import module_queries
 from porter.convert.tying import sublayer_parameter
 from porter.convert.context import code_of
-from porter.convert.replaced_variables import buffer_names, buffer_update, replaced_parameter
+from porter.convert.replaced_variables import buffer_names, buffer_update, replaced_parameter, \
+    replaces_own_parameter
 from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
@@ -368,7 +369,8 @@ class ModuleStructure:
         if not self.scope.module_class or self.scope.method in (None, "__init__") or len(updated_node.targets) != 1:
             return updated_node
         target = updated_node.targets[0].target
-        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers():
+        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers() \
+                and not replaces_own_parameter(self.ctx, original_node):  # (a new Param replaces the Variable)
             new = updated_node.with_changes(targets=[cst.AssignTarget(cst.Subscript(
                 target, [cst.SubscriptElement(cst.Index(cst.Ellipsis()))]))])
             self.record("module-state-update", original_node, new)
