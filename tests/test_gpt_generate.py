@@ -66,11 +66,15 @@ CONFIG = dict(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16)
 
 def test_generate_with_top_k_1_gives_torchs_greedy_tokens(tmp_path, capsys):
     """fixtures/gpt/model.py's generate converted (context crop, temperature, top-k mask, softmax,
-    torch.multinomial -> jax.random.categorical with the module's rngs, torch.cat): with top_k=1 each step's
-    distribution is one token, so the tokens are torch's exactly, past the block size too (cropping)."""
+    torch.multinomial -> jax.random.categorical with the method's rngs argument, the module's by default,
+    torch.cat): with top_k=1 each step's distribution is one token, so the tokens are torch's exactly, past the
+    block size too (cropping)."""
     conversion = convert_source(GPT_FILE.read_text(), filename=str(GPT_FILE))
     generate_lines = conversion.code.split("def generate(")[1]
-    assert "jax.random.categorical(self.rngs(), jnp.log(probs), axis=-1)[..., None]" in generate_lines
+    assert generate_lines.startswith("self, idx, max_new_tokens, temperature=1.0, top_k=None, *, "
+                                     "rngs: nnx.Rngs | None = None):")
+    assert "rngs = self.rngs if rngs is None else rngs" in generate_lines
+    assert "jax.random.categorical(rngs(), jnp.log(probs), axis=-1)[..., None]" in generate_lines
     path = tmp_path / "converted_gpt.py"
     path.write_text(conversion.code)
     T, F = import_file(GPT_FILE), import_file(path)
@@ -83,6 +87,26 @@ def test_generate_with_top_k_1_gives_torchs_greedy_tokens(tmp_path, capsys):
     expected = original.generate(torch.from_numpy(prompt), 12, temperature=0.9, top_k=1).numpy()
     got = np.asarray(converted.generate(prompt, 12, temperature=0.9, top_k=1))
     np.testing.assert_array_equal(got, expected)
+
+
+def test_generate_takes_its_key_from_an_rngs_argument(tmp_path, capsys):
+    """generate(..., rngs=nnx.Rngs(s)): the same samples for the same seed whatever the module's own Rngs did
+    before, other samples for another seed; without the argument, new draws from the module's Rngs each call."""
+    conversion = convert_source(GPT_FILE.read_text(), filename=str(GPT_FILE))
+    path = tmp_path / "converted_gpt_keys.py"
+    path.write_text(conversion.code)
+    F = import_file(path)
+    model = F.GPT(F.GPTConfig(**CONFIG), rngs=nnx.Rngs(0))
+    model.eval()
+    prompt = np.zeros((4, 1), np.int32)
+    first = np.asarray(model.generate(prompt, 10, temperature=2.0, rngs=nnx.Rngs(7)))
+    model.generate(prompt, 3)  # advances the module's own Rngs
+    again = np.asarray(model.generate(prompt, 10, temperature=2.0, rngs=nnx.Rngs(7)))
+    other = np.asarray(model.generate(prompt, 10, temperature=2.0, rngs=nnx.Rngs(8)))
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+    own = [np.asarray(model.generate(prompt, 10, temperature=2.0)) for _ in range(2)]
+    assert (own[0] != own[1]).any()
 
 
 SAMPLER = '''

@@ -108,6 +108,9 @@ class ConversionContext:
     # top-level functions that draw from it, and the plain-name calls in the forward of each jitted train step
     # (name, line, col of the loop): such a call cannot advance it from inside the step (PT042)
     drawing_functions: set[str] = field(default_factory=set)
+    # (class, method) -> the stored Rngs' attribute once a draw in it takes the method's own rngs argument
+    # (None until then): a module's public methods other than forward (passes/method_keys.py)
+    keyed_methods: dict[tuple[str, str], str | None] = field(default_factory=dict)
     step_calls: list[tuple[str, int, int]] = field(default_factory=list)
     # names of the train_step functions the training pass emitted
     training_steps: list[str] = field(default_factory=list)

@@ -642,6 +642,11 @@ def _key(site: Site) -> tuple[cst.BaseExpression, list[str], list[str]]:
         name = next((line.split("=")[0].strip().removeprefix("self.") for line in injected
                      if line.split("=", 1)[1].strip() == "rngs"), None) \
             or site.ctx.inject_attribute(site.owner_class, "rngs", "rngs")
+        if (site.owner_class, site.method) in site.ctx.keyed_methods:  # generate(..., rngs=None)
+            site.ctx.keyed_methods[(site.owner_class, site.method)] = name
+            return expr("rngs()"), [f"{site.method} takes an optional rngs argument for its random numbers "
+                                    f"(nnx.Rngs(seed) for the same draws every call); without it they come from "
+                                    f"self.{name} = rngs, added to __init__, new ones on every call"], []
         return expr(f"self.{name}()"), [f"self.{name} = rngs is added to __init__: random numbers come from "
                                         "its default stream, new ones on every call"], []
     name = site.ctx.use_global_rngs()
