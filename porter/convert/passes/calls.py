@@ -362,6 +362,13 @@ class Calls:
         rule = self.ctx.rules.lookup(qualified)
         if id(original) in self._decorators:
             return updated
+        if rule is not None and rule.kind == "decorator" and rule.target == "drop" and updated.args \
+                and not updated.args[0].keyword and not updated.args[0].star:  # torch.compile(model) is model
+            self.report("PT007", original, f"{qualified}({code_of(updated.args[0].value)}, ...) -> "
+                        f"{code_of(updated.args[0].value)} ({rule.id}): eager code runs the same without it; "
+                        "jax.jit compiles (a converted training loop's step is jitted)")
+            self.record(rule.id, original, updated.args[0].value)
+            return updated.args[0].value
         if rule is None or rule.kind in ("constant", "decorator"):
             self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
             return updated
