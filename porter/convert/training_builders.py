@@ -67,7 +67,11 @@ def optimizer(rule: Rule, site: Site) -> Application:
         parts = [f"optax.multi_transform({{{', '.join(transforms)}}}, param_group_labels({prefixes}))"]
     if info is not None and info.clip:
         parts.insert(0, info.clip)
-    return Application(expr(f"nnx.Optimizer({model}, {_chain(parts)}, wrt=nnx.Param)"))
+    tx = _chain(parts)
+    if info is not None and info.scaler:  # a GradScaler steps it: unscale, skip non-finite steps, adapt the scale
+        site.ctx.need_helper("grad_scaler")
+        tx = f"grad_scaler({tx}, {info.scaler})"
+    return Application(expr(f"nnx.Optimizer({model}, {tx}, wrt=nnx.Param)"))
 
 
 def _chain(parts: list[str]) -> str:
