@@ -26,6 +26,7 @@ from porter.convert import checkpoints, data_side
 from porter.convert.context import OptimizerInfo, code_of
 from porter.convert.traverse import find_all
 from porter.convert.passes.concerns import Final
+from porter.convert.training_builders import OPTIMIZER_FACTORIES  # MODEL.configure_optimizers(...): its optimizer
 
 ZERO_GRAD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("zero_grad"))))
 BACKWARD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("backward")), args=[]))
@@ -39,7 +40,6 @@ SCALERS = ("torch.amp.GradScaler", "torch.amp.grad_scaler.GradScaler", "torch.cu
            "torch.cuda.amp.grad_scaler.GradScaler", "torch.cpu.amp.GradScaler", "torch.GradScaler")
 SCALER_KEYWORDS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled")
 SCALER_METHODS = ("scale", "unscale_", "step", "update")
-OPTIMIZER_FACTORIES = ("configure_optimizers",)  # MODEL.configure_optimizers(...) returns its optimizer (nanoGPT)
 PLACEMENT_METHODS = ("to", "cuda", "cpu")
 
 
@@ -144,6 +144,7 @@ class MicroSteps:
     loop around it."""
 
     optimizer: str
+    model: str  # the model it trains
     scaler: str | None  # the GradScaler whose scale(loss) is differentiated
     changing: set[str]  # names the loops assign (a forward reading one takes it as an argument)
     names: AccumulationNames | None = None  # set when the inner loop was converted
@@ -201,6 +202,7 @@ class TrainingLoops:
                     and isinstance(func.value, cst.Name):
                 self.ctx.optimizers[id(assign.value)] = OptimizerInfo(assign.targets[0].target.value,
                                                                       func.value.value, factory=True)
+        # (a name bound both in a configure_optimizers method and by the script's call of it: the script's)
         by_name = {info.name: info for info in self.ctx.optimizers.values()}
         self._find_scalers(node, nodes, by_name)
         self._find_lr_writes(nodes, by_name)
@@ -289,7 +291,7 @@ class TrainingLoops:
             elif self._is_clip(statement):
                 info.clip = _clip_transform(small(statement).value, self.ctx)
                 self._folded_clips.add(id(small(statement).value))
-        plan = MicroSteps(optimizer, scaler, changing)
+        plan = MicroSteps(optimizer, info.model, scaler, changing)
         self._micro_inner[id(body[inner[0]])] = plan
         self._micro_outer[id(loop)] = plan
 
@@ -679,7 +681,7 @@ class TrainingLoops:
         """The inner loop: its forward and backward become one call of the jitted accumulate step."""
         body = list(updated.body.body)
         found = self._micro_forward(body, plan)
-        model = next((i.model for i in self.ctx.optimizers.values() if i.name == plan.optimizer), None)
+        model = plan.model
         if isinstance(found, str):
             self.report("PT010", original, f"gradient accumulation loop left unchanged: {found}")
             return updated
@@ -736,7 +738,7 @@ class TrainingLoops:
         if problem:
             return problem
         after = wrapper + 1 if wrapper is not None else backward
-        model = next((i.model for i in self.ctx.optimizers.values() if i.name == plan.optimizer), None)
+        model = plan.model
         produced = set(names_in(*forward).assigned) | set(names_in(objective).loaded)
         for statement in body[after:backward]:
             names = names_in(statement)
