@@ -358,6 +358,49 @@ def grad_scaler(inner, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5
     return optax.GradientTransformation(init, update)
 
 
+def injected_hyperparameters(optimizer, name):
+    """The variables holding hyperparameter `name` of an nnx.Optimizer built with optax.inject_hyperparams:
+    one per torch parameter group, in group order (wherever they sit in a chain or a multi_transform)."""
+    found = []
+
+    def visit(node):
+        if hasattr(node, "hyperparams") and hasattr(node, "inner_state"):
+            if name in node.hyperparams:
+                found.append(node.hyperparams[name])
+            return True
+        return False
+
+    jax.tree_util.tree_flatten(optimizer.opt_state, is_leaf=visit)
+    if not found and name == "learning_rate":
+        raise ValueError(
+            "the optimizer's learning rate is not state a scheduler can set: build its transformation "
+            "with optax.inject_hyperparams, e.g. optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)")
+    return found
+
+
+def set_learning_rate(optimizer, lr):
+    """torch's ``for group in optimizer.param_groups: group["lr"] = lr``: every parameter group's rate,
+    for the optimizer's next updates (its transformation built with optax.inject_hyperparams)."""
+    for variable in injected_hyperparameters(optimizer, "learning_rate"):
+        variable[...] = jnp.asarray(lr, variable[...].dtype)
+
+
+def autocast(device_type, dtype=None, enabled=True, cache_enabled=None):
+    """torch's ``torch.autocast`` as a mixed-precision policy: inside the context, matrix multiplications
+    and convolutions take bfloat16 (or float16) operands and accumulate in float32; parameters, optimizer
+    state and every other operation stay float32. torch's autocast also rounds those products' outputs to
+    the low precision and runs some other operations in it: the same policy, not the same bits. XLA:CPU
+    computes in float32 whatever the setting (float16 it refuses). A jitted step traced inside the context
+    keeps its precision.
+    """
+    if dtype is None:  # torch's defaults
+        dtype = jnp.bfloat16 if device_type == "cpu" else jnp.float16
+    if not enabled or jnp.dtype(dtype) == jnp.float32:
+        return jax.default_matmul_precision(jax.config.jax_default_matmul_precision)  # unchanged
+    presets = {jnp.dtype(jnp.bfloat16): "BF16_BF16_F32", jnp.dtype(jnp.float16): "F16_F16_F32"}
+    return jax.default_matmul_precision(presets[jnp.dtype(dtype)])
+
+
 # ---------------------------------------------------------------------------
 # Learning-rate schedulers. torch's scheduler is stepped by the training code
 # (per epoch or per batch, wherever scheduler.step() sits); so are these. Each
@@ -425,21 +468,7 @@ class LRScheduler:
 
     def hyperparameters(self, name):
         """The optimizer's injected hyperparameter `name`: one variable per parameter group, in group order."""
-        found = []
-
-        def visit(node):
-            if hasattr(node, "hyperparams") and hasattr(node, "inner_state"):
-                if name in node.hyperparams:
-                    found.append(node.hyperparams[name])
-                return True
-            return False
-
-        jax.tree_util.tree_flatten(self.optimizer.opt_state, is_leaf=visit)
-        if not found and name == "learning_rate":
-            raise ValueError(
-                "the optimizer's learning rate is not state a scheduler can set: build its transformation "
-                "with optax.inject_hyperparams, e.g. optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)")
-        return found
+        return injected_hyperparameters(self.optimizer, name)
 
     def _set_lrs(self, lrs):
         for variable, lr in zip(self.hyperparameters("learning_rate"), lrs, strict=True):
@@ -810,7 +839,7 @@ __all__ = [
     "reduce_loss", "cross_entropy_loss", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "cosine_embedding_loss",
     "adagrad_torch", "nadam_torch", "radam_torch", "clip_by_global_norm_torch", "param_group_labels",
-    "grad_scaler",
+    "grad_scaler", "injected_hyperparameters", "set_learning_rate", "autocast",
     "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
     "CosineAnnealingLR", "LambdaLR", "MultiplicativeLR", "SequentialLR", "CosineAnnealingWarmRestarts",
     "OneCycleLR", "ReduceLROnPlateau", "numpy_state", "load_numpy_state", "save_pickle", "NumpyUnpickler",
@@ -839,7 +868,10 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "clip_by_global_norm_torch": (),
     "param_group_labels": (),
     "grad_scaler": (),
-    "LRScheduler": (),
+    "injected_hyperparameters": (),
+    "set_learning_rate": ("injected_hyperparameters",),
+    "autocast": (),
+    "LRScheduler": ("injected_hyperparameters",),
     **{name: ("LRScheduler",) for name in _SCHEDULERS},
     "ReduceLROnPlateau": ("LRScheduler",),
     "numpy_state": (),

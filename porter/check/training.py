@@ -348,6 +348,8 @@ def run_jax(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]
             raise StopTraining
 
     def loading_init(self, model, tx, *args, **kwargs):
+        if any(model is seen for seen in models):  # rebuilt over its first one's tx (clipping, loss scaling)
+            return original_init(self, model, tx, *args, **kwargs)
         index = len(models)
         if index < len(initial):
             load_torch_state_dict(model, initial[index], strict=True, dtype="checkpoint" if wide else "model")

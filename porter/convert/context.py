@@ -38,6 +38,8 @@ class OptimizerInfo:
     model: str  # source of the model whose parameters it trains ("net")
     scheduled: bool = False  # an lr_scheduler wraps it: the tx needs optax.inject_hyperparams
     clip: str | None = None  # e.g. "optax.clip_by_global_norm(1.0)", from clip_grad_norm_ before step()
+    scaler: str | None = None  # a GradScaler steps it: grad_scaler's keywords ("enabled=(dtype == 'float16')")
+    factory: bool = False  # built by a call porter does not see (model.configure_optimizers(...)): rebuilt to wrap
 
 
 @dataclass

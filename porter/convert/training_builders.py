@@ -41,6 +41,7 @@ OPTIMIZERS = {
     "RAdam": Optimizer("radam_torch", decoupled="radam_torch"),
 }
 HELPER_FACTORIES = ("adagrad_torch", "nadam_torch", "radam_torch")
+OPTIMIZER_FACTORIES = ("configure_optimizers",)  # methods whose optimizer's rate the caller writes (nanoGPT)
 # torch arguments the builder maps itself (the rest follow the rule's args)
 STRUCTURAL = ("params", "weight_decay", "betas", "decoupled_weight_decay")
 
@@ -52,7 +53,8 @@ def optimizer(rule: Rule, site: Site) -> Application:
     torch_name = rule.source[0].rsplit(".", 1)[1]
     model, groups, overrides = parameters_of(bound["params"])
     info = site.ctx.optimizers.get(id(site.original))
-    scheduled = info is not None and info.scheduled
+    # built by a model's configure_optimizers: its caller sets the rate each step (nanoGPT's train.py)
+    scheduled = (info is not None and info.scheduled) or site.method in OPTIMIZER_FACTORIES
     if groups is None:
         parts = _transform(rule, torch_name, {**bound, **overrides}, scheduled, site.ctx)
     else:
@@ -67,7 +69,11 @@ def optimizer(rule: Rule, site: Site) -> Application:
         parts = [f"optax.multi_transform({{{', '.join(transforms)}}}, param_group_labels({prefixes}))"]
     if info is not None and info.clip:
         parts.insert(0, info.clip)
-    return Application(expr(f"nnx.Optimizer({model}, {_chain(parts)}, wrt=nnx.Param)"))
+    tx = _chain(parts)
+    if info is not None and info.scaler:  # a GradScaler steps it: unscale, skip non-finite steps, adapt the scale
+        site.ctx.need_helper("grad_scaler")
+        tx = f"grad_scaler({tx}, {info.scaler})"
+    return Application(expr(f"nnx.Optimizer({model}, {tx}, wrt=nnx.Param)"))
 
 
 def _chain(parts: list[str]) -> str:

@@ -26,6 +26,7 @@ from porter.convert import checkpoints, data_side
 from porter.convert.context import OptimizerInfo, code_of
 from porter.convert.traverse import find_all
 from porter.convert.passes.concerns import Final
+from porter.convert.training_builders import OPTIMIZER_FACTORIES  # MODEL.configure_optimizers(...): its optimizer
 
 ZERO_GRAD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("zero_grad"))))
 BACKWARD = m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("backward")), args=[]))
@@ -35,6 +36,10 @@ CLIP_FUNCTIONS = ("torch.nn.utils.clip_grad_norm_", "torch.nn.utils.clip_grad_va
 OPTIMIZER_PREFIX = "torch.optim."
 SCHEDULER_PREFIX = "torch.optim.lr_scheduler."
 GRAD_CONTEXTS = ("torch.no_grad", "torch.inference_mode", "torch.enable_grad", "torch.set_grad_enabled")
+SCALERS = ("torch.amp.GradScaler", "torch.amp.grad_scaler.GradScaler", "torch.cuda.amp.GradScaler",
+           "torch.cuda.amp.grad_scaler.GradScaler", "torch.cpu.amp.GradScaler", "torch.GradScaler")
+SCALER_KEYWORDS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled")
+SCALER_METHODS = ("scale", "unscale_", "step", "update")
 PLACEMENT_METHODS = ("to", "cuda", "cpu")
 
 
@@ -132,11 +137,25 @@ class AccumulationNames:
     grads: str  # the gradient sum (torch's .grad)
 
 
+@dataclass
+class MicroSteps:
+    """Gradient accumulation over an inner loop of micro-batches (nanoGPT's train.py): backward() in the inner
+    loop, then clipping, the optimizer's (or a GradScaler's) step and zero_grad() after it, in the body of the
+    loop around it."""
+
+    optimizer: str
+    model: str  # the model it trains
+    scaler: str | None  # the GradScaler whose scale(loss) is differentiated
+    changing: set[str]  # names the loops assign (a forward reading one takes it as an argument)
+    names: AccumulationNames | None = None  # set when the inner loop was converted
+
+
 class TrainingLoops:
     """The training loops concern (passes/concerns.py): it wraps the calls and modules rewrite (`scope`)."""
 
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", "state_dict", "load_state_dict", *PLACEMENT_METHODS})
+    TRIGGER_WORDS = frozenset({"zero_grad", "backward", "step", "state_dict", "load_state_dict", *PLACEMENT_METHODS,
+                               *OPTIMIZER_FACTORIES, "param_groups"})
 
     def __init__(self, scope) -> None:
         self.scope = scope
@@ -147,7 +166,13 @@ class TrainingLoops:
         self._loop_targets: list[set[str]] = []
         self._step_names: set[str] = set()
         self._grad_contexts: set[int] = set()  # ids of torch.no_grad() & co. (call or decorator)
-        self._folded_clips: set[int] = set()  # clip_grad_*_ calls in training loops: they move into the optimizer
+        # clip_grad_*_ calls in training loops (they move into the optimizer) and GradScaler(...) calls (the same)
+        self._folded_clips: set[int] = set()
+        self._scalers: dict[str, str] = {}  # GradScaler variable -> grad_scaler's keywords
+        self._lr_writes: dict[int, str] = {}  # id of `for g in OPT.param_groups: g['lr'] = lr` -> OPT
+        self._micro_inner: dict[int, MicroSteps] = {}  # id of a micro-batch loop -> its plan
+        self._micro_outer: dict[int, MicroSteps] = {}  # id of the loop around it -> the same plan
+        self._holding = 0  # loops being traversed that hold a micro-batch loop: its steps go before them
         self._checkpoints: checkpoints.Checkpoints | None = None
 
     def visit_Module(self, node: cst.Module) -> None:
@@ -160,9 +185,9 @@ class TrainingLoops:
         """Before rewriting: which optimizer trains which model, which are scheduled or clipped,
         and how often each name is read (to know which forward results the rest of the file uses)."""
         self._reads = {}
-        if not self.mentions("optim"):
+        if not (self.mentions("optim") or any(self.mentions(name) for name in OPTIMIZER_FACTORIES)):
             return  # no torch.optim name in the file: no optimizer, so no loop to convert (a cheap text test)
-        nodes = find_all(node, (cst.Assign, cst.Call, cst.For))  # one walk (each m.findall was a visitor)
+        nodes = find_all(node, (cst.Assign, cst.Call, cst.For, cst.While))  # one walk (each m.findall was a visitor)
         for assign in (a for a in nodes if type(a) is cst.Assign and len(a.targets) == 1
                        and type(a.targets[0].target) is cst.Name and type(a.value) is cst.Call):
             qualified = self.ctx.qualified_name(assign.value.func) or ""
@@ -170,13 +195,25 @@ class TrainingLoops:
             if qualified.startswith(OPTIMIZER_PREFIX) and not qualified.startswith(SCHEDULER_PREFIX) and model:
                 # one entry per optimizer built (two optimizers over one model no longer collide)
                 self.ctx.optimizers[id(assign.value)] = OptimizerInfo(assign.targets[0].target.value, model)
+        for assign in (a for a in nodes if type(a) is cst.Assign and len(a.targets) == 1
+                       and type(a.targets[0].target) is cst.Name and type(a.value) is cst.Call):
+            func = assign.value.func
+            if isinstance(func, cst.Attribute) and func.attr.value in OPTIMIZER_FACTORIES \
+                    and isinstance(func.value, cst.Name):
+                self.ctx.optimizers[id(assign.value)] = OptimizerInfo(assign.targets[0].target.value,
+                                                                      func.value.value, factory=True)
+        # (a name bound both in a configure_optimizers method and by the script's call of it: the script's)
         by_name = {info.name: info for info in self.ctx.optimizers.values()}
+        self._find_scalers(node, nodes, by_name)
+        self._find_lr_writes(nodes, by_name)
         for call in (c for c in nodes if type(c) is cst.Call):
             qualified = self.ctx.qualified_name(call.func) or ""
             if qualified.startswith(SCHEDULER_PREFIX) and call.args and code_of(call.args[0].value) in by_name:
                 by_name[code_of(call.args[0].value)].scheduled = True
         for loop in (f for f in nodes if type(f) is cst.For):
             self._assign_clipping(loop)
+        for loop in (f for f in nodes if type(f) in (cst.For, cst.While)):
+            self._plan_micro_steps(loop, by_name)
         self._reads = names_in(node).loaded_counts
 
     def _assign_clipping(self, loop: cst.For) -> None:
@@ -193,6 +230,98 @@ class TrainingLoops:
             for info in self.ctx.optimizers.values():
                 if info.name in stepped and info.model == _model_of_params(expression.value):
                     info.clip = _clip_transform(expression.value, self.ctx)
+
+    # --------------------------------------------------------------------
+    # GradScaler, learning rates written into param_groups, micro-batch loops (analysis)
+
+    def _find_scalers(self, module: cst.Module, nodes: list, by_name: dict) -> None:
+        """`scaler = torch.amp.GradScaler(...)` used only as scale(loss).backward(), unscale_(opt), step(opt) and
+        update(): its keywords go to the emitted grad_scaler around the optimizer it steps, the statement goes."""
+        calls = [c for c in nodes if type(c) is cst.Call]
+        reads = None
+        for assign in (a for a in nodes if type(a) is cst.Assign and len(a.targets) == 1
+                       and type(a.targets[0].target) is cst.Name and type(a.value) is cst.Call):
+            qualified = self.ctx.qualified_name(assign.value.func) or ""
+            keywords = _scaler_keywords(assign.value, qualified) if qualified in SCALERS else None
+            if keywords is None:
+                continue
+            name = assign.targets[0].target.value
+            uses = [c for c in calls if m.matches(c.func, m.Attribute(value=m.Name(name)))]
+            stepped = {code_of(c.args[0].value) for c in uses if c.func.attr.value == "step" and len(c.args) == 1}
+            reads = reads or names_in(module).loaded_counts
+            if len(stepped) != 1 or reads.get(name, 0) != len(uses) \
+                    or any(c.func.attr.value not in SCALER_METHODS for c in uses):
+                continue  # read some other way (get_scale, state_dict, ...): left, GradScaler reported (PT003)
+            info = by_name.get(stepped.pop())
+            if info is not None:
+                info.scaler = keywords
+                self._scalers[name] = keywords
+                self._folded_clips.add(id(assign.value))
+
+    def _find_lr_writes(self, nodes: list, by_name: dict) -> None:
+        """`for g in OPT.param_groups: g['lr'] = lr` (a hand-written schedule): OPT's rate is injected state."""
+        for loop in (f for f in nodes if type(f) is cst.For):
+            optimizer = _lr_write(loop)
+            if optimizer in by_name:
+                by_name[optimizer].scheduled = True
+                self._lr_writes[id(loop)] = optimizer
+
+    def _plan_micro_steps(self, loop: cst.For | cst.While, by_name: dict) -> None:
+        """A loop whose body holds a loop of backward() calls (no step) followed by the optimizer's step."""
+        body = list(loop.body.body)
+        inner = [i for i, s in enumerate(body) if isinstance(s, cst.For) and s.orelse is None
+                 and sum(m.matches(small(t), BACKWARD) for t in s.body.body) == 1
+                 and not any(self._step_of(t) for t in s.body.body)]
+        steps = [i for i, s in enumerate(body) if self._step_of(s)]
+        if len(inner) != 1 or len(steps) != 1 or steps[0] < inner[0]:
+            return
+        optimizer, scaler = self._step_of(body[steps[0]])
+        info = by_name.get(optimizer)
+        if info is None:
+            return
+        changing = set(names_in(loop).assigned) | set(names_in(body[inner[0]].target).loaded)
+        for statement in body[inner[0] + 1:steps[0]]:
+            if isinstance(statement, cst.If) and self._clip_block(statement, optimizer):
+                condition = statement.test
+                clip = next(_clip_transform(small(t).value, self.ctx) for t in statement.body.body if self._is_clip(t))
+                if set(names_in(condition).loaded) & changing:
+                    return  # decided anew each step: the optimizer's chain cannot hold it
+                info.clip = f"{clip} if {code_of(condition)} else optax.identity()"
+                self._folded_clips |= {id(small(t).value) for t in statement.body.body if self._is_clip(t)}
+            elif self._is_clip(statement):
+                info.clip = _clip_transform(small(statement).value, self.ctx)
+                self._folded_clips.add(id(small(statement).value))
+        plan = MicroSteps(optimizer, info.model, scaler, changing)
+        self._micro_inner[id(body[inner[0]])] = plan
+        self._micro_outer[id(loop)] = plan
+
+    def _step_of(self, statement: cst.BaseStatement) -> tuple[str, str | None] | None:
+        """(optimizer, None) for `OPT.step()`, (optimizer, scaler) for `scaler.step(OPT)`, else None."""
+        optimizer = self._optimizer_step(statement)
+        if optimizer:
+            return optimizer, None
+        call = self._scaler_call(statement, "step")
+        if call is not None and isinstance(call.args[0].value, cst.Name) and self._is_optimizer_name(
+                call.args[0].value.value):
+            return call.args[0].value.value, call.func.value.value
+        return None
+
+    def _scaler_call(self, statement: cst.BaseStatement, method: str) -> cst.Call | None:
+        expression = small(statement)
+        if isinstance(expression, cst.Expr) and m.matches(expression.value, m.Call(func=m.Attribute(
+                value=m.Name(), attr=m.Name(method)))) and expression.value.func.value.value in self._scalers \
+                and len(expression.value.args) == (0 if method == "update" else 1):
+            return expression.value
+        return None
+
+    def _clip_block(self, statement: cst.If, optimizer: str) -> bool:
+        """`if grad_clip != 0.0: scaler.unscale_(optimizer); clip_grad_norm_(...)`: clipping, under a test."""
+        inner = statement.body.body if isinstance(statement.body, cst.IndentedBlock) else []
+        return statement.orelse is None and any(self._is_clip(t) for t in inner) and all(
+            self._is_clip(t) or self._scaler_call(t, "unscale_") is not None for t in inner)
+
+    def _is_optimizer_name(self, name: str) -> bool:
+        return any(info.name == name for info in self.ctx.optimizers.values())
 
     # torch.no_grad(): JAX computes gradients only where asked, so the context goes
     def visit_With(self, node: cst.With) -> None:
@@ -257,7 +386,13 @@ class TrainingLoops:
         """`model.to(device)` as a statement: nothing left to do once placement is dropped. Neither for
         `optimizer.zero_grad()` outside loops: JAX gradients start from nothing."""
         statement = small(original_node)
-        if self._loop_depth == 0 and m.matches(statement, ZERO_GRAD) \
+        if isinstance(statement, cst.Assign) and id(statement.value) in self._folded_clips:
+            self.record("grad-scaler", original_node, cst.Pass())  # its keywords went into the optimizer's chain
+            return Final(cst.RemoveFromParent())
+        info = self.ctx.optimizers.get(id(statement.value)) if isinstance(statement, cst.Assign) else None
+        if info is not None and info.factory and (info.clip or info.scaler):
+            return cst.FlattenSentinel([updated_node, self._rebuilt_optimizer(info, original_node)])
+        if self._loop_depth == 0 and not self._holding and m.matches(statement, ZERO_GRAD) \
                 and any(self._zero_grad_of(original_node, info.name) for info in self.ctx.optimizers.values()):
             self.record("zero-grad", original_node, cst.Pass())
             return Final(cst.RemoveFromParent())
@@ -268,11 +403,42 @@ class TrainingLoops:
             return Final(cst.RemoveFromParent())
         return updated_node
 
+    def _rebuilt_optimizer(self, info: OptimizerInfo, original: cst.CSTNode) -> cst.SimpleStatementLine:
+        """`optimizer = nnx.Optimizer(model, grad_scaler(optax.chain(clip, optimizer.tx)), ...)` after an optimizer
+        built elsewhere: the clipping and loss scaling the loop does around its step join its transformation."""
+        tx = f"{info.name}.tx" if not info.clip else f"optax.chain({info.clip}, {info.name}.tx)"
+        if info.scaler:
+            self.ctx.need_helper("grad_scaler")
+            tx = f"grad_scaler({tx}, {info.scaler})"
+        what = " and ".join(w for w, given in (("clipping", info.clip), ("loss scaling", info.scaler)) if given)
+        line = cst.parse_statement(f"{info.name} = nnx.Optimizer(  # the training loop's {what} join its transformation\n"
+                                   f"    {info.model}, {tx}, wrt=nnx.Param)\n")
+        self.record("optimizer-chain", original, line)
+        return line
+
     def _is_grad_context(self, node: cst.BaseExpression) -> bool:
         target = node.func if isinstance(node, cst.Call) else node
         return (self.ctx.qualified_name(target) or "") in GRAD_CONTEXTS
 
+    def visit_While(self, node: cst.While) -> None:
+        self._holding += id(node) in self._micro_outer
+
+    def leave_While(self, original_node: cst.While, updated_node: cst.While):
+        plan = self._micro_outer.get(id(original_node))
+        if plan is None:
+            return updated_node
+        self._holding -= 1
+        return self._flushed(self._convert_micro_apply(original_node, updated_node, plan))
+
+    def _flushed(self, loop: cst.For | cst.While):
+        """The loop, with the train steps defined before it when it is the outermost loop that holds them."""
+        if self._loop_depth == 0 and not self._holding and self._pending_steps:
+            steps, self._pending_steps = self._pending_steps, []
+            return cst.FlattenSentinel([*steps, loop])
+        return loop
+
     def visit_For(self, node: cst.For) -> None:
+        self._holding += id(node) in self._micro_outer
         self._loop_depth += 1
         self._loop_targets.append(set(names_in(node.target).loaded))
         statements = list(node.body.body)
@@ -283,14 +449,33 @@ class TrainingLoops:
     def leave_For(self, original_node: cst.For, updated_node: cst.For):
         self._loop_depth -= 1
         self._loop_targets.pop()
+        if id(original_node) in self._lr_writes:
+            return self._learning_rate_write(original_node, updated_node)
         steps = len(self.ctx.training_steps)
-        updated_node = self._convert_loop_body(original_node, updated_node)
+        plan = self._micro_outer.get(id(original_node))
+        if plan is not None:
+            self._holding -= 1
+            updated_node = self._convert_micro_apply(original_node, updated_node, plan)
+        elif id(original_node) in self._micro_inner:
+            updated_node = self._convert_micro_steps(original_node, updated_node, self._micro_inner[id(original_node)])
+        else:
+            updated_node = self._convert_loop_body(original_node, updated_node)
         for adapt in self.loops.adapters:
             updated_node = adapt(original_node, updated_node, steps)
-        if self._loop_depth == 0 and self._pending_steps:
-            steps, self._pending_steps = self._pending_steps, []
-            return cst.FlattenSentinel([*steps, updated_node])
-        return updated_node
+        return self._flushed(updated_node)
+
+    def _learning_rate_write(self, original: cst.For, updated: cst.For) -> cst.SimpleStatementLine:
+        """`for g in optimizer.param_groups: g['lr'] = lr` -> set_learning_rate(optimizer, lr)."""
+        optimizer = self._lr_writes[id(original)]
+        value = small(updated.body.body[0]).value
+        self.ctx.need_helper("set_learning_rate")
+        if any(i.factory for i in self.ctx.optimizers.values() if i.name == optimizer):
+            self.report("PT007", original, f"set_learning_rate writes the rate {optimizer}'s transformation holds as "
+                                           "state: the function that builds it must wrap it in "
+                                           "optax.inject_hyperparams (set_learning_rate says so when it is not)")
+        new = cst.parse_statement(f"set_learning_rate({optimizer}, {code_of(value)})\n")
+        self.record("learning-rate", original, new)
+        return new.with_changes(leading_lines=updated.leading_lines)
 
     # --------------------------------------------------------------------
     def _convert_loop_body(self, original: cst.For, updated: cst.For) -> cst.For:
@@ -450,6 +635,104 @@ class TrainingLoops:
                 inner.append(s)
         return statement.with_changes(body=statement.body.with_changes(body=inner))
 
+    # --------------------------------------------------------------------
+    # Micro-batches: backward() in an inner loop, the step after it (nanoGPT's train.py)
+
+    def _convert_micro_steps(self, original: cst.For, updated: cst.For, plan: MicroSteps) -> cst.For:
+        """The inner loop: its forward and backward become one call of the jitted accumulate step."""
+        body = list(updated.body.body)
+        found = self._micro_forward(body, plan)
+        model = plan.model
+        if isinstance(found, str):
+            self.report("PT010", original, f"gradient accumulation loop left unchanged: {found}")
+            return updated
+        wrapper, spots, objective, backward, dropped = found
+        forward = [s for i, s in enumerate(body) if i in spots] if wrapper is None else list(body[wrapper].body.body)
+        first = wrapper if wrapper is not None else min(spots)
+        loop = TrainingLoop(plan.optimizer, model, forward, objective, first, backward)
+        names = plan.names = self._accumulation_names()
+        self._note_step_calls(original, loop)
+        read = names_in(*forward).loaded
+        batch = [n for n in read if n in plan.changing and n not in names_in(*forward).assigned and n != model]
+        self.loops.last_batch = batch
+        self._batches_converted_at_call(loop, batch)
+        outputs = self._outputs(loop)
+        scale = "loss_scale" if plan.scaler else None
+        self._pending_steps.extend(self._accumulation_steps(names, loop, batch, outputs, scale))
+        self.ctx.training_steps[-2:] = [names.apply, names.accumulate]  # the step called in this loop last (adapters)
+        call = self._accumulate_call(names, batch, outputs, f"{plan.optimizer}.opt_state[\"scale\"][...]"
+                                     if scale else None)
+        new_body = []
+        for i, statement in enumerate(body):
+            if i == first:
+                if wrapper is None:
+                    new_body.append(call.with_changes(leading_lines=statement.leading_lines))
+                else:  # the context (autocast) stays around the step, which is traced inside it
+                    new_body.append(statement.with_changes(body=statement.body.with_changes(body=[call])))
+            elif not (i in dropped or i == backward or (wrapper is None and i in spots)):
+                new_body.append(statement)
+        self.record("train-step", original, cst.SimpleStatementLine([cst.Pass()]))
+        self.report("PT007", original, f"gradient accumulation: {names.accumulate}() adds each micro-batch's "
+                                       f"gradients to {names.grads} (as torch's backward() adds to .grad), "
+                                       f"{names.apply}() takes the optimizer step after the loop"
+                                       + (", the loss scaled by the optimizer's grad_scaler" if scale else ""))
+        return updated.with_changes(body=updated.body.with_changes(body=new_body))
+
+    def _micro_forward(self, body: list[cst.BaseStatement], plan: MicroSteps):
+        """(the index of the `with` holding the forward or None, the forward's indices when not in a `with`, the
+        objective, the backward's index, indices of statements dropped) or what is not understood."""
+        backward = next(i for i, s in enumerate(body) if m.matches(small(s), BACKWARD))
+        objective = small(body[backward]).value.func.value
+        if plan.scaler and m.matches(objective, m.Call(func=m.Attribute(value=m.Name(plan.scaler),
+                                                                        attr=m.Name("scale")))):
+            objective = objective.args[0].value
+        withs = [i for i in range(backward) if isinstance(body[i], cst.With)]
+        if withs:
+            wrapper, spots = withs[-1], set()
+            forward = list(body[wrapper].body.body)
+            if any(self._is_grad_context(item.item) or item.asname for item in body[wrapper].items):
+                return "the forward pass is under a gradient context or binds a name"
+        else:
+            start, forward = self._forward_span(body, backward, [])
+            wrapper, spots = None, set(range(start, backward))
+        problem = self._forward_problem(forward)
+        if problem:
+            return problem
+        after = wrapper + 1 if wrapper is not None else backward
+        model = plan.model
+        produced = set(names_in(*forward).assigned) | set(names_in(objective).loaded)
+        for statement in body[after:backward]:
+            names = names_in(statement)
+            if model in names.loaded or set(names.assigned) & produced:
+                return f"`{code_of(statement).strip()}` between the forward pass and backward() changes what " \
+                       f"the step differentiates"
+        before = wrapper if wrapper is not None else min(spots)
+        dropped = {i for i in range(before) if _syncs_gradients(body[i], model)}
+        if any(self._zero_grad_of(s, plan.optimizer) for s in body):
+            return "zero_grad() inside the loop of micro-batches"
+        return wrapper, spots, objective, backward, dropped
+
+    def _convert_micro_apply(self, original, updated, plan: MicroSteps):
+        """The loop around the micro-batches: the step (clipping and loss scaling folded into the optimizer's
+        chain) becomes the jitted apply step, zero_grad() zeroes the gradient sum."""
+        names = plan.names
+        if names is None:
+            return updated
+        statements = []
+        for statement in updated.body.body:
+            if self._step_of(statement):
+                statements.append(cst.parse_statement(f"{names.apply}_fast({names.grads})\n")
+                                  .with_changes(leading_lines=statement.leading_lines))
+            elif self._zero_grad_of(statement, plan.optimizer):
+                statements.append(cst.parse_statement(f"{names.grads} = jax.tree.map(jnp.zeros_like, {names.grads})\n")
+                                  .with_changes(leading_lines=statement.leading_lines))
+            elif not (self._is_clip(statement) or (isinstance(statement, cst.If)
+                                                   and self._clip_block(statement, plan.optimizer))
+                      or self._scaler_call(statement, "update") is not None
+                      or self._scaler_call(statement, "unscale_") is not None):
+                statements.append(statement)
+        return updated.with_changes(body=updated.body.with_changes(body=statements))
+
     def _accumulation_names(self) -> AccumulationNames:
         taken = set(self._reads) | self._step_names
         suffix = next(str(n) if n else "" for n in range(100)
@@ -460,10 +743,12 @@ class TrainingLoops:
         return names
 
     def _accumulation_steps(self, names: AccumulationNames, loop: TrainingLoop, batch: list[str],
-                            outputs: list[str]) -> list[cst.BaseStatement]:
+                            outputs: list[str], scale: str | None = None) -> list[cst.BaseStatement]:
+        """The jitted accumulate and apply steps; `scale`: the accumulate step's argument the loss is multiplied
+        by before differentiation (a GradScaler's scale(loss))."""
         model, optimizer = loop.model, loop.optimizer
         forward = "".join("        " + code_of(s).strip() + "\n" for s in loop.forward)
-        objective = code_of(loop.objective)
+        objective = code_of(loop.objective) + (f" * {scale}" if scale else "")
         value = objective if objective.isidentifier() else "loss_value"
         aux = [o for o in outputs if o != objective]
         loss_fn = next(n for n in ("loss_fn", "compute_loss", "loss_of") if n not in set(names_in(*loop.forward).loaded))
@@ -479,7 +764,7 @@ class TrainingLoops:
         results = [value if o == objective else o for o in outputs] or [value]
         accumulate = (
             f"@nnx.jit\n"
-            f"def {names.accumulate}({', '.join([model, *rngs, names.grads, *batch])}):\n"
+            f"def {names.accumulate}({', '.join([model, *rngs, names.grads, *([scale] if scale else []), *batch])}):\n"
             f"    def {loss_fn}({differentiated}):\n"
             f"{forward}"
             f"        return {returns}\n"
@@ -504,8 +789,9 @@ class TrainingLoops:
         return [cst.parse_statement(accumulate).with_changes(leading_lines=blank),
                 cst.parse_statement(apply).with_changes(leading_lines=blank), *setup_statements]
 
-    def _accumulate_call(self, names: AccumulationNames, batch: list[str], outputs: list[str]) -> cst.BaseStatement:
-        args = ", ".join([names.grads, *(self.batch_argument(b) for b in batch)])
+    def _accumulate_call(self, names: AccumulationNames, batch: list[str], outputs: list[str],
+                         scale: str | None = None) -> cst.BaseStatement:
+        args = ", ".join([names.grads, *([scale] if scale else []), *(self.batch_argument(b) for b in batch)])
         targets = ", ".join([*(outputs or ["_"]), names.grads])
         return cst.parse_statement(f"{targets} = {names.accumulate}_fast({args})\n")
 
@@ -637,6 +923,46 @@ class TrainingLoops:
         name = "train_step" if "train_step" not in self._step_names else f"train_step{len(self._step_names) + 1}"
         self._step_names.add(name)
         return name
+
+
+def _scaler_keywords(call: cst.Call, qualified: str) -> str | None:
+    """grad_scaler's keywords for a GradScaler(...) call ("enabled=..."), None for arguments it cannot take: the
+    device (torch.amp's first argument) is dropped, JAX places arrays itself."""
+    keywords = []
+    for index, arg in enumerate(call.args):
+        if arg.star:
+            return None
+        name = arg.keyword.value if arg.keyword else None
+        if name == "device" or (name is None and index == 0 and qualified.startswith("torch.amp")):
+            continue
+        if name not in SCALER_KEYWORDS:
+            return None
+        keywords.append(f"{name}={code_of(arg.value)}")
+    return ", ".join(keywords) or "enabled=True"
+
+
+def _lr_write(loop: cst.For) -> str | None:
+    """OPT for `for g in OPT.param_groups: g['lr'] = value`, else None."""
+    if not (m.matches(loop.iter, m.Attribute(value=m.Name(), attr=m.Name("param_groups")))
+            and isinstance(loop.target, cst.Name) and loop.orelse is None and len(loop.body.body) == 1):
+        return None
+    statement = small(loop.body.body[0])
+    if isinstance(statement, cst.Assign) and len(statement.targets) == 1 and m.matches(
+            statement.targets[0].target, m.Subscript(value=m.Name(loop.target.value), slice=[m.SubscriptElement(
+                m.Index(m.SimpleString("'lr'") | m.SimpleString('"lr"')))])) \
+            and loop.target.value not in names_in(statement.value).loaded:
+        return loop.iter.value.value
+    return None
+
+
+def _syncs_gradients(statement: cst.BaseStatement, model: str) -> bool:
+    """`model.require_backward_grad_sync = ...` (DDP's switch, alone or under an `if`): JAX's step reduces the
+    summed gradients once, so the switch has nothing to do."""
+    if isinstance(statement, cst.If) and statement.orelse is None and isinstance(statement.body, cst.IndentedBlock):
+        return all(_syncs_gradients(s, model) for s in statement.body.body)
+    target = small(statement)
+    return isinstance(target, cst.Assign) and len(target.targets) == 1 and m.matches(
+        target.targets[0].target, m.Attribute(value=m.Name(model), attr=m.Name("require_backward_grad_sync")))
 
 
 def _clip_transform(call: cst.Call, ctx) -> str | None:
