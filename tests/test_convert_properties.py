@@ -20,10 +20,7 @@ from porter.convert.source_index import SourceIndex, StatementCode
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted(p for p in (ROOT / "fixtures").rglob("*.py") if "expected" not in p.parts)
 IDS = [f"{p.parent.name}/{p.stem}" for p in FIXTURES]
-# issue 16's sample.py still converts with errors (docs/gpt_status.md): the torch code left in the output
-# (`import torch` kept) makes a second pass read `x.swapaxes(...)` as torch's, and its second pass
-# adds `import jax` again. Strict: it starts failing the day the fixture converts clean.
-NOT_YET_IDEMPOTENT = {"gpt/sample"}
+NOT_YET_IDEMPOTENT: set[str] = set()  # (issue 16's gpt/model and gpt/sample convert clean and are idempotent now)
 
 
 def fixtures_but(unstable: set[str], reason: str):
