@@ -33,3 +33,19 @@ def test_a_model_of_a_torch_package_built_in_a_method_is_an_error_naming_the_pac
     errors = [d for d in conversion.diagnostics if d.severity.name == "ERROR" and d.line == 18]
     assert any(d.code == "PT040" and "transformers" in d.message and "GPT2LMHeadModel" in d.message
                for d in errors), conversion.diagnostics
+
+
+FUNCTIONAL = '''
+import torch.nn as nn
+from torchvision.transforms import functional as F
+
+
+class Resize(nn.Module):
+    def forward(self, x):
+        return F.resize(x, [4, 4])
+'''
+
+
+def test_a_module_of_a_torch_package_called_is_not_said_to_build_a_class():
+    conversion = convert_source(textwrap.dedent(FUNCTIONAL))
+    assert not any("builds F" in d.message for d in conversion.diagnostics), conversion.diagnostics

@@ -140,3 +140,24 @@ def test_multinomial_draws_from_torchs_distribution(tmp_path):
 def test_several_samples_without_replacement_are_refused():
     conversion = convert_source(SAMPLER.replace("4, replacement=True", "4"), filename="s.py")
     assert any(d.code == "PT004" and "without replacement" in d.message for d in conversion.diagnostics)
+
+
+STATIC_DRAW = '''
+import torch
+import torch.nn as nn
+
+
+class Crop(nn.Module):
+    @staticmethod
+    def get_params(h, th):
+        return torch.randint(0, h - th + 1, size=(1,)).item()
+
+    def forward(self, x):
+        return x
+'''
+
+
+def test_a_static_method_gets_no_rngs_argument_that_would_read_self():
+    conversion = convert_source(STATIC_DRAW, filename="s.py")
+    assert "rngs = self.rngs if rngs is None else rngs" not in conversion.code
+    assert "def get_params(h, th):" in conversion.code

@@ -160,9 +160,9 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
     def trigger_state(self) -> int:
         return self.state
 
-    def _imported_names(self, module: cst.Module) -> tuple[set[str], dict[str, str]]:
+    def _imported_names(self, module: cst.Module) -> tuple[set[str], dict[str, tuple[str, str]]]:
         """Local names of einops functions, and of what the file imports from torch packages other than torch
-        (local name -> package), at the top level or in a function (nanoGPT's from_pretrained imports
+        (local name -> (package, the name imported)), at the top level or in a function (nanoGPT's from_pretrained imports
         transformers' GPT2LMHeadModel in its body)."""
         einops, packages = set(), {}
         for small in find_all(module, (cst.ImportFrom, cst.Import)):
@@ -174,12 +174,12 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                     if source == "einops" and alias.evaluated_name in self.tables.einops_functions:
                         einops.add(local)
                     elif self._torch_package(source):
-                        packages[local] = source.split(".")[0]
+                        packages[local] = (source.split(".")[0], alias.evaluated_name)
             elif type(small) is cst.Import:
                 for alias in small.names:
                     if self._torch_package(alias.evaluated_name):
                         packages[(alias.evaluated_alias or alias.evaluated_name).split(".")[0]] = \
-                            alias.evaluated_name.split(".")[0]
+                            (alias.evaluated_name.split(".")[0], alias.evaluated_name)
         return einops, packages
 
     def _torch_package(self, name: str) -> bool:
@@ -326,8 +326,9 @@ class ResidualCheck(FastDispatch, cst.CSTVisitor):
                           "convert it too (porter convert the package's source with the rest of the tree), or write "
                           "the flax equivalent")
         elif self.module_class is not None and type(func) is cst.Attribute and type(func.value) is cst.Name \
-                and func.value.value in self.torch_packages and _class_name(func.value):
-            package = self.torch_packages[func.value.value]  # GPT2LMHeadModel.from_pretrained(model_type)
+                and func.value.value in self.torch_packages \
+                and _class_name(cst.Name(self.torch_packages[func.value.value][1].rsplit(".", 1)[-1])):
+            package = self.torch_packages[func.value.value][0]  # GPT2LMHeadModel.from_pretrained(model_type)
             self._add(func.value, f"`{_short(func)}(...)` builds {func.value.value} of {package}, a torch "
                                   f"package, inside the nnx module {self.classes[-1][0]}: it runs torch there",
                           "convert it too (porter convert the package's source with the rest of the tree), or write "
