@@ -49,3 +49,40 @@ class Resize(nn.Module):
 def test_a_module_of_a_torch_package_called_is_not_said_to_build_a_class():
     conversion = convert_source(textwrap.dedent(FUNCTIONAL))
     assert not any("builds F" in d.message for d in conversion.diagnostics), conversion.diagnostics
+
+
+SAMPLE = '''
+import torch
+import torch.nn as nn
+
+
+class GPT(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.fc = nn.Linear(n, n)
+
+    def forward(self, x):
+        return self.fc(x)
+
+    @classmethod
+    def from_pretrained(cls, name):
+        return cls(4)
+
+
+init_from = 'resume'
+if init_from == 'resume':
+    checkpoint = torch.load('ckpt.pt', map_location='cpu')
+    model = GPT(4)
+    model.load_state_dict(checkpoint['model'])
+else:
+    model = GPT.from_pretrained(init_from)
+'''
+
+
+def test_a_model_also_bound_to_from_pretrained_still_loads_its_checkpoint():
+    """nanoGPT's sample.py binds `model` to GPT(...) or GPT.from_pretrained(...): both converted models, so the
+    resume branch's torch.load and load_state_dict convert (they were PT003 and PT040)."""
+    conversion = convert_source(textwrap.dedent(SAMPLE))
+    assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"], conversion.diagnostics
+    assert "load_numpy_state(model, checkpoint['model'])" in conversion.code
+    assert "checkpoint = load_checkpoint('ckpt.pt')" in conversion.code

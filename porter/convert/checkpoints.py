@@ -210,6 +210,8 @@ def _builds_a_model(value: cst.BaseExpression, ctx: ConversionContext) -> bool:
         return False
     if type(value.func) is cst.Name and value.func.value in ctx.module_classes:
         return True
+    if m.matches(value.func, m.Attribute(value=m.Name(), attr=m.Name("from_pretrained"))):  # GPT.from_pretrained(...)
+        return value.func.value.value in ctx.module_classes
     qualified = ctx.qualified_name(value.func) or ""
     layer = qualified.removeprefix("torch.nn.")
     return layer != qualified and "." not in layer and layer[:1].isupper() and qualified not in NOT_LAYERS
