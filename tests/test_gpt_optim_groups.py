@@ -8,7 +8,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import pytest
 import torch
 from flax import nnx

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import libcst as cst
 
-from porter.convert.context import code_of
 
 _TF32 = ("torch.backends.cuda.matmul.allow_tf32", "torch.backends.cudnn.allow_tf32")
 _CUDA_SEEDS = ("torch.cuda.manual_seed", "torch.cuda.manual_seed_all", "torch.cuda.random.manual_seed",
