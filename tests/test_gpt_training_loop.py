@@ -97,3 +97,32 @@ def test_check_script_matches_torch_at_every_micro_batch_for_50_steps(tmp_path, 
     assert result.passed, result.format()
     assert len(result.steps) == 200  # accumulation 4: one loss per micro-batch
     print(name, "max rel loss diff", result.max_loss_rel)
+
+
+def test_overflowing_scaled_losses_skip_the_step_and_back_off_as_torch_does(tmp_path):
+    """Scaler on (float32 compute), the loss of iterations 3 and 7 times 1e36: the scaled loss overflows in
+    both frameworks, both skip those two steps and halve the scale. Every one of the 240 micro-batch losses
+    (inf where they overflow) and the final weights agree; the one difference is the count of optimizer
+    steps, which check --script takes from torch's optimizer.step() (a skipped step does not call it) and
+    from nnx's update (the skipped step still calls it, with zero updates)."""
+    source = SCRIPT.read_text()
+    for old, new in (("dtype = 'float32'", "dtype = 'float16'"),
+                     ("data = (np.arange", "overflow = torch.tensor([1e36 if i in (3, 7) else 1.0 for i in range(100)])"
+                                           "\ndata = (np.arange"),
+                     ("            loss = loss / gradient_accumulation_steps\n",
+                      "            loss = loss / gradient_accumulation_steps * overflow[iter_num]\n")):
+        assert old in source
+        source = source.replace(old, new)
+    original = tmp_path / "torch" / "train.py"
+    original.parent.mkdir()
+    original.write_text(source)
+    converted = porter.convert_source(source, filename=str(original))
+    assert errors(converted) == []
+    target = tmp_path / "jax" / "train.py"
+    target.parent.mkdir()
+    target.write_text(converted.code)
+    result = check_training(original, target, float64=False)  # to the end: 60 iterations
+    assert result.problems == ["the scripts took different numbers of optimizer steps (torch 58, jax 60)"]
+    assert len(result.steps) == 240 and all(row.ok for row in result.steps), result.format()
+    assert [row.torch for row in result.steps].count(float("inf")) == 8  # 2 iterations x 4 micro-batches
+    assert result.state and all(row.ok for row in result.state), result.format()

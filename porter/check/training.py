@@ -584,7 +584,7 @@ def compare_runs(torch_run: Run, jax_run: Run, original: str, converted: str, *,
         report.notes.append(f"{len(torch_run.losses)} losses for {len(torch_run.step_ends)} optimizer steps: "
                             f"the table counts backward() calls")
     for i, (t, j) in enumerate(zip(torch_run.losses, jax_run.losses)):
-        rel = abs(j - t) / max(abs(t), TINY)
+        rel = 0.0 if j == t else abs(j - t) / max(abs(t), TINY)  # equal infinities (a loss scale's overflow) agree
         report.steps.append(StepRow(i + 1, t, j, rel, bool(rel <= loss_rtol)))
     if crashed and len(torch_run.step_ends) != len(jax_run.step_ends):
         report.notes.append("final state not compared: the scripts stopped after different numbers of steps")
