@@ -4,6 +4,7 @@ draw at every call, and `porter check --script` compares the two step by step. p
 are dropped with a note; the RANK test keeps its single-process meaning."""
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,90 @@ def test_check_script_compares_memmap_batches_step_by_step(corpus):
     result = check_training(original, converted, steps=50)
     assert result.passed, result.format()
     assert len(result.steps) == 50 and result.steps[0].rel <= 1e-6
+
+
+EVAL_SCRIPT = textwrap.dedent('''\
+    import os
+    from contextlib import nullcontext
+    import numpy as np
+    import torch
+    from model import GPT, GPTConfig
+
+    eval_iters, block_size, batch_size, device, device_type = 3, 8, 4, 'cpu', 'cpu'
+    data_dir = os.path.dirname(os.path.abspath(__file__))
+    ctx = nullcontext()
+
+
+    def get_batch(split):
+        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+        ix = torch.randint(len(data) - block_size, (batch_size,))
+        x = torch.stack([torch.from_numpy((data[i:i + block_size]).astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy((data[i + 1:i + 1 + block_size]).astype(np.int64)) for i in ix])
+        return x.to(device), y.to(device)
+
+
+    model = GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
+
+
+    @torch.no_grad()
+    def estimate_loss():
+        out = {}
+        model.eval()
+        for split in ['train', 'val']:
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                X, Y = get_batch(split)
+                with ctx:
+                    logits, loss = model(X, Y)
+                losses[k] = loss.item()
+            out[split] = losses.mean()
+        model.train()
+        return out
+    ''')
+
+
+def test_estimate_loss_converts_and_gives_torch_s_losses(corpus):
+    """train.py's estimate_loss: @torch.no_grad() dropped, model.eval()/train() kept (nnx's), losses[k] = ...
+    an .at[k].set; on torch's weights and torch's batches it gives torch's mean losses."""
+    import shutil
+    import sys
+
+    import torch
+    from flax import nnx
+
+    from porter.check.modelspec import import_file
+    from porter.convert.pipeline import convert_in_tree
+    from porter.weights.loader import load_torch_state_dict
+
+    np.random.default_rng(1).integers(0, 13, size=300).astype(np.uint16).tofile(corpus / "val.bin")
+    gpt = Path(__file__).resolve().parent.parent / "fixtures" / "gpt" / "model.py"
+    original_dir, converted_dir = corpus / "torch", corpus / "jax"
+    for folder in (original_dir, converted_dir):
+        folder.mkdir()
+        for split in ("train", "val"):
+            shutil.copy(corpus / f"{split}.bin", folder)
+    shutil.copy(gpt, original_dir / "model.py")
+    (original_dir / "script.py").write_text(EVAL_SCRIPT)
+    (converted_dir / "model.py").write_text(convert_source(gpt.read_text(), filename="model.py").code)
+    conversion = convert_in_tree(EVAL_SCRIPT, filename="script.py", known={"GPT": "module"})
+    assert [d.format() for d in conversion.diagnostics if d.severity is Severity.ERROR] == []
+    assert "@torch.no_grad()" not in conversion.code and "losses = losses.at[k].set(loss.item())" in conversion.code
+    (converted_dir / "script.py").write_text(conversion.code)
+    results = {}
+    for name, folder in (("torch", original_dir), ("jax", converted_dir)):
+        sys.modules.pop("model", None)
+        sys.path.insert(0, str(folder))
+        try:
+            results[name] = import_file(folder / "script.py")
+        finally:
+            sys.path.remove(str(folder))
+            sys.modules.pop("model", None)
+    original, converted = results["torch"], results["jax"]
+    assert load_torch_state_dict(converted.model, original.model.state_dict()).ok
+    torch.manual_seed(3)
+    expected = original.estimate_loss()
+    torch.manual_seed(3)
+    got = converted.estimate_loss()
+    for split in ("train", "val"):
+        np.testing.assert_allclose(float(got[split]), float(expected[split]), rtol=1e-5)
+    assert float(got["train"]) != float(got["val"])
