@@ -50,6 +50,7 @@ MODEL_WRAPPERS = ("torch.compile", "torch.nn.parallel.DistributedDataParallel", 
 # calls between a checkpoint dict and its torch.save that leave the state alone
 HARMLESS_FUNCTIONS = frozenset({"print", "len", "str", "repr", "format", "int", "float"})
 HARMLESS_METHODS = frozenset({"info", "debug", "warning", "log", "write", "flush", "join", "makedirs", "format"})
+FROM_PRETRAINED = "from_pretrained"
 # methods of a model that build its optimizer (nanoGPT's `optimizer = model.configure_optimizers(...)`)
 OPTIMIZER_METHODS = ("configure_optimizers",)
 STATE_DICT = m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("state_dict")), args=[])
@@ -210,6 +211,9 @@ def _builds_a_model(value: cst.BaseExpression, ctx: ConversionContext) -> bool:
         return False
     if type(value.func) is cst.Name and value.func.value in ctx.module_classes:
         return True
+    if m.matches(value.func, m.Attribute(value=m.Name(), attr=m.Name(FROM_PRETRAINED))) \
+            and value.func.value.value in ctx.module_classes:
+        return True  # nanoGPT's `GPT.from_pretrained(init_from, override_args)`: a classmethod building one
     qualified = ctx.qualified_name(value.func) or ""
     layer = qualified.removeprefix("torch.nn.")
     return layer != qualified and "." not in layer and layer[:1].isupper() and qualified not in NOT_LAYERS
