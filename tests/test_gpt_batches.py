@@ -212,3 +212,23 @@ def test_estimate_loss_converts_and_gives_torch_s_losses(corpus):
     for split in ("train", "val"):
         np.testing.assert_allclose(float(got[split]), float(expected[split]), rtol=1e-5)
     assert float(got["train"]) != float(got["val"])
+
+
+def test_an_index_draw_in_a_function_the_model_calls_is_not_kept():
+    """Called from a forward (traced under jit), a torch draw would be one constant: it converts as before."""
+    source = textwrap.dedent('''\
+        import torch
+        import torch.nn as nn
+
+
+        def shuffle(x):
+            perm = torch.randperm(x.shape[0])
+            return x[perm]
+
+
+        class Net(nn.Module):
+            def forward(self, x):
+                return shuffle(x)
+        ''')
+    code = convert_source(source, filename="net.py").code
+    assert "torch.randperm" not in code and "jax.random.permutation" in code

@@ -182,6 +182,7 @@ class _Analysis:
         self.ctx = ctx
         self.data = DataSide()
         self.dataset_classes: dict[str, cst.ClassDef] = {}
+        self.module_classes: list[cst.ClassDef] = []  # the model's classes (not analysed: converted code)
         self.module_scope = _Scope(module, [], None)
         self.scopes = [self.module_scope]
         self.functions: dict[str, _Scope] = {}  # top-level functions by name
@@ -206,6 +207,7 @@ class _Analysis:
                 self._collect(_body(statement), function)
             elif isinstance(statement, cst.ClassDef):
                 if statement.name.value in self.ctx.module_classes:
+                    self.module_classes.append(statement)
                     continue
                 if any((self.ctx.qualified_name(b.value) or "").startswith(DATA_PREFIX) for b in statement.bases):
                     self.dataset_classes[statement.name.value] = statement
@@ -262,8 +264,13 @@ class _Analysis:
     def find_index_draws(self) -> None:
         """`ix = torch.randint(len(data) - T, (B,))` where ix is only iterated (`for i in ix`, the loop
         variable only indexing: `data[i:i + T]`) or used as an index (`data[ix]`): the draw only chooses rows,
-        and stays torch's (the same rows as the original, a fresh draw each time)."""
+        and stays torch's (the same rows as the original, a fresh draw each time). Not in a function the model's
+        code calls: traced under jit, a torch draw would be one constant."""
+        traced = {c.func.value for cls in self.module_classes for c in find_all(cls, cst.Call)
+                  if isinstance(c.func, cst.Name)}
         for scope in self.scopes:
+            if isinstance(scope.node, cst.FunctionDef) and scope.node.name.value in traced:
+                continue
             for unit in scope.units:
                 line = unit.node
                 if not isinstance(line, LINES) or len(line.body) != 1 or not isinstance(line.body[0], cst.Assign):
