@@ -278,8 +278,9 @@ class _Analysis:
                 assign = line.body[0]
                 if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name) \
                         or not isinstance(assign.value, cst.Call) \
-                        or self.ctx.qualified_name(assign.value.func) not in INDEX_DRAWS:
-                    continue
+                        or self.ctx.qualified_name(assign.value.func) not in INDEX_DRAWS \
+                        or any(a.keyword is not None and a.keyword.value == "generator" for a in assign.value.args):
+                    continue  # (a generator of its own is PT004 still: porter/convert/passes/calls.py)
                 name = assign.targets[0].target
                 if _only_indexes(scope.node, name):
                     self.data.statements.add(id(line))
@@ -723,7 +724,8 @@ def _only_indexes(scope: cst.CSTNode, binding: cst.Name) -> bool:
                     names.add(target.value)
                 changed = True
     indexing = {id(n) for element in find_all(scope, cst.SubscriptElement) for n in find_all(element, cst.Name)}
-    return all(id(n) in allowed or id(n) in indexing for n in find_all(scope, cst.Name) if n.value in names)
+    uses = [n for n in find_all(scope, cst.Name) if n.value in names and n is not binding]
+    return bool(uses) and all(id(n) in allowed or id(n) in indexing for n in uses)
 
 
 # helpers on nodes --------------------------------------------------------------------------------------------
