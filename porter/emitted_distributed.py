@@ -107,8 +107,12 @@ def shard_batch(x, axes="data"):
     process the part is the whole batch; with several, each passes the rows
     its own sampler loaded and the global batch holds them all
     (``jax.make_array_from_process_local_data``). The rows must divide evenly
-    among this process's devices.
+    among this process's devices. With no mesh made current (the script's
+    single-process branch: torchrun's RANK unset) the batch goes to the
+    default device as it is.
     """
+    if jax.sharding.get_mesh().empty:
+        return jax.device_put(np.asarray(x))
     sharding = jax.sharding.NamedSharding(jax.sharding.get_mesh(), jax.sharding.PartitionSpec(axes))
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
@@ -116,13 +120,29 @@ def shard_batch(x, axes="data"):
 def save_checkpoint(path, state):
     """``torch.save(state, path)`` for JAX arrays: an Orbax checkpoint, a directory at ``path``.
 
-    Every process calls it: each writes the pieces of the arrays it holds and
-    process 0 the metadata, so a sharded state is saved without gathering it.
-    Restore with ``ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract_state)``.
+    ``state`` is a pytree of arrays, numbers, strings and None (a checkpoint
+    dict: a model's state as ``nnx.to_pure_dict(nnx.state(model, ...))``, the
+    step, the config), saved with its keys. Every process calls it: each
+    writes the pieces of the arrays it holds and process 0 the metadata, so a
+    sharded state is saved without gathering it. ``load_checkpoint`` reads it.
     """
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = ocp.PyTreeCheckpointer()
     checkpointer.save(os.path.abspath(path), state, force=True)
-    checkpointer.wait_until_finished()
+
+
+def load_checkpoint(path, weights_only=True):
+    """``torch.load(path)`` for a checkpoint a converted script wrote: a directory ``save_checkpoint``
+    wrote (Orbax) gives back the same dict, its arrays as numpy arrays on the host (they go to the devices
+    when loaded into a model or optimizer), numbers and strings as they were, dict keys as strings (a
+    layer list's ``0`` is ``"0"``); a file is a pickle ``save_pickle`` wrote (``load_pickle``)."""
+    if not os.path.isdir(path):
+        return load_pickle(path, weights_only=weights_only)
+    checkpointer = ocp.PyTreeCheckpointer()
+    path = os.path.abspath(path)
+    saved = checkpointer.metadata(path).item_metadata.tree
+    to_host = jax.tree.map(lambda leaf: ocp.RestoreArgs(restore_type=np.ndarray)
+                           if type(leaf) is ocp.metadata.ArrayMetadata else ocp.RestoreArgs(), saved)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=to_host))
 
 
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -131,4 +151,5 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "shard_params": (),
     "shard_batch": (),
     "save_checkpoint": (),
+    "load_checkpoint": ("load_pickle",),
 }

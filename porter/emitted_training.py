@@ -776,12 +776,13 @@ def numpy_state(module):
 
 
 def load_numpy_state(module, state):
-    """torch's ``model.load_state_dict(state)`` (strict) for a dict ``numpy_state`` made: every entry
-    must be there with its shape, and nothing else."""
+    """torch's ``model.load_state_dict(state)`` (strict) for a dict ``numpy_state`` made (or the same dict
+    read back by ``load_checkpoint``): every entry must be there with its shape, and nothing else."""
     current = nnx.state(module, nnx.Not(nnx.RngState))
 
-    def shapes(tree):
-        return {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    def shapes(tree):  # (by "0/kernel": an Orbax checkpoint gives its dict keys back as strings)
+        return {jax.tree_util.keystr(path, simple=True, separator="/"): np.shape(leaf)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
     expected, given = shapes(nnx.to_pure_dict(current)), shapes(state)
     if expected != given:

@@ -150,7 +150,7 @@ def test_rank0_checkpoint_moves_out_and_logging_stays():
     """)
     code = conversion.code
     assert '    if rank == 0:\n        print("saving", epoch)\n' \
-           '    save_checkpoint("ckpt.pt", nnx.state(ddp_model, nnx.Not(nnx.RngState)))\n' in code
+           '    save_checkpoint("ckpt.pt", nnx.to_pure_dict(nnx.state(ddp_model, nnx.Not(nnx.RngState))))\n' in code
     assert 'save_checkpoint("only.pt"' in code and "jax.process_index() == 0" not in code
     assert "PT024" in codes(conversion)  # the nested one must be moved by hand
     assert codes(conversion).count("PT025") == 2

@@ -31,7 +31,8 @@ on the global batch:
   WORLD_SIZE stay reads (a single process sees their defaults, as the original
   does), `os.environ["RANK"]` falls back to JAX's value; `barrier()` -> `multihost_utils.sync_global_devices`;
 - `torch.save` -> `save_checkpoint` (Orbax, written by every process: a save
-  under a rank-0 test moves out of it); `X.state_dict()` -> `nnx.state(X, ...)`.
+  under a rank-0 test moves out of it); `X.state_dict()` -> the pure dict of `nnx.state(X, ...)`
+  (porter/convert/checkpoints.py: load_checkpoint reads it back).
 
 What is not understood (process groups, no_sync, pipeline and tensor
 parallelism, other collectives) is left unchanged and reported (PT023).
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert import checkpoints
 from porter.convert.context import code_of
 from porter.convert.passes.concerns import Final
 from porter.convert.passes.training import small
@@ -441,8 +443,7 @@ class Distributed:
         if m.matches(updated_node.func, m.Attribute(value=m.Name(), attr=m.Name("state_dict"))) \
                 and not updated_node.args and updated_node.func.value.value in self._state_owners():
             owner = updated_node.func.value.value  # `ddp_model.module.state_dict()`: .module went already
-            new = expr(f"nnx.state({owner}, nnx.Not(nnx.RngState))") if owner in self.dist.models \
-                else expr(f"nnx.state({owner})")
+            new = checkpoints.orbax_state(owner)
             return Final(self._changed("state-dict", original_node, new))
         if m.matches(original_node.func, m.Attribute(value=m.Name(), attr=m.Name())) \
                 and original_node.func.value.value in self.dist.models \

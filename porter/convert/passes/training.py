@@ -375,51 +375,12 @@ class TrainingLoops:
             return Final(checkpoint)
         return updated_node
 
-    def _checkpoint_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.Call | None:
-        """torch.save / torch.load / load_state_dict of a checkpoint (porter/convert/checkpoints.py); None:
-        the call is not one of those."""
-        found = self._checkpoints
-        if found is None or not self.loops.converts_checkpoints:
+    def _checkpoint_call(self, qualified: str, original: cst.Call, updated: cst.Call) -> cst.CSTNode | None:
+        """torch.save / torch.load / state_dict / load_state_dict of a checkpoint (porter/convert/checkpoints.py);
+        None: the call is not one of those."""
+        if self._checkpoints is None:
             return None
-        owners = checkpoints.state_owners(self.ctx, found.models)
-        if qualified in checkpoints.SAVE and (checkpoints.saves_owner_state(original, owners)
-                                              or id(original) in found.saved_names):
-            new, helper = checkpoints.convert_save(updated, owners), "save_pickle"
-            note = ("PT007", "torch.save -> save_pickle: the checkpoint is a pickle of numpy arrays (numpy_state: "
-                             "nnx.state as a pure dict), not a torch checkpoint: load_pickle reads it, torch.load "
-                             "does not (`porter weights` converts torch checkpoints)")
-        elif qualified in checkpoints.LOAD and id(original) in found.loads:
-            new, helper = checkpoints.convert_load(updated), "load_pickle"
-            note = ("PT007", "torch.load -> load_pickle: it reads the pickles save_pickle writes, not torch "
-                             "checkpoints (`porter weights` converts those); map_location has no counterpart: the "
-                             "arrays go to JAX's default device") if found.saves else \
-                ("PT005", "torch.load -> load_pickle: it reads checkpoints the converted code wrote (save_pickle), "
-                          "not torch checkpoints: convert one of those with `porter weights`")
-        elif id(original) in found.snapshots:
-            new, helper, note = checkpoints.convert_snapshot(updated), "numpy_state", None
-        elif checkpoints.copies_owner_state(original, owners):
-            new, helper, note = checkpoints.convert_copy(updated), "numpy_state", None
-        elif m.matches(original, checkpoints.LOAD_STATE_DICT) and original.func.value.value in owners \
-                and id(original) in self.scope.statement_calls:
-            new, helper, note = checkpoints.convert_load_state_dict(updated), "load_numpy_state", None
-            if any(i.name == original.func.value.value and i.scheduled for i in self.ctx.optimizers.values()):
-                note = ("PT005", f"{original.func.value.value} has a learning-rate scheduler: the rate comes back "
-                                 "from the checkpoint, but the converted scheduler keeps its own count of steps "
-                                 "and sets the rate from it at its next step() (torch's goes on from the loaded "
-                                 "rate): check the rates after resuming")
-        else:
-            return None
-        if isinstance(new, str):
-            self.report("PT004", original, f"{new}; left unchanged")
-            return updated
-        self.ctx.need_helper(helper)
-        if helper == "save_pickle":
-            self.ctx.need_helper("numpy_state")
-        if note:
-            code, message = note
-            self.report(code, original, message)
-        self.record("checkpoint", original, new)
-        return new
+        return checkpoints.convert_call(self, self._checkpoints, qualified, original, updated)
 
     def leave_SimpleStatementLine(self, original_node, updated_node):
         """`model.to(device)` as a statement: nothing left to do once placement is dropped. Neither for
