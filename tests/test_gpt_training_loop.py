@@ -29,6 +29,9 @@ VARIANTS = {
     "scaler on, growing, clip 0.1": [("dtype = 'float32'", "dtype = 'float16'"), ("grad_clip = 1.0", "grad_clip = 0.1"),
                                      ("enabled=(dtype == 'float16'))", "enabled=(dtype == 'float16'), growth_interval=5)")],
     "no clip, constant lr": [("grad_clip = 1.0", "grad_clip = 0.0"), ("decay_lr = True", "decay_lr = False")],
+    # nanoGPT's tied head: check --script carries the tie into the converted model's initial weights
+    "tied head": [("        self.head = nn.Linear(n_embd, vocab_size)\n",
+                   "        self.head = nn.Linear(n_embd, vocab_size, bias=False)\n        self.head.weight = self.wte.weight\n")],
     # the optimizer built by the model's configure_optimizers (nanoGPT): rebuilt over its tx for clip and scaler
     "configure_optimizers": [("        return logits, loss\n", "        return logits, loss\n" + FACTORY),
                              ("optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, "
