@@ -107,8 +107,12 @@ def shard_batch(x, axes="data"):
     process the part is the whole batch; with several, each passes the rows
     its own sampler loaded and the global batch holds them all
     (``jax.make_array_from_process_local_data``). The rows must divide evenly
-    among this process's devices.
+    among this process's devices. With no mesh made current (the script's
+    single-process branch: torchrun's RANK unset) the batch goes to the
+    default device as it is.
     """
+    if jax.sharding.get_mesh().empty:
+        return jax.device_put(np.asarray(x))
     sharding = jax.sharding.NamedSharding(jax.sharding.get_mesh(), jax.sharding.PartitionSpec(axes))
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 

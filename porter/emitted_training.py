@@ -385,16 +385,17 @@ def set_learning_rate(optimizer, lr):
         variable[...] = jnp.asarray(lr, variable[...].dtype)
 
 
-def autocast(device_type, dtype=None, enabled=True, cache_enabled=None):
+def autocast(dtype=None, enabled=True):
     """torch's ``torch.autocast`` as a mixed-precision policy: inside the context, matrix multiplications
     and convolutions take bfloat16 (or float16) operands and accumulate in float32; parameters, optimizer
     state and every other operation stay float32. torch's autocast also rounds those products' outputs to
-    the low precision and runs some other operations in it: the same policy, not the same bits. XLA:CPU
+    the low precision and runs some other operations in it: the same policy, not the same bits. Without a
+    dtype, torch's default for the device JAX computes on: float16 on a GPU, bfloat16 elsewhere. XLA:CPU
     computes in float32 whatever the setting (float16 it refuses). A jitted step traced inside the context
-    keeps its precision.
+    keeps its precision; like torch's, it also decorates a function.
     """
-    if dtype is None:  # torch's defaults
-        dtype = jnp.bfloat16 if device_type == "cpu" else jnp.float16
+    if dtype is None:
+        dtype = jnp.float16 if jax.default_backend() == "gpu" else jnp.bfloat16
     if not enabled or jnp.dtype(dtype) == jnp.float32:
         return jax.default_matmul_precision(jax.config.jax_default_matmul_precision)  # unchanged
     presets = {jnp.dtype(jnp.bfloat16): "BF16_BF16_F32", jnp.dtype(jnp.float16): "F16_F16_F32"}

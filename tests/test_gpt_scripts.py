@@ -68,3 +68,23 @@ def test_compile_and_aliases_keep_the_kind_and_nothing_else_is_reported():
     conversion = convert_in_tree(source, filename="s.py", known={"GPT": "module"})
     found = {d.line: d.message for d in conversion.diagnostics if d.code == "PT040"}
     assert list(found) == [13] and "`other` is an nnx.Module" in found[13]
+
+
+def test_a_model_also_bound_to_from_pretrained_is_still_an_owner():
+    """nanoGPT's third branch, `model = GPT.from_pretrained(init_from, override_args)`, builds a GPT too: the
+    resume branch's load_state_dict still converts."""
+    source = textwrap.dedent('''
+        import torch
+        from model import GPT
+
+        if init_from == 'resume':
+            checkpoint = torch.load(ckpt_path, map_location='cpu')
+            model = GPT()
+            state_dict = checkpoint['model']
+            model.load_state_dict(state_dict)
+        elif init_from.startswith('gpt2'):
+            model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+        ''')
+    conversion = convert_in_tree(source, filename="s.py", known={"GPT": "module"})
+    assert "load_numpy_state(model, state_dict)" in conversion.code
+    assert "checkpoint = load_checkpoint(ckpt_path)" in conversion.code

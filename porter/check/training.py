@@ -69,6 +69,9 @@ class Run:
     step_ends: list[int] = field(default_factory=list)  # len(losses) when each optimizer step finished
     owners: list[str] = field(default_factory=list)  # per optimizer: the model it trains ("net")
     initial: list[dict[str, np.ndarray]] = field(default_factory=list)  # per optimizer: state_dict at creation
+    # per optimizer: a state_dict name -> the earlier name sharing its storage (a tied head: lm_head.weight ->
+    # transformer.wte.weight); the saved copies are separate arrays, load_torch_state_dict needs to see the tie
+    tied: list[dict[str, str]] = field(default_factory=list)
     final: list[dict[str, np.ndarray]] = field(default_factory=list)  # per optimizer: state_dict at the end
     stopped: bool = False  # stopped after N steps (rather than running to its end)
     error: str | None = None
@@ -80,7 +83,7 @@ class Run:
                   for i, state in enumerate(getattr(self, kind)) for name, value in state.items()}
         np.savez(out / f"{self.framework}.npz", **arrays)
         meta = {k: getattr(self, k) for k in ("framework", "losses", "step_ends", "owners", "stopped", "error",
-                                               "traceback", "notes")}
+                                               "traceback", "notes", "tied")}
         meta["optimizers"] = len(self.owners)
         (out / f"{self.framework}.json").write_text(json.dumps(meta))
 
@@ -88,6 +91,7 @@ class Run:
     def load(cls, out: Path, framework: str) -> Run:
         meta = json.loads((out / f"{framework}.json").read_text())
         count = meta.pop("optimizers")
+        meta.setdefault("tied", [])
         run = cls(**meta)
         run.initial = [{} for _ in range(count)]
         run.final = [{} for _ in range(count)]
@@ -242,6 +246,7 @@ def run_torch(script: Path, steps: int | None, initial: list[dict[str, np.ndarra
         modules.append(module)
         run.owners.append(label)
         run.initial.append(_torch_state(module, wide))
+        run.tied.append(_tied_names(module))
 
     def recording_backward(self, *args, **kwargs):
         run.losses.append(float(self.detach().double()) if self.numel() == 1 else float("nan"))
@@ -290,6 +295,25 @@ def _torch_state(module, wide: bool = False) -> dict[str, np.ndarray]:
             value = value.double() if wide else value.float()
         return np.array(value, copy=True)
     return {name: host(value) for name, value in module.state_dict().items()}
+
+
+def _tied_names(module) -> dict[str, str]:
+    if module is None:
+        return {}
+    first, tied = {}, {}
+    for name, value in module.state_dict().items():
+        where = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        tied[name] = first.setdefault(where, name)
+    return {name: same for name, same in tied.items() if same != name}
+
+
+def _with_ties(run: Run) -> list[dict[str, np.ndarray]]:
+    """The run's initial states with each tied name holding the very array of the name it is tied to."""
+    states = [dict(state) for state in run.initial]
+    for state, tied in zip(states, run.tied):
+        for name, same in tied.items():
+            state[name] = state[same]
+    return states
 
 
 def _owner(params, frame):
@@ -584,16 +608,17 @@ def compare_runs(torch_run: Run, jax_run: Run, original: str, converted: str, *,
         report.notes.append(f"{len(torch_run.losses)} losses for {len(torch_run.step_ends)} optimizer steps: "
                             f"the table counts backward() calls")
     for i, (t, j) in enumerate(zip(torch_run.losses, jax_run.losses)):
-        rel = abs(j - t) / max(abs(t), TINY)
+        rel = 0.0 if j == t else abs(j - t) / max(abs(t), TINY)  # equal infinities (a loss scale's overflow) agree
         report.steps.append(StepRow(i + 1, t, j, rel, bool(rel <= loss_rtol)))
     if crashed and len(torch_run.step_ends) != len(jax_run.step_ends):
         report.notes.append("final state not compared: the scripts stopped after different numbers of steps")
         return report
     if len(torch_run.final) != len(jax_run.final):
         report.problems.append(f"{len(torch_run.final)} torch optimizers but {len(jax_run.final)} nnx.Optimizers")
-    for label, t_state, j_state in zip(torch_run.owners, torch_run.final, jax_run.final):
+    tied = torch_run.tied + [{}] * (len(torch_run.owners) - len(torch_run.tied))
+    for label, t_state, j_state, ties in zip(torch_run.owners, torch_run.final, jax_run.final, tied):
         prefix = f"{label}." if len(torch_run.owners) > 1 else ""
-        report.state += [_state_row(prefix + name, value, j_state.get(name), state_rtol)
+        report.state += [_state_row(prefix + name, value, j_state.get(name, j_state.get(ties.get(name))), state_rtol)
                          for name, value in t_state.items() if not name.endswith("num_batches_tracked")]
     if len(torch_run.owners) == 1:
         report.notes.append(f"final state: {torch_run.owners[0]}'s state_dict")
@@ -756,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.framework == FLOAT64_RUN:
         run = run_torch(script, args.steps, initial=Run.load(args.out, "torch").initial)
     else:
-        run = run_jax(script, args.steps, Run.load(args.out, "torch").initial, wide=args.framework == JAX_FLOAT64_RUN)
+        run = run_jax(script, args.steps, _with_ties(Run.load(args.out, "torch")), wide=args.framework == JAX_FLOAT64_RUN)
     run.save(args.out)
     return 0
 

@@ -50,6 +50,7 @@ MODEL_WRAPPERS = ("torch.compile", "torch.nn.parallel.DistributedDataParallel", 
 # calls between a checkpoint dict and its torch.save that leave the state alone
 HARMLESS_FUNCTIONS = frozenset({"print", "len", "str", "repr", "format", "int", "float"})
 HARMLESS_METHODS = frozenset({"info", "debug", "warning", "log", "write", "flush", "join", "makedirs", "format"})
+FROM_PRETRAINED = "from_pretrained"
 # methods of a model that build its optimizer (nanoGPT's `optimizer = model.configure_optimizers(...)`)
 OPTIMIZER_METHODS = ("configure_optimizers",)
 STATE_DICT = m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("state_dict")), args=[])
@@ -92,8 +93,8 @@ def find_checkpoints(module: cst.Module, ctx: ConversionContext) -> Checkpoints:
     found.loads |= {id(a.value) for a in assigns if a.targets[0].target.value in sources
                     and type(a.value) is cst.Call and (ctx.qualified_name(a.value.func) or "") in LOAD}
     for block in [module, *(b for b in nodes if type(b) is cst.IndentedBlock)]:
-        for at, statement in enumerate(block.body):
-            _find_saved_name(block.body[:at], statement, owners, ctx, found)
+        for at in range(len(block.body)):
+            _find_saved_name(block.body, at, owners, ctx, found)
     found.saves = bool(found.saved_names) or any(type(c) is cst.Call and (ctx.qualified_name(c.func) or "") in SAVE
                                                  and saves_owner_state(c, owners) for c in nodes)
     return found
@@ -114,10 +115,11 @@ def _read_from(sources: set[str], assigns: list[cst.Assign]) -> set[str]:
     return sources
 
 
-def _find_saved_name(before: list[cst.BaseStatement], save: cst.BaseStatement, owners: set[str],
-                     ctx: ConversionContext, found: Checkpoints) -> None:
-    """`state = {... X.state_dict() ...}`, then `torch.save(state, path)` later in the same block."""
+def _find_saved_name(body: list[cst.BaseStatement], at: int, owners: set[str], ctx: ConversionContext,
+                     found: Checkpoints) -> None:
+    """`state = {... X.state_dict() ...}`, then `torch.save(state, path)` (body[at]) later in the same block."""
     # (plain type tests, not matchers: this runs for every statement of the file)
+    save = body[at]
     if type(save) is not cst.SimpleStatementLine or len(save.body) != 1 or type(save.body[0]) is not cst.Expr \
             or type(save.body[0].value) is not cst.Call:
         return
@@ -126,10 +128,10 @@ def _find_saved_name(before: list[cst.BaseStatement], save: cst.BaseStatement, o
             or type(save.args[0].value) is not cst.Name:
         return
     name = save.args[0].value.value
-    at = next((i for i in range(len(before) - 1, -1, -1) if _binds(before[i], name)), None)
-    if at is None or not all(_leaves_state_alone(s, owners) for s in before[at + 1:]):
+    bound = next((i for i in range(at - 1, -1, -1) if _binds(body[i], name)), None)
+    if bound is None or not all(_leaves_state_alone(s, owners) for s in body[bound + 1:at]):
         return  # (torch's state_dict() aliases the parameters: trained in between, the save holds the new values)
-    assign = before[at].body[0] if type(before[at]) is cst.SimpleStatementLine else None
+    assign = body[bound].body[0] if type(body[bound]) is cst.SimpleStatementLine else None
     if type(assign) is cst.Assign and len(assign.targets) == 1 and type(assign.targets[0].target) is cst.Name \
             and saves_owner_state(assign.value, owners):
         found.saved_names.add(id(save))
@@ -210,8 +212,9 @@ def _builds_a_model(value: cst.BaseExpression, ctx: ConversionContext) -> bool:
         return False
     if type(value.func) is cst.Name and value.func.value in ctx.module_classes:
         return True
-    if m.matches(value.func, m.Attribute(value=m.Name(), attr=m.Name("from_pretrained"))):  # GPT.from_pretrained(...)
-        return value.func.value.value in ctx.module_classes
+    if m.matches(value.func, m.Attribute(value=m.Name(), attr=m.Name(FROM_PRETRAINED))) \
+            and value.func.value.value in ctx.module_classes:
+        return True  # nanoGPT's `GPT.from_pretrained(init_from, override_args)`: a classmethod building one
     qualified = ctx.qualified_name(value.func) or ""
     layer = qualified.removeprefix("torch.nn.")
     return layer != qualified and "." not in layer and layer[:1].isupper() and qualified not in NOT_LAYERS

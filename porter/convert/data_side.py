@@ -55,6 +55,9 @@ CONVERTED_PREFIXES = ("torch.distributed.", "torch.cuda.", "torch.backends.", "t
 PLACEMENT = frozenset({"to", "cuda", "cpu"})
 # iterating one of these over a loader yields its batches
 LOADER_WRAPPERS = frozenset({"tqdm", "iter"})
+# draws that pick which rows a batch takes (`ix = torch.randint(len(data) - T, (B,))`): kept torch's where the
+# indices are only iterated or used as indices (index_draws)
+INDEX_DRAWS = frozenset({"torch.randint", "torch.randperm"})
 RANDOM_DRAWS = frozenset({"torch.rand", "torch.randn", "torch.randint", "torch.randperm", "torch.normal",
                           "torch.bernoulli", "torch.multinomial", "torch.poisson", "torch.rand_like",
                           "torch.randn_like", "torch.randint_like"})
@@ -79,12 +82,16 @@ class DataSide:
     arguments: set[int] = field(default_factory=set)  # cst.Args left as torch: given to a function for its loader
     # statements that would stay torch but run the converted model (PT043): id -> (statement, the model's name)
     conflicts: dict[int, tuple[cst.CSTNode, str]] = field(default_factory=dict)
+    index_draws: list[cst.Call] = field(default_factory=list)  # batch-index draws kept (find_index_draws)
+    index_names: set[str] = field(default_factory=set)  # the names they are bound to
+    index_functions: set[str] = field(default_factory=set)  # the top-level functions holding one (get_batch)
 
 
 def analyse(module: cst.Module, ctx: ConversionContext) -> DataSide | None:
     """The data side of `module` (the original), or None when it uses no torch.utils.data."""
     analysis = _Analysis(module, ctx)
-    if analysis.data.first is None:
+    analysis.find_index_draws()
+    if analysis.data.first is None and not analysis.data.index_draws:
         return None
     analysis.mark_torch_side()
     analysis.find_boundaries()
@@ -95,6 +102,31 @@ def analyse(module: cst.Module, ctx: ConversionContext) -> DataSide | None:
 # call pass at the first torch.utils.data call or seed it keeps
 KEPT = ("torch's data loading and seeding are kept: the same batches in the same order as the original where "
         "each shuffle has a seeded generator of its own")
+INDEX_DRAWS_KEPT = ("the draw of which rows each batch takes stays torch's ({draws}): torch's global generator, "
+                    "seeded by the torch.manual_seed the script keeps, a fresh draw at every call, so the converted "
+                    "script reads the very same batches as the original (jax.random could not: another generator, "
+                    "other numbers) and `porter check --script` compares the two step by step; the rows it picks "
+                    "become jax arrays")
+
+
+def message(data: DataSide) -> str:
+    """PT011's message for what the analysis keeps."""
+    parts = [KEPT] if data.first is not None else []
+    if data.index_draws:
+        parts.append(INDEX_DRAWS_KEPT.format(draws=", ".join(sorted({_call_name(c) for c in data.index_draws}))))
+    tensors = [t for t in data.tensors if t not in data.index_names]
+    if tensors:
+        drawn = ", drawn from torch's global generator: the very same numbers as the original where drawn " \
+                "before a model is built (building one draws from it in torch only)" if data.draws else ""
+        parts.append(f"the data they load ({', '.join(tensors)}) stays torch's{drawn}")
+    if data.first is not None:
+        parts.append("its batches become jax arrays where they meet the converted code")
+    return "; ".join(parts)
+
+
+def _call_name(call: cst.Call) -> str:
+    from porter.convert.context import code_of
+    return code_of(call.func)
 
 
 def to_jax(node: cst.BaseExpression) -> cst.Call:
@@ -150,6 +182,7 @@ class _Analysis:
         self.ctx = ctx
         self.data = DataSide()
         self.dataset_classes: dict[str, cst.ClassDef] = {}
+        self.module_classes: list[cst.ClassDef] = []  # the model's classes (not analysed: converted code)
         self.module_scope = _Scope(module, [], None)
         self.scopes = [self.module_scope]
         self.functions: dict[str, _Scope] = {}  # top-level functions by name
@@ -174,6 +207,7 @@ class _Analysis:
                 self._collect(_body(statement), function)
             elif isinstance(statement, cst.ClassDef):
                 if statement.name.value in self.ctx.module_classes:
+                    self.module_classes.append(statement)
                     continue
                 if any((self.ctx.qualified_name(b.value) or "").startswith(DATA_PREFIX) for b in statement.bases):
                     self.dataset_classes[statement.name.value] = statement
@@ -226,6 +260,34 @@ class _Analysis:
             elif self.ctx.qualified_name(call.func) in SEEDS:
                 self.data.seeds.append(call)
         return unit
+
+    def find_index_draws(self) -> None:
+        """`ix = torch.randint(len(data) - T, (B,))` where ix is only iterated (`for i in ix`, the loop
+        variable only indexing: `data[i:i + T]`) or used as an index (`data[ix]`): the draw only chooses rows,
+        and stays torch's (the same rows as the original, a fresh draw each time). Not in a function the model's
+        code calls: traced under jit, a torch draw would be one constant."""
+        traced = {c.func.value for cls in self.module_classes for c in find_all(cls, cst.Call)
+                  if isinstance(c.func, cst.Name)}
+        for scope in self.scopes:
+            if isinstance(scope.node, cst.FunctionDef) and scope.node.name.value in traced:
+                continue
+            for unit in scope.units:
+                line = unit.node
+                if not isinstance(line, LINES) or len(line.body) != 1 or not isinstance(line.body[0], cst.Assign):
+                    continue
+                assign = line.body[0]
+                if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name) \
+                        or not isinstance(assign.value, cst.Call) \
+                        or self.ctx.qualified_name(assign.value.func) not in INDEX_DRAWS \
+                        or any(a.keyword is not None and a.keyword.value == "generator" for a in assign.value.args):
+                    continue  # (a generator of its own is PT004 still: porter/convert/passes/calls.py)
+                name = assign.targets[0].target
+                if _only_indexes(scope.node, name):
+                    self.data.statements.add(id(line))
+                    self.data.index_draws.append(assign.value)
+                    self.data.index_names.add(name.value)
+                    if isinstance(scope.node, cst.FunctionDef) and scope.parent is self.module_scope:
+                        self.data.index_functions.add(scope.node.name.value)
 
     def _builds_model(self, value: cst.BaseExpression | None) -> bool:
         """`SmallResNet(...)`, `nn.Linear(4, 3)`: a module the converted code builds."""
@@ -643,6 +705,27 @@ def _emitted_names() -> frozenset[str]:
         names |= {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body
                   if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     return frozenset(names)
+
+
+# batch indices --------------------------------------------------------------------------------------------
+def _only_indexes(scope: cst.CSTNode, binding: cst.Name) -> bool:
+    """Whether every other use of `binding`'s name in `scope` is as an index or the iterable of a loop (or
+    comprehension) whose variables are only used as indices."""
+    loops = find_all(scope, (cst.For, cst.CompFor))
+    names, allowed = {binding.value}, {id(binding)}
+    changed = True
+    while changed:  # the loop variables of a loop over the indices are indices too
+        changed = False
+        for loop in loops:
+            if isinstance(loop.iter, cst.Name) and loop.iter.value in names and id(loop.iter) not in allowed:
+                allowed.add(id(loop.iter))
+                for target in find_all(loop.target, cst.Name):
+                    allowed.add(id(target))
+                    names.add(target.value)
+                changed = True
+    indexing = {id(n) for element in find_all(scope, cst.SubscriptElement) for n in find_all(element, cst.Name)}
+    uses = [n for n in find_all(scope, cst.Name) if n.value in names and n is not binding]
+    return bool(uses) and all(id(n) in allowed or id(n) in indexing for n in uses)
 
 
 # helpers on nodes --------------------------------------------------------------------------------------------

@@ -107,11 +107,16 @@ class Rule:
 class RuleSet:
     rules: list[Rule]
     by_symbol: dict[str, Rule] = field(default_factory=dict)
+    # decorator rules by symbol: `@torch.compile` is a decorator rule, `torch.compile(model)` a function one
+    decorators: dict[str, Rule] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for rule in self.rules:
             for symbol in rule.source:
-                self.by_symbol[symbol] = rule
+                if rule.kind == "decorator":
+                    self.decorators[symbol] = rule
+                if rule.kind != "decorator" or self.by_symbol.get(symbol, rule).kind == "decorator":
+                    self.by_symbol[symbol] = rule
 
     def lookup(self, symbol: str) -> Rule | None:
         return self.by_symbol.get(symbol)
@@ -359,13 +364,14 @@ def _parse_argmap(name: str, spec, fail) -> ArgMap:
 
 def _check_unique(rules: list[Rule]) -> None:
     seen_ids: dict[str, str] = {}
-    seen_symbols: dict[str, str] = {}
+    seen_symbols: dict[tuple[str, bool], str] = {}
     for rule in rules:
         if rule.id in seen_ids:
             raise RuleError(f"{rule.file}: rule id {rule.id} is also used in {seen_ids[rule.id]}")
         seen_ids[rule.id] = rule.file
         for symbol in rule.source:
-            if symbol in seen_symbols:
+            key = (symbol, rule.kind == "decorator")  # one rule as a decorator, one as a call
+            if key in seen_symbols:
                 raise RuleError(f"{rule.file}: rule {rule.id}: {symbol} is already converted by rule "
-                                f"{seen_symbols[symbol]}")
-            seen_symbols[symbol] = rule.id
+                                f"{seen_symbols[key]}")
+            seen_symbols[key] = rule.id

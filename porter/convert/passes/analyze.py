@@ -294,18 +294,14 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def _note_data_side(self, module: cst.Module) -> None:
         """What feeds torch.utils.data stays torch (porter/convert/data_side.py): PT011 says so once."""
         if not any(q.startswith("torch.utils.data") for q in self.ctx.imports.values()) \
-                and "utils.data" not in self._index.code_text:  # (torch.utils.data.DataLoader without an import)
+                and "utils.data" not in self._index.code_text \
+                and not any(w in self._index.code_text for w in ("randint", "randperm")):  # (a batch-index draw)
             return
         data = self.ctx.data_side = data_side.analyse(module, self.ctx)
         if data is None:
             return
-        message = data_side.KEPT
-        if data.tensors:
-            drawn = ", drawn from torch's global generator: the very same numbers as the original where drawn " \
-                    "before a model is built (building one draws from it in torch only)" if data.draws else ""
-            message += f"; the data they load ({', '.join(data.tensors)}) stays torch's{drawn}"
-        message += "; its batches become jax arrays where they meet the converted code"
-        self.ctx.report("PT011", *min(self._index.start(node) for node in [data.first, *data.seeds]), message)
+        where = [data.first, *data.seeds] if data.first is not None else data.index_draws
+        self.ctx.report("PT011", *min(self._index.start(node) for node in where), data_side.message(data))
         for statement, model in data.conflicts.values():
             self.ctx.report("PT043", *self._index.start(statement),
                             f"this statement computes data for torch's data loading (kept as torch) with the "

@@ -337,8 +337,8 @@ class Calls:
     # @torch.jit.ignore and other markers without effect on eager code: removed (kind = "decorator" rules)
     def visit_Decorator(self, node: cst.Decorator) -> None:
         target = node.decorator.func if isinstance(node.decorator, cst.Call) else node.decorator
-        rule = self.ctx.rules.lookup(self.ctx.qualified_name(target) or "")
-        if rule is not None and rule.kind == "decorator":
+        rule = self.ctx.rules.decorators.get(self.ctx.qualified_name(target) or "")
+        if rule is not None:
             self._decorators.update((id(node.decorator), id(target)))
 
     def leave_Decorator(self, original_node: cst.Decorator, updated_node: cst.Decorator):

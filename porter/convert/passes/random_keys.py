@@ -47,6 +47,7 @@ class _Reseed(cst.CSTTransformer):
 def seed_global_rngs(module: cst.Module, ctx: ConversionContext) -> cst.Module:
     """The module-level Rngs defined and reseeded. Only the top-level statements that seed are visited:
     the others stay the same objects (the fast path prints those from the source text)."""
+    _report_torch_draws_in_steps(ctx)
     if not ctx.global_rngs:
         return module
     seeding = m.MatchIfTrue(lambda node: _seed_of(node, ctx) is not None)
@@ -82,3 +83,13 @@ def _report_draws_in_steps(ctx: ConversionContext) -> None:
                                            "nnx.Rngs, and is called in the forward of the jitted train step, which "
                                            f"cannot advance it (nnx raises TraceContextError): give {name} a key "
                                            "argument (or an nnx.Rngs) and pass it through the step")
+
+
+def _report_torch_draws_in_steps(ctx: ConversionContext) -> None:
+    data = ctx.data_side
+    for name, line, col in ctx.step_calls if data is not None else ():
+        if name in data.index_functions:
+            ctx.report("PT042", line, col, f"{name}() draws the rows of a batch from torch's generator (kept: the "
+                                           "original's batches) and is called in the forward of the jitted train "
+                                           "step, where it would run once, when traced, and every step would take "
+                                           f"that same batch: call {name} before the step and pass the batch in")
