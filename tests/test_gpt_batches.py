@@ -83,7 +83,7 @@ def test_the_index_draw_stays_torch_and_the_rest_converts():
     assert "x = jnp.stack([jnp.asarray((data[i:i + block_size]).astype(np.int64)) for i in ix])" in code
     assert "pin_memory" not in code and "torch.compile" not in code and "_rngs" not in code
     notes = [d.message for d in conversion.diagnostics if d.code in ("PT011", "PT007")]
-    assert any("very same batches" in n and "porter check --script" in n for n in notes)
+    assert any("ix, drawn by torch.randint" in n and "very same rows" in n and "porter check --script" in n for n in notes)
     assert any("(PT608)" in n and "JAX places arrays" in n for n in notes)
     assert any("(PT609)" in n and "nnx.jit" in n for n in notes)
 

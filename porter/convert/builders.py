@@ -31,6 +31,14 @@ def receiver_unchanged(rule: Rule, site: Site) -> Application:
     return Application(site.receiver)
 
 
+def compiled_unchanged(rule: Rule, site: Site) -> Application:
+    """torch.compile(fn, **options) -> fn: compiling changes no result, whatever the options say."""
+    first = site.call.args[0] if site.call.args else None
+    if first is None or first.star or first.keyword is not None:
+        raise Unsupported("torch.compile without the function or model as its first argument")
+    return Application(first.value)
+
+
 def tensor_split(rule: Rule, site: Site) -> Application:
     """x.split(n, dim) cuts chunks of n; x.split([a, b], dim) cuts those sizes."""
     bound = bind(rule, site.call)

@@ -102,18 +102,19 @@ def analyse(module: cst.Module, ctx: ConversionContext) -> DataSide | None:
 # call pass at the first torch.utils.data call or seed it keeps
 KEPT = ("torch's data loading and seeding are kept: the same batches in the same order as the original where "
         "each shuffle has a seeded generator of its own")
-INDEX_DRAWS_KEPT = ("the draw of which rows each batch takes stays torch's ({draws}): torch's global generator, "
-                    "seeded by the torch.manual_seed the script keeps, a fresh draw at every call, so the converted "
-                    "script reads the very same batches as the original (jax.random could not: another generator, "
-                    "other numbers) and `porter check --script` compares the two step by step; the rows it picks "
-                    "become jax arrays")
+INDEX_DRAWS_KEPT = ("{names}, drawn by {draws} and used only as indices (which rows a batch takes), stay torch's "
+                    "draws: torch's global generator, seeded by the torch.manual_seed the script keeps, a fresh draw "
+                    "each time, so the converted script reads the very same rows as the original (jax.random could "
+                    "not: another generator, other numbers) and `porter check --script` compares the two step by "
+                    "step; the rows read become jax arrays")
 
 
 def message(data: DataSide) -> str:
     """PT011's message for what the analysis keeps."""
     parts = [KEPT] if data.first is not None else []
     if data.index_draws:
-        parts.append(INDEX_DRAWS_KEPT.format(draws=", ".join(sorted({_call_name(c) for c in data.index_draws}))))
+        parts.append(INDEX_DRAWS_KEPT.format(names=", ".join(sorted(data.index_names)),
+                                             draws=", ".join(sorted({_call_name(c) for c in data.index_draws}))))
     tensors = [t for t in data.tensors if t not in data.index_names]
     if tensors:
         drawn = ", drawn from torch's global generator: the very same numbers as the original where drawn " \
