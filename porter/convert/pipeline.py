@@ -29,6 +29,7 @@ from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import Distributed
 from porter.convert.passes.calls import Calls
 from porter.convert.passes.feature_probes import FeatureProbes
+from porter.convert.passes.mixins import Mixins
 from porter.convert.passes.modules import ModuleStructure
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.passes.training import TrainingLoops
@@ -48,7 +49,8 @@ _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES))
 
 # the rewrite (passes/concerns.py): its concerns, outermost first, each wrapping the ones after it; all share
 # the scope (passes/scope.py: where the traversal is), the traversal's innermost layer
-CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, WeightTying, FeatureProbes, ModuleStructure, Calls)
+CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, WeightTying, FeatureProbes, Mixins, ModuleStructure,
+            Calls)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree
