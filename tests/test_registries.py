@@ -197,3 +197,38 @@ def test_a_module_class_reached_as_an_attribute_of_an_imported_module_of_the_tre
     net = next(r for r in results if r.relative.endswith("net.py")).code.decode()
     assert "self.a = md.Block(d, rngs=rngs)" in net
     assert "self.b = proj.layers.Block(d, rngs=rngs)" in net
+
+
+# a class of the file handed to a plain function that calls it (was: no rngs, no diagnostic)
+HANDED_MODEL = BLOCKS + '''
+
+def make(block, cin, cout):
+    return block(cin, cout)
+
+
+def scaled(x, f):  # called, but never handed a class: stays a plain function
+    return f(x) * 2
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = make(ConvA, 3, 4)
+        self.b = make(block=ConvB, cin=4, cout=4)
+
+    def forward(self, x):
+        return scaled(self.b(self.a(x)), torch.tanh)
+'''
+
+
+def test_a_class_handed_to_a_plain_function_that_calls_it_gets_rngs_and_matches_torch(tmp_path):
+    conversion, torch_module, jax_module = pair(tmp_path, HANDED_MODEL)
+    assert errors(conversion) == []
+    assert "def make(block, cin, cout, *, rngs: nnx.Rngs):\n    return with_rngs_if_taken(block, rngs)(cin, cout)" \
+        in conversion.code
+    assert "self.a = make(ConvA, 3, 4, rngs=rngs)" in conversion.code
+    assert "self.b = make(block=ConvB, cin=4, cout=4, rngs=rngs)" in conversion.code
+    assert "def scaled(x, f):  # called, but never handed a class: stays a plain function\n    return f(x) * 2" \
+        in conversion.code
+    report = check_equivalence(torch_module.Net().eval(), jax_module.Net(rngs=nnx.Rngs(0)), torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
