@@ -76,6 +76,7 @@ class ConversionContext:
     registries: dict[str, cst.BaseExpression] = field(default_factory=dict)
     unknown_constructions: dict[int, str] = field(default_factory=dict)  # id of the call -> its callee's name
     handed_classes: dict[str, set[str]] = field(default_factory=dict)  # function -> its parameters handed a class
+    module_typevars: set[str] = field(default_factory=set)  # ModelT = TypeVar("ModelT", bound=nn.Module)
     # module class -> its bases (code) that are no nn.Module and do not work on an nnx one: dropped (mixins.py)
     dropped_bases: dict[str, set[str]] = field(default_factory=dict)
     # module-level functions that draw their argument's values in place (`def init_(t): t.uniform_(-s, s); return t`):

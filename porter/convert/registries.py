@@ -35,6 +35,10 @@ from porter.convert.context import ConversionContext
 from porter.convert.traverse import find_all
 
 _CONTAINERS = (cst.List, cst.Tuple, cst.Set, cst.Dict)
+_MODULE_TYPEVAR = m.Assign(targets=[m.AssignTarget(target=m.Name())], value=m.Call(
+    func=m.Name("TypeVar") | m.Attribute(attr=m.Name("TypeVar")),
+    args=[m.ZeroOrMore(), m.Arg(keyword=m.Name("bound"), value=m.Name("Module") | m.Attribute(attr=m.Name("Module"))),
+          m.ZeroOrMore()]))
 HELPER = "with_rngs_if_taken"
 
 
@@ -66,6 +70,9 @@ def note(module: cst.Module, ctx: ConversionContext) -> None:
     functions handed a class that they call (ConversionContext.handed_classes)."""
     _note_handed_classes(module, ctx)
     for statement in module.body:
+        for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+            if m.matches(small, _MODULE_TYPEVAR):  # ModelT = TypeVar("ModelT", bound=nn.Module)
+                ctx.module_typevars.add(small.targets[0].target.value)
         for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
                     and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, _CONTAINERS):
@@ -211,7 +218,12 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
     for assign in _single_name_assigns(function):
         if isinstance(assign.value, cst.Subscript) and picks(assign.value, ctx, is_constructor) == "unknown":
             names.add(assign.targets[0].target.value)
-    handed = ctx.handed_classes.get(function.name.value)
+    handed = set(ctx.handed_classes.get(function.name.value, ()))
+    if ctx.module_typevars:  # model_cls: Callable[..., ModelT], ModelT a TypeVar bound to nn.Module
+        params = function.params
+        handed |= {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]
+                   if p.annotation is not None and any(n.value in ctx.module_typevars
+                                                       for n in find_all(p.annotation, cst.Name))}
     if handed:
         names |= {call.func.value for call in find_all(function.body, cst.Call)
                   if type(call.func) is cst.Name and call.func.value in handed}

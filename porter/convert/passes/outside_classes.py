@@ -204,7 +204,10 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
             continue
         text = code_of(target)
         if found.package in converted_packages():
-            _report_unseen(target, f"{owner} {'calls' if called else 'uses'}", found, ctx, index)
+            if called and id(used) in uses.in_constructor:
+                _pass_rngs(used, found, ctx, index)
+            else:
+                _report_unseen(target, f"{owner} {'calls' if called else 'uses'}", found, ctx, index)
             continue
         if id(used) in uses.type_checks and found.kind == MODULE:
             ctx.report("PT013", line, col, f"{owner} tests whether a module is a {text} ({found.where}), an nn.Module "
@@ -217,6 +220,18 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
             what = f"{'calls' if called else 'uses'} {text} ({found.where}), which returns an nn.Module ({found.why})"
         ctx.report("PT013", line, col, f"{owner} {what} of the installed package {found.package}: {_NOT_CONVERTED}, "
                                        f"{outcome}. " + _what_to_do(found))
+
+
+def _pass_rngs(call: cst.Call, found: OutsideName, ctx: ConversionContext, index: SourceIndex) -> None:
+    """`timm.create_model(...)` in a module's constructor, --with timm: what outside.py reads it to be (a module
+    class, a function returning a module) is what the tree's analysis did not resolve (an attribute, a
+    re-export): the call gets rngs as `Block(...)` does."""
+    ctx.rngs_functions.add(code_of(call.func))
+    what = "an nn.Module" if found.kind == MODULE else f"a function returning an nn.Module ({found.why})"
+    ctx.report("PT007", *index.start(call),
+               f"{code_of(call.func)} is {found.where}, {what} of {found.package}, converted with the tree (--with): "
+               "passed rngs (a function taking none of its own passes them on through **kwargs, or fails when "
+               "called)")
 
 
 def _report_unseen(node: cst.BaseExpression, said: str, found: OutsideName, ctx: ConversionContext,
@@ -245,6 +260,8 @@ class _Uses(cst.CSTVisitor):
         super().__init__()
         self.names = names
         self.found: list[tuple[cst.CSTNode, bool]] = []  # (the call or the name, called)
+        self.in_constructor: set[int] = set()  # the calls found in __init__ (an rngs is in scope there)
+        self._functions: list[str] = []
         self.callees: set[int] = set()
         self.type_checks: set[int] = set()  # the classes of isinstance(x, A) and issubclass(x, (A, B))
 
@@ -259,6 +276,8 @@ class _Uses(cst.CSTVisitor):
         if _dotted(node.func, self.names) is not None:
             self.found.append((node, True))
             self.callees.add(id(node.func))
+            if self._functions == ["__init__"]:
+                self.in_constructor.add(id(node))
 
     def visit_Attribute(self, node: cst.Attribute) -> bool:
         if _dotted(node, self.names) is None:
@@ -277,8 +296,10 @@ class _Uses(cst.CSTVisitor):
         return False
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        self._functions.append(node.name.value)
         for part in (*node.decorators, node.params, node.body):
             part.visit(self)
+        self._functions.pop()
         return False
 
     def visit_Name(self, node: cst.Name) -> None:
