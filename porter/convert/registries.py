@@ -212,8 +212,10 @@ def _root_name(func: cst.BaseExpression) -> str:
 
 def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_constructor, module_init: bool) -> set[str]:
     """Names of `function` that may hold a module class porter cannot tell from anything else: bound
-    from a registry pick reaching both, or (in a module class's constructor) a parameter with neither
-    a default nor an annotation whose call is stored on the module (`self.layer = block(c)`)."""
+    from a registry pick reaching both, a parameter handed a class of the file (ConversionContext.handed_classes)
+    or annotated with a TypeVar bound to nn.Module (`model_cls: Callable[..., ModelT]`), or (in a module class's
+    constructor or a layer factory) a parameter with neither a default nor an annotation whose call is stored on
+    the module (`self.layer = block(c)`)."""
     names = set()
     for assign in _single_name_assigns(function):
         if isinstance(assign.value, cst.Subscript) and picks(assign.value, ctx, is_constructor) == "unknown":
@@ -227,13 +229,24 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
     if handed:
         names |= {call.func.value for call in find_all(function.body, cst.Call)
                   if type(call.func) is cst.Name and call.func.value in handed}
-    if module_init:
+    if module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor):
         params = function.params
         bare = {p.name.value for p in [*params.params, *params.kwonly_params]
                 if p.default is None and p.annotation is None and p.name.value != "self"}
+        bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
         names |= {call.func.value for call in _stored_calls(function) if isinstance(call.func, cst.Name)
                   and call.func.value in bare and not is_constructor(call.func)}
     return names
+
+
+def _builds_layers(function: cst.FunctionDef, is_constructor) -> bool:
+    """A layer factory (it will take rngs): a call of a layer constructor in its body."""
+    return any(is_constructor(call.func) for call in find_all(function.body, cst.Call))
+
+
+def _loop_names(function: cst.FunctionDef) -> set[str]:
+    """Names a for loop of `function` binds (each name of a tuple target too)."""
+    return {name.value for loop in find_all(function.body, cst.For) for name in find_all(loop.target, cst.Name)}
 
 
 def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor) -> bool:
