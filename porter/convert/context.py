@@ -79,6 +79,8 @@ class ConversionContext:
     module_typevars: set[str] = field(default_factory=set)  # ModelT = TypeVar("ModelT", bound=nn.Module)
     # module class -> its bases (code) that are no nn.Module and do not work on an nnx one: dropped (mixins.py)
     dropped_bases: dict[str, set[str]] = field(default_factory=dict)
+    # calls of a module class or factory of a --with package the analysis did not resolve: id -> root name
+    outside_constructions: dict[int, str] = field(default_factory=dict)
     # module-level functions that draw their argument's values in place (`def init_(t): t.uniform_(-s, s); return t`):
     # converted, they return the new values instead
     draw_helpers: set[str] = field(default_factory=set)

@@ -11,7 +11,7 @@ Such a base stays a base of the nnx.Module where nothing in it gets in nnx's way
 - torch calls, or nn.Module's methods on `self` (`self.state_dict()`, `self.parameters()`): they need a
   torch module, which the converted class is not.
 
-Where one of these holds, the base goes from the converted class's bases (passes/mixins.py), with a warning
+Where one of these holds, the base goes from the converted class's bases (passes/outside_code.py), with a warning
 naming what the class loses: the base's public methods.
 """
 

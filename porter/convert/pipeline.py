@@ -29,8 +29,8 @@ from porter.convert.passes.imports import FinalizeImports
 from porter.convert.passes.distributed import Distributed
 from porter.convert.passes.calls import Calls
 from porter.convert.passes.feature_probes import FeatureProbes
-from porter.convert.passes.mixins import Mixins
 from porter.convert.passes.modules import ModuleStructure
+from porter.convert.passes.outside_code import OutsideCode
 from porter.convert.passes.scope import ScopedTransformer
 from porter.convert.passes.training import TrainingLoops
 from porter.convert.passes.weight_initialisation import WeightInitialisation
@@ -49,7 +49,7 @@ _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES))
 
 # the rewrite (passes/concerns.py): its concerns, outermost first, each wrapping the ones after it; all share
 # the scope (passes/scope.py: where the traversal is), the traversal's innermost layer
-CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, WeightTying, FeatureProbes, Mixins, ModuleStructure,
+CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, WeightTying, FeatureProbes, OutsideCode, ModuleStructure,
             Calls)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports

@@ -6,7 +6,7 @@ deriving from such an nn.Module (`class Encoder(ResNet)` with torchvision's ResN
 inside an nnx module and fail at its first call: an error (PT013) naming the package and the class. A base
 that is not an nn.Module (a mixin, of the package or of the tree) stays a base of the nnx.Module where it works
 there, and is otherwise dropped with a warning naming what the class loses (PT014; porter/convert/mixins.py
-reads it, passes/mixins.py drops it).
+reads it, passes/outside_code.py drops it).
 
 Reads the original tree after the analysis (ctx.module_classes, ctx.rngs_functions); what a name of an
 installed package is comes from porter/convert/outside.py, which reads that package's source.
@@ -223,10 +223,13 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
 
 
 def _pass_rngs(call: cst.Call, found: OutsideName, ctx: ConversionContext, index: SourceIndex) -> None:
-    """`timm.create_model(...)` in a module's constructor, --with timm: what outside.py reads it to be (a module
-    class, a function returning a module) is what the tree's analysis did not resolve (an attribute, a
-    re-export): the call gets rngs as `Block(...)` does."""
-    ctx.rngs_functions.add(code_of(call.func))
+    """`timm.create_model(...)` in a module's constructor, its package converted with the tree (--with), reached
+    through an attribute or a re-export the tree's analysis does not resolve: outside.py reads it as a module
+    class or a function returning one, so the call gets rngs as `Block(...)` does."""
+    root = call.func
+    while type(root) is cst.Attribute:
+        root = root.value
+    ctx.outside_constructions[id(call)] = code_of(root)
     what = "an nn.Module" if found.kind == MODULE else f"a function returning an nn.Module ({found.why})"
     ctx.report("PT007", *index.start(call),
                f"{code_of(call.func)} is {found.where}, {what} of {found.package}, converted with the tree (--with): "

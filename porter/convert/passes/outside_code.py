@@ -1,5 +1,8 @@
-"""The mixin concern (passes/concerns.py): a module class's bases that are no nn.Module and do not work on an
-nnx.Module (porter/convert/mixins.py decides, outside_classes.py reports them, PT014) go from its bases."""
+"""The outside-code concern (passes/concerns.py): what passes/outside_classes.py decided about code of other
+packages, applied. A module class's bases that are no nn.Module and do not work on an nnx.Module
+(porter/convert/mixins.py, PT014) go from its bases; a module class or layer factory of a package converted
+with the tree (--with) that the tree's analysis did not resolve (`timm.create_model(...)` after `import timm`),
+built in a module's constructor, gets `rngs` (PT007)."""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ import libcst as cst
 from porter.convert.context import code_of
 
 
-class Mixins:
+class OutsideCode:
     def __init__(self, scope) -> None:
         self.scope = scope
         self.ctx = scope.ctx
-        # the statement of the class is visited where it names the base
+        # the statements naming a dropped base or an outside constructor are visited
         self.TRIGGER_WORDS = frozenset(base.split(".")[0].split("[")[0]
-                                       for bases in self.ctx.dropped_bases.values() for base in bases)
+                                       for bases in self.ctx.dropped_bases.values() for base in bases) \
+            | frozenset(self.ctx.outside_constructions.values())
 
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node):
         dropped = self.ctx.dropped_bases.get(original_node.name.value)
@@ -30,6 +34,11 @@ class Mixins:
         self.ctx.record_change("mixin-dropped", *self.scope.position(original_node.bases[0].value),
                                _bases(original_node.bases), _bases(kept))
         return new
+
+    def leave_Call(self, original_node: cst.Call, updated_node):
+        if id(original_node) in self.ctx.outside_constructions and isinstance(updated_node, cst.Call):
+            return self.scope.add_rngs(original_node, updated_node)
+        return updated_node
 
 
 def _bases(args) -> cst.Tuple:
