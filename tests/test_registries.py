@@ -232,3 +232,20 @@ def test_a_class_handed_to_a_plain_function_that_calls_it_gets_rngs_and_matches_
         in conversion.code
     report = check_equivalence(torch_module.Net().eval(), jax_module.Net(rngs=nnx.Rngs(0)), torch.randn(2, 3, 6, 6))
     assert report.passed, report.format()
+
+
+def test_a_plain_function_picking_from_a_mixed_registry_takes_rngs_on_the_fast_path_too():
+    """`Encoder = REGISTRY[name]; return Encoder(c)` names nothing the analysis's prefilter knows: the function
+    still becomes a layer factory (it had come out unchanged, its call an error, on the fast path only)."""
+    from porter.convert.pipeline import _convert
+
+    source = UNKNOWN_MODEL + '''
+
+def get(name, c):
+    Layer = REGISTRY[name]
+    return Layer(c, c)
+'''
+    fast = convert_source(source, filename="net.py")
+    assert "def get(name, c, *, rngs: nnx.Rngs):\n    Layer = REGISTRY[name]\n    return with_rngs_if_taken(Layer, " \
+           "rngs)(c, c)" in fast.code
+    assert fast.code == _convert(source, "net.py", fast=False).code and not errors(fast)

@@ -77,6 +77,7 @@ class ConversionContext:
     unknown_constructions: dict[int, str] = field(default_factory=dict)  # id of the call -> its callee's name
     handed_classes: dict[str, set[str]] = field(default_factory=dict)  # function -> its parameters handed a class
     module_typevars: set[str] = field(default_factory=set)  # ModelT = TypeVar("ModelT", bound=nn.Module)
+    top_level_functions: set[int] = field(default_factory=set)  # ids of the module-level FunctionDefs
     # module class -> its bases (code) that are no nn.Module and do not work on an nnx one: dropped (mixins.py)
     dropped_bases: dict[str, set[str]] = field(default_factory=dict)
     # calls of a module class or factory of a --with package the analysis did not resolve: id -> root name

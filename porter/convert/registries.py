@@ -69,6 +69,7 @@ def note(module: cst.Module, ctx: ConversionContext) -> None:
     classes of the file are not all known before the analysis has read them). And the module-level
     functions handed a class that they call (ConversionContext.handed_classes)."""
     _note_handed_classes(module, ctx)
+    ctx.top_level_functions = {id(s) for s in module.body if type(s) is cst.FunctionDef}
     for statement in module.body:
         for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
             if m.matches(small, _MODULE_TYPEVAR):  # ModelT = TypeVar("ModelT", bound=nn.Module)
@@ -203,6 +204,8 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
     for call in find_all(function.body, cst.Call):
         if is_unknown_construction(call, ctx, names, is_constructor):
             ctx.unknown_constructions[id(call)] = _root_name(call.func)
+            if id(function) in ctx.top_level_functions:  # a layer factory now: the analysis's prefilter may skip
+                ctx.rngs_functions.add(function.name.value)  # the statement (`return Encoder(**params)`)
 
 
 def _root_name(func: cst.BaseExpression) -> str:
