@@ -57,7 +57,8 @@ def main() -> None:
         for dotted in found["modules"]:
             origin = outside.find_spec(dotted).origin
             relative = Path(*dotted.split("."))
-            target = copy / (relative / "__init__.py" if origin.endswith("__init__.py") else relative.with_suffix(".py"))
+            package_init = origin.endswith("__init__.py")
+            target = copy / (relative / "__init__.py" if package_init else relative.with_suffix(".py"))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(origin, target)
         top = outside.find_spec(package).submodule_search_locations[0]

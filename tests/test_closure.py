@@ -205,7 +205,8 @@ def test_with_a_name_the_tree_does_not_resolve_gets_rngs_in_a_constructor_and_is
     found = [d for f in report["files"] if f["relative"] == "model.py" for d in f["diagnostics"]
              if d["code"] in ("PT007", "PT013")]
     assert [(d["code"], d["line"]) for d in found] == [("PT007", 9), ("PT013", 13)], found
-    assert found[0]["message"].startswith("vendorpkg.models.blocks.Block is vendorpkg.models.blocks.Block, an nn.Module")
+    assert found[0]["message"].startswith(
+        "vendorpkg.models.blocks.Block is vendorpkg.models.blocks.Block, an nn.Module")
     assert "from vendorpkg.models.blocks import Block" in found[1]["message"]
     code = (tmp_path / "out" / "model.py").read_text()
     assert "self.a = vendorpkg.models.blocks.Block(4, rngs=rngs)" in code and "self.b = Block(4, rngs=rngs)" in code

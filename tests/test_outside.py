@@ -603,3 +603,21 @@ def test_a_base_of_the_tree_porter_cannot_follow_is_kept_silently(tmp_path):
         """)
     assert not [d for d in conversion.diagnostics if d.code in ("PT013", "PT014")]
     assert "class Net(nnx.Module, Mixed):" in conversion.code
+
+
+def test_a_use_of_what_a_dropped_mixin_gave_is_an_error(tmp_path):
+    conversion = convert(tmp_path, textwrap.dedent(HUB) + textwrap.dedent("""\
+        import torch.nn as nn
+
+
+        class Net(nn.Module, HubMixin):
+            def __init__(self, d=4):
+                super().__init__()
+                self.fc = nn.Linear(d, d)
+
+            def checkpoint(self, path):
+                self.save_pretrained(path)
+        """))
+    [error] = [d for d in conversion.diagnostics if d.code == "PT006"]
+    assert error.line == textwrap.dedent(HUB).count("\n") + 10
+    assert error.message.startswith("self.save_pretrained is HubMixin's, dropped from Net's bases (PT014)")

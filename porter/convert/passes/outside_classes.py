@@ -22,6 +22,7 @@ from porter.convert.outside import (
     CLASS, FACTORY, MODULE, UNKNOWN, OutsideName, converted_packages, in_tree, is_installed, is_stdlib, what_is,
 )
 from porter.convert.source_index import SourceIndex
+from porter.convert.traverse import find_all
 
 _NOT_CONVERTED = "porter converts only the tree it is given"
 
@@ -135,7 +136,7 @@ def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionConte
                        f"tell, and copy the file defining {base_name} into your tree to have it converted")
     if derives:
         for base, found in bases_of_other_kinds:
-            _report_mixin(name, base, f"{found.where}, of the installed package {found.package}", found.hazards,
+            _report_mixin(node, base, f"{found.where}, of the installed package {found.package}", found.hazards,
                           found.offers, ctx, index)
     if name in ctx.module_classes:
         _check_uses(node.body, f"the module class {name}", names, ctx, index,
@@ -146,17 +147,25 @@ def _defines(node: cst.ClassDef, method: str) -> bool:
     return any(type(s) is cst.FunctionDef and s.name.value == method for s in node.body.body)
 
 
-def _report_mixin(name: str, base: cst.BaseExpression, where: str, hazards, offers, ctx: ConversionContext,
-                  index: SourceIndex) -> None:
+def _report_mixin(node: cst.ClassDef, base: cst.BaseExpression, where: str, hazards, offers,
+                  ctx: ConversionContext, index: SourceIndex) -> None:
     """A base that is not an nn.Module: kept where nothing in it gets in nnx's way (mixins.py), else dropped
-    from the converted class's bases with a warning naming what the class loses."""
+    from the converted class's bases with a warning naming what the class loses; the class's own uses of
+    what it loses (`self.save_pretrained(...)`) are errors."""
     if not hazards:
         return
+    name = node.name.value
     ctx.dropped_bases.setdefault(name, set()).add(code_of(base))
     lost = f"{'/'.join(offers)} of {code_of(base)}" if offers else f"what {code_of(base)} gives"
     ctx.report("PT014", *index.start(base),
                f"{name} also derives from {code_of(base)} ({where}), which is not an nn.Module and does not work on "
                f"an nnx.Module: {'; '.join(hazards)}. Dropped from the converted {name}'s bases: it loses {lost}")
+    for use in find_all(node.body, cst.Attribute):
+        if type(use.value) is cst.Name and use.value.value == "self" and use.attr.value in offers \
+                and not _defines(node, use.attr.value):
+            ctx.report("PT006", *index.start(use),
+                       f"{code_of(use)} is {code_of(base)}'s, dropped from {name}'s bases (PT014): the converted "
+                       f"{name} has no {use.attr.value}; rewrite it for nnx or drop its use")
 
 
 def _check_tree_mixins(node: cst.ClassDef, module: cst.Module, names: dict[str, str], ctx: ConversionContext,
@@ -174,7 +183,7 @@ def _check_tree_mixins(node: cst.ClassDef, module: cst.Module, names: dict[str, 
         dots, where, original = imported or (0, "", local)
         found = mixins.tree_class(ctx.filename, module.code if not where else "", original, dots, where)
         if found is not None:
-            _report_mixin(node.name.value, base.value, f"{'.' * dots}{where or 'this file'}", *found, ctx, index)
+            _report_mixin(node, base.value, f"{'.' * dots}{where or 'this file'}", *found, ctx, index)
 
 
 def _tree_import(module: cst.Module, local: str) -> tuple[int, str, str] | None:
