@@ -330,7 +330,7 @@ def test_the_segmentation_fixture_converts_with_torchvision_and_timm(segmentatio
     assert "def get_encoder(name: str, *, rngs: nnx.Rngs):" in encoders
     assert "return Encoder(**params, rngs=rngs)" in encoders
     assert "super().__init__(BasicBlock, list(layers), rngs=rngs)" in encoders
-    assert "timm.create_model(name, pretrained=False, num_classes=0, rngs=rngs)" in encoders
+    assert "timm.create_model(name, pretrained=False, num_classes=0, layers=layers, rngs=rngs)" in encoders
     # timm's builder is handed the model class (`model_cls: Callable[..., ModelT]`, ModelT bound to nn.Module)
     assert "model = with_rngs_if_taken(model_cls, rngs)(**kwargs)" in (out / "timm/models/_builder.py").read_text()
 

@@ -621,3 +621,34 @@ def test_a_use_of_what_a_dropped_mixin_gave_is_an_error(tmp_path):
     [error] = [d for d in conversion.diagnostics if d.code == "PT006"]
     assert error.line == textwrap.dedent(HUB).count("\n") + 10
     assert error.message.startswith("self.save_pretrained is HubMixin's, dropped from Net's bases (PT014)")
+
+
+def test_a_plain_base_giving_the_forward_is_not_dropped_and_is_an_error(tmp_path):
+    """vit-pytorch's DistillMixin holds the forward of DistillableViT(DistillMixin, ViT): dropping it (it calls
+    torch) would silently run ViT's; keeping it runs ViT's too (a plain class's forward is no __call__)."""
+    conversion = convert(tmp_path, """\
+        import torch
+        import torch.nn as nn
+
+
+        class DistillMixin:
+            def forward(self, x):
+                return torch.cat((self.fc(x), x), dim=1)
+
+
+        class Base(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.fc(x)
+
+
+        class Distillable(DistillMixin, Base):
+            pass
+        """)
+    assert "class Distillable(DistillMixin, Base):" in conversion.code
+    [error] = [d for d in conversion.diagnostics if d.code == "PT006"]
+    assert (error.line, error.col) == (19, 19) and "takes its forward from DistillMixin" in error.message
+    assert not [d for d in conversion.diagnostics if d.code == "PT014"]

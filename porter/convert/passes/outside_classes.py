@@ -152,9 +152,16 @@ def _report_mixin(node: cst.ClassDef, base: cst.BaseExpression, where: str, haza
     """A base that is not an nn.Module: kept where nothing in it gets in nnx's way (mixins.py), else dropped
     from the converted class's bases with a warning naming what the class loses; the class's own uses of
     what it loses (`self.save_pretrained(...)`) are errors."""
+    name = node.name.value
+    if "forward" in offers and not _defines(node, "forward"):  # module code, not a mixin: kept, and it is wrong
+        ctx.report("PT006", *index.start(base),
+                   f"{name} takes its forward from {code_of(base)} ({where}), which is not an nn.Module: porter "
+                   f"converts forward (to __call__) in nn.Module classes only, so the converted {name} would run "
+                   f"its other bases' __call__ instead; left as a base. Move that forward into {name} (or make "
+                   f"{code_of(base)} an nn.Module) and convert again")
+        return
     if not hazards:
         return
-    name = node.name.value
     ctx.dropped_bases.setdefault(name, set()).add(code_of(base))
     lost = f"{'/'.join(offers)} of {code_of(base)}" if offers else f"what {code_of(base)} gives"
     ctx.report("PT014", *index.start(base),
