@@ -866,6 +866,17 @@ def ntuple(value, n):
     return (value,) * n if isinstance(value, int) else tuple(value)
 
 
+def last_dim(normalized_shape):
+    """torch's LayerNorm/RMSNorm ``normalized_shape`` (an int or a 1-sequence) as flax's feature count: flax
+    normalises over the last axis only."""
+    if isinstance(normalized_shape, int):
+        return normalized_shape
+    if len(normalized_shape) != 1:
+        raise NotImplementedError(f"normalized_shape={normalized_shape!r}: porter converts a norm over the "
+                                  "last dimension only")
+    return normalized_shape[0]
+
+
 def conv_padding(padding, n):
     """torch's convolution padding (an int, one int per spatial dim, 'same' or 'valid') as lax's: a string or
     (low, high) pairs."""
@@ -1041,6 +1052,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "sequential": ("NamedSequential",),
     "ntuple": (),
     "conv_padding": ("ntuple",),
+    "last_dim": (),
     "TorchLayerNorm": ("layer_norm",),
     "TorchGroupNorm": ("group_norm",),
     "TorchConv2d": (),

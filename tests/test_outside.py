@@ -15,7 +15,7 @@ HELPER = {
     "__init__.py": """\
         from .layers import Sequential, Block as PublicBlock, Linear
         from .factory import *
-        from .hub import HubMixin, SafeMixin, MetaMixin, SubclassMixin
+        from .hub import HubMixin, SafeMixin, MetaMixin, SubclassMixin, TorchMixin
         from . import layers
         from torch.nn import Linear as TorchLinear
         raise RuntimeError("helperpkg must never be imported by porter")
@@ -82,6 +82,9 @@ HELPER = {
             return Block(1)
         """,
     "hub.py": """\
+        import torch
+
+
         class HubMixin:
             def __new__(cls, *args, **kwargs):
                 instance = super().__new__(cls)
@@ -105,6 +108,25 @@ HELPER = {
         class SubclassMixin:
             def __init_subclass__(cls, **kwargs):
                 cls.registered = True
+
+
+        class _Hub:
+            def push_to_hub(self, repo):
+                pass
+
+
+        class TorchMixin(_Hub):  # as huggingface_hub's PyTorchModelHubMixin: saving and loading through torch
+            def save_pretrained(self, path):
+                torch.save(self.state_dict(), path)
+
+            @classmethod
+            def from_pretrained(cls, path):
+                model = cls()
+                model.load_state_dict(torch.load(path))
+                return model
+
+            def _private(self):
+                pass
         """,
 }
 
@@ -276,9 +298,10 @@ def test_a_torch_class_reexported_by_a_package_is_named_as_torch(site, tmp_path)
     assert "torch's own torch.nn.modules.linear.Linear: import it from torch" in error.message
 
 
-@pytest.mark.parametrize("mixin, code", [("SafeMixin", "PT014"), ("HubMixin", "PT013"), ("MetaMixin", "PT013")])
-def test_a_mixin_of_an_installed_package_is_a_warning_or_an_error_where_nnx_cannot_take_it(site, tmp_path, mixin,
-                                                                                           code):
+@pytest.mark.parametrize("mixin, why", [
+    ("HubMixin", "__new__ sets attributes"), ("MetaMixin", "metaclass Meta"), ("TorchMixin", "torch.save()")])
+def test_a_mixin_of_an_installed_package_that_nnx_cannot_take_is_dropped_with_what_is_lost(site, tmp_path, mixin,
+                                                                                            why):
     conversion = convert(tmp_path, f"""\
         import torch.nn as nn
         from helperpkg import {mixin}
@@ -290,8 +313,30 @@ def test_a_mixin_of_an_installed_package_is_a_warning_or_an_error_where_nnx_cann
                 self.fc = nn.Linear(d, d)
         """)
     [found] = [d for d in conversion.diagnostics if d.code in ("PT013", "PT014")]
-    assert (found.code, found.line, found.col) == (code, 5, 22)
-    assert f"Net also derives from {mixin} (helperpkg.hub.{mixin}" in found.message
+    assert (found.code, found.severity.value, found.line, found.col) == ("PT014", "warning", 5, 22)
+    assert f"Net also derives from {mixin} (helperpkg.hub.{mixin}" in found.message and why in found.message
+    assert "class Net(nnx.Module):" in conversion.code
+
+
+def test_a_mixin_of_an_installed_package_that_works_on_nnx_is_kept_silently(site, tmp_path):
+    conversion = convert(tmp_path, """\
+        import torch.nn as nn
+        from helperpkg import SafeMixin
+
+
+        class Net(nn.Module, SafeMixin):
+            def __init__(self, d):
+                super().__init__()
+                self.fc = nn.Linear(d, d)
+        """)
+    assert not [d for d in conversion.diagnostics if d.code in ("PT013", "PT014")]
+    assert "class Net(nnx.Module, SafeMixin):" in conversion.code
+
+
+def test_what_a_hub_mixin_offers_is_named_with_its_bases(site):
+    hub = what_is("helperpkg.TorchMixin")
+    assert hub.offers == ("save_pretrained", "from_pretrained", "push_to_hub")
+    assert any("save_pretrained calls torch.save()" in h for h in hub.hazards)
 
 
 def test_a_class_with_forward_deriving_from_a_package_porter_cannot_read_is_an_error(site, tmp_path):
@@ -435,3 +480,175 @@ def test_torch_only_code_beside_torchvision_gives_no_error(torchvision_source, t
         preprocess = transforms.Compose([transforms.ToTensor()])
         """)
     assert not errors(conversion) and not errors(conversion, "PT014")
+
+
+# ------------------------------------------------------------------------------------------ mixins of the tree
+HUB = """\
+    import json
+
+    import torch
+
+
+    class HubMixin:
+        \"\"\"As huggingface_hub's: __new__ records the init arguments, saving goes through torch.\"\"\"
+
+        def __new__(cls, *args, **kwargs):
+            instance = super().__new__(cls)
+            instance._hub_config = dict(kwargs)
+            return instance
+
+        def save_pretrained(self, path):
+            torch.save(self.state_dict(), path)
+
+        @classmethod
+        def from_pretrained(cls, path, **kwargs):
+            model = cls(**kwargs)
+            model.load_state_dict(torch.load(path))
+            return model
+
+
+    class Describe:
+        def describe(self):
+            return f"{type(self).__name__}: {json.dumps(self.sizes())}"
+    """
+
+NET = """\
+    import torch.nn as nn
+    {imports}
+
+
+    class Net(nn.Module, HubMixin, Describe):
+        def __init__(self, d=4):
+            super().__init__()
+            self.fc = nn.Linear(d, 2 * d)
+
+        def sizes(self):
+            return [self.fc.in_features]
+
+        def forward(self, x):
+            return self.fc(x).relu()
+    """
+
+
+def _exec(code: str, name: str) -> dict:
+    namespace = {"__name__": name}
+    exec(compile(code, f"<{name}>", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("where", ["this file", "another file"])
+def test_a_mixin_of_the_tree_is_dropped_or_kept_by_what_it_does_and_the_module_runs(tmp_path, where, monkeypatch):
+    """HubMixin (its __new__ sets attributes, it saves through torch) goes with a warning naming what is lost;
+    Describe (plain Python) stays and works on the nnx module; the converted Net builds and computes as torch's."""
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    from porter.check.equivalence import check_equivalence
+
+    project = tmp_path / "project"
+    if where == "this file":
+        source = textwrap.dedent(HUB) + textwrap.dedent(NET.format(imports=""))
+        hub = {}
+    else:
+        source = textwrap.dedent(NET.format(imports="from hub import Describe, HubMixin"))
+        write(project, {"hub.py": HUB})
+        hub = _exec(textwrap.dedent(HUB), "hub")
+    conversion = convert(tmp_path, source)
+    [warning] = [d for d in conversion.diagnostics if d.code == "PT014"]
+    line = 5 if where == "another file" else textwrap.dedent(HUB).count("\n") + 5
+    assert (warning.line, warning.severity.value) == (line, "warning")
+    assert "Net also derives from HubMixin" in warning.message
+    assert "__new__ sets attributes" in warning.message
+    assert warning.message.endswith("it loses save_pretrained/from_pretrained of HubMixin")
+    assert "class Net(nnx.Module, Describe):" in conversion.code
+    assert not [d for d in conversion.diagnostics if d.code == "PT013"]
+
+    if hub:  # both import hub: the original one (porter converts it to the same but for its torch calls)
+        monkeypatch.setitem(sys.modules, "hub", type(sys)("hub"))
+        sys.modules["hub"].__dict__.update(hub)
+    torch_side, converted = _exec(source, "torch_net"), _exec(conversion.code, "nnx_net")
+    torch.manual_seed(0)
+    original = torch_side["Net"]().eval()
+    assert original._hub_config == {} and original.describe() == "Net: [4]"
+    model = converted["Net"](rngs=nnx.Rngs(0))
+    assert model.describe() == "Net: [4]"
+    assert not hasattr(model, "save_pretrained")
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    report = check_equivalence(original, model, x)
+    assert report.passed, report
+
+
+def test_a_base_of_the_tree_porter_cannot_follow_is_kept_silently(tmp_path):
+    """A base imported from a package outside the tree, or with a base porter cannot read, may be anything."""
+    write(tmp_path / "project", {"bases.py": """\
+        from somewhere import Thing
+
+
+        class Mixed(Thing):
+            def __new__(cls, *args, **kwargs):
+                instance = super().__new__(cls)
+                instance.x = 1
+                return instance
+        """})
+    conversion = convert(tmp_path, """\
+        import torch.nn as nn
+        from bases import Mixed
+
+
+        class Net(nn.Module, Mixed):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+        """)
+    assert not [d for d in conversion.diagnostics if d.code in ("PT013", "PT014")]
+    assert "class Net(nnx.Module, Mixed):" in conversion.code
+
+
+def test_a_use_of_what_a_dropped_mixin_gave_is_an_error(tmp_path):
+    conversion = convert(tmp_path, textwrap.dedent(HUB) + textwrap.dedent("""\
+        import torch.nn as nn
+
+
+        class Net(nn.Module, HubMixin):
+            def __init__(self, d=4):
+                super().__init__()
+                self.fc = nn.Linear(d, d)
+
+            def checkpoint(self, path):
+                self.save_pretrained(path)
+        """))
+    [error] = [d for d in conversion.diagnostics if d.code == "PT006"]
+    assert error.line == textwrap.dedent(HUB).count("\n") + 10
+    assert error.message.startswith("self.save_pretrained is HubMixin's, dropped from Net's bases (PT014)")
+
+
+def test_a_plain_base_giving_the_forward_is_not_dropped_and_is_an_error(tmp_path):
+    """vit-pytorch's DistillMixin holds the forward of DistillableViT(DistillMixin, ViT): dropping it (it calls
+    torch) would silently run ViT's; keeping it runs ViT's too (a plain class's forward is no __call__)."""
+    conversion = convert(tmp_path, """\
+        import torch
+        import torch.nn as nn
+
+
+        class DistillMixin:
+            def forward(self, x):
+                return torch.cat((self.fc(x), x), dim=1)
+
+
+        class Base(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.fc(x)
+
+
+        class Distillable(DistillMixin, Base):
+            pass
+        """)
+    assert "class Distillable(DistillMixin, Base):" in conversion.code
+    [error] = [d for d in conversion.diagnostics if d.code == "PT006"]
+    assert (error.line, error.col) == (19, 19) and "takes its forward from DistillMixin" in error.message
+    assert not [d for d in conversion.diagnostics if d.code == "PT014"]

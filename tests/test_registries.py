@@ -197,3 +197,55 @@ def test_a_module_class_reached_as_an_attribute_of_an_imported_module_of_the_tre
     net = next(r for r in results if r.relative.endswith("net.py")).code.decode()
     assert "self.a = md.Block(d, rngs=rngs)" in net
     assert "self.b = proj.layers.Block(d, rngs=rngs)" in net
+
+
+# a class of the file handed to a plain function that calls it (was: no rngs, no diagnostic)
+HANDED_MODEL = BLOCKS + '''
+
+def make(block, cin, cout):
+    return block(cin, cout)
+
+
+def scaled(x, f):  # called, but never handed a class: stays a plain function
+    return f(x) * 2
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = make(ConvA, 3, 4)
+        self.b = make(block=ConvB, cin=4, cout=4)
+
+    def forward(self, x):
+        return scaled(self.b(self.a(x)), torch.tanh)
+'''
+
+
+def test_a_class_handed_to_a_plain_function_that_calls_it_gets_rngs_and_matches_torch(tmp_path):
+    conversion, torch_module, jax_module = pair(tmp_path, HANDED_MODEL)
+    assert errors(conversion) == []
+    assert "def make(block, cin, cout, *, rngs: nnx.Rngs):\n    return with_rngs_if_taken(block, rngs)(cin, cout)" \
+        in conversion.code
+    assert "self.a = make(ConvA, 3, 4, rngs=rngs)" in conversion.code
+    assert "self.b = make(block=ConvB, cin=4, cout=4, rngs=rngs)" in conversion.code
+    assert "def scaled(x, f):  # called, but never handed a class: stays a plain function\n    return f(x) * 2" \
+        in conversion.code
+    report = check_equivalence(torch_module.Net().eval(), jax_module.Net(rngs=nnx.Rngs(0)), torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
+
+
+def test_a_plain_function_picking_from_a_mixed_registry_takes_rngs_on_the_fast_path_too():
+    """`Encoder = REGISTRY[name]; return Encoder(c)` names nothing the analysis's prefilter knows: the function
+    still becomes a layer factory (it had come out unchanged, its call an error, on the fast path only)."""
+    from porter.convert.pipeline import _convert
+
+    source = UNKNOWN_MODEL + '''
+
+def get(name, c):
+    Layer = REGISTRY[name]
+    return Layer(c, c)
+'''
+    fast = convert_source(source, filename="net.py")
+    assert "def get(name, c, *, rngs: nnx.Rngs):\n    Layer = REGISTRY[name]\n    return with_rngs_if_taken(Layer, " \
+           "rngs)(c, c)" in fast.code
+    assert fast.code == _convert(source, "net.py", fast=False).code and not errors(fast)

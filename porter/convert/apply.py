@@ -116,7 +116,10 @@ def apply_rule(rule: Rule, site: Site) -> Application:
     """The converted expression for `site.call`; raises Unsupported to leave it unchanged."""
     rebind = _inplace_target(site)
     site = as_function_call(rule, site)
-    if rule.builder:
+    if rule.kind == "layer" and _hidden_arguments(rule, site.call):
+        from porter.convert import layer_functions
+        application = Application(layer_functions.call(rule, site))
+    elif rule.builder:
         module, _, function = rule.builder.rpartition(".")
         application = getattr(importlib.import_module(module), function)(rule, site)
     elif rule.templates:
@@ -127,6 +130,12 @@ def apply_rule(rule: Rule, site: Site) -> Application:
         application.infos.append(rule.assume)
     application.rebind = rebind
     return application
+
+
+def _hidden_arguments(rule: Rule, call: cst.Call) -> bool:
+    """`nn.Conv2d(c, d, **kwargs)`: a star argument that torch's signature takes no `*layers` for."""
+    return any(a.star == "**" or (a.star == "*" and not any(p.var_positional for p in rule.signature))
+               for a in call.args)
 
 
 def _inplace_target(site: Site) -> cst.Name | None:

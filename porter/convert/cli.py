@@ -15,7 +15,7 @@ from porter.convert.diagnostics import Severity
 from porter.convert.siblings import Siblings, command as sibling_command, with_notes
 from porter.convert.tree import (
     REPORT_NAMES, FileResult, ProgressBar, Task, backup_dir, convert_paths, convert_tree, kind_of, output_conflicts,
-    plan, write_bytes_atomically, write_inplace, write_tree,
+    TreePlan, plan, write_bytes_atomically, write_inplace, write_tree,
 )
 from porter.paths import overlaps
 
@@ -82,7 +82,7 @@ def run_convert(args) -> int:
     problem = closures.problem(args.with_packages, source, inplace=args.inplace) if args.with_packages else None
     if problem:
         return _usage_error(problem)
-    if source.is_dir():
+    if source.is_dir() or args.with_packages:  # a file --with PKG: a tree of one file, written into OUT_DIR
         return _convert_tree(source, args)
     return _convert_file(source, args)
 
@@ -90,8 +90,14 @@ def run_convert(args) -> int:
 # ---------------------------------------------------------------------------- a directory
 def _convert_tree(source: Path, args) -> int:
     output: Path | None = args.output
+    single = not source.is_dir()  # one file --with PKG: OUT_DIR/<its name> beside OUT_DIR/PKG/...
+    root = source.parent if single else source
     if output is None and not (args.inplace or args.diff):
-        return _usage_error("converting a directory needs -o OUT_DIR (or --inplace, or --diff)")
+        return _usage_error(f"converting {'a file --with PKG' if single else 'a directory'} needs -o OUT_DIR "
+                            f"(or --inplace, or --diff)")
+    if single and output is not None and output.suffix in PYTHON_SUFFIXES:
+        return _usage_error(f"--with writes the file and the packages' modules into a directory: -o OUT_DIR, not "
+                            f"{output}")
     if output is not None:
         if output.is_symlink():
             return _usage_error(f"{output} is a symlink; name the directory itself")
@@ -99,9 +105,10 @@ def _convert_tree(source: Path, args) -> int:
             return _usage_error(f"{output} exists and is not a directory")
         if output.exists() and not args.force:
             return _usage_error(f"{output} exists; pass --force to write into it")
-        if overlaps(source, output):
+        if overlaps(source, output) if not single else output.resolve() == root.resolve():
             return _usage_error(f"{output} and {source} overlap; pick an output outside the source (or --inplace)")
-    tree = plan(source, annotate=args.annotate, diff=args.diff, follow_symlinks=args.follow_symlinks)
+    tree = TreePlan([Task(str(source), str(source), source.name, "python", args.annotate, args.diff)]) if single \
+        else plan(source, annotate=args.annotate, diff=args.diff, follow_symlinks=args.follow_symlinks)
     copies = tree.copies
     tasks, helpers_at = shared_helpers.place(tree.tasks, [t.relative for t in tree.tasks] +
                                              [r for _, r in copies] + [r for r, _ in tree.not_read])
@@ -116,7 +123,7 @@ def _convert_tree(source: Path, args) -> int:
                                 f"{'it' if len(conflicts) == 1 else 'them'} away or pick another output")
     for relative, why in tree.not_read:
         print(f"porter: not read: {source / relative} ({why})", file=sys.stderr)
-    old_reports = [source / name for name in REPORT_NAMES if (source / name).is_file()]
+    old_reports = [source / name for name in REPORT_NAMES if not single and (source / name).is_file()]
     if old_reports and output is not None:
         print(f"porter: not copied: {', '.join(map(str, old_reports))} (porter's report of an earlier run; "
               f"this run's report replaces it)", file=sys.stderr)
@@ -124,7 +131,7 @@ def _convert_tree(source: Path, args) -> int:
         print(f"porter: warning: --inplace rewrites the files under {source}; the originals of the files it "
               f"changes are copied to {backup_dir(source)} first", file=sys.stderr)
     with closures.converting(closure):
-        results = sorted(_run(tasks, args, root=source), key=lambda r: r.relative)
+        results = sorted(_run(tasks, args, root=root), key=lambda r: r.relative)
     if closure is not None:
         results = closures.shadow(results, closure)
         closures.announce(closure, sys.stderr)
@@ -154,7 +161,7 @@ def _convert_tree(source: Path, args) -> int:
     else:
         try:
             tree_results, theirs = closures.split(results, closure)
-            removed = write_tree(tree_results, copies, source, output, finish=None if args.report else
+            removed = write_tree(tree_results, copies, root, output, finish=None if args.report else
                                  lambda staging, removed: report(staging, removed, announce=False),
                                  extra=helper_modules + theirs)
         except OSError as exc:

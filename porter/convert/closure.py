@@ -68,10 +68,10 @@ class Closure:
 def problem(packages: list[str], source: Path, *, inplace: bool = False) -> str | None:
     """Why --with cannot take these packages for this source (a usage error), or None."""
     if inplace:
-        return "--with writes the packages' converted modules beside the tree's output: give -o (or --diff), " \
-               "not --inplace"
-    if not source.is_dir():
-        return "--with converts a tree: name the directory holding the file"
+        return "--with writes the packages' converted modules beside the tree's output: give -o OUT_DIR (or " \
+               "--diff), not --inplace"
+    if not source.is_dir() and source.suffix not in ("", ".py", ".pyw"):
+        return "--with follows the imports of Python files: name a .py file or a directory"
     for package in packages:
         if package == "torch" or package.startswith("torch."):
             return "--with torch: porter converts torch's own code where your files use it"

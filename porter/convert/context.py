@@ -77,6 +77,13 @@ class ConversionContext:
     # and the calls whose callee may or may not be a module class: they pass rngs where the callee takes it
     registries: dict[str, cst.BaseExpression] = field(default_factory=dict)
     unknown_constructions: dict[int, str] = field(default_factory=dict)  # id of the call -> its callee's name
+    handed_classes: dict[str, set[str]] = field(default_factory=dict)  # function -> its parameters handed a class
+    module_typevars: set[str] = field(default_factory=set)  # ModelT = TypeVar("ModelT", bound=nn.Module)
+    top_level_functions: set[int] = field(default_factory=set)  # ids of the module-level FunctionDefs
+    # module class -> its bases (code) that are no nn.Module and do not work on an nnx one: dropped (mixins.py)
+    dropped_bases: dict[str, set[str]] = field(default_factory=dict)
+    # calls of a module class or factory of a --with package the analysis did not resolve: id -> root name
+    outside_constructions: dict[int, str] = field(default_factory=dict)
     # module-level functions that draw their argument's values in place (`def init_(t): t.uniform_(-s, s); return t`):
     # converted, they return the new values instead
     draw_helpers: set[str] = field(default_factory=set)

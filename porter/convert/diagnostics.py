@@ -63,13 +63,15 @@ CODES: dict[str, Code] = {
              "nnx module deriving from it, building it or calling a function of it that returns one fails at its "
              "first call. Convert the modules of that package your tree reaches with it (porter convert SRC -o OUT "
              "--with PKG: they go to OUT/PKG/..., which shadows the installed package), or rewrite that part "
-             "with flax.nnx. A base that is not an nn.Module but that nnx.Module cannot take (a __new__ setting "
-             "attributes, a metaclass of its own) has to go from the converted class's bases."),
-        Code("PT014", Severity.WARNING, "base of an installed package kept on a converted module",
-             "A base class of an installed package that is not an nn.Module (a mixin: model hub, config) stays a "
-             "base of the converted nnx.Module. Its own __init__ or __new__ may not cooperate with nnx.Module's, "
-             "and its methods that work on torch modules (parameters(), state_dict(), saving and loading weights) "
-             "do not work on an nnx one: check what the class uses of it, or drop it."),
+             "with flax.nnx."),
+        Code("PT014", Severity.WARNING, "base that does not work on an nnx.Module dropped",
+             "A base of a module class that is not an nn.Module (a mixin: model hub, config) stays a base of the "
+             "converted nnx.Module where nothing in it gets in nnx's way, read from its source. One with a "
+             "__new__ doing more than super().__new__(cls) (nnx sets its instance up after __new__), a metaclass "
+             "or an __init_subclass__ not calling super()'s, torch calls or nn.Module methods on self "
+             "(state_dict(), parameters()) is dropped from the converted class's bases: the warning names the "
+             "methods the class loses (from_pretrained/save_pretrained of a hub mixin); rewrite them for nnx "
+             "(nnx.state, orbax) where you need them."),
         Code("PT020", Severity.INFO, "distributed training mapped to JAX's runtime",
              "One JAX process per host drives all of that host's devices; a Mesh made current with "
              "jax.set_mesh holds them all. Ranks become jax.process_index(), the world size "

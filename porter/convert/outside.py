@@ -24,6 +24,8 @@ from functools import lru_cache
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
+from porter.convert import mixins
+
 MODULE, FACTORY, CLASS, UNKNOWN = "module", "factory", "class", "unknown"
 
 # the root every module class derives from, under the names torch's own source binds it to
@@ -45,6 +47,7 @@ class OutsideName:
     # for a class that is not a module class: what in it (or its bases) stops an nnx.Module from taking it
     # as a base ("__new__ sets attributes", "__init_subclass__ without super()", "metaclass Meta")
     hazards: tuple[str, ...] = ()
+    offers: tuple[str, ...] = ()  # for such a class: its public methods, its bases' included (mixins.offers)
 
     @property
     def package(self) -> str:
@@ -335,8 +338,8 @@ def _what_is(dotted: str) -> OutsideName:
     if found.module == "builtins":
         return OutsideName(dotted, CLASS, found.dotted)
     if isinstance(found.node, ast.ClassDef):
-        kind, why, hazards = _class_kind(found.module, found.name)
-        return OutsideName(dotted, kind, found.dotted, path, line, why, hazards)
+        kind, why, hazards, offered = _class_kind(found.module, found.name)
+        return OutsideName(dotted, kind, found.dotted, path, line, why, hazards, offered)
     if isinstance(found.node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         kind, why = _function_kind(found.module, found.name)
         return OutsideName(dotted, kind, found.dotted, path, line, why)
@@ -350,67 +353,50 @@ def _class_node(module: str, name: str) -> ast.ClassDef | None:
 
 
 @lru_cache(maxsize=None)
-def _class_kind(module: str, name: str, depth: int = 0) -> tuple[str, str, tuple[str, ...]]:
-    """(kind, why, hazards) of the class `name` defined in `module`."""
+def _class_kind(module: str, name: str, depth: int = 0) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+    """(kind, why, hazards, offers) of the class `name` defined in `module` (the last two: mixins.py's)."""
     if f"{module}.{name}" in _ROOT:
-        return MODULE, "", ()
+        return MODULE, "", (), ()
     node = _class_node(module, name)
     if node is None or depth > _DEPTH:
-        return UNKNOWN, f"{module}.{name} could not be read", ()
-    kinds, unread, hazards = [], [], list(_own_hazards(module, node))
+        return UNKNOWN, f"{module}.{name} could not be read", (), ()
+    unread, hazards, offered = [], list(_own_hazards(module, node)), mixins.offers(node)
     for base in node.bases:
         found = _expression(module, base)
         if found is None or found.name is None:
             unread.append(ast.unparse(base))
             continue
         if found.dotted in _ROOT:
-            return MODULE, "", ()
+            return MODULE, "", (), ()
         if found.module == "builtins":
             continue
         if found.node is None or not isinstance(found.node, ast.ClassDef):
             unread.append(ast.unparse(base))
             continue
-        kind, _, inherited = _class_kind(found.module, found.name, depth + 1)
+        kind, _, inherited, more = _class_kind(found.module, found.name, depth + 1)
         if kind == MODULE:
-            return MODULE, "", ()
+            return MODULE, "", (), ()
         if kind == UNKNOWN:
             unread.append(ast.unparse(base))
         hazards.extend(h for h in inherited if h not in hazards)
+        offered.extend(o for o in more if o not in offered)
     if unread:
-        return UNKNOWN, f"its base {unread[0]} could not be read", tuple(hazards)
-    return CLASS, "", tuple(hazards)
+        return UNKNOWN, f"its base {unread[0]} could not be read", tuple(hazards), tuple(offered)
+    return CLASS, "", tuple(hazards), tuple(offered)
 
 
-def _own_hazards(module: str, node: ast.ClassDef):
-    """What in the class itself stops nnx.Module from taking it as a base."""
-    for keyword in node.keywords:
-        if keyword.arg == "metaclass":
-            found = _expression(module, keyword.value)
-            if found is None or found.dotted not in ("abc.ABCMeta", "builtins.type"):
-                yield f"metaclass {ast.unparse(keyword.value)} (nnx.Module has its own)"
-    for statement in node.body:
-        if isinstance(statement, ast.FunctionDef) and statement.name == "__new__" and _sets_attributes(statement):
-            yield "__new__ sets attributes before nnx.Module has set the instance up"
-        if isinstance(statement, ast.FunctionDef) and statement.name == "__init_subclass__" \
-                and not _calls_super(statement, "__init_subclass__"):
-            yield "__init_subclass__ does not call super().__init_subclass__ (nnx.Module's own would not run)"
+def _own_hazards(module: str, node: ast.ClassDef) -> list[str]:
+    """What in the class itself stops nnx.Module from taking it as a base (mixins.hazards)."""
+    source = _source(module)
+    bindings = source.bindings if source is not None else {}
+    torch = frozenset(local for local, binding in bindings.items()
+                      if binding[0] in ("module", "from") and binding[1].partition(".")[0] == "torch")
 
+    def metaclass_of(expression: ast.expr) -> str | None:
+        found = _expression(module, expression)
+        return found.dotted if found is not None else None
 
-def _sets_attributes(function: ast.FunctionDef) -> bool:
-    for node in ast.walk(function):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
-            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
-        if any(isinstance(t, ast.Attribute) for t in targets):
-            return True
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
-            return True
-    return False
-
-
-def _calls_super(function: ast.FunctionDef, method: str) -> bool:
-    return any(isinstance(node, ast.Attribute) and node.attr == method and isinstance(node.value, ast.Call)
-               and isinstance(node.value.func, ast.Name) and node.value.func.id == "super"
-               for node in ast.walk(function))
+    return mixins.hazards(node, torch, metaclass_of)
 
 
 @lru_cache(maxsize=None)

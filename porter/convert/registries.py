@@ -20,7 +20,9 @@ any other key may pick every entry. What the subscript may reach decides:
 - nothing of the kind: an ordinary value.
 
 A class handed to a module's constructor without a default or annotation that says what it is
-(`def __init__(self, block): self.layer = block(c)`) is the same unknown: it gets the runtime helper too.
+(`def __init__(self, block): self.layer = block(c)`) is the same unknown: it gets the runtime helper too,
+and so does a class of the file handed to a module-level function that calls it (`def make(block, c):
+return block(c)` with `make(Block, 3)` in the file), which then takes rngs as a layer factory.
 Where no `rngs` is in scope for the helper (a module-level call), the call is an error (PT006) instead.
 """
 
@@ -33,6 +35,10 @@ from porter.convert.context import ConversionContext
 from porter.convert.traverse import find_all
 
 _CONTAINERS = (cst.List, cst.Tuple, cst.Set, cst.Dict)
+_MODULE_TYPEVAR = m.Assign(targets=[m.AssignTarget(target=m.Name())], value=m.Call(
+    func=m.Name("TypeVar") | m.Attribute(attr=m.Name("TypeVar")),
+    args=[m.ZeroOrMore(), m.Arg(keyword=m.Name("bound"), value=m.Name("Module") | m.Attribute(attr=m.Name("Module"))),
+          m.ZeroOrMore()]))
 HELPER = "with_rngs_if_taken"
 
 
@@ -60,14 +66,61 @@ def holds_only(literal: cst.BaseExpression, is_constructor) -> bool:
 def note(module: cst.Module, ctx: ConversionContext) -> None:
     """Module-level `NAME = {...}` / `[...]` literals with a name among their values: the registries
     that a subscript may pick a module class from (what the values are is asked at the pick: the
-    classes of the file are not all known before the analysis has read them)."""
+    classes of the file are not all known before the analysis has read them). And the module-level
+    functions handed a class that they call (ConversionContext.handed_classes)."""
+    _note_handed_classes(module, ctx)
+    ctx.top_level_functions = {id(s) for s in module.body if type(s) is cst.FunctionDef}
     for statement in module.body:
+        for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
+            if m.matches(small, _MODULE_TYPEVAR):  # ModelT = TypeVar("ModelT", bound=nn.Module)
+                ctx.module_typevars.add(small.targets[0].target.value)
         for small in statement.body if isinstance(statement, cst.SimpleStatementLine) else ():
             if isinstance(small, cst.Assign) and len(small.targets) == 1 \
                     and isinstance(small.targets[0].target, cst.Name) and isinstance(small.value, _CONTAINERS):
                 values = leaves(small.value)
                 if values and any(isinstance(v, (cst.Name, cst.Attribute)) for v in values):
                     ctx.registries[small.targets[0].target.value] = small.value
+
+
+def _note_handed_classes(module: cst.Module, ctx: ConversionContext) -> None:
+    """`def make(block, c): return block(c)` called somewhere in the file as `make(Block, 3)`, Block a class
+    of the file (or a module class of the tree, or torch's `nn.X`): `block` may be a module class, its call
+    gets rngs where the class takes them (with_rngs_if_taken). Only parameters with neither default nor
+    annotation (a default or annotation says what it is: the analysis reads those) that the function calls."""
+    functions = {s.name.value: s for s in module.body if type(s) is cst.FunctionDef}
+    candidates = {name: _called_bare_params(function) for name, function in functions.items()}
+    candidates = {name: params for name, params in candidates.items() if params}
+    if not candidates:
+        return
+    classes = {s.name.value for s in module.body if type(s) is cst.ClassDef} | ctx.module_classes
+    for call in find_all(module, cst.Call):
+        if type(call.func) is not cst.Name or call.func.value not in candidates:
+            continue
+        params = _positional_names(functions[call.func.value])
+        for position, arg in enumerate(call.args):
+            name = arg.keyword.value if arg.keyword is not None else \
+                params[position] if arg.star == "" and position < len(params) else None
+            if name in candidates[call.func.value] and _is_class(arg.value, classes):
+                ctx.handed_classes.setdefault(call.func.value, set()).add(name)
+                ctx.rngs_functions.add(call.func.value)  # a layer factory, from the start (the analysis reads it)
+
+
+def _called_bare_params(function: cst.FunctionDef) -> set[str]:
+    params = function.params
+    bare = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]
+            if p.default is None and p.annotation is None}
+    return {call.func.value for call in find_all(function.body, cst.Call)
+            if type(call.func) is cst.Name and call.func.value in bare} if bare else set()
+
+
+def _positional_names(function: cst.FunctionDef) -> list[str]:
+    return [p.name.value for p in [*function.params.posonly_params, *function.params.params]]
+
+
+def _is_class(value: cst.BaseExpression, classes: set[str]) -> bool:
+    if type(value) is cst.Name:
+        return value.value in classes
+    return m.matches(value, m.Attribute(value=m.Name("nn") | m.Attribute(value=m.Name("torch"), attr=m.Name("nn"))))
 
 
 def picked(subscript: cst.Subscript) -> tuple[cst.BaseExpression, list[cst.BaseExpression | None]]:
@@ -151,6 +204,8 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
     for call in find_all(function.body, cst.Call):
         if is_unknown_construction(call, ctx, names, is_constructor):
             ctx.unknown_constructions[id(call)] = _root_name(call.func)
+            if id(function) in ctx.top_level_functions:  # a layer factory now: the analysis's prefilter may skip
+                ctx.rngs_functions.add(function.name.value)  # the statement (`return Encoder(**params)`)
 
 
 def _root_name(func: cst.BaseExpression) -> str:
@@ -160,19 +215,41 @@ def _root_name(func: cst.BaseExpression) -> str:
 
 def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_constructor, module_init: bool) -> set[str]:
     """Names of `function` that may hold a module class porter cannot tell from anything else: bound
-    from a registry pick reaching both, or (in a module class's constructor) a parameter with neither
-    a default nor an annotation whose call is stored on the module (`self.layer = block(c)`)."""
+    from a registry pick reaching both, a parameter handed a class of the file (ConversionContext.handed_classes)
+    or annotated with a TypeVar bound to nn.Module (`model_cls: Callable[..., ModelT]`), or (in a module class's
+    constructor or a layer factory) a parameter with neither a default nor an annotation whose call is stored on
+    the module (`self.layer = block(c)`)."""
     names = set()
     for assign in _single_name_assigns(function):
         if isinstance(assign.value, cst.Subscript) and picks(assign.value, ctx, is_constructor) == "unknown":
             names.add(assign.targets[0].target.value)
-    if module_init:
+    handed = set(ctx.handed_classes.get(function.name.value, ()))
+    if ctx.module_typevars:  # model_cls: Callable[..., ModelT], ModelT a TypeVar bound to nn.Module
+        params = function.params
+        handed |= {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]
+                   if p.annotation is not None and any(n.value in ctx.module_typevars
+                                                       for n in find_all(p.annotation, cst.Name))}
+    if handed:
+        names |= {call.func.value for call in find_all(function.body, cst.Call)
+                  if type(call.func) is cst.Name and call.func.value in handed}
+    if module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor):
         params = function.params
         bare = {p.name.value for p in [*params.params, *params.kwonly_params]
                 if p.default is None and p.annotation is None and p.name.value != "self"}
+        bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
         names |= {call.func.value for call in _stored_calls(function) if isinstance(call.func, cst.Name)
                   and call.func.value in bare and not is_constructor(call.func)}
     return names
+
+
+def _builds_layers(function: cst.FunctionDef, is_constructor) -> bool:
+    """A layer factory (it will take rngs): a call of a layer constructor in its body."""
+    return any(is_constructor(call.func) for call in find_all(function.body, cst.Call))
+
+
+def _loop_names(function: cst.FunctionDef) -> set[str]:
+    """Names a for loop of `function` binds (each name of a tuple target too)."""
+    return {name.value for loop in find_all(function.body, cst.For) for name in find_all(loop.target, cst.Name)}
 
 
 def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor) -> bool:

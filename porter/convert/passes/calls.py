@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, data_side, devices, inplace, keyword_helpers, no_ops, registries
+from porter.convert import apply, data_side, devices, inplace, keyword_helpers, layer_functions, no_ops, registries
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule, torch_would_refuse
 from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
@@ -640,7 +640,7 @@ class Calls:
                 self.report("PT007", original, f"{qualified} used as a value (a layer constructor) becomes a function "
                                                f"with torch's arguments ({', '.join(accepted) or 'none'}) and rngs, "
                                                "building the converted layer; calls in constructors pass rngs")
-                if id(original) not in self._whole_values:  # `nn.Hardswish if hs else nn.ReLU`: the lambda
+                if id(original) not in self._whole_values and isinstance(new, cst.Lambda):  # `nn.Hardswish if hs else nn.ReLU`: the lambda
                     new = new.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])  # must not swallow it
                 self.record(value_rule.id, original, new)
                 return new
@@ -698,6 +698,9 @@ def constructor_function(rule, qualified: str, ctx, fixed: dict[str, str] | None
     are left out, so passing one fails loudly), and rngs (ignored by activations, which build no layer).
     None when the rule cannot convert even the required arguments as variables. `fixed`: arguments given
     as source (a partial's `approximate='tanh'`), converted at that value and not taken by the function."""
+    if not fixed and layer_functions.has_function(rule):  # the rule as a function: torch's arguments, exactly
+        ctx.need_helper(layer_functions.function_name(rule))
+        return cst.Name(layer_functions.function_name(rule)), [p.name for p in rule.signature], []
     fixed = fixed or {}
     required = [p.name for p in rule.signature if p.default is None and not p.keyword_only and p.name not in fixed
                 and not p.var_positional]

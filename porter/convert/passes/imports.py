@@ -11,6 +11,7 @@ import re
 
 import libcst as cst
 
+from porter.convert import layer_functions
 from porter.convert.context import ConversionContext, code_of
 from porter.convert.passes.scope import local_names
 from porter.convert.source_index import STATEMENT_TYPES, StatementCode, TriggerSet
@@ -312,7 +313,7 @@ def helper_sources(names: list[str]) -> list[str]:
     ordered: list[str] = []
 
     def add(name: str) -> None:
-        for dependency in _helper_module(name).DEPENDS.get(name, ()):
+        for dependency in _helper_dependencies(name):
             add(dependency)
         if name not in ordered:
             ordered.append(name)
@@ -349,9 +350,15 @@ def _parsed_helper(source: str, newline: str = "\n") -> cst.BaseStatement:
     return cst.parse_statement(source.replace("\n", newline) if newline != "\n" else source)
 
 
+def _helper_dependencies(name: str) -> tuple[str, ...]:
+    made = layer_functions.generated(name)  # a layer rule as a function (porter/convert/layer_functions.py)
+    return made[1] if made is not None else _helper_module(name).DEPENDS.get(name, ())
+
+
 @functools.cache
 def _helper_source(name: str) -> str:
-    source = inspect.getsource(getattr(_helper_module(name), name))
+    made = layer_functions.generated(name)
+    source = made[0] if made is not None else inspect.getsource(getattr(_helper_module(name), name))
     ast.parse(source)  # the emitted file must stay valid Python
     return source
 

@@ -4,8 +4,9 @@ porter converts the tree it is given; a class of another installed package stays
 deriving from such an nn.Module (`class Encoder(ResNet)` with torchvision's ResNet), or building one
 (`self.seq = Sequential(...)` from a helper package, `timm.create_model(...)`), would hold torch layers
 inside an nnx module and fail at its first call: an error (PT013) naming the package and the class. A base
-that is not an nn.Module (a mixin) stays a base of the nnx.Module: a warning (PT014), or an error where it
-cannot work there (a `__new__` that sets attributes, a metaclass of its own).
+that is not an nn.Module (a mixin, of the package or of the tree) stays a base of the nnx.Module where it works
+there, and is otherwise dropped with a warning naming what the class loses (PT014; porter/convert/mixins.py
+reads it, passes/outside_code.py drops it).
 
 Reads the original tree after the analysis (ctx.module_classes, ctx.rngs_functions); what a name of an
 installed package is comes from porter/convert/outside.py, which reads that package's source.
@@ -15,18 +16,24 @@ from __future__ import annotations
 
 import libcst as cst
 
+from porter.convert import mixins
 from porter.convert.context import ConversionContext, code_of
 from porter.convert.outside import (
     CLASS, FACTORY, MODULE, UNKNOWN, OutsideName, converted_packages, in_tree, is_installed, is_stdlib, what_is,
 )
 from porter.convert.source_index import SourceIndex
+from porter.convert.traverse import find_all
 
 _NOT_CONVERTED = "porter converts only the tree it is given"
 
 
 def check(module: cst.Module, ctx: ConversionContext, index: SourceIndex) -> None:
-    """Reports the module classes (and layer factories) of the file that use an installed package's modules."""
+    """Reports the module classes (and layer factories) of the file that use an installed package's modules,
+    and decides which of their bases that are no nn.Module (mixins) go (ConversionContext.dropped_bases)."""
     names = outside_imports(module, ctx)
+    for statement in module.body:
+        if type(statement) is cst.ClassDef and statement.name.value in ctx.module_classes:
+            _check_tree_mixins(statement, module, names, ctx, index)
     if not names:
         return
     for statement in module.body:
@@ -104,7 +111,7 @@ def _known(node: cst.BaseExpression, ctx: ConversionContext) -> bool:
 
 def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionContext, index: SourceIndex) -> None:
     name = node.name.value
-    mixins, derives = [], name in ctx.module_classes
+    bases_of_other_kinds, derives = [], name in ctx.module_classes
     for base in node.bases:
         found = _what(base.value, names, ctx) if base.keyword is None else None
         if found is None:
@@ -119,7 +126,7 @@ def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionConte
                        f"package {found.package}: {_NOT_CONVERTED}, so {name} stays a torch class. "
                        + _what_to_do(found, name))
         elif found.kind == CLASS:
-            mixins.append((base.value, found))
+            bases_of_other_kinds.append((base.value, found))
         elif found.kind == UNKNOWN and not derives and _defines(node, "forward"):
             base_name = code_of(base.value)
             ctx.report("PT013", *index.start(base.value),
@@ -128,8 +135,9 @@ def _check_class(node: cst.ClassDef, names: dict[str, str], ctx: ConversionConte
                        f"class, as {_NOT_CONVERTED}. Install {found.package} where porter runs so that porter can "
                        f"tell, and copy the file defining {base_name} into your tree to have it converted")
     if derives:
-        for base, found in mixins:
-            _report_mixin(name, base, found, ctx, index)
+        for base, found in bases_of_other_kinds:
+            _report_mixin(node, base, f"{found.where}, of the installed package {found.package}", found.hazards,
+                          found.offers, ctx, index)
     if name in ctx.module_classes:
         _check_uses(node.body, f"the module class {name}", names, ctx, index,
                     "so the nnx module would hold a torch module")
@@ -139,20 +147,63 @@ def _defines(node: cst.ClassDef, method: str) -> bool:
     return any(type(s) is cst.FunctionDef and s.name.value == method for s in node.body.body)
 
 
-def _report_mixin(name: str, base: cst.BaseExpression, found: OutsideName, ctx: ConversionContext,
-                  index: SourceIndex) -> None:
-    said = f"{name} also derives from {code_of(base)} ({found.where}, of the installed package {found.package}), " \
-           "which is not an nn.Module"
-    if found.hazards:
-        ctx.report("PT013", *index.start(base),
-                   f"{said}, and nnx.Module cannot take it as a base: {'; '.join(found.hazards)}. The converted "
-                   f"class would fail when built; drop {code_of(base)} from its bases (and what it gives, such as "
-                   "saving or loading through it)")
-    else:
-        ctx.report("PT014", *index.start(base),
-                   f"{said}: kept as a base of the nnx.Module. nnx.Module may not cooperate with its __init__ or "
-                   f"__new__, and its methods that work on torch modules (parameters(), state_dict(), saving or "
-                   f"loading weights) will not work on the converted one: check what {name} uses of it")
+def _report_mixin(node: cst.ClassDef, base: cst.BaseExpression, where: str, hazards, offers,
+                  ctx: ConversionContext, index: SourceIndex) -> None:
+    """A base that is not an nn.Module: kept where nothing in it gets in nnx's way (mixins.py), else dropped
+    from the converted class's bases with a warning naming what the class loses; the class's own uses of
+    what it loses (`self.save_pretrained(...)`) are errors."""
+    name = node.name.value
+    if "forward" in offers and not _defines(node, "forward"):  # module code, not a mixin: kept, and it is wrong
+        ctx.report("PT006", *index.start(base),
+                   f"{name} takes its forward from {code_of(base)} ({where}), which is not an nn.Module: porter "
+                   f"converts forward (to __call__) in nn.Module classes only, so the converted {name} would run "
+                   f"its other bases' __call__ instead; left as a base. Move that forward into {name} (or make "
+                   f"{code_of(base)} an nn.Module) and convert again")
+        return
+    if not hazards:
+        return
+    ctx.dropped_bases.setdefault(name, set()).add(code_of(base))
+    lost = f"{'/'.join(offers)} of {code_of(base)}" if offers else f"what {code_of(base)} gives"
+    ctx.report("PT014", *index.start(base),
+               f"{name} also derives from {code_of(base)} ({where}), which is not an nn.Module and does not work on "
+               f"an nnx.Module: {'; '.join(hazards)}. Dropped from the converted {name}'s bases: it loses {lost}")
+    for use in find_all(node.body, cst.Attribute):
+        if type(use.value) is cst.Name and use.value.value == "self" and use.attr.value in offers \
+                and not _defines(node, use.attr.value):
+            ctx.report("PT006", *index.start(use),
+                       f"{code_of(use)} is {code_of(base)}'s, dropped from {name}'s bases (PT014): the converted "
+                       f"{name} has no {use.attr.value}; rewrite it for nnx or drop its use")
+
+
+def _check_tree_mixins(node: cst.ClassDef, module: cst.Module, names: dict[str, str], ctx: ConversionContext,
+                       index: SourceIndex) -> None:
+    """The bases of a module class that are plain classes of the tree (of this file or imported from another)."""
+    for base in node.bases:
+        if base.keyword is not None or type(base.value) is not cst.Name:
+            continue
+        local = base.value.value
+        if local in ctx.module_classes or local in names or ctx.qualified_name(base.value):
+            continue
+        imported = _tree_import(module, local)
+        if imported is None and not any(type(s) is cst.ClassDef and s.name.value == local for s in module.body):
+            continue
+        dots, where, original = imported or (0, "", local)
+        found = mixins.tree_class(ctx.filename, module.code if not where else "", original, dots, where)
+        if found is not None:
+            _report_mixin(node, base.value, f"{'.' * dots}{where or 'this file'}", *found, ctx, index)
+
+
+def _tree_import(module: cst.Module, local: str) -> tuple[int, str, str] | None:
+    """(dots, module, name) of a top-level `from X import name [as local]` of the file."""
+    for statement in module.body:
+        for small in statement.body if type(statement) is cst.SimpleStatementLine else ():
+            if type(small) is cst.ImportFrom and small.module is not None and not isinstance(small.names,
+                                                                                            cst.ImportStar):
+                for alias in small.names:
+                    bound = alias.asname.name if alias.asname is not None else alias.name
+                    if type(bound) is cst.Name and bound.value == local and type(alias.name) is cst.Name:
+                        return len(small.relative), code_of(small.module), alias.name.value
+    return None
 
 
 def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: ConversionContext,
@@ -169,7 +220,10 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
             continue
         text = code_of(target)
         if found.package in converted_packages():
-            _report_unseen(target, f"{owner} {'calls' if called else 'uses'}", found, ctx, index)
+            if called and id(used) in uses.in_constructor:
+                _pass_rngs(used, found, ctx, index)
+            else:
+                _report_unseen(target, f"{owner} {'calls' if called else 'uses'}", found, ctx, index)
             continue
         if id(used) in uses.type_checks and found.kind == MODULE:
             ctx.report("PT013", line, col, f"{owner} tests whether a module is a {text} ({found.where}), an nn.Module "
@@ -182,6 +236,21 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
             what = f"{'calls' if called else 'uses'} {text} ({found.where}), which returns an nn.Module ({found.why})"
         ctx.report("PT013", line, col, f"{owner} {what} of the installed package {found.package}: {_NOT_CONVERTED}, "
                                        f"{outcome}. " + _what_to_do(found))
+
+
+def _pass_rngs(call: cst.Call, found: OutsideName, ctx: ConversionContext, index: SourceIndex) -> None:
+    """`timm.create_model(...)` in a module's constructor, its package converted with the tree (--with), reached
+    through an attribute or a re-export the tree's analysis does not resolve: outside.py reads it as a module
+    class or a function returning one, so the call gets rngs as `Block(...)` does."""
+    root = call.func
+    while type(root) is cst.Attribute:
+        root = root.value
+    ctx.outside_constructions[id(call)] = code_of(root)
+    what = "an nn.Module" if found.kind == MODULE else f"a function returning an nn.Module ({found.why})"
+    ctx.report("PT007", *index.start(call),
+               f"{code_of(call.func)} is {found.where}, {what} of {found.package}, converted with the tree (--with): "
+               "passed rngs (a function taking none of its own passes them on through **kwargs, or fails when "
+               "called)")
 
 
 def _report_unseen(node: cst.BaseExpression, said: str, found: OutsideName, ctx: ConversionContext,
@@ -210,6 +279,8 @@ class _Uses(cst.CSTVisitor):
         super().__init__()
         self.names = names
         self.found: list[tuple[cst.CSTNode, bool]] = []  # (the call or the name, called)
+        self.in_constructor: set[int] = set()  # the calls found in __init__ (an rngs is in scope there)
+        self._functions: list[str] = []
         self.callees: set[int] = set()
         self.type_checks: set[int] = set()  # the classes of isinstance(x, A) and issubclass(x, (A, B))
 
@@ -224,6 +295,8 @@ class _Uses(cst.CSTVisitor):
         if _dotted(node.func, self.names) is not None:
             self.found.append((node, True))
             self.callees.add(id(node.func))
+            if self._functions == ["__init__"]:
+                self.in_constructor.add(id(node))
 
     def visit_Attribute(self, node: cst.Attribute) -> bool:
         if _dotted(node, self.names) is None:
@@ -242,8 +315,10 @@ class _Uses(cst.CSTVisitor):
         return False
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        self._functions.append(node.name.value)
         for part in (*node.decorators, node.params, node.body):
             part.visit(self)
+        self._functions.pop()
         return False
 
     def visit_Name(self, node: cst.Name) -> None:
