@@ -1742,3 +1742,30 @@ def test_a_str_method_named_like_a_tensor_method_torch_would_refuse_is_left_alon
     assert "line.split() + " in conversion.code
     assert codes(conversion) == []
     assert "split_by_size(x, 2" in conversion.code
+
+
+ADD_MODULE_MODEL = '''
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        stages = [("layer1", nn.Linear(4, 4)), ("layer2", nn.Linear(4, 3))]
+        for stage in stages:
+            self.add_module(*stage)  # timm's ResNet
+        self.register_module("head", nn.Linear(3, 2))
+
+    def forward(self, x):
+        return self.head(self.layer2(self.layer1(x)).relu())
+'''
+
+
+def test_add_module_on_the_module_itself_is_setattr_and_matches_torch(tmp_path):
+    conversion = convert(ADD_MODULE_MODEL)
+    assert "setattr(self, *stage)" in conversion.code and 'setattr(self, "head", nnx.Linear(3, 2, rngs=rngs))' \
+        in conversion.code
+    assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"], conversion.diagnostics
+    torch_net, jax_net = both_nets(tmp_path, ADD_MODULE_MODEL, conversion.code)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    assert check_equivalence(torch_net, jax_net, x).passed

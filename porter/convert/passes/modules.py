@@ -24,6 +24,9 @@ from porter.convert.traverse import find_all
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
 SUPER_INIT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
 REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("register_buffer")))
+# self.add_module(name, layer): a submodule under a name known when it runs (timm's self.add_module(*stage))
+ADD_MODULE = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("add_module") | m.Name("register_module")),
+                    args=m.OneOf([m.Arg(keyword=None, star="*")], [m.Arg(keyword=None, star=""), m.Arg(keyword=None, star="")]))
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 SELF_ASSIGN = m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])
 FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
@@ -47,7 +50,7 @@ class ModuleStructure:
     """Next to the calls concern in the pipeline's list: its hooks run right around the calls concern's."""
 
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "modules", "named_modules",
+    TRIGGER_WORDS = frozenset({"super", "register_buffer", "add_module", "register_module", "training", "forward", "__init__", "modules", "named_modules",
                                *module_queries.MODULE_ITERATORS, *module_queries.PARAMETER_ITERATORS,
                                *LAYER_PARAMETER_NAMES})
 
@@ -312,6 +315,11 @@ class ModuleStructure:
             return self._write_buffer(original_node, updated_node)
         if self.scope.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
             return self._register_buffer(original_node, updated_node)
+        if self.scope.module_class and m.matches(updated_node.value, ADD_MODULE):
+            new = updated_node.with_changes(value=updated_node.value.with_changes(
+                func=cst.Name("setattr"), args=[cst.Arg(cst.Name("self")), *updated_node.value.args]))
+            self.record("module-add-module", original_node, new)
+            return new
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
