@@ -58,7 +58,7 @@ RUN = textwrap.dedent("""\
     from flax import nnx
     import torchvision, torchvision.models.segmentation
     assert torchvision.__file__.startswith(out), torchvision.__file__
-    converted = eval(expression.replace(")", ", rngs=nnx.Rngs(0))", 1) if expression.endswith(")") else expression)
+    converted = eval(expression[:-1] + ", rngs=nnx.Rngs(0))")
     from porter.check.equivalence import check_equivalence
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for mode in ("eval", "train"):
