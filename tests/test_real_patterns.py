@@ -1769,3 +1769,17 @@ def test_add_module_on_the_module_itself_is_setattr_and_matches_torch(tmp_path):
     torch_net, jax_net = both_nets(tmp_path, ADD_MODULE_MODEL, conversion.code)
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     assert check_equivalence(torch_net, jax_net, x).passed
+
+
+def test_add_module_in_a_sequential_subclass_stays_reported():
+    conversion = convert('''
+        import torch.nn as nn
+
+
+        class Stage(nn.Sequential):  # torchvision's regnet: add_module appends to the sequence
+            def __init__(self):
+                super().__init__()
+                self.add_module("a", nn.Linear(4, 4))
+        ''')
+    assert "setattr" not in conversion.code
+    assert [(d.code, d.line) for d in conversion.diagnostics if d.severity.name == "ERROR"] == [("PT040", 8)]
