@@ -164,17 +164,19 @@ def test_layer_classes_passed_as_values_build_converted_layers_with_rngs():
     assert not [d for d in c.diagnostics if d.code != "PT007"], c.diagnostics
     code = c.code
     # the class as a value: a function with torch's arguments and rngs, building the converted layer
-    assert "norm_layer = lambda num_features, eps=1e-05, momentum=0.1, affine=True, device=None, *, rngs: " \
-           "TorchBatchNorm(num_features, epsilon=eps, momentum=1 - momentum," in code
+    # (a layer: the function generated from its rule, porter/convert/layer_functions.py, taking every argument)
+    assert "norm_layer = torch_batchnorm2d" in code
+    assert "def torch_batchnorm2d(num_features, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True," \
+           in code
     assert "act_layer=lambda inplace=False, *, rngs=None: jax.nn.relu" in code
-    assert "norm_layer = partial(lambda num_features," in code and "eps=1e-3, momentum=0.01)" in code
+    assert "norm_layer = partial(torch_batchnorm2d, eps=1e-3, momentum=0.01)" in code
     # calls of names holding layer constructors get rngs: a parameter, a local, an attribute's copy
     assert "self.bn = norm_layer(c, rngs=rngs)" in code
     assert "self.act = act_layer(inplace=True, rngs=rngs)" in code
     assert "block(c, norm_layer, act_layer=lambda inplace=False, *, rngs=None: jax.nn.silu, rngs=rngs)" in code
     assert "def _make_stage(self, block: type[Block], c: int, n: int, *, rngs: nnx.Rngs) -> nnx.Sequential:" in code
     assert "self.stages = self._make_stage(block, width, 2, rngs=rngs)" in code
-    assert "Optional[Callable[..., nnx.Module]]" in code and "torch" not in code.split("class Block")[1]
+    assert "Optional[Callable[..., nnx.Module]]" in code and "torch." not in code.split("class Block")[1]
 
 
 def test_layer_classes_passed_as_values_match_torch(tmp_path):
@@ -1058,9 +1060,11 @@ def test_a_partial_binding_an_argument_the_converted_layer_lacks_is_an_error():
         import torch.nn as nn
 
         Half = partial(nn.Linear, dtype=torch.float16)
+        Swish = partial(nn.GELU, inplace=True)
         """)
-    assert "Half = partial(nn.Linear, dtype=torch.float16)" in c.code
-    assert [(d.code, d.line) for d in c.diagnostics] == [("PT004", 6)]
+    assert "Half = partial(torch_linear, dtype=jnp.float16)" in c.code  # torch's dtype: the parameters' dtype
+    assert "Swish = partial(nn.GELU, inplace=True)" in c.code
+    assert [(d.code, d.line) for d in c.diagnostics if d.severity.name == "ERROR"] == [("PT004", 7)]
 
 
 INIT_HELPER_MODEL = '''
@@ -1354,9 +1358,11 @@ def test_keyword_splat_into_a_name_that_may_hold_a_torch_layer_class_is_reported
                 self.act2 = act_layer(**kwargs)
     ''')
     errors = [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
-    # not the plain call, not the module class, not a dict of arguments the converted ReLU takes
-    assert [(d.code, d.line) for d in errors] == [("PT004", 14), ("PT004", 19)]
-    assert "**dd passes dtype" in errors[0].message and "**kwargs hides" in errors[1].message
+    # not the plain call, not the module class, not a dict of arguments the converted ReLU takes, not **dd
+    # into nn.BatchNorm2d's function (porter/convert/layer_functions.py: it takes every torch argument)
+    assert [(d.code, d.line) for d in errors] == [("PT004", 19)]
+    assert "**kwargs hides" in errors[0].message
+    assert "self.norm = norm_layer(c, **dd, rngs=rngs)" in conversion.code
 
 
 PADDING_PER_DIM_MODEL = '''
@@ -1736,3 +1742,44 @@ def test_a_str_method_named_like_a_tensor_method_torch_would_refuse_is_left_alon
     assert "line.split() + " in conversion.code
     assert codes(conversion) == []
     assert "split_by_size(x, 2" in conversion.code
+
+
+ADD_MODULE_MODEL = '''
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        stages = [("layer1", nn.Linear(4, 4)), ("layer2", nn.Linear(4, 3))]
+        for stage in stages:
+            self.add_module(*stage)  # timm's ResNet
+        self.register_module("head", nn.Linear(3, 2))
+
+    def forward(self, x):
+        return self.head(self.layer2(self.layer1(x)).relu())
+'''
+
+
+def test_add_module_on_the_module_itself_is_setattr_and_matches_torch(tmp_path):
+    conversion = convert(ADD_MODULE_MODEL)
+    assert "setattr(self, *stage)" in conversion.code and 'setattr(self, "head", nnx.Linear(3, 2, rngs=rngs))' \
+        in conversion.code
+    assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"], conversion.diagnostics
+    torch_net, jax_net = both_nets(tmp_path, ADD_MODULE_MODEL, conversion.code)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    assert check_equivalence(torch_net, jax_net, x).passed
+
+
+def test_add_module_in_a_sequential_subclass_stays_reported():
+    conversion = convert('''
+        import torch.nn as nn
+
+
+        class Stage(nn.Sequential):  # torchvision's regnet: add_module appends to the sequence
+            def __init__(self):
+                super().__init__()
+                self.add_module("a", nn.Linear(4, 4))
+        ''')
+    assert "setattr" not in conversion.code
+    assert [(d.code, d.line) for d in conversion.diagnostics if d.severity.name == "ERROR"] == [("PT040", 8)]

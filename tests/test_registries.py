@@ -249,3 +249,58 @@ def get(name, c):
     assert "def get(name, c, *, rngs: nnx.Rngs):\n    Layer = REGISTRY[name]\n    return with_rngs_if_taken(Layer, " \
            "rngs)(c, c)" in fast.code
     assert fast.code == _convert(source, "net.py", fast=False).code and not errors(fast)
+
+
+# timm's make_blocks: a layer factory calling a class bound by a for loop over a tuple of block classes
+LOOP_MODEL = '''
+from typing import Tuple, Type
+
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        return self.fc(x).relu()
+
+
+def make_blocks(block_fns: Tuple[Type[Block], ...], channels):
+    stages = []
+    for block_fn, c in zip(block_fns, channels):
+        blocks = []
+        blocks.append(block_fn(c))
+        stages.append(nn.Sequential(*blocks, nn.Linear(c, c)))
+    return stages
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.Sequential(*make_blocks((Block, Block), (4, 4)))
+
+    def forward(self, x):
+        return self.stages(x)
+'''
+
+
+def test_a_class_bound_by_a_loop_in_a_layer_factory_gets_rngs_if_it_takes_them(tmp_path):
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    from porter import convert_source
+    from porter.check.equivalence import check_equivalence
+    from porter.check.modelspec import import_file
+
+    conversion = convert_source(LOOP_MODEL, filename="m.py")
+    assert "blocks.append(with_rngs_if_taken(block_fn, rngs)(c))" in conversion.code
+    (tmp_path / "torch_net.py").write_text(LOOP_MODEL)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    assert check_equivalence(original, converted, x).passed

@@ -25,6 +25,12 @@ from porter.convert.traverse import find_all
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
 SUPER_INIT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")))
 REGISTER_BUFFER = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("register_buffer")))
+# self.add_module(name, layer): a submodule under a name known when it runs (timm's self.add_module(*stage));
+# in a Sequential, ModuleList or ModuleDict subclass it is also an entry of the container, left reported
+CONTAINERS = {f"torch.nn.{name}" for name in ("Sequential", "ModuleList", "ModuleDict")} | {
+    f"torch.nn.modules.container.{name}" for name in ("Sequential", "ModuleList", "ModuleDict")}
+ADD_MODULE = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("add_module") | m.Name("register_module")),
+                    args=m.OneOf([m.Arg(keyword=None, star="*")], [m.Arg(keyword=None, star=""), m.Arg(keyword=None, star="")]))
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 SELF_ASSIGN = m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])
 FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
@@ -48,7 +54,7 @@ class ModuleStructure:
     """Next to the calls concern in the pipeline's list: its hooks run right around the calls concern's."""
 
     # statements without these (or the torch names etc., passes/scope.py) are skipped unvisited
-    TRIGGER_WORDS = frozenset({"super", "register_buffer", "training", "forward", "__init__", "modules", "named_modules",
+    TRIGGER_WORDS = frozenset({"super", "register_buffer", "add_module", "register_module", "training", "forward", "__init__", "modules", "named_modules",
                                *module_queries.MODULE_ITERATORS, *module_queries.PARAMETER_ITERATORS,
                                *LAYER_PARAMETER_NAMES})
 
@@ -72,11 +78,14 @@ class ModuleStructure:
         self._variable_reads: set[int] = set()  # `self.<buffer>` compared (`self.calls > 5`), given to einops: an array
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
         self._file_functions: set[str] = set()  # the file's top-level functions
+        self._containers: set[str] = set()  # the file's classes subclassing a torch container
 
     def visit_any(self, node: cst.CSTNode) -> None:
         kind = type(node)
         if kind is cst.Module:
             self._file_functions = {s.name.value for s in node.body if type(s) is cst.FunctionDef}
+            self._containers = {s.name.value for s in node.body if type(s) is cst.ClassDef and any(  # add_module
+                self.ctx.qualified_name(b.value) in CONTAINERS for b in s.bases)}  # appends to these: no setattr
         module_class = self.scope.module_class
         if module_class:
             self._note_training_context(node)
@@ -313,6 +322,12 @@ class ModuleStructure:
             return self._write_buffer(original_node, updated_node)
         if self.scope.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
             return self._register_buffer(original_node, updated_node)
+        if self.scope.module_class and m.matches(updated_node.value, ADD_MODULE) \
+                and self.scope.module_class not in self.ctx.sequential_classes | self._containers:
+            new = updated_node.with_changes(value=updated_node.value.with_changes(
+                func=cst.Name("setattr"), args=[cst.Arg(cst.Name("self")), *updated_node.value.args]))
+            self.record("module-add-module", original_node, new)
+            return new
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
