@@ -116,7 +116,7 @@ class FinalizeImports(cst.CSTTransformer):
         if self.helpers_from is None:
             code += "\n".join(helper_sources(self.ctx.helpers))
         present = {code_of(s.body[0]) for s in module.body if _is_import(s)}
-        return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
+        return [_parsed_import(stmt) for stmt, pattern in NEEDED_IMPORTS
                 if stmt not in present and _occurs(pattern, code)]
 
 
@@ -347,6 +347,12 @@ def _parsed_helper(source: str, newline: str = "\n") -> cst.BaseStatement:
     """A helper's statement, parsed once per newline style (nodes are immutable: every converted
     file can share it). Its line ends are the file's (CRLF files get CRLF inside its docstrings too)."""
     return cst.parse_statement(source.replace("\n", newline) if newline != "\n" else source)
+
+
+@functools.cache
+def _parsed_import(statement: str) -> cst.SimpleStatementLine:
+    """An import of NEEDED_IMPORTS, parsed once (like _parsed_helper)."""
+    return cst.parse_statement(statement)
 
 
 @functools.cache
