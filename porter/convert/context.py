@@ -201,6 +201,12 @@ class ConversionContext:
         self.global_rngs = self.global_rngs or "_rngs"
         return self.global_rngs
 
+    def release(self) -> None:
+        """The conversion is over: the context drops what it holds (using it again fails). What refers to it
+        may be in a cycle (a recursive closure that reads it) which reference counting never frees; the
+        cyclic collector would, walking every node the context holds (Rewrite.close says why that costs)."""
+        vars(self).clear()
+
     def need_helper(self, name: str) -> None:
         if name not in self.helpers:
             self.helpers.append(name)

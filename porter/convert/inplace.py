@@ -107,6 +107,7 @@ def _assignments(body: cst.CSTNode) -> list[cst.Assign]:
                 walk(child)
 
     walk(body)
+    del walk  # a recursive closure is a cycle, which would keep `found`'s nodes for the cyclic collector
     return found
 
 

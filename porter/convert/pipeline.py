@@ -174,8 +174,10 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     # by its identity, which libcst's engine does not keep (it rebuilds every node); the engine's equality with
     # libcst's is tests/test_convert_properties.py's test_the_traversal_engine_visits_like_libcst
     rewritten = traverse.visit(module, rewrite, Prefilter(index, rewrite) if fast else None)
+    rewrite.close()  # what the concerns hold goes now, not at the next cyclic collection (passes/concerns.py)
     missed = rngs_free.still_random(rewritten, ctx)
     if missed:  # a class the analysis found rngs-free draws after all: again, with it taking rngs
+        ctx.release()
         return _convert(source, filename, fast=fast, notebook=notebook, known=known, helpers_from=helpers_from,
                         keep_rngs=keep_rngs | missed)
     rewritten = seed_global_rngs(rewritten, ctx)
@@ -192,6 +194,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     diagnostics = sorted(ctx.diagnostics, key=lambda d: (d.line, d.col, d.code))
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     helpers = list(ctx.helpers) if helpers_from is not None and code is not source else []
+    ctx.release()  # (context.py: why)
     return Conversion(code, diagnostics, changes, filename, exports, imports, helpers)
 
 

@@ -201,6 +201,8 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
                                module_init: bool) -> None:
     """The calls of `function` whose callee may or may not be a module class: ConversionContext.unknown_constructions."""
     names = unknown_names(function, ctx, is_constructor, module_init)
+    if not names and not ctx.registries:  # nothing else is unknown: a pick of a registry of the file
+        return
     for call in find_all(function.body, cst.Call):
         if is_unknown_construction(call, ctx, names, is_constructor):
             ctx.unknown_constructions[id(call)] = _root_name(call.func)
@@ -220,7 +222,7 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
     constructor or a layer factory) a parameter with neither a default nor an annotation whose call is stored on
     the module (`self.layer = block(c)`)."""
     names = set()
-    for assign in _single_name_assigns(function):
+    for assign in _single_name_assigns(function) if ctx.registries else ():  # (no registry: no pick is unknown)
         if isinstance(assign.value, cst.Subscript) and picks(assign.value, ctx, is_constructor) == "unknown":
             names.add(assign.targets[0].target.value)
     handed = set(ctx.handed_classes.get(function.name.value, ()))
@@ -237,8 +239,9 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
         bare = {p.name.value for p in [*params.params, *params.kwonly_params]
                 if p.default is None and p.annotation is None and p.name.value != "self"}
         bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
-        names |= {call.func.value for call in _stored_calls(function) if isinstance(call.func, cst.Name)
-                  and call.func.value in bare and not is_constructor(call.func)}
+        if bare:
+            names |= {call.func.value for call in _stored_calls(function) if isinstance(call.func, cst.Name)
+                      and call.func.value in bare and not is_constructor(call.func)}
     return names
 
 

@@ -96,9 +96,14 @@ def mentions(names: set[str], text: str) -> tuple[set[str], set[str]]:
     `Name` passed on), attribute names (`.Name`) aside. The tree runner asks it too, of other files' text."""
     if not names:
         return set(), set()
-    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, sorted(names))) + r")(?!\w)(\s*\()?")
+    # (what comes before is tested in Python: a pattern that opens with a lookbehind is tried at every character,
+    # one that opens with the names only where a name's first letter is)
+    pattern = re.compile(r"(" + "|".join(map(re.escape, sorted(names))) + r")(?!\w)(\s*\()?")
     called, other = set(), set()
     for match in pattern.finditer(text):
+        before = text[match.start() - 1] if match.start() else " "
+        if before.isalnum() or before in "_.":  # inside a longer name (`MyBlock`), an attribute name (`.Block`)
+            continue
         (called if match.group(2) else other).add(match.group(1))
     return called, other
 

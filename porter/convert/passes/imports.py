@@ -117,7 +117,7 @@ class FinalizeImports(cst.CSTTransformer):
         if self.helpers_from is None:
             code += "\n".join(helper_sources(self.ctx.helpers))
         present = {code_of(s.body[0]) for s in module.body if _is_import(s)}
-        return [cst.parse_statement(stmt) for stmt, pattern in NEEDED_IMPORTS
+        return [_parsed_import(stmt) for stmt, pattern in NEEDED_IMPORTS
                 if stmt not in present and _occurs(pattern, code)]
 
 
@@ -353,6 +353,12 @@ def _parsed_helper(source: str, newline: str = "\n") -> cst.BaseStatement:
 def _helper_dependencies(name: str) -> tuple[str, ...]:
     made = layer_functions.generated(name)  # a layer rule as a function (porter/convert/layer_functions.py)
     return made[1] if made is not None else _helper_module(name).DEPENDS.get(name, ())
+
+
+@functools.cache
+def _parsed_import(statement: str) -> cst.SimpleStatementLine:
+    """An import of NEEDED_IMPORTS, parsed once (like _parsed_helper)."""
+    return cst.parse_statement(statement)
 
 
 @functools.cache

@@ -771,4 +771,5 @@ def _assignments(scope: cst.CSTNode, self_attributes: bool = False) -> list[tupl
                 walk(child, False)
 
     walk(scope, True)
+    del walk, target_names  # recursive closures are a cycle, which would keep `found`'s nodes for the cyclic collector
     return found
