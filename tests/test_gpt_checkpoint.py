@@ -102,3 +102,21 @@ def test_resume_from_orbax_checkpoint_takes_the_uninterrupted_steps(tmp_path, mo
     exec(compile(code.replace("load_numpy_state(optimizer, checkpoint['optimizer'])", "pass"), "train.py", "exec"),
          cold)
     assert cold["losses"][0] == whole["losses"][3] and cold["losses"][1:] != whole["losses"][4:]
+
+
+SET_RATE = "    for param_group in optimizer.param_groups:\n        param_group['lr'] = 1e-2 / (1 + iter_num)\n"
+SCHEDULER = "scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)\n"
+
+
+def scheduler_notes(script: str) -> list[str]:
+    conversion = convert_source(script, filename="train.py")
+    return [d.message for d in conversion.diagnostics if "learning-rate scheduler" in d.message]
+
+
+def test_a_rate_written_from_the_restored_step_count_is_not_called_a_scheduler():
+    """nanoGPT's `param_group['lr'] = get_lr(iter_num)` at each step: the rate follows iter_num, which the
+    checkpoint restores, so resuming needs no check of the rates (an lr_scheduler's own step count would)."""
+    hand_written = SCRIPT.replace("    loss = F.cross_entropy", SET_RATE + "    loss = F.cross_entropy")
+    assert "param_group['lr']" in hand_written and scheduler_notes(hand_written) == []
+    with_scheduler = SCRIPT.replace("if init_from == 'resume':\n", SCHEDULER + "if init_from == 'resume':\n")
+    assert len(scheduler_notes(with_scheduler)) == 1

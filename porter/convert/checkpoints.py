@@ -328,7 +328,7 @@ def convert_call(site, found: Checkpoints, qualified: str, original: cst.Call, u
     elif m.matches(original, LOAD_STATE_DICT) and original.func.value.value in owners \
             and id(original) in site.scope.statement_calls:
         new, helpers, note = convert_load_state_dict(updated), ("load_numpy_state",), None
-        if any(i.name == original.func.value.value and i.scheduled for i in site.ctx.optimizers.values()):
+        if any(i.name == original.func.value.value and i.lr_scheduler for i in site.ctx.optimizers.values()):
             note = ("PT005", f"{original.func.value.value} has a learning-rate scheduler: the rate comes back "
                              "from the checkpoint, but the converted scheduler keeps its own count of steps "
                              "and sets the rate from it at its next step() (torch's goes on from the loaded "

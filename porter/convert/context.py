@@ -36,7 +36,8 @@ class OptimizerInfo:
 
     name: str  # the variable it is assigned to ("optimizer")
     model: str  # source of the model whose parameters it trains ("net")
-    scheduled: bool = False  # an lr_scheduler wraps it: the tx needs optax.inject_hyperparams
+    scheduled: bool = False  # an lr_scheduler or param_groups writes set its rate: optax.inject_hyperparams
+    lr_scheduler: bool = False  # a torch.optim.lr_scheduler steps it (with a step count of its own)
     clip: str | None = None  # e.g. "optax.clip_by_global_norm(1.0)", from clip_grad_norm_ before step()
     scaler: str | None = None  # a GradScaler steps it: grad_scaler's keywords ("enabled=(dtype == 'float16')")
     factory: bool = False  # built by a call porter does not see (model.configure_optimizers(...)): rebuilt to wrap

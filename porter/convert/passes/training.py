@@ -210,6 +210,7 @@ class TrainingLoops:
             qualified = self.ctx.qualified_name(call.func) or ""
             if qualified.startswith(SCHEDULER_PREFIX) and call.args and code_of(call.args[0].value) in by_name:
                 by_name[code_of(call.args[0].value)].scheduled = True
+                by_name[code_of(call.args[0].value)].lr_scheduler = True
         for loop in (f for f in nodes if type(f) is cst.For):
             self._assign_clipping(loop)
         for loop in (f for f in nodes if type(f) in (cst.For, cst.While)):
