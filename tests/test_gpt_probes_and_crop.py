@@ -60,7 +60,7 @@ def test_a_probe_alone_becomes_true():
     assert "self.flash = True\n" in conversion.code
 
 
-@pytest.mark.parametrize("probe", ["hasattr(torch, 'compile')", "hasattr(torch.nn.functional, 'no_such_op')",
+@pytest.mark.parametrize("probe", ["hasattr(torch, 'export')", "hasattr(torch.nn.functional, 'no_such_op')",
                                    "hasattr(F, name)"])
 def test_a_probe_of_what_porter_does_not_convert_stays_reported(probe):
     conversion = convert(PROBE.replace("{probe}", probe))

@@ -28,6 +28,9 @@ VARIANTS = {
     # growth every 5 finite steps: the scale grows from 2**16 to 2**26 over the run, torch's rule in both
     "scaler on, growing, clip 0.1": [("dtype = 'float32'", "dtype = 'float16'"), ("grad_clip = 1.0", "grad_clip = 0.1"),
                                      ("enabled=(dtype == 'float16'))", "enabled=(dtype == 'float16'), growth_interval=5)")],
+    # nanoGPT's own spelling and default dtype on a CPU: torch's CUDA scaler turns itself off, so must porter's
+    "cuda scaler off a GPU": [("dtype = 'float32'", "dtype = 'float16'"),
+                              ("torch.amp.GradScaler(device_type, ", "torch.cuda.amp.GradScaler(")],
     "no clip, constant lr": [("grad_clip = 1.0", "grad_clip = 0.0"), ("decay_lr = True", "decay_lr = False")],
     # nanoGPT's tied head: check --script carries the tie into the converted model's initial weights
     "tied head": [("        self.head = nn.Linear(n_embd, vocab_size)\n",
@@ -64,7 +67,8 @@ def test_the_loop_becomes_an_accumulate_and_an_apply_step():
     assert "    apply_grads_fast(grads)\n    grads = jax.tree.map(jnp.zeros_like, grads)\n" in code
     assert "grad_scaler(optax.chain(clip_by_global_norm_torch(grad_clip) if grad_clip != 0.0 else " \
            "optax.identity(), optax.inject_hyperparams(optax.adamw)(" in code
-    assert "enabled=(dtype == 'float16'))" in code
+    # torch's scaler for CUDA turns itself off without CUDA: the converted one off a GPU
+    assert "enabled=(dtype == 'float16') and (device_type != 'cuda' or jax.default_backend() == 'gpu'))" in code
     assert "    set_learning_rate(optimizer, lr)\n" in code
     assert "scaler" not in code.split("def get_lr")[1]  # the GradScaler is the optimizer's now
     assert "torch" not in code.replace("torch's", "").split("def get_lr")[1]

@@ -70,7 +70,7 @@ def test_layer_classes_in_a_module_level_table_become_constructors_taking_rngs()
     conversion = convert_source(source)
     messages = {d.col: d.message for d in conversion.diagnostics if d.code == "PT007" and d.line == 4}
     assert "torch.nn.BatchNorm2d used as a value (a layer constructor) becomes a function with torch's " \
-        "arguments (num_features, eps, momentum, affine, device) and rngs" in messages[19]
+        "arguments (num_features, eps, momentum, affine, track_running_stats, device, dtype) and rngs" in messages[19]
     assert "torch.nn.GELU used as a value" in messages[42]
     namespace: dict = {}
     exec(compile(conversion.code, "converted.py", "exec"), namespace)

@@ -51,7 +51,7 @@ def in_module(forward: str = "        pass", init: str = "") -> str:
 
 # constructs left in place, each reported at its line -------------------------------------------
 TENSOR_CASES = [
-    ("        z = x.pin_memory()", "pin_memory", "placement"),
+    ("        z = x.share_memory_()", "share_memory_", "placement"),
     ("        z = x.new_tensor([1.0])", "new_tensor", "new tensors"),
     ("        x.resize_(3)", "resize_", "in-place"),
     ("        w = x.data", "x.data", "for x.data"),
@@ -72,10 +72,10 @@ def test_tensor_attributes_a_jax_array_lacks_are_errors(statement, needle, hint)
 
 
 def test_the_column_is_the_attribute_s_own_in_a_rebuilt_expression():
-    source = in_module("        z = x.detach().pin_memory()")
+    source = in_module("        z = x.detach().share_memory_()")
     [d] = [d for d in convert_source(HEADER + dedent(source)).diagnostics if d.code == "PT040"]
     text = (HEADER + dedent(source)).splitlines()[d.line - 1]
-    assert text[d.col - 1:].startswith("pin_memory")  # detach() became jax.lax.stop_gradient(x): the call was rebuilt
+    assert text[d.col - 1:].startswith("share_memory_")  # detach() became jax.lax.stop_gradient(x): the call was rebuilt
 
 
 MODULE_METHOD_CASES = [
@@ -285,10 +285,10 @@ def test_the_prefilter_changes_no_finding(source):
 # the flagged names trigger the prefilter as attribute names only (`.name`), spelled across spaces, comments and
 # line continuations; the same words as plain names trigger nothing
 ATTRIBUTE_SPELLINGS = [
-    "        z = (x .\n             pin_memory())",
-    "        z = (x.  # why\n             pin_memory())",
-    "        z = x.\\\n            pin_memory()",
-    "        name, index, t = 1, 2, 3\n        z = x.pin_memory()",
+    "        z = (x .\n             share_memory_())",
+    "        z = (x.  # why\n             share_memory_())",
+    "        z = x.\\\n            share_memory_()",
+    "        name, index, t = 1, 2, 3\n        z = x.share_memory_()",
     "        data = [name for name in ('a', 'b')]\n        w = x\\\n            .data",
 ]
 

@@ -928,18 +928,27 @@ class TrainingLoops:
 
 def _scaler_keywords(call: cst.Call, qualified: str) -> str | None:
     """grad_scaler's keywords for a GradScaler(...) call ("enabled=..."), None for arguments it cannot take: the
-    device (torch.amp's first argument) is dropped, JAX places arrays itself."""
-    keywords = []
+    device (torch.amp's first argument) is dropped, JAX places arrays itself. A scaler for CUDA (torch.cuda.amp's,
+    torch.amp's by default) turns itself off where CUDA is not available: so does the converted one, off a GPU."""
+    keywords, device, enabled = [], "'cpu'" if qualified.startswith("torch.cpu") else "'cuda'", "True"
     for index, arg in enumerate(call.args):
         if arg.star:
             return None
         name = arg.keyword.value if arg.keyword else None
-        if name == "device" or (name is None and index == 0 and qualified.startswith("torch.amp")):
-            continue
-        if name not in SCALER_KEYWORDS:
+        if name == "device" or (name is None and index == 0 and qualified.startswith(("torch.amp", "torch.Grad"))):
+            device = code_of(arg.value)
+        elif name == "enabled":
+            enabled = code_of(arg.value) if arg.value.lpar or type(arg.value) in (cst.Name, cst.Call) \
+                else f"({code_of(arg.value)})"
+        elif name in SCALER_KEYWORDS:
+            keywords.append(f"{name}={code_of(arg.value)}")
+        else:
             return None
-        keywords.append(f"{name}={code_of(arg.value)}")
-    return ", ".join(keywords) or "enabled=True"
+    if device in ("'cpu'", '"cpu"'):
+        return ", ".join([f"enabled={enabled}", *keywords])
+    on_gpu = "jax.default_backend() == 'gpu'" if device in ("'cuda'", '"cuda"') \
+        else f"({device} != 'cuda' or jax.default_backend() == 'gpu')"
+    return ", ".join([f"enabled={on_gpu}" if enabled == "True" else f"enabled={enabled} and {on_gpu}", *keywords])
 
 
 def _lr_write(loop: cst.For) -> str | None:
