@@ -147,5 +147,8 @@ def default_device(rule: Rule, site: Site) -> Application:
     return Application(expr("jax.devices()[0]"))
 
 
+GPU_AVAILABLE = "jax.default_backend() == 'gpu'"  # torch.cuda.is_available(), and where torch asks it itself
+
+
 def gpu_available(rule: Rule, site: Site) -> Application:
-    return Application(expr("jax.default_backend() == 'gpu'"))
+    return Application(expr(GPU_AVAILABLE))

@@ -24,6 +24,7 @@ import libcst.matchers as m
 
 from porter.convert import checkpoints, data_side
 from porter.convert.context import OptimizerInfo, code_of
+from porter.convert.builders import GPU_AVAILABLE
 from porter.convert.traverse import find_all
 from porter.convert.passes.concerns import Final
 from porter.convert.training_builders import OPTIMIZER_FACTORIES  # MODEL.configure_optimizers(...): its optimizer
@@ -946,8 +947,7 @@ def _scaler_keywords(call: cst.Call, qualified: str) -> str | None:
             return None
     if device in ("'cpu'", '"cpu"'):
         return ", ".join([f"enabled={enabled}", *keywords])
-    on_gpu = "jax.default_backend() == 'gpu'" if device in ("'cuda'", '"cuda"') \
-        else f"({device} != 'cuda' or jax.default_backend() == 'gpu')"
+    on_gpu = GPU_AVAILABLE if device in ("'cuda'", '"cuda"') else f"({device} != 'cuda' or {GPU_AVAILABLE})"
     return ", ".join([f"enabled={on_gpu}" if enabled == "True" else f"enabled={enabled} and {on_gpu}", *keywords])
 
 
