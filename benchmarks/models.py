@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 CONVERTED = "jax.jit (converted)"
 HANDWRITTEN = "jax.jit (hand-written)"
-EMITTED = "nnx.cached_partial (converted)"
+EMITTED = "fast_partial (converted)"
 
 
 @dataclass
@@ -113,7 +113,7 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="10 repeats after 2 warm-up calls")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no-emitted", action="store_true",
-                        help="skip the train step as porter emits it (nnx.jit through nnx.cached_partial)")
+                        help="skip the train step as porter emits it (nnx.jit through fast_partial)")
     parser.add_argument("--expected", action="store_true", help="use fixtures/expected/ instead of converting now")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="the statistic of the ratios (min resists a busy machine)")
@@ -209,7 +209,7 @@ def summary_table(summary, what: str) -> str:
              f"the hand-written NNX); x eager = torch eager time / that variant's"]
     if emitted:
         lines.append("  as emitted: the converted model's step the way porter writes a training loop "
-                     "(nnx.jit through nnx.cached_partial); converted and hand-written: jax.jit of the split state")
+                     "(nnx.jit through fast_partial); converted and hand-written: jax.jit of the split state")
     return "\n".join(lines + _aligned(rows))
 
 

@@ -2,7 +2,9 @@
 
 Candidates, all computing the same SGD step on the converted model:
   nnx.jit            @nnx.jit def step(model, optimizer, x, y), called with the objects
-  cached_partial     the same function through nnx.cached_partial(step, model, optimizer)  (porter emits this)
+  cached_partial     the same function through nnx.cached_partial(step, model, optimizer)
+  fast_partial       the same function through porter's emitted fast_partial(step, model, optimizer)
+                     (porter emits this: split once, jax.jit over the Variables' values, changes written back)
   jax.jit+split      jax.jit over a pure function of nnx.split state, merged inside
 and torch eager on the original as the reference. Median of repeated timed
 calls after warm-up; compile time is excluded.
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from porter import convert_source, load_torch_state_dict  # noqa: E402
 from porter.check.modelspec import import_file  # noqa: E402
+from porter.emitted_training import fast_partial  # noqa: E402
 
 CASES = [
     ("transformer Block, batch 1", "transformer_block.py", "Block", dict(n_embd=64, n_head=4, block_size=32),
@@ -114,7 +117,9 @@ def run_case(label, file, name, kwargs, shape, repeats, tmp):
     optimizer = nnx.Optimizer(flax_model, optax.sgd(1e-3), wrt=nnx.Param)
     results["nnx.jit"] = median_ms(lambda: nnx_step(flax_model, optimizer, xj, yj), repeats)
     cached = nnx.cached_partial(nnx_step, flax_model, optimizer)
-    results["cached_partial (emitted)"] = median_ms(lambda: cached(xj, yj), repeats)
+    results["cached_partial"] = median_ms(lambda: cached(xj, yj), repeats)
+    fast = fast_partial(nnx_step, flax_model, optimizer)
+    results["fast_partial (emitted)"] = median_ms(lambda: fast(xj, yj), repeats)
     step, state = split_step_fn(flax_model, optimizer)
     box = {"state": state}
 

@@ -177,7 +177,7 @@ def import_file_flax(files):
 
 
 def test_emitted_train_step_variant(files):
-    """emitted_step=True times the step as porter writes a training loop (nnx.jit via nnx.cached_partial),
+    """emitted_step=True times the step as porter writes a training loop (nnx.jit via fast_partial),
     on a copy: the benchmarked model's own weights do not move."""
     torch_model, flax_model = pair(files)
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)

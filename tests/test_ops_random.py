@@ -178,7 +178,7 @@ def test_a_draw_in_a_train_step_threads_the_module_level_rngs_through_the_step()
     conversion = convert_source(TRAINING.replace("NOISE", "torch.randn_like(xs)"))
     assert not conversion.has_errors, conversion.diagnostics
     assert "def train_step(model, opt, _rngs):" in conversion.code
-    assert "nnx.cached_partial(train_step, model, opt, _rngs)" in conversion.code
+    assert "fast_partial(train_step, model, opt, _rngs)" in conversion.code
     losses = _run(conversion.code)["losses"]
     assert len(set(losses)) == 3  # the same input, fresh noise on every step
 

@@ -31,6 +31,7 @@ from flax import nnx
 from porter import convert_source, load_torch_state_dict
 from porter.convert.context import ConversionContext
 from porter.convert.training_builders import clip_transform, model_of_params
+from porter.emitted_training import fast_partial
 from porter.rules.loader import load_rules
 
 MODEL = textwrap.dedent("""\
@@ -104,12 +105,12 @@ def _rel(actual, expected) -> float:
 def train_both(snippet: str, steps: int = STEPS, every: int = 1, metric: bool = False, jit: bool = False) -> str:
     """Runs the torch script and its conversion side by side; asserts they agree; returns the converted code.
 
-    `jit`: the step as the training pass emits it (nnx.jit through nnx.cached_partial), so the
+    `jit`: the step as the training pass emits it (nnx.jit through fast_partial), so the
     scheduler's writes must reach the compiled step's state.
     """
     t, j, code = _convert_and_build(snippet)
     if jit:
-        jax_step = nnx.cached_partial(_jax_step, j["net"], j["optimizer"])
+        jax_step = fast_partial(_jax_step, j["net"], j["optimizer"])
     else:
         jax_step = _eager_step(j["net"], j["optimizer"])
     rng = np.random.default_rng(0)
@@ -244,7 +245,7 @@ def test_scheduler_stepped_every_epoch_matches_torch(snippet):
 
 @pytest.mark.parametrize("snippet", [SCHEDULERS[5], SCHEDULERS[6]])
 def test_scheduler_drives_the_jitted_train_step(snippet):
-    """Learning rate and momentum (b1) written by the scheduler reach nnx.cached_partial's compiled step."""
+    """Learning rate and momentum (b1) written by the scheduler reach fast_partial's compiled step."""
     train_both(snippet, jit=True)
 
 

@@ -55,7 +55,7 @@ import numpy as np
 
 VARIANTS = ("torch eager", "torch.compile", "jax.jit (converted)")
 HANDWRITTEN = "jax.jit (hand-written)"  # optional: the same model written by hand in NNX
-EMITTED = "nnx.cached_partial (converted)"  # optional: the train step as porter emits it for a training loop
+EMITTED = "fast_partial (converted)"  # optional: the train step as porter emits it for a training loop
 
 
 def limit_threads(n: int) -> None:
@@ -418,12 +418,14 @@ def _prepare_jax(name: str, flax_model: Any, args, kwargs, cotangents, lr: float
 
 def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) -> _Prepared:
     """The train step the way porter writes a converted training loop (README, "Training loops"):
-    `@nnx.jit` over model and optimizer, called through `nnx.cached_partial`; on a copy of the model.
+    `@nnx.jit` over model and optimizer, called through `fast_partial`; on a copy of the model.
     No forward: porter emits no jitted inference function."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
+
+    from porter.emitted_training import fast_partial
 
     prepared = _Prepared(VariantResult(EMITTED))
     prepared.result.forward.error = "porter emits no jitted forward; see jax.jit (converted)"
@@ -442,7 +444,7 @@ def _prepare_emitted_step(flax_model: Any, args, kwargs, cotangents, lr: float) 
         optimizer.update(model, grads)
         return loss
 
-    step = nnx.cached_partial(train_step, model, optimizer)
+    step = fast_partial(train_step, model, optimizer)
     try:
         t0 = time.perf_counter()
         jax.block_until_ready(step(args, kwargs))  # the first call traces and compiles
@@ -577,7 +579,7 @@ def bench_models(torch_model: Any, flax_model: Any, *inputs: Any, kw_inputs: Map
     `handwritten`: optionally the same model written by hand in NNX, with the original's weights
     already in it (its layout is its own business), timed like the converted one, call for call
     in turn with it, as a fourth variant. `emitted_step`: also time the train step the way porter
-    emits it in a converted training loop (nnx.jit through nnx.cached_partial), in the same turns.
+    emits it in a converted training loop (nnx.jit through fast_partial), in the same turns.
     """
     import jax
     import torch

@@ -13,7 +13,8 @@ a few hooks installed before it starts:
   `model` (porter.load_torch_state_dict, strict), so both start from the same weights whatever the two
   frameworks' initialisers drew. `nnx.value_and_grad` records each value it computes and
   `nnx.Optimizer.update` counts steps, both through `jax.debug.callback(ordered=True)`, so they work inside
-  `nnx.jit`; the script stops on return from the `nnx.jit` function (or the eager update) that took step N.
+  `nnx.jit`; the script stops on return from the `nnx.jit` function (or the eager update) that took step N, or before the
+  `jax.jit` call that follows it (porter's fast_partial writes a step's results back after its jax.jit call).
 
 The batches are the script's own: converted scripts keep torch's DataLoader and seeds (README, "Training
 loops"), and with the construction stream torch's global generator takes the same draws in both runs, so
@@ -401,25 +402,37 @@ def run_jax(script: Path, steps: int | None, initial: list[dict[str, np.ndarray]
             return value, grads
         return call
 
-    def stopping_jit(fun=None, **kwargs):
-        if fun is None:
-            return lambda f: stopping_jit(f, **kwargs)
-        jitted = originals["jit"](fun, **kwargs)
+    def stopping(jit, before: bool = False):
+        """`jit` whose functions stop the script once it took the steps asked for: on return, or `before` the
+        next call (the emitted fast_partial writes a jax.jit call's results back into the model after it
+        returns); not while traced (fast_partial traces an nnx.jit step inside its jax.jit)."""
+        def wrapper(fun=None, **kwargs):
+            if fun is None:
+                return lambda f: wrapper(f, **kwargs)
+            jitted = jit(fun, **kwargs)
 
-        def call(*a, **k):
-            result = jitted(*a, **k)
-            stop_if_done()
-            return result
-        call.__wrapped__ = jitted
-        return call
+            def call(*a, **k):
+                eager = not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((a, k)))
+                if before and eager:
+                    stop_if_done()
+                result = jitted(*a, **k)
+                if not before and eager:
+                    stop_if_done()
+                return result
+            call.__wrapped__ = jitted
+            return call
+        return wrapper
 
+    original_jax_jit = jax.jit
     nnx.Optimizer.__init__, nnx.Optimizer.update = loading_init, counting_update
-    nnx.value_and_grad, nnx.jit = recording_value_and_grad, stopping_jit
+    nnx.value_and_grad, nnx.jit = recording_value_and_grad, stopping(originals["jit"])
+    jax.jit = stopping(original_jax_jit, before=True)
     try:
         _execute(script, run)
         jax.effects_barrier()
     finally:
         nnx.Optimizer.__init__, nnx.Optimizer.update = original_init, original_update
+        jax.jit = original_jax_jit
         for name, value in originals.items():
             setattr(nnx, name, value)
     run.final = [_flax_state(model) for model in models]

@@ -22,6 +22,7 @@ NEEDED_IMPORTS = [
     ("import inspect", re.compile(r"\binspect\.")),  # porter/emitted.py's with_rngs_if_taken
     ("import typing", re.compile(r"\btyping\.")),
     ("from functools import partial", re.compile(r"\bpartial\(")),
+    ("import functools", re.compile(r"\bfunctools\.")),  # porter/emitted_training.py's fast_partial
     ("import jax", re.compile(r"\bjax\.")),
     ("import jax.numpy as jnp", re.compile(r"\bjnp\.")),
     ("from flax import nnx", re.compile(r"\bnnx\.")),
