@@ -109,10 +109,11 @@ def shard_batch(x, axes="data"):
     (``jax.make_array_from_process_local_data``). The rows must divide evenly
     among this process's devices. With no mesh made current (the script's
     single-process branch: torchrun's RANK unset) the batch goes to the
-    default device as it is.
+    default device as it is (a jax array stays where it is: copying it to the host and back would wait for
+    it).
     """
     if jax.sharding.get_mesh().empty:
-        return jax.device_put(np.asarray(x))
+        return x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x))
     sharding = jax.sharding.NamedSharding(jax.sharding.get_mesh(), jax.sharding.PartitionSpec(axes))
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
