@@ -198,6 +198,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def visit_Call(self, node: cst.Call) -> None:
         """Functions that build layers need an rngs argument: module methods other than
         __init__ (which has it) and module-level factories like `def conv_bn(...)`."""
+        if self.ctx.handed_out is not None and node.args:  # a file of a tree: make(Block, 3), make from another file
+            registries.note_handing(node, self.ctx)
         if not self.function_stack or not self._builds_layer(node):
             return
         if not self.class_stack:

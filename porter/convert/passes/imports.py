@@ -82,6 +82,10 @@ class FinalizeImports(cst.CSTTransformer):
                 out.append(stmt)
         if insert_at >= len(body):
             out.extend(new_imports)
+        after = imports_at + len(new_imports)  # a file that imported nothing: its first definition spaced from them
+        if new_imports and first_torch is None and insert_at < len(body) and after < len(out) \
+                and isinstance(out[after], (cst.FunctionDef, cst.ClassDef)) and not out[after].leading_lines:
+            out[after] = out[after].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
         helpers = self._helper_statements(updated_node.default_newline)
         if helpers:
             imported = self.helpers_from is not None  # one import statement, in a group of its own
