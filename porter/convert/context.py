@@ -68,6 +68,9 @@ class ConversionContext:
     layer_inheriting_classes: set[str] = field(default_factory=set)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
+    # those, deriving from nn.Sequential itself, and nn.ModuleDict subclasses, that name their layers (add_module,
+    # `self.norm = ...`, an OrderedDict): they derive from emitted TorchSequential / TorchModuleDict
+    named_containers: set[str] = field(default_factory=set)
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
     constructor_fields: set[str] = field(default_factory=set)

@@ -93,7 +93,7 @@ class FinalizeImports(cst.CSTTransformer):
             spaced = [h.with_changes(leading_lines=blank) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
             # never above the imports porter adds (below a `try: ... except ImportError` that precedes the torch
-            # import): a helper class's base (`class NamedSequential(nnx.Module)`) is read at definition
+            # import): a helper class's base (`class TorchSequential(nnx.Module)`) is read at definition
             at = max(at, imports_at + len(new_imports))
             if at < len(out) and len(out[at].leading_lines) < 2 and not imported:
                 out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
