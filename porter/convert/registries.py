@@ -140,8 +140,10 @@ def note_handing(call: cst.Call, ctx: ConversionContext) -> None:
 
 
 def _hand_out(func: cst.BaseExpression, where: int | str, ctx: ConversionContext) -> None:
+    """(a module class of the tree given a class, `Mlp(act_layer=nn.GELU)`, reads it in its own constructor)"""
     if ctx.handed_out is not None and (type(func) is cst.Name and func.value not in ctx.top_level_names
-                                       or type(func) is cst.Attribute and _dotted(func) is not None):
+                                       or type(func) is cst.Attribute and _dotted(func) is not None) \
+            and _dotted(func) not in ctx.module_classes:
         ctx.handed_out.add((_dotted(func), where))  # a function of another file, maybe
 
 
