@@ -829,35 +829,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return y
 
 
-class NamedSequential(nnx.Module):
-    """torch's ``nn.Sequential(OrderedDict(...))``: the layers run in order under their names, which are the
-    state keys (``features.conv0.weight``), as in torch."""
-
-    def __init__(self, layers):
-        self.names = tuple(layers)
-        for name, layer in layers.items():
-            setattr(self, name, layer)
-
-    def __call__(self, x):
-        for name in self.names:
-            x = getattr(self, name)(x)
-        return x
-
-    def __getitem__(self, index):
-        return getattr(self, index if isinstance(index, str) else self.names[index])
-
-    def __len__(self):
-        return len(self.names)
-
-    def __iter__(self):
-        return (getattr(self, name) for name in self.names)
-
-
 def sequential(*layers):
     """torch's ``nn.Sequential``: layers in order (an nnx.Sequential), or one OrderedDict of named layers
-    (a NamedSequential, which keeps the names)."""
+    (a TorchSequential, which keeps the names, and takes more: ``setattr(seq, name, layer)``)."""
     if len(layers) == 1 and isinstance(layers[0], dict):
-        return NamedSequential(layers[0])
+        return TorchSequential(layers[0])
     return nnx.Sequential(*layers)
 
 
@@ -987,6 +963,65 @@ def named_children(module):
             yield str(name), child
 
 
+class TorchSequential(nnx.Module):
+    """torch's ``nn.Sequential`` as the base of a class that names its layers: given to the constructor (in
+    order, or one OrderedDict), added with ``add_module`` (``setattr``) or assigned in the subclass's constructor
+    (``self.norm = ...``). Each layer is an attribute under its torch name (the state keys are torch's), kept in
+    the order torch registers it; called, it runs them in that order."""
+
+    _torch_names = ()
+
+    def __init__(self, *layers, rngs=None):
+        named = layers[0].items() if len(layers) == 1 and isinstance(layers[0], dict) else \
+            ((str(i), layer) for i, layer in enumerate(layers))
+        for name, layer in named:
+            setattr(self, name, layer)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if not name.startswith("_") and callable(value) and not isinstance(value, type) \
+                and name not in self._torch_names:
+            super().__setattr__("_torch_names", (*self._torch_names, name))
+
+    def __call__(self, x):
+        for layer in self:
+            x = layer(x)
+        return x
+
+    def __getitem__(self, index):
+        return getattr(self, index if isinstance(index, str) else self._torch_names[index])
+
+    def __len__(self):
+        return len(self._torch_names)
+
+    def __iter__(self):
+        return (getattr(self, name) for name in self._torch_names)
+
+
+class TorchModuleDict(TorchSequential):
+    """torch's ``nn.ModuleDict`` as a base class (densenet's ``_DenseBlock``): its layers by name, in the order
+    they were added, read as a dict (``items()``, ``keys()``, ``values()``, ``[name]``)."""
+
+    def __init__(self, modules=None, *, rngs=None):
+        for name, layer in (modules.items() if isinstance(modules, dict) else modules or ()):
+            setattr(self, name, layer)
+
+    def __iter__(self):
+        return iter(self._torch_names)
+
+    def keys(self):
+        return self._torch_names
+
+    def values(self):
+        return [getattr(self, name) for name in self._torch_names]
+
+    def items(self):
+        return [(name, getattr(self, name)) for name in self._torch_names]
+
+    def __contains__(self, name):
+        return name in self._torch_names
+
+
 def with_rngs_if_taken(constructor, rngs):
     """``constructor`` with ``rngs=rngs`` bound where it takes an ``rngs`` argument (a converted module
     class, a layer factory), else ``constructor`` itself (a module class that builds nothing random, a
@@ -1048,8 +1083,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "batch_norm": (),
     "unfold_nchw": (),
     "fold_nchw": (),
-    "NamedSequential": (),
-    "sequential": ("NamedSequential",),
+    "sequential": ("TorchSequential",),
     "ntuple": (),
     "conv_padding": ("ntuple",),
     "last_dim": (),
@@ -1058,6 +1092,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "TorchConv2d": (),
     "named_children": (),
     "with_rngs_if_taken": (),
+    "TorchSequential": (),
+    "TorchModuleDict": ("TorchSequential",),
 }
 
 # Training helpers (losses, optimizers, gradient clipping, learning-rate schedulers) live in

@@ -530,8 +530,8 @@ def test_helpers_go_below_the_imports_porter_adds_when_other_statements_precede_
                 return self.body(x)
     """)
     result = convert(source)
-    assert "class NamedSequential(nnx.Module)" in result.code
-    assert result.code.index("from flax import nnx") < result.code.index("class NamedSequential")
+    assert "class TorchSequential(nnx.Module)" in result.code
+    assert result.code.index("from flax import nnx") < result.code.index("class TorchSequential")
     namespace = {"__name__": "m"}
     exec(result.code, namespace)
     assert namespace["M"](rngs=nnx.Rngs(0))(torch.ones(1, 2).numpy()).shape == (1, 3)

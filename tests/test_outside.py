@@ -247,6 +247,29 @@ def test_building_or_calling_a_factory_of_an_installed_package_in_a_module_class
     assert not any(d.code == "PT040" and d.line in (9, 10) for d in conversion.diagnostics)  # said once
 
 
+def test_a_module_stored_from_a_package_porter_cannot_find_is_an_error_naming_it_and_the_flag(site, tmp_path):
+    """`self.encoder = timm.create_model(...)` with timm not installed where porter runs (was: no diagnostic, the
+    nnx module then held whatever timm built); a call not stored on the module, and an installed package's
+    function porter cannot read (numpy's compiled default_rng), say nothing."""
+    conversion = convert(tmp_path, """\
+        import numpy as np
+        import nothere
+        import torch.nn as nn
+
+
+        class Net(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.encoder = nothere.create_model("resnet18", num_classes=0)
+                self.rng = np.random.default_rng(0)
+                nothere.log(d)
+                self.fc = nn.Linear(d, d)
+        """)
+    [error] = errors(conversion)
+    assert error.line == 9 and error.severity.name == "ERROR"
+    assert "cannot read nothere" in error.message and "--with nothere" in error.message
+
+
 def test_a_layer_factory_building_a_module_of_an_installed_package_is_an_error(site, tmp_path):
     conversion = convert(tmp_path, """\
         import torch.nn as nn

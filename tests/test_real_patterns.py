@@ -1771,15 +1771,16 @@ def test_add_module_on_the_module_itself_is_setattr_and_matches_torch(tmp_path):
     assert check_equivalence(torch_net, jax_net, x).passed
 
 
-def test_add_module_in_a_sequential_subclass_stays_reported():
+def test_add_module_in_a_module_list_subclass_stays_reported():
+    """(a Sequential or ModuleDict subclass's add_module converts: tests/test_named_containers.py)"""
     conversion = convert('''
         import torch.nn as nn
 
 
-        class Stage(nn.Sequential):  # torchvision's regnet: add_module appends to the sequence
+        class Stage(nn.ModuleList):  # add_module appends to the list
             def __init__(self):
                 super().__init__()
                 self.add_module("a", nn.Linear(4, 4))
         ''')
     assert "setattr" not in conversion.code
-    assert [(d.code, d.line) for d in conversion.diagnostics if d.severity.name == "ERROR"] == [("PT040", 8)]
+    assert ("PT003", 5) in [(d.code, d.line) for d in conversion.diagnostics if d.severity.name == "ERROR"]  # its base

@@ -234,6 +234,37 @@ def test_a_class_handed_to_a_plain_function_that_calls_it_gets_rngs_and_matches_
     assert report.passed, report.format()
 
 
+# a function handed the class by another function that was handed it (was: neither took rngs, no diagnostic)
+FORWARDED_MODEL = BLOCKS + '''
+
+def make(block, c):
+    return block(c, c)
+
+
+def stack(block, c, n):
+    return [make(block, c) for _ in range(n)]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Sequential(*stack(ConvB, 3, 2))
+
+    def forward(self, x):
+        return self.b(x)
+'''
+
+
+def test_a_class_handed_on_by_a_function_of_the_file_gets_rngs_and_matches_torch(tmp_path):
+    conversion, torch_module, jax_module = pair(tmp_path, FORWARDED_MODEL)
+    assert errors(conversion) == []
+    assert "def stack(block, c, n, *, rngs: nnx.Rngs):\n    return [make(block, c, rngs=rngs) for _ in range(n)]" \
+        in conversion.code
+    assert "self.b = nnx.Sequential(*stack(ConvB, 3, 2, rngs=rngs))" in conversion.code
+    report = check_equivalence(torch_module.Net().eval(), jax_module.Net(rngs=nnx.Rngs(0)), torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
+
+
 def test_a_plain_function_picking_from_a_mixed_registry_takes_rngs_on_the_fast_path_too():
     """`Encoder = REGISTRY[name]; return Encoder(c)` names nothing the analysis's prefilter knows: the function
     still becomes a layer factory (it had come out unchanged, its call an error, on the fast path only)."""
@@ -304,3 +335,58 @@ def test_a_class_bound_by_a_loop_in_a_layer_factory_gets_rngs_if_it_takes_them(t
     converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     assert check_equivalence(original, converted, x).passed
+
+
+# the same, the function in another file of the tree (was: no rngs and no diagnostic; Net then failed when built)
+HANDED_ACROSS = {
+    "__init__.py": "",
+    "util.py": "def make(block, c):\n    return block(c, c)\n\n\n"
+               "def stack(block, c, n):  # hands the class on to make\n    return [make(block, c) for _ in range(n)]\n",
+    "layers.py": BLOCKS,
+    "net.py": '''
+import torch.nn as nn
+
+from . import util
+from .layers import ConvA, ConvB
+from .util import make
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = make(ConvA, 3)
+        self.b = nn.Sequential(*util.stack(block=ConvB, c=3, n=2))
+
+    def forward(self, x):
+        return self.b(self.a(x))
+''',
+}
+
+
+def test_a_class_handed_to_a_function_of_another_file_of_the_tree_gets_rngs_and_matches_torch(tmp_path, monkeypatch):
+    import sys
+
+    from porter import cli
+
+    source, output = tmp_path / "src" / "handproj", tmp_path / "out" / "handproj"
+    source.mkdir(parents=True)
+    for name, text in HANDED_ACROSS.items():
+        (source / name).write_text(text)
+    assert cli.main(["convert", str(source), "-o", str(output)]) == 0
+    util, net = (output / "util.py").read_text(), (output / "net.py").read_text()
+    assert "def make(block, c, *, rngs: nnx.Rngs):\n    return with_rngs_if_taken(block, rngs)(c, c)" in util
+    assert "def stack(block, c, n, *, rngs: nnx.Rngs):" in util and "make(block, c, rngs=rngs)" in util
+    assert "self.a = make(ConvA, 3, rngs=rngs)" in net
+    assert "util.stack(block=ConvB, c=3, n=2, rngs=rngs)" in net
+
+    def net_class(root):
+        for name in [n for n in sys.modules if n.split(".")[0] == "handproj"]:
+            del sys.modules[name]
+        monkeypatch.syspath_prepend(str(root.parent))
+        return __import__("handproj.net").net.Net
+
+    torch.manual_seed(0)
+    original = net_class(source)().eval()
+    converted = net_class(output)(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()

@@ -68,6 +68,9 @@ class ConversionContext:
     layer_inheriting_classes: set[str] = field(default_factory=set)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
+    # those, deriving from nn.Sequential itself, and nn.ModuleDict subclasses, that name their layers (add_module,
+    # `self.norm = ...`, an OrderedDict): they derive from emitted TorchSequential / TorchModuleDict
+    named_containers: set[str] = field(default_factory=set)
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
     constructor_fields: set[str] = field(default_factory=set)
@@ -79,6 +82,12 @@ class ConversionContext:
     registries: dict[str, cst.BaseExpression] = field(default_factory=dict)
     unknown_constructions: dict[int, str] = field(default_factory=dict)  # id of the call -> its callee's name
     handed_classes: dict[str, set[str]] = field(default_factory=dict)  # function -> its parameters handed a class
+    # converting a file of a tree: (function of the file, position or keyword) other files hand a class, and
+    # (callee as written, position or keyword) where this file hands one to a function of another (None: no tree)
+    handed_in: frozenset[tuple[str, int | str]] = frozenset()
+    handed_out: set[tuple[str, int | str]] | None = None
+    file_classes: set[str] = field(default_factory=set)  # the classes defined at the file's top level
+    top_level_names: set[str] = field(default_factory=set)  # and its functions
     module_typevars: set[str] = field(default_factory=set)  # ModelT = TypeVar("ModelT", bound=nn.Module)
     top_level_functions: set[int] = field(default_factory=set)  # ids of the module-level FunctionDefs
     # module class -> its bases (code) that are no nn.Module and do not work on an nnx one: dropped (mixins.py)

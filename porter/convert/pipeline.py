@@ -75,6 +75,9 @@ class Conversion:
     imports: list[tuple[int, str, str, str]] = field(default_factory=list, repr=False, compare=False)
     # the emitted helpers the code imports from the tree's helpers module (convert_in_tree's helpers_from)
     helpers: list[str] = field(default_factory=list, repr=False, compare=False)
+    # (callee as written, position or keyword) of its calls handing a class to a function maybe of another file
+    # of the tree (ConversionContext.handed_out)
+    handed_out: list[tuple[str, int | str]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -94,7 +97,8 @@ def convert_source(source: str, *, filename: str | None = None) -> Conversion:
 
 def convert_in_tree(source: str, *, filename: str | None = None, known: Known | None = None,
                     notebook: bool = False, helpers_from: str | None = None,
-                    keep_rngs: frozenset[str] = frozenset()) -> Conversion:
+                    keep_rngs: frozenset[str] = frozenset(),
+                    handed_in: frozenset[tuple[str, int | str]] = frozenset()) -> Conversion:
     """convert_source for a file of a tree: `known` names what this file imports from the others of
     the tree that are nn.Module subclasses ("module") or layer factories ("factory"), so that
     `Block(d)` gets its rngs as it would were Block defined here. It may be a function of the file's
@@ -102,10 +106,11 @@ def convert_in_tree(source: str, *, filename: str | None = None, known: Known | 
     module of the output the emitted helpers are imported from (`porter_helpers`, `..porter_helpers`)
     instead of being pasted into the file (Conversion.helpers lists them). `keep_rngs`: module classes of this
     file that take rngs even if they draw nothing (another file of the tree passes them as a value, to be
-    called with rngs=: porter/convert/rngs_free.py)."""
+    called with rngs=: porter/convert/rngs_free.py). `handed_in`: (function of this file, position or keyword)
+    where another file hands it a class (porter/convert/registries.py)."""
     with _no_cyclic_gc(), _recursion_room():
         return _convert(source, filename, fast=True, notebook=notebook, known=known, helpers_from=helpers_from,
-                        keep_rngs=keep_rngs)
+                        keep_rngs=keep_rngs, handed_in=handed_in)
 
 
 @contextlib.contextmanager
@@ -139,7 +144,7 @@ def _recursion_room(frames: int = 10_000):
 
 def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = False,
              known: Known | None = None, helpers_from: str | None = None,
-             keep_rngs: frozenset[str] = frozenset()) -> Conversion:
+             keep_rngs: frozenset[str] = frozenset(), handed_in: frozenset | None = None) -> Conversion:
     """fast=False is the reference the tests hold the fast path to: every statement visited,
     every statement generated, no text prefilter (in the rewrite and the residual check). The output
     must be identical."""
@@ -154,9 +159,11 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     imports = _from_imports(module)
     if callable(known):
         known = known(imports)
-    if fast and not known and not _TORCH_WORDS.search(source):  # no torch name, no module class imported
+    if fast and not known and not handed_in and not _TORCH_WORDS.search(source):  # no torch name, no module class
         return Conversion(source, [], filename=filename, imports=imports)
     ctx = ConversionContext(rules=load_rules(), filename=filename)
+    if handed_in is not None:  # a file of a tree
+        ctx.handed_in, ctx.handed_out = handed_in, set()
     ctx.keyword_helpers = keyword_helpers(module)
     _learn(ctx, known or {})
     index = SourceIndex(module)  # positions of the original nodes, for both passes
@@ -165,8 +172,10 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     ctx.rngs_free_classes |= rngs_free.find(module, ctx, source, keep_rngs)
     outside_classes.check(module, ctx, index)  # classes of installed packages in module classes
     exports = _exports(module, ctx)
-    if not ctx.torch_aliases and not known:  # no torch here, no module class of the tree used: nothing to do
-        return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports)
+    handed_out = sorted(ctx.handed_out or (), key=str)
+    if not ctx.torch_aliases and not known and not ctx.handed_classes:  # no torch here, no module class of the tree
+        return Conversion(source, ctx.diagnostics, filename=filename, exports=exports, imports=imports,  # used
+                          handed_out=handed_out)
     scope = ScopedTransformer(ctx)
     rewrite = Rewrite(scope, [concern(scope) for concern in CONCERNS])
     rewrite.attach(index)
@@ -179,7 +188,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     if missed:  # a class the analysis found rngs-free draws after all: again, with it taking rngs
         ctx.release()
         return _convert(source, filename, fast=fast, notebook=notebook, known=known, helpers_from=helpers_from,
-                        keep_rngs=keep_rngs | missed)
+                        keep_rngs=keep_rngs | missed, handed_in=handed_in)
     rewritten = seed_global_rngs(rewritten, ctx)
     statement_code = StatementCode(index if fast else None)
 
@@ -195,7 +204,7 @@ def _convert(source: str, filename: str | None, *, fast: bool, notebook: bool = 
     changes = sorted(ctx.changes, key=lambda c: (c.line, c.col))
     helpers = list(ctx.helpers) if helpers_from is not None and code is not source else []
     ctx.release()  # (context.py: why)
-    return Conversion(code, diagnostics, changes, filename, exports, imports, helpers)
+    return Conversion(code, diagnostics, changes, filename, exports, imports, helpers, handed_out)
 
 
 def analyze_exports(module: cst.Module, filename: str | None, known: dict[str, str]) -> dict[str, str]:

@@ -86,31 +86,95 @@ def _note_handed_classes(module: cst.Module, ctx: ConversionContext) -> None:
     """`def make(block, c): return block(c)` called somewhere in the file as `make(Block, 3)`, Block a class
     of the file (or a module class of the tree, or torch's `nn.X`): `block` may be a module class, its call
     gets rngs where the class takes them (with_rngs_if_taken). Only parameters with neither default nor
-    annotation (a default or annotation says what it is: the analysis reads those) that the function calls."""
+    annotation (a default or annotation says what it is: the analysis reads those) that the function calls,
+    or hands on to another function of the file (`def make(block, c): return build(block, c)`).
+    A tree's other files call the file's functions too: ctx.handed_in names the parameters they hand a class
+    (by position or keyword), and ctx.handed_out records the calls of this file that hand a class (or a
+    parameter handed one) to a function of another file (porter/convert/tree.py takes it there): those
+    handing a class directly as the analysis reads them (note_handing), those handing one on here."""
     functions = {s.name.value: s for s in module.body if type(s) is cst.FunctionDef}
-    candidates = {name: _called_bare_params(function) for name, function in functions.items()}
-    candidates = {name: params for name, params in candidates.items() if params}
-    if not candidates:
+    ctx.file_classes = {s.name.value for s in module.body if type(s) is cst.ClassDef}
+    ctx.top_level_names = set(functions) | ctx.file_classes
+    bare = {name: _bare_params(function) for name, function in functions.items()}
+    called = {name: _called_names(functions[name], params) for name, params in bare.items() if params}
+    classes = ctx.file_classes | ctx.module_classes
+    handed: set[tuple[str, str]] = set()  # (function, parameter) handed a class
+
+    def hand(function: str, where: int | str) -> None:
+        name = where if isinstance(where, str) else _positional_names(functions[function])[where] \
+            if where < len(_positional_names(functions[function])) else None
+        if name in bare[function] and (function, name) not in handed:
+            handed.add((function, name))
+            for call in called[function]:  # handed on: `build(block, c)`
+                for where_next, arg in _arguments(call):
+                    if type(arg.value) is cst.Name and arg.value.value == name:
+                        hand_to(call.func, where_next)
+
+    def hand_to(func: cst.BaseExpression, where: int | str) -> None:
+        if type(func) is cst.Name and func.value in called:
+            hand(func.value, where)
+        else:
+            _hand_out(func, where, ctx)
+
+    for function, where in ctx.handed_in:
+        if function in called:
+            hand(function, where)
+    if not called:
         return
-    classes = {s.name.value for s in module.body if type(s) is cst.ClassDef} | ctx.module_classes
     for call in find_all(module, cst.Call):
-        if type(call.func) is not cst.Name or call.func.value not in candidates:
-            continue
-        params = _positional_names(functions[call.func.value])
-        for position, arg in enumerate(call.args):
-            name = arg.keyword.value if arg.keyword is not None else \
-                params[position] if arg.star == "" and position < len(params) else None
-            if name in candidates[call.func.value] and _is_class(arg.value, classes):
-                ctx.handed_classes.setdefault(call.func.value, set()).add(name)
-                ctx.rngs_functions.add(call.func.value)  # a layer factory, from the start (the analysis reads it)
+        for where, arg in _arguments(call):
+            if _is_class(arg.value, classes):
+                hand_to(call.func, where)
+    for function, name in handed:
+        if name in {c.func.value for c in called[function] if type(c.func) is cst.Name}:
+            ctx.handed_classes.setdefault(function, set()).add(name)
+            ctx.rngs_functions.add(function)  # a layer factory, from the start (the analysis reads it)
 
 
-def _called_bare_params(function: cst.FunctionDef) -> set[str]:
+def note_handing(call: cst.Call, ctx: ConversionContext) -> None:
+    """A call of the analysis (converting a tree) that hands a class of the file, a module class of the tree or
+    torch's `nn.X` to a function that may be another file's: ctx.handed_out."""
+    for where, arg in _arguments(call):
+        if _is_class(arg.value, ctx.file_classes | ctx.module_classes):
+            _hand_out(call.func, where, ctx)
+
+
+def _hand_out(func: cst.BaseExpression, where: int | str, ctx: ConversionContext) -> None:
+    """(a module class of the tree given a class, `Mlp(act_layer=nn.GELU)`, reads it in its own constructor)"""
+    if ctx.handed_out is not None and (type(func) is cst.Name and func.value not in ctx.top_level_names
+                                       or type(func) is cst.Attribute and _dotted(func) is not None) \
+            and _dotted(func) not in ctx.module_classes:
+        ctx.handed_out.add((_dotted(func), where))  # a function of another file, maybe
+
+
+def _bare_params(function: cst.FunctionDef) -> set[str]:
     params = function.params
-    bare = {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]
+    return {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]
             if p.default is None and p.annotation is None}
-    return {call.func.value for call in find_all(function.body, cst.Call)
-            if type(call.func) is cst.Name and call.func.value in bare} if bare else set()
+
+
+def _called_names(function: cst.FunctionDef, names: set[str]) -> list[cst.Call]:
+    """The calls of `function` that call one of `names` or pass one on as an argument."""
+    return [call for call in find_all(function.body, cst.Call)
+            if type(call.func) is cst.Name and call.func.value in names
+            or any(type(a.value) is cst.Name and a.value.value in names for a in call.args)]
+
+
+def _arguments(call: cst.Call):
+    """(position or keyword, argument) of a call's arguments, up to a star argument."""
+    for position, arg in enumerate(call.args):
+        if arg.star != "":
+            return
+        yield (arg.keyword.value if arg.keyword is not None else position), arg
+
+
+def _dotted(node: cst.BaseExpression) -> str | None:
+    if type(node) is cst.Name:
+        return node.value
+    if type(node) is cst.Attribute:
+        inner = _dotted(node.value)
+        return None if inner is None else f"{inner}.{node.attr.value}"
+    return None
 
 
 def _positional_names(function: cst.FunctionDef) -> list[str]:

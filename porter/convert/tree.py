@@ -55,6 +55,8 @@ class Task:
     tree: "TreeSummary | None" = None  # what the files of the tree converted before this one define
     helpers_from: str | None = None  # the output's module to import emitted helpers from (shared_helpers.py)
     keep_rngs: frozenset[str] = frozenset()  # its module classes another file passes as a value (ImportGraph)
+    # (its function, position or keyword) another file hands a class (convert_tree: _handed_across)
+    handed_in: frozenset[tuple[str, int | str]] = frozenset()
 
 
 @dataclass
@@ -75,6 +77,7 @@ class FileResult:
     imports: list[tuple[int, str, str, str]] = field(default_factory=list)
     known: tuple[tuple[str, str], ...] = ()  # what it learnt from task.tree: (local name, "module" | "factory")
     helpers: list[str] = field(default_factory=list)  # the emitted helpers it imports from task.helpers_from
+    handed_out: list[tuple[str, int | str]] = field(default_factory=list)  # see pipeline.Conversion
 
     @property
     def has_errors(self) -> bool:
@@ -260,7 +263,8 @@ def _convert_task(task: Task) -> FileResult:
             return learnt
 
         conversion = convert_python(text, task.display, annotate=task.annotate, known=learn,
-                                    helpers_from=task.helpers_from, keep_rngs=task.keep_rngs)
+                                    helpers_from=task.helpers_from, keep_rngs=task.keep_rngs,
+                                    handed_in=task.handed_in)
         changes = [(task.display, c) for c in conversion.changes]
     diagnostics = list(conversion.diagnostics)
     if conversion.failed:  # did not parse (PT001), nests too deep (PT034), not a notebook (PT032): nothing to write
@@ -278,15 +282,16 @@ def _convert_task(task: Task) -> FileResult:
     return FileResult(task.display, task.relative, task.kind, status, diagnostics, changes, code, changed, diff=diff,
                       exports=getattr(conversion, "exports", {}), imports=getattr(conversion, "imports", []),
                       known=tuple(sorted(learnt.items())) if task.kind == "python" else (),
-                      helpers=getattr(conversion, "helpers", []))
+                      helpers=getattr(conversion, "helpers", []), handed_out=getattr(conversion, "handed_out", []))
 
 
 def convert_python(text: str, filename: str, *, annotate: bool = False, known=None, helpers_from: str | None = None,
-                   keep_rngs: frozenset[str] = frozenset()):
+                   keep_rngs: frozenset[str] = frozenset(), handed_in: frozenset[tuple[str, int | str]] = frozenset()):
     from porter.convert.pipeline import convert_in_tree
 
     def convert(source: str, name: str):
-        return convert_in_tree(source, filename=name, known=known, helpers_from=helpers_from, keep_rngs=keep_rngs)
+        return convert_in_tree(source, filename=name, known=known, helpers_from=helpers_from, keep_rngs=keep_rngs,
+                               handed_in=handed_in)
 
     if not annotate:
         return convert(text, filename)
@@ -447,7 +452,9 @@ def convert_tree(tasks: list[Task], *, root_name: str | None = None, jobs: int |
     which of their names are nn.Module subclasses or layer factories (`Block(d)` then gets its
     rngs as it would were Block defined there). Where the order cannot give that (an import cycle, an
     import the text scan missed), the files that learn something new are converted again, until
-    nothing new is learnt (at most `rounds` more times). `root_name`: the name of the tree's
+    nothing new is learnt (at most `rounds` more times). A file learns from the files importing it too:
+    the parameters of its functions they hand a class (`make(Block, 3)`: `def make(block, c)` then takes rngs,
+    as it does where the call is in its own file). `root_name`: the name of the tree's
     directory (absolute imports may start with it)."""
     graph = ImportGraph.of(list(tasks), root_name)
     tasks = [replace(task, keep_rngs=frozenset(graph.passed_as_values.get(i, ()))) if i in graph.passed_as_values
@@ -459,11 +466,15 @@ def convert_tree(tasks: list[Task], *, root_name: str | None = None, jobs: int |
     results = convert_paths(tasks, jobs=jobs, progress=progress, after=graph.after, prepare=prepare)
     for _ in range(rounds):
         summary = TreeSummary.of(tasks, results, root_name)
+        handed = graph.handed_across(tasks, results)
         redo = [i for i, (task, result) in enumerate(zip(tasks, results))
                 if task.kind == "python" and result.status != "failed"
-                and summary.known(task.relative, result.imports) != result.known]
+                and (summary.known(task.relative, result.imports) != result.known
+                     or handed.get(i, frozenset()) != task.handed_in)]
         if not redo:
             break
+        tasks = [replace(task, handed_in=handed.get(i, frozenset())) if task.kind == "python" else task
+                 for i, task in enumerate(tasks)]
         again = [replace(tasks[i], tree=summary) for i in redo]
         for i, result in zip(redo, convert_paths(again, jobs=jobs, progress=progress)):
             results[i] = result
@@ -548,33 +559,21 @@ class ImportGraph:
     # file -> its names other files pass as values (`block=Block`): called with rngs= there, so they take rngs
     passed_as_values: dict[int, set[str]] = field(default_factory=dict)
 
+    by_key: dict[tuple[str, ...], int] = field(default_factory=dict)  # module key -> file
+    package_files: frozenset[int] = frozenset()  # the files that are a package's __init__.py
+    root_name: str | None = None
+
     @classmethod
     def of(cls, tasks: list[Task], root_name: str | None) -> ImportGraph:
         by_key = {_module_key(t.relative): i for i, t in enumerate(tasks) if t.kind == "python"}
         scans = {i: TextScan.of(tasks[i].path) for i in by_key.values()}
-
-        def chain(key: tuple[str, ...], name: str, seen: set) -> list[int]:
-            """The files from `key` to the one defining `name` ([] if no file of the tree does)."""
-            i = by_key.get(key)
-            if i is None or (key, name) in seen:
-                return []
-            seen.add((key, name))
-            if name in scans[i].defined:
-                return [i]
-            for dots, module, imported, local in scans[i].imports:
-                if local == name:
-                    for target in _import_targets(key, _is_package(tasks[i].relative), dots, module, root_name):
-                        found = chain(target, imported, seen)
-                        if found:
-                            return [i, *found]
-            return []
-
-        graph = cls({}, {}, scans)
+        graph = cls({}, {}, scans, by_key=by_key, root_name=root_name,
+                    package_files=frozenset(i for i in scans if _is_package(tasks[i].relative)))
         for i, scan in scans.items():
             key, package = _module_key(tasks[i].relative), _is_package(tasks[i].relative)
             for dots, module, imported, local in scan.imports:
                 for target in _import_targets(key, package, dots, module, root_name):
-                    found = chain(target, imported, set())
+                    found = [file for file, _ in graph.chain(target, imported, set())]
                     if found:
                         graph.after.setdefault(i, set()).add(found[-1])
                         graph.reads.setdefault(i, set()).update(found)
@@ -582,6 +581,54 @@ class ImportGraph:
                             graph.passed_as_values.setdefault(found[-1], set()).add(imported)
                         break
         return graph
+
+    def chain(self, key: tuple[str, ...], name: str, seen: set) -> list[tuple[int, str]]:
+        """The files from `key` to the one defining `name`, with the name each knows it by ([] if no file of
+        the tree defines it)."""
+        i = self.by_key.get(key)
+        if i is None or (key, name) in seen:
+            return []
+        seen.add((key, name))
+        if name in self.scans[i].defined:
+            return [(i, name)]
+        for dots, module, imported, local in self.scans[i].imports:
+            if local == name:
+                for target in _import_targets(key, i in self.package_files, dots, module, self.root_name):
+                    found = self.chain(target, imported, seen)
+                    if found:
+                        return [(i, name), *found]
+        return []
+
+    def handed_across(self, tasks: list[Task], results: list[FileResult]) -> dict[int, frozenset]:
+        """File -> (its function, position or keyword) that other files hand a class (FileResult.handed_out,
+        each callee followed through the importing file's parsed imports to the file defining it)."""
+        handed: dict[int, set] = {}
+        for i, result in enumerate(results):
+            if result is None or not result.handed_out:
+                continue
+            key = _module_key(tasks[i].relative)
+            for callee, where in result.handed_out:
+                found = self._definer(key, i in self.package_files, result.imports, callee)
+                if found is not None and found[0] != i:
+                    handed.setdefault(found[0], set()).add((found[1], where))
+        return {i: frozenset(each) for i, each in handed.items()}
+
+    def _definer(self, key: tuple[str, ...], package: bool, imports: list[tuple[int, str, str, str]],
+                 callee: str) -> tuple[int, str] | None:
+        """(file, name) defining what `callee` (`make`, `util.make`, `proj.util.make`) names in the file `key`."""
+        for dots, module, imported, local in imports:
+            if callee == local and imported:  # from .util import make
+                where, name = (), imported
+            elif callee.startswith(local + ".") and "." not in callee[len(local) + 1:]:
+                where = (imported,) if imported else ()  # from . import util; import proj.util [as u]
+                name = callee[len(local) + 1:]
+            else:
+                continue
+            for target in _import_targets(key, package, dots, module, self.root_name):
+                found = self.chain(target + where, name, set())
+                if found:
+                    return found[-1]
+        return None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ MODULE_ITERATORS = ("modules", "named_modules", "children", "named_children", "p
 
 def init_only_methods(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
     """Names of the methods of `cls` whose bodies only initialise weights (a docstring allowed)."""
-    methods = [s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value != "__init__"]
+    # the last definition of a name is the method (densenet's forward: two `pass` stubs under @overload, then it)
+    methods = list({s.name.value: s for s in cls.body.body
+                    if isinstance(s, cst.FunctionDef) and s.name.value != "__init__"}.values())
     found: set[str] = set()
     changed = True
     while changed:  # a method may call another init-only method

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert import data_side, registries
 from porter.convert.traverse import find_all
@@ -125,6 +126,10 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if any(self._is_module_base(b) for b in bases):
             if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES for b in bases):
                 self.ctx.sequential_classes.add(node.name.value)
+                if any(self._qualified_base(b) in SEQUENTIAL_BASES for b in bases) and names_its_layers(node):
+                    self.ctx.named_containers.add(node.name.value)
+            if any(self._qualified_base(b) in MODULE_DICT_BASES for b in bases):
+                self.ctx.named_containers.add(node.name.value)
             if any(b in self.ctx.module_classes or self._qualified_base(b) in TORCH_LAYER_BASES for b in bases):
                 self.ctx.layer_inheriting_classes.add(node.name.value)
             self.ctx.module_classes.add(node.name.value)
@@ -198,6 +203,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
     def visit_Call(self, node: cst.Call) -> None:
         """Functions that build layers need an rngs argument: module methods other than
         __init__ (which has it) and module-level factories like `def conv_bn(...)`."""
+        if self.ctx.handed_out is not None and node.args:  # a file of a tree: make(Block, 3), make from another file
+            registries.note_handing(node, self.ctx)
         if not self.function_stack or not self._builds_layer(node):
             return
         if not self.class_stack:
@@ -325,6 +332,30 @@ SEQUENTIAL_TARGETS = ("nnx.Sequential", "nnx.List", "nnx.Dict")
 # attributes in its own forward: it becomes a subclass of the emitted class that keeps them (porter/emitted.py)
 TORCH_LAYER_BASES = {"torch.nn.LayerNorm": "TorchLayerNorm", "torch.nn.GroupNorm": "TorchGroupNorm",
                      "torch.nn.Conv2d": "TorchConv2d"}
+# a subclass of nn.ModuleDict (densenet's _DenseBlock, filled with add_module, read with self.items()) derives
+# from the emitted TorchModuleDict: its layers attributes under their torch names
+MODULE_DICT_BASES = ("torch.nn.ModuleDict", "torch.nn.modules.container.ModuleDict")
+TORCH_LAYER_BASES.update(dict.fromkeys(MODULE_DICT_BASES, "TorchModuleDict"))
+_SUPER_INIT_ONE_ARGUMENT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")),
+                                  args=[m.Arg(keyword=None, star="")])
+
+
+def names_its_layers(node: cst.ClassDef) -> bool:
+    """A subclass of nn.Sequential whose constructor names its layers: `self.add_module(name, layer)`,
+    `self.norm = nn.BatchNorm2d(c)`, or `super().__init__(layers)` with one argument (an OrderedDict): it derives
+    from the emitted TorchSequential, which keeps them under those names, in order (nnx.Sequential takes
+    positional layers only)."""
+    init = next((s for s in node.body.body if type(s) is cst.FunctionDef and s.name.value == "__init__"), None)
+    if init is None:
+        return False
+    for found in find_all(init.body, (cst.Call, cst.Assign)):
+        if type(found) is cst.Assign and type(found.value) is cst.Call and any(
+                m.matches(t.target, m.Attribute(value=m.Name("self"))) for t in found.targets):
+            return True
+        if type(found) is cst.Call and (m.matches(found, _SUPER_INIT_ONE_ARGUMENT) or m.matches(
+                found.func, m.Attribute(value=m.Name("self"), attr=m.Name("add_module") | m.Name("register_module")))):
+            return True
+    return False
 
 
 def layer_value_rule(node: cst.BaseExpression, ctx: ConversionContext):

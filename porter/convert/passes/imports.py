@@ -83,6 +83,10 @@ class FinalizeImports(cst.CSTTransformer):
                 out.append(stmt)
         if insert_at >= len(body):
             out.extend(new_imports)
+        after = imports_at + len(new_imports)  # a file that imported nothing: its first definition spaced from them
+        if new_imports and first_torch is None and insert_at < len(body) and after < len(out) \
+                and isinstance(out[after], (cst.FunctionDef, cst.ClassDef)) and not out[after].leading_lines:
+            out[after] = out[after].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
         helpers = self._helper_statements(updated_node.default_newline)
         if helpers:
             imported = self.helpers_from is not None  # one import statement, in a group of its own
@@ -90,7 +94,7 @@ class FinalizeImports(cst.CSTTransformer):
             spaced = [h.with_changes(leading_lines=blank) for h in helpers]
             at = _after_imports(out, imports_at if self.helpers_after_new_imports else 0)
             # never above the imports porter adds (below a `try: ... except ImportError` that precedes the torch
-            # import): a helper class's base (`class NamedSequential(nnx.Module)`) is read at definition
+            # import): a helper class's base (`class TorchSequential(nnx.Module)`) is read at definition
             at = max(at, imports_at + len(new_imports))
             if at < len(out) and len(out[at].leading_lines) < 2 and not imported:
                 out[at] = out[at].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])

@@ -31,6 +31,8 @@ CONTAINERS = {f"torch.nn.{name}" for name in ("Sequential", "ModuleList", "Modul
     f"torch.nn.modules.container.{name}" for name in ("Sequential", "ModuleList", "ModuleDict")}
 ADD_MODULE = m.Call(func=m.Attribute(value=m.Name("self"), attr=m.Name("add_module") | m.Name("register_module")),
                     args=m.OneOf([m.Arg(keyword=None, star="*")], [m.Arg(keyword=None, star=""), m.Arg(keyword=None, star="")]))
+ADD_MODULE_OF_ATTRIBUTE = m.Call(func=m.Attribute(value=m.Attribute(value=m.Name("self")), attr=m.Name("add_module")),
+                                 args=[m.Arg(keyword=None, star=""), m.Arg(keyword=None, star="")])
 SELF_TRAINING = m.Attribute(value=m.Name("self"), attr=m.Name("training"))
 SELF_ASSIGN = m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name("self")))])
 FORWARD_OF_SELF = m.Attribute(value=m.Name("self") | m.Call(func=m.Name("super")), attr=m.Name("forward"))
@@ -79,6 +81,7 @@ class ModuleStructure:
         self._buffer_writes: dict[int, str] = {}  # id of `self.<buffer>[.data].copy_(v)` -> copy_ / fill_ / zero_
         self._file_functions: set[str] = set()  # the file's top-level functions
         self._containers: set[str] = set()  # the file's classes subclassing a torch container
+        self._classes: dict[str, cst.ClassDef] = {}  # the classes met, by name
 
     def visit_any(self, node: cst.CSTNode) -> None:
         kind = type(node)
@@ -86,6 +89,8 @@ class ModuleStructure:
             self._file_functions = {s.name.value for s in node.body if type(s) is cst.FunctionDef}
             self._containers = {s.name.value for s in node.body if type(s) is cst.ClassDef and any(  # add_module
                 self.ctx.qualified_name(b.value) in CONTAINERS for b in s.bases)}  # appends to these: no setattr
+        elif kind is cst.ClassDef:
+            self._classes[node.name.value] = node
         module_class = self.scope.module_class
         if module_class:
             self._note_training_context(node)
@@ -268,7 +273,7 @@ class ModuleStructure:
     def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.ClassDef:
         name = original_node.name.value
         if name in self.ctx.module_classes:
-            bases = [self._convert_base(o, u) for o, u in zip(original_node.bases, updated_node.bases)]
+            bases = [self._convert_base(o, u, name) for o, u in zip(original_node.bases, updated_node.bases)]
             updated_node = updated_node.with_changes(bases=bases)
             if name in self._training_classes:
                 updated_node = self._add_training_mode(name, updated_node)
@@ -323,12 +328,34 @@ class ModuleStructure:
         if self.scope.module_class and m.matches(updated_node.value, REGISTER_BUFFER):
             return self._register_buffer(original_node, updated_node)
         if self.scope.module_class and m.matches(updated_node.value, ADD_MODULE) \
-                and self.scope.module_class not in self.ctx.sequential_classes | self._containers:
+                and (self.scope.module_class not in self.ctx.sequential_classes | self._containers
+                     or self.scope.module_class in self.ctx.named_containers):  # TorchSequential keeps the order
             new = updated_node.with_changes(value=updated_node.value.with_changes(
                 func=cst.Name("setattr"), args=[cst.Arg(cst.Name("self")), *updated_node.value.args]))
             self.record("module-add-module", original_node, new)
             return new
+        if self.scope.module_class and m.matches(updated_node.value, ADD_MODULE_OF_ATTRIBUTE) \
+                and updated_node.value.func.value.attr.value in self._named_sequence_attributes(self.scope.module_class):
+            call = updated_node.value  # self.features.add_module(name, layer): densenet
+            new = updated_node.with_changes(value=call.with_changes(
+                func=cst.Name("setattr"), args=[cst.Arg(call.func.value), *call.args]))
+            self.record("module-add-module", original_node, new)
+            return new
         return updated_node
+
+    def _named_sequence_attributes(self, name: str) -> set[str]:
+        """`self.features = nn.Sequential(OrderedDict(...))`: a TorchSequential (the emitted sequential()), which
+        takes more named layers as attributes, in order."""
+        found = set()
+        for assign in find_all(self._classes[name].body, cst.Assign) if name in self._classes else ():
+            value = assign.value
+            if type(value) is cst.Call and len(value.args) == 1 and not value.args[0].keyword \
+                    and not value.args[0].star and self.ctx.qualified_name(value.func) in SEQUENTIAL_BASES \
+                    and (type(value.args[0].value) is cst.Dict or type(value.args[0].value) is cst.Call
+                         and code_of(value.args[0].value.func).rsplit(".", 1)[-1] in ("OrderedDict", "dict")):
+                found |= {t.target.attr.value for t in assign.targets
+                          if m.matches(t.target, m.Attribute(value=m.Name("self")))}
+        return found
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
         if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
@@ -477,8 +504,13 @@ class ModuleStructure:
         self.record("module-rngs", original.params, new.params)
         return new
 
-    def _convert_base(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+    def _convert_base(self, original: cst.Arg, updated: cst.Arg, name: str) -> cst.Arg:
         qualified = self.ctx.qualified_name(original.value)
+        if qualified in SEQUENTIAL_BASES and name in self.ctx.named_containers:
+            self.ctx.need_helper("TorchSequential")
+            new = updated.with_changes(value=cst.Name("TorchSequential"))
+            self.record("module-base", original, new)
+            return new
         if qualified in MODULE_BASES or qualified in SEQUENTIAL_BASES:
             new = updated.with_changes(value=expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
             self.record("module-base", original, new)

@@ -213,6 +213,8 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
     for used, called in uses.found:
         target = used.func if called else used
         found = _what(target, names, ctx)
+        if found is not None and found.kind == UNKNOWN and id(used) in uses.stored and not is_installed(found.package):
+            _report_unread(used, owner, found, ctx, index, outcome)
         if found is None or found.kind not in (MODULE, FACTORY):
             continue
         line, col = index.start(used)
@@ -236,6 +238,22 @@ def _check_uses(node: cst.CSTNode, owner: str, names: dict[str, str], ctx: Conve
             what = f"{'calls' if called else 'uses'} {text} ({found.where}), which returns an nn.Module ({found.why})"
         ctx.report("PT013", line, col, f"{owner} {what} of the installed package {found.package}: {_NOT_CONVERTED}, "
                                        f"{outcome}. " + _what_to_do(found))
+
+
+def _report_unread(call: cst.Call, owner: str, found: OutsideName, ctx: ConversionContext, index: SourceIndex,
+                   outcome: str) -> None:
+    """`self.encoder = timm.create_model(...)` in a module's constructor, timm not installed where porter runs:
+    what it builds may be an nn.Module, which would stay torch (an installed package's function porter cannot
+    read, numpy's compiled ones, is not asked about)."""
+    line, col = index.start(call)
+    if ctx.already_reported(line, col):
+        return
+    text = code_of(call.func)
+    ctx.report("PT013", line, col,
+               f"{owner} stores what {text} builds, and porter cannot read {found.package} ({found.why}): if it is an "
+               f"nn.Module, it stays torch ({_NOT_CONVERTED}), {outcome}. Install {found.package} where porter runs "
+               f"and convert the modules of it your tree reaches with it: porter convert SRC -o OUT --with "
+               f"{found.package} (or rewrite that part with flax.nnx)")
 
 
 def _pass_rngs(call: cst.Call, found: OutsideName, ctx: ConversionContext, index: SourceIndex) -> None:
@@ -283,9 +301,16 @@ class _Uses(cst.CSTVisitor):
         self._functions: list[str] = []
         self.callees: set[int] = set()
         self.type_checks: set[int] = set()  # the classes of isinstance(x, A) and issubclass(x, (A, B))
+        self.stored: set[int] = set()  # calls in __init__ whose value is stored on the module: self.x = f(...)
 
     def visit_Annotation(self, node: cst.Annotation) -> bool:
         return False
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        if self._functions == ["__init__"] and type(node.value) is cst.Call and any(
+                type(t.target) is cst.Attribute and type(t.target.value) is cst.Name and t.target.value.value == "self"
+                for t in node.targets):
+            self.stored.add(id(node.value))
 
     def visit_Call(self, node: cst.Call) -> None:
         if type(node.func) is cst.Name and node.func.value in ("isinstance", "issubclass") and len(node.args) == 2:

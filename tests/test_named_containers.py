@@ -1,0 +1,153 @@
+"""Subclasses of nn.Sequential and nn.ModuleDict that name their layers (torchvision's densenet `_DenseBlock`,
+regnet's `AnyStage` and `BottleneckTransform`): `self.add_module(name, layer)`, `self.norm = ...` in the
+constructor, `super().__init__(OrderedDict)`. They derive from the emitted TorchSequential / TorchModuleDict
+(porter/emitted.py), checked against torch in eval and train mode. Before: nnx.Sequential subclasses that
+never ran their layers (no diagnostic for `self.norm = ...` nor for the OrderedDict), add_module reported, the
+ModuleDict subclass left torch with a fixed `nnx.Rngs(0)` passed inside it, `self.features.add_module(...)` on
+an `nn.Sequential(OrderedDict(...))` reported."""
+
+import pytest
+import torch
+from flax import nnx
+
+from porter import convert_source
+from porter.check.equivalence import check_equivalence
+from porter.check.modelspec import import_file
+
+MODEL = '''from collections import OrderedDict
+import torch
+import torch.nn as nn
+
+
+class T(nn.Sequential):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(c, c, kernel_size=1, bias=False)
+
+
+class S(nn.Sequential):
+    def __init__(self, c, depth):
+        super().__init__()
+        for i in range(depth):
+            self.add_module(f"block-{i}", nn.Conv2d(c, c, 3, padding=1))
+
+
+class B(nn.Sequential):
+    def __init__(self, c):
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["a"] = nn.Conv2d(c, c, 1)
+        layers["b"] = nn.ReLU()
+        super().__init__(layers)
+
+
+class D(nn.ModuleDict):
+    def __init__(self, c, n):
+        super().__init__()
+        for i in range(n):
+            self.add_module("layer%d" % (i + 1), nn.Conv2d(c * (i + 1), c, 1))
+
+    def forward(self, x):
+        features = [x]
+        for name, layer in self.items():
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+
+class Dense(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([("conv0", nn.Conv2d(3, 4, 3, padding=1)), ("relu0", nn.ReLU())]))
+        for i in range(2):
+            self.features.add_module("block%d" % (i + 1), D(4, 1))
+            self.features.add_module("conv%d" % (i + 1), nn.Conv2d(8, 4, 1))
+        self.features.add_module("norm5", nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.t = T(3)
+        self.s = S(3, 2)
+        self.b = B(3)
+        self.d = D(3, 2)
+        self.dense = Dense()
+
+    def forward(self, x):
+        return self.dense(self.d(self.b(self.s(self.t(x))))[:, :3])
+'''
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("containers")
+    conversion = convert_source(MODEL, filename="net.py")
+    (directory / "torch_net.py").write_text(MODEL)
+    (directory / "jax_net.py").write_text(conversion.code)
+    return conversion, import_file(directory / "torch_net.py"), import_file(directory / "jax_net.py")
+
+
+def test_containers_naming_their_layers_derive_from_the_emitted_bases(converted):
+    conversion, _, _ = converted
+    assert [d for d in conversion.diagnostics if d.severity.name == "ERROR"] == []
+    for name in "TSB":
+        assert f"class {name}(TorchSequential):" in conversion.code
+    assert "class D(TorchModuleDict):" in conversion.code
+    assert 'setattr(self, f"block-{i}", ChannelsFirstConv(' in conversion.code
+    assert "self.d = D(3, 2, rngs=rngs)" in conversion.code
+    # densenet's features: nn.Sequential(OrderedDict(...)) given more layers by add_module
+    assert 'setattr(self.features, "norm5", TorchBatchNorm(' in conversion.code
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_containers_naming_their_layers_match_torch(converted, mode):
+    _, torch_module, jax_module = converted
+    torch.manual_seed(0)
+    original = torch_module.Net()
+    report = check_equivalence(original, jax_module.Net(rngs=nnx.Rngs(0)), torch.randn(2, 3, 8, 8), mode=mode)
+    assert report.passed, report.format()
+
+
+OVERLOADED = '''
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+class Layer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+
+    @torch.jit._overload_method  # noqa: F811
+    def forward(self, input: list[Tensor]) -> Tensor:  # noqa: F811
+        pass
+
+    @torch.jit._overload_method  # noqa: F811
+    def forward(self, input: Tensor) -> Tensor:  # noqa: F811
+        pass
+
+    def forward(self, input):  # noqa: F811
+        if isinstance(input, Tensor):
+            input = [input]
+        return self.fc(torch.cat(input, 1))
+'''
+
+
+def test_a_method_defined_again_is_judged_by_its_last_definition(tmp_path):
+    """densenet's _DenseLayer: two `pass` stubs of forward (torchscript overloads), then forward itself. The stubs
+    were taken for a weight initialisation method and all three forwards removed (PT005 said so, wrongly)."""
+    conversion = convert_source(OVERLOADED, filename="layer.py")
+    assert conversion.code.count("def __call__(") == 3
+    assert not [d for d in conversion.diagnostics if d.code == "PT005"]
+    (tmp_path / "torch_layer.py").write_text(OVERLOADED)
+    (tmp_path / "jax_layer.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_layer.py").Layer(4)
+    report = check_equivalence(original, import_file(tmp_path / "jax_layer.py").Layer(4, rngs=nnx.Rngs(0)),
+                               torch.randn(2, 4))
+    assert report.passed, report.format()
