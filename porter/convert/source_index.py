@@ -271,11 +271,16 @@ NO_IDENTIFIERS = frozenset({
 _REFRESH_AT = STATEMENT_TYPES | {cst.IndentedBlock}  # where the prefilter reads a pass's trigger state again
 
 
+class WordSets(tuple):
+    """A pass's trigger words as the union of these sets, not made: the prefilter reads a frozenset it has
+    read before (the same object) no more (a pass whose few words change per function over many that do not)."""
+
+
 class Prefilter:
     """`skip(node)` for porter/convert/traverse.py: True for a node of the original module whose code
     (comments and strings aside) holds none of the pass's trigger words.
 
-    The pass supplies `trigger_words()` (identifiers it reacts to) and `trigger_state()` (a cheap
+    The pass supplies `trigger_words()` (identifiers it reacts to, or a WordSets) and `trigger_state()` (a cheap
     value that changes whenever the words may have changed; read at each statement). The words only
     ever grow. Skipping is an optimisation only: tests hold the output to the one of a full visit.
     """
@@ -291,14 +296,14 @@ class Prefilter:
         self.words: set[str] = set()
         self.offsets: list[int] = []  # where the words occur, sorted
         self.state: object = object()
+        self._read: dict[int, frozenset[str]] = {}  # the frozensets of a WordSets read whole, by id
 
     def _refresh(self) -> None:
         state = self.visitor.trigger_state()
         if state == self.state:
             return
         self.state = state
-        words = self.visitor.trigger_words()
-        new = words - self.words if isinstance(words, (set, frozenset)) else [w for w in words if w not in self.words]
+        new = self._new_words(self.visitor.trigger_words())
         if not new:
             return
         self.words.update(new)
@@ -311,6 +316,21 @@ class Prefilter:
                 insort(self.offsets, offset)
         else:
             self.offsets = sorted(self.offsets + found)
+
+    def _new_words(self, words: Iterable[str]) -> Iterable[str]:
+        known = self.words
+        if type(words) is WordSets:
+            new: set[str] = set()
+            for part in words:
+                if type(part) is frozenset:
+                    if self._read.get(id(part)) is part:
+                        continue  # (its words are all known since it was read)
+                    self._read[id(part)] = part
+                new.update(part.difference(known))
+            return new
+        if isinstance(words, (set, frozenset)):
+            return words - known
+        return [w for w in words if w not in known]
 
     def also_at(self, offsets: Iterable[int]) -> None:
         """Places in the code (character offsets) that count as occurrences of a trigger word: a pass that

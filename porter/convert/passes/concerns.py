@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from porter.convert.source_index import WordSets
 from porter.convert.traverse import hook
 
 
@@ -185,10 +186,7 @@ class Rewrite(cst.CSTTransformer):
         base = self.scope.trigger_words()  # the same object while the scope's words do not change
         if self._words is None or self._words[0] is not base:
             self._words = (base, base.union(*(getattr(c, "TRIGGER_WORDS", ()) for c in self.concerns)))
-        words = self._words[1]
-        for concern_words in self._trigger_words:
-            words = words | concern_words()
-        return words
+        return WordSets((self._words[1], *(concern_words() for concern_words in self._trigger_words)))
 
     def trigger_state(self):
         return self.scope.trigger_state(), [state() for state in self._trigger_states]
