@@ -7,6 +7,7 @@ raises Unsupported with a reason the report shows.
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Callable
 
 import libcst as cst
@@ -38,6 +39,15 @@ def expr(source: str) -> cst.BaseExpression:
         if "\n" not in source:
             raise
         return cst.parse_expression(f"({source})")
+
+
+@functools.cache
+def rule_expr(source: str) -> cst.BaseExpression:
+    """expr() of text of the rules (a target, a default, a template): parsed once, not at every use (the same few
+    dozen texts make most of a conversion's parses). libcst's nodes are immutable, so the converted trees share it,
+    as they share the imports and helpers porter adds (passes/imports.py); what porter keys by id are the user's
+    nodes, never these."""
+    return expr(source)
 
 
 _NO_SPACE = cst.SimpleWhitespace("")

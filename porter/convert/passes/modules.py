@@ -19,7 +19,7 @@ from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
-from porter.convert.transforms import keyword_arg, expr
+from porter.convert.transforms import keyword_arg, expr, rule_expr
 from porter.convert.traverse import find_all
 
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
@@ -480,7 +480,7 @@ class ModuleStructure:
     def _convert_base(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
         qualified = self.ctx.qualified_name(original.value)
         if qualified in MODULE_BASES or qualified in SEQUENTIAL_BASES:
-            new = updated.with_changes(value=expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
+            new = updated.with_changes(value=rule_expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
             self.record("module-base", original, new)
             return new
         if qualified in TORCH_LAYER_BASES:
