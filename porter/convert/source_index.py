@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from bisect import bisect_left, bisect_right, insort
-from functools import partial
+from functools import cache, partial
 from itertools import accumulate
 from typing import Iterable
 
@@ -276,6 +276,13 @@ class WordSets(tuple):
     read before (the same object) no more (a pass whose few words change per function over many that do not)."""
 
 
+@cache
+def _never_visited(cls: type) -> frozenset[type]:
+    """The node types without identifiers the visitor class has no hook for: the prefilter always skips them."""
+    from porter.convert.traverse import hook
+    return NO_IDENTIFIERS - {t for t in NO_IDENTIFIERS if hook(cls, f"visit_{t.__name__}") or hook(cls, f"leave_{t.__name__}")}
+
+
 class Prefilter:
     """`skip(node)` for porter/convert/traverse.py: True for a node of the original module whose code
     (comments and strings aside) holds none of the pass's trigger words.
@@ -288,11 +295,7 @@ class Prefilter:
     def __init__(self, index: SourceIndex, visitor) -> None:
         self.index = index
         self.visitor = visitor
-        from porter.convert.traverse import hook
-        cls = type(visitor)
-        hooked = {t for t in NO_IDENTIFIERS
-                  if hook(cls, f"visit_{t.__name__}") or hook(cls, f"leave_{t.__name__}")}
-        self.never = NO_IDENTIFIERS - hooked
+        self.never = _never_visited(type(visitor))
         self.words: set[str] = set()
         self.offsets: list[int] = []  # where the words occur, sorted
         self.state: object = object()
