@@ -55,6 +55,17 @@ class _NullContext:
 _NULL_CONTEXT = _NullContext()
 
 
+def _one_token_operators() -> frozenset[type]:
+    """Operators and punctuation whose code generation is whitespace, the one token (their syntactic range), whitespace."""
+    from libcst._nodes.op import _BaseOneTokenOp
+
+    return frozenset(cls for cls in vars(cst).values() if isinstance(cls, type) and issubclass(cls, _BaseOneTokenOp)
+                     and cls._codegen_impl is _BaseOneTokenOp._codegen_impl)
+
+
+_ONE_TOKEN = _one_token_operators()
+
+
 class _Syntactic:
     """PositionProvidingCodegenState.record_syntactic_position, without a generator."""
 
@@ -123,10 +134,14 @@ class _IndexingState(_FastTokens):
         self.after_codegen = after_codegen
 
     def record_syntactic_position(self, node, *, start_node=None, end_node=None):
-        if start_node is None and end_node is None and not getattr(node, "lpar", True) \
-                and type(node) is not cst.StarredElement:  # (whose comma comes after its syntactic range)
-            # an expression without parentheses: its syntactic range is its whole range
-            return _NULL_CONTEXT
+        if start_node is None and end_node is None:
+            if not getattr(node, "lpar", True) and type(node) is not cst.StarredElement:  # (whose comma comes
+                # after its syntactic range) an expression without parentheses: its syntactic range is its whole range
+                return _NULL_CONTEXT
+            if type(node) in _ONE_TOKEN:  # (a comma, a colon, an operator: most of the ranges recorded)
+                at = len(self.tokens)
+                self.syntactic[id(node)] = (at, at + 1)
+                return _NULL_CONTEXT
         return _Syntactic(self, node, start_node, end_node)
 
     def pop_trailing_newline(self) -> None:
