@@ -11,7 +11,7 @@ import libcst as cst
 
 from porter.convert import traverse
 from porter.convert.context import ConversionContext, code_of
-from porter.convert.transforms import keyword_arg, NO_VALUE, VALUE_TRANSFORMS, Unsupported, expr, literal
+from porter.convert.transforms import keyword_arg, NO_VALUE, VALUE_TRANSFORMS, Unsupported, literal, rule_expr
 from porter.rules.loader import Rule
 
 Value = cst.BaseExpression | list[cst.BaseExpression]
@@ -109,7 +109,7 @@ def target_expression(rule: Rule, site: Site) -> cst.BaseExpression:
     if root == "method":  # the user's dot, with the line break before it in a chain spread over lines
         dot = site.call.func.dot if isinstance(site.call.func, cst.Attribute) else cst.Dot()
         return cst.Attribute(site.receiver, cst.Name(rest), dot=dot)
-    return expr(rule.target)
+    return rule_expr(rule.target)
 
 
 def apply_rule(rule: Rule, site: Site) -> Application:
@@ -218,7 +218,7 @@ def fill_template(template: str, values: dict[str, cst.BaseExpression]) -> cst.B
     text = template
     for name in values:
         text = text.replace("{" + name + "}", f"__porter_{name}__")
-    tree = cst.parse_expression(text)
+    tree = rule_expr(text)
     return traverse.visit(tree, _Fill(sentinels))  # libcst's visit, without rebuilding every node
 
 
@@ -290,7 +290,7 @@ def _apply_template(rule: Rule, site: Site) -> Application:
             if name == "self":
                 values[name] = site.receiver
                 continue
-            value = bound[name] if name in bound else cst.parse_expression(rule.param(name).default)
+            value = bound[name] if name in bound else rule_expr(rule.param(name).default)
             if name in rule.args:
                 value = _map_value(rule, name, value, site)
             if isinstance(value, list):
@@ -328,14 +328,14 @@ def _apply_mapping(rule: Rule, site: Site) -> Application:
         mapping = rule.args[name]
         if not given and not mapping.always:
             continue
-        value = bound[name] if given else cst.parse_expression(param.default)
+        value = bound[name] if given else rule_expr(param.default)
         mapped = _map_value(rule, name, value, site)
         if mapping.position is not None:
             positional[mapping.position] = mapped
         else:
             keywords.append((mapping.keyword, mapped))
     for keyword, source in rule.emit.items():
-        keywords.append((keyword, site.rngs if keyword == "rngs" else expr(source)))
+        keywords.append((keyword, site.rngs if keyword == "rngs" else rule_expr(source)))
     if site.receiver is not None and not rule.target.startswith("method."):
         positional[rule.receiver] = site.receiver
     return Application(_build(rule, site, positional, keywords), warnings)

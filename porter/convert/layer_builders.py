@@ -14,7 +14,7 @@ import libcst as cst
 
 from porter.convert.apply import Application, Site, _apply_mapping, bind
 from porter.convert.context import code_of
-from porter.convert.transforms import NO_VALUE, Unsupported, atom, expr, keyword_arg, literal
+from porter.convert.transforms import NO_VALUE, Unsupported, atom, expr, keyword_arg, literal, rule_expr
 from porter.rules.loader import Rule
 
 
@@ -26,7 +26,7 @@ def _map_rest(rule: Rule, site: Site, handled: tuple[str, ...], extra: dict[str,
 
 def _given(rule: Rule, bound: dict, name: str) -> cst.BaseExpression:
     """The argument's expression, or its default's."""
-    return bound[name] if name in bound else cst.parse_expression(rule.param(name).default)
+    return bound[name] if name in bound else rule_expr(rule.param(name).default)
 
 
 def _per_dim(node: cst.BaseExpression, n: int, what: str) -> list[str]:

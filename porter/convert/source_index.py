@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from bisect import bisect_left, bisect_right, insort
-from functools import partial
+from functools import cache, partial
 from itertools import accumulate
 from typing import Iterable
 
@@ -53,6 +53,17 @@ class _NullContext:
 
 
 _NULL_CONTEXT = _NullContext()
+
+
+def _one_token_operators() -> frozenset[type]:
+    """Operators and punctuation whose code generation is whitespace, the one token (their syntactic range), whitespace."""
+    from libcst._nodes.op import _BaseOneTokenOp
+
+    return frozenset(cls for cls in vars(cst).values() if isinstance(cls, type) and issubclass(cls, _BaseOneTokenOp)
+                     and cls._codegen_impl is _BaseOneTokenOp._codegen_impl)
+
+
+_ONE_TOKEN = _one_token_operators()
 
 
 class _Syntactic:
@@ -123,10 +134,14 @@ class _IndexingState(_FastTokens):
         self.after_codegen = after_codegen
 
     def record_syntactic_position(self, node, *, start_node=None, end_node=None):
-        if start_node is None and end_node is None and not getattr(node, "lpar", True) \
-                and type(node) is not cst.StarredElement:  # (whose comma comes after its syntactic range)
-            # an expression without parentheses: its syntactic range is its whole range
-            return _NULL_CONTEXT
+        if start_node is None and end_node is None:
+            if not getattr(node, "lpar", True) and type(node) is not cst.StarredElement:  # (whose comma comes
+                # after its syntactic range) an expression without parentheses: its syntactic range is its whole range
+                return _NULL_CONTEXT
+            if type(node) in _ONE_TOKEN:  # (a comma, a colon, an operator: most of the ranges recorded)
+                at = len(self.tokens)
+                self.syntactic[id(node)] = (at, at + 1)
+                return _NULL_CONTEXT
         return _Syntactic(self, node, start_node, end_node)
 
     def pop_trailing_newline(self) -> None:
@@ -271,11 +286,23 @@ NO_IDENTIFIERS = frozenset({
 _REFRESH_AT = STATEMENT_TYPES | {cst.IndentedBlock}  # where the prefilter reads a pass's trigger state again
 
 
+class WordSets(tuple):
+    """A pass's trigger words as the union of these sets, not made: the prefilter reads a frozenset it has
+    read before (the same object) no more (a pass whose few words change per function over many that do not)."""
+
+
+@cache
+def _never_visited(cls: type) -> frozenset[type]:
+    """The node types without identifiers the visitor class has no hook for: the prefilter always skips them."""
+    from porter.convert.traverse import hook
+    return NO_IDENTIFIERS - {t for t in NO_IDENTIFIERS if hook(cls, f"visit_{t.__name__}") or hook(cls, f"leave_{t.__name__}")}
+
+
 class Prefilter:
     """`skip(node)` for porter/convert/traverse.py: True for a node of the original module whose code
     (comments and strings aside) holds none of the pass's trigger words.
 
-    The pass supplies `trigger_words()` (identifiers it reacts to) and `trigger_state()` (a cheap
+    The pass supplies `trigger_words()` (identifiers it reacts to, or a WordSets) and `trigger_state()` (a cheap
     value that changes whenever the words may have changed; read at each statement). The words only
     ever grow. Skipping is an optimisation only: tests hold the output to the one of a full visit.
     """
@@ -283,22 +310,18 @@ class Prefilter:
     def __init__(self, index: SourceIndex, visitor) -> None:
         self.index = index
         self.visitor = visitor
-        from porter.convert.traverse import hook
-        cls = type(visitor)
-        hooked = {t for t in NO_IDENTIFIERS
-                  if hook(cls, f"visit_{t.__name__}") or hook(cls, f"leave_{t.__name__}")}
-        self.never = NO_IDENTIFIERS - hooked
+        self.never = _never_visited(type(visitor))
         self.words: set[str] = set()
         self.offsets: list[int] = []  # where the words occur, sorted
         self.state: object = object()
+        self._read: dict[int, frozenset[str]] = {}  # the frozensets of a WordSets read whole, by id
 
     def _refresh(self) -> None:
         state = self.visitor.trigger_state()
         if state == self.state:
             return
         self.state = state
-        words = self.visitor.trigger_words()
-        new = words - self.words if isinstance(words, (set, frozenset)) else [w for w in words if w not in self.words]
+        new = self._new_words(self.visitor.trigger_words())
         if not new:
             return
         self.words.update(new)
@@ -311,6 +334,21 @@ class Prefilter:
                 insort(self.offsets, offset)
         else:
             self.offsets = sorted(self.offsets + found)
+
+    def _new_words(self, words: Iterable[str]) -> Iterable[str]:
+        known = self.words
+        if type(words) is WordSets:
+            new: set[str] = set()
+            for part in words:
+                if type(part) is frozenset:
+                    if self._read.get(id(part)) is part:
+                        continue  # (its words are all known since it was read)
+                    self._read[id(part)] = part
+                new.update(part.difference(known))
+            return new
+        if isinstance(words, (set, frozenset)):
+            return words - known
+        return [w for w in words if w not in known]
 
     def also_at(self, offsets: Iterable[int]) -> None:
         """Places in the code (character offsets) that count as occurrences of a trigger word: a pass that

@@ -7,6 +7,7 @@ raises Unsupported with a reason the report shows.
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Callable
 
 import libcst as cst
@@ -40,6 +41,15 @@ def expr(source: str) -> cst.BaseExpression:
         return cst.parse_expression(f"({source})")
 
 
+@functools.cache
+def rule_expr(source: str) -> cst.BaseExpression:
+    """expr() of text of the rules (a target, a default, a template) or of a literal value (its repr): parsed
+    once, not at every use (the same few dozen texts make most of a conversion's parses). libcst's nodes are
+    immutable, so the converted trees share it, as they share the imports and helpers porter adds
+    (passes/imports.py); what porter keys by id are the user's nodes, never these."""
+    return expr(source)
+
+
 _NO_SPACE = cst.SimpleWhitespace("")
 
 
@@ -63,9 +73,9 @@ def _ntuple(n: int) -> Callable:
     def transform(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:
         value = literal(node)
         if isinstance(value, int) and not isinstance(value, bool):
-            return expr(repr((value,) * n))
+            return rule_expr(repr((value,) * n))
         if isinstance(value, (tuple, list)) and len(value) == n:
-            return expr(repr(tuple(value)))
+            return rule_expr(repr(tuple(value)))
         if value is not NO_VALUE:
             raise Unsupported(f"expected an int or {n} ints, got {code_of(node)}")
         if isinstance(node, (cst.Tuple, cst.List)):
@@ -119,7 +129,7 @@ def one_minus(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpre
     if value is None:
         raise Unsupported("momentum=None (a cumulative moving average) has no flax equivalent")
     if isinstance(value, (int, float)):
-        return expr(repr(round(1 - value, 12)))
+        return rule_expr(repr(round(1 - value, 12)))
     return expr(f"1 - {code_of(node)}")
 
 

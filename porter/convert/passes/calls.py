@@ -13,7 +13,7 @@ from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SE
                                            dict_keys_bound, dotted)
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
-from porter.convert.transforms import atom, keyword_arg, Unsupported, expr
+from porter.convert.transforms import atom, keyword_arg, Unsupported, expr, rule_expr
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
 # node type -> the field holding an expression that stands alone there (a lambda needs no parentheses)
@@ -609,7 +609,7 @@ class Calls:
             return updated
         rule = self.ctx.rules.lookup(qualified)
         if rule is not None and rule.kind == "constant":
-            new = expr(rule.target)
+            new = rule_expr(rule.target)
             self.record(rule.id, original, new)
             for warning in rule.warn.values():
                 self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
@@ -618,13 +618,13 @@ class Calls:
             return updated  # the module pass makes the class a subclass of nnx.Sequential or an emitted layer
         if qualified in MODULE_BASES:
             if self._annotation_depth:  # downsample: Optional[nn.Module]
-                new = expr("nnx.Module")
+                new = rule_expr("nnx.Module")
                 self.record("module-annotation", original, new)
                 return new
             return updated  # the module pass converts class bases; other uses are reported there
         if rule is not None and self._annotation_depth and rule.kind == "layer":
             # `-> nn.Conv2d`: the converted layer is an nnx.Module; `-> nn.Sequential`: an nnx.Sequential
-            new = expr(rule.target if rule.target in SEQUENTIAL_TARGETS else "nnx.Module")
+            new = rule_expr(rule.target if rule.target in SEQUENTIAL_TARGETS else "nnx.Module")
             self.record(rule.id, original, new)
             return new
         value_rule = layer_value_rule(original, self.ctx)

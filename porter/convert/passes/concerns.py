@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from porter.convert.source_index import WordSets
 from porter.convert.traverse import hook
 
 
@@ -52,13 +53,15 @@ class _Table(dict):
     def __init__(self, scope, concerns: list, kind: str) -> None:
         super().__init__()
         self.scope, self.concerns, self.kind = scope, concerns, kind
+        self.classes = (type(scope), *map(type, concerns))
 
     def __missing__(self, node_type: type):
         name = f"{self.kind}_{node_type.__name__}"
         own = hook(type(self.scope), name)
         own = own.__get__(self.scope) if own is not None else None
-        layers = [(getattr(c, name, None), getattr(c, f"after_{name}", None)) for c in self.concerns]
-        layers = [layer for layer in layers if layer != (None, None)]
+        concerns = self.concerns
+        layers = [(getattr(concerns[i], name) if before else None, getattr(concerns[i], f"after_{name}") if after
+                   else None) for i, before, after in _hooked(self.classes, name)]
         if not layers:
             function = own
         elif own is None and len(layers) == 1 and None in layers[0]:  # one hook: called as it is (one call less
@@ -69,6 +72,21 @@ class _Table(dict):
             function = _leave_function(layers, own)
         self[node_type] = function
         return function
+
+
+_HOOKED: dict[tuple, tuple[tuple[int, bool, bool], ...]] = {}
+
+
+def _hooked(classes: tuple[type, ...], name: str) -> tuple[tuple[int, bool, bool], ...]:
+    """(index of the concern, has `name`, has `after_name`) for each concern with either: looked up once per
+    list of concern classes, not once per file (the hooks are the classes' methods)."""
+    key = (classes, name)
+    found = _HOOKED.get(key)
+    if found is None:
+        found = _HOOKED[key] = tuple(
+            (i, hasattr(cls, name), hasattr(cls, f"after_{name}")) for i, cls in enumerate(classes[1:])
+            if hasattr(cls, name) or hasattr(cls, f"after_{name}"))
+    return found
 
 
 def _visit_function(layers, own):
@@ -168,10 +186,7 @@ class Rewrite(cst.CSTTransformer):
         base = self.scope.trigger_words()  # the same object while the scope's words do not change
         if self._words is None or self._words[0] is not base:
             self._words = (base, base.union(*(getattr(c, "TRIGGER_WORDS", ()) for c in self.concerns)))
-        words = self._words[1]
-        for concern_words in self._trigger_words:
-            words = words | concern_words()
-        return words
+        return WordSets((self._words[1], *(concern_words() for concern_words in self._trigger_words)))
 
     def trigger_state(self):
         return self.scope.trigger_state(), [state() for state in self._trigger_states]

@@ -19,7 +19,7 @@ from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
-from porter.convert.transforms import keyword_arg, expr
+from porter.convert.transforms import keyword_arg, expr, rule_expr
 from porter.convert.traverse import find_all
 
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
@@ -50,6 +50,18 @@ _ORDERING = (cst.LessThan, cst.LessThanEqual, cst.GreaterThan, cst.GreaterThanEq
 # `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
 LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
 LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
+
+
+# (type(...) is: libcst's node classes have no subclasses; these run for most nodes of a module class, where the
+# matchers they stand for cost a few percent of a conversion)
+def _is_self_attribute(node) -> bool:
+    """`self.x`: m.matches(node, m.Attribute(value=m.Name("self")))."""
+    return type(node) is cst.Attribute and type(node.value) is cst.Name and node.value.value == "self"
+
+
+def _is_self_training(node) -> bool:
+    """`self.training`: m.matches(node, SELF_TRAINING)."""
+    return _is_self_attribute(node) and node.attr.value == "training"
 
 
 class ModuleStructure:
@@ -220,7 +232,7 @@ class ModuleStructure:
         self._variable_reads |= {id(v) for v in values if self._is_buffer(v)}
 
     def _is_buffer(self, node: cst.BaseExpression) -> bool:
-        return m.matches(node, m.Attribute(value=m.Name("self"))) and node.attr.value in self._buffers()
+        return _is_self_attribute(node) and node.attr.value in self._buffers()
 
     def _read_variable(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
         new = cst.Subscript(updated.with_changes(lpar=[], rpar=[]), [cst.SubscriptElement(cst.Index(cst.Ellipsis()))],
@@ -239,7 +251,7 @@ class ModuleStructure:
         target = value.func.value
         if m.matches(target, m.Attribute(attr=m.Name("data"))):
             target = target.value
-        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers() \
+        if _is_self_attribute(target) and target.attr.value in self._buffers() \
                 and len(value.args) == (0 if value.func.attr.value == "zero_" else 1) \
                 and not any(a.keyword or a.star for a in value.args):
             self._buffer_writes[id(value)] = target.attr.value
@@ -368,11 +380,12 @@ class ModuleStructure:
             new = expr(f"{code_of(original_node.value.value)}.{transposed[2].flax_name}[...]")
             self.record("layer-parameter", original_node, new)
             return Final(new)
-        if self.scope.module_class and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
+        if self.scope.module_class and original_node.attr.value == "forward" \
+                and m.matches(original_node, FORWARD_OF_SELF):  # forward is __call__ now
             new = updated_node.with_changes(attr=cst.Name("__call__"))
             self.record("module-forward", original_node, new)
             return Final(new)
-        if self.scope.module_class and m.matches(original_node, SELF_TRAINING) \
+        if self.scope.module_class and _is_self_training(original_node) \
                 and id(original_node) not in self._understood_training | self._training_stores:
             return Final(self._training_mode(original_node))
         return updated_node
@@ -383,7 +396,7 @@ class ModuleStructure:
         starts as nnx.data(None): nnx treats an attribute first set to None as static and refuses the layer.
         A layer's torch parameter assigned (`self.head.weight = self.embed.weight`, tying) stays as it was."""
         for target in original_node.targets:
-            if self.scope.module_class and m.matches(target.target, SELF_TRAINING):
+            if self.scope.module_class and _is_self_training(target.target):
                 self.report("PT006", target.target, "assigning self.training is not converted: switch modes with "
                                                     "model.train() / model.eval() (they set self.deterministic)")
                 return original_node
@@ -411,7 +424,7 @@ class ModuleStructure:
         if not self.scope.module_class or self.scope.method in (None, "__init__") or len(updated_node.targets) != 1:
             return updated_node
         target = updated_node.targets[0].target
-        if m.matches(target, m.Attribute(value=m.Name("self"))) and target.attr.value in self._buffers() \
+        if _is_self_attribute(target) and target.attr.value in self._buffers() \
                 and not replaces_own_parameter(self.ctx, original_node):  # (a new Param replaces the Variable)
             new = updated_node.with_changes(targets=[cst.AssignTarget(cst.Subscript(
                 target, [cst.SubscriptElement(cst.Index(cst.Ellipsis()))]))])
@@ -423,13 +436,13 @@ class ModuleStructure:
     def _note_training_context(self, node: cst.CSTNode) -> None:
         """Where `not self.deterministic` can stand for self.training as it is, and `not self.training`."""
         if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Not) \
-                and m.matches(node.expression, SELF_TRAINING):
+                and _is_self_training(node.expression):
             self._not_training.add(id(node))
         if isinstance(node, cst.Assign):  # `self.training = ...`: reported by leave_Assign, not read
-            self._training_stores |= {id(t.target) for t in node.targets if m.matches(t.target, SELF_TRAINING)}
+            self._training_stores |= {id(t.target) for t in node.targets if _is_self_training(t.target)}
         for child in _TEST_POSITIONS.get(type(node), ()):
             value = getattr(node, child)
-            if m.matches(value, SELF_TRAINING) and not value.lpar:
+            if _is_self_training(value) and not value.lpar:
                 self._bare_training.add(id(value))
 
     def _training_mode(self, original: cst.Attribute) -> cst.BaseExpression:
@@ -512,7 +525,7 @@ class ModuleStructure:
             self.record("module-base", original, new)
             return new
         if qualified in MODULE_BASES or qualified in SEQUENTIAL_BASES:
-            new = updated.with_changes(value=expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
+            new = updated.with_changes(value=rule_expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
             self.record("module-base", original, new)
             return new
         if qualified in TORCH_LAYER_BASES:
