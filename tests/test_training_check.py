@@ -314,3 +314,23 @@ def test_each_run_writes_its_outputs_in_its_own_directory(tmp_path, monkeypatch)
     assert result.passed, result.format()
     assert len(result.steps) == 5
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_s_directory_mirrors_the_caller_s(tmp_path):
+    """Directories recreated (what a run creates in them stays in the run's), files linked, hidden directories
+    linked whole, the check's own temporary directory left out."""
+    from porter.check.workdir import mirror
+
+    caller = tmp_path / "caller"
+    (caller / "data" / "tiny").mkdir(parents=True)
+    (caller / "data" / "tiny" / "train.bin").write_bytes(b"\x01\x02")
+    (caller / ".git").mkdir()
+    (caller / "check").mkdir()
+    run = mirror(caller, caller / "check" / "cwd-torch", leave_out=caller / "check")
+    assert (run / "data" / "tiny").is_dir() and not (run / "data").is_symlink()
+    assert (run / "data" / "tiny" / "train.bin").is_symlink()
+    assert (run / "data" / "tiny" / "train.bin").read_bytes() == b"\x01\x02"
+    assert (run / ".git").is_symlink()
+    assert not (run / "check").exists()
+    (run / "data" / "tiny" / "new.bin").write_bytes(b"")
+    assert not (caller / "data" / "tiny" / "new.bin").exists()
