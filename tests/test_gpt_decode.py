@@ -157,6 +157,7 @@ class Net(nn.Module):
     ("idx_next = torch", "temperature = temperature * 0.9\n            idx_next = torch"),  # carried over
     ("idx = torch.cat((idx, idx_next), dim=1)", "idx = torch.cat((idx, idx_next), dim=0)"),
     ("return idx", "return idx, logits"),  # the step's value read after the loop
+    ("idx_next = torch", "self.block_size = 3\n            idx_next = torch"),  # the crop's size changes
 ])
 def test_a_loop_of_another_shape_stays_eager(change):
     conversion = convert_source(LOOP.replace(*change), filename="net.py")

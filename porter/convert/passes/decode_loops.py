@@ -126,10 +126,10 @@ class _DecodeLoop:
         window, tokens, block = crop
         token = append[1]
         step = cst.Module(body=middle)
-        if any(m.findall(step, getattr(m, stop.__name__)()) for stop in _STOPS):
+        if any(m.findall(step, getattr(m, stop.__name__)()) for stop in _STOPS) or _writes_outside(step):
             return None
         free, assigned = _free_and_assigned(middle)
-        if tokens in _loaded(step) | assigned or statement.target.value in free:
+        if tokens in _loaded(step) | assigned or statement.target.value in free or _loaded(first) & assigned:
             return None
         params = {p.name.value: p for p in (*function.params.params, *function.params.kwonly_params)}
         later = _names_outside(function, statement)
@@ -335,6 +335,14 @@ def _stored(node) -> set[str]:
     names = _Names()
     node.visit(names)
     return names.stored
+
+
+def _writes_outside(step: cst.Module) -> bool:
+    """Does the step assign an attribute or an item (`self.x = ...`, `a[i] += ...`): state it would change
+    under the trace, not at every token?"""
+    targets = [node.target for node in m.findall(step, m.AssignTarget() | m.AugAssign() | m.AnnAssign())]
+    return any(m.findall(target, m.Attribute() | m.Subscript()) or type(target) in (cst.Attribute, cst.Subscript)
+               for target in targets)
 
 
 def _assigned_names(function: cst.FunctionDef) -> set[str]:
