@@ -1041,6 +1041,14 @@ def with_rngs_if_taken(constructor, rngs):
     return partial(constructor, rngs=rngs) if "rngs" in parameters else constructor
 
 
+def token_buffer(idx, extra):
+    """``idx`` (batch, time) with room for ``extra`` more tokens on the right (zeros): a decoding loop
+    writes one token a step into it at one shape, where torch's grows ``idx`` with ``torch.cat``. Its
+    dtype is at least int32, the sampled tokens' (what torch.cat's type promotion gives)."""
+    idx = jnp.asarray(idx)
+    return jnp.pad(idx.astype(jnp.promote_types(idx.dtype, jnp.int32)), ((0, 0), (0, extra)))
+
+
 DEPENDS: dict[str, tuple[str, ...]] = {
     "Buffer": (),
     "ChannelsFirstConv": (),
@@ -1094,6 +1102,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "with_rngs_if_taken": (),
     "TorchSequential": (),
     "TorchModuleDict": ("TorchSequential",),
+    "token_buffer": (),
 }
 
 # Training helpers (losses, optimizers, gradient clipping, learning-rate schedulers) live in

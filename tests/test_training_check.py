@@ -270,3 +270,67 @@ def test_a_converted_step_that_raises_under_jit_names_the_line_in_the_converted_
     text = result.format()
     assert f"{wrong}:{line} in loss_fn: output = model(data.reshape(-1, 7))" in text, text
     assert "after 0 optimizer steps" in text and "nnx.Optimizers" not in text
+
+
+RESUMING_SCRIPT = '''
+import os
+import numpy as np
+import torch
+import torch.nn as nn
+
+torch.manual_seed(0)
+data = np.load(os.path.join("data", "xy.npy"))
+x = torch.tensor(data[:, :3], dtype=torch.float32)
+y = torch.tensor(data[:, 3:], dtype=torch.float32)
+model = nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+ckpt_path = os.path.join("out", "ckpt.pt")
+if os.path.exists(ckpt_path):
+    checkpoint = torch.load(ckpt_path, map_location="cpu")
+    model.load_state_dict(checkpoint["model"])
+for step in range(5):
+    loss = ((model(x) - y) ** 2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+os.makedirs("out", exist_ok=True)
+torch.save({"model": model.state_dict(), "step": step}, ckpt_path)
+'''
+
+
+def test_each_run_writes_its_outputs_in_its_own_directory(tmp_path, monkeypatch):
+    """Both runs read data/ relative to the caller's directory, and write out/ckpt.pt: the converted run
+    must not find (and resume from) torch's checkpoint, and the caller's directory keeps no outputs."""
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "xy.npy", np.random.default_rng(0).normal(size=(16, 4)))
+    original = tmp_path / "train.py"
+    original.write_text(RESUMING_SCRIPT)
+    converted = tmp_path / "train_jax.py"
+    conversion = convert_source(RESUMING_SCRIPT, filename="train.py")
+    assert not [d for d in conversion.diagnostics if d.severity is Severity.ERROR], report(conversion)
+    converted.write_text(conversion.code)
+    monkeypatch.chdir(tmp_path)
+    result = check_training(original.name, converted.name, float64=False)
+    assert result.passed, result.format()
+    assert len(result.steps) == 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_s_directory_mirrors_the_caller_s(tmp_path):
+    """Directories recreated (what a run creates in them stays in the run's), files linked, hidden directories
+    linked whole, the check's own temporary directory left out."""
+    from porter.check.workdir import mirror
+
+    caller = tmp_path / "caller"
+    (caller / "data" / "tiny").mkdir(parents=True)
+    (caller / "data" / "tiny" / "train.bin").write_bytes(b"\x01\x02")
+    (caller / ".git").mkdir()
+    (caller / "check").mkdir()
+    run = mirror(caller, caller / "check" / "cwd-torch", leave_out=caller / "check")
+    assert (run / "data" / "tiny").is_dir() and not (run / "data").is_symlink()
+    assert (run / "data" / "tiny" / "train.bin").is_symlink()
+    assert (run / "data" / "tiny" / "train.bin").read_bytes() == b"\x01\x02"
+    assert (run / ".git").is_symlink()
+    assert not (run / "check").exists()
+    (run / "data" / "tiny" / "new.bin").write_bytes(b"")
+    assert not (caller / "data" / "tiny" / "new.bin").exists()

@@ -1,7 +1,8 @@
 """`porter check --script ORIGINAL.py CONVERTED.py [--steps N]`: a training script against its conversion.
 
-Each script runs unmodified, in its own subprocess (`python -m porter.check.training torch|jax ...`), with
-a few hooks installed before it starts:
+Each script runs unmodified, in its own subprocess (`python -m porter.check.training torch|jax ...`) and its
+own working directory (porter.check.workdir: a mirror of the caller's, so the two runs' outputs do not
+collide), with a few hooks installed before it starts:
 
 - torch: `torch.optim.Optimizer.__init__` records, for each optimizer in creation order, the module it
   trains (the smallest nn.Module, found among the creating frames' variables, whose parameters include all
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from porter.check.conditioning import CONDITION_FACTOR, FLOAT64_AGREEMENT
+from porter.check.workdir import mirror
 
 LOSS_RTOL = 1e-4  # per step, float32: the issue's acceptance for the seed scripts is 1e-4 (final) / 1e-3 (CNN)
 STATE_RTOL = 1e-4  # final parameters and buffers, as the model check's "state after K steps"
@@ -741,10 +743,12 @@ def check_training(original: str | Path, converted: str | Path, *, steps: int | 
 
         def run(framework: str, script: Path) -> str | None:
             """None, or why the run did not record anything."""
-            command = [sys.executable, "-m", "porter.check.training", framework, str(script), str(out)]
+            command = [sys.executable, "-m", "porter.check.training", framework, str(script.resolve()), str(out)]
             if steps is not None:
                 command += ["--steps", str(steps)]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+            workdir = mirror(Path.cwd(), out / f"cwd-{framework}", leave_out=out)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=workdir,
+                                  env=_importable_porter())
             if done.returncode != 0 or not (out / f"{framework}.json").exists():
                 return f"the {framework} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
             return None
@@ -775,6 +779,13 @@ def check_training(original: str | Path, converted: str | Path, *, steps: int | 
                 break
         report.float64_runs = [w.framework for w in witnesses]
     return report
+
+
+def _importable_porter() -> dict[str, str]:
+    """The environment with this porter first on PYTHONPATH: the runs start in directories of their own."""
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    paths = [package_root] + [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def main(argv: list[str] | None = None) -> int:

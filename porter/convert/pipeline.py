@@ -31,6 +31,7 @@ from porter.convert.passes.calls import Calls
 from porter.convert.passes.feature_probes import FeatureProbes
 from porter.convert.passes.parameter_groups import ParameterGroups
 from porter.convert.passes.method_keys import MethodKeys
+from porter.convert.passes.decode_loops import DecodeLoops
 from porter.convert.passes.backend_flags import BackendFlags
 from porter.convert.passes.modules import ModuleStructure
 from porter.convert.passes.outside_code import OutsideCode
@@ -53,7 +54,7 @@ _TORCH_WORDS = re.compile(r"(?<!\w)(?:" + "|".join(sorted(CONVENTIONAL_ALIASES))
 # the rewrite (passes/concerns.py): its concerns, outermost first, each wrapping the ones after it; all share
 # the scope (passes/scope.py: where the traversal is), the traversal's innermost layer
 CONCERNS = (Distributed, TrainingLoops, WeightInitialisation, WeightTying, FeatureProbes, ParameterGroups,
-            MethodKeys, BackendFlags, OutsideCode, ModuleStructure, Calls)
+            DecodeLoops, MethodKeys, BackendFlags, OutsideCode, ModuleStructure, Calls)
 
 FromImports = list[tuple[int, str, str, str]]  # (dots, module, name, local name), as Conversion.imports
 Known = dict[str, str] | Callable[[FromImports], dict[str, str]]  # see convert_in_tree
