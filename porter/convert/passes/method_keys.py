@@ -38,7 +38,7 @@ class MethodKeys:
                 or scope.module_class not in self.ctx.module_classes or node.params.star_kwarg is not None \
                 or not node.params.params or node.params.params[0].name.value != "self" \
                 or any(m.matches(d.decorator, m.Name("staticmethod") | m.Name("classmethod")) for d in node.decorators) \
-                or m.findall(node, m.Name("rngs")):
+                or (scope.mentions_within(node, ("rngs",)) and m.findall(node, m.Name("rngs"))):
             return  # (a static method's draws have no self.rngs to fall back on: left as they were)
         self.ctx.keyed_methods[(scope.module_class, name)] = None
 
