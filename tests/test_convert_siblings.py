@@ -96,7 +96,7 @@ def test_the_same_output_as_converting_the_directory(tmp_path, capsys):
     assert main(["convert", str(script.parent), "-o", str(tmp_path / "tree")]) == 0
     # the same code, the emitted helpers aside (pasted into a single file, imported from porter_helpers in a tree)
     one, tree = (tmp_path / "one.py").read_text(), (tmp_path / "tree" / "train.py").read_text()
-    assert "from porter_helpers import cross_entropy_loss\n" in tree and "def cross_entropy_loss(" in one
+    assert "from porter_helpers import cross_entropy_loss, fast_partial\n" in tree and "def cross_entropy_loss(" in one
     assert one[one.index("_rngs = nnx.Rngs(0)"):] == tree[tree.index("_rngs = nnx.Rngs(0)"):]
 
 

@@ -16,7 +16,7 @@ import porter.emitted_training as training
 
 SOURCE = Path(training.__file__).read_text()
 TREE = ast.parse(SOURCE)
-ALLOWED_IMPORTS = "import math\nimport pickle\nimport weakref\n\nimport jax\nimport jax.numpy as jnp\n" \
+ALLOWED_IMPORTS = "import functools\nimport math\nimport pickle\nimport weakref\n\nimport jax\nimport jax.numpy as jnp\n" \
                   "import numpy as np\nimport optax\nfrom flax import nnx\n"
 HELPERS = [node.name for node in TREE.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
 
