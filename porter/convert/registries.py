@@ -116,15 +116,18 @@ def _note_handed_classes(module: cst.Module, ctx: ConversionContext) -> None:
         else:
             _hand_out(func, where, ctx)
 
-    for function, where in ctx.handed_in:
-        if function in called:
-            hand(function, where)
-    if not called:
-        return
-    for call in find_all(module, cst.Call):
-        for where, arg in _arguments(call):
-            if _is_class(arg.value, classes):
-                hand_to(call.func, where)
+    try:
+        for function, where in ctx.handed_in:
+            if function in called:
+                hand(function, where)
+        if not called:
+            return
+        for call in find_all(module, cst.Call):
+            for where, arg in _arguments(call):
+                if _is_class(arg.value, classes):
+                    hand_to(call.func, where)
+    finally:
+        hand = hand_to = None  # each closure holds the other: a reference cycle keeping the file's nodes alive
     for function, name in handed:
         if name in {c.func.value for c in called[function] if type(c.func) is cst.Name}:
             ctx.handed_classes.setdefault(function, set()).add(name)
