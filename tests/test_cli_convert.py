@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from porter.cli import main
+from terminal_signals import as_from_a_terminal
 
 GOOD = textwrap.dedent("""\
     import torch.nn as nn
@@ -145,7 +146,7 @@ def test_ctrl_c_ends_porter_with_one_line_and_exit_130(tmp_path, jobs):
         run()
         """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True,
+                            text=True, start_new_session=True, preexec_fn=as_from_a_terminal,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     deadline = time.monotonic() + 120
     while not started.exists() and time.monotonic() < deadline and proc.poll() is None:

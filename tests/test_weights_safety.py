@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from porter.weights.cli import add_weights_parser
+from terminal_signals import as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -451,7 +452,8 @@ def test_sigterm_and_ctrl_c_remove_the_temporaries_and_say_one_line(tmp_path, si
     script = KILLABLE.replace("FLAG", repr(str(flag)))
     process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "in.safetensors"), "-o",
                                 str(tmp_path / out)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 120
     while not flag.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
