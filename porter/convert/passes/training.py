@@ -137,6 +137,14 @@ class AccumulationNames:
     apply: str  # the jitted optimizer update
     grads: str  # the gradient sum (torch's .grad)
 
+    @property
+    def apply_call(self) -> str:
+        return f"{self.apply}_fast({self.grads})"
+
+    @property
+    def zeroing(self) -> str:
+        return f"{self.grads} = jax.tree.map(jnp.zeros_like, {self.grads})"
+
 
 @dataclass
 class MicroSteps:
@@ -604,7 +612,7 @@ class TrainingLoops:
         self._batches_converted_at_call(loop, batch)
         outputs = self._outputs(loop)
         self._pending_steps.extend(self._accumulation_steps(names, loop, batch, outputs))
-        zero = f"{names.grads} = jax.tree.map(jnp.zeros_like, {names.grads})\n"
+        zero = names.zeroing + "\n"
         new_body = []
         for i, statement in enumerate(body):
             if i == loop.first:
@@ -629,7 +637,7 @@ class TrainingLoops:
         inner = []
         for s in statement.body.body:
             if self._optimizer_step(s):
-                inner.append(cst.parse_statement(f"{names.apply}_fast({names.grads})\n")
+                inner.append(cst.parse_statement(names.apply_call + "\n")
                              .with_changes(leading_lines=s.leading_lines))
             elif self._zero_grad_of(s, optimizer):
                 inner.append(cst.parse_statement(zero).with_changes(leading_lines=s.leading_lines))
@@ -723,10 +731,10 @@ class TrainingLoops:
         statements = []
         for statement in updated.body.body:
             if self._step_of(statement):
-                statements.append(cst.parse_statement(f"{names.apply}_fast({names.grads})\n")
+                statements.append(cst.parse_statement(names.apply_call + "\n")
                                   .with_changes(leading_lines=statement.leading_lines))
             elif self._zero_grad_of(statement, plan.optimizer):
-                statements.append(cst.parse_statement(f"{names.grads} = jax.tree.map(jnp.zeros_like, {names.grads})\n")
+                statements.append(cst.parse_statement(names.zeroing + "\n")
                                   .with_changes(leading_lines=statement.leading_lines))
             elif not (self._is_clip(statement) or (isinstance(statement, cst.If)
                                                    and self._clip_block(statement, plan.optimizer))
@@ -1028,13 +1036,11 @@ def _zeroed_by_step(statements: list[cst.BaseStatement], names: AccumulationName
     """`apply_fast(grads)` followed by the zeroing of the sum becomes `grads = apply_fast(grads)`: the apply step
     returns the sum zeroed. Zeroing outside a jitted step runs one operation per parameter (milliseconds a step
     on a small model); the zeroing's comments stay above the call."""
-    step = f"{names.apply}_fast({names.grads})"
-    zero = f"{names.grads} = jax.tree.map(jnp.zeros_like, {names.grads})"
     fused: list[cst.BaseStatement] = []
     for statement in statements:
-        if fused and _single(statement) == zero and _single(fused[-1]) == step:
+        if fused and _single(statement) == names.zeroing and _single(fused[-1]) == names.apply_call:
             comments = [line for line in statement.leading_lines if line.comment is not None]
-            fused[-1] = cst.parse_statement(f"{names.grads} = {step}\n").with_changes(
+            fused[-1] = cst.parse_statement(f"{names.grads} = {names.apply_call}\n").with_changes(
                 leading_lines=[*fused[-1].leading_lines, *comments])
         else:
             fused.append(statement)
