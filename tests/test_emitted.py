@@ -6,6 +6,7 @@ allowed module imports.  A helper that leans on anything else in porter fails.
 """
 
 import ast
+import dataclasses
 import functools
 import inspect
 from pathlib import Path
@@ -173,6 +174,34 @@ def test_buffer_is_state_but_not_a_param():
         ("linear", "kernel"),
         ("linear", "bias"),
     }
+
+
+def test_parameters_of_finds_what_nnx_state_finds_each_shared_param_once():
+    parameters_of, Buffer = standalone("parameters_of"), standalone("Buffer")
+
+    @jax.tree_util.register_dataclass
+    @dataclasses.dataclass
+    class Pair:  # a pytree nnx's graph looks into, as it looks into lists and dicts
+        left: nnx.Module
+        right: nnx.Module
+
+    class Model(nnx.Module):
+        def __init__(self, *, rngs):
+            self.embed = nnx.Embed(7, 3, rngs=rngs)
+            self.head = nnx.Linear(3, 7, rngs=rngs)
+            self.head.kernel = self.embed.embedding  # tied (its shape aside): one Param, counted once
+            self.blocks = nnx.List([nnx.Linear(3, 3, rngs=rngs), nnx.LayerNorm(3, rngs=rngs)])
+            self.heads = nnx.Dict(a=nnx.Linear(3, 2, rngs=rngs))
+            self.plain = nnx.data([(nnx.Linear(3, 4, use_bias=False, rngs=rngs),), {"x": nnx.Param(jnp.ones(5))}])
+            self.pair = nnx.data(Pair(nnx.Linear(2, 2, rngs=rngs), nnx.BatchNorm(2, rngs=rngs)))
+            self.again = self.blocks[0]  # a shared module, counted once
+            self.running, self.depth, self.name = Buffer(jnp.zeros(9)), 3, "m"
+
+    model = Model(rngs=nnx.Rngs(0))
+    expected = sorted(p.shape for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert sorted(p.shape for p in parameters_of(model)) == expected
+    assert (7, 3) in expected and (9,) not in expected and len(expected) == 14
+    assert all(isinstance(p, jax.Array) for p in parameters_of(model))
 
 
 # ---------------------------------------------------------------- conv

@@ -834,7 +834,7 @@ def test_parameter_counts_and_module_queries_match_torch(tmp_path):
     # issue 12: self.parameters() / self.modules() outside weight init were kept (an nnx.Module has neither)
     c = convert_source(MODULE_QUERIES_MODEL, filename="net.py")
     assert not [d for d in c.diagnostics if d.severity.name == "ERROR"], c.diagnostics
-    assert "sum(p.size for p in jax.tree.leaves(nnx.state(self, nnx.Param)))" in c.code
+    assert "sum(p.size for p in parameters_of(self))" in c.code
     assert "isinstance(m, nnx.Linear)" in c.code and "requires_grad" not in c.code
     assert "sum(1 for _, m in nnx.iter_modules(self) if isinstance(m, nnx.Linear))" in c.code
     torch_model, flax_model = both_nets(tmp_path, MODULE_QUERIES_MODEL, c.code)
@@ -1233,7 +1233,7 @@ def test_parameter_queries_handed_to_an_optimizer_are_left_to_the_training_pass(
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         """)
     assert "optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)" in c.code  # reported, as before
-    assert "n = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))" in c.code
+    assert "n = sum(p.size for p in parameters_of(model))" in c.code
 
 
 # A table of activation functions by name, a module picking one from it: torch functions used as

@@ -5,10 +5,10 @@
     for m in model.modules(): ...
 
 An nnx.Module has no `.parameters()` / `.modules()`; the same questions go to
-nnx's graph functions: the parameters are the leaves of `nnx.state(module,
-nnx.Param)` (a Variable shared by two attributes counts once, as torch's
-parameters() counts a tied parameter once; buffers and batch statistics are
-not Params), the modules come from `nnx.iter_modules` / `nnx.iter_children`.
+nnx's graph functions: the parameters are the values of the nnx.Params under the
+module (`parameters_of`, porter/emitted.py: a Variable shared by two
+attributes counts once, as torch's parameters() counts a tied parameter once;
+buffers and batch statistics are not Params), the modules come from `nnx.iter_modules` / `nnx.iter_children`.
 A test `isinstance(m, nn.Linear)` on the loop's variable becomes one on the
 class porter builds for nn.Linear (nnx.Linear), where exactly one torch layer
 converts to that class.
@@ -38,7 +38,7 @@ _REPLACEMENTS = {
     "children": "(m for _, m in named_children({R}))",
     "named_modules": "(('.'.join(map(str, path)), m) for path, m in nnx.iter_modules({R}))",
     "named_children": "named_children({R})",
-    "parameters": "jax.tree.leaves(nnx.state({R}, nnx.Param))",
+    "parameters": "parameters_of({R})",
     "named_parameters": "(('.'.join(map(str, path)), p[...]) for path, p in nnx.iter_graph({R}) "
                         "if isinstance(p, nnx.Param))",
 }
@@ -75,6 +75,8 @@ def query(iterable: cst.BaseExpression, in_module: bool, comprehension: bool) ->
 def replacement(method: str, receiver: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:
     if method in ("children", "named_children"):
         ctx.need_helper("named_children")  # porter/emitted.py: each child once, as torch's
+    elif method == "parameters":
+        ctx.need_helper("parameters_of")
     return cst.parse_expression(_REPLACEMENTS[method].format(R=code_of(receiver)))
 
 
