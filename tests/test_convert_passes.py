@@ -179,6 +179,28 @@ def test_functional_dropout_becomes_a_layer():
     assert codes(c) == []
 
 
+def test_an_injected_layer_takes_no_name_the_class_uses():
+    # nanoGPT keeps its rate in self.dropout: the injected layer was named dropout too and replaced the number
+    c = convert("""
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class M(nn.Module):
+            def __init__(self, p):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)
+                self.dropout = p
+
+            def dropout1(self):
+                return self.dropout
+
+            def forward(self, x):
+                return F.dropout(self.fc(x), self.dropout, training=self.training)
+        """)
+    assert "self.dropout = p\n        self.dropout2 = nnx.Dropout(self.dropout, rngs=rngs)" in c.code
+    assert "return self.dropout2(self.fc(x))" in c.code
+
+
 def test_self_training_becomes_the_deterministic_attribute_that_eval_and_train_set():
     source = """
         import torch.nn as nn

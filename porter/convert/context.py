@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert.diagnostics import Change, Diagnostic, diagnostic
 from porter.convert.source_index import code_for_node
@@ -57,6 +58,8 @@ class ConversionContext:
     module_classes: set[str] = field(default_factory=set)
     # class name -> attribute -> qualified torch name of the layer assigned in __init__
     layer_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # class name -> its ClassDef, as parsed: the names an injected attribute must not take (inject_attribute)
+    module_class_nodes: dict[str, cst.ClassDef] = field(default_factory=dict)
     # class name -> 'dict.key' -> qualified torch name of a layer in an nn.ModuleDict attribute (tying.py)
     sublayers: dict[str, dict[str, str]] = field(default_factory=dict)
     # class name -> statements (source) to append to __init__, e.g. injected dropout layers
@@ -198,13 +201,22 @@ class ConversionContext:
         self.changes.append(Change(rule, line, col, code_of(before), code_of(after)))
 
     def inject_attribute(self, class_name: str, base: str, source: str) -> str:
-        """Adds `self.NAME = source` to the class's __init__; returns the unused NAME chosen."""
-        taken = set(self.layer_attributes.get(class_name, {}))
+        """Adds `self.NAME = source` to the class's __init__; returns the NAME chosen: one the class uses for
+        nothing else (no `self.NAME` and no method of that name: nanoGPT keeps the rate in `self.dropout`)."""
+        taken = set(self.layer_attributes.get(class_name, {})) | self._names_of_class(class_name)
         statements = self.injected_init_statements.setdefault(class_name, [])
         taken |= {s.split("=")[0].strip().removeprefix("self.") for s in statements}
         name = base if base not in taken else next(f"{base}{i}" for i in range(1, 1000) if f"{base}{i}" not in taken)
         statements.append(f"self.{name} = {source}")
         return name
+
+    def _names_of_class(self, class_name: str) -> set[str]:
+        node = self.module_class_nodes.get(class_name)
+        if node is None:
+            return set()
+        attributes = m.findall(node, m.Attribute(value=m.Name("self"), attr=m.Name()))
+        methods = (item.name.value for item in node.body.body if isinstance(item, cst.FunctionDef))
+        return {a.attr.value for a in attributes} | set(methods)
 
     def use_global_rngs(self) -> str:
         """The name of the module-level nnx.Rngs for draws outside modules (defined once the file is rewritten)."""

@@ -134,6 +134,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 self.ctx.layer_inheriting_classes.add(node.name.value)
             self.ctx.module_classes.add(node.name.value)
             self.ctx.layer_attributes.setdefault(node.name.value, {})
+            self.ctx.module_class_nodes[node.name.value] = node
             self.ctx.init_methods[node.name.value] = init_only_methods(node, self.ctx)
             self.ctx.none_first_attributes[node.name.value] = none_first_attributes(node)
         self.bound_names.add(node.name.value)
