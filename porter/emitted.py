@@ -153,11 +153,13 @@ def adaptive_avg_pool_nchw(x, output_size):
     return x.reshape(shape).mean(axis=window_axes)
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None):
-    """torch's ``F.scaled_dot_product_attention`` without dropout, on (..., L, E) arrays.
+def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, dropout=None):
+    """torch's ``F.scaled_dot_product_attention`` on (..., L, E) arrays.
 
     A bool ``attn_mask`` is True where attention is allowed; a float one is added
     to the scores.  A query that may attend to nothing gets zeros, as in torch.
+    ``dropout``: torch's ``dropout_p``, as a layer (an nnx.Dropout) applied to the
+    attention weights.
     """
     if scale is None:
         scale = 1 / math.sqrt(query.shape[-1])
@@ -171,6 +173,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
         scores = scores + attn_mask
         allowed = allowed & (scores != -jnp.inf)
     weights = jax.nn.softmax(scores, axis=-1, where=allowed)
+    if dropout is not None:
+        weights = dropout(weights)
     return jnp.matmul(weights, value)
 
 

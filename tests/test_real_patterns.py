@@ -1784,3 +1784,68 @@ def test_add_module_in_a_module_list_subclass_stays_reported():
         ''')
     assert "setattr" not in conversion.code
     assert ("PT003", 5) in [(d.code, d.line) for d in conversion.diagnostics if d.severity.name == "ERROR"]  # its base
+
+
+# Attention dropout through F.scaled_dot_product_attention, as nanoGPT and timm write it: the rate applies in
+# training only; the value is the identity, so the output is the attention weights themselves.
+ATTENTION_DROPOUT_MODEL = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.attn_drop = nn.Dropout(p)  # timm
+        self.dropout = p  # nanoGPT
+
+    def forward(self, q, k):
+        n = k.shape[-2]
+        v = torch.eye(n).expand(k.shape[0], k.shape[1], n, n)
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        b = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0,
+                                           is_causal=True)
+        return torch.stack([a, b])
+'''
+
+
+def test_attention_dropout_becomes_the_module_s_dropout_layer_applied_to_the_weights(tmp_path):
+    c = convert_source(ATTENTION_DROPOUT_MODEL, filename="net.py")
+    assert not [d for d in c.diagnostics if d.severity.name in ("ERROR", "WARNING")], c.diagnostics
+    assert "scaled_dot_product_attention(q, k, v, dropout=self.attn_drop)" in c.code
+    assert "self.attention_dropout = nnx.Dropout(self.dropout, rngs=rngs)" in c.code
+    torch_model, flax_model = both_nets(tmp_path, ATTENTION_DROPOUT_MODEL, c.code)
+    q, k = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
+    weights = torch_model(q, k).numpy()  # eval mode: no dropout, in both
+    flax_model.eval()
+    np.testing.assert_allclose(np.asarray(flax_model(q.numpy(), k.numpy())), weights, rtol=1e-5, atol=1e-6)
+    flax_model.train()
+    dropped = np.asarray(flax_model(q.numpy(), k.numpy()))
+    kept = ~np.isclose(dropped, 0, atol=1e-7)
+    # each weight is dropped or scaled by 1 / (1 - p), as torch's train mode does
+    np.testing.assert_allclose(dropped[kept], 2 * weights[kept], rtol=1e-5)
+    assert 0.3 < kept[weights > 1e-3].mean() < 0.7
+    torch_dropped = torch_model.train()(q, k).numpy()
+    torch_kept = ~np.isclose(torch_dropped, 0, atol=1e-7)
+    np.testing.assert_allclose(torch_dropped[torch_kept], 2 * weights[torch_kept], rtol=1e-5)
+
+
+def test_attention_dropout_that_drops_in_every_mode_is_an_error_and_one_porter_cannot_place_a_warning():
+    c = convert("""
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class Net(nn.Module):
+            def __init__(self, p):
+                super().__init__()
+                self.p = p
+
+            def forward(self, q, k, v):
+                rate = self.p if self.training else 0.0
+                a = F.scaled_dot_product_attention(q, k, v, None, 0.1)
+                return a + F.scaled_dot_product_attention(q, k, v, dropout_p=rate)
+        """)
+    found = {(d.line, d.code, d.severity.name) for d in c.diagnostics if d.code in ("PT004", "PT005")}
+    assert found == {(12, "PT004", "ERROR"), (13, "PT005", "WARNING")}, c.diagnostics
+    assert "F.scaled_dot_product_attention(q, k, v, None, 0.1)" in c.code

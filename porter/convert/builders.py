@@ -5,6 +5,7 @@ returns an Application or raises Unsupported."""
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert.apply import Application, Site, bind
 from porter.convert.context import code_of
@@ -81,6 +82,49 @@ def functional_dropout(rule: Rule, site: Site) -> Application:
     name = site.ctx.inject_attribute(site.owner_class, "dropout", f"nnx.Dropout({rate}, rngs=rngs)")
     layer = cst.Attribute(cst.Name("self"), cst.Name(name))
     return Application(cst.Call(layer, [cst.Arg(bound["input"])]), warnings)
+
+
+def attention(rule: Rule, site: Site) -> Application:
+    """F.scaled_dot_product_attention -> the emitted scaled_dot_product_attention; its dropout_p, written as
+    `RATE if self.training else 0` (nanoGPT, timm), becomes an nnx.Dropout the module owns, applied to the
+    attention weights as torch does and switched by model.train()/model.eval(): timm's `self.attn_drop.p`
+    hands over the layer attn_drop itself, another RATE (a literal or a self attribute) a layer added to
+    __init__. A literal rate drops in every mode in torch (the function has no eval mode): not converted."""
+    bound = bind(rule, site.call)
+    if literal(bound.get("enable_gqa", cst.Name("False"))) is not False:
+        raise Unsupported("enable_gqa: only the default False is supported")
+    args = [cst.Arg(bound[name]) for name in ("query", "key", "value")]
+    args += [keyword_arg(name, bound[name]) for name in ("attn_mask", "is_causal", "scale") if name in bound]
+    site.ctx.need_helper("scaled_dot_product_attention")
+    written = bind(rule, site.original or site.call).get("dropout_p")
+    if written is None or literal(written) in (0, 0.0):
+        return Application(cst.Call(cst.Name("scaled_dot_product_attention"), args))
+    if literal(written) is not NO_VALUE:
+        raise Unsupported(f"dropout_p={code_of(written)}: torch drops attention weights in every mode here "
+                          "(scaled_dot_product_attention has no eval mode); write `RATE if self.training else 0`")
+    layer = _attention_dropout(written, site)
+    if layer is None:
+        return Application(cst.Call(cst.Name("scaled_dot_product_attention"), args), [
+            f"dropout_p={code_of(written)}: attention dropout is not applied (exact where the rate is 0, as in "
+            "eval mode); written `RATE if self.training else 0` it would become the module's nnx.Dropout"])
+    return Application(cst.Call(cst.Name("scaled_dot_product_attention"), [*args, keyword_arg("dropout", layer)]))
+
+
+def _attention_dropout(rate: cst.BaseExpression, site: Site) -> cst.BaseExpression | None:
+    """The module's dropout layer for `RATE if self.training else 0`, or None."""
+    if site.owner_class is None or not m.matches(rate, m.IfExp(
+            test=m.Attribute(value=m.Name("self"), attr=m.Name("training")))) \
+            or literal(rate.orelse) not in (0, 0.0):
+        return None
+    body = rate.body
+    if m.matches(body, m.Attribute(value=m.Attribute(value=m.Name("self"), attr=m.Name()), attr=m.Name("p"))):
+        attribute = body.value.attr.value  # timm: self.attn_drop.p
+        kind = site.ctx.layer_attributes.get(site.owner_class, {}).get(attribute)
+        return cst.Attribute(cst.Name("self"), cst.Name(attribute)) if kind == "torch.nn.Dropout" else None
+    if literal(body) is NO_VALUE and not m.matches(body, m.Attribute(value=m.Name("self"), attr=m.Name())):
+        return None
+    name = site.ctx.inject_attribute(site.owner_class, "attention_dropout", f"nnx.Dropout({code_of(body)}, rngs=rngs)")
+    return cst.Attribute(cst.Name("self"), cst.Name(name))
 
 
 _PLACEMENT_KEYWORDS = ("device", "non_blocking", "copy", "memory_format")
