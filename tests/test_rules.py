@@ -100,3 +100,54 @@ def test_malformed_rules_are_rejected_naming_file_and_rule(tmp_path, text, messa
     with pytest.raises(RuleError, match=message) as info:
         load_rules.__wrapped__(_write(tmp_path, text))
     assert "bad.toml" in str(info.value)
+
+
+def test_the_torch_functions_written_in_python_are_those_the_installed_torch_has():
+    # numpy's keywords (axis=, keepdims=) bind for native torch functions only (porter/convert/apply.py)
+    import inspect
+
+    import torch
+
+    from porter.convert.apply import PYTHON_DEFINED
+
+    written_in_python = set()
+    for rule in load_rules().rules:
+        if not {"dim", "keepdim"} & {p.name for p in rule.signature}:
+            continue
+        for source in rule.source:
+            parts = source.split(".")
+            if source.startswith("torch.Tensor.") and len(parts) == 3:
+                found = inspect.getattr_static(torch.Tensor, parts[2], None)
+            elif len(parts) == 2:
+                found = getattr(torch, parts[1], None)
+            else:
+                continue
+            if inspect.isfunction(found):
+                written_in_python.add(source)
+    assert written_in_python == PYTHON_DEFINED
+
+
+def test_numpy_keywords_bind_where_torch_takes_them():
+    import numpy as np
+    import torch
+
+    c = convert_source(textwrap.dedent("""
+        import torch
+
+        def f(x):
+            return x.sum(dim=1, keepdims=True), torch.amax(x, axis=0, keepdims=True), x.mean(axis=-1)
+
+        def g(x):
+            return x.norm(dim=1, keepdims=True)
+        """), filename="m.py")
+    errors = [(d.line, d.code) for d in c.diagnostics if d.severity.name == "ERROR"]
+    assert errors == [(8, "PT004")]  # torch's Tensor.norm is Python: keepdims is a TypeError there too
+    namespace = {}
+    exec(compile(c.code, "m.py", "exec"), namespace)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    for ours, theirs in zip(namespace["f"](x), (torch.from_numpy(x).sum(dim=1, keepdim=True),
+                                                torch.amax(torch.from_numpy(x), dim=0, keepdim=True),
+                                                torch.from_numpy(x).mean(dim=-1))):
+        np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-6)
+    with pytest.raises(TypeError):
+        torch.from_numpy(x).norm(dim=1, keepdims=True)

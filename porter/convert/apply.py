@@ -43,6 +43,25 @@ class Site:
     function: str | None = None  # the top-level function holding the call, outside classes
 
 
+# torch's native functions and Tensor methods take numpy's keywords too (`x.sum(axis=1, keepdims=True)`);
+# those written in Python do not (tests/test_rules.py recomputes this list from the installed torch)
+NUMPY_KEYWORDS = {"axis": "dim", "keepdims": "keepdim"}
+PYTHON_DEFINED = frozenset({"torch.Tensor.split", "torch.split", "torch.Tensor.unflatten", "torch.norm",
+                            "torch.Tensor.norm", "torch.unique", "torch.Tensor.unique"})
+
+
+def _torch_keyword(rule: Rule, name: str) -> str:
+    if name not in NUMPY_KEYWORDS or rule.param(name) is not None or not takes_numpy_keywords(rule):
+        return name
+    return NUMPY_KEYWORDS[name]
+
+
+def takes_numpy_keywords(rule: Rule) -> bool:
+    """A rule for torch functions or Tensor methods written in C++ (`torch.sum`, `torch.Tensor.amax`)."""
+    return all((source.startswith("torch.Tensor.") and source.count(".") == 2 or source.count(".") == 1)
+               and source.startswith("torch.") and source not in PYTHON_DEFINED for source in rule.source)
+
+
 def bind(rule: Rule, call: cst.Call) -> dict[str, Value]:
     """torch argument name -> expression(s), as Python would bind them."""
     bound: dict[str, Value] = {}
@@ -55,7 +74,7 @@ def bind(rule: Rule, call: cst.Call) -> dict[str, Value]:
         if arg.star:
             raise Unsupported(f"star arguments ({code_of(arg).strip(', ')}) cannot be matched to torch's signature")
         if arg.keyword is not None:
-            name = arg.keyword.value
+            name = _torch_keyword(rule, arg.keyword.value)
             if rule.param(name) is None:
                 raise Unsupported(f"unknown keyword argument '{name}'")
             bound[name] = arg.value
