@@ -407,7 +407,7 @@ def autocast(dtype=None, enabled=True):
 # Jitted steps bound to the objects they update (the training pass's train_step_fast).
 
 
-def fast_partial(step, *objects):
+def fast_partial(step, *objects, static_argnames=(), _compiled={}):
     """``nnx.cached_partial(step, *objects)`` at the per-call cost of ``jax.jit``.
 
     ``step`` (``@nnx.jit``-decorated or not) takes the objects (model, optimizer, Rngs) first. They are split
@@ -415,21 +415,29 @@ def fast_partial(step, *objects):
     ``step`` and returns the values it changed, which are written back into the same Variables, so the objects
     are current after every call, as with nnx.jit. nnx.jit walks the object graph in Python at every call
     (about 2 ms on a two-layer GPT on a CPU, several times the step itself). As with cached_partial, ``step``
-    must not add or remove Variables or submodules of the objects.
+    must not add or remove Variables or submodules of the objects. ``static_argnames``: arguments, passed by
+    keyword, that are compiled in (a new value compiles again), as ``jax.jit``'s. A second fast_partial of the
+    same step over objects of the same structure (a generate() called again) reuses the compiled function
+    (``_compiled``, shared by all calls, holds them).
     """
     graphdef, state = nnx.split(objects)
     structure = jax.tree.structure(state)
     variables = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    compiled = _compiled.setdefault((step, tuple(static_argnames)), [])  # [(graphdef, run)]: graphdefs
+    run = next((run for known, run in compiled if known == graphdef), None)  # may hold unhashable configs
+    if run is None:
+        def pure(values, *args, **kwargs):
+            inside = nnx.merge(graphdef, jax.tree.unflatten(structure, jax.tree.leaves(values)))
+            out = step(*inside, *args, **kwargs)
+            after = nnx.state(inside)
+            if jax.tree.structure(after) != structure:
+                raise ValueError(f"{step.__name__} added or removed Variables of the objects bound to it by "
+                                 "fast_partial")
+            new = [v.get_raw_value() for v in jax.tree.leaves(after, is_leaf=lambda x: isinstance(x, nnx.Variable))]
+            return out, {i: x for i, (x, old) in enumerate(zip(new, values)) if x is not old}
 
-    @jax.jit
-    def run(values, *args, **kwargs):
-        inside = nnx.merge(graphdef, jax.tree.unflatten(structure, jax.tree.leaves(values)))
-        out = step(*inside, *args, **kwargs)
-        after = nnx.state(inside)
-        if jax.tree.structure(after) != structure:
-            raise ValueError(f"{step.__name__} added or removed Variables of the objects bound to it by fast_partial")
-        new = [v.get_raw_value() for v in jax.tree.leaves(after, is_leaf=lambda x: isinstance(x, nnx.Variable))]
-        return out, {i: x for i, (x, old) in enumerate(zip(new, values)) if x is not old}
+        run = jax.jit(pure, static_argnames=static_argnames)
+        compiled.append((graphdef, run))
 
     @functools.wraps(step)
     def call(*args, **kwargs):

@@ -72,3 +72,24 @@ def test_a_step_that_adds_a_variable_is_refused():
 
     with pytest.raises(ValueError, match="added or removed Variables"):
         fast_partial(grows, model)(jnp.ones(2))
+
+
+def test_static_arguments_and_a_second_binding_reuse_the_compiled_step_with_their_own_values():
+    traces = []
+
+    def scaled(model, x, *, scale):
+        traces.append(scale)
+        return model(x) * scale
+
+    first, second = nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+    x = jnp.ones((1, 2))
+    out = fast_partial(scaled, first, static_argnames=("scale",))(x, scale=2)
+    np.testing.assert_allclose(out, first(x) * 2, rtol=1e-6)
+    out = fast_partial(scaled, second, static_argnames=("scale",))(x, scale=2)  # generate() called again
+    np.testing.assert_allclose(out, second(x) * 2, rtol=1e-6)  # the second model's weights, not the first's
+    assert traces == [2]
+    fast_partial(scaled, second, static_argnames=("scale",))(x, scale=3)  # a new static value: traced again
+    wider = nnx.Linear(2, 4, rngs=nnx.Rngs(0))  # another structure's values: traced again
+    np.testing.assert_allclose(fast_partial(scaled, wider, static_argnames=("scale",))(x, scale=3), wider(x) * 3,
+                               rtol=1e-6)
+    assert traces == [2, 3, 3]

@@ -62,8 +62,9 @@ def test_the_loop_runs_its_step_compiled_over_a_token_buffer(modules):
     generate = conversion.code.split("    def generate(")[1].split("\n    def ")[0]
     assert "jnp.concatenate" not in generate
     assert "idx = token_buffer(idx, max_new_tokens)" in generate
-    assert "step = nnx.cached_partial(type(self)._generate_step, self, rngs)" in generate
-    assert "idx_next = step(idx_cond, temperature, top_k)" in generate
+    assert 'step = fast_partial(type(self)._generate_step, self, rngs, static_argnames=("temperature", "top_k"))' \
+        in generate
+    assert "idx_next = step(idx_cond, temperature=temperature, top_k=top_k)" in generate
     assert '    @nnx.jit(static_argnames=("temperature", "top_k"))\n    def _generate_step(self, rngs, idx_cond, ' \
            'temperature, top_k):' in conversion.code
     assert "def token_buffer(idx, extra):" in conversion.code

@@ -12,13 +12,13 @@ shape,
 the append) becomes a method of its own under `nnx.jit`, and the loop writes each token into a buffer of the
 final size instead of growing `idx`,
 
-    step = nnx.cached_partial(type(self)._generate_step, self, rngs)
+    step = fast_partial(type(self)._generate_step, self, rngs, static_argnames=("temperature", "top_k"))
     length = idx.shape[1]
     idx = token_buffer(idx, max_new_tokens)
     for t in range(length, length + max_new_tokens):
         width = min(t, self.config.block_size)
         idx_cond = jax.lax.dynamic_slice_in_dim(idx, t - width, width, axis=1)
-        idx_next = step(idx_cond, temperature, top_k)
+        idx_next = step(idx_cond, temperature=temperature, top_k=top_k)
         idx = jax.lax.dynamic_update_slice_in_dim(idx, idx_next.astype(idx.dtype), t, axis=1)
 
     @nnx.jit(static_argnames=("temperature", "top_k"))
@@ -27,8 +27,9 @@ final size instead of growing `idx`,
         ...
         return idx_next
 
-(nnx.cached_partial: the module and its Rngs are walked once per call of generate, not at every token, which
-costs more than a small model's step). Eagerly, every token gives every operation a new shape, so each step compiles op by op; here the step compiles
+(fast_partial, porter/emitted_training.py: the module and its Rngs are split once per call of generate, and each
+token costs one jax.jit call: nnx.jit, or nnx.cached_partial, walks them at every token, which costs more than a
+small model's step). Eagerly, every token gives every operation a new shape, so each step compiles op by op; here the step compiles
 once per context width (the widths up to the block size, then one for every later token) and the window is
 the one the crop took, so the model sees the same tokens at the same positions (the step's logits are the
 eager loop's; the step draws from the same Rngs in the same order: the same tokens). The window is not padded
@@ -87,6 +88,7 @@ class DecodeLoops:
                 body[at:at + 1] = loop.buffered_statements()
                 method = updated_node.with_changes(body=updated_node.body.with_changes(body=body))
                 self.ctx.need_helper("token_buffer")
+                self.ctx.need_helper("fast_partial")
                 self.scope.report("PT007", original_node.name,
                                   f"{original_node.name.value}'s token loop runs its step compiled "
                                   f"({loop.step_name}, nnx.jit, once per context width) over a token buffer of its "
@@ -147,15 +149,16 @@ class _DecodeLoop:
                    step_name)
 
     def graph_arguments(self) -> list[str]:
-        """The step's arguments nnx.cached_partial holds (the module, its Rngs): walked once per call of the
-        method, not at every token."""
+        """The step's arguments fast_partial holds (the module, its Rngs): split once per call of the method,
+        not at every token."""
         return ["self", *(["rngs"] if self.uses_rngs else [])]
 
     def buffered_statements(self) -> list[cst.BaseStatement]:
         first = self.loop.body.body[0]
         t, width, length = self.position, self.width, self.length
-        head = [cst.parse_statement(f"{self.step} = nnx.cached_partial(type(self).{self.step_name}, "
-                                    f"{', '.join(self.graph_arguments())})\n"),
+        static_argnames = f", static_argnames=({self.static_names()})" if self.statics else ""
+        head = [cst.parse_statement(f"{self.step} = fast_partial(type(self).{self.step_name}, "
+                                    f"{', '.join(self.graph_arguments())}{static_argnames})\n"),
                 cst.parse_statement(f"{length} = {self.tokens}.shape[1]\n"),
                 cst.parse_statement(f"{self.tokens} = token_buffer({self.tokens}, {self.count})\n")]
         head[0] = head[0].with_changes(leading_lines=self.loop.leading_lines)
@@ -163,17 +166,21 @@ class _DecodeLoop:
                     leading_lines=first.leading_lines),
                 cst.parse_statement(f"{self.window} = jax.lax.dynamic_slice_in_dim({self.tokens}, {t} - {width}, "
                                     f"{width}, axis=1)\n"),
-                cst.parse_statement(f"{self.token} = {self.step}({', '.join([self.window, *self.statics])})\n"),
+                cst.parse_statement(f"{self.token} = {self.step}("
+                                    f"{', '.join([self.window, *(f'{name}={name}' for name in self.statics)])})\n"),
                 cst.parse_statement(f"{self.tokens} = jax.lax.dynamic_update_slice_in_dim({self.tokens}, "
                                     f"{self.token}.astype({self.tokens}.dtype), {t}, axis=1)\n")]
         loop = self.loop.with_changes(target=cst.Name(t), leading_lines=(), iter=cst.parse_expression(
             f"range({length}, {length} + {self.count})"), body=self.loop.body.with_changes(body=body))
         return [*head, loop]
 
+    def static_names(self) -> str:
+        """The static arguments as a tuple's elements: `"temperature", "top_k"` (`"top_k",` alone)."""
+        return ", ".join(f'"{name}"' for name in self.statics) + ("," if len(self.statics) == 1 else "")
+
     def step_method(self) -> cst.FunctionDef:
         middle = list(self.loop.body.body[1:-1])
-        statics = ", ".join(f'"{name}"' for name in self.statics) + ("," if len(self.statics) == 1 else "")
-        decorator = f"@nnx.jit(static_argnames=({statics}))\n" if self.statics else "@nnx.jit\n"
+        decorator = f"@nnx.jit(static_argnames=({self.static_names()}))\n" if self.statics else "@nnx.jit\n"
         method = cst.parse_statement(
             f"{decorator}def {self.step_name}({', '.join([*self.graph_arguments(), self.window, *self.statics])}):\n"
             f'    """One token of {self.function.name.value}: compiled once per context width '
