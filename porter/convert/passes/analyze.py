@@ -55,7 +55,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._bodies = FunctionBodies(ctx)
 
     def trigger_words(self) -> Iterable[str]:
-        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.class_words, *self.ctx.rngs_functions,
+        # (__init__: a module's constructor calling only what it is handed, `self.one = self.block_cls(c)`)
+        return {"import", "__init__", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.class_words, *self.ctx.rngs_functions,
                 *self._constructor_words, *self.ctx.constructor_globals, *self.ctx.registries, *IN_PLACE_DRAWS}
 
     def trigger_state(self) -> object:
@@ -172,7 +173,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_words |= names
         module_init = self.function_stack == ["__init__"] and bool(set(self.class_stack[-1:]) & self.ctx.module_classes)
         registries.note_unknown_constructions(node, self.ctx, lambda v: is_layer_constructor(v, self.ctx, names, attributes),
-                                              module_init)
+                                              module_init, lambda n, text: self.ctx.report("PT006", *self._index.start(n), text))
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self._bodies.forget(original_node)

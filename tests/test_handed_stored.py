@@ -1,0 +1,157 @@
+"""A module class handed to a function or a module's constructor and called through what holds it: a name or
+self attribute bound to it or to a partial of it (`fn = partial(block, c)`, `self.block_cls = block`) gets
+`rngs` where it is built (porter/convert/registries.py: holders); put in a container, it is an error on that
+line (porter does not follow it out). Was: no rngs and no diagnostic, the converted model failing when built."""
+
+import sys
+
+import torch
+from flax import nnx
+
+from porter import cli, convert_source
+from porter.check.equivalence import check_equivalence
+from porter.check.modelspec import import_file
+
+LAYERS = '''
+import torch
+import torch.nn as nn
+
+
+class ConvA(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+'''
+
+UTIL = '''
+from functools import partial
+
+import torch.nn as nn
+
+
+def make_partial(block, c):
+    fn = partial(block, c)
+    return fn(c)
+
+
+def make_stored(block, c):
+    table = {"b": block}
+    return table["b"](c, c)
+
+
+class Stage(nn.Module):
+    def __init__(self, block, c):
+        super().__init__()
+        self.block_cls = block
+        self.one = self.block_cls(c, c)
+
+    def forward(self, x):
+        return self.one(x)
+
+
+class PartialStage(nn.Module):
+    def __init__(self, block, c):
+        super().__init__()
+        fn = partial(block, cout=c)
+        self.one = fn(c)
+
+    def forward(self, x):
+        return self.one(x)
+'''
+
+NET = '''
+import torch.nn as nn
+
+from .layers import ConvA
+from .util import PartialStage, Stage, make_partial
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = make_partial(ConvA, 3)
+        self.b = Stage(ConvA, 3)
+        self.c = PartialStage(ConvA, 3)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+'''
+
+STORED = '''
+from .layers import ConvA
+from .util import make_stored
+
+BUILT = make_stored(ConvA, 3)
+'''
+
+
+def _tree(tmp_path, files):
+    source, output = tmp_path / "src" / "storedproj", tmp_path / "out" / "storedproj"
+    source.mkdir(parents=True)
+    for name, text in files.items():
+        (source / name).write_text(text)
+    return source, output
+
+
+def test_a_handed_class_called_through_a_partial_or_an_attribute_gets_rngs_across_files(tmp_path, monkeypatch):
+    source, output = _tree(tmp_path, {"__init__.py": "", "layers.py": LAYERS, "util.py": UTIL, "net.py": NET})
+    assert cli.main(["convert", str(source), "-o", str(output)]) == 0
+    util = (output / "util.py").read_text()
+    assert "def make_partial(block, c, *, rngs: nnx.Rngs):\n    fn = partial(block, c)\n" \
+           "    return with_rngs_if_taken(fn, rngs)(c)" in util
+    assert "self.one = with_rngs_if_taken(self.block_cls, rngs)(c, c)" in util
+    assert "class PartialStage(nnx.Module):\n    def __init__(self, block, c, *, rngs: nnx.Rngs):" in util
+    assert "self.one = with_rngs_if_taken(fn, rngs)(c)" in util
+
+    def net_class(root):
+        for name in [n for n in sys.modules if n.split(".")[0] == "storedproj"]:
+            del sys.modules[name]
+        monkeypatch.syspath_prepend(str(root.parent))
+        return __import__("storedproj.net").net.Net
+
+    torch.manual_seed(0)
+    original = net_class(source)().eval()
+    converted = net_class(output)(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
+
+
+def test_a_handed_class_put_in_a_container_is_an_error_on_that_line(tmp_path):
+    source, output = _tree(tmp_path, {"__init__.py": "", "layers.py": LAYERS, "util.py": UTIL, "stored.py": STORED})
+    assert cli.main(["convert", str(source), "-o", str(output)]) == 1
+    report = (output / "porter_report.txt").read_text()
+    line = UTIL.splitlines().index('    table = {"b": block}') + 1
+    assert f"util.py:{line}:13 PT006 error block is handed a module class (a call of make_stored" in report
+
+
+def test_in_one_file_too_and_matching_torch(tmp_path):
+    source = LAYERS + UTIL.replace("import torch.nn as nn\n", "") + '''
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = make_partial(ConvA, 3)
+        self.b = Stage(ConvA, 3)
+        self.c = PartialStage(ConvA, 3)
+        self.d = make_stored(ConvA, 3)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+'''
+    conversion = convert_source(source, filename="net.py")
+    errors = [(d.code, d.line) for d in conversion.diagnostics if d.severity.name == "ERROR"]
+    assert errors == [("PT006", source.splitlines().index('    table = {"b": block}') + 1)], conversion.diagnostics
+    assert "return with_rngs_if_taken(fn, rngs)(c)" in conversion.code
+    assert "self.one = with_rngs_if_taken(self.block_cls, rngs)(c, c)" in conversion.code
+    runnable = source.replace("        self.d = make_stored(ConvA, 3)\n", "")
+    conversion = convert_source(runnable, filename="net.py")
+    (tmp_path / "torch_net.py").write_text(runnable)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net().eval()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()
