@@ -111,6 +111,7 @@ class ConversionContext:
     none_first_attributes: dict[str, set[str]] = field(default_factory=dict)
     # class name -> methods that only initialise weights (porter/convert/weight_init.py)
     init_methods: dict[str, set[str]] = field(default_factory=dict)
+    other_methods: set[str] = field(default_factory=set)  # and the names of the module classes' other methods
     # module-level functions that build layers (factories such as `def conv_bn(...)`)
     rngs_functions: set[str] = field(default_factory=set)
     # module classes that build nothing random: no rngs parameter, none passed (porter/convert/rngs_free.py)
