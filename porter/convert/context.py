@@ -68,6 +68,7 @@ class ConversionContext:
     layer_inheriting_classes: set[str] = field(default_factory=set)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
+    list_classes: set[str] = field(default_factory=set)  # and from nn.ModuleList (nnx.List subclasses; among those)
     # those, deriving from nn.Sequential itself, and nn.ModuleDict subclasses, that name their layers (add_module,
     # `self.norm = ...`, an OrderedDict): they derive from emitted TorchSequential / TorchModuleDict
     named_containers: set[str] = field(default_factory=set)

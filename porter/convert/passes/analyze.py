@@ -125,7 +125,10 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._note_constructor_fields(node)
         bases = [dotted(b.value) for b in node.bases]
         if any(self._is_module_base(b) for b in bases):
-            if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES for b in bases):
+            if any(b in self.ctx.list_classes or self._qualified_base(b) in MODULE_LIST_BASES for b in bases):
+                self.ctx.list_classes.add(node.name.value)  # (and a sequential class: its super().__init__ stays)
+            if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES + MODULE_LIST_BASES
+                   for b in bases):
                 self.ctx.sequential_classes.add(node.name.value)
                 if any(self._qualified_base(b) in SEQUENTIAL_BASES for b in bases) and names_its_layers(node):
                     self.ctx.named_containers.add(node.name.value)
@@ -278,7 +281,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if base in self.ctx.module_classes:
             return True
         full = self._qualified_base(base)
-        return full in MODULE_BASES or full in SEQUENTIAL_BASES or full in TORCH_LAYER_BASES
+        return full in MODULE_BASES or full in SEQUENTIAL_BASES or full in TORCH_LAYER_BASES or full in MODULE_LIST_BASES
 
     def _qualified_base(self, base: str) -> str | None:
         head, _, rest = base.partition(".")
@@ -329,6 +332,9 @@ MODULE_BASES = ("torch.nn.Module", "torch.nn.modules.module.Module")
 # super().__init__(*layers) stays
 SEQUENTIAL_BASES = ("torch.nn.Sequential", "torch.nn.modules.container.Sequential")
 SEQUENTIAL_TARGETS = ("nnx.Sequential", "nnx.List", "nnx.Dict")
+# a subclass of nn.ModuleList with methods of its own (`for block in self`) becomes one of nnx.List, its
+# super().__init__(...) kept (nnx.List's sets the list up, even with no layers)
+MODULE_LIST_BASES = ("torch.nn.ModuleList", "torch.nn.modules.container.ModuleList")
 # a subclass of these torch layers (convnext's LayerNorm2d, timm's StdConv2d) reads the layer's torch
 # attributes in its own forward: it becomes a subclass of the emitted class that keeps them (porter/emitted.py)
 TORCH_LAYER_BASES = {"torch.nn.LayerNorm": "TorchLayerNorm", "torch.nn.GroupNorm": "TorchGroupNorm",

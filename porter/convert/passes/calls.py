@@ -8,7 +8,7 @@ import libcst.matchers as m
 from porter.convert import apply, data_side, device_dicts, devices, inplace, keyword_helpers, layer_functions, no_ops, registries
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule, torch_would_refuse
-from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
                                            dict_keys_bound, dotted)
 from porter.convert.context import code_of
@@ -616,7 +616,8 @@ class Calls:
             for warning in rule.warn.values():
                 self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
             return new
-        if (qualified in SEQUENTIAL_BASES or qualified in TORCH_LAYER_BASES) and id(original) in self._class_bases:
+        if (qualified in SEQUENTIAL_BASES or qualified in TORCH_LAYER_BASES or qualified in MODULE_LIST_BASES) \
+                and id(original) in self._class_bases:
             return updated  # the module pass makes the class a subclass of nnx.Sequential or an emitted layer
         if qualified in MODULE_BASES:
             if self._annotation_depth:  # downsample: Optional[nn.Module]
