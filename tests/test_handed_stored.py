@@ -155,3 +155,49 @@ class Net(nn.Module):
     converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
     assert report.passed, report.format()
+
+
+# a parameter saying nothing of a module (`Optional[Callable] = None`, `=None`), defaulted with `or` or tested
+# with `if ... is not None` (was: no rngs, the converted model failing when built; silent)
+MAYBE_MODEL = LAYERS + '''
+from functools import partial
+from typing import Callable, Optional
+
+
+class Block(nn.Module):
+    def __init__(self, dim, norm_layer: Optional[Callable] = None, act_layer=None, inner=None):
+        super().__init__()
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        act_layer = act_layer or nn.GELU
+        self.norm = norm_layer(dim)
+        self.act = act_layer()
+        self.inner = inner(dim, dim) if inner is not None else nn.Identity()
+
+    def forward(self, x):
+        return self.inner(self.act(self.norm(x)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.plain = Block(6)
+        self.given = Block(6, norm_layer=nn.LayerNorm, act_layer=nn.Tanh, inner=ConvA)
+
+    def forward(self, x):
+        return self.given(self.plain(x))
+'''
+
+
+def test_a_parameter_that_may_hold_a_module_class_gets_rngs_if_it_takes_them(tmp_path):
+    conversion = convert_source(MAYBE_MODEL, filename="net.py")
+    assert [d for d in conversion.diagnostics if d.severity.name == "ERROR"] == []
+    assert "self.norm = with_rngs_if_taken(norm_layer, rngs)(dim)" in conversion.code
+    assert "self.act = with_rngs_if_taken(act_layer, rngs)()" in conversion.code
+    assert "self.inner = with_rngs_if_taken(inner, rngs)(dim, dim) if inner is not None else" in conversion.code
+    (tmp_path / "torch_net.py").write_text(MAYBE_MODEL)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net().eval()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 5, 5, 6))
+    assert report.passed, report.format()

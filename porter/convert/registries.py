@@ -149,10 +149,25 @@ def holders(function: cst.FunctionDef, seeds: set[str]) -> set[str]:
 
 
 def _holds(value: cst.BaseExpression, held: set[str]) -> bool:
+    if type(value) in (cst.BooleanOperation, cst.IfExp):  # `norm_layer or nn.LayerNorm`: may be what is held
+        return any(_holds(v, held) for v in _choices(value) if v is not value)
     if type(value) is cst.Call and (_dotted(value.func) or "").rsplit(".", 1)[-1] == "partial" and value.args \
             and value.args[0].keyword is None and not value.args[0].star:
         value = value.args[0].value
     return _dotted(value) in held
+
+
+def _choices(value: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """What `value` may be: each side of `a or b` and of `a if c else b`, at any depth."""
+    if type(value) is cst.BooleanOperation and type(value.operator) is cst.Or:
+        return _choices(value.left) + _choices(value.right)
+    if type(value) is cst.IfExp:
+        return _choices(value.body) + _choices(value.orelse)
+    return [value]
+
+
+def _is_none(node) -> bool:
+    return type(node) is cst.Name and node.value == "None"
 
 
 def _calls_or_stores(function: cst.FunctionDef, held: set[str]) -> bool:
@@ -348,7 +363,7 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
     if module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor):
         params = function.params
         bare = {p.name.value for p in [*params.params, *params.kwonly_params]
-                if p.default is None and p.annotation is None and p.name.value != "self"}
+                if (p.default is None and p.annotation is None or _is_none(p.default)) and p.name.value != "self"}
         bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
         if bare:  # `self.block_cls = block; self.one = self.block_cls(c)`, `fn = partial(block, c); self.one = fn(c)`
             held = holders(function, bare)
@@ -376,12 +391,13 @@ def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[s
 
 
 def _stored_calls(function: cst.FunctionDef) -> list[cst.Call]:
-    """Calls whose result is stored on the module: `self.x = f(...)`, `self.x.append(f(...))`, `layers.append(f())`."""
+    """Calls whose result is stored on the module: `self.x = f(...)`, `self.x.append(f(...))`, `layers.append(f())`,
+    `self.x = f(...) if f is not None else nn.Identity()`."""
     found = []
     for node in _walk(function.body):
-        if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call) and any(
-                m.matches(t.target, m.Attribute(value=m.Name("self"))) for t in node.targets):
-            found.append(node.value)
+        if isinstance(node, cst.Assign) and any(m.matches(t.target, m.Attribute(value=m.Name("self")))
+                                                for t in node.targets):
+            found += [v for v in _choices(node.value) if type(v) is cst.Call]
         if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("append")), args=[m.Arg(value=m.Call())])):
             found.append(node.args[0].value)
     return found
