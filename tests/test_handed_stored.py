@@ -201,3 +201,37 @@ def test_a_parameter_that_may_hold_a_module_class_gets_rngs_if_it_takes_them(tmp
     converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(original, converted, torch.randn(2, 5, 5, 6))
     assert report.passed, report.format()
+
+
+# timm's ConvNeXtBlock: `mlp_layer = partial(GlobalResponseNormMlp if use_grn else Mlp, use_conv=conv_mlp)`
+# (was: a partial of a choice was no layer constructor, its call got no rngs and no diagnostic)
+CHOICE_MODEL = LAYERS + '''
+from functools import partial
+
+
+class ConvB(ConvA):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class Net(nn.Module):
+    def __init__(self, use_b=True):
+        super().__init__()
+        layer = partial(ConvB if use_b else ConvA, cout=4)
+        self.a = layer(3)
+
+    def forward(self, x):
+        return self.a(x)
+'''
+
+
+def test_a_partial_of_a_choice_between_module_classes_gets_rngs(tmp_path):
+    conversion = convert_source(CHOICE_MODEL, filename="net.py")
+    assert "self.a = layer(3, rngs=rngs)" in conversion.code
+    (tmp_path / "torch_net.py").write_text(CHOICE_MODEL)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net().eval()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()

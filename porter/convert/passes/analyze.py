@@ -405,8 +405,7 @@ def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, name
         return is_layer_constructor(value.body, ctx, names, attributes) \
             and is_layer_constructor(value.orelse, ctx, names, attributes)
     if kind is cst.Call and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
-        value = value.args[0].value
-        kind = type(value)
+        return is_layer_constructor(value.args[0].value, ctx, names, attributes)  # partial(A if c else B, ...) too
     if kind in (cst.List, cst.Tuple, cst.Dict, cst.Subscript):  # [A, B], blocks[0]: porter/convert/registries.py
         return registries.constructs(value, ctx, lambda v: is_layer_constructor(v, ctx, names, attributes))
     if kind is cst.Name and (value.value in names or value.value in ctx.module_classes
