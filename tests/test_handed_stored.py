@@ -235,3 +235,60 @@ def test_a_partial_of_a_choice_between_module_classes_gets_rngs(tmp_path):
     converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
     assert report.passed, report.format()
+
+
+# timm's activations: `from .activations import *` then `_ACT_LAYER_DEFAULT = dict(gelu=GELU, ...)`, the class
+# handed to Mlp(act_layer=...), which calls it with rngs= (was: GELU, building nothing random, took no rngs:
+# `GELU.__init__() got an unexpected keyword argument 'rngs'` when built, benchmarks/corpus.py's ConvNeXt)
+STAR_TREE = {
+    "__init__.py": "",
+    "acts.py": "import torch.nn as nn\nimport torch.nn.functional as F\n\n\nclass GELU(nn.Module):\n"
+               "    def __init__(self, inplace: bool = False):\n        super().__init__()\n\n"
+               "    def forward(self, x):\n        return F.gelu(x)\n",
+    "create.py": "from .acts import *\n\n_ACTS = dict(gelu=GELU)\n\n\ndef get_act_layer(name):\n"
+                 "    return _ACTS[name]\n",
+    "net.py": '''
+from typing import Type
+
+import torch.nn as nn
+
+from .create import get_act_layer
+
+
+class Mlp(nn.Module):
+    def __init__(self, d, act_layer: Type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.act = act_layer()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+class Net(nn.Module):
+    def __init__(self, d=4):
+        super().__init__()
+        self.mlp = Mlp(d, act_layer=get_act_layer("gelu"))
+
+    def forward(self, x):
+        return self.mlp(x)
+''',
+}
+
+
+def test_a_class_star_imported_and_passed_as_a_value_takes_rngs(tmp_path, monkeypatch):
+    source, output = _tree(tmp_path, STAR_TREE)
+    assert cli.main(["convert", str(source), "-o", str(output)]) == 0
+    assert "def __init__(self, inplace: bool = False, *, rngs: nnx.Rngs):" in (output / "acts.py").read_text()
+
+    def net_class(root):
+        for name in [n for n in sys.modules if n.split(".")[0] == "storedproj"]:
+            del sys.modules[name]
+        monkeypatch.syspath_prepend(str(root.parent))
+        return __import__("storedproj.net").net.Net
+
+    torch.manual_seed(0)
+    original = net_class(source)().eval()
+    converted = net_class(output)(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 4))
+    assert report.passed, report.format()
