@@ -165,23 +165,24 @@ from typing import Callable, Optional
 
 
 class Block(nn.Module):
-    def __init__(self, dim, norm_layer: Optional[Callable] = None, act_layer=None, inner=None):
+    def __init__(self, dim, norm_layer: Optional[Callable] = None, act_layer=None, inner=None, post_layer=None):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         act_layer = act_layer or nn.GELU
         self.norm = norm_layer(dim)
         self.act = act_layer()
         self.inner = inner(dim, dim) if inner is not None else nn.Identity()
+        self.post = nn.Sequential(post_layer(dim), nn.Identity())
 
     def forward(self, x):
-        return self.inner(self.act(self.norm(x)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.post(self.inner(self.act(self.norm(x)).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.plain = Block(6)
-        self.given = Block(6, norm_layer=nn.LayerNorm, act_layer=nn.Tanh, inner=ConvA)
+        self.plain = Block(6, post_layer=nn.LayerNorm)
+        self.given = Block(6, norm_layer=nn.LayerNorm, act_layer=nn.Tanh, inner=ConvA, post_layer=nn.LayerNorm)
 
     def forward(self, x):
         return self.given(self.plain(x))
@@ -194,6 +195,7 @@ def test_a_parameter_that_may_hold_a_module_class_gets_rngs_if_it_takes_them(tmp
     assert "self.norm = with_rngs_if_taken(norm_layer, rngs)(dim)" in conversion.code
     assert "self.act = with_rngs_if_taken(act_layer, rngs)()" in conversion.code
     assert "self.inner = with_rngs_if_taken(inner, rngs)(dim, dim) if inner is not None else" in conversion.code
+    assert "self.post = nnx.Sequential(with_rngs_if_taken(post_layer, rngs)(dim), " in conversion.code
     (tmp_path / "torch_net.py").write_text(MAYBE_MODEL)
     (tmp_path / "jax_net.py").write_text(conversion.code)
     torch.manual_seed(0)

@@ -392,14 +392,15 @@ def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[s
 
 def _stored_calls(function: cst.FunctionDef) -> list[cst.Call]:
     """Calls whose result is stored on the module: `self.x = f(...)`, `self.x.append(f(...))`, `layers.append(f())`,
-    `self.x = f(...) if f is not None else nn.Identity()`."""
+    and the calls inside such a value (`self.x = f(...) if f is not None else nn.Identity()`,
+    `self.down = nn.Sequential(f(c), nn.Conv2d(c, c, 1))`)."""
     found = []
     for node in _walk(function.body):
         if isinstance(node, cst.Assign) and any(m.matches(t.target, m.Attribute(value=m.Name("self")))
                                                 for t in node.targets):
-            found += [v for v in _choices(node.value) if type(v) is cst.Call]
+            found += find_all(node.value, cst.Call)
         if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("append")), args=[m.Arg(value=m.Call())])):
-            found.append(node.args[0].value)
+            found += find_all(node.args[0].value, cst.Call)
     return found
 
 
