@@ -294,3 +294,34 @@ def test_a_class_star_imported_and_passed_as_a_value_takes_rngs(tmp_path, monkey
     converted = net_class(output)(rngs=nnx.Rngs(0))
     report = check_equivalence(original, converted, torch.randn(2, 4))
     assert report.passed, report.format()
+
+
+# timm's `norm_layer = get_norm_layer(norm_layer)` (a string default, the class looked up by a function): the
+# name bound from a call, called and stored (was: no rngs, no diagnostic; classifier.py's NormMlpClassifierHead)
+LOOKED_UP_MODEL = LAYERS + '''
+
+def get_layer(name):
+    return {"conv": ConvA, "tanh": nn.Tanh}[name]
+
+
+class Net(nn.Module):
+    def __init__(self, kind="conv"):
+        super().__init__()
+        block = get_layer(kind)
+        self.a = block(3, 4)
+
+    def forward(self, x):
+        return self.a(x)
+'''
+
+
+def test_a_class_looked_up_by_a_function_and_called_gets_rngs_if_it_takes_them(tmp_path):
+    conversion = convert_source(LOOKED_UP_MODEL, filename="net.py")
+    assert "self.a = with_rngs_if_taken(block, rngs)(3, 4)" in conversion.code
+    (tmp_path / "torch_net.py").write_text(LOOKED_UP_MODEL)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net().eval()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()

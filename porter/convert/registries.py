@@ -365,6 +365,8 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
         bare = {p.name.value for p in [*params.params, *params.kwonly_params]
                 if (p.default is None and p.annotation is None or _is_none(p.default)) and p.name.value != "self"}
         bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
+        bare |= {a.targets[0].target.value for a in _single_name_assigns(function)  # norm_layer = get_norm_layer(x)
+                 if type(a.value) is cst.Call}
         if bare:  # `self.block_cls = block; self.one = self.block_cls(c)`, `fn = partial(block, c); self.one = fn(c)`
             held = holders(function, bare)
             names |= {_dotted(call.func) for call in _stored_calls(function)
