@@ -83,3 +83,40 @@ def test_any_other_dict_splatted_into_a_factory_stays_an_error(binding):
     line = source.splitlines().index("        self.cls_token = nn.Parameter(torch.zeros(1, 1, d, **dd))") + 1
     assert ("PT004", line) in errors(conversion), conversion.diagnostics
     assert "torch.zeros(1, 1, d, **dd)" in conversion.code
+
+
+LAYER_DTYPES = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, d=4, device=None, dtype=None):
+        super().__init__()
+        self.fc = nn.Linear(d, d, bias=True, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(d, d, 1, dtype=dtype)
+        self.norm = nn.LayerNorm(d, dtype=dtype)
+        self.low = nn.Linear(d, d, dtype=torch.bfloat16)
+
+    def forward(self, x):
+        return self.norm(self.fc(self.conv(x).permute(0, 2, 3, 1)))
+'''
+
+
+def test_a_layers_dtype_argument_becomes_its_param_dtype_and_matches_torch(tmp_path):
+    """timm's `nn.Linear(a, b, bias=True, device=device, dtype=dtype)` (was: PT004, left torch; corpus ResNet's fc)."""
+    conversion = convert_source(LAYER_DTYPES, filename="m.py")
+    assert errors(conversion) == []
+    assert "self.fc = nnx.Linear(d, d, use_bias=True, param_dtype=dtype or jnp.float32, rngs=rngs)" in conversion.code
+    assert "self.low = nnx.Linear(d, d, param_dtype=jnp.bfloat16, rngs=rngs)" in conversion.code
+    (tmp_path / "torch_net.py").write_text(LAYER_DTYPES)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net().eval()
+    converted_class = import_file(tmp_path / "jax_net.py").Net
+    x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    report = check_equivalence(original, converted_class(rngs=nnx.Rngs(0)), x)
+    assert report.passed, report.format()
+    half = converted_class(dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert half.fc.kernel.dtype == half.conv.kernel.dtype == half.norm.scale.dtype == jnp.bfloat16
+    assert half.low.kernel.dtype == jnp.bfloat16 and original.low.weight.dtype == torch.bfloat16
