@@ -338,10 +338,11 @@ def test_the_segmentation_fixture_converts_with_torchvision_and_timm(segmentatio
 @pytest.mark.parametrize("encoder", [
     "resnet",
     pytest.param("timm-resnet", marks=pytest.mark.xfail(strict=True, reason=(
-        "timm's ResNet, converted --with timm, gets its rngs through timm.create_model and build_model_with_cfg "
-        "but fails when built: porter leaves its `self.add_module(*stage)` (timm/models/resnet.py:616) and its "
-        "init_weights loop over `self.named_modules()` with nn.init.kaiming_normal_ (633-635) as torch, errors "
-        "of the report (PT040, PT003)"))),
+        "timm's ResNet, converted --with timm, gets its rngs through timm.create_model and build_model_with_cfg, "
+        "and builds (its add_module(*stage) is a setattr, its init_weights goes as initialisation), but "
+        "create_model then fails: rngs reaches it inside **kwargs, and timm/models/_factory.py:239 stores those "
+        "kwargs on the model (`model._model_args = dict(..., **{k: v for k, v in kwargs.items() ...})`), where "
+        "nnx refuses the Rngs in a static attribute; porter says nothing there"))),
 ])
 def test_the_segmentation_fixture_passes_check_against_torch(segmentation, encoder):
     out, env, _ = segmentation

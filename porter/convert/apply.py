@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 import libcst as cst
+import libcst.matchers as m
 
 from porter.convert import traverse
 from porter.convert.context import ConversionContext, code_of
@@ -341,8 +342,11 @@ def _apply_mapping(rule: Rule, site: Site) -> Application:
             continue
         if name not in rule.args:
             if given and not _is_default(rule, name, bound[name]):
-                raise Unsupported(f"{name}={code_of(bound[name]) if not isinstance(bound[name], list) else '...'} "
-                                  f"is not supported (only the default {param.default})")
+                param_dtype = _param_dtype(rule, param, bound[name], site)
+                if param_dtype is None:
+                    raise Unsupported(f"{name}={code_of(bound[name]) if not isinstance(bound[name], list) else '...'} "
+                                      f"is not supported (only the default {param.default})")
+                keywords.append(("param_dtype", param_dtype))
             continue
         mapping = rule.args[name]
         if not given and not mapping.always:
@@ -358,6 +362,25 @@ def _apply_mapping(rule: Rule, site: Site) -> Application:
     if site.receiver is not None and not rule.target.startswith("method."):
         positional[rule.receiver] = site.receiver
     return Application(_build(rule, site, positional, keywords), warnings)
+
+
+def _param_dtype(rule: Rule, param, value: Value, site: Site) -> cst.BaseExpression | None:
+    """A layer's `dtype=` (torch's parameters' dtype, None the default one) as flax's `param_dtype`, as the
+    layer's constructor function does (layer_functions.py): `dtype=torch.bfloat16` -> `param_dtype=jnp.bfloat16`,
+    `dtype=dtype` -> `param_dtype=dtype or jnp.float32`. None where the layer's target takes no param_dtype."""
+    from porter.convert.layer_functions import _target_parameters
+
+    if rule.kind != "layer" or param.name != "dtype" or param.default != "None" or isinstance(value, list) \
+            or "param_dtype" not in _target_parameters(rule):
+        return None
+    qualified = site.ctx.qualified_name(value) if type(value) in (cst.Name, cst.Attribute) else None
+    if qualified is not None and qualified.startswith("torch."):
+        return VALUE_TRANSFORMS["dtype"](value, site.ctx)  # a torch dtype: its jnp one (or Unsupported)
+    if m.matches(value, m.Attribute(value=m.Name("jnp"))):  # (torch.bfloat16, converted already)
+        return value
+    if type(value) not in (cst.Name, cst.Subscript):  # dtype=dtype, dtype=dd['dtype'] (not `w.dtype` of a layer
+        return None                                     # rebuilt by hand: those methods stay reported)
+    return cst.BooleanOperation(value, cst.Or(), rule_expr("jnp.float32"))
 
 
 def _build(rule: Rule, site: Site, positional: dict[int, Value], keywords) -> cst.BaseExpression:

@@ -71,6 +71,7 @@ class ConversionContext:
     layer_inheriting_classes: set[str] = field(default_factory=set)
     # module classes deriving from nn.Sequential (they become nnx.Sequential subclasses)
     sequential_classes: set[str] = field(default_factory=set)
+    list_classes: set[str] = field(default_factory=set)  # and from nn.ModuleList (nnx.List subclasses; among those)
     # those, deriving from nn.Sequential itself, and nn.ModuleDict subclasses, that name their layers (add_module,
     # `self.norm = ...`, an OrderedDict): they derive from emitted TorchSequential / TorchModuleDict
     named_containers: set[str] = field(default_factory=set)
@@ -114,6 +115,7 @@ class ConversionContext:
     none_first_attributes: dict[str, set[str]] = field(default_factory=dict)
     # class name -> methods that only initialise weights (porter/convert/weight_init.py)
     init_methods: dict[str, set[str]] = field(default_factory=dict)
+    other_methods: set[str] = field(default_factory=set)  # and the names of the module classes' other methods
     # module-level functions that build layers (factories such as `def conv_bn(...)`)
     rngs_functions: set[str] = field(default_factory=set)
     # module classes that build nothing random: no rngs parameter, none passed (porter/convert/rngs_free.py)

@@ -129,9 +129,57 @@ def _note_handed_classes(module: cst.Module, ctx: ConversionContext) -> None:
     finally:
         hand = hand_to = None  # each closure holds the other: a reference cycle keeping the file's nodes alive
     for function, name in handed:
-        if name in {c.func.value for c in called[function] if type(c.func) is cst.Name}:
+        if _calls_or_stores(functions[function], holders(functions[function], {name})):
             ctx.handed_classes.setdefault(function, set()).add(name)
             ctx.rngs_functions.add(function)  # a layer factory, from the start (the analysis reads it)
+
+
+def holders(function: cst.FunctionDef, seeds: set[str]) -> set[str]:
+    """`seeds` and what holds one of them in `function`: a name or self attribute bound to it or to a partial of
+    it (`fn = partial(block, c)`, `self.block_cls = block`), dotted (`self.block_cls`)."""
+    held = set(seeds)
+    assigns = [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1]
+    for _ in range(2):  # `fn = partial(block); self.fn = fn`
+        for assign in assigns:
+            target = _dotted(assign.targets[0].target)
+            if target is not None and target not in held and _holds(assign.value, held) \
+                    and (type(assign.targets[0].target) is cst.Name or target.startswith("self.")):
+                held.add(target)
+    return held
+
+
+def _holds(value: cst.BaseExpression, held: set[str]) -> bool:
+    if type(value) in (cst.BooleanOperation, cst.IfExp):  # `norm_layer or nn.LayerNorm`: may be what is held
+        return any(_holds(v, held) for v in _choices(value) if v is not value)
+    if type(value) is cst.Call and (_dotted(value.func) or "").rsplit(".", 1)[-1] == "partial" and value.args \
+            and value.args[0].keyword is None and not value.args[0].star:
+        value = value.args[0].value
+    return _dotted(value) in held
+
+
+def _choices(value: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """What `value` may be: each side of `a or b` and of `a if c else b`, at any depth."""
+    if type(value) is cst.BooleanOperation and type(value.operator) is cst.Or:
+        return _choices(value.left) + _choices(value.right)
+    if type(value) is cst.IfExp:
+        return _choices(value.body) + _choices(value.orelse)
+    return [value]
+
+
+def _is_none(node) -> bool:
+    return type(node) is cst.Name and node.value == "None"
+
+
+def _calls_or_stores(function: cst.FunctionDef, held: set[str]) -> bool:
+    """One of `held` is called in `function`, or put in a container (an error there: stored_in_containers)."""
+    return any(_dotted(call.func) in held for call in find_all(function.body, cst.Call)) \
+        or bool(stored_in_containers(function, held))
+
+
+def stored_in_containers(function: cst.FunctionDef, held: set[str]) -> list[cst.BaseExpression]:
+    """The container literals of `function` holding one of `held` at any depth (`{"b": block}`, `[block_fn]`)."""
+    return [literal for literal in find_all(function.body, _CONTAINERS)
+            if any(_dotted(v) in held or _holds(v, held) for v in leaves(literal) or ())]
 
 
 def note_handing(call: cst.Call, ctx: ConversionContext) -> None:
@@ -265,8 +313,17 @@ def constructs(value: cst.BaseExpression, ctx: ConversionContext, is_constructor
 
 
 def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext, is_constructor,
-                               module_init: bool) -> None:
-    """The calls of `function` whose callee may or may not be a module class: ConversionContext.unknown_constructions."""
+                               module_init: bool, report=None) -> None:
+    """The calls of `function` whose callee may or may not be a module class: ConversionContext.unknown_constructions.
+    A class handed to it and put in a container is reported (`report(node, message)`): porter does not follow
+    it out of the container, so what calls it there gets no rngs."""
+    handed = ctx.handed_classes.get(function.name.value)
+    if handed and report is not None:
+        for literal in stored_in_containers(function, holders(function, handed)):
+            report(literal, f"{' or '.join(sorted(handed))} is handed a module class (a call of {function.name.value} "
+                            "in this tree) and put in a container here: porter does not follow it out of the "
+                            "container, so the module it builds gets no rngs; call it directly, or pass rngs=rngs "
+                            "where it is built; left unchanged")
     names = unknown_names(function, ctx, is_constructor, module_init)
     if not names and not ctx.registries:  # nothing else is unknown: a pick of a registry of the file
         return
@@ -279,6 +336,8 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
 
 def _root_name(func: cst.BaseExpression) -> str:
     root = picked(func)[0] if isinstance(func, cst.Subscript) else func
+    if type(root) is cst.Attribute:  # self.block_cls(c): the word of the statement is the attribute's
+        return root.attr.value
     return root.value if isinstance(root, cst.Name) else ""
 
 
@@ -298,17 +357,20 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
         handed |= {p.name.value for p in [*params.posonly_params, *params.params, *params.kwonly_params]
                    if p.annotation is not None and any(n.value in ctx.module_typevars
                                                        for n in find_all(p.annotation, cst.Name))}
-    if handed:
-        names |= {call.func.value for call in find_all(function.body, cst.Call)
-                  if type(call.func) is cst.Name and call.func.value in handed}
+    if handed:  # called directly, or through a name bound to it or to a partial of it (`fn = partial(block)`)
+        held = holders(function, handed)
+        names |= {_dotted(call.func) for call in find_all(function.body, cst.Call) if _dotted(call.func) in held}
     if module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor):
         params = function.params
         bare = {p.name.value for p in [*params.params, *params.kwonly_params]
-                if p.default is None and p.annotation is None and p.name.value != "self"}
+                if (p.default is None and p.annotation is None or _is_none(p.default)) and p.name.value != "self"}
         bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
-        if bare:
-            names |= {call.func.value for call in _stored_calls(function) if isinstance(call.func, cst.Name)
-                      and call.func.value in bare and not is_constructor(call.func)}
+        bare |= {a.targets[0].target.value for a in _single_name_assigns(function)  # norm_layer = get_norm_layer(x)
+                 if type(a.value) is cst.Call}
+        if bare:  # `self.block_cls = block; self.one = self.block_cls(c)`, `fn = partial(block, c); self.one = fn(c)`
+            held = holders(function, bare)
+            names |= {_dotted(call.func) for call in _stored_calls(function)
+                      if _dotted(call.func) in held and not is_constructor(call.func)}
     return names
 
 
@@ -325,20 +387,22 @@ def _loop_names(function: cst.FunctionDef) -> set[str]:
 def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor) -> bool:
     """A call whose callee may or may not be a module class: a name of `unknown_names`, or a registry
     pick reaching both (`ENCODERS[k]["encoder"](c)`)."""
-    if isinstance(call.func, cst.Name):
-        return call.func.value in names
+    if type(call.func) in (cst.Name, cst.Attribute):
+        return _dotted(call.func) in names
     return isinstance(call.func, cst.Subscript) and picks(call.func, ctx, is_constructor) == "unknown"
 
 
 def _stored_calls(function: cst.FunctionDef) -> list[cst.Call]:
-    """Calls whose result is stored on the module: `self.x = f(...)`, `self.x.append(f(...))`, `layers.append(f())`."""
+    """Calls whose result is stored on the module: `self.x = f(...)`, `self.x.append(f(...))`, `layers.append(f())`,
+    and the calls inside such a value (`self.x = f(...) if f is not None else nn.Identity()`,
+    `self.down = nn.Sequential(f(c), nn.Conv2d(c, c, 1))`)."""
     found = []
     for node in _walk(function.body):
-        if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call) and any(
-                m.matches(t.target, m.Attribute(value=m.Name("self"))) for t in node.targets):
-            found.append(node.value)
+        if isinstance(node, cst.Assign) and any(m.matches(t.target, m.Attribute(value=m.Name("self")))
+                                                for t in node.targets):
+            found += find_all(node.value, cst.Call)
         if m.matches(node, m.Call(func=m.Attribute(attr=m.Name("append")), args=[m.Arg(value=m.Call())])):
-            found.append(node.args[0].value)
+            found += find_all(node.args[0].value, cst.Call)
     return found
 
 

@@ -118,6 +118,8 @@ def _constructed_classes(node: cst.ClassDef, ctx: ConversionContext) -> set[str]
     built: set[str] = set()
     for call in (n for n in found if type(n) is cst.Call):
         func = call.func
+        if id(call) in ctx.unknown_constructions:  # fn(c) with fn = partial(block): porter/convert/registries.py
+            return None
         if type(func) is cst.Name and func.value in ctx.module_classes:
             built.add(func.value)
             continue

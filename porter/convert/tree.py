@@ -520,6 +520,7 @@ class TextScan:
     defined: set[str]
     imports: list[tuple[int, str, str, str]]  # as FileResult.imports
     values: set[str] = field(default_factory=set)  # imported names mentioned other than as a call (`act=Act`)
+    stars: list[tuple[int, str]] = field(default_factory=list)  # `from .activations import *`: (dots, module)
 
     @classmethod
     def of(cls, path: str) -> TextScan:
@@ -527,14 +528,16 @@ class TextScan:
             data = read_regular_file(path)
         except OSError:
             return cls(set(), [])
-        imports = []
+        imports, stars = [], []
         for dots, module, names in _FROM_IMPORT.findall(data):
+            if names.strip() == b"*":
+                stars.append((len(dots), module.decode()))
             for item in re.sub(rb"#[^\n]*", b"", names).strip(b"()\\ \t\r\n").split(b","):
                 match = _IMPORTED_NAME.fullmatch(item.strip(b" \t\r\n\\"))
                 if match:
                     imported, local = match.group(1).decode(), (match.group(2) or match.group(1)).decode()
                     imports.append((len(dots), module.decode(), imported, local))
-        return cls({name.decode() for name in _DEFINITION.findall(data)}, imports, _values(data, imports))
+        return cls({name.decode() for name in _DEFINITION.findall(data)}, imports, _values(data, imports), stars)
 
 
 def _values(data: bytes, imports: list[tuple[int, str, str, str]]) -> set[str]:
@@ -571,6 +574,8 @@ class ImportGraph:
                     package_files=frozenset(i for i in scans if _is_package(tasks[i].relative)))
         for i, scan in scans.items():
             key, package = _module_key(tasks[i].relative), _is_package(tasks[i].relative)
+            for dots, module in scan.stars:  # `from .activations import *`, then `dict(gelu=GELU)`
+                graph._note_star_values(tasks[i].path, _import_targets(key, package, dots, module, root_name))
             for dots, module, imported, local in scan.imports:
                 for target in _import_targets(key, package, dots, module, root_name):
                     found = [file for file, _ in graph.chain(target, imported, set())]
@@ -581,6 +586,24 @@ class ImportGraph:
                             graph.passed_as_values.setdefault(found[-1], set()).add(imported)
                         break
         return graph
+
+    def _note_star_values(self, path: str, targets: list[tuple[str, ...]]) -> None:
+        """The names of a module star-imported into the file at `path` that its text mentions as values (called
+        with rngs= there): passed_as_values."""
+        from porter.convert.rngs_free import mentions
+
+        for target in targets:
+            source = self.by_key.get(target)
+            if source is not None and self.scans[source].defined:
+                try:
+                    data = read_regular_file(path)
+                except OSError:
+                    return
+                body = _CLASS_LINE.sub(b"", _FROM_IMPORT.sub(b"", data)).decode("utf-8", "replace")
+                values = mentions(self.scans[source].defined, body)[1]
+                if values:
+                    self.passed_as_values.setdefault(source, set()).update(values)
+                return
 
     def chain(self, key: tuple[str, ...], name: str, seen: set) -> list[tuple[int, str]]:
         """The files from `key` to the one defining `name`, with the name each knows it by ([] if no file of

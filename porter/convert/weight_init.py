@@ -57,6 +57,7 @@ def init_only_methods(cls: cst.ClassDef, ctx: ConversionContext) -> set[str]:
             if name not in found and _is_docstring_and(_bare_returns_as_pass(method.body).body, ctx, found):
                 found.add(name)
                 changed = True
+    ctx.other_methods |= {method.name.value for method in methods} - found
     return found
 
 
@@ -79,7 +80,8 @@ def is_init_statement(statement: cst.CSTNode, ctx: ConversionContext, init_metho
     """Whether `statement` only initialises weights (see the module docstring). In a loop over the
     modules, assignments to local names (`bound = 1 / math.sqrt(m.out_features)`) go with it."""
     if isinstance(statement, cst.SimpleStatementLine):
-        return all(_is_init_small(s, ctx, init_methods) or (in_loop and _assigns_locals(s)) for s in statement.body)
+        return all(_is_init_small(s, ctx, init_methods, in_loop) or (in_loop and _assigns_locals(s))
+                   for s in statement.body)
     if isinstance(statement, cst.For):
         return _iterates_modules(statement.iter) and statement.orelse is None \
             and _all_init(statement.body.body, ctx, init_methods, True)
@@ -136,7 +138,8 @@ def _is_docstring_and(body, ctx, init_methods) -> bool:
     return _all_init(body, ctx, init_methods) or _init_with_locals(body, ctx, init_methods)
 
 
-def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_methods: set[str]) -> bool:
+def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_methods: set[str],
+                   in_loop: bool = False) -> bool:
     if isinstance(small, (cst.Pass, cst.Continue)):
         return True
     if not isinstance(small, cst.Expr) or not isinstance(small.value, cst.Call):
@@ -154,9 +157,16 @@ def _is_init_small(small: cst.BaseSmallStatement, ctx: ConversionContext, init_m
     method = func.attr.value
     if m.matches(func.value, m.Name("self")):
         return method == "apply" or method in init_methods
+    if in_loop and type(func.value) is cst.Name and not small.value.args and _initialises_in_every_class(method, ctx):
+        return True  # `for m in self.modules(): m.zero_init_last()` (timm's ResNet)
     receiver = func.value
     return method in INPLACE_FILLS and isinstance(receiver, cst.Attribute) \
         and receiver.attr.value in PARAMETER_ATTRIBUTES
+
+
+def _initialises_in_every_class(method: str, ctx: ConversionContext) -> bool:
+    """A method that only initialises in each module class of the file (read so far) defining it."""
+    return method not in ctx.other_methods and any(method in each for each in ctx.init_methods.values())
 
 
 def _given_a_parameter(call: cst.Call) -> bool:

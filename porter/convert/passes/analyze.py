@@ -55,7 +55,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._bodies = FunctionBodies(ctx)
 
     def trigger_words(self) -> Iterable[str]:
-        return {"import", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.class_words, *self.ctx.rngs_functions,
+        # (__init__: a module's constructor calling only what it is handed, `self.one = self.block_cls(c)`)
+        return {"import", "__init__", *CONVENTIONAL_ALIASES, *self.ctx.imports, *self.ctx.class_words, *self.ctx.rngs_functions,
                 *self._constructor_words, *self.ctx.constructor_globals, *self.ctx.registries, *IN_PLACE_DRAWS}
 
     def trigger_state(self) -> object:
@@ -124,7 +125,10 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._note_constructor_fields(node)
         bases = [dotted(b.value) for b in node.bases]
         if any(self._is_module_base(b) for b in bases):
-            if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES for b in bases):
+            if any(b in self.ctx.list_classes or self._qualified_base(b) in MODULE_LIST_BASES for b in bases):
+                self.ctx.list_classes.add(node.name.value)  # (and a sequential class: its super().__init__ stays)
+            if any(b in self.ctx.sequential_classes or self._qualified_base(b) in SEQUENTIAL_BASES + MODULE_LIST_BASES
+                   for b in bases):
                 self.ctx.sequential_classes.add(node.name.value)
                 if any(self._qualified_base(b) in SEQUENTIAL_BASES for b in bases) and names_its_layers(node):
                     self.ctx.named_containers.add(node.name.value)
@@ -173,7 +177,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_words |= names
         module_init = self.function_stack == ["__init__"] and bool(set(self.class_stack[-1:]) & self.ctx.module_classes)
         registries.note_unknown_constructions(node, self.ctx, lambda v: is_layer_constructor(v, self.ctx, names, attributes),
-                                              module_init)
+                                              module_init, lambda n, text: self.ctx.report("PT006", *self._index.start(n), text))
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self._bodies.forget(original_node)
@@ -278,7 +282,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if base in self.ctx.module_classes:
             return True
         full = self._qualified_base(base)
-        return full in MODULE_BASES or full in SEQUENTIAL_BASES or full in TORCH_LAYER_BASES
+        return full in MODULE_BASES or full in SEQUENTIAL_BASES or full in TORCH_LAYER_BASES or full in MODULE_LIST_BASES
 
     def _qualified_base(self, base: str) -> str | None:
         head, _, rest = base.partition(".")
@@ -329,6 +333,9 @@ MODULE_BASES = ("torch.nn.Module", "torch.nn.modules.module.Module")
 # super().__init__(*layers) stays
 SEQUENTIAL_BASES = ("torch.nn.Sequential", "torch.nn.modules.container.Sequential")
 SEQUENTIAL_TARGETS = ("nnx.Sequential", "nnx.List", "nnx.Dict")
+# a subclass of nn.ModuleList with methods of its own (`for block in self`) becomes one of nnx.List, its
+# super().__init__(...) kept (nnx.List's sets the list up, even with no layers)
+MODULE_LIST_BASES = ("torch.nn.ModuleList", "torch.nn.modules.container.ModuleList")
 # a subclass of these torch layers (convnext's LayerNorm2d, timm's StdConv2d) reads the layer's torch
 # attributes in its own forward: it becomes a subclass of the emitted class that keeps them (porter/emitted.py)
 TORCH_LAYER_BASES = {"torch.nn.LayerNorm": "TorchLayerNorm", "torch.nn.GroupNorm": "TorchGroupNorm",
@@ -399,8 +406,7 @@ def is_layer_constructor(value: cst.BaseExpression, ctx: ConversionContext, name
         return is_layer_constructor(value.body, ctx, names, attributes) \
             and is_layer_constructor(value.orelse, ctx, names, attributes)
     if kind is cst.Call and dotted(value.func).rsplit(".", 1)[-1] == "partial" and value.args:
-        value = value.args[0].value
-        kind = type(value)
+        return is_layer_constructor(value.args[0].value, ctx, names, attributes)  # partial(A if c else B, ...) too
     if kind in (cst.List, cst.Tuple, cst.Dict, cst.Subscript):  # [A, B], blocks[0]: porter/convert/registries.py
         return registries.constructs(value, ctx, lambda v: is_layer_constructor(v, ctx, names, attributes))
     if kind is cst.Name and (value.value in names or value.value in ctx.module_classes

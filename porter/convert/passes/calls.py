@@ -5,10 +5,10 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from porter.convert import apply, data_side, devices, inplace, keyword_helpers, layer_functions, no_ops, registries
+from porter.convert import apply, data_side, device_dicts, devices, inplace, keyword_helpers, layer_functions, no_ops, registries
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule, torch_would_refuse
-from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
                                            dict_keys_bound, dotted)
 from porter.convert.context import code_of
@@ -381,6 +381,8 @@ class Calls:
                                            "(self.layer = ...) and call it here; left unchanged")
             return updated
         updated = keyword_helpers.expand(updated, self.ctx.keyword_helpers) or updated
+        if rule.kind == "function" and self._torch_layer_holders:  # torch.zeros(n, **dd): porter/convert/device_dicts.py
+            updated = device_dicts.expand(updated, self._torch_layer_holders[-1][0]) or updated
         rngs = self.scope.rngs(original) if rule.uses_rngs else None
         rngs_in_scope = self.scope.rngs_in_scope()
         site = Site(updated, receiver, rngs, self.ctx, self.scope.module_class, statement=id(original) in self.statement_calls,
@@ -614,7 +616,8 @@ class Calls:
             for warning in rule.warn.values():
                 self.report("PT005", original, f"{qualified} ({rule.id}): {warning}")
             return new
-        if (qualified in SEQUENTIAL_BASES or qualified in TORCH_LAYER_BASES) and id(original) in self._class_bases:
+        if (qualified in SEQUENTIAL_BASES or qualified in TORCH_LAYER_BASES or qualified in MODULE_LIST_BASES) \
+                and id(original) in self._class_bases:
             return updated  # the module pass makes the class a subclass of nnx.Sequential or an emitted layer
         if qualified in MODULE_BASES:
             if self._annotation_depth:  # downsample: Optional[nn.Module]

@@ -15,7 +15,7 @@ from porter.convert.tying import sublayer_parameter
 from porter.convert.context import code_of
 from porter.convert.replaced_variables import buffer_names, buffer_update, replaced_parameter, \
     replaces_own_parameter
-from porter.convert.passes.analyze import MODULE_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
+from porter.convert.passes.analyze import MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
@@ -324,7 +324,8 @@ class ModuleStructure:
                     new = call.with_changes(args=[*call.args, keyword_arg("rngs", cst.Name("rngs"))])
                     self.record("module-super", original_node.body[0], new)
                     return updated_node.with_changes(body=[statement.with_changes(value=new)])
-                if not (self.scope.module_class in self.ctx.sequential_classes and call.args):
+                if not (self.scope.module_class in self.ctx.sequential_classes and call.args
+                        or self.scope.module_class in self.ctx.list_classes):
                     self.record("module-super", original_node, cst.Pass())
                     return cst.RemoveFromParent()
         return updated_node
@@ -526,6 +527,10 @@ class ModuleStructure:
             return new
         if qualified in MODULE_BASES or qualified in SEQUENTIAL_BASES:
             new = updated.with_changes(value=rule_expr("nnx.Module" if qualified in MODULE_BASES else "nnx.Sequential"))
+            self.record("module-base", original, new)
+            return new
+        if qualified in MODULE_LIST_BASES:
+            new = updated.with_changes(value=rule_expr("nnx.List"))
             self.record("module-base", original, new)
             return new
         if qualified in TORCH_LAYER_BASES:
