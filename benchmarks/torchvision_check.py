@@ -63,7 +63,7 @@ RUN = textwrap.dedent("""\
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for mode in ("eval", "train"):
         report = check_equivalence(original, converted, x, mode=mode, jit=False, layers=False)
-        print(mode, "PASS" if report.passed else "FAIL\\n" + str(report)[:1500], flush=True)
+        print(mode, "PASS" if report.passed else "FAIL\\n" + report.format()[:3000], flush=True)
     """)
 
 
