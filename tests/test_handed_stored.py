@@ -88,6 +88,17 @@ BUILT = make_stored(ConvA, 3)
 '''
 
 
+def assert_matches_torch(tmp_path, source, converted_code, input_shape):
+    """`Net()` of the source and `Net(rngs=...)` of its conversion pass porter check on one random input."""
+    (tmp_path / "torch_net.py").write_text(source)
+    (tmp_path / "jax_net.py").write_text(converted_code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net().eval()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(*input_shape))
+    assert report.passed, report.format()
+
+
 def _tree(tmp_path, files):
     source, output = tmp_path / "src" / "storedproj", tmp_path / "out" / "storedproj"
     source.mkdir(parents=True)
@@ -148,13 +159,7 @@ class Net(nn.Module):
     assert "self.one = with_rngs_if_taken(self.block_cls, rngs)(c, c)" in conversion.code
     runnable = source.replace("        self.d = make_stored(ConvA, 3)\n", "")
     conversion = convert_source(runnable, filename="net.py")
-    (tmp_path / "torch_net.py").write_text(runnable)
-    (tmp_path / "jax_net.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_net.py").Net().eval()
-    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, runnable, conversion.code, (2, 3, 6, 6))
 
 
 # a parameter saying nothing of a module (`Optional[Callable] = None`, `=None`), defaulted with `or` or tested
@@ -196,13 +201,7 @@ def test_a_parameter_that_may_hold_a_module_class_gets_rngs_if_it_takes_them(tmp
     assert "self.act = with_rngs_if_taken(act_layer, rngs)()" in conversion.code
     assert "self.inner = with_rngs_if_taken(inner, rngs)(dim, dim) if inner is not None else" in conversion.code
     assert "self.post = nnx.Sequential(with_rngs_if_taken(post_layer, rngs)(dim), " in conversion.code
-    (tmp_path / "torch_net.py").write_text(MAYBE_MODEL)
-    (tmp_path / "jax_net.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_net.py").Net().eval()
-    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 5, 5, 6))
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, MAYBE_MODEL, conversion.code, (2, 5, 5, 6))
 
 
 # timm's ConvNeXtBlock: `mlp_layer = partial(GlobalResponseNormMlp if use_grn else Mlp, use_conv=conv_mlp)`
@@ -230,13 +229,7 @@ class Net(nn.Module):
 def test_a_partial_of_a_choice_between_module_classes_gets_rngs(tmp_path):
     conversion = convert_source(CHOICE_MODEL, filename="net.py")
     assert "self.a = layer(3, rngs=rngs)" in conversion.code
-    (tmp_path / "torch_net.py").write_text(CHOICE_MODEL)
-    (tmp_path / "jax_net.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_net.py").Net().eval()
-    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, CHOICE_MODEL, conversion.code, (2, 3, 6, 6))
 
 
 # timm's activations: `from .activations import *` then `_ACT_LAYER_DEFAULT = dict(gelu=GELU, ...)`, the class
@@ -318,10 +311,4 @@ class Net(nn.Module):
 def test_a_class_looked_up_by_a_function_and_called_gets_rngs_if_it_takes_them(tmp_path):
     conversion = convert_source(LOOKED_UP_MODEL, filename="net.py")
     assert "self.a = with_rngs_if_taken(block, rngs)(3, 4)" in conversion.code
-    (tmp_path / "torch_net.py").write_text(LOOKED_UP_MODEL)
-    (tmp_path / "jax_net.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_net.py").Net().eval()
-    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6))
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, LOOKED_UP_MODEL, conversion.code, (2, 3, 6, 6))
