@@ -150,7 +150,7 @@ CONVERTED_CASES = [
     ("forward", "        x = x.type(y.dtype)", "x = x.astype(y.dtype)"),
     ("forward", "        z = x.detach().cpu().numpy()", "np.array("),
     ("forward", "        n, device = x.shape[1], x.device", "n = x.shape[1]"),
-    ("init", "        self.n = sum(p.numel() for p in self.parameters())\n", "nnx.state(self, nnx.Param)"),
+    ("init", "        self.n = sum(p.numel() for p in self.parameters())\n", "parameters_of(self)"),
     ("init", "        self.k = sum(1 for m in self.modules() if m is not None)\n", "nnx.iter_modules(self)"),
     ("forward", "        y[y < 0] = 0.5", "jnp.where(y < 0"),
     ("forward", "        if self.initted:\n            pass", "if self.initted[...]:"),
