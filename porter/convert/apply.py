@@ -12,6 +12,7 @@ import libcst.matchers as m
 
 from porter.convert import traverse
 from porter.convert.context import ConversionContext, code_of
+from porter.convert.layer_functions import target_parameters
 from porter.convert.transforms import keyword_arg, NO_VALUE, VALUE_TRANSFORMS, Unsupported, literal, rule_expr
 from porter.rules.loader import Rule
 
@@ -59,8 +60,12 @@ def _torch_keyword(rule: Rule, name: str) -> str:
 
 def takes_numpy_keywords(rule: Rule) -> bool:
     """A rule for torch functions or Tensor methods written in C++ (`torch.sum`, `torch.Tensor.amax`)."""
-    return all((source.startswith("torch.Tensor.") and source.count(".") == 2 or source.count(".") == 1)
-               and source.startswith("torch.") and source not in PYTHON_DEFINED for source in rule.source)
+    def native(source: str) -> bool:  # torch.X or torch.Tensor.X, not written in Python
+        parts = source.split(".")
+        return parts[0] == "torch" and (len(parts) == 2 or len(parts) == 3 and parts[1] == "Tensor") \
+            and source not in PYTHON_DEFINED
+
+    return all(native(source) for source in rule.source)
 
 
 def bind(rule: Rule, call: cst.Call) -> dict[str, Value]:
@@ -368,10 +373,8 @@ def _param_dtype(rule: Rule, param, value: Value, site: Site) -> cst.BaseExpress
     """A layer's `dtype=` (torch's parameters' dtype, None the default one) as flax's `param_dtype`, as the
     layer's constructor function does (layer_functions.py): `dtype=torch.bfloat16` -> `param_dtype=jnp.bfloat16`,
     `dtype=dtype` -> `param_dtype=dtype or jnp.float32`. None where the layer's target takes no param_dtype."""
-    from porter.convert.layer_functions import _target_parameters
-
     if rule.kind != "layer" or param.name != "dtype" or param.default != "None" or isinstance(value, list) \
-            or "param_dtype" not in _target_parameters(rule):
+            or "param_dtype" not in target_parameters(rule):
         return None
     qualified = site.ctx.qualified_name(value) if type(value) in (cst.Name, cst.Attribute) else None
     if qualified is not None and qualified.startswith("torch."):

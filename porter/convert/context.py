@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import libcst as cst
-import libcst.matchers as m
 
 from porter.convert.diagnostics import Change, Diagnostic, diagnostic
 from porter.convert.source_index import code_for_node
+from porter.convert.traverse import find_all
 from porter.rules.loader import RuleSet
 
 if TYPE_CHECKING:
@@ -216,9 +216,9 @@ class ConversionContext:
         node = self.module_class_nodes.get(class_name)
         if node is None:
             return set()
-        attributes = m.findall(node, m.Attribute(value=m.Name("self"), attr=m.Name()))
-        methods = (item.name.value for item in node.body.body if isinstance(item, cst.FunctionDef))
-        return {a.attr.value for a in attributes} | set(methods)
+        attributes = {a.attr.value for a in find_all(node, cst.Attribute)
+                      if type(a.value) is cst.Name and a.value.value == "self"}
+        return attributes | {item.name.value for item in node.body.body if type(item) is cst.FunctionDef}
 
     def use_global_rngs(self) -> str:
         """The name of the module-level nnx.Rngs for draws outside modules (defined once the file is rewritten)."""

@@ -112,7 +112,7 @@ def _generate(rule) -> tuple[str, tuple[str, ...]] | None:
     target_name, helpers = _target(rule)
     if target_name is None:
         return None
-    takes = _target_parameters(rule)
+    takes = target_parameters(rule)
     checks: list[str] = []
     positional: dict[int, str] = {}
     keywords: dict[str, str] = {}
@@ -178,7 +178,7 @@ def _target(rule) -> tuple[str | None, tuple[str, ...]]:
     return None, ()
 
 
-def _target_parameters(rule) -> set[str]:
+def target_parameters(rule) -> set[str]:
     """The keyword names the rule's target class takes (its __init__'s)."""
     root, _, rest = rule.target.partition(".")
     if root == "emitted":
