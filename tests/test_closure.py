@@ -333,16 +333,15 @@ def test_the_segmentation_fixture_converts_with_torchvision_and_timm(segmentatio
     assert "timm.create_model(name, pretrained=False, num_classes=0, layers=layers, rngs=rngs)" in encoders
     # timm's builder is handed the model class (`model_cls: Callable[..., ModelT]`, ModelT bound to nn.Module)
     assert "model = with_rngs_if_taken(model_cls, rngs)(**kwargs)" in (out / "timm/models/_builder.py").read_text()
+    # create_model (`-> nn.Module`) takes rngs of its own, out of the **kwargs it stores on the model
+    factory = (out / "timm/models/_factory.py").read_text()
+    assert "*, rngs: nnx.Rngs, **kwargs: Any," in factory
+    assert "model = with_rngs_if_taken(create_fn, rngs)(" in factory
 
 
 @pytest.mark.parametrize("encoder", [
     "resnet",
-    pytest.param("timm-resnet", marks=pytest.mark.xfail(strict=True, reason=(
-        "timm's ResNet, converted --with timm, gets its rngs through timm.create_model and build_model_with_cfg, "
-        "and builds (its add_module(*stage) is a setattr, its init_weights goes as initialisation), but "
-        "create_model then fails: rngs reaches it inside **kwargs, and timm/models/_factory.py:239 stores those "
-        "kwargs on the model (`model._model_args = dict(..., **{k: v for k, v in kwargs.items() ...})`), where "
-        "nnx refuses the Rngs in a static attribute; porter says nothing there"))),
+    "timm-resnet",  # (was a strict xfail: create_model got rngs inside the **kwargs it stores on the model)
 ])
 def test_the_segmentation_fixture_passes_check_against_torch(segmentation, encoder):
     out, env, _ = segmentation

@@ -557,3 +557,19 @@ def test_helpers_go_below_the_imports_porter_adds_when_other_statements_precede_
     namespace = {"__name__": "m"}
     exec(result.code, namespace)
     assert namespace["M"](rngs=nnx.Rngs(0))(torch.ones(1, 2).numpy()).shape == (1, 3)
+
+
+@pytest.mark.parametrize("params, expected", [
+    # one per line with a trailing comma (black's layout): rngs on lines of their own, the comma kept last
+    ("\n        self,\n        cin,\n        cout=4,\n    ",
+     "\n        self,\n        cin,\n        cout=4,\n        *,\n        rngs: nnx.Rngs,\n    "),
+    # one per line without one (timm's `dtype=None\n    ):`): the line break before `)` moves after rngs
+    ("\n        self,\n        cin,\n        cout=4\n    ",
+     "\n        self,\n        cin,\n        cout=4,\n        *,\n        rngs: nnx.Rngs\n    "),
+    ("self, cin, cout=4", "self, cin, cout=4, *, rngs: nnx.Rngs"),  # on one line: stays on one line
+])
+def test_the_rngs_parameter_keeps_the_layout_of_the_parameters(params, expected):
+    source = ("import torch.nn as nn\n\n\nclass Block(nn.Module):\n    def __init__(" + params + "):\n"
+              "        super().__init__()\n        self.conv = nn.Conv2d(cin, cout, 3)\n")
+    converted = convert_source(source).code
+    assert "def __init__(" + expected + "):" in converted, converted

@@ -313,10 +313,11 @@ def constructs(value: cst.BaseExpression, ctx: ConversionContext, is_constructor
 
 
 def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext, is_constructor,
-                               module_init: bool, report=None) -> None:
+                               module_init: bool, report=None, returns_module: bool = False) -> None:
     """The calls of `function` whose callee may or may not be a module class: ConversionContext.unknown_constructions.
     A class handed to it and put in a container is reported (`report(node, message)`): porter does not follow
-    it out of the container, so what calls it there gets no rngs."""
+    it out of the container, so what calls it there gets no rngs. `returns_module`: a top-level function annotated
+    to return a module (`def create_model(...) -> nn.Module`), whose callers pass it rngs."""
     handed = ctx.handed_classes.get(function.name.value)
     if handed and report is not None:
         for literal in stored_in_containers(function, holders(function, handed)):
@@ -325,6 +326,8 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
                             "container, so the module it builds gets no rngs; call it directly, or pass rngs=rngs "
                             "where it is built; left unchanged")
     names = unknown_names(function, ctx, is_constructor, module_init)
+    if returns_module:
+        names |= _returned_callees(function, is_constructor)
     if not names and not ctx.registries:  # nothing else is unknown: a pick of a registry of the file
         return
     for call in find_all(function.body, cst.Call):
@@ -372,6 +375,23 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
             names |= {_dotted(call.func) for call in _stored_calls(function)
                       if _dotted(call.func) in held and not is_constructor(call.func)}
     return names
+
+
+def _returned_callees(function: cst.FunctionDef, is_constructor) -> set[str]:
+    """The callees of what `function` returns, `return f(...)` or `x = f(...); ...; return x`, that are not known
+    layer constructors: timm's create_model returns `create_fn(...)`, create_fn looked up in its registry at run
+    time. Taking rngs as a keyword of its own, the function keeps them out of the **kwargs it stores."""
+    assigned: dict[str, list[cst.BaseExpression]] = {}
+    for assign in _single_name_assigns(function):
+        assigned.setdefault(assign.targets[0].target.value, []).append(assign.value)
+    local = set(assigned) | set(_positional_names(function)) | {p.name.value for p in function.params.kwonly_params}
+    found = set()
+    for returned in find_all(function.body, cst.Return):
+        value = returned.value
+        values = assigned.get(value.value, []) if type(value) is cst.Name else [value]
+        found |= {v.func.value for v in values
+                  if type(v) is cst.Call and type(v.func) is cst.Name and not is_constructor(v.func)}
+    return found & local  # (a function of the file or an import: the analysis knows whether it builds a module)
 
 
 def _builds_layers(function: cst.FunctionDef, is_constructor) -> bool:

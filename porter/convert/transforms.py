@@ -69,6 +69,32 @@ def keyword_arg(name: str, value: cst.BaseExpression) -> cst.Arg:
                    equal=cst.AssignEqual(whitespace_before=_NO_SPACE, whitespace_after=_NO_SPACE))
 
 
+def with_keyword_param(function: cst.FunctionDef, param: cst.Param) -> cst.Parameters:
+    """`function`'s parameters with `param` keyword-only after the others (before `**kwargs`). Parameters one per
+    line keep that layout: the new one gets a line of its own and the old trailing comma."""
+    params = function.params
+    had_star = isinstance(params.star_arg, (cst.Param, cst.ParamStar))
+    star = params.star_arg if had_star else cst.ParamStar()
+    between = function.whitespace_before_params
+    kwonly = list(params.kwonly_params)
+    last = kwonly[-1] if kwonly else star if had_star else params.params[-1] if params.params else None
+    if params.star_kwarg is not None or last is None or not isinstance(between, cst.ParenthesizedWhitespace):
+        return params.with_changes(star_arg=star, kwonly_params=[*kwonly, param])
+    line_break = cst.Comma(whitespace_after=between)
+    before_close = last.whitespace_after_param  # the line break before `)` where there is no trailing comma
+    ended = last.with_changes(comma=line_break, whitespace_after_param=cst.SimpleWhitespace(""))
+    if kwonly:
+        kwonly[-1] = ended
+    elif had_star:
+        star = ended
+    else:
+        params = params.with_changes(params=[*params.params[:-1], ended])
+    if not had_star:
+        star = star.with_changes(comma=line_break)
+    added = param.with_changes(comma=last.comma, whitespace_after_param=before_close)
+    return params.with_changes(star_arg=star, kwonly_params=[*kwonly, added])
+
+
 def _ntuple(n: int) -> Callable:
     def transform(node: cst.BaseExpression, ctx: ConversionContext) -> cst.BaseExpression:
         value = literal(node)

@@ -176,8 +176,11 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_names.append(names)
         self._constructor_words |= names
         module_init = self.function_stack == ["__init__"] and bool(set(self.class_stack[-1:]) & self.ctx.module_classes)
+        returns_module = not self.class_stack and len(self.function_stack) == 1 and node.returns is not None \
+            and _names_a_module(node.returns.annotation, self.ctx)
         registries.note_unknown_constructions(node, self.ctx, lambda v: is_layer_constructor(v, self.ctx, names, attributes),
-                                              module_init, lambda n, text: self.ctx.report("PT006", *self._index.start(n), text))
+                                              module_init, lambda n, text: self.ctx.report("PT006", *self._index.start(n), text),
+                                              returns_module)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self._bodies.forget(original_node)
@@ -384,6 +387,13 @@ def _mentions_module(node: cst.CSTNode, ctx: ConversionContext) -> bool:
         if ctx.qualified_name(n) in MODULE_BASES or layer_value_rule(n, ctx) is not None:
             return True
     return False
+
+
+def _names_a_module(annotation: cst.BaseExpression, ctx: ConversionContext) -> bool:
+    """`nn.Module`, `ResNet` (a module class), `ModelT` (a TypeVar bound to nn.Module): a module, not a class."""
+    if type(annotation) is cst.Name and annotation.value in ctx.module_classes | ctx.module_typevars:
+        return True
+    return type(annotation) in (cst.Name, cst.Attribute) and ctx.qualified_name(annotation) in MODULE_BASES
 
 
 def _constructor_annotation(annotation: cst.Annotation | None, ctx: ConversionContext) -> bool:

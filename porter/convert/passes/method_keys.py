@@ -21,6 +21,8 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
+from porter.convert.transforms import with_keyword_param
+
 _NOT_KEYED = ("__init__", "forward", "__call__")
 
 
@@ -52,9 +54,7 @@ class MethodKeys:
                              default=cst.Name("None"), equal=cst.AssignEqual(
                                  whitespace_before=cst.SimpleWhitespace(" "),
                                  whitespace_after=cst.SimpleWhitespace(" ")))
-        params = updated_node.params
-        star = params.star_arg if isinstance(params.star_arg, cst.Param) else cst.ParamStar()
-        params = params.with_changes(star_arg=star, kwonly_params=[*params.kwonly_params, argument])
+        params = with_keyword_param(updated_node, argument)
         body = list(updated_node.body.body)
         at = 1 if body and _is_docstring(body[0]) else 0
         line = cst.parse_statement(f"rngs = self.{stored} if rngs is None else rngs\n")

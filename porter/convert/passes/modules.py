@@ -19,7 +19,7 @@ from porter.convert.passes.analyze import MODULE_BASES, MODULE_LIST_BASES, SEQUE
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
-from porter.convert.transforms import keyword_arg, expr, rule_expr
+from porter.convert.transforms import keyword_arg, expr, rule_expr, with_keyword_param
 from porter.convert.traverse import find_all
 
 RNGS_PARAM = cst.Param(cst.Name("rngs"), annotation=cst.Annotation(expr("nnx.Rngs")))
@@ -514,7 +514,7 @@ class ModuleStructure:
         return new
 
     def _add_rngs_param(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
-        new = updated.with_changes(params=_with_rngs(updated.params))
+        new = updated.with_changes(params=_with_rngs(updated))
         self.record("module-rngs", original.params, new.params)
         return new
 
@@ -619,10 +619,8 @@ def _returns(statement: cst.BaseStatement) -> bool:
     return isinstance(statement, cst.SimpleStatementLine) and any(isinstance(s, cst.Return) for s in statement.body)
 
 
-def _with_rngs(params: cst.Parameters) -> cst.Parameters:
+def _with_rngs(function: cst.FunctionDef) -> cst.Parameters:
+    params = function.params
     if any(p.name.value == "rngs" for p in [*params.params, *params.kwonly_params]):
         return params
-    star = params.star_arg
-    if isinstance(star, cst.MaybeSentinel) or star is None:
-        star = cst.ParamStar()
-    return params.with_changes(star_arg=star, kwonly_params=[*params.kwonly_params, RNGS_PARAM])
+    return with_keyword_param(function, RNGS_PARAM)
