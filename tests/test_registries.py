@@ -456,3 +456,45 @@ def fused(model: nn.Module, inplace: bool = False) -> nn.Module:
     conversion = convert_source(textwrap.dedent(source), filename="net.py")
     assert "def fused(model: nnx.Module, inplace: bool = False) -> nnx.Module:" in conversion.code
     assert "with_rngs_if_taken" not in conversion.code
+
+
+# classes handed in a list and bound by a comprehension, and a class stored by the constructor and built in a
+# method it calls (was: neither got rngs, and no diagnostic: the converted model failed when built)
+LISTED_MODEL = BLOCKS + '''
+
+def make_all(blocks, c):
+    return [b(c, c) for b in blocks]
+
+
+class Net(nn.Module):
+    def __init__(self, block, blocks):
+        super().__init__()
+        self.block_cls = block
+        self.first = self._make(4)
+        self.rest = nn.ModuleList([b(4, 4) for b in blocks])
+        self.more = nn.ModuleList(make_all([ConvB, ConvA], 4))
+
+    def _make(self, c):
+        return self.block_cls(3, c)
+
+    def forward(self, x):
+        x = self.first(x)
+        for layer in [*self.rest, *self.more]:
+            x = layer(x)
+        return x
+'''
+
+
+def test_classes_handed_in_a_list_or_built_in_a_method_the_constructor_calls_get_rngs_and_match_torch(tmp_path):
+    conversion, torch_module, jax_module = pair(tmp_path, LISTED_MODEL)
+    assert errors(conversion) == []
+    assert "def make_all(blocks, c, *, rngs: nnx.Rngs):\n    return [with_rngs_if_taken(b, rngs)(c, c) for b in " \
+           "blocks]" in conversion.code
+    assert "self.rest = nnx.List([with_rngs_if_taken(b, rngs)(4, 4) for b in blocks])" in conversion.code
+    assert "def _make(self, c, *, rngs: nnx.Rngs):\n        return with_rngs_if_taken(self.block_cls, rngs)(3, c)" \
+        in conversion.code
+    assert "self.first = self._make(4, rngs=rngs)" in conversion.code
+    report = check_equivalence(torch_module.Net(torch_module.ConvA, [torch_module.ConvB]).eval(),
+                               jax_module.Net(jax_module.ConvA, [jax_module.ConvB], rngs=nnx.Rngs(0)),
+                               torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()

@@ -139,12 +139,15 @@ def holders(function: cst.FunctionDef, seeds: set[str]) -> set[str]:
     it (`fn = partial(block, c)`, `self.block_cls = block`), dotted (`self.block_cls`)."""
     held = set(seeds)
     assigns = [a for a in find_all(function.body, cst.Assign) if len(a.targets) == 1]
+    loops = find_all(function.body, (cst.For, cst.CompFor))
     for _ in range(2):  # `fn = partial(block); self.fn = fn`
         for assign in assigns:
             target = _dotted(assign.targets[0].target)
             if target is not None and target not in held and _holds(assign.value, held) \
                     and (type(assign.targets[0].target) is cst.Name or target.startswith("self.")):
                 held.add(target)
+        held |= {loop.target.value for loop in loops  # `[b(c, c) for b in blocks]`, blocks handed [A, B]
+                 if type(loop.target) is cst.Name and _dotted(loop.iter) in held}
     return held
 
 
@@ -233,8 +236,13 @@ def _positional_names(function: cst.FunctionDef) -> list[str]:
 
 
 def _is_class(value: cst.BaseExpression, classes: set[str]) -> bool:
+    """A class of the file or the tree, torch's `nn.X`, or a list or tuple of them (`make([A, B], c)`: a loop over
+    the parameter it is handed binds each, holders)."""
     if type(value) is cst.Name:
         return value.value in classes
+    if type(value) in (cst.List, cst.Tuple):
+        return bool(value.elements) and all(type(e) is cst.Element and _is_class(e.value, classes)
+                                            for e in value.elements)
     return m.matches(value, m.Attribute(value=m.Name("nn") | m.Attribute(value=m.Name("torch"), attr=m.Name("nn"))))
 
 
@@ -313,11 +321,13 @@ def constructs(value: cst.BaseExpression, ctx: ConversionContext, is_constructor
 
 
 def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext, is_constructor,
-                               module_init: bool, report=None, returns_module: bool = False) -> None:
+                               module_init: bool, report=None, returns_module: bool = False,
+                               module_class: cst.ClassDef | None = None) -> None:
     """The calls of `function` whose callee may or may not be a module class: ConversionContext.unknown_constructions.
     A class handed to it and put in a container is reported (`report(node, message)`): porter does not follow
     it out of the container, so what calls it there gets no rngs. `returns_module`: a top-level function annotated
-    to return a module (`def create_model(...) -> nn.Module`), whose callers pass it rngs."""
+    to return a module (`def create_model(...) -> nn.Module`), whose callers pass it rngs. `module_class`: the
+    module class whose method `function` is."""
     handed = ctx.handed_classes.get(function.name.value)
     if handed and report is not None:
         for literal in stored_in_containers(function, holders(function, handed)):
@@ -328,6 +338,11 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
     names = unknown_names(function, ctx, is_constructor, module_init)
     if returns_module:
         names |= _returned_callees(function, is_constructor)
+    built_by_method = _built_from_constructor_attributes(module_class, function) if module_class is not None \
+        else set()
+    if built_by_method:  # (as a method building layers: its callers pass rngs)
+        ctx.methods_needing_rngs.setdefault(module_class.name.value, set()).add(function.name.value)
+        names |= built_by_method
     if not names and not ctx.registries:  # nothing else is unknown: a pick of a registry of the file
         return
     for call in find_all(function.body, cst.Call):
@@ -364,9 +379,7 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
         held = holders(function, handed)
         names |= {_dotted(call.func) for call in find_all(function.body, cst.Call) if _dotted(call.func) in held}
     if module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor):
-        params = function.params
-        bare = {p.name.value for p in [*params.params, *params.kwonly_params]
-                if (p.default is None and p.annotation is None or _is_none(p.default)) and p.name.value != "self"}
+        bare = _untyped_params(function)
         bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
         bare |= {a.targets[0].target.value for a in _single_name_assigns(function)  # norm_layer = get_norm_layer(x)
                  if type(a.value) is cst.Call}
@@ -375,6 +388,39 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
             names |= {_dotted(call.func) for call in _stored_calls(function)
                       if _dotted(call.func) in held and not is_constructor(call.func)}
     return names
+
+
+def _untyped_params(function: cst.FunctionDef) -> set[str]:
+    """Parameters with neither a default nor an annotation, or a None default: nothing says what they hold."""
+    params = function.params
+    return {p.name.value for p in [*params.params, *params.kwonly_params]
+            if (p.default is None and p.annotation is None or _is_none(p.default)) and p.name.value != "self"}
+
+
+def _built_from_constructor_attributes(module_class: cst.ClassDef, method: cst.FunctionDef) -> set[str]:
+    """`self.block_cls = block` in the constructor, `self.block_cls(3, c)` in `_make`, a method the constructor
+    calls and forward does not: the self attributes `method` calls that may hold a module class."""
+    methods = {s.name.value: s for s in module_class.body.body if type(s) is cst.FunctionDef}
+    init, name = methods.get("__init__"), method.name.value
+    if init is None or name in ("__init__", "forward") or not _calls_own_method(init, name) \
+            or "forward" in methods and _calls_own_method(methods["forward"], name):
+        return set()
+    held = {f"self.{attribute}" for attribute in constructor_held_attributes(module_class)}
+    return {_dotted(call.func) for call in find_all(method.body, cst.Call) if _dotted(call.func) in held}
+
+
+def constructor_held_attributes(module_class: cst.ClassDef) -> set[str]:
+    """The self attributes the constructor binds to a parameter that nothing says is not a class
+    (`self.block_cls = block`), or to a partial of one."""
+    init = next((s for s in module_class.body.body if type(s) is cst.FunctionDef and s.name.value == "__init__"),
+                None)
+    if init is None:
+        return set()
+    return {h.removeprefix("self.") for h in holders(init, _untyped_params(init)) if h.startswith("self.")}
+
+
+def _calls_own_method(function: cst.FunctionDef, name: str) -> bool:
+    return any(_dotted(call.func) == f"self.{name}" for call in find_all(function.body, cst.Call))
 
 
 def _returned_callees(function: cst.FunctionDef, is_constructor) -> set[str]:
@@ -400,8 +446,9 @@ def _builds_layers(function: cst.FunctionDef, is_constructor) -> bool:
 
 
 def _loop_names(function: cst.FunctionDef) -> set[str]:
-    """Names a for loop of `function` binds (each name of a tuple target too)."""
-    return {name.value for loop in find_all(function.body, cst.For) for name in find_all(loop.target, cst.Name)}
+    """Names a for loop or a comprehension of `function` binds (each name of a tuple target too)."""
+    return {name.value for loop in find_all(function.body, (cst.For, cst.CompFor))
+            for name in find_all(loop.target, cst.Name)}
 
 
 def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor) -> bool:

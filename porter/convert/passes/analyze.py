@@ -146,6 +146,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             else set()
         self._constructor_attributes.append(attributes)
         self._constructor_words |= attributes
+        if node.name.value in self.ctx.module_classes:  # `self.block_cls(c)` in a method the constructor calls
+            self._constructor_words |= registries.constructor_held_attributes(node)
 
     def _note_constructor_fields(self, node: cst.ClassDef) -> None:
         """`block: Callable[..., nn.Module]` in a class body (a config): ConversionContext.constructor_fields."""
@@ -180,7 +182,13 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             and _names_a_module(node.returns.annotation, self.ctx)
         registries.note_unknown_constructions(node, self.ctx, lambda v: is_layer_constructor(v, self.ctx, names, attributes),
                                               module_init, lambda n, text: self.ctx.report("PT006", *self._index.start(n), text),
-                                              returns_module)
+                                              returns_module, self._method_of_module_class(node))
+
+    def _method_of_module_class(self, node: cst.FunctionDef) -> cst.ClassDef | None:
+        """The module class `node` is a method of (None for a function or a nested one)."""
+        if len(self.function_stack) != 1 or not self.class_stack:
+            return None
+        return self.ctx.module_class_nodes.get(self.class_stack[-1])
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self._bodies.forget(original_node)
