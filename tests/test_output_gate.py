@@ -230,8 +230,9 @@ def test_gate_puts_back_a_statement_the_rewrite_turned_into_several():
 def test_gate_puts_back_only_the_header_when_the_header_broke():
     """A constructor signature with rngs twice ('duplicate argument'): the original `def` line comes back,
     its converted body stays."""
-    def twice(params):
-        return params.with_changes(star_arg=cst.ParamStar(), kwonly_params=[modules.RNGS_PARAM, modules.RNGS_PARAM])
+    def twice(function):
+        return function.params.with_changes(star_arg=cst.ParamStar(),
+                                            kwonly_params=[modules.RNGS_PARAM, modules.RNGS_PARAM])
 
     with mock.patch.object(modules, "_with_rngs", twice):
         c = convert_source(MODEL, filename="m.py")
