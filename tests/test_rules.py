@@ -151,3 +151,22 @@ def test_numpy_keywords_bind_where_torch_takes_them():
         np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-6)
     with pytest.raises(TypeError):
         torch.from_numpy(x).norm(dim=1, keepdims=True)
+
+
+def test_typed_tensor_classes_convert_in_annotations_only():
+    """`input_ids: Optional[torch.LongTensor]` (Hugging Face's signatures) is jax.Array; as a value the name keeps
+    torch's meaning, a tensor type of one dtype, and is reported (was: an error at every annotation)."""
+    source = textwrap.dedent("""\
+        import torch
+        from typing import Optional
+
+
+        def f(x: torch.FloatTensor, ids: Optional[torch.LongTensor] = None) -> tuple[torch.BoolTensor, ...]:
+            mask: torch.BoolTensor = x > 0
+            return isinstance(ids, torch.LongTensor), mask
+        """)
+    conversion = convert_source(source)
+    assert "def f(x: jax.Array, ids: Optional[jax.Array] = None) -> tuple[jax.Array, ...]:" in conversion.code
+    assert "mask: jax.Array = x > 0" in conversion.code
+    [error] = [d for d in conversion.diagnostics if d.severity.value == "error"]
+    assert (error.line, error.code) == (7, "PT003") and "a tensor type of one dtype" in error.message

@@ -32,9 +32,12 @@ NOT_VERIFIED = {
 }
 
 
+ANNOTATIONS = {symbol for rule in RULES.rules if rule.kind == "annotation" for symbol in rule.source}  # no values
+
+
 def test_every_function_and_method_symbol_is_verified():
     unverified = [r.symbol for r in rows() if r.file in FUNCTION_FILES and not r.verified
-                  and r.symbol not in NOT_VERIFIED]
+                  and r.symbol not in NOT_VERIFIED and r.symbol not in ANNOTATIONS]
     assert unverified == []
 
 

@@ -39,6 +39,10 @@ def example_call(rule: Rule, qualified: str, helpers: list[str] | None = None) -
 
 def value_message(rule: Rule, qualified: str) -> str:
     """The PT003 message for a layer class used as a value."""
+    if rule.kind == "annotation":
+        return (f"{qualified} converts in type annotations only (to {rule.target}, rule {rule.id}); here it is a "
+                "value with torch's meaning, a tensor type of one dtype: test or cast the dtype instead "
+                "(x.dtype == jnp.int64, x.astype(...)); left unchanged")
     message = (f"{qualified} is used as a value (passed or stored, not called); rule {rule.id} converts calls "
                f"only; left unchanged")
     if rule.kind not in ("layer", "activation") or rule.target in ("nnx.Sequential", "nnx.List", "nnx.Dict"):

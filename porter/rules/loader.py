@@ -16,7 +16,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("layer", "activation", "function", "method", "constant", "decorator")
+# annotation: a name replaced only inside type annotations (`ids: torch.LongTensor`); anywhere else it keeps
+# its torch meaning (`torch.LongTensor([1, 2])` builds one, `isinstance(x, torch.LongTensor)` tests the dtype)
+KINDS = ("layer", "activation", "function", "method", "constant", "decorator", "annotation")
 TARGET_ROOTS = ("jnp", "jax", "nnx", "math", "emitted", "method", "builder", "expr", "drop", "typing")
 # [[rule.verify]] keys that are options, not values to draw (see porter/rules/verify.py)
 VERIFY_OPTIONS = ("code", "rtol", "atol", "compare", "check", "jit", "expect", "symbols")

@@ -369,7 +369,7 @@ class Calls:
                         "jax.jit compiles (a converted training loop's step is jitted)")
             self.record(rule.id, original, updated.args[0].value)
             return updated.args[0].value
-        if rule is None or rule.kind in ("constant", "decorator"):
+        if rule is None or rule.kind in ("constant", "decorator", "annotation"):
             self.report("PT003", original, f"{qualified} has no conversion rule; left unchanged")
             return updated
         return self._apply(rule, original, updated, receiver=None)
@@ -610,7 +610,7 @@ class Calls:
         if not qualified or qualified.split(".")[0] not in ("torch", "einops"):
             return updated
         rule = self.ctx.rules.lookup(qualified)
-        if rule is not None and rule.kind == "constant":
+        if rule is not None and (rule.kind == "constant" or rule.kind == "annotation" and self._annotation_depth):
             new = rule_expr(rule.target)
             self.record(rule.id, original, new)
             for warning in rule.warn.values():
