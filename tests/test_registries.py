@@ -498,3 +498,39 @@ def test_classes_handed_in_a_list_or_built_in_a_method_the_constructor_calls_get
                                jax_module.Net(jax_module.ConvA, [jax_module.ConvB], rngs=nnx.Rngs(0)),
                                torch.randn(2, 3, 6, 6))
     assert report.passed, report.format()
+
+
+# segmentation_models_pytorch's registry: empty, filled as the module runs (`encoders.update(resnet_encoders)`);
+# was: `Encoder(**params)` got no rngs and no diagnostic
+RUNTIME_REGISTRY_MODEL = BLOCKS + '''
+ENCODERS = {}
+ENCODERS.update({"a": {"encoder": ConvA, "params": {"cout": 4}}})
+ENCODERS["b"] = {"encoder": ConvB, "params": {"cout": 6}}
+SCALES = {}
+SCALES["double"] = lambda x: x * 2
+
+
+def get_encoder(name, cin):
+    Encoder = ENCODERS[name]["encoder"]
+    return Encoder(cin, **ENCODERS[name]["params"])
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = get_encoder("b", 3)
+        self.other = ENCODERS["a"]["encoder"](6, 4)
+
+    def forward(self, x):
+        return SCALES["double"](self.other(self.enc(x)))
+'''
+
+
+def test_classes_picked_from_a_registry_filled_at_run_time_get_rngs_and_match_torch(tmp_path):
+    conversion, torch_module, jax_module = pair(tmp_path, RUNTIME_REGISTRY_MODEL)
+    assert errors(conversion) == []
+    assert "return with_rngs_if_taken(Encoder, rngs)(cin, **ENCODERS[name][\"params\"])" in conversion.code
+    assert 'self.other = with_rngs_if_taken(ENCODERS["a"]["encoder"], rngs)(6, 4)' in conversion.code
+    assert 'return SCALES["double"](self.other(self.enc(x)))' in conversion.code  # (forward: no rngs, no error)
+    report = check_equivalence(torch_module.Net().eval(), jax_module.Net(rngs=nnx.Rngs(0)), torch.randn(2, 3, 6, 6))
+    assert report.passed, report.format()

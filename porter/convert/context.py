@@ -83,7 +83,7 @@ class ConversionContext:
     constructor_globals: set[str] = field(default_factory=set)
     # module-level literals holding layer constructors among other values (porter/convert/registries.py),
     # and the calls whose callee may or may not be a module class: they pass rngs where the callee takes it
-    registries: dict[str, cst.BaseExpression] = field(default_factory=dict)
+    registries: dict[str, cst.BaseExpression | None] = field(default_factory=dict)  # None: filled at run time
     unknown_constructions: dict[int, str] = field(default_factory=dict)  # id of the call -> its callee's name
     handed_classes: dict[str, set[str]] = field(default_factory=dict)  # function -> its parameters handed a class
     # converting a file of a tree: (function of the file, position or keyword) other files hand a class, and

@@ -126,15 +126,18 @@ def _is_static(method: ast.FunctionDef) -> bool:
 
 # ------------------------------------------------------------------------------------------ classes of the tree
 def tree_class(filename: str | None, source: str, name: str, dots: int = 0, module: str = "",
-               depth: int = 0) -> tuple[list[str], list[str]] | None:
+               depth: int = 0, outside_class=None) -> tuple[list[str], list[str]] | None:
     """(hazards, offers) of the plain class `name` of the tree: defined in the file (`source`, at
     `filename`) when `module` is "", else imported from it (`from .hub import HubMixin`: dots 1, module
     "hub"), found beside the file the way in_tree finds a module. None where it is not such a class as far
-    as porter can read: not found, or a base porter cannot follow (which may be an nn.Module)."""
+    as porter can read: not found, or a base porter cannot follow (which may be an nn.Module).
+    `outside_class(dotted)`: (hazards, offers) of a plain class of an installed package, None where it is not
+    one (smp's `class SMPHubMixin(PyTorchModelHubMixin)`, huggingface_hub's mixin setting attributes in
+    `__new__`)."""
     if module:
         path = _tree_file(filename, dots, module)
         if path is None:
-            return None
+            return outside_class(f"{module}.{name}") if outside_class is not None and not dots else None
         try:
             with open(path, "rb") as file:
                 source = file.read().decode("utf-8")
@@ -145,22 +148,23 @@ def tree_class(filename: str | None, source: str, name: str, dots: int = 0, modu
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
-    return _plain_class(tree, name, filename, depth)
+    return _plain_class(tree, name, filename, depth, outside_class)
 
 
-def _plain_class(tree: ast.Module, name: str, filename: str | None, depth: int):
+def _plain_class(tree: ast.Module, name: str, filename: str | None, depth: int, outside_class):
     classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
     node = classes.get(name)
     if node is None or depth > 8:
         imported = _imported_from(tree, name)
-        return tree_class(filename, "", imported[2], imported[0], imported[1], depth + 1) \
+        return tree_class(filename, "", imported[2], imported[0], imported[1], depth + 1, outside_class) \
             if imported is not None and depth <= 8 else None
     found, offered = hazards(node, torch_names(tree.body), _metaclass), offers(node)
     for base in node.bases:
         text = ast.unparse(base)
         if text in ("object", "ABC", "abc.ABC"):
             continue
-        inherited = _plain_class(tree, text, filename, depth + 1) if isinstance(base, ast.Name) else None
+        inherited = _plain_class(tree, text, filename, depth + 1, outside_class) if isinstance(base, ast.Name) \
+            else None
         if inherited is None:
             return None
         found += [h for h in inherited[0] if h not in found]

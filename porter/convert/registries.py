@@ -80,6 +80,8 @@ def note(module: cst.Module, ctx: ConversionContext) -> None:
                 values = leaves(small.value)
                 if values and any(isinstance(v, (cst.Name, cst.Attribute)) for v in values):
                     ctx.registries[small.targets[0].target.value] = small.value
+                elif not values:  # `encoders = {}`, filled as the module runs (`encoders.update(resnet_encoders)`)
+                    ctx.registries[small.targets[0].target.value] = None
 
 
 def _note_handed_classes(module: cst.Module, ctx: ConversionContext) -> None:
@@ -299,9 +301,12 @@ def _constant(node) -> str | int | None:
 
 def picks(subscript: cst.Subscript, ctx: ConversionContext, is_constructor) -> str | None:
     """What a subscript picks: "constructor" (only layer constructors), "unknown" (constructors and
-    other values of a registry of the file) or None (no constructor, or not a registry)."""
+    other values of a registry of the file), "runtime" (anything: a registry filled as the module runs,
+    `encoders = {}; encoders.update(resnet_encoders)`) or None (no constructor, or not a registry)."""
     root, keys = picked(subscript)
     if isinstance(root, cst.Name) and root.value in ctx.registries:
+        if ctx.registries[root.value] is None:  # filled at run time: any value
+            return "runtime"
         values = reached(ctx.registries[root.value], keys)
         if values is None:
             return "unknown"
@@ -345,8 +350,10 @@ def note_unknown_constructions(function: cst.FunctionDef, ctx: ConversionContext
         names |= built_by_method
     if not names and not ctx.registries:  # nothing else is unknown: a pick of a registry of the file
         return
+    in_scope = _takes_rngs(function, ctx, is_constructor, module_init)
+    returned = _returned_values(function) if id(function) in ctx.top_level_functions else ()
     for call in find_all(function.body, cst.Call):
-        if is_unknown_construction(call, ctx, names, is_constructor):
+        if is_unknown_construction(call, ctx, names, is_constructor, in_scope or id(call) in returned):
             ctx.unknown_constructions[id(call)] = _root_name(call.func)
             if id(function) in ctx.top_level_functions:  # a layer factory now: the analysis's prefilter may skip
                 ctx.rngs_functions.add(function.name.value)  # the statement (`return Encoder(**params)`)
@@ -366,9 +373,13 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
     constructor or a layer factory) a parameter with neither a default nor an annotation whose call is stored on
     the module (`self.layer = block(c)`)."""
     names = set()
+    in_scope = _takes_rngs(function, ctx, is_constructor, module_init)
+    returned = _returned_values(function) if id(function) in ctx.top_level_functions else ()
     for assign in _single_name_assigns(function) if ctx.registries else ():  # (no registry: no pick is unknown)
-        if isinstance(assign.value, cst.Subscript) and picks(assign.value, ctx, is_constructor) == "unknown":
-            names.add(assign.targets[0].target.value)
+        target = assign.targets[0].target.value
+        if isinstance(assign.value, cst.Subscript) and _unknown_pick(assign.value, ctx, is_constructor,
+                                                                     in_scope or target in returned):
+            names.add(target)
     handed = set(ctx.handed_classes.get(function.name.value, ()))
     if ctx.module_typevars:  # model_cls: Callable[..., ModelT], ModelT a TypeVar bound to nn.Module
         params = function.params
@@ -378,7 +389,7 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
     if handed:  # called directly, or through a name bound to it or to a partial of it (`fn = partial(block)`)
         held = holders(function, handed)
         names |= {_dotted(call.func) for call in find_all(function.body, cst.Call) if _dotted(call.func) in held}
-    if module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor):
+    if in_scope:
         bare = _untyped_params(function)
         bare |= _loop_names(function)  # `for block_fn, planes in zip(block_fns, channels)`: timm's make_blocks
         bare |= {a.targets[0].target.value for a in _single_name_assigns(function)  # norm_layer = get_norm_layer(x)
@@ -388,6 +399,33 @@ def unknown_names(function: cst.FunctionDef, ctx: ConversionContext, is_construc
             names |= {_dotted(call.func) for call in _stored_calls(function)
                       if _dotted(call.func) in held and not is_constructor(call.func)}
     return names
+
+
+def _takes_rngs(function: cst.FunctionDef, ctx: ConversionContext, is_constructor, module_init: bool) -> bool:
+    """A module class's constructor or a layer factory: rngs are in scope."""
+    return module_init or function.name.value in ctx.rngs_functions or _builds_layers(function, is_constructor)
+
+
+def _unknown_pick(subscript: cst.Subscript, ctx: ConversionContext, is_constructor, in_scope: bool) -> bool:
+    """A pick that may be a module class or something else. One of a registry filled at run time only where rngs
+    are in scope or a function of the file returns what it builds (`Encoder = encoders[name]["encoder"]; return
+    Encoder(**params)`): in forward, calling what it holds is most likely no construction (a cache of functions)."""
+    picked_kind = picks(subscript, ctx, is_constructor)
+    return picked_kind == "unknown" or picked_kind == "runtime" and in_scope
+
+
+def _returned_values(function: cst.FunctionDef) -> set:
+    """The ids of the calls `function` returns (`return f(x)`), the names it calls there (f) and the names it
+    returns (`return model`)."""
+    found = set()
+    for returned in find_all(function.body, cst.Return):
+        if type(returned.value) is cst.Call:
+            found.add(id(returned.value))
+            if type(returned.value.func) is cst.Name:
+                found.add(returned.value.func.value)
+        elif type(returned.value) is cst.Name:
+            found.add(returned.value.value)
+    return found
 
 
 def _untyped_params(function: cst.FunctionDef) -> set[str]:
@@ -451,12 +489,13 @@ def _loop_names(function: cst.FunctionDef) -> set[str]:
             for name in find_all(loop.target, cst.Name)}
 
 
-def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor) -> bool:
+def is_unknown_construction(call: cst.Call, ctx: ConversionContext, names: set[str], is_constructor,
+                            in_scope: bool = False) -> bool:
     """A call whose callee may or may not be a module class: a name of `unknown_names`, or a registry
     pick reaching both (`ENCODERS[k]["encoder"](c)`)."""
     if type(call.func) in (cst.Name, cst.Attribute):
         return _dotted(call.func) in names
-    return isinstance(call.func, cst.Subscript) and picks(call.func, ctx, is_constructor) == "unknown"
+    return isinstance(call.func, cst.Subscript) and _unknown_pick(call.func, ctx, is_constructor, in_scope)
 
 
 def _stored_calls(function: cst.FunctionDef) -> list[cst.Call]:

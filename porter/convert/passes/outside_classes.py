@@ -188,9 +188,18 @@ def _check_tree_mixins(node: cst.ClassDef, module: cst.Module, names: dict[str, 
         if imported is None and not any(type(s) is cst.ClassDef and s.name.value == local for s in module.body):
             continue
         dots, where, original = imported or (0, "", local)
-        found = mixins.tree_class(ctx.filename, module.code if not where else "", original, dots, where)
+        found = mixins.tree_class(ctx.filename, module.code if not where else "", original, dots, where,
+                                  outside_class=_outside_plain_class)
         if found is not None:
             _report_mixin(node, base.value, f"{'.' * dots}{where or 'this file'}", *found, ctx, index)
+
+
+def _outside_plain_class(dotted: str) -> tuple[list[str], list[str]] | None:
+    """(hazards, offers) of a class of an installed package that is no nn.Module, as outside.py reads it."""
+    if dotted.partition(".")[0] == "torch" or is_stdlib(dotted):
+        return None
+    found = what_is(dotted)
+    return (list(found.hazards), list(found.offers)) if found.kind == CLASS else None
 
 
 def _tree_import(module: cst.Module, local: str) -> tuple[int, str, str] | None:
