@@ -573,3 +573,23 @@ def test_the_rngs_parameter_keeps_the_layout_of_the_parameters(params, expected)
               "        super().__init__()\n        self.conv = nn.Conv2d(cin, cout, 3)\n")
     converted = convert_source(source).code
     assert "def __init__(" + expected + "):" in converted, converted
+
+
+def test_a_walk_over_children_warns_that_activations_are_no_children():
+    """timm's feature extraction walks named_children() for `act1`, an nn.ReLU in torch and jax.nn.relu converted:
+    it fails its own assertion (was: no diagnostic)."""
+    source = textwrap.dedent('''
+        import torch.nn as nn
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(2, 2)
+                self.act1 = nn.ReLU()
+                self.names = [name for name, _ in self.named_children()]
+    ''')
+    c = convert_source(source)
+    [warning] = [d for d in c.diagnostics if d.code == "PT005"]
+    assert warning.line == 10 and "convert to functions (nn.ReLU() to jax.nn.relu)" in warning.message
+    assert "self.names = [name for name, _ in named_children(self)]" in c.code

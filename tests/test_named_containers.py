@@ -151,3 +151,39 @@ def test_a_method_defined_again_is_judged_by_its_last_definition(tmp_path):
     report = check_equivalence(original, import_file(tmp_path / "jax_layer.py").Layer(4, rngs=nnx.Rngs(0)),
                                torch.randn(2, 4))
     assert report.passed, report.format()
+
+
+SELF_AS_SEQUENCE = '''import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Pooling(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU())
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        x = self[0](x)
+        for mod in list(self)[1:]:
+            x = mod(x)
+        assert len(self) == 3
+        return F.interpolate(x, size=size, mode="nearest")
+'''
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_sequential_running_its_own_layers_reads_them_from_layers_and_matches_torch(tmp_path, mode):
+    """segmentation_models_pytorch's ASPPPooling: `for mod in self: x = mod(x)` (was: nnx.Sequential is no
+    sequence, "'ASPPPooling' object is not iterable" when run, and no diagnostic)."""
+    conversion = convert_source(SELF_AS_SEQUENCE, filename="pool.py")
+    assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
+    assert "x = self.layers[0](x)\n        for mod in list(self.layers)[1:]:" in conversion.code
+    assert "assert len(self.layers) == 3" in conversion.code
+    (tmp_path / "torch_pool.py").write_text(SELF_AS_SEQUENCE)
+    (tmp_path / "jax_pool.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_pool.py").Pooling(3, 4)
+    converted = import_file(tmp_path / "jax_pool.py").Pooling(3, 4, rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 5, 5), mode=mode)
+    assert report.passed, report.format()

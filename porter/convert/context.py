@@ -75,6 +75,9 @@ class ConversionContext:
     # those, deriving from nn.Sequential itself, and nn.ModuleDict subclasses, that name their layers (add_module,
     # `self.norm = ...`, an OrderedDict): they derive from emitted TorchSequential / TorchModuleDict
     named_containers: set[str] = field(default_factory=set)
+    # `self` read as the sequence of its layers in an nnx.Sequential subclass (`for m in self`, `self[0]`,
+    # `len(self)`): ids of those names, which become `self.layers` (nnx.Sequential is no sequence itself)
+    self_as_layers: set[int] = field(default_factory=set)
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
     constructor_fields: set[str] = field(default_factory=set)

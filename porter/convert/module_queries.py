@@ -44,9 +44,14 @@ _REPLACEMENTS = {
 }
 _NAMES_DIFFER = ("names are nnx's paths (a Linear's weight is kernel, a Sequential's layers sit under "
                  "layers.N), not torch's state_dict keys")
+_FUNCTIONS_ARE_NO_CHILDREN = ("torch's activation and pooling layers convert to functions (nn.ReLU() to "
+                              "jax.nn.relu), which are no submodules: those children are missing here (timm's "
+                              "feature extraction then misses `act1`)")
 _WARNINGS = {
     "named_modules": _NAMES_DIFFER,
     "named_parameters": _NAMES_DIFFER,
+    "children": _FUNCTIONS_ARE_NO_CHILDREN,
+    "named_children": _FUNCTIONS_ARE_NO_CHILDREN,
 }
 _ORDER_WARNING = ("nnx.iter_modules visits a module's children before it, torch's modules() the module first: "
                   "a list of nested matches comes in another order")

@@ -132,6 +132,9 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                 self.ctx.sequential_classes.add(node.name.value)
                 if any(self._qualified_base(b) in SEQUENTIAL_BASES for b in bases) and names_its_layers(node):
                     self.ctx.named_containers.add(node.name.value)
+                elif not any(b in self.ctx.list_classes | self.ctx.named_containers
+                             or self._qualified_base(b) in MODULE_LIST_BASES for b in bases):
+                    self.ctx.self_as_layers |= {id(name) for name in self_as_sequence(node)}
             if any(self._qualified_base(b) in MODULE_DICT_BASES for b in bases):
                 self.ctx.named_containers.add(node.name.value)
             if any(b in self.ctx.module_classes or self._qualified_base(b) in TORCH_LAYER_BASES for b in bases):
@@ -357,6 +360,25 @@ MODULE_DICT_BASES = ("torch.nn.ModuleDict", "torch.nn.modules.container.ModuleDi
 TORCH_LAYER_BASES.update(dict.fromkeys(MODULE_DICT_BASES, "TorchModuleDict"))
 _SUPER_INIT_ONE_ARGUMENT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("super")), attr=m.Name("__init__")),
                                   args=[m.Arg(keyword=None, star="")])
+
+
+_SEQUENCE_READERS = ("len", "enumerate", "reversed", "list", "tuple", "iter", "zip", "next")
+
+
+def self_as_sequence(node: cst.ClassDef) -> list[cst.Name]:
+    """The `self` names a method of the class reads as the sequence of its layers: `for m in self`, `self[i]`,
+    `len(self)`, `enumerate(self)` (smp's ASPPPooling runs its layers itself: `for mod in self: x = mod(x)`)."""
+    found = []
+    for loop in find_all(node.body, (cst.For, cst.CompFor)):
+        if _is_name(loop.iter, "self"):
+            found.append(loop.iter)
+    for subscript in find_all(node.body, cst.Subscript):
+        if _is_name(subscript.value, "self"):
+            found.append(subscript.value)
+    for call in find_all(node.body, cst.Call):
+        if type(call.func) is cst.Name and call.func.value in _SEQUENCE_READERS:
+            found += [arg.value for arg in call.args if _is_name(arg.value, "self") and not arg.keyword]
+    return found
 
 
 def names_its_layers(node: cst.ClassDef) -> bool:

@@ -76,7 +76,8 @@ class ModuleStructure:
         self.scope = scope
         self.ctx, self.report, self.record = scope.ctx, scope.report, scope.record
         # a buffer replaced from its own value (`model.mask = model.mask[:n]`) may be in a script, with no torch word
-        self.TRIGGER_WORDS = ModuleStructure.TRIGGER_WORDS | buffer_names(scope.ctx)
+        self.TRIGGER_WORDS = ModuleStructure.TRIGGER_WORDS | buffer_names(scope.ctx) \
+            | ({"self"} if scope.ctx.self_as_layers else set())  # (a file with `for m in self` in a Sequential)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._bare_training: set[int] = set()  # self.training where `not self.deterministic` needs no parentheses
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
@@ -138,6 +139,13 @@ class ModuleStructure:
                 self.report("PT005", original_node, f"{code_of(original_node.func)}(): {warning}")
             self.record(f"module-{method}", original_node, new)
             return Final(new)
+        return updated_node
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        if id(original_node) in self.ctx.self_as_layers:  # `for mod in self` in an nnx.Sequential subclass
+            new = expr("self.layers")
+            self.record("module-sequence", original_node, new)
+            return new
         return updated_node
 
     def leave_CompFor(self, original_node: cst.CompFor, updated_node: cst.CompFor) -> cst.CompFor:
