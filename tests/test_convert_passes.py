@@ -593,3 +593,19 @@ def test_a_walk_over_children_warns_that_activations_are_no_children():
     [warning] = [d for d in c.diagnostics if d.code == "PT005"]
     assert warning.line == 10 and "convert to functions (nn.ReLU() to jax.nn.relu)" in warning.message
     assert "self.names = [name for name, _ in named_children(self)]" in c.code
+
+
+def test_a_file_opening_with_a_relative_import_of_its_package_converts(tmp_path):
+    """`from . import base` first (smp's utils/metrics.py), its module classes deriving from base's: the import of
+    flax goes above it (was: PT031, an internal error reading the module name of that import, which has none)."""
+    from porter.cli import main
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text("import torch.nn as nn\n\n\nclass Metric(nn.Module):\n    pass\n")
+    (package / "metrics.py").write_text(
+        "from . import base\n\n\nclass IoU(base.Metric):\n    def __init__(self, eps=1e-7):\n"
+        "        super().__init__()\n        self.eps = eps\n\n    def forward(self, x):\n        return x\n")
+    assert main(["convert", str(package), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "metrics.py").read_text().startswith("from flax import nnx\nfrom . import base\n")

@@ -293,7 +293,7 @@ def _after_docstring_and_future(body) -> int:
     if i < len(body) and _is_docstring(body[i]):
         i += 1
     while i < len(body) and _is_import(body[i]) and isinstance(body[i].body[0], cst.ImportFrom) \
-            and code_of(body[i].body[0].module) == "__future__":
+            and body[i].body[0].module is not None and code_of(body[i].body[0].module) == "__future__":
         i += 1
     return i
 
