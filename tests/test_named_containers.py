@@ -187,3 +187,39 @@ def test_a_sequential_running_its_own_layers_reads_them_from_layers_and_matches_
     converted = import_file(tmp_path / "jax_pool.py").Pooling(3, 4, rngs=nnx.Rngs(0))
     report = check_equivalence(original, converted, torch.randn(2, 3, 5, 5), mode=mode)
     assert report.passed, report.format()
+
+
+SEQUENCE_ATTRIBUTE = '''import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1))
+        self.stem = self.features[:3]
+        self.out_indexes = [i for i, module in enumerate(self.features) if isinstance(module, nn.ReLU)]
+
+    def forward(self, x):
+        y = self.stem(x)
+        for module in list(self.features)[3:]:
+            y = module(y)
+        return y + self.features[-1](self.stem(x)) * len(self.features)
+'''
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_nn_sequential_attribute_read_as_a_sequence_reads_its_layers_and_matches_torch(tmp_path, mode):
+    """`enumerate(self.features)`, `self.features[-1]`, `self.features[:3]` (a Sequential of those layers, in torch
+    too), `len(self.features)`: VGG-style encoders (smp's). Was: nnx.Sequential is no sequence, no diagnostic."""
+    conversion = convert_source(SEQUENCE_ATTRIBUTE, filename="net.py")
+    assert "self.stem = nnx.Sequential(*self.features.layers[:3])" in conversion.code
+    assert "for module in list(self.features.layers)[3:]:" in conversion.code
+    assert "self.features.layers[-1](self.stem(x)) * len(self.features.layers)" in conversion.code
+    (tmp_path / "torch_net.py").write_text(SEQUENCE_ATTRIBUTE)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Net()
+    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6), mode=mode)
+    assert report.passed, report.format()

@@ -75,9 +75,12 @@ class ConversionContext:
     # those, deriving from nn.Sequential itself, and nn.ModuleDict subclasses, that name their layers (add_module,
     # `self.norm = ...`, an OrderedDict): they derive from emitted TorchSequential / TorchModuleDict
     named_containers: set[str] = field(default_factory=set)
-    # `self` read as the sequence of its layers in an nnx.Sequential subclass (`for m in self`, `self[0]`,
-    # `len(self)`): ids of those names, which become `self.layers` (nnx.Sequential is no sequence itself)
-    self_as_layers: set[int] = field(default_factory=set)
+    # an nnx.Sequential read as the sequence of its layers (`for m in self` in a Sequential subclass,
+    # `enumerate(self.features)`, `self.features[0]`, `len(self)`): ids of those `self` / `self.X` nodes, which
+    # read `.layers` (nnx.Sequential is no sequence itself), and the words of their statements
+    sequence_reads: set[int] = field(default_factory=set)
+    sequence_slices: set[int] = field(default_factory=set)  # `self.features[:4]`: an nnx.Sequential of those
+    sequence_words: set[str] = field(default_factory=set)
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer
     constructor_fields: set[str] = field(default_factory=set)

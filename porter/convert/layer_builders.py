@@ -131,13 +131,17 @@ def sequential(rule: Rule, site: Site) -> Application:
     layers (a variable, or OrderedDict(...)) -> the emitted sequential(), which keeps their names as
     torch's state keys (`features.conv0.weight`) and their order."""
     args = site.call.args
-    if len(args) == 1 and not args[0].keyword and not args[0].star and _may_be_named_layers(args[0].value):
+    if may_be_named_layers(args):
         site.ctx.need_helper("sequential")
         return Application(cst.Call(cst.Name("sequential"), [cst.Arg(args[0].value)]))
     return _apply_mapping(dataclasses.replace(rule, builder=None), site)
 
 
-def _may_be_named_layers(value: cst.BaseExpression) -> bool:
+def may_be_named_layers(args) -> bool:
+    """nn.Sequential's arguments: one that may be an OrderedDict of named layers (emitted sequential())."""
+    if len(args) != 1 or args[0].keyword or args[0].star:
+        return False
+    value = args[0].value
     if isinstance(value, (cst.Name, cst.Attribute, cst.Subscript)):
         return True
     return isinstance(value, cst.Call) and code_of(value.func).rsplit(".", 1)[-1] in ("OrderedDict", "dict")

@@ -9,6 +9,7 @@ import libcst as cst
 import libcst.matchers as m
 
 from porter.convert import data_side, registries
+from porter.convert.layer_builders import may_be_named_layers
 from porter.convert.traverse import find_all
 from porter.convert.weight_init import init_only_methods
 from porter.convert.tying import note_sublayers
@@ -134,7 +135,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                     self.ctx.named_containers.add(node.name.value)
                 elif not any(b in self.ctx.list_classes | self.ctx.named_containers
                              or self._qualified_base(b) in MODULE_LIST_BASES for b in bases):
-                    self.ctx.self_as_layers |= {id(name) for name in self_as_sequence(node)}
+                    self._note_sequence_reads(node, lambda read: _is_name(read, "self"), "self")
             if any(self._qualified_base(b) in MODULE_DICT_BASES for b in bases):
                 self.ctx.named_containers.add(node.name.value)
             if any(b in self.ctx.module_classes or self._qualified_base(b) in TORCH_LAYER_BASES for b in bases):
@@ -152,6 +153,27 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if node.name.value in self.ctx.module_classes:  # `self.block_cls(c)` in a method the constructor calls
             self._constructor_words |= registries.constructor_held_attributes(node)
 
+    def _not_plainly_sequential(self, node: cst.ClassDef, attributes: set[str]) -> set[str]:
+        """Those of `attributes` some assignment of the class binds to anything but `nn.Sequential(a, b, ...)`
+        (`nn.Sequential(layers)` may be an OrderedDict's TorchSequential)."""
+        found = set()
+        for assign in find_all(node.body, cst.Assign):
+            for target in assign.targets:
+                if _is_self_attribute(target.target) and target.target.attr.value in attributes:
+                    value = assign.value
+                    if type(value) is not cst.Call or self._qualified(value.func) not in SEQUENTIAL_BASES \
+                            or may_be_named_layers(value.args):
+                        found.add(target.target.attr.value)
+        return found
+
+    def _note_sequence_reads(self, node: cst.ClassDef, is_sequence, *words: str) -> None:
+        reads = [read for read in sequence_reads(node) if is_sequence(read)]
+        if reads:
+            self.ctx.sequence_reads.update(id(read) for read in reads)
+            self.ctx.sequence_words.update(words)
+            self.ctx.sequence_slices.update(id(subscript) for subscript in find_all(node.body, cst.Subscript)
+                                            if subscript.value in reads and type(subscript.slice[0].slice) is cst.Slice)
+
     def _note_constructor_fields(self, node: cst.ClassDef) -> None:
         """`block: Callable[..., nn.Module]` in a class body (a config): ConversionContext.constructor_fields."""
         for statement in node.body.body:
@@ -162,6 +184,13 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                     self._constructor_words.add(small.target.value)
 
     def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
+        sequences = {attribute for attribute, qualified in self.ctx.layer_attributes.get(original_node.name.value,
+                                                                                        {}).items()
+                     if qualified in SEQUENTIAL_BASES}
+        if sequences:  # `self.features = nn.Sequential(a, b)`, an nnx.Sequential wherever it is assigned
+            sequences -= self._not_plainly_sequential(original_node, sequences)
+            self._note_sequence_reads(original_node, lambda read: _is_self_attribute(read)
+                                      and read.attr.value in sequences, *sequences)
         self.class_stack.pop()
         self._constructor_attributes.pop()
 
@@ -365,19 +394,15 @@ _SUPER_INIT_ONE_ARGUMENT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("sup
 _SEQUENCE_READERS = ("len", "enumerate", "reversed", "list", "tuple", "iter", "zip", "next")
 
 
-def self_as_sequence(node: cst.ClassDef) -> list[cst.Name]:
-    """The `self` names a method of the class reads as the sequence of its layers: `for m in self`, `self[i]`,
-    `len(self)`, `enumerate(self)` (smp's ASPPPooling runs its layers itself: `for mod in self: x = mod(x)`)."""
-    found = []
-    for loop in find_all(node.body, (cst.For, cst.CompFor)):
-        if _is_name(loop.iter, "self"):
-            found.append(loop.iter)
-    for subscript in find_all(node.body, cst.Subscript):
-        if _is_name(subscript.value, "self"):
-            found.append(subscript.value)
+def sequence_reads(node: cst.ClassDef) -> list[cst.BaseExpression]:
+    """What the methods of the class read as a sequence: `for m in X`, `X[i]`, `len(X)`, `enumerate(X)`
+    (smp's ASPPPooling runs its layers itself: `for mod in self: x = mod(x)`; its VGG encoder
+    `enumerate(self.features)`)."""
+    found = [loop.iter for loop in find_all(node.body, (cst.For, cst.CompFor))]
+    found += [subscript.value for subscript in find_all(node.body, cst.Subscript)]
     for call in find_all(node.body, cst.Call):
         if type(call.func) is cst.Name and call.func.value in _SEQUENCE_READERS:
-            found += [arg.value for arg in call.args if _is_name(arg.value, "self") and not arg.keyword]
+            found += [arg.value for arg in call.args if not arg.keyword and not arg.star]
     return found
 
 

@@ -77,7 +77,7 @@ class ModuleStructure:
         self.ctx, self.report, self.record = scope.ctx, scope.report, scope.record
         # a buffer replaced from its own value (`model.mask = model.mask[:n]`) may be in a script, with no torch word
         self.TRIGGER_WORDS = ModuleStructure.TRIGGER_WORDS | buffer_names(scope.ctx) \
-            | ({"self"} if scope.ctx.self_as_layers else set())  # (a file with `for m in self` in a Sequential)
+            | scope.ctx.sequence_words  # (`for m in self.features`: no other word of the statement may be one)
         self._understood_training: set[int] = set()  # self.training nodes a rule consumes
         self._bare_training: set[int] = set()  # self.training where `not self.deterministic` needs no parentheses
         self._not_training: set[int] = set()  # `not self.training` nodes: `self.deterministic`
@@ -142,11 +142,21 @@ class ModuleStructure:
         return updated_node
 
     def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
-        if id(original_node) in self.ctx.self_as_layers:  # `for mod in self` in an nnx.Sequential subclass
-            new = expr("self.layers")
+        if id(original_node) in self.ctx.sequence_reads:  # `for mod in self` in an nnx.Sequential subclass
+            return self._layers_of(original_node, updated_node)
+        return updated_node
+
+    def leave_Subscript(self, original_node: cst.Subscript, updated_node: cst.Subscript) -> cst.BaseExpression:
+        if id(original_node) in self.ctx.sequence_slices:  # `self.features[:4]`: torch's slice is a Sequential
+            new = cst.Call(expr("nnx.Sequential"), [cst.Arg(updated_node, star="*")])
             self.record("module-sequence", original_node, new)
             return new
         return updated_node
+
+    def _layers_of(self, original: cst.BaseExpression, updated: cst.BaseExpression) -> cst.BaseExpression:
+        new = cst.Attribute(updated, cst.Name("layers"))
+        self.record("module-sequence", original, new)
+        return Final(new)
 
     def leave_CompFor(self, original_node: cst.CompFor, updated_node: cst.CompFor) -> cst.CompFor:
         """`if p.requires_grad` on a parameter query goes: every flax Param is trained."""
@@ -379,6 +389,8 @@ class ModuleStructure:
         return found
 
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
+        if id(original_node) in self.ctx.sequence_reads:  # `enumerate(self.features)`, an nnx.Sequential
+            return self._layers_of(original_node, updated_node)
         if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
             return Final(self._read_variable(original_node, updated_node))
         parameter = self._layer_parameter(original_node) or sublayer_parameter(self.scope, original_node)
