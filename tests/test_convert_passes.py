@@ -609,3 +609,32 @@ def test_a_file_opening_with_a_relative_import_of_its_package_converts(tmp_path)
         "        super().__init__()\n        self.eps = eps\n\n    def forward(self, x):\n        return x\n")
     assert main(["convert", str(package), "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "metrics.py").read_text().startswith("from flax import nnx\nfrom . import base\n")
+
+
+def test_a_method_of_an_inherited_submodule_is_no_tensor_method():
+    """smp's densenet encoder: `self.features.transition1.norm(x)`, features built by the base class, is a layer
+    named norm (was: jnp.linalg.vector_norm(self.features.transition1, ord=x), no diagnostic); a parameter's
+    norm stays a tensor's."""
+    source = textwrap.dedent('''
+        import torch.nn as nn
+
+
+        class Base(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.features = nn.Module()
+
+
+        class Encoder(Base):
+            def __init__(self):
+                super().__init__()
+                self.extra = nn.Linear(2, 2)
+
+            def forward(self, x):
+                x = self.features.transition1.norm(x)
+                return x + self.extra.weight.norm() + self.features.conv0.weight.norm()
+    ''')
+    c = convert_source(source)
+    assert "x = self.features.transition1.norm(x)" in c.code
+    assert "jnp.linalg.vector_norm(self.extra.kernel[...].T, ord=2)" in c.code
+    assert "jnp.linalg.vector_norm(self.features.conv0.weight, ord=2)" in c.code

@@ -14,8 +14,11 @@ from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, MO
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
 from porter.convert.transforms import atom, keyword_arg, Unsupported, expr, rule_expr
+from porter.convert.traverse import find_all
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
+# attributes that hold tensors under a module (`self.fc.weight.norm()` is a tensor's method)
+_TENSOR_ATTRIBUTES = frozenset({"weight", "bias", "running_mean", "running_var", "data", "grad", "T", "mT"})
 # node type -> the field holding an expression that stands alone there (a lambda needs no parentheses)
 _WHOLE_VALUE = {cst.Arg: "value", cst.Assign: "value", cst.AnnAssign: "value", cst.Param: "default",
                 cst.Element: "value", cst.DictElement: "value", cst.Return: "value"}
@@ -591,12 +594,32 @@ class Calls:
                 and self.ctx.layer_attributes.get(self.scope.module_class, {}).get(receiver.attr.value, "buffer") \
                 not in ("buffer", "torch.nn.Parameter", "torch.nn.parameter.Parameter"):
             return False  # self.block.mean(...): a submodule's method
+        if self._inherited_submodule_chain(receiver):
+            return False  # self.features.transition1.norm(x): a layer named norm (smp's densenet encoder)
         head = receiver  # os.path.split(p), np.split(a): a function of an imported module
         while isinstance(head, cst.Attribute):
             head = head.value
         if isinstance(head, cst.Name) and head.value in self.ctx.bound_imports:
             return False
         return True
+
+    def _inherited_submodule_chain(self, receiver: cst.BaseExpression) -> bool:
+        """`self.features.transition1` in a module class that never assigns `self.features` (a base class built
+        it: torchvision's DenseNet for smp's encoder): a submodule of a submodule, not a parameter or a buffer."""
+        if type(receiver) is not cst.Attribute or type(receiver.value) is not cst.Attribute \
+                or receiver.attr.value in _TENSOR_ATTRIBUTES or not self.scope.module_class:
+            return False
+        head = receiver
+        while type(head.value) is cst.Attribute:
+            head = head.value
+        node = self.ctx.module_class_nodes.get(self.scope.module_class)
+        if type(head.value) is not cst.Name or head.value.value != "self" or node is None \
+                or head.attr.value in _TENSOR_ATTRIBUTES:
+            return False
+        return not any(type(target.target) is cst.Attribute and type(target.target.value) is cst.Name
+                       and target.target.value.value == "self" and target.target.attr.value == head.attr.value
+                       for assign in find_all(node.body, (cst.Assign, cst.AnnAssign, cst.AugAssign))
+                       for target in getattr(assign, "targets", None) or [assign])
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
         replace = self.scope.replaced_references.get(id(original))
