@@ -957,6 +957,14 @@ def fold_nchw(x, output_size, kernel_size, dilation=1, padding=0, stride=1):
     return out[:, :, ph:ph + oh, pw:pw + ow]
 
 
+def layers_of(container):
+    """What torch iterates, indexes and counts in a container: an nnx.Sequential's layers (it is no sequence
+    itself), anything else as it is (a TorchSequential, an nnx.List, a list). For an attribute a base class
+    built (smp's VGG encoder: ``enumerate(self.features)``, features torchvision's), whose kind the converting
+    file cannot see."""
+    return container.layers if type(container) is nnx.Sequential else container
+
+
 def named_children(module):
     """torch's ``module.named_children()``: the direct submodules with their attribute names (a list's
     index as a string), each module once (nnx.iter_children yields an alias again)."""
@@ -1127,6 +1135,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "TorchGroupNorm": ("group_norm",),
     "TorchConv2d": (),
     "named_children": (),
+    "layers_of": (),
     "parameters_of": (),
     "with_rngs_if_taken": (),
     "TorchSequential": (),

@@ -223,3 +223,51 @@ def test_an_nn_sequential_attribute_read_as_a_sequence_reads_its_layers_and_matc
     converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
     report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6), mode=mode)
     assert report.passed, report.format()
+
+
+INHERITED_SEQUENCE = '''import torch
+import torch.nn as nn
+
+
+def make_layers():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))
+
+
+class VGG(nn.Module):
+    def __init__(self, features):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class Encoder(VGG):
+    def __init__(self):
+        super().__init__(make_layers())
+        self.out_indexes = [i for i, module in enumerate(self.features) if i % 2 == 0]
+
+    def forward(self, x):
+        features = []
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self.out_indexes:
+                features.append(x)
+        return features[-1] + self.features[-1](features[0]) * len(self.features)
+'''
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_sequence_a_base_class_built_is_read_through_layers_of_and_matches_torch(tmp_path, mode):
+    """smp's VGG encoder iterates `self.features`, which torchvision's VGG built from what make_layers returned:
+    the converting file cannot tell it is an nn.Sequential; layers_of() looks when it runs (was: silent)."""
+    conversion = convert_source(INHERITED_SEQUENCE, filename="net.py")
+    assert "for i, module in enumerate(layers_of(self.features)):" in conversion.code
+    assert "layers_of(self.features)[-1](features[0]) * len(layers_of(self.features))" in conversion.code
+    (tmp_path / "torch_net.py").write_text(INHERITED_SEQUENCE)
+    (tmp_path / "jax_net.py").write_text(conversion.code)
+    torch.manual_seed(0)
+    original = import_file(tmp_path / "torch_net.py").Encoder()
+    converted = import_file(tmp_path / "jax_net.py").Encoder(rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6), mode=mode)
+    assert report.passed, report.format()

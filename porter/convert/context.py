@@ -80,6 +80,7 @@ class ConversionContext:
     # read `.layers` (nnx.Sequential is no sequence itself), and the words of their statements
     sequence_reads: set[int] = field(default_factory=set)
     sequence_slices: set[int] = field(default_factory=set)  # `self.features[:4]`: an nnx.Sequential of those
+    inherited_sequence_reads: set[int] = field(default_factory=set)  # of an attribute a base built: layers_of()
     sequence_words: set[str] = field(default_factory=set)
     # fields a class body declares with a layer-constructor annotation (torchvision's MBConvConfig:
     # `block: Callable[..., nn.Module]`): `cnf.block(...)` in a constructor builds a layer

@@ -166,6 +166,22 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                         found.add(target.target.attr.value)
         return found
 
+    def _note_inherited_sequence_reads(self, node: cst.ClassDef) -> None:
+        """`enumerate(self.features)` in a module class deriving from another module class (not nn.Module
+        itself), `self.features` assigned nowhere in it: what the base built, maybe an nnx.Sequential."""
+        if all(self._qualified(base.value) in MODULE_BASES for base in node.bases if base.keyword is None):
+            return
+        assigned = {target.target.attr.value for assign in find_all(node.body, cst.Assign)
+                    for target in assign.targets if _is_self_attribute(target.target)}
+        sliced = {id(subscript.value) for subscript in find_all(node.body, cst.Subscript)  # x[:, 0], x[1:]: a
+                  if len(subscript.slice) != 1 or type(subscript.slice[0].slice) is cst.Slice}  # tensor's, or a
+        reads = [read for read in sequence_reads(node)  # slice layers_of cannot make a Sequential of
+                 if _is_self_attribute(read) and read.attr.value not in assigned | _TENSOR_ATTRIBUTES
+                 and id(read) not in self.ctx.sequence_reads and id(read) not in sliced]
+        if reads:
+            self.ctx.inherited_sequence_reads.update(id(read) for read in reads)
+            self.ctx.sequence_words.update(read.attr.value for read in reads)
+
     def _note_sequence_reads(self, node: cst.ClassDef, is_sequence, *words: str) -> None:
         reads = [read for read in sequence_reads(node) if is_sequence(read)]
         if reads:
@@ -189,6 +205,8 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                      if qualified in SEQUENTIAL_BASES}
         if sequences:  # `self.features = nn.Sequential(a, b)`, an nnx.Sequential wherever it is assigned
             sequences -= self._not_plainly_sequential(original_node, sequences)
+        if original_node.name.value in self.ctx.module_classes:
+            self._note_inherited_sequence_reads(original_node)
             self._note_sequence_reads(original_node, lambda read: _is_self_attribute(read)
                                       and read.attr.value in sequences, *sequences)
         self.class_stack.pop()
@@ -392,6 +410,7 @@ _SUPER_INIT_ONE_ARGUMENT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("sup
 
 
 _SEQUENCE_READERS = ("len", "enumerate", "reversed", "list", "tuple", "iter", "zip", "next")
+_TENSOR_ATTRIBUTES = frozenset({"weight", "bias", "running_mean", "running_var"})  # indexed: tensors
 
 
 def sequence_reads(node: cst.ClassDef) -> list[cst.BaseExpression]:

@@ -391,6 +391,11 @@ class ModuleStructure:
     def leave_Attribute(self, original_node: cst.Attribute, updated_node: cst.Attribute):
         if id(original_node) in self.ctx.sequence_reads:  # `enumerate(self.features)`, an nnx.Sequential
             return self._layers_of(original_node, updated_node)
+        if id(original_node) in self.ctx.inherited_sequence_reads:  # what a base class built: maybe one
+            self.ctx.need_helper("layers_of")
+            new = cst.Call(cst.Name("layers_of"), [cst.Arg(updated_node)])
+            self.record("module-sequence", original_node, new)
+            return Final(new)
         if id(original_node) in self._buffer_tests or id(original_node) in self._variable_reads:
             return Final(self._read_variable(original_node, updated_node))
         parameter = self._layer_parameter(original_node) or sublayer_parameter(self.scope, original_node)
