@@ -153,6 +153,17 @@ def test_a_method_defined_again_is_judged_by_its_last_definition(tmp_path):
     assert report.passed, report.format()
 
 
+def assert_matches_torch(tmp_path, source, code, cls, args, input_shape, mode):
+    """The original `source` and its conversion `code`, `cls(*args)` built on each side, pass check_equivalence."""
+    (tmp_path / "torch_side.py").write_text(source)
+    (tmp_path / "jax_side.py").write_text(code)
+    torch.manual_seed(0)
+    original = getattr(import_file(tmp_path / "torch_side.py"), cls)(*args)
+    converted = getattr(import_file(tmp_path / "jax_side.py"), cls)(*args, rngs=nnx.Rngs(0))
+    report = check_equivalence(original, converted, torch.randn(*input_shape), mode=mode)
+    assert report.passed, report.format()
+
+
 SELF_AS_SEQUENCE = '''import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -180,13 +191,7 @@ def test_a_sequential_running_its_own_layers_reads_them_from_layers_and_matches_
     assert not [d for d in conversion.diagnostics if d.severity.name == "ERROR"]
     assert "x = self.layers[0](x)\n        for mod in list(self.layers)[1:]:" in conversion.code
     assert "assert len(self.layers) == 3" in conversion.code
-    (tmp_path / "torch_pool.py").write_text(SELF_AS_SEQUENCE)
-    (tmp_path / "jax_pool.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_pool.py").Pooling(3, 4)
-    converted = import_file(tmp_path / "jax_pool.py").Pooling(3, 4, rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 3, 5, 5), mode=mode)
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, SELF_AS_SEQUENCE, conversion.code, "Pooling", (3, 4), (2, 3, 5, 5), mode)
 
 
 SEQUENCE_ATTRIBUTE = '''import torch
@@ -216,13 +221,7 @@ def test_an_nn_sequential_attribute_read_as_a_sequence_reads_its_layers_and_matc
     assert "self.stem = nnx.Sequential(*self.features.layers[:3])" in conversion.code
     assert "for module in list(self.features.layers)[3:]:" in conversion.code
     assert "self.features.layers[-1](self.stem(x)) * len(self.features.layers)" in conversion.code
-    (tmp_path / "torch_net.py").write_text(SEQUENCE_ATTRIBUTE)
-    (tmp_path / "jax_net.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_net.py").Net()
-    converted = import_file(tmp_path / "jax_net.py").Net(rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6), mode=mode)
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, SEQUENCE_ATTRIBUTE, conversion.code, "Net", (), (2, 3, 6, 6), mode)
 
 
 INHERITED_SEQUENCE = '''import torch
@@ -264,10 +263,4 @@ def test_a_sequence_a_base_class_built_is_read_through_layers_of_and_matches_tor
     conversion = convert_source(INHERITED_SEQUENCE, filename="net.py")
     assert "for i, module in enumerate(layers_of(self.features)):" in conversion.code
     assert "layers_of(self.features)[-1](features[0]) * len(layers_of(self.features))" in conversion.code
-    (tmp_path / "torch_net.py").write_text(INHERITED_SEQUENCE)
-    (tmp_path / "jax_net.py").write_text(conversion.code)
-    torch.manual_seed(0)
-    original = import_file(tmp_path / "torch_net.py").Encoder()
-    converted = import_file(tmp_path / "jax_net.py").Encoder(rngs=nnx.Rngs(0))
-    report = check_equivalence(original, converted, torch.randn(2, 3, 6, 6), mode=mode)
-    assert report.passed, report.format()
+    assert_matches_torch(tmp_path, INHERITED_SEQUENCE, conversion.code, "Encoder", (), (2, 3, 6, 6), mode)
