@@ -173,11 +173,13 @@ class Analyze(FastDispatch, cst.CSTVisitor):
             return
         assigned = {target.target.attr.value for assign in find_all(node.body, cst.Assign)
                     for target in assign.targets if _is_self_attribute(target.target)}
-        sliced = {id(subscript.value) for subscript in find_all(node.body, cst.Subscript)  # x[:, 0], x[1:]: a
-                  if len(subscript.slice) != 1 or type(subscript.slice[0].slice) is cst.Slice}  # tensor's, or a
-        reads = [read for read in sequence_reads(node)  # slice layers_of cannot make a Sequential of
+        # an item read but not called (`self.patch_size[0]`, `self.pos[:, 0]`) is a tuple's or a tensor's
+        indexed = {id(subscript.value) for subscript in find_all(node.body, cst.Subscript)}
+        called = {id(call.func.value) for call in find_all(node.body, cst.Call) if type(call.func) is cst.Subscript
+                  and len(call.func.slice) == 1 and type(call.func.slice[0].slice) is not cst.Slice}
+        reads = [read for read in sequence_reads(node)
                  if _is_self_attribute(read) and read.attr.value not in assigned | _TENSOR_ATTRIBUTES
-                 and id(read) not in self.ctx.sequence_reads and id(read) not in sliced]
+                 and id(read) not in self.ctx.sequence_reads and (id(read) not in indexed or id(read) in called)]
         if reads:
             self.ctx.inherited_sequence_reads.update(id(read) for read in reads)
             self.ctx.sequence_words.update(read.attr.value for read in reads)
