@@ -54,6 +54,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         self._constructor_words: set[str] = set()
         self._functions: list[cst.FunctionDef] = []
         self._bodies = FunctionBodies(ctx)
+        self._plain_sequentials: set[str] = set()  # module classes that become nnx.Sequential subclasses
 
     def trigger_words(self) -> Iterable[str]:
         # (__init__: a module's constructor calling only what it is handed, `self.one = self.block_cls(c)`)
@@ -135,7 +136,7 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                     self.ctx.named_containers.add(node.name.value)
                 elif not any(b in self.ctx.list_classes | self.ctx.named_containers
                              or self._qualified_base(b) in MODULE_LIST_BASES for b in bases):
-                    self._note_sequence_reads(node, lambda read: _is_name(read, "self"), "self")
+                    self._plain_sequentials.add(node.name.value)  # `for m in self`: its nnx.Sequential's layers
             if any(self._qualified_base(b) in MODULE_DICT_BASES for b in bases):
                 self.ctx.named_containers.add(node.name.value)
             if any(b in self.ctx.module_classes or self._qualified_base(b) in TORCH_LAYER_BASES for b in bases):
@@ -166,26 +167,26 @@ class Analyze(FastDispatch, cst.CSTVisitor):
                         found.add(target.target.attr.value)
         return found
 
-    def _note_inherited_sequence_reads(self, node: cst.ClassDef) -> None:
+    def _note_inherited_sequence_reads(self, node: cst.ClassDef, found: list[cst.BaseExpression]) -> None:
         """`enumerate(self.features)` in a module class deriving from another module class (not nn.Module
         itself), `self.features` assigned nowhere in it: what the base built, maybe an nnx.Sequential."""
         if all(self._qualified(base.value) in MODULE_BASES for base in node.bases if base.keyword is None):
             return
-        assigned = {target.target.attr.value for assign in find_all(node.body, cst.Assign)
-                    for target in assign.targets if _is_self_attribute(target.target)}
+        assigned = assigned_self_attributes(node)
         # an item read but not called (`self.patch_size[0]`, `self.pos[:, 0]`) is a tuple's or a tensor's
         indexed = {id(subscript.value) for subscript in find_all(node.body, cst.Subscript)}
         called = {id(call.func.value) for call in find_all(node.body, cst.Call) if type(call.func) is cst.Subscript
                   and len(call.func.slice) == 1 and type(call.func.slice[0].slice) is not cst.Slice}
-        reads = [read for read in sequence_reads(node)
-                 if _is_self_attribute(read) and read.attr.value not in assigned | _TENSOR_ATTRIBUTES
+        reads = [read for read in found
+                 if _is_self_attribute(read) and read.attr.value not in assigned | LAYER_PARAMETER_NAMES
                  and id(read) not in self.ctx.sequence_reads and (id(read) not in indexed or id(read) in called)]
         if reads:
             self.ctx.inherited_sequence_reads.update(id(read) for read in reads)
             self.ctx.sequence_words.update(read.attr.value for read in reads)
 
-    def _note_sequence_reads(self, node: cst.ClassDef, is_sequence, *words: str) -> None:
-        reads = [read for read in sequence_reads(node) if is_sequence(read)]
+    def _note_sequence_reads(self, node: cst.ClassDef, found: list[cst.BaseExpression], is_sequence,
+                             *words: str) -> None:
+        reads = [read for read in found if is_sequence(read)]
         if reads:
             self.ctx.sequence_reads.update(id(read) for read in reads)
             self.ctx.sequence_words.update(words)
@@ -208,8 +209,11 @@ class Analyze(FastDispatch, cst.CSTVisitor):
         if sequences:  # `self.features = nn.Sequential(a, b)`, an nnx.Sequential wherever it is assigned
             sequences -= self._not_plainly_sequential(original_node, sequences)
         if original_node.name.value in self.ctx.module_classes:
-            self._note_inherited_sequence_reads(original_node)
-            self._note_sequence_reads(original_node, lambda read: _is_self_attribute(read)
+            found = sequence_reads(original_node)
+            if original_node.name.value in self._plain_sequentials:
+                self._note_sequence_reads(original_node, found, lambda read: _is_name(read, "self"), "self")
+            self._note_inherited_sequence_reads(original_node, found)
+            self._note_sequence_reads(original_node, found, lambda read: _is_self_attribute(read)
                                       and read.attr.value in sequences, *sequences)
         self.class_stack.pop()
         self._constructor_attributes.pop()
@@ -412,7 +416,18 @@ _SUPER_INIT_ONE_ARGUMENT = m.Call(func=m.Attribute(value=m.Call(func=m.Name("sup
 
 
 _SEQUENCE_READERS = ("len", "enumerate", "reversed", "list", "tuple", "iter", "zip", "next")
-_TENSOR_ATTRIBUTES = frozenset({"weight", "bias", "running_mean", "running_var"})  # indexed: tensors
+LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})  # a layer's tensors
+
+
+def assigned_self_attributes(node: cst.ClassDef) -> set[str]:
+    """The `self.X` the class's methods assign (`=`, `: T =`, `+=`); one a module class reads and never assigns
+    is its base class's."""
+    found = set()
+    for assign in find_all(node.body, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
+        for target in assign.targets if type(assign) is cst.Assign else [assign]:
+            if _is_self_attribute(target.target):
+                found.add(target.target.attr.value)
+    return found
 
 
 def sequence_reads(node: cst.ClassDef) -> list[cst.BaseExpression]:

@@ -8,17 +8,16 @@ import libcst.matchers as m
 from porter.convert import apply, data_side, device_dicts, devices, inplace, keyword_helpers, layer_functions, no_ops, registries
 from porter.convert.layer_values import value_message
 from porter.convert.apply import Site, apply_rule, torch_would_refuse
-from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, calls_layer_constructor, layer_constructor_attributes,
+from porter.convert.passes.analyze import (IN_PLACE_INIT_DRAWS, LAYER_PARAMETER_NAMES, MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, SEQUENTIAL_TARGETS, TORCH_LAYER_BASES, assigned_self_attributes, calls_layer_constructor, layer_constructor_attributes,
                                            layer_constructor_names, layer_value_rule, torch_layer_holders,
                                            dict_keys_bound, dotted)
 from porter.convert.context import code_of
 from porter.convert.precedence import without_added_parentheses
 from porter.convert.transforms import atom, keyword_arg, Unsupported, expr, rule_expr
-from porter.convert.traverse import find_all
 
 _STRINGS = (cst.SimpleString, cst.FormattedString, cst.ConcatenatedString)
 # attributes that hold tensors under a module (`self.fc.weight.norm()` is a tensor's method)
-_TENSOR_ATTRIBUTES = frozenset({"weight", "bias", "running_mean", "running_var", "data", "grad", "T", "mT"})
+_TENSOR_ATTRIBUTES = LAYER_PARAMETER_NAMES | {"data", "grad", "T", "mT"}
 # node type -> the field holding an expression that stands alone there (a lambda needs no parentheses)
 _WHOLE_VALUE = {cst.Arg: "value", cst.Assign: "value", cst.AnnAssign: "value", cst.Param: "default",
                 cst.Element: "value", cst.DictElement: "value", cst.Return: "value"}
@@ -616,10 +615,7 @@ class Calls:
         if type(head.value) is not cst.Name or head.value.value != "self" or node is None \
                 or head.attr.value in _TENSOR_ATTRIBUTES:
             return False
-        return not any(type(target.target) is cst.Attribute and type(target.target.value) is cst.Name
-                       and target.target.value.value == "self" and target.target.attr.value == head.attr.value
-                       for assign in find_all(node.body, (cst.Assign, cst.AnnAssign, cst.AugAssign))
-                       for target in getattr(assign, "targets", None) or [assign])
+        return head.attr.value not in assigned_self_attributes(node)
 
     def _convert_reference(self, original, updated) -> cst.BaseExpression:
         replace = self.scope.replaced_references.get(id(original))

@@ -15,7 +15,7 @@ from porter.convert.tying import sublayer_parameter
 from porter.convert.context import code_of
 from porter.convert.replaced_variables import buffer_names, buffer_update, replaced_parameter, \
     replaces_own_parameter
-from porter.convert.passes.analyze import MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
+from porter.convert.passes.analyze import LAYER_PARAMETER_NAMES, MODULE_BASES, MODULE_LIST_BASES, SEQUENTIAL_BASES, TORCH_LAYER_BASES
 from porter.convert.passes.concerns import Final
 from porter.convert.weight_init import is_init_statement
 from porter.weights.layouts import LAYOUTS
@@ -49,7 +49,6 @@ _TRUTH_TESTS = {cst.If: ("test",), cst.While: ("test",), cst.IfExp: ("test",), c
 _ORDERING = (cst.LessThan, cst.LessThanEqual, cst.GreaterThan, cst.GreaterThanEqual, cst.Equal, cst.NotEqual)
 # `self.fc.weight`: a torch parameter of a layer the class built, read in torch's layout from the flax variable
 LAYER_PARAMETER = m.Attribute(value=m.Attribute(value=m.Name("self")))
-LAYER_PARAMETER_NAMES = frozenset({"weight", "bias", "running_mean", "running_var"})
 
 
 # (type(...) is: libcst's node classes have no subclasses; these run for most nodes of a module class, where the
